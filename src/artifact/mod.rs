@@ -1,0 +1,283 @@
+//! The native model file, `.perch` (format version 1).
+//!
+//! ```text
+//! offset        size  field
+//! 0             8     magic  89 50 45 52 43 48 0D 0A  ("\x89PERCH\r\n")
+//! 8             2     format version, u16 LE (1)
+//! 10            2     flags, u16 LE (bit 0: signed; other bits reserved, must be 0)
+//! 12            8     payload length L, u64 LE
+//! 20            L     payload: postcard-encoded `graph::Model`
+//! 20+L          32    SHA-256 of the payload
+//! 52+L          64    Ed25519 signature of bytes 0..52+L, or zeros when unsigned
+//! ```
+//!
+//! [`decode`] never panics, whatever the bytes: each defect has its own
+//! [`ArtifactError`] variant. The full specification is `docs/artifact.md`.
+
+use crate::graph::{GraphError, Model};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// The eight bytes every `.perch` file starts with.
+pub const MAGIC: [u8; 8] = *b"\x89PERCH\r\n";
+/// The format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Header length in bytes.
+pub const HEADER_LEN: usize = 20;
+/// Length of the SHA-256 field.
+pub const DIGEST_LEN: usize = 32;
+/// Length of the signature slot.
+pub const SIGNATURE_LEN: usize = 64;
+/// Largest payload accepted (checked before anything is allocated).
+pub const MAX_PAYLOAD_BYTES: u64 = 1 << 30;
+/// Flag bit: the signature slot holds a signature.
+pub const FLAG_SIGNED: u16 = 1;
+
+/// Why bytes are not a usable `.perch` artifact.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArtifactError {
+    /// Fewer bytes than the fixed header and trailer need.
+    #[error("artifact is {len} bytes, shorter than the {needed}-byte minimum (truncated file?)")]
+    TooShort {
+        /// Bytes given.
+        len: usize,
+        /// Minimum.
+        needed: usize,
+    },
+    /// The file does not start with the perch magic.
+    #[error("not a perch artifact: magic is {found:02x?}, expected {MAGIC:02x?}")]
+    BadMagic {
+        /// The first eight bytes.
+        found: [u8; 8],
+    },
+    /// The file uses a format version this build cannot read.
+    #[error(
+        "artifact format version {found} is not supported (this perch reads 1..={supported}); upgrade perch"
+    )]
+    UnsupportedVersion {
+        /// Version in the file.
+        found: u16,
+        /// Newest version this build reads.
+        supported: u16,
+    },
+    /// Reserved flag bits are set.
+    #[error("artifact sets unknown flag bits {flags:#06x} (written by a newer perch?)")]
+    UnknownFlags {
+        /// The flags field.
+        flags: u16,
+    },
+    /// The declared payload is beyond the accepted maximum.
+    #[error("payload length {len} exceeds the {max}-byte maximum")]
+    PayloadTooLarge {
+        /// Declared length.
+        len: u64,
+        /// Maximum.
+        max: u64,
+    },
+    /// The file is shorter than its header says.
+    #[error("artifact is truncated: header says {expected} bytes, file has {actual}")]
+    Truncated {
+        /// Length implied by the header.
+        expected: u64,
+        /// Actual length.
+        actual: usize,
+    },
+    /// The file is longer than its header says.
+    #[error("artifact has {extra} unexpected bytes after the signature slot")]
+    TrailingBytes {
+        /// How many.
+        extra: usize,
+    },
+    /// The payload does not match its digest.
+    #[error(
+        "payload checksum mismatch: header records sha256 {expected}, payload hashes to {computed} (corrupted file)"
+    )]
+    ChecksumMismatch {
+        /// Stored digest, hex.
+        expected: String,
+        /// Computed digest, hex.
+        computed: String,
+    },
+    /// The payload is not a model this build understands.
+    #[error(
+        "payload does not decode as a perch model ({0}); the file is damaged or uses layers from a newer perch"
+    )]
+    Payload(#[source] postcard::Error),
+    /// The model decodes but its graph is inconsistent.
+    #[error("model graph is invalid: {0}")]
+    Graph(#[from] GraphError),
+    /// Encoding failed.
+    #[error("encoding model: {0}")]
+    Encode(#[source] postcard::Error),
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A decoded artifact.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// Format version from the header.
+    pub format_version: u16,
+    /// Flags from the header.
+    pub flags: u16,
+    /// SHA-256 of the payload (verified).
+    pub sha256: [u8; 32],
+    /// The signature slot, if the signed flag is set (not verified here).
+    pub signature: Option<[u8; SIGNATURE_LEN]>,
+    /// The model.
+    pub model: Model,
+    /// Total size of the file in bytes.
+    pub size_bytes: usize,
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serializes `model` as an unsigned `.perch` artifact.
+///
+/// # Errors
+/// [`ArtifactError::Graph`] when the graph is invalid (nothing invalid is ever written),
+/// [`ArtifactError::Encode`] if postcard fails.
+pub fn encode(model: &Model) -> Result<Vec<u8>, ArtifactError> {
+    model.graph.infer_shapes()?;
+    let payload = postcard::to_stdvec(model).map_err(ArtifactError::Encode)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + DIGEST_LEN + SIGNATURE_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&Sha256::digest(&payload));
+    out.extend_from_slice(&[0u8; SIGNATURE_LEN]);
+    Ok(out)
+}
+
+/// Parses and verifies an artifact: header, length, checksum, payload, graph.
+///
+/// # Errors
+/// One [`ArtifactError`] variant per defect; never panics.
+pub fn decode(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
+    let min = HEADER_LEN + DIGEST_LEN + SIGNATURE_LEN;
+    if bytes.len() < HEADER_LEN {
+        return Err(ArtifactError::TooShort {
+            len: bytes.len(),
+            needed: min,
+        });
+    }
+    let mut magic = [0u8; 8];
+    magic.copy_from_slice(&bytes[0..8]);
+    if magic != MAGIC {
+        return Err(ArtifactError::BadMagic { found: magic });
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(ArtifactError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
+    if flags & !FLAG_SIGNED != 0 {
+        return Err(ArtifactError::UnknownFlags { flags });
+    }
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&bytes[12..20]);
+    let payload_len = u64::from_le_bytes(len_bytes);
+    if payload_len > MAX_PAYLOAD_BYTES {
+        return Err(ArtifactError::PayloadTooLarge {
+            len: payload_len,
+            max: MAX_PAYLOAD_BYTES,
+        });
+    }
+    let total = min as u64 + payload_len;
+    if (bytes.len() as u64) < total {
+        return Err(ArtifactError::Truncated {
+            expected: total,
+            actual: bytes.len(),
+        });
+    }
+    if bytes.len() as u64 > total {
+        return Err(ArtifactError::TrailingBytes {
+            extra: (bytes.len() as u64 - total) as usize,
+        });
+    }
+    let payload_end = HEADER_LEN + payload_len as usize;
+    let payload = &bytes[HEADER_LEN..payload_end];
+    let mut stored = [0u8; 32];
+    stored.copy_from_slice(&bytes[payload_end..payload_end + DIGEST_LEN]);
+    let computed: [u8; 32] = Sha256::digest(payload).into();
+    if stored != computed {
+        return Err(ArtifactError::ChecksumMismatch {
+            expected: hex(&stored),
+            computed: hex(&computed),
+        });
+    }
+    let mut sig = [0u8; SIGNATURE_LEN];
+    sig.copy_from_slice(&bytes[payload_end + DIGEST_LEN..]);
+    let model: Model = postcard::from_bytes(payload).map_err(ArtifactError::Payload)?;
+    model.graph.infer_shapes()?;
+    Ok(Artifact {
+        format_version: version,
+        flags,
+        sha256: computed,
+        signature: (flags & FLAG_SIGNED != 0).then_some(sig),
+        model,
+        size_bytes: bytes.len(),
+    })
+}
+
+/// The bytes a signature covers: everything before the signature slot.
+///
+/// # Errors
+/// As [`decode`]'s length checks, if `bytes` is not a whole artifact.
+pub fn signed_region(bytes: &[u8]) -> Result<&[u8], ArtifactError> {
+    let min = HEADER_LEN + DIGEST_LEN + SIGNATURE_LEN;
+    if bytes.len() < min {
+        return Err(ArtifactError::TooShort {
+            len: bytes.len(),
+            needed: min,
+        });
+    }
+    Ok(&bytes[..bytes.len() - SIGNATURE_LEN])
+}
+
+/// Reads and decodes the artifact at `path`.
+///
+/// # Errors
+/// [`ArtifactError::Io`] if the file cannot be read, else as [`decode`].
+pub fn read(path: &Path) -> Result<Artifact, ArtifactError> {
+    let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    decode(&bytes)
+}
+
+/// Encodes `model` and writes it to `path` (through a temporary file and a rename, so a
+/// crash never leaves half a file under `path`).
+///
+/// # Errors
+/// As [`encode`], or [`ArtifactError::Io`].
+pub fn write(path: &Path, model: &Model) -> Result<usize, ArtifactError> {
+    let bytes = encode(model)?;
+    let io = |source| ArtifactError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, &bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(bytes.len())
+}

@@ -1,0 +1,2 @@
+//! `perch-host`: the host companion.
+fn main() {}

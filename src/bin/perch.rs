@@ -1,0 +1,2 @@
+//! `perch`: the device runtime.
+fn main() {}

@@ -1,0 +1,186 @@
+//! Portable reference kernels: plain Rust the compiler can vectorize, and the baseline the
+//! architecture-specific kernels are tested against.
+
+use super::{Activation, Conv2dParams, Pool2dParams};
+
+/// Portable [`super::dense`].
+pub fn dense(x: &[f32], w: &[f32], b: &[f32], inputs: usize, outputs: usize, y: &mut [f32]) {
+    for (xr, yr) in x.chunks_exact(inputs).zip(y.chunks_exact_mut(outputs)) {
+        for ((yo, wo), bo) in yr.iter_mut().zip(w.chunks_exact(inputs)).zip(b) {
+            *yo = bo + dot(xr, wo);
+        }
+    }
+}
+
+/// Dot product with eight independent partial sums (vectorizes without reassociation).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (pa, pb) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += pa[i] * pb[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (p, q) in ra.iter().zip(rb) {
+        s += p * q;
+    }
+    s
+}
+
+/// `y = (x - offset) * scale` along the last axis (`offset.len()` wide).
+pub fn standardize(x: &[f32], offset: &[f32], scale: &[f32], y: &mut [f32]) {
+    let n = offset.len().max(1);
+    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+        for i in 0..n.min(xr.len()) {
+            yr[i] = (xr[i] - offset[i]) * scale[i];
+        }
+    }
+}
+
+/// Applies `act` in place.
+pub fn activate(act: Activation, y: &mut [f32]) {
+    match act {
+        Activation::Identity => {}
+        Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::LeakyRelu(a) => y.iter_mut().for_each(|v| {
+            if *v < 0.0 {
+                *v *= a
+            }
+        }),
+        Activation::Sigmoid => y.iter_mut().for_each(|v| *v = sigmoid(*v)),
+        Activation::Tanh => y.iter_mut().for_each(|v| *v = v.tanh()),
+    }
+}
+
+fn sigmoid(v: f32) -> f32 {
+    if v >= 0.0 {
+        1.0 / (1.0 + (-v).exp())
+    } else {
+        let e = v.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Numerically stable softmax over rows of `axis_len`.
+pub fn softmax(x: &[f32], axis_len: usize, y: &mut [f32]) {
+    for (xr, yr) in x.chunks_exact(axis_len).zip(y.chunks_exact_mut(axis_len)) {
+        let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = (v - max).exp();
+            sum += *o;
+        }
+        let inv = 1.0 / sum;
+        yr.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Index of the first maximum of each row, mapped through `labels`.
+pub fn argmax(x: &[f32], axis_len: usize, labels: Option<&[i64]>, y: &mut [i64]) {
+    for (xr, yo) in x.chunks_exact(axis_len).zip(y.iter_mut()) {
+        let mut best = 0;
+        for (i, &v) in xr.iter().enumerate() {
+            if v > xr[best] {
+                best = i;
+            }
+        }
+        *yo = labels
+            .and_then(|l| l.get(best).copied())
+            .unwrap_or(best as i64);
+    }
+}
+
+/// Direct convolution, NCHW, weights `[out_c, in_c / groups, k_h, k_w]`.
+pub fn conv2d(p: &Conv2dParams, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], batch: usize) {
+    let in_sample = p.in_c * p.in_h * p.in_w;
+    let out_sample = p.out_c * p.out_h * p.out_w;
+    let icg = p.in_c / p.groups;
+    let ocg = p.out_c / p.groups;
+    for n in 0..batch {
+        let xs = &x[n * in_sample..(n + 1) * in_sample];
+        let ys = &mut y[n * out_sample..(n + 1) * out_sample];
+        for oc in 0..p.out_c {
+            let g = oc / ocg;
+            let wk = &w[oc * icg * p.k_h * p.k_w..(oc + 1) * icg * p.k_h * p.k_w];
+            let yplane = &mut ys[oc * p.out_h * p.out_w..(oc + 1) * p.out_h * p.out_w];
+            yplane.fill(b[oc]);
+            for ic in 0..icg {
+                let xplane =
+                    &xs[(g * icg + ic) * p.in_h * p.in_w..(g * icg + ic + 1) * p.in_h * p.in_w];
+                for ky in 0..p.k_h {
+                    for kx in 0..p.k_w {
+                        let wv = wk[(ic * p.k_h + ky) * p.k_w + kx];
+                        for oy in 0..p.out_h {
+                            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                                - p.pad[0] as isize;
+                            if iy < 0 || iy >= p.in_h as isize {
+                                continue;
+                            }
+                            let xrow = &xplane[iy as usize * p.in_w..(iy as usize + 1) * p.in_w];
+                            let yrow = &mut yplane[oy * p.out_w..(oy + 1) * p.out_w];
+                            for (ox, yv) in yrow.iter_mut().enumerate() {
+                                let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                    - p.pad[1] as isize;
+                                if ix >= 0 && (ix as usize) < p.in_w {
+                                    *yv += wv * xrow[ix as usize];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pool2d(
+    p: &Pool2dParams,
+    x: &[f32],
+    y: &mut [f32],
+    batch: usize,
+    mut f: impl FnMut(&mut dyn Iterator<Item = f32>, usize) -> f32,
+) {
+    let plane_in = p.in_h * p.in_w;
+    let plane_out = p.out_h * p.out_w;
+    for plane in 0..batch * p.c {
+        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+        let yp = &mut y[plane * plane_out..(plane + 1) * plane_out];
+        for oy in 0..p.out_h {
+            for ox in 0..p.out_w {
+                let y0 = (oy * p.stride[0]) as isize - p.pad[0] as isize;
+                let x0 = (ox * p.stride[1]) as isize - p.pad[1] as isize;
+                let ys = y0.max(0) as usize
+                    ..((y0 + p.k[0] as isize).min(p.in_h as isize)).max(0) as usize;
+                let xs = x0.max(0) as usize
+                    ..((x0 + p.k[1] as isize).min(p.in_w as isize)).max(0) as usize;
+                let mut it = ys.flat_map(|iy| xs.clone().map(move |ix| xp[iy * p.in_w + ix]));
+                yp[oy * p.out_w + ox] = f(&mut it, p.k[0] * p.k[1]);
+            }
+        }
+    }
+}
+
+/// Max pooling; padding never wins.
+pub fn max_pool2d(p: &Pool2dParams, x: &[f32], y: &mut [f32], batch: usize) {
+    pool2d(p, x, y, batch, |it, _| it.fold(f32::NEG_INFINITY, f32::max));
+}
+
+/// Average pooling; the divisor counts padded cells when `include_pad`.
+pub fn avg_pool2d(p: &Pool2dParams, include_pad: bool, x: &[f32], y: &mut [f32], batch: usize) {
+    pool2d(p, x, y, batch, |it, window| {
+        let (sum, count) = it.fold((0.0f32, 0usize), |(s, c), v| (s + v, c + 1));
+        let div = if include_pad { window } else { count.max(1) };
+        sum / div as f32
+    });
+}
+
+/// Mean of each `spatial`-long plane.
+pub fn global_avg_pool(x: &[f32], channels: usize, spatial: usize, y: &mut [f32], batch: usize) {
+    for (i, yv) in y.iter_mut().enumerate().take(batch * channels) {
+        let s: f32 = x[i * spatial..(i + 1) * spatial].iter().sum();
+        *yv = s / spatial as f32;
+    }
+}

@@ -1,0 +1,471 @@
+//! Executes a native graph. Shapes are inferred and buffers sized once, when the engine is
+//! built for a batch capacity; [`Engine::run`] then performs no heap allocation for any
+//! batch up to that capacity (a larger batch grows the buffers once).
+
+use crate::graph::{DType, Graph, GraphError, Layer, ValueShapes};
+
+pub mod kernels;
+
+/// Why a graph cannot be executed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The graph failed validation.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// `run` got the wrong number of inputs.
+    #[error("model takes {expected} input(s), got {got}")]
+    InputCount {
+        /// Graph inputs.
+        expected: usize,
+        /// Given.
+        got: usize,
+    },
+    /// An input slice does not hold `batch` samples.
+    #[error(
+        "input {index} ({name:?}): expected {batch} × {sample_len} = {expected} values, got {got}"
+    )]
+    InputLength {
+        /// Input position.
+        index: usize,
+        /// Input name.
+        name: String,
+        /// Batch size.
+        batch: usize,
+        /// Values per sample.
+        sample_len: usize,
+        /// `batch * sample_len`.
+        expected: usize,
+        /// Given.
+        got: usize,
+    },
+    /// An input holds NaN or infinity.
+    #[error(
+        "input {index} ({name:?}): value {position} (sample {sample}, feature {feature}) is {value}, not a finite number"
+    )]
+    NonFinite {
+        /// Input position.
+        index: usize,
+        /// Input name.
+        name: String,
+        /// Flat position.
+        position: usize,
+        /// Sample (row) index.
+        sample: usize,
+        /// Index within the sample.
+        feature: usize,
+        /// The value.
+        value: f32,
+    },
+    /// Batch of zero samples.
+    #[error("batch size must be at least 1")]
+    EmptyBatch,
+}
+
+enum Buffer {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+impl Buffer {
+    fn f32(&self) -> &[f32] {
+        match self {
+            Buffer::F32(v) => v,
+            Buffer::I64(_) => &[],
+        }
+    }
+}
+
+/// A layer prepared for execution: parameters copied into the layout its kernel wants.
+enum Step {
+    Standardize {
+        offset: Vec<f32>,
+        scale: Vec<f32>,
+    },
+    Dense {
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        inputs: usize,
+        outputs: usize,
+        act: kernels::Activation,
+    },
+    Conv2d(kernels::Conv2dParams, Vec<f32>, Vec<f32>),
+    MaxPool(kernels::Pool2dParams),
+    AvgPool(kernels::Pool2dParams, bool),
+    GlobalAvgPool {
+        channels: usize,
+        spatial: usize,
+    },
+    Copy,
+    Activation(kernels::Activation),
+    Softmax {
+        axis_len: usize,
+    },
+    ArgMax {
+        axis_len: usize,
+        labels: Option<Vec<i64>>,
+    },
+    /// Fused into the previous step.
+    Skip,
+}
+
+struct PlannedNode {
+    step: Step,
+    input: usize,
+    output: usize,
+}
+
+/// A graph ready to run. Not `Sync`: give each thread its own engine.
+pub struct Engine {
+    nodes: Vec<PlannedNode>,
+    shapes: ValueShapes,
+    buffers: Vec<Buffer>,
+    /// Value each buffer slot currently backs (fused-away values share their producer's).
+    alias: Vec<usize>,
+    input_names: Vec<String>,
+    outputs: Vec<usize>,
+    capacity: usize,
+    batch: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("nodes", &self.nodes.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Validates `graph`, prepares every layer and sizes buffers for `batch_capacity`
+    /// samples.
+    ///
+    /// # Errors
+    /// [`EngineError::Graph`] when the graph is inconsistent.
+    pub fn new(graph: &Graph, batch_capacity: usize) -> Result<Engine, EngineError> {
+        let shapes = graph.infer_shapes()?;
+        let n_in = graph.inputs.len();
+        let n_values = shapes.values.len();
+        let mut consumers = vec![0usize; n_values];
+        for node in &graph.nodes {
+            for &i in &node.inputs {
+                consumers[i as usize] += 1;
+            }
+        }
+        let mut is_output = vec![false; n_values];
+        for o in &graph.outputs {
+            is_output[o.value as usize] = true;
+        }
+        let mut alias: Vec<usize> = (0..n_values).collect();
+        let mut nodes: Vec<PlannedNode> = Vec::with_capacity(graph.nodes.len());
+        for (k, node) in graph.nodes.iter().enumerate() {
+            let out = n_in + k;
+            let input = node.inputs[0] as usize;
+            let x = &shapes.values[input].1;
+            let step = match &node.layer {
+                Layer::Standardize { offset, scale } => {
+                    let n = x.last().copied().unwrap_or(1);
+                    let widen = |v: &Vec<f32>| {
+                        if v.len() == 1 {
+                            vec![v[0]; n]
+                        } else {
+                            v.clone()
+                        }
+                    };
+                    Step::Standardize {
+                        offset: widen(offset),
+                        scale: widen(scale),
+                    }
+                }
+                Layer::Dense { weight, bias } => {
+                    let w = weight.as_f32().unwrap_or(&[]).to_vec();
+                    let outputs = weight.shape[0] as usize;
+                    let inputs = weight.shape[1] as usize;
+                    let b = bias
+                        .as_ref()
+                        .and_then(|b| b.as_f32())
+                        .map_or_else(|| vec![0.0; outputs], <[f32]>::to_vec);
+                    Step::Dense {
+                        weight: w,
+                        bias: b,
+                        inputs,
+                        outputs,
+                        act: kernels::Activation::Identity,
+                    }
+                }
+                Layer::Conv2d {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                } => {
+                    let w = weight.as_f32().unwrap_or(&[]).to_vec();
+                    let y = &shapes.values[out].1;
+                    let p = kernels::Conv2dParams {
+                        in_c: x[0],
+                        in_h: x[1],
+                        in_w: x[2],
+                        out_c: y[0],
+                        out_h: y[1],
+                        out_w: y[2],
+                        k_h: weight.shape[2] as usize,
+                        k_w: weight.shape[3] as usize,
+                        stride: [stride[0] as usize, stride[1] as usize],
+                        pad: [padding[0] as usize, padding[1] as usize],
+                        dilation: [dilation[0] as usize, dilation[1] as usize],
+                        groups: *groups as usize,
+                    };
+                    let b = bias
+                        .as_ref()
+                        .and_then(|b| b.as_f32())
+                        .map_or_else(|| vec![0.0; p.out_c], <[f32]>::to_vec);
+                    Step::Conv2d(p, w, b)
+                }
+                Layer::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                }
+                | Layer::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    ..
+                } => {
+                    let y = &shapes.values[out].1;
+                    let p = kernels::Pool2dParams {
+                        c: x[0],
+                        in_h: x[1],
+                        in_w: x[2],
+                        out_h: y[1],
+                        out_w: y[2],
+                        k: [kernel[0] as usize, kernel[1] as usize],
+                        stride: [stride[0] as usize, stride[1] as usize],
+                        pad: [padding[0] as usize, padding[1] as usize],
+                    };
+                    match &node.layer {
+                        Layer::AvgPool2d {
+                            count_include_pad, ..
+                        } => Step::AvgPool(p, *count_include_pad),
+                        _ => Step::MaxPool(p),
+                    }
+                }
+                Layer::GlobalAvgPool => Step::GlobalAvgPool {
+                    channels: x[0],
+                    spatial: x[1] * x[2],
+                },
+                Layer::Flatten | Layer::Reshape { .. } => Step::Copy,
+                Layer::Relu => Step::Activation(kernels::Activation::Relu),
+                Layer::LeakyRelu { alpha } => {
+                    Step::Activation(kernels::Activation::LeakyRelu(*alpha))
+                }
+                Layer::Sigmoid => Step::Activation(kernels::Activation::Sigmoid),
+                Layer::Tanh => Step::Activation(kernels::Activation::Tanh),
+                Layer::Softmax => Step::Softmax {
+                    axis_len: x.last().copied().unwrap_or(1),
+                },
+                Layer::ArgMax { labels } => Step::ArgMax {
+                    axis_len: x.last().copied().unwrap_or(1),
+                    labels: labels.clone(),
+                },
+            };
+            // Fuse an activation into the dense layer that alone feeds it.
+            if let Step::Activation(act) = &step
+                && input >= n_in
+                && consumers[input] == 1
+                && !is_output[input]
+                && let Some(prev) = nodes.last_mut()
+                && prev.output == input
+                && let Step::Dense {
+                    act: prev_act @ kernels::Activation::Identity,
+                    ..
+                } = &mut prev.step
+            {
+                *prev_act = *act;
+                alias[out] = alias[input];
+                nodes.push(PlannedNode {
+                    step: Step::Skip,
+                    input,
+                    output: out,
+                });
+                continue;
+            }
+            nodes.push(PlannedNode {
+                step,
+                input,
+                output: out,
+            });
+        }
+        let mut engine = Engine {
+            nodes,
+            buffers: Vec::new(),
+            alias,
+            input_names: graph.inputs.iter().map(|s| s.name.clone()).collect(),
+            outputs: graph.outputs.iter().map(|o| o.value as usize).collect(),
+            shapes,
+            capacity: 0,
+            batch: 0,
+        };
+        engine.reserve(batch_capacity.max(1));
+        Ok(engine)
+    }
+
+    /// Grows the buffers to hold `batch` samples (allocates; `run` calls it when needed).
+    pub fn reserve(&mut self, batch: usize) {
+        if batch <= self.capacity && !self.buffers.is_empty() {
+            return;
+        }
+        self.buffers = self
+            .shapes
+            .values
+            .iter()
+            .enumerate()
+            .map(|(v, (dtype, shape))| {
+                let n = if self.alias[v] != v {
+                    0
+                } else {
+                    batch * shape.iter().product::<usize>()
+                };
+                match dtype {
+                    DType::F32 => Buffer::F32(vec![0.0; n]),
+                    DType::I64 => Buffer::I64(vec![0; n]),
+                }
+            })
+            .collect();
+        self.capacity = batch;
+    }
+
+    /// Largest batch that runs without allocating.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Inferred dtype and per-sample shape of every value.
+    pub fn shapes(&self) -> &ValueShapes {
+        &self.shapes
+    }
+
+    /// Runs `batch` samples; `inputs[i]` holds `batch × sample_len` values of graph input
+    /// `i`, row-major. Results are read with [`Engine::output_f32`] / [`Engine::output_i64`].
+    ///
+    /// # Errors
+    /// Wrong input count or length, non-finite inputs, an empty batch. Nothing is run then.
+    pub fn run(&mut self, inputs: &[&[f32]], batch: usize) -> Result<(), EngineError> {
+        if batch == 0 {
+            return Err(EngineError::EmptyBatch);
+        }
+        if inputs.len() != self.input_names.len() {
+            return Err(EngineError::InputCount {
+                expected: self.input_names.len(),
+                got: inputs.len(),
+            });
+        }
+        for (index, data) in inputs.iter().enumerate() {
+            let sample_len: usize = self.shapes.values[index].1.iter().product();
+            if data.len() != batch * sample_len {
+                return Err(EngineError::InputLength {
+                    index,
+                    name: self.input_names[index].clone(),
+                    batch,
+                    sample_len,
+                    expected: batch * sample_len,
+                    got: data.len(),
+                });
+            }
+            if let Some(position) = data.iter().position(|v| !v.is_finite()) {
+                return Err(EngineError::NonFinite {
+                    index,
+                    name: self.input_names[index].clone(),
+                    position,
+                    sample: position / sample_len.max(1),
+                    feature: position % sample_len.max(1),
+                    value: data[position],
+                });
+            }
+        }
+        self.reserve(batch);
+        self.batch = batch;
+        for (index, data) in inputs.iter().enumerate() {
+            if let Buffer::F32(buf) = &mut self.buffers[index] {
+                buf[..data.len()].copy_from_slice(data);
+            }
+        }
+        for node in &self.nodes {
+            let in_slot = self.alias[node.input];
+            let out_slot = self.alias[node.output];
+            if matches!(node.step, Step::Skip) {
+                continue;
+            }
+            let in_len = batch * self.shapes.values[node.input].1.iter().product::<usize>();
+            let out_len = batch * self.shapes.values[node.output].1.iter().product::<usize>();
+            let (before, after) = self.buffers.split_at_mut(out_slot);
+            let x = &before[in_slot].f32()[..in_len];
+            match (&node.step, &mut after[0]) {
+                (Step::ArgMax { axis_len, labels }, Buffer::I64(y)) => {
+                    kernels::argmax(x, *axis_len, labels.as_deref(), &mut y[..out_len]);
+                }
+                (step, Buffer::F32(y)) => run_step(step, x, &mut y[..out_len], batch),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn output_slot(&self, index: usize) -> Option<(usize, usize)> {
+        let v = *self.outputs.get(index)?;
+        Some((
+            self.alias[v],
+            self.batch * self.shapes.values[v].1.iter().product::<usize>(),
+        ))
+    }
+
+    /// Output `index` of the last run if it is float (`batch × sample` values).
+    pub fn output_f32(&self, index: usize) -> Option<&[f32]> {
+        let (slot, len) = self.output_slot(index)?;
+        match &self.buffers[slot] {
+            Buffer::F32(v) => v.get(..len),
+            Buffer::I64(_) => None,
+        }
+    }
+
+    /// Output `index` of the last run if it is an integer output.
+    pub fn output_i64(&self, index: usize) -> Option<&[i64]> {
+        let (slot, len) = self.output_slot(index)?;
+        match &self.buffers[slot] {
+            Buffer::I64(v) => v.get(..len),
+            Buffer::F32(_) => None,
+        }
+    }
+}
+
+fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize) {
+    match step {
+        Step::Standardize { offset, scale } => kernels::standardize(x, offset, scale, y),
+        Step::Dense {
+            weight,
+            bias,
+            inputs,
+            outputs,
+            act,
+        } => {
+            kernels::dense(x, weight, bias, *inputs, *outputs, y);
+            kernels::activate(*act, y);
+        }
+        Step::Conv2d(p, w, b) => kernels::conv2d(p, x, w, b, y, batch),
+        Step::MaxPool(p) => kernels::max_pool2d(p, x, y, batch),
+        Step::AvgPool(p, include_pad) => kernels::avg_pool2d(p, *include_pad, x, y, batch),
+        Step::GlobalAvgPool { channels, spatial } => {
+            kernels::global_avg_pool(x, *channels, *spatial, y, batch)
+        }
+        Step::Copy => y.copy_from_slice(x),
+        Step::Activation(act) => {
+            y.copy_from_slice(x);
+            kernels::activate(*act, y);
+        }
+        Step::Softmax { axis_len } => kernels::softmax(x, *axis_len, y),
+        Step::ArgMax { .. } | Step::Skip => {}
+    }
+}

@@ -1,0 +1,299 @@
+//! The native model IR: typed tensors, layers and the graph that wires them, plus model
+//! metadata.
+//!
+//! A [`Graph`] is a list of [`Node`]s in topological order. Every value carries a leading
+//! batch axis that the IR does not store: shapes here are *per sample*. Value ids number
+//! the graph inputs first (`0..inputs.len()`), then each node's single output in node order.
+//!
+//! # Compatibility
+//! The artifact stores these types with postcard, which is not self-describing. New layer
+//! kinds and tensor encodings are only ever appended as new enum variants, so files written
+//! by an older perch keep decoding; a file using a variant this build does not know fails
+//! with a clear error instead of being misread.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+mod validate;
+
+pub use validate::{GraphError, ValueShapes};
+
+/// Element type of a graph value.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// 64-bit signed integer (class indices and labels).
+    I64,
+}
+
+impl DType {
+    /// The ONNX-style lower case name (`float32`, `int64`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::I64 => "int64",
+        }
+    }
+}
+
+/// Name, element type and per-sample shape of a graph input or output.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TensorSpec {
+    /// Name used by callers (`--format json` output keys, ONNX input names).
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape of one sample; the batch axis is implicit and comes first.
+    pub shape: Vec<u32>,
+}
+
+impl TensorSpec {
+    /// Number of elements in one sample.
+    pub fn sample_len(&self) -> usize {
+        self.shape.iter().map(|&d| d as usize).product()
+    }
+}
+
+/// A constant tensor (weights, biases, statistics).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Full shape (no implicit batch axis).
+    pub shape: Vec<u32>,
+    /// The elements in their encoding.
+    pub data: TensorData,
+}
+
+/// Encodings of a constant tensor's elements. Append-only (see module docs): int8 with
+/// per-channel quantization parameters and sparse (pruned) encodings come as new variants.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum TensorData {
+    /// Dense row-major f32.
+    F32(Vec<f32>),
+}
+
+impl Tensor {
+    /// A dense f32 tensor. The caller keeps `shape` and `data.len()` consistent; validation
+    /// checks it when a graph is loaded.
+    pub fn f32(shape: Vec<u32>, data: Vec<f32>) -> Tensor {
+        Tensor {
+            shape,
+            data: TensorData::F32(data),
+        }
+    }
+
+    /// Number of elements the shape implies.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().map(|&d| d as usize).product()
+    }
+
+    /// The f32 elements, if the tensor is stored densely as f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            TensorData::F32(v) => Some(v),
+        }
+    }
+
+    /// Size of the stored elements in bytes.
+    pub fn size_bytes(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.len() * 4,
+        }
+    }
+}
+
+/// Spatial padding of a 2-D window op: top, left, bottom, right.
+pub type Padding2d = [u32; 4];
+
+/// One operation of the graph. Layers work on the last axis (dense, softmax, argmax,
+/// standardize) or on NCHW feature maps (conv and pooling). Append-only.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Layer {
+    /// `y[..., j] = (x[..., j] - offset[j]) * scale[j]` on the last axis; `offset` and
+    /// `scale` have the last axis' length, or length 1 to broadcast.
+    Standardize {
+        /// Subtracted first.
+        offset: Vec<f32>,
+        /// Multiplied second.
+        scale: Vec<f32>,
+    },
+    /// `y = x · Wᵀ + b` on the last axis; `weight` is `[out, in]`, `bias` is `[out]`.
+    Dense {
+        /// `[out, in]`.
+        weight: Tensor,
+        /// `[out]`, or none.
+        bias: Option<Tensor>,
+    },
+    /// 2-D convolution over NCHW input; `weight` is `[out, in / groups, kh, kw]`.
+    Conv2d {
+        /// `[out_channels, in_channels / groups, kh, kw]`.
+        weight: Tensor,
+        /// `[out_channels]`, or none.
+        bias: Option<Tensor>,
+        /// Vertical, horizontal stride.
+        stride: [u32; 2],
+        /// Top, left, bottom, right zero padding.
+        padding: Padding2d,
+        /// Vertical, horizontal dilation.
+        dilation: [u32; 2],
+        /// Channel groups (1 = dense conv, `in_channels` = depthwise).
+        groups: u32,
+    },
+    /// Max pooling over NCHW input; padded cells never win.
+    MaxPool2d {
+        /// Window height, width.
+        kernel: [u32; 2],
+        /// Vertical, horizontal stride.
+        stride: [u32; 2],
+        /// Top, left, bottom, right padding.
+        padding: Padding2d,
+    },
+    /// Average pooling over NCHW input.
+    AvgPool2d {
+        /// Window height, width.
+        kernel: [u32; 2],
+        /// Vertical, horizontal stride.
+        stride: [u32; 2],
+        /// Top, left, bottom, right padding.
+        padding: Padding2d,
+        /// Whether padded cells count in the divisor (ONNX `count_include_pad`).
+        count_include_pad: bool,
+    },
+    /// Mean over the spatial axes of NCHW input, giving `[C, 1, 1]` per sample.
+    GlobalAvgPool,
+    /// Collapses each sample to one axis.
+    Flatten,
+    /// Gives each sample a new shape with the same number of elements.
+    Reshape {
+        /// New per-sample shape.
+        shape: Vec<u32>,
+    },
+    /// `max(x, 0)`.
+    Relu,
+    /// `x` if `x >= 0`, else `alpha * x`.
+    LeakyRelu {
+        /// Slope for negative inputs.
+        alpha: f32,
+    },
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Softmax over the last axis.
+    Softmax,
+    /// Index of the largest value on the last axis (first one on ties), as `int64`,
+    /// mapped through `labels` when given. Removes the last axis.
+    ArgMax {
+        /// Class label for each index, or none for the raw index.
+        labels: Option<Vec<i64>>,
+    },
+}
+
+impl Layer {
+    /// Short name for listings (`perch info`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Layer::Standardize { .. } => "standardize",
+            Layer::Dense { .. } => "dense",
+            Layer::Conv2d { .. } => "conv2d",
+            Layer::MaxPool2d { .. } => "max_pool2d",
+            Layer::AvgPool2d { .. } => "avg_pool2d",
+            Layer::GlobalAvgPool => "global_avg_pool",
+            Layer::Flatten => "flatten",
+            Layer::Reshape { .. } => "reshape",
+            Layer::Relu => "relu",
+            Layer::LeakyRelu { .. } => "leaky_relu",
+            Layer::Sigmoid => "sigmoid",
+            Layer::Tanh => "tanh",
+            Layer::Softmax => "softmax",
+            Layer::ArgMax { .. } => "argmax",
+        }
+    }
+
+    /// Bytes of constant data the layer carries.
+    pub fn param_bytes(&self) -> usize {
+        match self {
+            Layer::Standardize { offset, scale } => (offset.len() + scale.len()) * 4,
+            Layer::Dense { weight, bias } | Layer::Conv2d { weight, bias, .. } => {
+                weight.size_bytes() + bias.as_ref().map_or(0, Tensor::size_bytes)
+            }
+            Layer::ArgMax { labels } => labels.as_ref().map_or(0, |l| l.len() * 8),
+            _ => 0,
+        }
+    }
+}
+
+/// Index of a value: graph inputs first, then one per node.
+pub type ValueId = u32;
+
+/// One layer applied to earlier values.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Name for error messages (the ONNX node name when converted).
+    pub name: String,
+    /// The operation.
+    pub layer: Layer,
+    /// The values it reads; each must come earlier in the graph.
+    pub inputs: Vec<ValueId>,
+}
+
+/// A named graph output.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Output {
+    /// Name callers see.
+    pub name: String,
+    /// The value it exposes.
+    pub value: ValueId,
+}
+
+/// A model's computation: inputs, nodes in topological order, outputs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Graph {
+    /// Graph inputs (f32).
+    pub inputs: Vec<TensorSpec>,
+    /// Nodes, each after the values it reads.
+    pub nodes: Vec<Node>,
+    /// Named outputs.
+    pub outputs: Vec<Output>,
+}
+
+/// Descriptive data about a model. Schema lives in the graph; everything here is for people
+/// and tools.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Metadata {
+    /// Model name (`digits-mlp`).
+    pub name: String,
+    /// Version string chosen by the producer.
+    pub version: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix_s: u64,
+    /// Tool that made it (`perch-host 0.1.0 convert`).
+    pub producer: String,
+    /// Free text.
+    pub description: String,
+    /// Class names in class-index order, for classifiers.
+    pub class_labels: Vec<String>,
+    /// Free key-values.
+    pub properties: BTreeMap<String, String>,
+    /// Optional tagged sections (training metrics, drift baselines, canary input…). A
+    /// reader skips kinds it does not know, so sections can be added without a format break.
+    pub sections: Vec<Section>,
+}
+
+/// An opaque, tagged block of metadata; `kind` says how to read `bytes`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Section {
+    /// What the bytes hold; see `docs/artifact.md` for the registered kinds.
+    pub kind: u32,
+    /// Encoded content.
+    pub bytes: Vec<u8>,
+}
+
+/// A complete native model: what a `.perch` artifact's payload holds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Model {
+    /// Descriptive metadata.
+    pub metadata: Metadata,
+    /// The computation.
+    pub graph: Graph,
+}

@@ -1,0 +1,408 @@
+//! Shape inference and validation: every check that makes executing a graph safe happens
+//! here, once, when a model is loaded.
+
+use super::{DType, Graph, Layer, Tensor, TensorData};
+
+/// Why a graph cannot run.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum GraphError {
+    /// The graph declares no input or no output.
+    #[error("graph has no {0}")]
+    Empty(&'static str),
+    /// A node or output reads a value that does not exist yet.
+    #[error("{node}: reads value {value}, but only values 0..{available} exist before it")]
+    UnknownValue {
+        /// Node (or output) name.
+        node: String,
+        /// The id it reads.
+        value: u32,
+        /// How many values exist at that point.
+        available: usize,
+    },
+    /// A node has the wrong number of inputs.
+    #[error("{node}: {layer} takes {expected} input(s), got {got}")]
+    Arity {
+        /// Node name.
+        node: String,
+        /// Layer kind.
+        layer: &'static str,
+        /// Required count.
+        expected: usize,
+        /// Given count.
+        got: usize,
+    },
+    /// Input shape or dtype does not fit the layer, or parameters disagree with each other.
+    #[error("{node}: {layer}: {reason}")]
+    Shape {
+        /// Node name.
+        node: String,
+        /// Layer kind.
+        layer: &'static str,
+        /// What is wrong, with the values.
+        reason: String,
+    },
+    /// A value is larger than this build is willing to plan.
+    #[error("{node}: a sample of this value would hold {elements} elements (limit {limit})")]
+    TooLarge {
+        /// Node name.
+        node: String,
+        /// Requested element count.
+        elements: u128,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Largest per-sample value the engine plans (elements).
+pub const MAX_VALUE_ELEMENTS: usize = 1 << 28;
+
+/// Inferred dtype and per-sample shape of every value of a graph, indexed by value id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueShapes {
+    /// Per value: element type and per-sample shape.
+    pub values: Vec<(DType, Vec<usize>)>,
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+fn tensor_f32<'a>(
+    t: &'a Tensor,
+    node: &str,
+    layer: &'static str,
+    what: &str,
+) -> Result<&'a [f32], GraphError> {
+    let shape_err = |reason: String| GraphError::Shape {
+        node: node.to_string(),
+        layer,
+        reason,
+    };
+    let expected: u128 = t.shape.iter().map(|&d| d as u128).product();
+    let data = match &t.data {
+        TensorData::F32(v) => v.as_slice(),
+    };
+    if expected != data.len() as u128 {
+        return Err(shape_err(format!(
+            "{what} has shape {:?} ({expected} elements) but holds {}",
+            t.shape,
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
+fn window_out(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad_lo: usize,
+    pad_hi: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let eff = dilation
+        .checked_mul(kernel.checked_sub(1)?)?
+        .checked_add(1)?;
+    let padded = input.checked_add(pad_lo)?.checked_add(pad_hi)?;
+    if stride == 0 || padded < eff {
+        return None;
+    }
+    Some((padded - eff) / stride + 1)
+}
+
+impl Graph {
+    /// Checks the graph and infers every value's dtype and per-sample shape.
+    ///
+    /// # Errors
+    /// Any inconsistency: dangling value ids, wrong arity, shapes that do not fit, tensors
+    /// whose data length disagrees with their shape, oversized values.
+    pub fn infer_shapes(&self) -> Result<ValueShapes, GraphError> {
+        if self.inputs.is_empty() {
+            return Err(GraphError::Empty("inputs"));
+        }
+        if self.outputs.is_empty() {
+            return Err(GraphError::Empty("outputs"));
+        }
+        let mut values: Vec<(DType, Vec<usize>)> =
+            Vec::with_capacity(self.inputs.len() + self.nodes.len());
+        for spec in &self.inputs {
+            if spec.dtype != DType::F32 {
+                return Err(GraphError::Shape {
+                    node: spec.name.clone(),
+                    layer: "input",
+                    reason: format!("inputs must be float32, found {}", spec.dtype.name()),
+                });
+            }
+            let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+            check_size(&spec.name, &shape)?;
+            values.push((DType::F32, shape));
+        }
+        for node in &self.nodes {
+            let kind = node.layer.kind();
+            let expected = 1;
+            if node.inputs.len() != expected {
+                return Err(GraphError::Arity {
+                    node: node.name.clone(),
+                    layer: kind,
+                    expected,
+                    got: node.inputs.len(),
+                });
+            }
+            let id = node.inputs[0];
+            let (dtype, x) =
+                values
+                    .get(id as usize)
+                    .cloned()
+                    .ok_or_else(|| GraphError::UnknownValue {
+                        node: node.name.clone(),
+                        value: id,
+                        available: values.len(),
+                    })?;
+            let err = |reason: String| GraphError::Shape {
+                node: node.name.clone(),
+                layer: kind,
+                reason,
+            };
+            if dtype != DType::F32 {
+                return Err(err(format!(
+                    "input must be float32, found {}",
+                    dtype.name()
+                )));
+            }
+            let out = infer_layer(&node.layer, &node.name, &x, &err)?;
+            check_size(&node.name, &out.1)?;
+            values.push(out);
+        }
+        for out in &self.outputs {
+            if out.value as usize >= values.len() {
+                return Err(GraphError::UnknownValue {
+                    node: format!("output {:?}", out.name),
+                    value: out.value,
+                    available: values.len(),
+                });
+            }
+        }
+        Ok(ValueShapes { values })
+    }
+}
+
+fn check_size(node: &str, shape: &[usize]) -> Result<(), GraphError> {
+    let n: u128 = shape.iter().map(|&d| d as u128).product();
+    if n > MAX_VALUE_ELEMENTS as u128 {
+        return Err(GraphError::TooLarge {
+            node: node.to_string(),
+            elements: n,
+            limit: MAX_VALUE_ELEMENTS,
+        });
+    }
+    Ok(())
+}
+
+fn infer_layer(
+    layer: &Layer,
+    name: &str,
+    x: &[usize],
+    err: &dyn Fn(String) -> GraphError,
+) -> Result<(DType, Vec<usize>), GraphError> {
+    let kind = layer.kind();
+    let last = || {
+        x.last()
+            .copied()
+            .ok_or_else(|| err("input has no axis".into()))
+    };
+    let nchw = || -> Result<[usize; 3], GraphError> {
+        match *x {
+            [c, h, w] => Ok([c, h, w]),
+            _ => Err(err(format!("expects a C×H×W sample, got shape {x:?}"))),
+        }
+    };
+    match layer {
+        Layer::Standardize { offset, scale } => {
+            let n = last()?;
+            for (what, v) in [("offset", offset), ("scale", scale)] {
+                if v.len() != n && v.len() != 1 {
+                    return Err(err(format!(
+                        "{what} has {} values for a last axis of {n}",
+                        v.len()
+                    )));
+                }
+            }
+            Ok((DType::F32, x.to_vec()))
+        }
+        Layer::Dense { weight, bias } => {
+            tensor_f32(weight, name, kind, "weight")?;
+            let [out, inp] = match weight.shape[..] {
+                [o, i] => [o as usize, i as usize],
+                _ => {
+                    return Err(err(format!(
+                        "weight must be [out, in], got {:?}",
+                        weight.shape
+                    )));
+                }
+            };
+            let n = last()?;
+            if n != inp {
+                return Err(err(format!(
+                    "input's last axis is {n}, weight expects {inp}"
+                )));
+            }
+            if let Some(b) = bias {
+                let b = tensor_f32(b, name, kind, "bias")?;
+                if b.len() != out {
+                    return Err(err(format!(
+                        "bias has {} values for {out} outputs",
+                        b.len()
+                    )));
+                }
+            }
+            let mut y = x.to_vec();
+            if let Some(l) = y.last_mut() {
+                *l = out;
+            }
+            Ok((DType::F32, y))
+        }
+        Layer::Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+            groups,
+        } => {
+            tensor_f32(weight, name, kind, "weight")?;
+            let [c, h, w] = nchw()?;
+            let [oc, icg, kh, kw] = match weight.shape[..] {
+                [a, b, c, d] => [a as usize, b as usize, c as usize, d as usize],
+                _ => {
+                    return Err(err(format!(
+                        "weight must be [out, in/groups, kh, kw], got {:?}",
+                        weight.shape
+                    )));
+                }
+            };
+            let g = *groups as usize;
+            if g == 0 || c % g != 0 || oc % g != 0 || c / g != icg {
+                return Err(err(format!(
+                    "{c} input channels, {oc} output channels and {g} groups do not fit weight {:?}",
+                    weight.shape
+                )));
+            }
+            if let Some(b) = bias {
+                let b = tensor_f32(b, name, kind, "bias")?;
+                if b.len() != oc {
+                    return Err(err(format!(
+                        "bias has {} values for {oc} channels",
+                        b.len()
+                    )));
+                }
+            }
+            let oh = window_out(
+                h,
+                kh,
+                stride[0] as usize,
+                padding[0] as usize,
+                padding[2] as usize,
+                dilation[0] as usize,
+            );
+            let ow = window_out(
+                w,
+                kw,
+                stride[1] as usize,
+                padding[1] as usize,
+                padding[3] as usize,
+                dilation[1] as usize,
+            );
+            match (oh, ow) {
+                (Some(oh), Some(ow)) if oh > 0 && ow > 0 && dilation.iter().all(|&d| d > 0) => {
+                    Ok((DType::F32, vec![oc, oh, ow]))
+                }
+                _ => Err(err(format!(
+                    "kernel {kh}×{kw}, stride {stride:?}, padding {padding:?}, dilation {dilation:?} do not fit a {h}×{w} input"
+                ))),
+            }
+        }
+        Layer::MaxPool2d {
+            kernel,
+            stride,
+            padding,
+        }
+        | Layer::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+            ..
+        } => {
+            let [c, h, w] = nchw()?;
+            let oh = window_out(
+                h,
+                kernel[0] as usize,
+                stride[0] as usize,
+                padding[0] as usize,
+                padding[2] as usize,
+                1,
+            );
+            let ow = window_out(
+                w,
+                kernel[1] as usize,
+                stride[1] as usize,
+                padding[1] as usize,
+                padding[3] as usize,
+                1,
+            );
+            let pads_ok = padding[0] < kernel[0]
+                && padding[2] < kernel[0]
+                && padding[1] < kernel[1]
+                && padding[3] < kernel[1];
+            match (oh, ow) {
+                (Some(oh), Some(ow)) if pads_ok && kernel.iter().all(|&k| k > 0) => {
+                    Ok((DType::F32, vec![c, oh, ow]))
+                }
+                _ => Err(err(format!(
+                    "kernel {kernel:?}, stride {stride:?}, padding {padding:?} do not fit a {h}×{w} input"
+                ))),
+            }
+        }
+        Layer::GlobalAvgPool => {
+            let [c, h, w] = nchw()?;
+            if h * w == 0 {
+                return Err(err("empty spatial extent".into()));
+            }
+            Ok((DType::F32, vec![c, 1, 1]))
+        }
+        Layer::Flatten => Ok((DType::F32, vec![numel(x)])),
+        Layer::Reshape { shape } => {
+            let to: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            let to_n: u128 = to.iter().map(|&d| d as u128).product();
+            if to_n != numel(x) as u128 {
+                return Err(err(format!("cannot reshape {x:?} into {to:?}")));
+            }
+            Ok((DType::F32, to))
+        }
+        Layer::Relu | Layer::Sigmoid | Layer::Tanh => Ok((DType::F32, x.to_vec())),
+        Layer::LeakyRelu { alpha } => {
+            if !alpha.is_finite() {
+                return Err(err(format!("alpha is {alpha}")));
+            }
+            Ok((DType::F32, x.to_vec()))
+        }
+        Layer::Softmax => {
+            if last()? == 0 {
+                return Err(err("softmax over an empty axis".into()));
+            }
+            Ok((DType::F32, x.to_vec()))
+        }
+        Layer::ArgMax { labels } => {
+            let n = last()?;
+            if n == 0 {
+                return Err(err("argmax over an empty axis".into()));
+            }
+            if let Some(l) = labels
+                && l.len() != n
+            {
+                return Err(err(format!("{} labels for {n} classes", l.len())));
+            }
+            Ok((DType::I64, x[..x.len() - 1].to_vec()))
+        }
+    }
+}

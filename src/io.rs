@@ -1,0 +1,402 @@
+//! Reading model inputs from files (CSV, JSON, `.npy`) and writing outputs.
+//!
+//! Every reader returns a row-major `f32` array with its shape; rows are samples. Bad input
+//! is an [`InputError`] naming the file position at fault, never a panic.
+
+use std::path::Path;
+
+/// Why an input file cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum InputError {
+    /// The file holds no data rows.
+    #[error("{file}: no data rows")]
+    Empty {
+        /// File name.
+        file: String,
+    },
+    /// A CSV cell or JSON element is not a number.
+    #[error("{file}: row {row}, column {column}: {value:?} is not a number")]
+    NotANumber {
+        /// File name.
+        file: String,
+        /// 1-based line / row number in the file.
+        row: usize,
+        /// 1-based column.
+        column: usize,
+        /// The offending text.
+        value: String,
+    },
+    /// A value is NaN or infinite.
+    #[error("{file}: row {row}, column {column}: value is {value}; inputs must be finite numbers")]
+    NonFinite {
+        /// File name.
+        file: String,
+        /// 1-based row.
+        row: usize,
+        /// 1-based column.
+        column: usize,
+        /// The value as read.
+        value: String,
+    },
+    /// Rows of different lengths.
+    #[error("{file}: row {row} has {got} values, earlier rows have {expected}")]
+    Ragged {
+        /// File name.
+        file: String,
+        /// 1-based row.
+        row: usize,
+        /// Width of the first row.
+        expected: usize,
+        /// Width of this row.
+        got: usize,
+    },
+    /// The file is malformed in its own format.
+    #[error("{file}: {reason}")]
+    Malformed {
+        /// File name.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file could not be read.
+    #[error("{file}: {reason}")]
+    Io {
+        /// File name.
+        file: String,
+        /// The I/O error text.
+        reason: String,
+    },
+}
+
+/// A dense row-major array read from a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputArray {
+    /// Shape; the first axis is the sample (row) axis.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// Input file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// Comma-separated numbers, one sample per row, optional header row.
+    Csv,
+    /// Nested JSON arrays (`[[...], ...]`), or one flat array for a single sample.
+    Json,
+    /// NumPy `.npy` (little-endian float32/float64/int, C order).
+    Npy,
+}
+
+impl InputFormat {
+    /// Guesses the format from the file extension (`.npy`, `.json`, anything else CSV).
+    pub fn from_path(path: &Path) -> InputFormat {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("npy") => InputFormat::Npy,
+            Some("json") => InputFormat::Json,
+            _ => InputFormat::Csv,
+        }
+    }
+}
+
+/// Reads `path` in the format its extension implies.
+///
+/// # Errors
+/// See [`InputError`].
+pub fn read_input(path: &Path) -> Result<InputArray, InputError> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| InputError::Io {
+        file: file.clone(),
+        reason: e.to_string(),
+    })?;
+    parse_input(&bytes, InputFormat::from_path(path), &file)
+}
+
+/// Parses `bytes` as `format`; `file` names the source in errors.
+///
+/// # Errors
+/// See [`InputError`].
+pub fn parse_input(
+    bytes: &[u8],
+    format: InputFormat,
+    file: &str,
+) -> Result<InputArray, InputError> {
+    match format {
+        InputFormat::Csv => parse_csv(bytes, file),
+        InputFormat::Json => parse_json(bytes, file),
+        InputFormat::Npy => parse_npy(bytes, file),
+    }
+}
+
+fn parse_csv(bytes: &[u8], file: &str) -> Result<InputArray, InputError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let mut data = Vec::new();
+    let mut width = None;
+    let mut rows = 0;
+    let mut record = csv::StringRecord::new();
+    let mut first = true;
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                return Err(InputError::Malformed {
+                    file: file.into(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        let line = record.position().map_or(rows + 1, |p| p.line() as usize);
+        if record.len() == 1 && record.get(0) == Some("") {
+            continue;
+        }
+        if first {
+            first = false;
+            // A first row with no parsable number at all is a header.
+            if record.iter().all(|c| c.parse::<f32>().is_err()) {
+                continue;
+            }
+        }
+        let w = *width.get_or_insert(record.len());
+        if record.len() != w {
+            return Err(InputError::Ragged {
+                file: file.into(),
+                row: line,
+                expected: w,
+                got: record.len(),
+            });
+        }
+        for (c, cell) in record.iter().enumerate() {
+            let v: f32 = cell.parse().map_err(|_| InputError::NotANumber {
+                file: file.into(),
+                row: line,
+                column: c + 1,
+                value: cell.into(),
+            })?;
+            if !v.is_finite() {
+                return Err(InputError::NonFinite {
+                    file: file.into(),
+                    row: line,
+                    column: c + 1,
+                    value: cell.into(),
+                });
+            }
+            data.push(v);
+        }
+        rows += 1;
+    }
+    match width {
+        Some(w) if rows > 0 => Ok(InputArray {
+            shape: vec![rows, w],
+            data,
+        }),
+        _ => Err(InputError::Empty { file: file.into() }),
+    }
+}
+
+fn parse_json(bytes: &[u8], file: &str) -> Result<InputArray, InputError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| InputError::Malformed {
+            file: file.into(),
+            reason: format!("invalid JSON: {e}"),
+        })?;
+    let mut shape = Vec::new();
+    let mut probe = &value;
+    while let serde_json::Value::Array(items) = probe {
+        shape.push(items.len());
+        match items.first() {
+            Some(first) => probe = first,
+            None => break,
+        }
+    }
+    if shape.is_empty() || shape.contains(&0) {
+        return Err(InputError::Empty { file: file.into() });
+    }
+    if shape.len() == 1 {
+        shape.insert(0, 1);
+    }
+    let mut data = Vec::with_capacity(shape.iter().product());
+    fn walk(
+        v: &serde_json::Value,
+        depth: usize,
+        shape: &[usize],
+        row: usize,
+        file: &str,
+        data: &mut Vec<f32>,
+    ) -> Result<(), InputError> {
+        let offset = shape.len() - depth;
+        match v {
+            serde_json::Value::Array(items) if depth > 0 => {
+                if items.len() != shape[offset] {
+                    return Err(InputError::Ragged {
+                        file: file.into(),
+                        row: row + 1,
+                        expected: shape[offset],
+                        got: items.len(),
+                    });
+                }
+                for it in items {
+                    walk(it, depth - 1, shape, row, file, data)?;
+                }
+                Ok(())
+            }
+            serde_json::Value::Number(n) if depth == 0 => {
+                let f = n.as_f64().unwrap_or(f64::NAN) as f32;
+                if !f.is_finite() {
+                    return Err(InputError::NonFinite {
+                        file: file.into(),
+                        row: row + 1,
+                        column: data.len() % shape.last().copied().unwrap_or(1) + 1,
+                        value: n.to_string(),
+                    });
+                }
+                data.push(f);
+                Ok(())
+            }
+            other => Err(InputError::NotANumber {
+                file: file.into(),
+                row: row + 1,
+                column: data.len() % shape.last().copied().unwrap_or(1) + 1,
+                value: other.to_string(),
+            }),
+        }
+    }
+    let rows: Vec<&serde_json::Value> = match &value {
+        serde_json::Value::Array(items)
+            if shape.len() > 1 && items.first().is_some_and(|f| f.is_array()) =>
+        {
+            items.iter().collect()
+        }
+        v => vec![v],
+    };
+    for (r, row) in rows.iter().enumerate() {
+        walk(row, shape.len() - 1, &shape, r, file, &mut data)?;
+    }
+    Ok(InputArray { shape, data })
+}
+
+/// Parses NumPy's `.npy` format (versions 1-3): little-endian `f4`, `f8`, `i1`-`i8`,
+/// `u1`-`u8`, C order.
+fn parse_npy(bytes: &[u8], file: &str) -> Result<InputArray, InputError> {
+    let bad = |reason: String| InputError::Malformed {
+        file: file.into(),
+        reason,
+    };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file (missing \\x93NUMPY magic)".into()));
+    }
+    let major = bytes[6];
+    let (header_len, start): (usize, usize) = match major {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return Err(bad(format!(".npy version {major} is not supported"))),
+    };
+    let header = bytes
+        .get(start..start.saturating_add(header_len))
+        .ok_or_else(|| bad("header is truncated".into()))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text".into()))?;
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}'"))?;
+        let rest = &header[at + key.len() + 2..];
+        Some(rest.trim_start().strip_prefix(':')?.trim_start())
+    };
+    let descr = field("descr")
+        .and_then(|r| r.strip_prefix('\''))
+        .and_then(|r| r.split('\'').next())
+        .ok_or_else(|| bad("header has no 'descr'".into()))?;
+    if field("fortran_order").is_some_and(|r| r.starts_with("True")) {
+        return Err(bad(
+            "Fortran-order arrays are not supported; save with C order".into(),
+        ));
+    }
+    let shape_text = field("shape")
+        .and_then(|r| r.strip_prefix('('))
+        .and_then(|r| r.split(')').next())
+        .ok_or_else(|| bad("header has no 'shape'".into()))?;
+    let mut shape = Vec::new();
+    for part in shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        shape.push(
+            part.parse::<usize>()
+                .map_err(|_| bad(format!("bad shape entry {part:?}")))?,
+        );
+    }
+    let body = &bytes[start + header_len..];
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad("shape overflows".into()))?;
+    let (size, conv): (usize, fn(&[u8]) -> f64) = match descr {
+        "<f4" => (4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64),
+        "<f8" => (8, |b| {
+            f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+        }),
+        "|i1" => (1, |b| b[0] as i8 as f64),
+        "|u1" => (1, |b| b[0] as f64),
+        "<i2" => (2, |b| i16::from_le_bytes([b[0], b[1]]) as f64),
+        "<u2" => (2, |b| u16::from_le_bytes([b[0], b[1]]) as f64),
+        "<i4" => (4, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64),
+        "<u4" => (4, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64),
+        "<i8" => (8, |b| {
+            i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64
+        }),
+        "<u8" => (8, |b| {
+            u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64
+        }),
+        other => {
+            return Err(bad(format!(
+                "element type {other:?} is not supported (use float32)"
+            )));
+        }
+    };
+    let needed = count
+        .checked_mul(size)
+        .ok_or_else(|| bad("shape overflows".into()))?;
+    if body.len() < needed {
+        return Err(bad(format!(
+            "data is truncated: shape {shape:?} needs {needed} bytes, file has {}",
+            body.len()
+        )));
+    }
+    if count == 0 {
+        return Err(InputError::Empty { file: file.into() });
+    }
+    let width = if shape.len() > 1 {
+        shape[1..].iter().product::<usize>()
+    } else {
+        count
+    };
+    let mut data = Vec::with_capacity(count);
+    for (i, chunk) in body[..needed].chunks_exact(size).enumerate() {
+        let v = conv(chunk) as f32;
+        if !v.is_finite() {
+            return Err(InputError::NonFinite {
+                file: file.into(),
+                row: i / width + 1,
+                column: i % width + 1,
+                value: conv(chunk).to_string(),
+            });
+        }
+        data.push(v);
+    }
+    if shape.len() <= 1 {
+        shape = vec![1, count];
+    }
+    Ok(InputArray { shape, data })
+}

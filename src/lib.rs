@@ -1,0 +1,48 @@
+//! perch: model lifecycle management for edge devices.
+//!
+//! # Layout
+//! The modules follow the data path, bytes → artifact → graph → engine → outputs:
+//! - [`artifact`]: the native `.perch` file: header, postcard payload, SHA-256, signature slot.
+//! - [`graph`]: the native model IR: tensors, layers, the graph, model metadata.
+//! - [`engine`]: executes a native graph with buffers planned once at load.
+//! - [`onnx`] (feature `onnx`): the tract-onnx backend and the ONNX ops perch adds to it.
+//! - [`convert`] (feature `onnx`): translates ONNX graphs into the native IR.
+//! - [`runtime`]: one [`runtime::Model`] over both backends; what the CLI calls.
+//! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
+//!
+//! # Example
+//! ```
+//! use perch::graph::{DType, Graph, Layer, Metadata, Model, Node, Output, Tensor, TensorSpec};
+//! use perch::engine::Engine;
+//!
+//! let graph = Graph {
+//!     inputs: vec![TensorSpec { name: "x".into(), dtype: DType::F32, shape: vec![2] }],
+//!     nodes: vec![Node {
+//!         name: "dense".into(),
+//!         layer: Layer::Dense {
+//!             weight: Tensor::f32(vec![1, 2], vec![1.0, 2.0]),
+//!             bias: Some(Tensor::f32(vec![1], vec![0.5])),
+//!         },
+//!         inputs: vec![0],
+//!     }],
+//!     outputs: vec![Output { name: "y".into(), value: 1 }],
+//! };
+//! let model = Model { metadata: Metadata::default(), graph };
+//! let bytes = perch::artifact::encode(&model)?;
+//! let model = perch::artifact::decode(&bytes)?.model;
+//! let mut engine = Engine::new(&model.graph, 1)?;
+//! engine.run(&[&[3.0, 4.0]], 1)?;
+//! assert_eq!(engine.output_f32(0), Some(&[11.5f32][..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod artifact;
+#[cfg(feature = "onnx")]
+pub mod convert;
+pub mod engine;
+pub mod graph;
+pub mod io;
+#[cfg(feature = "onnx")]
+pub mod onnx;
+pub mod runtime;

@@ -1,0 +1,415 @@
+//! One [`Model`] over both backends: the native engine (`.perch`, and ONNX graphs whose ops
+//! all exist natively) and tract (every other ONNX model). This is what the CLI, the agent
+//! and embedding programs call.
+
+use crate::artifact::{self, ArtifactError};
+use crate::engine::{Engine, EngineError};
+use crate::graph::{DType, Metadata, TensorSpec};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Why a model cannot be loaded or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The `.perch` file is unusable.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// The native engine refused the graph or the input.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The ONNX backend failed.
+    #[cfg(feature = "onnx")]
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
+    /// An ONNX model was given to a build without the backend.
+    #[error(
+        "this build of perch has no ONNX support; rebuild with --features onnx, or convert the model with `perch-host convert`"
+    )]
+    OnnxNotCompiled,
+    /// The file is neither a `.perch` artifact nor ONNX.
+    #[error("{path}: unknown model format (expected a .perch artifact or an .onnx file)")]
+    UnknownFormat {
+        /// The path.
+        path: String,
+    },
+    /// The input's shape does not fit the model.
+    #[error(
+        "input has shape {got:?}, but model input {name:?} takes samples of shape {expected:?} ({sample_len} values per row)"
+    )]
+    InputShape {
+        /// Model input name.
+        name: String,
+        /// Expected per-sample shape.
+        expected: Vec<u32>,
+        /// Values per sample.
+        sample_len: usize,
+        /// Shape given.
+        got: Vec<usize>,
+    },
+    /// The native engine was requested for a model it cannot run.
+    #[error("the native engine cannot run this model: {0}")]
+    NotNative(String),
+    /// Reading the model file failed.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The error text.
+        reason: String,
+    },
+}
+
+/// On-disk model formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// perch's native artifact.
+    Perch,
+    /// ONNX protobuf.
+    Onnx,
+}
+
+/// The engine executing a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// perch's native engine.
+    Native,
+    /// tract (ONNX backend).
+    Tract,
+}
+
+impl EngineKind {
+    /// Lower-case name (`native`, `tract`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Native => "native",
+            EngineKind::Tract => "tract",
+        }
+    }
+}
+
+/// Which engine to use for an ONNX model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// Native when every op converts, else tract.
+    #[default]
+    Auto,
+    /// Native or fail.
+    Native,
+    /// Always tract.
+    Tract,
+}
+
+/// Descriptive facts about a loaded model (`perch info`).
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// File format.
+    pub format: Format,
+    /// Engine that runs it.
+    pub engine: EngineKind,
+    /// Inputs (per-sample shapes).
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs (per-sample shapes).
+    pub outputs: Vec<TensorSpec>,
+    /// Op / layer counts.
+    pub ops: BTreeMap<String, usize>,
+    /// File size in bytes.
+    pub size_bytes: u64,
+    /// Native metadata (for `.perch`, or converted ONNX).
+    pub metadata: Option<Metadata>,
+    /// Notes about how the model runs (why tract rather than native, ZipMap replaced…).
+    pub notes: Vec<String>,
+    /// SHA-256 of the payload, for `.perch`.
+    pub sha256: Option<String>,
+}
+
+/// One output of a run, `[batch, ...]` row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Output name.
+    pub name: String,
+    /// Shape including the batch axis.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub values: OutputValues,
+}
+
+/// Output element storage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputValues {
+    /// Float output.
+    F32(Vec<f32>),
+    /// Integer output (labels).
+    I64(Vec<i64>),
+}
+
+enum Backend {
+    Native(Box<Engine>),
+    #[cfg(feature = "onnx")]
+    Tract(Box<crate::onnx::OnnxModel>),
+}
+
+/// A loaded model on either backend.
+pub struct Model {
+    backend: Backend,
+    info: ModelInfo,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("info", &self.info).finish()
+    }
+}
+
+fn layer_counts(graph: &crate::graph::Graph) -> BTreeMap<String, usize> {
+    let mut ops = BTreeMap::new();
+    for n in &graph.nodes {
+        *ops.entry(n.layer.kind().to_string()).or_insert(0) += 1;
+    }
+    ops
+}
+
+fn output_specs(graph: &crate::graph::Graph, engine: &Engine) -> Vec<TensorSpec> {
+    graph
+        .outputs
+        .iter()
+        .map(|o| {
+            let (dtype, shape) = &engine.shapes().values[o.value as usize];
+            TensorSpec {
+                name: o.name.clone(),
+                dtype: *dtype,
+                shape: shape.iter().map(|&d| d as u32).collect(),
+            }
+        })
+        .collect()
+}
+
+impl Model {
+    /// Loads a `.perch` or `.onnx` model, choosing the engine as `choice` says.
+    ///
+    /// # Errors
+    /// Unreadable or invalid files, ONNX without the `onnx` feature, `Native` requested for
+    /// a graph with ops the native engine lacks.
+    pub fn load(path: &Path, choice: EngineChoice) -> Result<Model, RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|e| RuntimeError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if bytes.starts_with(&artifact::MAGIC) {
+            return Self::from_artifact_bytes(&bytes);
+        }
+        let is_onnx_name = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+        if !is_onnx_name && bytes.len() >= 8 && !looks_like_protobuf(&bytes) {
+            return Err(RuntimeError::UnknownFormat {
+                path: path.display().to_string(),
+            });
+        }
+        Self::from_onnx_bytes(&bytes, choice)
+    }
+
+    /// Loads a native artifact from memory.
+    ///
+    /// # Errors
+    /// As [`artifact::decode`] and [`Engine::new`].
+    pub fn from_artifact_bytes(bytes: &[u8]) -> Result<Model, RuntimeError> {
+        let art = artifact::decode(bytes)?;
+        let engine = Engine::new(&art.model.graph, 1)?;
+        let info = ModelInfo {
+            format: Format::Perch,
+            engine: EngineKind::Native,
+            inputs: art.model.graph.inputs.clone(),
+            outputs: output_specs(&art.model.graph, &engine),
+            ops: layer_counts(&art.model.graph),
+            size_bytes: bytes.len() as u64,
+            metadata: Some(art.model.metadata.clone()),
+            notes: Vec::new(),
+            sha256: Some(artifact::hex(&art.sha256)),
+        };
+        Ok(Model {
+            backend: Backend::Native(Box::new(engine)),
+            info,
+        })
+    }
+
+    /// Loads an ONNX model from memory.
+    ///
+    /// # Errors
+    /// [`RuntimeError::OnnxNotCompiled`] without the `onnx` feature; else the backend's.
+    #[cfg(not(feature = "onnx"))]
+    pub fn from_onnx_bytes(_bytes: &[u8], _choice: EngineChoice) -> Result<Model, RuntimeError> {
+        Err(RuntimeError::OnnxNotCompiled)
+    }
+
+    /// Loads an ONNX model from memory.
+    ///
+    /// # Errors
+    /// [`RuntimeError::OnnxNotCompiled`] without the `onnx` feature; else the backend's.
+    #[cfg(feature = "onnx")]
+    pub fn from_onnx_bytes(bytes: &[u8], choice: EngineChoice) -> Result<Model, RuntimeError> {
+        let mut notes = Vec::new();
+        if choice != EngineChoice::Tract {
+            match crate::convert::onnx_bytes_to_native(bytes) {
+                Ok(model) => {
+                    let engine = Engine::new(&model.graph, 1)?;
+                    let mut ops = BTreeMap::new();
+                    if let Ok(m) = crate::onnx::op_counts(bytes) {
+                        ops = m;
+                    }
+                    let info = ModelInfo {
+                        format: Format::Onnx,
+                        engine: EngineKind::Native,
+                        inputs: model.graph.inputs.clone(),
+                        outputs: output_specs(&model.graph, &engine),
+                        ops,
+                        size_bytes: bytes.len() as u64,
+                        metadata: Some(model.metadata.clone()),
+                        notes,
+                        sha256: None,
+                    };
+                    return Ok(Model {
+                        backend: Backend::Native(Box::new(engine)),
+                        info,
+                    });
+                }
+                Err(e) if choice == EngineChoice::Native => {
+                    return Err(RuntimeError::NotNative(e.to_string()));
+                }
+                Err(e) => notes.push(format!("runs on tract: {e}")),
+            }
+        }
+        let onnx = crate::onnx::OnnxModel::from_bytes(bytes)?;
+        notes.extend(onnx.notes().iter().cloned());
+        let info = ModelInfo {
+            format: Format::Onnx,
+            engine: EngineKind::Tract,
+            inputs: onnx.inputs().to_vec(),
+            outputs: onnx.outputs().to_vec(),
+            ops: onnx.op_counts().clone(),
+            size_bytes: bytes.len() as u64,
+            metadata: None,
+            notes,
+            sha256: None,
+        };
+        Ok(Model {
+            backend: Backend::Tract(Box::new(onnx)),
+            info,
+        })
+    }
+
+    /// What the model is and how it runs.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Checks that `shape` (as read from a file) holds whole samples for input 0 and
+    /// returns the batch size.
+    ///
+    /// # Errors
+    /// [`RuntimeError::InputShape`] naming both shapes.
+    pub fn batch_of(&self, shape: &[usize], len: usize) -> Result<usize, RuntimeError> {
+        let spec = &self.info.inputs[0];
+        let sample_len = spec.sample_len();
+        let err = || RuntimeError::InputShape {
+            name: spec.name.clone(),
+            expected: spec.shape.clone(),
+            sample_len,
+            got: shape.to_vec(),
+        };
+        if sample_len == 0 || len == 0 || len % sample_len != 0 {
+            return Err(err());
+        }
+        let rows = shape.first().copied().unwrap_or(0);
+        let per_row: usize = shape.iter().skip(1).product();
+        // Whole rows of the file must be whole samples (or a single flat sample).
+        if per_row != sample_len && !(shape.len() <= 2 && rows == 1 && len == sample_len) {
+            return Err(err());
+        }
+        Ok(len / sample_len)
+    }
+
+    /// Runs a batch; `input` holds `batch × sample_len` values of the (single) input.
+    ///
+    /// # Errors
+    /// Wrong lengths, non-finite values, backend failures.
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<Output>, RuntimeError> {
+        let specs = &self.info.outputs;
+        match &mut self.backend {
+            Backend::Native(engine) => {
+                engine.run(&[input], batch)?;
+                Ok(specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, spec)| {
+                        let mut shape = vec![batch];
+                        shape.extend(spec.shape.iter().map(|&d| d as usize));
+                        let values = match spec.dtype {
+                            DType::F32 => {
+                                OutputValues::F32(engine.output_f32(i).unwrap_or(&[]).to_vec())
+                            }
+                            DType::I64 => {
+                                OutputValues::I64(engine.output_i64(i).unwrap_or(&[]).to_vec())
+                            }
+                        };
+                        Output {
+                            name: spec.name.clone(),
+                            shape,
+                            values,
+                        }
+                    })
+                    .collect())
+            }
+            #[cfg(feature = "onnx")]
+            Backend::Tract(model) => {
+                let spec = &self.info.inputs[0];
+                if let Some(position) = input.iter().position(|v| !v.is_finite()) {
+                    let n = spec.sample_len().max(1);
+                    return Err(EngineError::NonFinite {
+                        index: 0,
+                        name: spec.name.clone(),
+                        position,
+                        sample: position / n,
+                        feature: position % n,
+                        value: input[position],
+                    }
+                    .into());
+                }
+                let mut shape = vec![batch];
+                shape.extend(spec.shape.iter().map(|&d| d as usize));
+                let array = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(
+                    shape.clone(),
+                    input.to_vec(),
+                )
+                .map_err(|_| RuntimeError::InputShape {
+                    name: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                    sample_len: spec.sample_len(),
+                    got: vec![input.len()],
+                })?;
+                let outs = model.run(vec![array])?;
+                Ok(outs
+                    .into_iter()
+                    .zip(specs)
+                    .map(|(v, spec)| match v {
+                        crate::onnx::OnnxValue::F32(a) => Output {
+                            name: spec.name.clone(),
+                            shape: a.shape().to_vec(),
+                            values: OutputValues::F32(a.iter().copied().collect()),
+                        },
+                        crate::onnx::OnnxValue::I64(a) => Output {
+                            name: spec.name.clone(),
+                            shape: a.shape().to_vec(),
+                            values: OutputValues::I64(a.iter().copied().collect()),
+                        },
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// ONNX files are protobuf messages whose first field is usually `ir_version` (tag 0x08).
+fn looks_like_protobuf(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0x08)
+}
