@@ -8,6 +8,7 @@
 //! - [`onnx`] (feature `onnx`): the tract-onnx backend and the ONNX ops perch adds to it.
 //! - [`convert`] (feature `onnx`): translates ONNX graphs into the native IR.
 //! - [`runtime`]: one [`runtime::Model`] over both backends; what the CLI calls.
+//! - [`cli`]: the `perch run / info / bench` commands as library functions.
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
 //!
 //! # Example
@@ -38,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod artifact;
+pub mod cli;
 #[cfg(feature = "onnx")]
 pub mod convert;
 pub mod engine;

@@ -1,2 +1,184 @@
-//! `perch`: the device runtime.
-fn main() {}
+//! `perch`: the device runtime. Thin: parses arguments, calls the library, maps errors to
+//! exit codes.
+
+use anyhow::{Context, Result, bail};
+use perch::cli::{self, OutputFormat};
+use perch::runtime::EngineChoice;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+perch: run machine-learning models on this device, offline
+
+Usage:
+  perch run MODEL --input FILE [--format csv|json] [--output FILE] [--batch B] [--engine auto|native|tract]
+  perch info MODEL [--json] [--engine auto|native|tract]
+  perch bench MODEL [--input FILE] [--iterations N] [--batch B] [--warmup N] [--json]
+  perch --version | --help
+
+MODEL is a .perch artifact or an .onnx file. FILE is CSV (rows of numbers, optional
+header), .npy, or JSON ([[...], ...]). ONNX models whose ops all exist natively run on
+perch's native engine unless --engine tract is given.
+";
+
+enum Command {
+    Run {
+        model: PathBuf,
+        input: PathBuf,
+        format: OutputFormat,
+        output: Option<PathBuf>,
+        batch: Option<usize>,
+        engine: EngineChoice,
+    },
+    Info {
+        model: PathBuf,
+        json: bool,
+        engine: EngineChoice,
+    },
+    Bench {
+        model: PathBuf,
+        input: Option<PathBuf>,
+        iterations: usize,
+        batch: usize,
+        warmup: usize,
+        json: bool,
+        engine: EngineChoice,
+    },
+    Help,
+    Version,
+}
+
+fn parse_args() -> Result<Command> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let verb = match parser.next()? {
+        None => return Ok(Command::Help),
+        Some(Long("help") | Short('h')) => return Ok(Command::Help),
+        Some(Long("version") | Short('V')) => return Ok(Command::Version),
+        Some(Value(v)) => v.string()?,
+        Some(other) => return Err(other.unexpected().into()),
+    };
+    let (mut model, mut input, mut output) = (None, None, None);
+    let (mut format, mut json, mut engine) = (OutputFormat::Csv, false, EngineChoice::Auto);
+    let (mut iterations, mut batch, mut warmup) = (1000usize, None, 100usize);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("input") | Short('i') => input = Some(PathBuf::from(parser.value()?)),
+            Long("output") | Short('o') => output = Some(PathBuf::from(parser.value()?)),
+            Long("format") | Short('f') => format = parser.value()?.string()?.parse()?,
+            Long("engine") => engine = parser.value()?.string()?.parse()?,
+            Long("json") => json = true,
+            Long("iterations") | Short('n') => iterations = parser.value()?.parse()?,
+            Long("batch") | Short('b') => batch = Some(parser.value()?.parse()?),
+            Long("warmup") => warmup = parser.value()?.parse()?,
+            Long("help") | Short('h') => return Ok(Command::Help),
+            Value(v) if model.is_none() => model = Some(PathBuf::from(v)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let model = || {
+        model
+            .clone()
+            .context("missing MODEL argument (see perch --help)")
+    };
+    Ok(match verb.as_str() {
+        "run" => Command::Run {
+            model: model()?,
+            input: input.context("perch run needs --input FILE")?,
+            format,
+            output,
+            batch,
+            engine,
+        },
+        "info" => Command::Info {
+            model: model()?,
+            json,
+            engine,
+        },
+        "bench" => Command::Bench {
+            model: model()?,
+            input,
+            iterations,
+            batch: batch.unwrap_or(1),
+            warmup,
+            json,
+            engine,
+        },
+        "help" => Command::Help,
+        other => bail!("unknown command {other:?} (expected run, info or bench; see perch --help)"),
+    })
+}
+
+fn execute(cmd: Command) -> Result<()> {
+    let stdout = std::io::stdout();
+    match cmd {
+        Command::Help => print!("{USAGE}"),
+        Command::Version => println!("perch {}", env!("CARGO_PKG_VERSION")),
+        Command::Run {
+            model,
+            input,
+            format,
+            output,
+            batch,
+            engine,
+        } => {
+            let mut m = cli::load_model(&model, engine)?;
+            let outputs = cli::predict(&mut m, &input, batch)?;
+            let name = cli::model_name(&m, &model);
+            match output {
+                Some(path) => {
+                    let mut buf = Vec::new();
+                    cli::write_outputs(&mut buf, &name, &outputs, format)?;
+                    std::fs::write(&path, buf)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                None => cli::write_outputs(&mut stdout.lock(), &name, &outputs, format)?,
+            }
+        }
+        Command::Info {
+            model,
+            json,
+            engine,
+        } => {
+            let m = cli::load_model(&model, engine)?;
+            let name = cli::model_name(&m, &model);
+            let mut out = stdout.lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &cli::info_json(m.info(), &name))?;
+                writeln!(out)?;
+            } else {
+                cli::write_info(&mut out, m.info(), &name)?;
+            }
+        }
+        Command::Bench {
+            model,
+            input,
+            iterations,
+            batch,
+            warmup,
+            json,
+            engine,
+        } => {
+            let report = cli::bench(&model, engine, input.as_deref(), batch, iterations, warmup)?;
+            let mut out = stdout.lock();
+            if json {
+                serde_json::to_writer(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                cli::write_bench(&mut out, &report)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match parse_args().and_then(execute) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("perch: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -247,7 +247,7 @@ pub struct Output {
 }
 
 /// A model's computation: inputs, nodes in topological order, outputs.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct Graph {
     /// Graph inputs (f32).
     pub inputs: Vec<TensorSpec>,

@@ -8,6 +8,7 @@ use std::path::Path;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+mod fixups;
 pub(crate) mod ops;
 
 /// Why an ONNX model could not be loaded or run.
@@ -168,7 +169,9 @@ impl OnnxModel {
                 shape,
             });
         }
-        let typed = model.into_optimized().map_err(OnnxError::Load)?;
+        let mut typed = model.into_typed().map_err(OnnxError::Load)?;
+        fixups::guard_quantized_softmax(&mut typed).map_err(OnnxError::Load)?;
+        let typed = typed.into_optimized().map_err(OnnxError::Load)?;
         let mut outputs = Vec::new();
         for (ix, outlet) in typed.outputs.iter().enumerate() {
             let fact = typed.output_fact(ix).map_err(OnnxError::Load)?;
@@ -178,7 +181,7 @@ impl OnnxModel {
                 .unwrap_or_else(|| typed.node(outlet.node).name.clone());
             let dtype = if fact.datum_type.is_float() {
                 DType::F32
-            } else if fact.datum_type.is_integer() {
+            } else if fact.datum_type.is_integer() || fact.datum_type == TDim::datum_type() {
                 DType::I64
             } else {
                 return Err(OnnxError::OutputType {
@@ -246,7 +249,7 @@ impl OnnxModel {
                     Ok(OnnxValue::F32(
                         t.into_plain_array::<f32>().map_err(OnnxError::Run)?,
                     ))
-                } else if dt.is_integer() || dt == bool::datum_type() {
+                } else if dt.is_integer() || dt == bool::datum_type() || dt == TDim::datum_type() {
                     let t = t.cast_to::<i64>().map_err(OnnxError::Run)?.into_owned();
                     Ok(OnnxValue::I64(
                         t.into_plain_array::<i64>().map_err(OnnxError::Run)?,

@@ -1,0 +1,407 @@
+//! The device commands behind `perch run | info | bench`, as library functions that write to
+//! any `Write`, so the binary stays thin and tests call them directly.
+
+use crate::io::{InputArray, read_input};
+use crate::runtime::{EngineChoice, Format, Model, ModelInfo, Output, OutputValues};
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+/// Output formats of `perch run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// One header row, then one row per sample; multi-value outputs get `name_i` columns.
+    #[default]
+    Csv,
+    /// `{"model": NAME, "outputs": {OUTPUT_NAME: nested array}}`.
+    Json,
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "csv" => Ok(OutputFormat::Csv),
+            "json" => Ok(OutputFormat::Json),
+            other => bail!("unknown format {other:?} (expected json or csv)"),
+        }
+    }
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(EngineChoice::Auto),
+            "native" => Ok(EngineChoice::Native),
+            "tract" => Ok(EngineChoice::Tract),
+            other => bail!("unknown engine {other:?} (expected auto, native or tract)"),
+        }
+    }
+}
+
+/// Loads a model with context naming the file.
+///
+/// # Errors
+/// Whatever [`Model::load`] reports, prefixed with the path.
+pub fn load_model(path: &Path, engine: EngineChoice) -> Result<Model> {
+    Model::load(path, engine).with_context(|| format!("loading model {}", path.display()))
+}
+
+/// The name a model is reported under: its metadata name, else the file stem.
+pub fn model_name(model: &Model, path: &Path) -> String {
+    model
+        .info()
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
+/// Reads `input` and runs every sample through `model` in one batch.
+///
+/// # Errors
+/// Unreadable or malformed input, a width that does not fit the model, runtime failures.
+pub fn predict(model: &mut Model, input: &Path, batch: Option<usize>) -> Result<Vec<Output>> {
+    let array = read_input(input)?;
+    predict_array(model, &array, batch).with_context(|| format!("running on {}", input.display()))
+}
+
+/// Runs `array` (rows are samples) through `model`, `batch` samples per call (all at
+/// once when `None`), and concatenates the results.
+///
+/// # Errors
+/// A shape that does not fit the model, a zero batch, runtime failures.
+pub fn predict_array(
+    model: &mut Model,
+    array: &InputArray,
+    batch: Option<usize>,
+) -> Result<Vec<Output>> {
+    let total = model.batch_of(&array.shape, array.data.len())?;
+    let chunk = batch.unwrap_or(total);
+    if chunk == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let sample_len = array.data.len() / total;
+    let mut merged: Vec<Output> = Vec::new();
+    for (k, rows) in array.data.chunks(chunk * sample_len).enumerate() {
+        let n = rows.len() / sample_len;
+        let outs = model
+            .run(rows, n)
+            .with_context(|| format!("batch starting at sample {}", k * chunk))?;
+        if merged.is_empty() {
+            merged = outs;
+            continue;
+        }
+        for (m, o) in merged.iter_mut().zip(outs) {
+            if let Some(first) = m.shape.first_mut() {
+                *first += o.shape.first().copied().unwrap_or(0);
+            }
+            match (&mut m.values, o.values) {
+                (OutputValues::F32(a), OutputValues::F32(b)) => a.extend(b),
+                (OutputValues::I64(a), OutputValues::I64(b)) => a.extend(b),
+                _ => bail!("output {} changed type between batches", m.name),
+            }
+        }
+    }
+    Ok(merged)
+}
+
+fn nested(shape: &[usize], values: &OutputValues) -> Value {
+    fn build<T: Copy>(shape: &[usize], data: &[T], f: &dyn Fn(T) -> Value) -> Value {
+        match shape.split_first() {
+            None => data.first().map_or(Value::Null, |&v| f(v)),
+            Some((&n, rest)) => {
+                let stride: usize = rest.iter().product();
+                Value::Array(
+                    (0..n)
+                        .map(|i| build(rest, &data[i * stride..(i + 1) * stride], f))
+                        .collect(),
+                )
+            }
+        }
+    }
+    match values {
+        OutputValues::F32(v) => build(shape, v, &|x: f32| json!(x)),
+        OutputValues::I64(v) => build(shape, v, &|x: i64| json!(x)),
+    }
+}
+
+/// Writes outputs as `format`.
+///
+/// # Errors
+/// Write failures.
+pub fn write_outputs(
+    out: &mut dyn Write,
+    model_name: &str,
+    outputs: &[Output],
+    format: OutputFormat,
+) -> Result<()> {
+    match format {
+        OutputFormat::Json => {
+            let mut map = serde_json::Map::new();
+            for o in outputs {
+                map.insert(o.name.clone(), nested(&o.shape, &o.values));
+            }
+            serde_json::to_writer(&mut *out, &json!({ "model": model_name, "outputs": map }))?;
+            writeln!(out)?;
+        }
+        OutputFormat::Csv => {
+            let rows = outputs
+                .first()
+                .map_or(0, |o| o.shape.first().copied().unwrap_or(0));
+            let widths: Vec<usize> = outputs
+                .iter()
+                .map(|o| o.shape.iter().skip(1).product())
+                .collect();
+            let mut header = Vec::new();
+            for (o, &w) in outputs.iter().zip(&widths) {
+                if w == 1 && o.shape.len() <= 1 {
+                    header.push(o.name.clone());
+                } else {
+                    header.extend((0..w).map(|i| format!("{}_{i}", o.name)));
+                }
+            }
+            writeln!(out, "{}", header.join(","))?;
+            for r in 0..rows {
+                let mut cells = Vec::new();
+                for (o, &w) in outputs.iter().zip(&widths) {
+                    match &o.values {
+                        OutputValues::F32(v) => {
+                            cells.extend(v[r * w..(r + 1) * w].iter().map(f32::to_string))
+                        }
+                        OutputValues::I64(v) => {
+                            cells.extend(v[r * w..(r + 1) * w].iter().map(i64::to_string))
+                        }
+                    }
+                }
+                writeln!(out, "{}", cells.join(","))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn shape_text(shape: &[u32]) -> String {
+    let dims: Vec<String> = std::iter::once("N".to_string())
+        .chain(shape.iter().map(u32::to_string))
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// `perch info` as JSON.
+pub fn info_json(info: &ModelInfo, name: &str) -> Value {
+    let spec = |s: &crate::graph::TensorSpec| json!({"name": s.name, "dtype": s.dtype.name(), "shape": shape_text(&s.shape)});
+    let meta = info.metadata.as_ref().map(|m| {
+        json!({
+            "name": m.name, "version": m.version, "created_unix_s": m.created_unix_s,
+            "producer": m.producer, "description": m.description,
+            "class_labels": m.class_labels, "properties": m.properties,
+        })
+    });
+    json!({
+        "name": name,
+        "format": match info.format { Format::Perch => "perch", Format::Onnx => "onnx" },
+        "engine": info.engine.name(),
+        "size_bytes": info.size_bytes,
+        "sha256": info.sha256,
+        "inputs": info.inputs.iter().map(spec).collect::<Vec<_>>(),
+        "outputs": info.outputs.iter().map(spec).collect::<Vec<_>>(),
+        "ops": info.ops,
+        "metadata": meta,
+        "notes": info.notes,
+    })
+}
+
+/// `perch info` as text.
+///
+/// # Errors
+/// Write failures.
+pub fn write_info(out: &mut dyn Write, info: &ModelInfo, name: &str) -> Result<()> {
+    let format = match info.format {
+        Format::Perch => "perch artifact",
+        Format::Onnx => "ONNX",
+    };
+    writeln!(out, "model:   {name}")?;
+    writeln!(out, "format:  {format}, {} bytes", info.size_bytes)?;
+    writeln!(out, "engine:  {}", info.engine.name())?;
+    if let Some(h) = &info.sha256 {
+        writeln!(out, "sha256:  {h}")?;
+    }
+    writeln!(out, "inputs:")?;
+    for s in &info.inputs {
+        writeln!(
+            out,
+            "  {:<24} {} {}",
+            s.name,
+            s.dtype.name(),
+            shape_text(&s.shape)
+        )?;
+    }
+    writeln!(out, "outputs:")?;
+    for s in &info.outputs {
+        writeln!(
+            out,
+            "  {:<24} {} {}",
+            s.name,
+            s.dtype.name(),
+            shape_text(&s.shape)
+        )?;
+    }
+    writeln!(out, "ops:")?;
+    for (op, n) in &info.ops {
+        writeln!(out, "  {op:<32} {n}")?;
+    }
+    if let Some(m) = &info.metadata {
+        writeln!(out, "metadata:")?;
+        for (k, v) in [
+            ("name", &m.name),
+            ("version", &m.version),
+            ("producer", &m.producer),
+            ("description", &m.description),
+        ] {
+            if !v.is_empty() {
+                writeln!(out, "  {k}: {v}")?;
+            }
+        }
+        if m.created_unix_s > 0 {
+            writeln!(out, "  created_unix_s: {}", m.created_unix_s)?;
+        }
+        if !m.class_labels.is_empty() {
+            writeln!(out, "  class_labels: {}", m.class_labels.join(", "))?;
+        }
+        for (k, v) in &m.properties {
+            writeln!(out, "  {k}: {v}")?;
+        }
+    }
+    for n in &info.notes {
+        writeln!(out, "note: {n}")?;
+    }
+    Ok(())
+}
+
+/// Latency and footprint figures from `perch bench`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// Model name.
+    pub model: String,
+    /// Engine used.
+    pub engine: String,
+    /// Samples per call.
+    pub batch: usize,
+    /// Timed calls.
+    pub iterations: usize,
+    /// Load (parse + plan) time, milliseconds.
+    pub load_ms: f64,
+    /// Median call latency, microseconds.
+    pub latency_us_p50: f64,
+    /// 90th percentile, microseconds.
+    pub latency_us_p90: f64,
+    /// 99th percentile, microseconds.
+    pub latency_us_p99: f64,
+    /// Samples per second at the median latency.
+    pub throughput_per_s: f64,
+    /// Peak resident memory of the process, KiB (Linux `VmHWM`), if known.
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// Peak resident set size of this process in KiB, from `/proc/self/status`.
+pub fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Times `iterations` calls of batch `batch` after `warmup` untimed calls. Inputs are the
+/// rows of `input` (cycled), or a deterministic pattern when none is given.
+///
+/// # Errors
+/// Load, input or run failures.
+pub fn bench(
+    path: &Path,
+    engine: EngineChoice,
+    input: Option<&Path>,
+    batch: usize,
+    iterations: usize,
+    warmup: usize,
+) -> Result<BenchReport> {
+    if batch == 0 || iterations == 0 {
+        bail!("--batch and --iterations must be at least 1");
+    }
+    let t0 = Instant::now();
+    let mut model = load_model(path, engine)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let sample_len = model.info().inputs[0].sample_len();
+    let source = match input {
+        Some(p) => {
+            let a = read_input(p)?;
+            model
+                .batch_of(&a.shape, a.data.len())
+                .with_context(|| format!("input {}", p.display()))?;
+            a.data
+        }
+        None => (0..sample_len)
+            .map(|i| ((i * 7919) % 17) as f32 / 16.0)
+            .collect(),
+    };
+    let data: Vec<f32> = source
+        .iter()
+        .copied()
+        .cycle()
+        .take(batch * sample_len)
+        .collect();
+    for _ in 0..warmup {
+        model.run(&data, batch)?;
+    }
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let out = model.run(&data, batch)?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(out);
+    }
+    times.sort_by(f64::total_cmp);
+    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    let p50 = pct(0.5);
+    Ok(BenchReport {
+        model: model_name(&model, path),
+        engine: model.info().engine.name().into(),
+        batch,
+        iterations,
+        load_ms,
+        latency_us_p50: p50,
+        latency_us_p90: pct(0.9),
+        latency_us_p99: pct(0.99),
+        throughput_per_s: batch as f64 / (p50 / 1e6),
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+/// Writes a bench report as text.
+///
+/// # Errors
+/// Write failures.
+pub fn write_bench(out: &mut dyn Write, r: &BenchReport) -> Result<()> {
+    writeln!(
+        out,
+        "model {} on {} engine, batch {}, {} iterations",
+        r.model, r.engine, r.batch, r.iterations
+    )?;
+    writeln!(out, "load        {:>10.2} ms", r.load_ms)?;
+    writeln!(out, "latency p50 {:>10.2} µs", r.latency_us_p50)?;
+    writeln!(out, "latency p90 {:>10.2} µs", r.latency_us_p90)?;
+    writeln!(out, "latency p99 {:>10.2} µs", r.latency_us_p99)?;
+    writeln!(out, "throughput  {:>10.0} samples/s", r.throughput_per_s)?;
+    match r.peak_rss_kib {
+        Some(k) => writeln!(out, "peak RSS    {:>10.1} MiB", k as f64 / 1024.0)?,
+        None => writeln!(out, "peak RSS    unknown on this OS")?,
+    }
+    Ok(())
+}
