@@ -281,3 +281,154 @@ pub fn write(path: &Path, model: &Model) -> Result<usize, ArtifactError> {
     std::fs::rename(&tmp, path).map_err(io)?;
     Ok(bytes.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{DType, Graph, Layer, Metadata, Node, Output, Tensor, TensorSpec};
+
+    /// The smallest useful model: `y = [1 2]·x + 0.5`.
+    pub(crate) fn tiny() -> Model {
+        Model {
+            metadata: Metadata::default(),
+            graph: Graph {
+                inputs: vec![TensorSpec {
+                    name: "x".into(),
+                    dtype: DType::F32,
+                    shape: vec![2],
+                }],
+                nodes: vec![Node {
+                    name: "d".into(),
+                    layer: Layer::Dense {
+                        weight: Tensor::f32(vec![1, 2], vec![1.0, 2.0]),
+                        bias: Some(Tensor::f32(vec![1], vec![0.5])),
+                    },
+                    inputs: vec![0],
+                }],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 1,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn encodes_the_documented_bytes() {
+        let bytes = encode(&tiny()).expect("encodes");
+        #[rustfmt::skip]
+        let payload: &[u8] = &[
+            // metadata: name, version, created, producer, description, labels, properties, sections
+            0, 0, 0, 0, 0, 0, 0, 0,
+            // graph.inputs: 1 × TensorSpec { "x", F32, [2] }
+            1, 1, b'x', 0, 1, 2,
+            // graph.nodes: 1 × Node { "d", Dense(variant 1) {
+            1, 1, b'd', 1,
+            //   weight: Tensor { shape [1, 2], F32(variant 0) [1.0, 2.0] }
+            2, 1, 2, 0, 2, 0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0x40,
+            //   bias: Some(Tensor { shape [1], F32 [0.5] }) }, inputs [0] }
+            1, 1, 1, 0, 1, 0x00, 0x00, 0x00, 0x3f, 1, 0,
+            // graph.outputs: 1 × Output { "y", 1 }
+            1, 1, b'y', 1,
+        ];
+        let mut expected = Vec::new();
+        expected.extend_from_slice(b"\x89PERCH\r\n");
+        expected.extend_from_slice(&[1, 0, 0, 0]);
+        expected.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        expected.extend_from_slice(payload);
+        expected.extend_from_slice(&Sha256::digest(payload));
+        expected.extend_from_slice(&[0; 64]);
+        assert_eq!(bytes, expected);
+        let back = decode(&bytes).expect("decodes");
+        assert_eq!(back.model, tiny());
+        assert_eq!(back.signature, None);
+    }
+
+    #[test]
+    fn each_defect_has_its_own_error() {
+        let good = encode(&tiny()).expect("encodes");
+        assert!(matches!(
+            decode(&good[..10]),
+            Err(ArtifactError::TooShort { .. })
+        ));
+        let mut b = good.clone();
+        b[1] = b'X';
+        assert!(matches!(decode(&b), Err(ArtifactError::BadMagic { .. })));
+        let mut b = good.clone();
+        b[8] = 2;
+        assert!(matches!(
+            decode(&b),
+            Err(ArtifactError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        ));
+        let mut b = good.clone();
+        b[10] = 0x04;
+        assert!(matches!(
+            decode(&b),
+            Err(ArtifactError::UnknownFlags { flags: 4 })
+        ));
+        let mut b = good.clone();
+        b[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            decode(&b),
+            Err(ArtifactError::PayloadTooLarge { .. })
+        ));
+        assert!(matches!(
+            decode(&good[..good.len() - 1]),
+            Err(ArtifactError::Truncated { .. })
+        ));
+        let mut b = good.clone();
+        b.push(0);
+        assert!(matches!(
+            decode(&b),
+            Err(ArtifactError::TrailingBytes { extra: 1 })
+        ));
+        let mut b = good.clone();
+        b[HEADER_LEN + 3] ^= 0xff;
+        assert!(matches!(
+            decode(&b),
+            Err(ArtifactError::ChecksumMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unknown_layer_variant_is_a_payload_error() {
+        let good = encode(&tiny()).expect("encodes");
+        // Rewrite the layer tag (variant 1, Dense) as 200, fix up the digest.
+        let mut payload = good[HEADER_LEN..good.len() - DIGEST_LEN - SIGNATURE_LEN].to_vec();
+        let at = payload.iter().position(|&b| b == b'd').expect("node name") + 1;
+        payload[at] = 0x7f;
+        let mut b = good[..HEADER_LEN].to_vec();
+        b.extend_from_slice(&payload);
+        b.extend_from_slice(&Sha256::digest(&payload));
+        b.extend_from_slice(&[0; 64]);
+        let err = decode(&b).expect_err("unknown variant");
+        assert!(matches!(err, ArtifactError::Payload(_)), "{err}");
+        assert!(err.to_string().contains("newer perch"));
+    }
+
+    #[test]
+    fn an_inconsistent_graph_is_rejected_at_decode() {
+        let mut m = tiny();
+        m.graph.nodes[0].inputs = vec![5];
+        assert!(matches!(encode(&m), Err(ArtifactError::Graph(_))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_on_mutated_artifacts(pos in 0usize..200, val in proptest::prelude::any::<u8>(), cut in 0usize..200) {
+            let mut b = encode(&tiny()).expect("encodes");
+            let n = b.len();
+            b[pos % n] = val;
+            b.truncate(n - cut % n);
+            let _ = decode(&b);
+        }
+    }
+}

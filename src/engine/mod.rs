@@ -469,3 +469,243 @@ fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize) {
         Step::ArgMax { .. } | Step::Skip => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Node, Output, Tensor, TensorSpec};
+
+    fn graph(input: Vec<u32>, layers: Vec<Layer>) -> Graph {
+        let n = layers.len() as u32;
+        Graph {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: DType::F32,
+                shape: input,
+            }],
+            nodes: layers
+                .into_iter()
+                .enumerate()
+                .map(|(i, layer)| Node {
+                    name: format!("n{i}"),
+                    layer,
+                    inputs: vec![i as u32],
+                })
+                .collect(),
+            outputs: vec![Output {
+                name: "y".into(),
+                value: n,
+            }],
+        }
+    }
+
+    #[test]
+    fn dense_relu_softmax_argmax() {
+        let dense = Layer::Dense {
+            weight: Tensor::f32(vec![3, 2], vec![1.0, 0.0, 0.0, 1.0, -1.0, -1.0]),
+            bias: Some(Tensor::f32(vec![3], vec![0.0, 0.5, 0.0])),
+        };
+        let mut g = graph(
+            vec![2],
+            vec![
+                dense,
+                Layer::Relu,
+                Layer::Softmax,
+                Layer::ArgMax {
+                    labels: Some(vec![10, 20, 30]),
+                },
+            ],
+        );
+        g.outputs.insert(
+            0,
+            Output {
+                name: "p".into(),
+                value: 3,
+            },
+        );
+        let mut e = Engine::new(&g, 2).expect("plans");
+        e.run(&[&[1.0, 2.0, -3.0, -4.0]], 2).expect("runs");
+        let p = e.output_f32(0).expect("probabilities");
+        // Row 0: relu([1, 2.5, -3]) = [1, 2.5, 0]; row 1: relu([-3, -3.5, 7]) = [0, 0, 7].
+        let z0 = [1.0f32.exp(), 2.5f32.exp(), 1.0];
+        let s0: f32 = z0.iter().sum();
+        for (got, want) in p[..3].iter().zip(z0.iter().map(|v| v / s0)) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert_eq!(e.output_i64(1), Some(&[20, 30][..]));
+    }
+
+    #[test]
+    fn conv_and_pools_match_hand_computed_values() {
+        // 1×3×3 input, one 2×2 kernel of ones, stride 1, padding 0 → 2×2 sums.
+        let conv = Layer::Conv2d {
+            weight: Tensor::f32(vec![1, 1, 2, 2], vec![1.0; 4]),
+            bias: Some(Tensor::f32(vec![1], vec![1.0])),
+            stride: [1, 1],
+            padding: [0; 4],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut e = Engine::new(&graph(vec![1, 3, 3], vec![conv.clone()]), 1).expect("plans");
+        e.run(&[&x], 1).expect("runs");
+        assert_eq!(e.output_f32(0), Some(&[13.0, 17.0, 25.0, 29.0][..]));
+
+        let max = Layer::MaxPool2d {
+            kernel: [2, 2],
+            stride: [1, 1],
+            padding: [1, 1, 0, 0],
+        };
+        let mut e = Engine::new(&graph(vec![1, 3, 3], vec![max]), 1).expect("plans");
+        e.run(&[&x], 1).expect("runs");
+        assert_eq!(
+            e.output_f32(0),
+            Some(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0][..])
+        );
+
+        let avg = |count_include_pad| Layer::AvgPool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0, 1, 1],
+            count_include_pad,
+        };
+        let mut e = Engine::new(&graph(vec![1, 3, 3], vec![avg(false)]), 1).expect("plans");
+        e.run(&[&x], 1).expect("runs");
+        assert_eq!(e.output_f32(0), Some(&[3.0, 4.5, 7.5, 9.0][..]));
+        let mut e = Engine::new(&graph(vec![1, 3, 3], vec![avg(true)]), 1).expect("plans");
+        e.run(&[&x], 1).expect("runs");
+        assert_eq!(e.output_f32(0), Some(&[3.0, 2.25, 3.75, 2.25][..]));
+
+        let mut e = Engine::new(
+            &graph(vec![1, 3, 3], vec![Layer::GlobalAvgPool, Layer::Flatten]),
+            1,
+        )
+        .expect("plans");
+        e.run(&[&x], 1).expect("runs");
+        assert_eq!(e.output_f32(0), Some(&[5.0][..]));
+    }
+
+    #[test]
+    fn grouped_strided_padded_conv_matches_a_direct_formula() {
+        let (c, h, w, oc, groups) = (4usize, 5usize, 6usize, 6usize, 2usize);
+        let (kh, kw, stride, pad) = (
+            3usize,
+            2usize,
+            [2usize, 1usize],
+            [1usize, 1usize, 1usize, 0usize],
+        );
+        let wt: Vec<f32> = (0..oc * (c / groups) * kh * kw)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
+            .collect();
+        let x: Vec<f32> = (0..c * h * w)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
+            .collect();
+        let layer = Layer::Conv2d {
+            weight: Tensor::f32(
+                vec![oc as u32, (c / groups) as u32, kh as u32, kw as u32],
+                wt.clone(),
+            ),
+            bias: None,
+            stride: [stride[0] as u32, stride[1] as u32],
+            padding: [pad[0] as u32, pad[1] as u32, pad[2] as u32, pad[3] as u32],
+            dilation: [1, 1],
+            groups: groups as u32,
+        };
+        let mut e =
+            Engine::new(&graph(vec![c as u32, h as u32, w as u32], vec![layer]), 1).expect("plans");
+        e.run(&[&x], 1).expect("runs");
+        let y = e.output_f32(0).expect("output");
+        let oh = (h + pad[0] + pad[2] - kh) / stride[0] + 1;
+        let ow = (w + pad[1] + pad[3] - kw) / stride[1] + 1;
+        assert_eq!(y.len(), oc * oh * ow);
+        for o in 0..oc {
+            let g = o / (oc / groups);
+            for yy in 0..oh {
+                for xx in 0..ow {
+                    let mut s = 0.0f32;
+                    for ic in 0..c / groups {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (yy * stride[0] + ky) as isize - pad[0] as isize;
+                                let ix = (xx * stride[1] + kx) as isize - pad[1] as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    s += wt[((o * (c / groups) + ic) * kh + ky) * kw + kx]
+                                        * x[((g * (c / groups) + ic) * h + iy as usize) * w
+                                            + ix as usize];
+                                }
+                            }
+                        }
+                    }
+                    let got = y[(o * oh + yy) * ow + xx];
+                    assert!((got - s).abs() < 1e-5, "y[{o},{yy},{xx}] = {got}, want {s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_named_errors() {
+        let g = graph(vec![2], vec![Layer::Relu]);
+        let mut e = Engine::new(&g, 1).expect("plans");
+        assert_eq!(
+            e.run(&[&[1.0]], 1),
+            Err(EngineError::InputLength {
+                index: 0,
+                name: "x".into(),
+                batch: 1,
+                sample_len: 2,
+                expected: 2,
+                got: 1
+            })
+        );
+        assert!(matches!(
+            e.run(&[&[1.0, f32::NAN, 0.0, 0.0]], 2),
+            Err(EngineError::NonFinite {
+                sample: 0,
+                feature: 1,
+                ..
+            })
+        ));
+        assert_eq!(
+            e.run(&[], 1),
+            Err(EngineError::InputCount {
+                expected: 1,
+                got: 0
+            })
+        );
+        assert_eq!(e.run(&[&[]], 0), Err(EngineError::EmptyBatch));
+    }
+
+    #[test]
+    fn shape_errors_name_the_node() {
+        let g = graph(
+            vec![3],
+            vec![Layer::Dense {
+                weight: Tensor::f32(vec![2, 4], vec![0.0; 8]),
+                bias: None,
+            }],
+        );
+        let err = Engine::new(&g, 1).expect_err("mismatch");
+        assert!(
+            err.to_string().contains("n0") && err.to_string().contains("expects 4"),
+            "{err}"
+        );
+        let g = graph(
+            vec![3],
+            vec![Layer::Dense {
+                weight: Tensor::f32(vec![2, 3], vec![0.0; 5]),
+                bias: None,
+            }],
+        );
+        assert!(Engine::new(&g, 1).is_err());
+    }
+
+    #[test]
+    fn larger_batches_grow_the_buffers() {
+        let g = graph(vec![1], vec![Layer::Sigmoid]);
+        let mut e = Engine::new(&g, 1).expect("plans");
+        e.run(&[&[0.0, 0.0, 0.0]], 3).expect("runs");
+        assert_eq!(e.capacity(), 3);
+        assert_eq!(e.output_f32(0), Some(&[0.5, 0.5, 0.5][..]));
+    }
+}

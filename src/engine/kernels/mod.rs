@@ -90,3 +90,26 @@ pub fn dense(x: &[f32], w: &[f32], b: &[f32], inputs: usize, outputs: usize, y: 
 pub use generic::{
     activate, argmax, avg_pool2d, conv2d, global_avg_pool, max_pool2d, softmax, standardize,
 };
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The dispatched (SIMD) dense kernel agrees with the portable one.
+        #[test]
+        fn dense_dispatch_matches_generic(inputs in 1usize..70, outputs in 1usize..20, rows in 1usize..4, seed in 0u32..1000) {
+            let values = |n: usize, k: u32| -> Vec<f32> { (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(k * 97)) % 2001) as f32 / 1000.0 - 1.0).collect() };
+            let x = values(inputs * rows, seed);
+            let w = values(inputs * outputs, seed + 1);
+            let b = values(outputs, seed + 2);
+            let mut fast = vec![0.0; rows * outputs];
+            let mut slow = vec![0.0; rows * outputs];
+            super::dense(&x, &w, &b, inputs, outputs, &mut fast);
+            super::generic::dense(&x, &w, &b, inputs, outputs, &mut slow);
+            for (f, s) in fast.iter().zip(&slow) {
+                prop_assert!((f - s).abs() <= 1e-5 * (1.0 + s.abs()) * inputs as f32, "{} vs {}", f, s);
+            }
+        }
+    }
+}

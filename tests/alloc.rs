@@ -1,0 +1,139 @@
+//! The native engine performs no heap allocation per inference once planned: a counting
+//! global allocator watches 1,000 runs of real models.
+
+use perch::engine::Engine;
+use perch::graph::{DType, Graph, Layer, Node, Output, Tensor, TensorSpec};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(engine: &mut Engine, input: &[f32], batch: usize, runs: usize) -> usize {
+    engine.run(&[input], batch).expect("warm-up run");
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for _ in 0..runs {
+        engine.run(&[input], batch).expect("run");
+        std::hint::black_box(engine.output_f32(0));
+    }
+    ALLOCATIONS.load(Ordering::SeqCst) - before
+}
+
+fn cnn() -> Graph {
+    let t = |shape: Vec<u32>| {
+        let n: u32 = shape.iter().product();
+        Tensor::f32(shape, (0..n).map(|i| (i % 7) as f32 / 7.0 - 0.4).collect())
+    };
+    let layers = vec![
+        Layer::Standardize {
+            offset: vec![0.5],
+            scale: vec![2.0],
+        },
+        Layer::Conv2d {
+            weight: t(vec![4, 1, 3, 3]),
+            bias: Some(t(vec![4])),
+            stride: [1, 1],
+            padding: [1, 1, 1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        },
+        Layer::Relu,
+        Layer::MaxPool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0; 4],
+        },
+        Layer::AvgPool2d {
+            kernel: [2, 2],
+            stride: [1, 1],
+            padding: [0; 4],
+            count_include_pad: false,
+        },
+        Layer::GlobalAvgPool,
+        Layer::Flatten,
+        Layer::Dense {
+            weight: t(vec![3, 4]),
+            bias: None,
+        },
+        Layer::Tanh,
+        Layer::Softmax,
+        Layer::ArgMax { labels: None },
+    ];
+    let n = layers.len() as u32;
+    Graph {
+        inputs: vec![TensorSpec {
+            name: "x".into(),
+            dtype: DType::F32,
+            shape: vec![1, 8, 8],
+        }],
+        nodes: layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer)| Node {
+                name: format!("n{i}"),
+                layer,
+                inputs: vec![i as u32],
+            })
+            .collect(),
+        outputs: vec![
+            Output {
+                name: "probs".into(),
+                value: n - 1,
+            },
+            Output {
+                name: "label".into(),
+                value: n,
+            },
+        ],
+    }
+}
+
+#[test]
+fn no_allocation_per_inference() {
+    // A CNN using every layer kind, at batch 1 and 4.
+    let g = cnn();
+    let mut engine = Engine::new(&g, 4).expect("plans");
+    let x: Vec<f32> = (0..4 * 64).map(|i| (i % 13) as f32 / 13.0).collect();
+    assert_eq!(allocations_during(&mut engine, &x[..64], 1, 1000), 0);
+    assert_eq!(allocations_during(&mut engine, &x, 4, 1000), 0);
+
+    // The digits MLP from the corpus, converted to the native IR.
+    #[cfg(feature = "onnx")]
+    {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits-mlp/model.onnx");
+        let bytes = std::fs::read(&path).expect("sample model");
+        let model = perch::convert::onnx_bytes_to_native(&bytes).expect("converts");
+        let mut engine = Engine::new(&model.graph, 1).expect("plans");
+        let x = vec![3.0f32; 64];
+        assert_eq!(allocations_during(&mut engine, &x, 1, 1000), 0);
+    }
+
+    // The counter does count: growing the batch allocates.
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let big = vec![0.5f32; 16 * 64];
+    engine.run(&[&big], 16).expect("runs");
+    assert!(ALLOCATIONS.load(Ordering::SeqCst) > before);
+}
