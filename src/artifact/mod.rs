@@ -331,6 +331,7 @@ mod tests {
             // graph.outputs: 1 × Output { "y", 1 }
             1, 1, b'y', 1,
         ];
+        assert_eq!(payload.len(), 46, "docs/artifact.md quotes this length");
         let mut expected = Vec::new();
         expected.extend_from_slice(b"\x89PERCH\r\n");
         expected.extend_from_slice(&[1, 0, 0, 0]);
@@ -420,6 +421,30 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn payload_decoding_and_planning_never_panic(payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256), flip in 0usize..64, val in proptest::prelude::any::<u8>()) {
+            // Start from a real payload, change one byte and append noise, then fix the digest
+            // so the postcard decoder and graph validation see the damage.
+            let good = encode(&tiny()).expect("encodes");
+            let mut p = good[HEADER_LEN..good.len() - DIGEST_LEN - SIGNATURE_LEN].to_vec();
+            let n = p.len();
+            p[flip % n] = val;
+            p.extend_from_slice(&payload[..payload.len() % 8]);
+            let mut b = good[..12].to_vec();
+            b.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            b.extend_from_slice(&p);
+            b.extend_from_slice(&Sha256::digest(&p));
+            b.extend_from_slice(&[0; 64]);
+            if let Ok(art) = decode(&b)
+                && let Ok(mut engine) = crate::engine::Engine::new(&art.model.graph, 1)
+            {
+                let len: usize = art.model.graph.inputs.iter().map(|s| s.sample_len()).sum();
+                if art.model.graph.inputs.len() == 1 && len < 4096 {
+                    let _ = engine.run(&[&vec![0.25; len]], 1);
+                }
+            }
         }
 
         #[test]
