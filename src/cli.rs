@@ -174,12 +174,18 @@ pub fn write_outputs(
                 let mut cells = Vec::new();
                 for (o, &w) in outputs.iter().zip(&widths) {
                     match &o.values {
-                        OutputValues::F32(v) => {
-                            cells.extend(v[r * w..(r + 1) * w].iter().map(f32::to_string))
-                        }
-                        OutputValues::I64(v) => {
-                            cells.extend(v[r * w..(r + 1) * w].iter().map(i64::to_string))
-                        }
+                        OutputValues::F32(v) => cells.extend(
+                            v.get(r * w..(r + 1) * w)
+                                .ok_or_else(|| missing(&o.name, r))?
+                                .iter()
+                                .map(f32::to_string),
+                        ),
+                        OutputValues::I64(v) => cells.extend(
+                            v.get(r * w..(r + 1) * w)
+                                .ok_or_else(|| missing(&o.name, r))?
+                                .iter()
+                                .map(i64::to_string),
+                        ),
                     }
                 }
                 writeln!(out, "{}", cells.join(","))?;
@@ -187,6 +193,12 @@ pub fn write_outputs(
         }
     }
     Ok(())
+}
+
+fn missing(name: &str, row: usize) -> anyhow::Error {
+    anyhow::anyhow!(
+        "output {name} has no row {row}; use --format json for outputs without a batch axis"
+    )
 }
 
 fn shape_text(shape: &[u32]) -> String {

@@ -413,12 +413,45 @@ mod tests {
     #[test]
     fn csv_with_and_without_header() {
         let a = csv("a,b\n1,2\n3,4.5\n").expect("parses");
-        assert_eq!(a, InputArray { shape: vec![2, 2], data: vec![1.0, 2.0, 3.0, 4.5] });
+        assert_eq!(
+            a,
+            InputArray {
+                shape: vec![2, 2],
+                data: vec![1.0, 2.0, 3.0, 4.5]
+            }
+        );
         assert_eq!(csv(" 1 , 2 \n\n3,4\n").expect("parses").shape, vec![2, 2]);
-        assert_eq!(csv("x\n").unwrap_err(), InputError::Empty { file: "t.csv".into() });
-        assert!(matches!(csv("1,2\n3,inf\n"), Err(InputError::NonFinite { row: 2, column: 2, .. })));
-        assert!(matches!(csv("1,2\n3\n"), Err(InputError::Ragged { row: 2, expected: 2, got: 1, .. })));
-        assert!(matches!(csv("1,2\n3,\"x\"\n"), Err(InputError::NotANumber { row: 2, column: 2, .. })));
+        assert_eq!(
+            csv("x\n").unwrap_err(),
+            InputError::Empty {
+                file: "t.csv".into()
+            }
+        );
+        assert!(matches!(
+            csv("1,2\n3,inf\n"),
+            Err(InputError::NonFinite {
+                row: 2,
+                column: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            csv("1,2\n3\n"),
+            Err(InputError::Ragged {
+                row: 2,
+                expected: 2,
+                got: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            csv("1,2\n3,\"x\"\n"),
+            Err(InputError::NotANumber {
+                row: 2,
+                column: 2,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -426,16 +459,29 @@ mod tests {
         let j = |t: &str| parse_input(t.as_bytes(), InputFormat::Json, "t.json");
         assert_eq!(j("[[1, 2], [3, 4]]").expect("parses").shape, vec![2, 2]);
         assert_eq!(j("[1, 2, 3]").expect("parses").shape, vec![1, 3]);
-        assert_eq!(j("[[[1], [2]], [[3], [4]]]").expect("parses").shape, vec![2, 2, 1]);
-        assert!(matches!(j("[[1, 2], [3]]"), Err(InputError::Ragged { row: 2, .. })));
-        assert!(matches!(j("[[1, \"a\"]]"), Err(InputError::NotANumber { .. })));
+        assert_eq!(
+            j("[[[1], [2]], [[3], [4]]]").expect("parses").shape,
+            vec![2, 2, 1]
+        );
+        assert!(matches!(
+            j("[[1, 2], [3]]"),
+            Err(InputError::Ragged { row: 2, .. })
+        ));
+        assert!(matches!(
+            j("[[1, \"a\"]]"),
+            Err(InputError::NotANumber { .. })
+        ));
         assert!(matches!(j("[]"), Err(InputError::Empty { .. })));
         assert!(matches!(j("{\"a\": 1}"), Err(InputError::Empty { .. })));
-        assert!(matches!(j("[[1e999]]"), Err(InputError::NonFinite { .. }) | Err(InputError::Malformed { .. })));
+        assert!(matches!(
+            j("[[1e999]]"),
+            Err(InputError::NonFinite { .. }) | Err(InputError::Malformed { .. })
+        ));
     }
 
     fn npy(descr: &str, shape: &str, body: &[u8]) -> Vec<u8> {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -450,16 +496,47 @@ mod tests {
     #[test]
     fn npy_types_and_errors() {
         let p = |b: &[u8]| parse_input(b, InputFormat::Npy, "t.npy");
-        let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(p(&npy("<f4", "(2, 2)", &f32s)).expect("parses"), InputArray { shape: vec![2, 2], data: vec![1.0, 2.0, 3.0, 4.0] });
+        let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            p(&npy("<f4", "(2, 2)", &f32s)).expect("parses"),
+            InputArray {
+                shape: vec![2, 2],
+                data: vec![1.0, 2.0, 3.0, 4.0]
+            }
+        );
         let i64s: Vec<u8> = [7i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(p(&npy("<i8", "(2,)", &i64s)).expect("parses").data, vec![7.0, -1.0]);
-        assert!(matches!(p(&npy("<f4", "(3, 2)", &f32s)), Err(InputError::Malformed { .. })));
-        assert!(matches!(p(&npy(">f4", "(1,)", &f32s)), Err(InputError::Malformed { .. })));
+        assert_eq!(
+            p(&npy("<i8", "(2,)", &i64s)).expect("parses").data,
+            vec![7.0, -1.0]
+        );
+        assert!(matches!(
+            p(&npy("<f4", "(3, 2)", &f32s)),
+            Err(InputError::Malformed { .. })
+        ));
+        assert!(matches!(
+            p(&npy(">f4", "(1,)", &f32s)),
+            Err(InputError::Malformed { .. })
+        ));
         assert!(matches!(p(b"\x93NUMPY"), Err(InputError::Malformed { .. })));
-        let nan: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert!(matches!(p(&npy("<f4", "(1, 2)", &nan)), Err(InputError::NonFinite { row: 1, column: 2, .. })));
-        assert!(matches!(p(&npy("<f4", "(99999999999, 99999999999)", &f32s)), Err(InputError::Malformed { .. })));
+        let nan: Vec<u8> = [1.0f32, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert!(matches!(
+            p(&npy("<f4", "(1, 2)", &nan)),
+            Err(InputError::NonFinite {
+                row: 1,
+                column: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            p(&npy("<f4", "(99999999999, 99999999999)", &f32s)),
+            Err(InputError::Malformed { .. })
+        ));
     }
 
     proptest::proptest! {
