@@ -178,7 +178,7 @@ impl OnnxModel {
                 .unwrap_or_else(|| typed.node(outlet.node).name.clone());
             let dtype = if fact.datum_type.is_float() {
                 DType::F32
-            } else if fact.datum_type.is_integer() {
+            } else if fact.datum_type.is_integer() || fact.datum_type == TDim::datum_type() {
                 DType::I64
             } else {
                 return Err(OnnxError::OutputType {
@@ -246,7 +246,7 @@ impl OnnxModel {
                     Ok(OnnxValue::F32(
                         t.into_plain_array::<f32>().map_err(OnnxError::Run)?,
                     ))
-                } else if dt.is_integer() || dt == bool::datum_type() {
+                } else if dt.is_integer() || dt == bool::datum_type() || dt == TDim::datum_type() {
                     let t = t.cast_to::<i64>().map_err(OnnxError::Run)?.into_owned();
                     Ok(OnnxValue::I64(
                         t.into_plain_array::<i64>().map_err(OnnxError::Run)?,
