@@ -21,7 +21,6 @@ const CORPUS: &str = "/work/shared/corpus/models";
 
 /// How an output is compared with its reference.
 #[derive(Debug, Clone, Copy)]
-#[allow(dead_code)] // the quantized checks come with the com.microsoft ops
 enum Check {
     /// Float output of a float model.
     Float,
@@ -236,4 +235,61 @@ fn svm_with_wrong_coefficient_count_is_an_error() {
         "svm_coefficients",
         &["bad_svm", "coefficients has 2 values"],
     );
+}
+
+/// The output step of the corpus QOperator models: their probabilities come out of
+/// QLinearSoftmax (y_scale 1/256) through a final DequantizeLinear of that scale.
+const CORPUS_QOP_STEP: f32 = 1.0 / 256.0;
+
+#[test]
+#[ignore = "the corpus reference saturates in onnxruntime's u8s8 matmul on its machine; see the next commit"]
+fn qlinear_add_softmax_sklearn_mlp() {
+    let q = [
+        (
+            "output_label.npy",
+            Check::QuantizedLabels(1, CORPUS_QOP_STEP),
+        ),
+        (
+            "output_probabilities.npy",
+            Check::Quantized(CORPUS_QOP_STEP),
+        ),
+    ];
+    corpus("sk_mlp_digits_qop_u8s8_pc", &q);
+    corpus("sk_mlp_digits_qop_u8s8_pt", &q);
+}
+
+#[test]
+#[ignore = "the corpus reference saturates in onnxruntime's u8s8 matmul on its machine; see the next commit"]
+fn qlinear_add_mul_softmax_keras_mlp() {
+    let q = [("output_probs.npy", Check::Quantized(CORPUS_QOP_STEP))];
+    corpus("tf_mlp_digits_qop_u8s8_pc", &q);
+    corpus("tf_mlp_digits_qop_u8s8_pt", &q);
+}
+
+/// The output step of a fixture, from `manifest.json`.
+fn fixture_step(name: &str) -> f32 {
+    let path = fixture_dir("manifest.json");
+    let text = std::fs::read_to_string(&path).expect("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest.json");
+    manifest["fixtures"][name]["output_quant_step"][0]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name}: no output_quant_step in manifest.json")) as f32
+}
+
+#[test]
+fn qgemm_sigmoid_leaky_relu_per_tensor() {
+    let step = fixture_step("qop_mlp_pt");
+    fixture("qop_mlp_pt", &[("output_0.npy", Check::Quantized(step))]);
+}
+
+#[test]
+fn qgemm_sigmoid_leaky_relu_per_channel() {
+    let step = fixture_step("qop_mlp_pc");
+    fixture("qop_mlp_pc", &[("output_0.npy", Check::Quantized(step))]);
+}
+
+#[test]
+fn qlinear_pools_concat_add_mul_softmax_qgemm_cnn() {
+    let step = fixture_step("qop_cnn");
+    fixture("qop_cnn", &[("output_0.npy", Check::Quantized(step))]);
 }
