@@ -117,10 +117,11 @@ fn check_model_with(dir: &Path, ref_dir: &Path, refs: &[(&str, Check)]) -> Vec<f
 
 fn corpus(name: &str, refs: &[(&str, Check)]) {
     let dir = Path::new(CORPUS).join(name);
-    if !dir.exists() {
-        eprintln!("skipping {name}: {} not found", dir.display());
-        return;
-    }
+    assert!(
+        dir.exists(),
+        "{name}: {} not found (the corpus must be beside the checkout)",
+        dir.display()
+    );
     check_model(&dir, refs);
 }
 
@@ -263,10 +264,11 @@ const CORPUS_QOP_STEP: f32 = 1.0 / 256.0;
 /// `manifest.json` records the differences with the corpus outputs.
 fn corpus_quantized(name: &str, refs: &[(&str, Check)]) {
     let dir = Path::new(CORPUS).join(name);
-    if !dir.exists() {
-        eprintln!("skipping {name}: {} not found", dir.display());
-        return;
-    }
+    assert!(
+        dir.exists(),
+        "{name}: {} not found (the corpus must be beside the checkout)",
+        dir.display()
+    );
     check_model_with(&dir, &fixture_dir("corpus_reference").join(name), refs);
 }
 
