@@ -129,7 +129,10 @@ fn nested(shape: &[usize], values: &OutputValues) -> Value {
         }
     }
     match values {
-        OutputValues::F32(v) => build(shape, v, &|x: f32| json!(x)),
+        // Through f32's shortest decimal form, so JSON shows 0.1 rather than 0.10000000149011612.
+        OutputValues::F32(v) => build(shape, v, &|x: f32| {
+            json!(x.to_string().parse::<f64>().unwrap_or(f64::NAN))
+        }),
         OutputValues::I64(v) => build(shape, v, &|x: i64| json!(x)),
     }
 }

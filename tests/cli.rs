@@ -62,7 +62,7 @@ fn run_prints_json_with_model_name_and_named_outputs() {
     assert_eq!(labels.len(), 5);
     assert_eq!(probs.len(), 5);
     assert_eq!(probs[0].as_array().map(Vec::len), Some(10));
-    // The digits test split starts with a 6 (see datasets/digits/digits_test.csv).
+    // Same first label as onnxruntime's reference for the corpus model.
     let want = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../shared/corpus/models/sk_mlp_digits/output_label.csv"),
@@ -76,6 +76,7 @@ fn run_prints_json_with_model_name_and_named_outputs() {
     }
 }
 
+#[cfg(feature = "onnx")]
 #[test]
 fn run_csv_output_to_file_and_every_input_format() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -352,4 +353,16 @@ fn convert_writes_an_artifact_and_names_unsupported_nodes() {
     );
     // The failed conversion left the earlier artifact intact.
     assert!(perch::artifact::read(&out).is_ok());
+}
+
+#[cfg(feature = "onnx")]
+#[test]
+fn info_says_when_zipmap_is_replaced() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx/zipmap_logreg_iris/model.onnx");
+    let text = run_ok(perch_bin(), &["info", model.to_str().unwrap()]);
+    assert!(
+        text.contains("ZipMap") && text.contains("replaced by its tensor input"),
+        "{text}"
+    );
 }

@@ -34,6 +34,7 @@ pub struct Tolerance {
     pub quant_step: Option<f64>,
 }
 
+#[cfg(feature = "onnx")]
 impl CorpusModel {
     pub fn tolerance(&self) -> Tolerance {
         Tolerance {
@@ -79,6 +80,7 @@ pub fn corpus_models(corpus: &Path) -> Vec<CorpusModel> {
     out
 }
 
+#[cfg(feature = "onnx")]
 /// The quantization step that bounds a quantized model's output error: the largest scale
 /// among the constant scales that feed the graph's last quantized tensors (the inputs of
 /// the final DequantizeLinear nodes and QLinear* ops' output scales). Falls back to 1/255.
