@@ -520,31 +520,8 @@ impl Converter {
                 if attr_s(node, "post_transform").is_some_and(|p| p != "NONE") {
                     return Err(Self::unsupported(node, "post_transform other than NONE"));
                 }
-                let n = self.last_axis(x);
                 let targets = attr_i(node, "targets", 1).max(1) as usize;
-                let coef = attr_floats(node, "coefficients").unwrap_or_default();
-                if coef.len() != targets * n {
-                    return Err(Self::unsupported(
-                        node,
-                        format!(
-                            "{} coefficients for {targets} targets × {n} features",
-                            coef.len()
-                        ),
-                    ));
-                }
-                let bias = attr_floats(node, "intercepts").unwrap_or_else(|| vec![0.0; targets]);
-                if bias.len() != targets {
-                    return Err(Self::unsupported(
-                        node,
-                        format!("{} intercepts for {targets} targets", bias.len()),
-                    ));
-                }
-                let id = self.dense(
-                    node,
-                    x,
-                    Tensor::f32(vec![targets as u32, n as u32], coef),
-                    Some(bias),
-                )?;
+                let id = self.linear_dense(node, x, targets, "targets")?;
                 self.bind(node, 0, id, false);
             }
             "LinearClassifier" => self.linear_classifier(node)?,
@@ -862,9 +839,43 @@ impl Converter {
         Ok(())
     }
 
+    /// A dense layer from an ai.onnx.ml linear model's `coefficients` (`rows × features`)
+    /// and `intercepts` (`rows`).
+    fn linear_dense(
+        &mut self,
+        node: &NodeProto,
+        x: ValueId,
+        rows: usize,
+        what: &str,
+    ) -> Result<ValueId, ConvertError> {
+        let n = self.last_axis(x);
+        let coef = attr_floats(node, "coefficients").unwrap_or_default();
+        if coef.len() != rows * n {
+            return Err(Self::unsupported(
+                node,
+                format!(
+                    "{} coefficients for {rows} {what} × {n} features",
+                    coef.len()
+                ),
+            ));
+        }
+        let bias = attr_floats(node, "intercepts").unwrap_or_else(|| vec![0.0; rows]);
+        if bias.len() != rows {
+            return Err(Self::unsupported(
+                node,
+                format!("{} intercepts for {rows} {what}", bias.len()),
+            ));
+        }
+        self.dense(
+            node,
+            x,
+            Tensor::f32(vec![rows as u32, n as u32], coef),
+            Some(bias),
+        )
+    }
+
     fn linear_classifier(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
         let (x, _) = self.value(node, 0)?;
-        let n = self.last_axis(x);
         let labels = attr_ints(node, "classlabels_ints")
             .filter(|l| !l.is_empty())
             .ok_or_else(|| {
@@ -874,29 +885,7 @@ impl Converter {
                 )
             })?;
         let classes = labels.len();
-        let coef = attr_floats(node, "coefficients").unwrap_or_default();
-        if coef.len() != classes * n {
-            return Err(Self::unsupported(
-                node,
-                format!(
-                    "{} coefficients for {classes} classes × {n} features",
-                    coef.len()
-                ),
-            ));
-        }
-        let bias = attr_floats(node, "intercepts").unwrap_or_else(|| vec![0.0; classes]);
-        if bias.len() != classes {
-            return Err(Self::unsupported(
-                node,
-                format!("{} intercepts for {classes} classes", bias.len()),
-            ));
-        }
-        let scores = self.dense(
-            node,
-            x,
-            Tensor::f32(vec![classes as u32, n as u32], coef),
-            Some(bias),
-        )?;
+        let scores = self.linear_dense(node, x, classes, "classes")?;
         let post = attr_s(node, "post_transform").unwrap_or_else(|| "NONE".into());
         let out = match post.as_str() {
             "NONE" => scores,
