@@ -250,25 +250,17 @@ pub fn write_info(out: &mut dyn Write, info: &ModelInfo, name: &str) -> Result<(
     if let Some(h) = &info.sha256 {
         writeln!(out, "sha256:  {h}")?;
     }
-    writeln!(out, "inputs:")?;
-    for s in &info.inputs {
-        writeln!(
-            out,
-            "  {:<24} {} {}",
-            s.name,
-            s.dtype.name(),
-            shape_text(&s.shape)
-        )?;
-    }
-    writeln!(out, "outputs:")?;
-    for s in &info.outputs {
-        writeln!(
-            out,
-            "  {:<24} {} {}",
-            s.name,
-            s.dtype.name(),
-            shape_text(&s.shape)
-        )?;
+    for (title, specs) in [("inputs", &info.inputs), ("outputs", &info.outputs)] {
+        writeln!(out, "{title}:")?;
+        for s in specs {
+            writeln!(
+                out,
+                "  {:<24} {} {}",
+                s.name,
+                s.dtype.name(),
+                shape_text(&s.shape)
+            )?;
+        }
     }
     writeln!(out, "ops:")?;
     for (op, n) in &info.ops {
