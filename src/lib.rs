@@ -10,6 +10,8 @@
 //! - [`runtime`]: one [`runtime::Model`] over both backends; what the CLI calls.
 //! - [`cli`]: the `perch run / info / bench` commands as library functions.
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
+//! - [`train`] (feature `host`): CSV datasets, preprocessing, linear models, MLP, linear SVM,
+//!   optimizers, metrics, cross-validation and grid search; trained models become graphs.
 //!
 //! # Example
 //! ```
@@ -48,3 +50,5 @@ pub mod io;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod runtime;
+#[cfg(feature = "host")]
+pub mod train;
