@@ -317,7 +317,7 @@ impl Model {
             sample_len,
             got: shape.to_vec(),
         };
-        if sample_len == 0 || len == 0 || len % sample_len != 0 {
+        if sample_len == 0 || len == 0 || !len.is_multiple_of(sample_len) {
             return Err(err());
         }
         let rows = shape.first().copied().unwrap_or(0);
