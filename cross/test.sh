@@ -19,8 +19,11 @@ sample_dir=${SAMPLE_MODEL_DIR:-$root/../shared/corpus/models/sk_mlp_digits}
 
 # qemu-user shows the guest the host's /proc/cpuinfo, so tract would pick its kernels from an
 # x86 CPU description; force the paths a Pi takes (NEON on ARMv7, Cortex-A53 tuning on aarch64).
-export TRACT_CPU_ARM32_NEON=true
+# Not on ARMv6: an ARM1176 has no NEON, and forcing it there is a SIGILL (measured).
 export TRACT_CPU_AARCH64_KIND=a53
+if [[ "$target" != arm-unknown-linux-musleabihf ]]; then
+    export TRACT_CPU_ARM32_NEON=true
+fi
 
 case "$target" in
     aarch64-unknown-linux-gnu) qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu) ;;
