@@ -7,6 +7,8 @@
 //! - [`engine`]: executes a native graph with buffers planned once at load.
 //! - [`onnx`] (feature `onnx`): the tract-onnx backend and the ONNX ops perch adds to it.
 //! - [`convert`] (feature `onnx`): translates ONNX graphs into the native IR.
+//! - [`train`] (feature `host`): fitting models on the host (decision trees, random forests)
+//!   that export to the native IR.
 //! - [`runtime`]: one [`runtime::Model`] over both backends; what the CLI calls.
 //! - [`cli`]: the `perch run / info / bench` commands as library functions.
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.

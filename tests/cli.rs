@@ -341,14 +341,19 @@ fn convert_writes_an_artifact_and_names_unsupported_nodes() {
     assert_eq!(art.model.metadata.name, "digits");
     assert_eq!(art.model.metadata.class_labels.len(), 10);
 
-    let rf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/models/sk_rf_iris/model.onnx");
+    let qdq = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus/models/sk_mlp_digits_qdq_s8s8_pc/model.onnx");
     let e = run_err(
         host_bin(),
-        &["convert", rf.to_str().unwrap(), "-o", out.to_str().unwrap()],
+        &[
+            "convert",
+            qdq.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
     );
     assert!(
-        e.contains("TreeEnsembleClassifier") && e.contains("no native equivalent"),
+        e.contains("DequantizeLinear") && e.contains("no native equivalent"),
         "{e}"
     );
     // The failed conversion left the earlier artifact intact.

@@ -2,8 +2,9 @@
 //! [`Model`](crate::graph::Model): Gemm and MatMul+Add become dense layers; Conv, pooling,
 //! Flatten/Reshape, the activations, Softmax and ArgMax map one to one; Add/Sub/Mul/Div by a
 //! constant fold into standardize layers; ai.onnx.ml Scaler, LinearRegressor and
-//! LinearClassifier become standardize, dense and activation layers. Anything else is an
-//! error naming the node.
+//! LinearClassifier become standardize, dense and activation layers; TreeEnsembleClassifier
+//! and TreeEnsembleRegressor become a tree ensemble layer (with an argmax for the labels,
+//! see [`trees`]). Anything else is an error naming the node.
 
 use crate::graph::{
     DType, Graph, Layer, Metadata, Model, Node, Output, Tensor, TensorSpec, ValueId,
@@ -11,6 +12,8 @@ use crate::graph::{
 use std::collections::HashMap;
 use tract_onnx::pb::{self, NodeProto};
 use tract_onnx::prelude::Framework;
+
+mod trees;
 
 /// Why an ONNX graph cannot become a native model.
 #[derive(Debug, thiserror::Error)]
@@ -525,6 +528,7 @@ impl Converter {
                 self.bind(node, 0, id, false);
             }
             "LinearClassifier" => self.linear_classifier(node)?,
+            "TreeEnsembleClassifier" | "TreeEnsembleRegressor" => self.tree_ensemble(node)?,
             "Normalizer" => {
                 let (x, _) = self.value(node, 0)?;
                 let norm = attr_s(node, "norm").unwrap_or_else(|| "MAX".into());

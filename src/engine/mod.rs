@@ -105,6 +105,7 @@ enum Step {
         axis_len: usize,
         labels: Option<Vec<i64>>,
     },
+    TreeEnsemble(Box<kernels::TreeEnsemble>),
     /// Fused into the previous step.
     Skip,
 }
@@ -271,6 +272,29 @@ impl Engine {
                     axis_len: x.last().copied().unwrap_or(1),
                     labels: labels.clone(),
                 },
+                Layer::TreeEnsemble {
+                    trees,
+                    n_outputs,
+                    aggregate,
+                    base_values,
+                    post_transform,
+                } => {
+                    let features = x.iter().product();
+                    let e = kernels::TreeEnsemble::new(
+                        trees,
+                        features,
+                        *n_outputs as usize,
+                        *aggregate,
+                        base_values,
+                        *post_transform,
+                    )
+                    .ok_or_else(|| GraphError::Shape {
+                        node: node.name.clone(),
+                        layer: "tree_ensemble",
+                        reason: "more nodes than 32-bit indices address".into(),
+                    })?;
+                    Step::TreeEnsemble(Box::new(e))
+                }
             };
             // Fuse an activation into the dense layer that alone feeds it.
             if let Step::Activation(act) = &step
@@ -466,6 +490,7 @@ fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize) {
             kernels::activate(*act, y);
         }
         Step::Softmax { axis_len } => kernels::softmax(x, *axis_len, y),
+        Step::TreeEnsemble(e) => e.run(x, y),
         Step::ArgMax { .. } | Step::Skip => {}
     }
 }

@@ -106,7 +106,8 @@ impl Tensor {
 pub type Padding2d = [u32; 4];
 
 /// One operation of the graph. Layers work on the last axis (dense, softmax, argmax,
-/// standardize) or on NCHW feature maps (conv and pooling). Append-only.
+/// standardize), on NCHW feature maps (conv and pooling) or on flat feature vectors (tree
+/// ensembles). Append-only.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Layer {
     /// `y[..., j] = (x[..., j] - offset[j]) * scale[j]` on the last axis; `offset` and
@@ -187,6 +188,98 @@ pub enum Layer {
         /// Class label for each index, or none for the raw index.
         labels: Option<Vec<i64>>,
     },
+    /// A tree ensemble (decision tree, random forest, gradient boosting) on a flat
+    /// `[features]` sample, giving `[n_outputs]` scores: the trees' leaf values are summed
+    /// per output (divided by the tree count for [`TreeAggregate::Average`]), `base_values`
+    /// are added, then `post_transform` is applied. New in format 1's second revision;
+    /// files without it are unchanged.
+    TreeEnsemble {
+        /// The trees, evaluated and summed in order.
+        trees: Vec<Tree>,
+        /// Scores per sample (classes or regression targets).
+        n_outputs: u32,
+        /// How the trees' leaf values combine.
+        aggregate: TreeAggregate,
+        /// Added to the aggregated scores: `n_outputs` values, or none for zeros.
+        base_values: Vec<f32>,
+        /// Applied last, over each sample's scores.
+        post_transform: TreePostTransform,
+    },
+}
+
+/// One decision tree in flat arrays, indexed by node id; node 0 is the root.
+///
+/// Node `i` is a leaf when `left[i] == 0` (the root is never a child); otherwise a sample
+/// whose feature `feature[i]` compares true with `threshold[i]` under `mode` goes to
+/// `left[i]`, else to `right[i]`. Children have larger ids than their parent, so a walk
+/// always ends. `leaf_values` holds `n_outputs` values per leaf, leaves in node-id order.
+/// A leaf's `feature`, `threshold` and `right` are 0.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Tree {
+    /// Feature index each branch tests.
+    pub feature: Vec<u32>,
+    /// Threshold each branch compares with.
+    pub threshold: Vec<f32>,
+    /// Child taken when the comparison holds; 0 marks a leaf.
+    pub left: Vec<u32>,
+    /// Child taken otherwise.
+    pub right: Vec<u32>,
+    /// `n_leaves × n_outputs` values, leaves in node-id order.
+    pub leaf_values: Vec<f32>,
+    /// The comparison every branch of this tree makes.
+    pub mode: SplitMode,
+}
+
+impl Tree {
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.left.len()
+    }
+
+    /// Whether the tree has no node (never valid).
+    pub fn is_empty(&self) -> bool {
+        self.left.is_empty()
+    }
+
+    /// Bytes of constant data.
+    pub fn size_bytes(&self) -> usize {
+        (self.feature.len()
+            + self.threshold.len()
+            + self.left.len()
+            + self.right.len()
+            + self.leaf_values.len())
+            * 4
+    }
+}
+
+/// The test a tree's branches make; true goes left.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SplitMode {
+    /// `x <= threshold` (scikit-learn, ONNX `BRANCH_LEQ`).
+    #[default]
+    Leq,
+    /// `x < threshold` (ONNX `BRANCH_LT`).
+    Lt,
+}
+
+/// How a [`Layer::TreeEnsemble`] combines its trees.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeAggregate {
+    /// Sum of the leaf values (gradient boosting).
+    Sum,
+    /// Mean of the leaf values (random forest).
+    Average,
+}
+
+/// Transform applied to a [`Layer::TreeEnsemble`]'s scores.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreePostTransform {
+    /// Scores as they are.
+    None,
+    /// Softmax over each sample's scores.
+    Softmax,
+    /// `1 / (1 + e^-x)` on each score.
+    Logistic,
 }
 
 impl Layer {
@@ -207,6 +300,7 @@ impl Layer {
             Layer::Tanh => "tanh",
             Layer::Softmax => "softmax",
             Layer::ArgMax { .. } => "argmax",
+            Layer::TreeEnsemble { .. } => "tree_ensemble",
         }
     }
 
@@ -218,6 +312,9 @@ impl Layer {
                 weight.size_bytes() + bias.as_ref().map_or(0, Tensor::size_bytes)
             }
             Layer::ArgMax { labels } => labels.as_ref().map_or(0, |l| l.len() * 8),
+            Layer::TreeEnsemble {
+                trees, base_values, ..
+            } => trees.iter().map(Tree::size_bytes).sum::<usize>() + base_values.len() * 4,
             _ => 0,
         }
     }

@@ -1,7 +1,7 @@
 //! Shape inference and validation: every check that makes executing a graph safe happens
 //! here, once, when a model is loaded.
 
-use super::{DType, Graph, Layer, Tensor, TensorData};
+use super::{DType, Graph, Layer, Tensor, TensorData, Tree};
 
 /// Why a graph cannot run.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -404,5 +404,88 @@ fn infer_layer(
             }
             Ok((DType::I64, x[..x.len() - 1].to_vec()))
         }
+        Layer::TreeEnsemble {
+            trees,
+            n_outputs,
+            base_values,
+            ..
+        } => {
+            let [width] = *x else {
+                return Err(err(format!(
+                    "expects a flat [features] sample, got shape {x:?}"
+                )));
+            };
+            let n_outputs = *n_outputs as usize;
+            if n_outputs == 0 {
+                return Err(err("n_outputs is 0".into()));
+            }
+            if trees.is_empty() {
+                return Err(err("the ensemble has no tree".into()));
+            }
+            if !(base_values.is_empty() || base_values.len() == n_outputs) {
+                return Err(err(format!(
+                    "{} base values for {n_outputs} outputs",
+                    base_values.len()
+                )));
+            }
+            for (t, tree) in trees.iter().enumerate() {
+                check_tree(tree, width, n_outputs)
+                    .map_err(|reason| err(format!("tree {t}: {reason}")))?;
+            }
+            Ok((DType::F32, vec![n_outputs]))
+        }
     }
+}
+
+/// Checks one tree so that walking it can neither index out of bounds nor loop: every
+/// array has one entry per node, branches read an existing feature and point to existing
+/// nodes with larger ids, leaves have their `n_outputs` values.
+fn check_tree(tree: &Tree, width: usize, n_outputs: usize) -> Result<(), String> {
+    let n = tree.left.len();
+    if n == 0 {
+        return Err("has no node".into());
+    }
+    for (what, len) in [
+        ("feature", tree.feature.len()),
+        ("threshold", tree.threshold.len()),
+        ("right", tree.right.len()),
+    ] {
+        if len != n {
+            return Err(format!("{what} has {len} entries for {n} nodes"));
+        }
+    }
+    let mut leaves = 0usize;
+    for i in 0..n {
+        let (l, r) = (tree.left[i] as usize, tree.right[i] as usize);
+        if l == 0 {
+            if r != 0 || tree.feature[i] != 0 {
+                return Err(format!(
+                    "leaf {i} has right child {r} and feature {} (both must be 0)",
+                    tree.feature[i]
+                ));
+            }
+            leaves += 1;
+            continue;
+        }
+        if l <= i || r <= i || l >= n || r >= n {
+            return Err(format!(
+                "node {i} has children {l} and {r}; children must have larger ids than their parent, below {n}"
+            ));
+        }
+        let f = tree.feature[i] as usize;
+        if f >= width {
+            return Err(format!("node {i} tests feature {f}, the input has {width}"));
+        }
+        if tree.threshold[i].is_nan() {
+            return Err(format!("node {i} has a NaN threshold"));
+        }
+    }
+    let expected = leaves as u128 * n_outputs as u128;
+    if tree.leaf_values.len() as u128 != expected {
+        return Err(format!(
+            "{} leaf values for {leaves} leaves × {n_outputs} outputs",
+            tree.leaf_values.len()
+        ));
+    }
+    Ok(())
 }

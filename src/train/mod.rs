@@ -15,8 +15,9 @@
 //! - [`metrics`]: accuracy, precision / recall / F1, ROC-AUC, log-loss, confusion matrix,
 //!   MSE, MAE, R².
 //! - [`select`]: k-fold cross-validation and grid search.
-//! - Decision trees and random forests come in `tree.rs` and `forest.rs` as further
-//!   [`ModelKind`] variants.
+//! - [`tree`]: CART decision trees (gini / entropy / MSE); [`forest`]: random forests
+//!   (bootstrap, feature subsampling, trees trained in parallel). Both export to the native
+//!   tree-ensemble layer.
 //!
 //! # Example
 //! ```no_run
@@ -32,14 +33,14 @@
 //! ```
 
 pub mod data;
+pub mod forest;
 mod linear;
 pub mod metrics;
 mod net;
 pub mod optim;
 pub mod scale;
 pub mod select;
-// Decision trees and random forests (another engineer's work) plug in here:
-// `pub mod tree;` and `pub mod forest;`, with their variants in `ModelKind` and `Learned`.
+pub mod tree;
 
 use crate::graph::{Metadata, Model};
 use data::{DataError, Dataset, Schema, Target, TargetEncoding};

@@ -5,6 +5,7 @@
 pub mod generic;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod tree;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -86,6 +87,8 @@ pub fn dense(x: &[f32], w: &[f32], b: &[f32], inputs: usize, outputs: usize, y: 
     #[allow(unreachable_code)]
     generic::dense(x, w, b, inputs, outputs, y)
 }
+
+pub use tree::{TreeEnsemble, TreeNode};
 
 pub use generic::{
     activate, argmax, avg_pool2d, conv2d, global_avg_pool, max_pool2d, softmax, standardize,
