@@ -326,3 +326,27 @@ fn cross_validation_and_grid_search() {
     assert!(matches!(iris.target, Target::Classes(_)));
     assert!(result.model.evaluate(&iris).unwrap().primary() > 0.9);
 }
+
+#[test]
+fn trees_and_forests_train_through_fit_and_export() {
+    let mut spec = ModelSpec {
+        kind: ModelKind::random_forest(),
+        scaling: Scaling::None,
+    };
+    spec.set("n_estimators", "50").unwrap();
+    spec.set("seed", "7").unwrap();
+    // `check`'s last argument is a floor here (these are not scikit-learn's figures).
+    check("wine", Task::Classification, spec, 0.96);
+    let tree = ModelSpec {
+        kind: ModelKind::decision_tree(),
+        scaling: Scaling::None,
+    };
+    check("iris", Task::Classification, tree.clone(), 0.86);
+    check("diabetes", Task::Regression, tree, -1.0);
+    let mut bad = ModelSpec {
+        kind: ModelKind::decision_tree(),
+        scaling: Scaling::None,
+    };
+    assert!(bad.set("criterion", "chaos").is_err());
+    assert!(bad.set("lr", "0.1").is_err());
+}

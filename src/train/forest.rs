@@ -71,6 +71,16 @@ pub struct RandomForest {
 }
 
 impl RandomForest {
+    /// Width of the rows the model takes.
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    /// Whether it predicts classes (else values).
+    pub fn is_classifier(&self) -> bool {
+        self.classification
+    }
+
     /// Fits a classifier on `x` (`n_samples × n_features`) and class ids `y` (`0..n`).
     ///
     /// # Errors

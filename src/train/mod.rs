@@ -100,6 +100,9 @@ pub enum TrainError {
         /// What is wrong and what is accepted.
         reason: String,
     },
+    /// Growing a tree or forest failed.
+    #[error(transparent)]
+    Tree(#[from] tree::TreeError),
 }
 
 /// Regularization of linear regression, in scikit-learn's terms.
@@ -178,6 +181,17 @@ pub enum ModelKind {
         /// Training loop.
         config: GradientConfig,
     },
+    /// CART decision tree (gini / entropy for classes, squared error for values). Trees
+    /// split on raw feature values, so scaling is not applied.
+    DecisionTree {
+        /// Tree hyper-parameters.
+        params: tree::TreeParams,
+    },
+    /// Random forest of CART trees (bootstrap, feature subsampling, parallel training).
+    RandomForest {
+        /// Forest hyper-parameters.
+        params: forest::ForestParams,
+    },
 }
 
 impl ModelKind {
@@ -208,6 +222,20 @@ impl ModelKind {
     }
 
     /// A linear SVM with C = 1 trained by Adam.
+    pub fn decision_tree() -> ModelKind {
+        ModelKind::DecisionTree {
+            params: tree::TreeParams::default(),
+        }
+    }
+
+    /// scikit-learn's `RandomForestClassifier` defaults (100 trees, √features per split).
+    pub fn random_forest() -> ModelKind {
+        ModelKind::RandomForest {
+            params: forest::ForestParams::classifier(),
+        }
+    }
+
+    /// A linear SVM with perch's defaults.
     pub fn linear_svm() -> ModelKind {
         ModelKind::LinearSvm {
             c: 1.0,
@@ -227,6 +255,8 @@ impl ModelKind {
             ModelKind::Softmax { .. } => "softmax",
             ModelKind::Mlp { .. } => "mlp",
             ModelKind::LinearSvm { .. } => "linear_svm",
+            ModelKind::DecisionTree { .. } => "decision_tree",
+            ModelKind::RandomForest { .. } => "random_forest",
         }
     }
 }
@@ -265,6 +295,41 @@ impl ModelSpec {
                 .ok_or_else(|| bad("expected none, standard or minmax"))?;
             return Ok(());
         }
+        if let Some(tree) = match &mut self.kind {
+            ModelKind::DecisionTree { params } => Some(params),
+            ModelKind::RandomForest { params } => {
+                match name {
+                    "n_estimators" | "trees" => {
+                        params.n_estimators = int()?.max(1);
+                        return Ok(());
+                    }
+                    "seed" => {
+                        params.seed = value.parse().map_err(|_| bad("expected a whole number"))?;
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+                Some(&mut params.tree)
+            }
+            _ => None,
+        } {
+            match name {
+                "max_depth" | "depth" => tree.max_depth = Some(int()?),
+                "min_samples_split" => tree.min_samples_split = int()?.max(2),
+                "min_samples_leaf" => tree.min_samples_leaf = int()?.max(1),
+                "seed" => tree.seed = value.parse().map_err(|_| bad("expected a whole number"))?,
+                "criterion" => {
+                    tree.criterion = match value {
+                        "gini" => tree::Criterion::Gini,
+                        "entropy" => tree::Criterion::Entropy,
+                        "mse" | "squared_error" => tree::Criterion::SquaredError,
+                        _ => return Err(bad("expected gini, entropy or mse")),
+                    }
+                }
+                _ => return Err(bad(&format!("not a parameter of {}", self.kind.name()))),
+            }
+            return Ok(());
+        }
         let config = match &mut self.kind {
             ModelKind::Mlp { config, .. } | ModelKind::LinearSvm { config, .. } => Some(config),
             ModelKind::Logistic { solver, .. }
@@ -273,7 +338,9 @@ impl ModelSpec {
                 Solver::Gradient(config) => Some(config),
                 _ => None,
             },
+            ModelKind::DecisionTree { .. } | ModelKind::RandomForest { .. } => None,
         };
+
         match (name, config) {
             ("lr" | "learning_rate", Some(c)) => c.learning_rate = num()?,
             ("epochs", Some(c)) => c.epochs = int()?,
@@ -346,6 +413,8 @@ pub struct Fitted {
 #[derive(Clone, Debug)]
 enum Learned {
     Net(Network),
+    Tree(tree::DecisionTree),
+    Forest(forest::RandomForest),
 }
 
 /// Test-set figures of a model.
@@ -466,6 +535,22 @@ pub fn fit(
     progress: Option<Progress<'_>>,
 ) -> Result<Fitted, TrainError> {
     let start = Instant::now();
+    if let Some(learned) = fit_trees(spec, data)? {
+        return Ok(Fitted {
+            spec: spec.clone(),
+            schema: data.schema.clone(),
+            summary: FitSummary {
+                epochs: 1,
+                loss: f64::NAN,
+                validation: None,
+                converged: true,
+            },
+            fit_time_ms: start.elapsed().as_millis() as u64,
+            scaler: None,
+            learned,
+            fingerprint: data.fingerprint.clone(),
+        });
+    }
     let scaler = Scaler::fit(spec.scaling, data.features.view());
     let scaled;
     let x = match &scaler {
@@ -584,6 +669,9 @@ pub fn fit(
             )?;
             (net, summary)
         }
+        ModelKind::DecisionTree { .. } | ModelKind::RandomForest { .. } => {
+            unreachable!("fit_trees handles tree models")
+        }
         ModelKind::LinearSvm { c, config } => {
             let (y, k) = classes(name, data)?;
             let out = if k == 2 { 1 } else { k };
@@ -611,12 +699,84 @@ pub fn fit(
     })
 }
 
+/// Trains the tree models of `spec` on raw features; `None` for every other kind.
+fn fit_trees(spec: &ModelSpec, data: &Dataset) -> Result<Option<Learned>, TrainError> {
+    let x = data.features.view();
+    let learned = match (&spec.kind, &data.target) {
+        (ModelKind::DecisionTree { params }, Target::Classes(y)) => {
+            Learned::Tree(tree::DecisionTree::fit_classifier(x, y, params)?)
+        }
+        (ModelKind::DecisionTree { params }, Target::Values(y)) => {
+            let mut params = params.clone();
+            if matches!(
+                params.criterion,
+                tree::Criterion::Gini | tree::Criterion::Entropy
+            ) {
+                params.criterion = tree::Criterion::SquaredError;
+            }
+            Learned::Tree(tree::DecisionTree::fit_regressor(x, y, &params)?)
+        }
+        (ModelKind::RandomForest { params }, Target::Classes(y)) => {
+            Learned::Forest(forest::RandomForest::fit_classifier(x, y, params)?)
+        }
+        (ModelKind::RandomForest { params }, Target::Values(y)) => {
+            let mut params = params.clone();
+            if matches!(
+                params.tree.criterion,
+                tree::Criterion::Gini | tree::Criterion::Entropy
+            ) {
+                params.tree.criterion = tree::Criterion::SquaredError;
+                params.tree.max_features = tree::MaxFeatures::All;
+            }
+            Learned::Forest(forest::RandomForest::fit_regressor(x, y, &params)?)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(learned))
+}
+
+impl Learned {
+    fn n_features(&self) -> usize {
+        match self {
+            Learned::Net(net) => net.sizes[0],
+            Learned::Tree(t) => t.n_features(),
+            Learned::Forest(f) => f.n_features(),
+        }
+    }
+
+    fn classifier(&self) -> bool {
+        match self {
+            Learned::Net(net) => net.head != Head::Regression,
+            Learned::Tree(t) => t.is_classifier(),
+            Learned::Forest(f) => f.is_classifier(),
+        }
+    }
+
+    /// Class probabilities (classifiers) or the single value column (regressors).
+    fn scores(&self, x: ArrayView2<'_, f64>) -> Result<Array2<f64>, TrainError> {
+        let (flat, n) = match self {
+            Learned::Net(net) => {
+                return Ok(if net.head == Head::Regression {
+                    net.decision(x)
+                } else {
+                    net.probabilities(x)
+                });
+            }
+            Learned::Tree(t) => (t.predict_scores(x)?, x.nrows()),
+            Learned::Forest(f) => (f.predict_scores(x)?, x.nrows()),
+        };
+        let k = flat.len() / n.max(1);
+        Array2::from_shape_vec((n, k), flat.into_iter().map(f64::from).collect())
+            .map_err(|e| TrainError::Tree(tree::TreeError::Data(e.to_string())))
+    }
+}
+
 impl Fitted {
     fn prepare(&self, x: ArrayView2<'_, f64>) -> Result<Array2<f64>, TrainError> {
-        let Learned::Net(net) = &self.learned;
-        if x.ncols() != net.sizes[0] {
+        let expected = self.learned.n_features();
+        if x.ncols() != expected {
             return Err(TrainError::FeatureCount {
-                expected: net.sizes[0],
+                expected,
                 got: x.ncols(),
             });
         }
@@ -628,8 +788,7 @@ impl Fitted {
 
     /// Whether the model is a classifier.
     pub fn is_classifier(&self) -> bool {
-        let Learned::Net(net) = &self.learned;
-        net.head != Head::Regression
+        self.learned.classifier()
     }
 
     /// Class probabilities `[n, k]` for raw (unscaled) feature rows.
@@ -638,15 +797,14 @@ impl Fitted {
     /// [`TrainError::FeatureCount`] for rows of the wrong width,
     /// [`TrainError::TaskMismatch`] for a regressor.
     pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Result<Array2<f64>, TrainError> {
-        let Learned::Net(net) = &self.learned;
-        if net.head == Head::Regression {
+        if !self.learned.classifier() {
             return Err(TrainError::TaskMismatch {
                 model: self.spec.kind.name(),
                 needs: "classification",
                 target: self.schema.target.clone(),
             });
         }
-        Ok(net.probabilities(self.prepare(x)?.view()))
+        self.learned.scores(self.prepare(x)?.view())
     }
 
     /// Predicted class indices for raw feature rows.
@@ -662,15 +820,18 @@ impl Fitted {
     /// # Errors
     /// [`TrainError::FeatureCount`], or [`TrainError::TaskMismatch`] for a classifier.
     pub fn predict_values(&self, x: ArrayView2<'_, f64>) -> Result<Vec<f64>, TrainError> {
-        let Learned::Net(net) = &self.learned;
-        if net.head != Head::Regression {
+        if self.learned.classifier() {
             return Err(TrainError::TaskMismatch {
                 model: self.spec.kind.name(),
                 needs: "regression",
                 target: self.schema.target.clone(),
             });
         }
-        Ok(net.decision(self.prepare(x)?.view()).column(0).to_vec())
+        Ok(self
+            .learned
+            .scores(self.prepare(x)?.view())?
+            .column(0)
+            .to_vec())
     }
 
     /// Scores the model on labelled data encoded with the training schema.
@@ -708,7 +869,6 @@ impl Fitted {
     /// (regressors). Integer class labels become the `label` values; string labels are
     /// listed in `metadata.class_labels` and `label` is their index.
     pub fn to_model(&self, name: &str) -> Model {
-        let Learned::Net(net) = &self.learned;
         let (labels, class_labels) = match &self.schema.target_encoding {
             TargetEncoding::Classes { labels, numeric } => (numeric.clone(), labels.clone()),
             TargetEncoding::Values => (None, Vec::new()),
@@ -744,9 +904,27 @@ impl Fitted {
             props.insert("dataset.rows".into(), fp.rows.to_string());
             props.insert("dataset.columns".into(), fp.columns.to_string());
         }
-        Model {
-            metadata,
-            graph: net.graph(self.scaler.as_ref(), labels),
+        let graph = match &self.learned {
+            Learned::Net(net) => net.graph(self.scaler.as_ref(), labels),
+            Learned::Tree(t) => with_labels(t.to_model(name).graph, labels),
+            Learned::Forest(f) => with_labels(f.to_model(name).graph, labels),
+        };
+        Model { metadata, graph }
+    }
+}
+
+/// Maps a tree model's argmax (class ids) through the dataset's numeric class labels, and
+/// orders its outputs as every trained classifier's: `probabilities`, then `label`.
+fn with_labels(mut graph: crate::graph::Graph, labels: Option<Vec<i64>>) -> crate::graph::Graph {
+    graph.outputs.sort_by_key(|o| o.name == "label");
+    if let Some(labels) = labels {
+        for node in &mut graph.nodes {
+            if let crate::graph::Layer::ArgMax { labels: l } = &mut node.layer
+                && l.as_ref().is_none_or(|l| l.len() == labels.len())
+            {
+                *l = Some(labels.clone());
+            }
         }
     }
+    graph
 }
