@@ -12,6 +12,8 @@
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
 //! - [`train`] (feature `host`): CSV datasets, preprocessing, linear models, MLP, linear SVM,
 //!   optimizers, metrics, cross-validation and grid search; trained models become graphs.
+//! - [`registry`] (feature `host`): numbered model versions with metadata, lineage, tags and
+//!   aliases in SQLite, artifacts content-addressed beside the database.
 //!
 //! # Example
 //! ```
@@ -49,6 +51,8 @@ pub mod graph;
 pub mod io;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+#[cfg(feature = "host")]
+pub mod registry;
 pub mod runtime;
 #[cfg(feature = "host")]
 pub mod train;
