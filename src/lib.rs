@@ -9,6 +9,8 @@
 //! - [`convert`] (feature `onnx`): translates ONNX graphs into the native IR.
 //! - [`runtime`]: one [`runtime::Model`] over both backends; what the CLI calls.
 //! - [`cli`]: the `perch run / info / bench` commands as library functions.
+//! - [`host_cli`] (feature `host`): the `perch-host train / eval / models / import`
+//!   commands as library functions over [`train`] and [`registry`].
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
 //! - [`train`] (feature `host`): CSV datasets, preprocessing, linear models, MLP, linear SVM,
 //!   optimizers, metrics, cross-validation and grid search; trained models become graphs.
@@ -48,6 +50,8 @@ pub mod cli;
 pub mod convert;
 pub mod engine;
 pub mod graph;
+#[cfg(feature = "host")]
+pub mod host_cli;
 pub mod io;
 #[cfg(feature = "onnx")]
 pub mod onnx;
