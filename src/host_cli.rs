@@ -1,5 +1,5 @@
 //! The `perch-host train / eval / models / import` commands as library functions (feature
-//! `host`): training into the [`registry`], evaluating a registered version on a CSV file,
+//! `host`): training into the [`registry`](crate::registry), evaluating a registered version on a CSV file,
 //! and the registry's listing, comparison, tagging, aliasing, deletion and export.
 //!
 //! Every command returns a JSON document (the machine-readable contract: `train` and `eval`
