@@ -21,7 +21,7 @@
 //! ```
 
 use crate::artifact;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -497,7 +497,11 @@ impl Registry {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sql)?;
+        // Immediate: take the write lock before reading the numbers it writes.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
         let parent_id = match &info.parent {
             Some(r) => Some(resolve_id(&tx, r).map_err(|e| with_path(e, &path))?.0),
             None => None,
@@ -776,7 +780,11 @@ impl Registry {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sql)?;
+        // Immediate: take the write lock before reading the numbers it writes.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
         for v in &victims {
             tx.execute(
                 "DELETE FROM versions WHERE number = ?2
