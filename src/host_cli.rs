@@ -593,22 +593,43 @@ fn load_runtime(registry: &Registry, version: &Version) -> Result<runtime::Model
 /// `metrics`, `rows`, `predictions` (the model's labels or values per row) and, for
 /// classifiers, `confusion_matrix`.
 ///
+/// A version without a recorded schema (an imported model) needs `target`: the other
+/// columns are its inputs in file order, a model with a `probabilities` output is scored as
+/// a classifier over the sorted class labels, any other as a regressor on `variable`.
+///
 /// # Errors
-/// An unknown reference, a version without a recorded data schema (an imported model),
-/// bad data, or a model whose outputs are not `probabilities` / `variable`.
-pub fn eval(registry: &Registry, r: &ModelRef, data: &Path) -> Result<Value> {
+/// An unknown reference, an imported version without `target`, bad data, or a model whose
+/// outputs are not `probabilities` / `variable`.
+pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>) -> Result<Value> {
     let version = registry.resolve(r)?;
-    let schema = version.data_schema.as_ref().ok_or_else(|| {
-        anyhow!(
-            "{}@{} has no recorded training schema (it was imported, not trained here), so perch-host cannot encode a CSV for it; run it with `perch run` instead",
+    let mut model = load_runtime(registry, &version)?;
+    let load = |schema: &Schema| {
+        Dataset::load_with_schema(data, schema)
+            .with_context(|| format!("loading evaluation data {}", data.display()))
+    };
+    let (dataset, schema) = match (&version.data_schema, target) {
+        (Some(schema), _) => {
+            let schema = schema_from_json(schema)?;
+            (load(&schema)?, schema)
+        }
+        (None, Some(target)) => {
+            let outputs = &model.info().outputs;
+            let task = if outputs.iter().any(|o| o.name == "probabilities") {
+                Task::Classification
+            } else {
+                Task::Regression
+            };
+            let dataset = Dataset::load(data, target, task)
+                .with_context(|| format!("loading evaluation data {}", data.display()))?;
+            let schema = dataset.schema.clone();
+            (dataset, schema)
+        }
+        (None, None) => bail!(
+            "{}@{} has no recorded training schema (it was imported, not trained here); pass --target COL to score it on a CSV whose other columns are its inputs",
             version.name,
             version.number
-        )
-    })?;
-    let schema = schema_from_json(schema)?;
-    let dataset = Dataset::load_with_schema(data, &schema)
-        .with_context(|| format!("loading evaluation data {}", data.display()))?;
-    let mut model = load_runtime(registry, &version)?;
+        ),
+    };
     let n = dataset.n_rows();
     let x: Vec<f32> = dataset.features_f32().iter().copied().collect();
     let outputs = model

@@ -297,24 +297,60 @@ fn registry_location_defaults_to_the_current_directory_and_follows_the_environme
 }
 
 #[test]
-fn import_registers_an_onnx_model() {
-    let corpus = corpus_dir();
-    let model = corpus_models(&corpus)
-        .into_iter()
-        .map(|m| m.dir.join("model.onnx"))
-        .find(|p| p.is_file())
-        .expect("a corpus ONNX model");
+fn import_registers_onnx_models_native_or_as_onnx_and_eval_scores_them() {
+    let models = corpus_dir().join("models");
+    let test = iris("iris_test.csv");
+    let test = test.to_str().unwrap();
     let host = Host::new();
-    let v = host.json(&["import", model.to_str().unwrap(), "--name", "ext", "--json"]);
-    assert_eq!(v["name"], "ext");
-    assert_eq!(v["version"], 1);
-    assert!(v["format"] == "perch" || v["format"] == "onnx", "{v}");
-    assert_eq!(host.versions(), ["ext@1"]);
-    let e = host.err(&[
-        "eval",
+
+    let logreg = models.join("sk_logreg_iris/model.onnx");
+    let v = host.json(&[
+        "import",
+        logreg.to_str().unwrap(),
+        "--name",
         "ext",
-        "--data",
-        iris("iris_test.csv").to_str().unwrap(),
+        "--json",
     ]);
-    assert!(e.contains("no recorded training schema"), "{e}");
+    assert_eq!(
+        (v["name"].as_str(), v["version"].as_u64()),
+        (Some("ext"), Some(1))
+    );
+    assert_eq!(
+        v["format"], "perch",
+        "a linear classifier converts to native: {v}"
+    );
+    let e = host.err(&["eval", "ext", "--data", test]);
+    assert!(e.contains("--target"), "{e}");
+    let eval = host.json(&[
+        "eval", "ext", "--data", test, "--target", "target", "--json",
+    ]);
+    let accuracy = eval["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - 0.947).abs() < 0.01,
+        "scikit-learn's figure is 0.947, got {accuracy}"
+    );
+
+    let forest = models.join("sk_rf_iris/model.onnx");
+    let v = host.json(&["import", forest.to_str().unwrap(), "--name", "rf", "--json"]);
+    assert_eq!(v["format"], "onnx", "trees have no native layer yet: {v}");
+    let eval = host.json(&["eval", "rf", "--data", test, "--target", "target", "--json"]);
+    assert!(
+        eval["metrics"]["accuracy"].as_f64().unwrap() >= 0.9,
+        "{eval}"
+    );
+    let out = host.dir.path().join("rf.onnx");
+    host.ok(&[
+        "models",
+        "export",
+        "rf",
+        "--format",
+        "onnx",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&forest).unwrap()
+    );
+    assert_eq!(host.versions(), ["ext@1", "rf@1"]);
 }

@@ -55,6 +55,9 @@ enum Command {
         /// Labelled data with the training columns.
         #[arg(long)]
         data: PathBuf,
+        /// Target column, for imported versions (trained ones know theirs).
+        #[arg(long)]
+        target: Option<String>,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -157,8 +160,14 @@ fn run(cli: Cli) -> Result<()> {
             let report = host_cli::train(&mut reg, &options)?;
             print(&report, json, |r| host_cli::render_report(r) + "\n");
         }
-        Command::Eval { model, data, json } => {
-            let report = host_cli::eval(&open_registry(registry)?, &model, &data)?;
+        Command::Eval {
+            model,
+            data,
+            target,
+            json,
+        } => {
+            let report =
+                host_cli::eval(&open_registry(registry)?, &model, &data, target.as_deref())?;
             print(&report, json, |r| host_cli::render_report(r) + "\n");
         }
         Command::Import { model, name, json } => {
