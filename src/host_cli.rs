@@ -299,6 +299,44 @@ pub fn metrics_json(e: &Evaluation) -> Value {
     }
 }
 
+/// Classifier metrics from class probabilities `[n, k]`: `accuracy`, `precision_*`,
+/// `recall_*` and `f1_*` (`macro` and `weighted`), `log_loss`, `roc_auc` (when every class
+/// occurs), and the confusion matrix (rows: truth, columns: prediction).
+pub fn classification_metrics(truth: &[usize], p: ndarray::ArrayView2<'_, f64>) -> (Value, Value) {
+    let k = p.ncols();
+    let predicted = metrics::argmax_rows(p);
+    let scores = metrics::ClassScores::new(truth, &predicted, k);
+    let mut m = json!({
+        "accuracy": metrics::accuracy(truth, &predicted),
+        "precision_macro": scores.precision(Average::Macro),
+        "precision_weighted": scores.precision(Average::Weighted),
+        "recall_macro": scores.recall(Average::Macro),
+        "recall_weighted": scores.recall(Average::Weighted),
+        "f1_macro": scores.f1(Average::Macro),
+        "f1_weighted": scores.f1(Average::Weighted),
+        "log_loss": metrics::log_loss(truth, p),
+    });
+    if let Some(a) = metrics::roc_auc(truth, p) {
+        m["roc_auc"] = json!(a);
+    }
+    let cm = metrics::confusion_matrix(truth, &predicted, k);
+    let cm: Vec<Vec<u64>> = cm.rows().into_iter().map(|r| r.to_vec()).collect();
+    (m, json!(cm))
+}
+
+/// Scores a trained model on labelled data: metrics and, for classifiers, the confusion
+/// matrix.
+fn score(fitted: &train::Fitted, data: &Dataset) -> Result<(Value, Option<Value>)> {
+    Ok(match &data.target {
+        train::data::Target::Classes(y) => {
+            let p = fitted.predict_proba(data.features.view())?;
+            let (m, cm) = classification_metrics(y, p.view());
+            (m, Some(cm))
+        }
+        train::data::Target::Values(_) => (metrics_json(&fitted.evaluate(data)?), None),
+    })
+}
+
 /// The training data's encoding as JSON, stored with each version so `eval` encodes new
 /// data the same way.
 pub fn schema_to_json(schema: &Schema) -> Value {
@@ -530,11 +568,17 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
         fitted.with_context(|| format!("training {} on {}", opts.model, opts.data.display()))?
     };
     let search_seconds = started.elapsed().as_secs_f64();
-    let train_metrics = metrics_json(&fitted.evaluate(&data)?);
-    let (metrics, evaluated_on) = match &test {
-        Some(t) => (metrics_json(&fitted.evaluate(t)?), "test"),
-        None => (train_metrics.clone(), "train"),
+    let (train_metrics, train_confusion) = score(&fitted, &data)?;
+    let (metrics, confusion, evaluated_on) = match &test {
+        Some(t) => {
+            let (m, cm) = score(&fitted, t)?;
+            (m, cm, "test")
+        }
+        None => (train_metrics.clone(), train_confusion, "train"),
     };
+    if let Some(cm) = confusion {
+        report.insert("confusion_matrix".into(), cm);
+    }
     let fit_seconds = fitted.fit_time_ms as f64 / 1000.0;
     let dataset = data.fingerprint.as_ref().map(|fp| DatasetInfo {
         sha256: fp.sha256.clone(),
@@ -660,19 +704,10 @@ pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>
                 );
             }
             let p = Array2::from_shape_vec((n, k), p.iter().map(|&v| v as f64).collect())?;
+            let (scores, confusion) = classification_metrics(truth, p.view());
+            report.insert("metrics".into(), scores);
+            report.insert("confusion_matrix".into(), confusion);
             let predicted = metrics::argmax_rows(p.view());
-            let scores = metrics::ClassScores::new(truth, &predicted, k);
-            let evaluation = Evaluation::Classification {
-                accuracy: metrics::accuracy(truth, &predicted),
-                f1_macro: scores.f1(Average::Macro),
-                f1_weighted: scores.f1(Average::Weighted),
-                log_loss: metrics::log_loss(truth, p.view()),
-                roc_auc: metrics::roc_auc(truth, p.view()),
-            };
-            report.insert("metrics".into(), metrics_json(&evaluation));
-            let cm = metrics::confusion_matrix(truth, &predicted, k);
-            let cm: Vec<Vec<u64>> = cm.rows().into_iter().map(|r| r.to_vec()).collect();
-            report.insert("confusion_matrix".into(), json!(cm));
             report.insert("classes".into(), json!(labels));
             let predictions: Vec<Value> = predicted
                 .iter()

@@ -111,12 +111,24 @@ fn train_json_contract_eval_and_export_agree_with_the_device() {
     assert!(report["fit_seconds"].as_f64().is_some_and(|s| s >= 0.0));
     let accuracy = report["metrics"]["accuracy"].as_f64().expect("accuracy");
     assert!(accuracy >= 0.9, "iris logistic accuracy {accuracy}");
-    for key in ["f1_macro", "roc_auc", "log_loss"] {
+    for key in [
+        "f1_macro",
+        "f1_weighted",
+        "precision_macro",
+        "recall_macro",
+        "roc_auc",
+        "log_loss",
+    ] {
         assert!(
             report["metrics"][key].is_number(),
             "metrics.{key}: {report}"
         );
     }
+
+    let confusion = report["confusion_matrix"]
+        .as_array()
+        .expect("confusion matrix");
+    assert_eq!(confusion.len(), 3);
 
     let test = iris("iris_test.csv");
     let eval = host.json(&["eval", "iris@1", "--data", test.to_str().unwrap(), "--json"]);
@@ -127,6 +139,7 @@ fn train_json_contract_eval_and_export_agree_with_the_device() {
         (eval_accuracy - accuracy).abs() < 1e-9,
         "{eval_accuracy} vs {accuracy}"
     );
+    assert_eq!(eval["confusion_matrix"], report["confusion_matrix"]);
     let labels: Vec<i64> = eval["predictions"]
         .as_array()
         .expect("predictions")
@@ -198,6 +211,41 @@ fn models_list_show_alias_tag_diff_delete() {
     assert!(e.contains("no alias \"staging\""), "{e}");
     // Numbers are not reused after a deletion.
     assert_eq!(host.train_iris("logistic")["version"], 3);
+
+    let train = iris("iris_train.csv");
+    let child = host.json(&[
+        "train",
+        train.to_str().unwrap(),
+        "--target",
+        "target",
+        "--model",
+        "logistic",
+        "--scale",
+        "standard",
+        "--name",
+        "iris",
+        "--parent",
+        "iris@production",
+        "--json",
+    ]);
+    let shown = host.json(&[
+        "models",
+        "show",
+        &format!("iris@{}", child["version"]),
+        "--json",
+    ]);
+    assert_eq!(shown["parent"], "iris@1");
+    let e = host.err(&[
+        "train",
+        train.to_str().unwrap(),
+        "--target",
+        "target",
+        "--model",
+        "logistic",
+        "--parent",
+        "iris@9",
+    ]);
+    assert!(e.contains("no version 9"), "{e}");
 }
 
 #[test]
