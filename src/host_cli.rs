@@ -1046,3 +1046,108 @@ pub fn render_diff(d: &Value) -> String {
     ));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        train: TrainOptions,
+    }
+
+    fn options(args: &[&str]) -> TrainOptions {
+        let mut all = vec!["train", "data.csv", "--target", "y"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all).expect("arguments parse").train
+    }
+
+    fn spec_error(args: &[&str]) -> String {
+        format!("{:#}", spec_from_options(&options(args)).unwrap_err())
+    }
+
+    #[test]
+    fn options_become_specs() {
+        let (spec, task) = spec_from_options(&options(&[
+            "--model", "mlp", "--hidden", "64,32", "--lr", "0.01",
+        ]))
+        .unwrap();
+        assert_eq!(task, Task::Classification);
+        match spec.kind {
+            ModelKind::Mlp { hidden, config, .. } => {
+                assert_eq!(hidden, [64, 32]);
+                assert_eq!(config.learning_rate, 0.01);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (spec, task) = spec_from_options(&options(&[
+            "--model",
+            "logistic",
+            "--optimizer",
+            "adamw",
+            "--scale",
+            "minmax",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (task, spec.scaling),
+            (Task::Classification, Scaling::MinMax)
+        );
+        assert!(matches!(
+            spec.kind,
+            ModelKind::Logistic {
+                solver: Solver::Gradient(_),
+                ..
+            }
+        ));
+        let (_, task) = spec_from_options(&options(&["--model", "ridge"])).unwrap();
+        assert_eq!(task, Task::Regression);
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        assert!(spec_error(&["--model", "forest"]).contains("not available in this build"));
+        assert!(spec_error(&["--model", "knn"]).contains("unknown model kind \"knn\""));
+        assert!(spec_error(&["--model", "logistic", "--hidden", "8"]).contains("--hidden"));
+        assert!(spec_error(&["--model", "lasso", "--lr", "0.1"]).contains("coordinate descent"));
+        assert!(spec_error(&["--model", "linear", "--scale", "log"]).contains("--scale"));
+        assert!(spec_error(&["--model", "mlp", "--grid", "lr"]).contains("--grid"));
+        assert!(spec_error(&["--model", "mlp", "--grid", "depth=2"]).contains("depth"));
+        assert!(spec_error(&["--model", "mlp", "--cv", "1"]).contains("--cv"));
+    }
+
+    #[test]
+    fn schema_json_round_trips() {
+        let schema = Schema {
+            columns: vec![
+                Column {
+                    name: "size".into(),
+                    encoding: ColumnEncoding::Numeric { fill: 2.5 },
+                    missing: 0,
+                },
+                Column {
+                    name: "color".into(),
+                    encoding: ColumnEncoding::Categorical {
+                        categories: vec!["blue".into(), "red".into()],
+                        fill: "red".into(),
+                    },
+                    missing: 0,
+                },
+            ],
+            target: "kind".into(),
+            target_encoding: TargetEncoding::Classes {
+                labels: vec!["3".into(), "7".into()],
+                numeric: Some(vec![3, 7]),
+            },
+        };
+        assert_eq!(schema_from_json(&schema_to_json(&schema)).unwrap(), schema);
+        let values = Schema {
+            target_encoding: TargetEncoding::Values,
+            ..schema
+        };
+        assert_eq!(schema_from_json(&schema_to_json(&values)).unwrap(), values);
+        assert!(schema_from_json(&json!({"columns": 3})).is_err());
+    }
+}

@@ -1106,6 +1106,34 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writers_get_distinct_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        Registry::open(&db).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    let mut reg = Registry::open(&db).unwrap();
+                    (0..3)
+                        .map(|j| {
+                            reg.register("iris", model((i * 3 + j) as f32), info(0.9))
+                                .unwrap()
+                                .number
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut numbers: Vec<u32> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn damaged_artifact_and_newer_schema_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("r.db");
