@@ -68,6 +68,10 @@ pub struct TrainOptions {
     /// Seed for shuffles, initialization and folds.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Hold out this fraction of the training rows and stop when their loss stops improving
+    /// (gradient-trained models; the progress bar then shows the validation loss).
+    #[arg(long)]
+    pub validation_fraction: Option<f64>,
     /// k-fold cross-validation on the training data.
     #[arg(long)]
     pub cv: Option<usize>,
@@ -133,7 +137,8 @@ pub fn spec_from_options(opts: &TrainOptions) -> Result<(ModelSpec, Task)> {
     let gradient_flags = opts.optimizer.is_some()
         || opts.lr.is_some()
         || opts.epochs.is_some()
-        || opts.batch.is_some();
+        || opts.batch.is_some()
+        || opts.validation_fraction.is_some();
     if gradient_flags {
         match &mut kind {
             ModelKind::LinearRegression {
@@ -179,6 +184,36 @@ pub fn spec_from_options(opts: &TrainOptions) -> Result<(ModelSpec, Task)> {
     if let Some(b) = opts.batch {
         spec.set("batch", &b.to_string())?;
     }
+    if let Some(f) = opts.validation_fraction {
+        if !(0.0..1.0).contains(&f) {
+            bail!("bad --validation-fraction {f}: expected a fraction in [0, 1)");
+        }
+        let config = match &mut spec.kind {
+            ModelKind::Mlp { config, .. } | ModelKind::LinearSvm { config, .. } => config,
+            ModelKind::LinearRegression {
+                solver: Solver::Gradient(config),
+                ..
+            }
+            | ModelKind::Logistic {
+                solver: Solver::Gradient(config),
+                ..
+            }
+            | ModelKind::Softmax {
+                solver: Solver::Gradient(config),
+                ..
+            } => config,
+            _ => bail!("--validation-fraction applies to gradient-trained models only"),
+        };
+        let mut stopping = config
+            .early_stopping
+            .unwrap_or(train::optim::EarlyStopping {
+                validation_fraction: 0.0,
+                patience: 10,
+                tol: 1e-4,
+            });
+        stopping.validation_fraction = f;
+        config.early_stopping = Some(stopping);
+    }
     if let Some(g) = &opts.grid {
         let grid = Grid::parse(g).with_context(|| format!("bad --grid {g:?}"))?;
         if grid.params.is_empty() {
@@ -223,6 +258,12 @@ fn spec_params(spec: &ModelSpec, task: Task, target: &str) -> Value {
         p.insert("epochs".into(), json!(c.epochs));
         p.insert("batch".into(), json!(c.batch_size));
         p.insert("seed".into(), json!(c.seed));
+        if let Some(e) = c.early_stopping {
+            p.insert(
+                "early_stopping".into(),
+                json!({"validation_fraction": e.validation_fraction, "patience": e.patience, "tol": e.tol}),
+            );
+        }
     };
     let solver = |p: &mut Map<String, Value>, s: &Solver| match s {
         Solver::Exact => {
@@ -1116,6 +1157,22 @@ mod tests {
         assert!(spec_error(&["--model", "mlp", "--grid", "lr"]).contains("--grid"));
         assert!(spec_error(&["--model", "mlp", "--grid", "depth=2"]).contains("depth"));
         assert!(spec_error(&["--model", "mlp", "--cv", "1"]).contains("--cv"));
+        assert!(
+            spec_error(&["--model", "mlp", "--validation-fraction", "1.5"])
+                .contains("--validation-fraction")
+        );
+        let (spec, _) = spec_from_options(&options(&[
+            "--model",
+            "svm",
+            "--validation-fraction",
+            "0.2",
+        ]))
+        .unwrap();
+        assert!(matches!(
+            spec.kind,
+            ModelKind::LinearSvm { config, .. }
+                if config.early_stopping.map(|e| e.validation_fraction) == Some(0.2)
+        ));
     }
 
     #[test]
