@@ -53,6 +53,15 @@ pub struct TrainOptions {
     /// MLP hidden layer widths, e.g. 64,32 (default 100).
     #[arg(long)]
     pub hidden: Option<String>,
+    /// MLP hidden activation: relu, tanh or sigmoid.
+    #[arg(long)]
+    pub activation: Option<String>,
+    /// Penalty strength: ridge / lasso alpha, MLP L2 alpha.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Inverse penalty strength C of logistic, softmax and svm.
+    #[arg(long = "C", alias = "c")]
+    pub c: Option<f64>,
     /// Optimizer: sgd, momentum, nesterov, rmsprop, adagrad, adadelta, adam, adamw.
     #[arg(long)]
     pub optimizer: Option<String>,
@@ -171,6 +180,15 @@ pub fn spec_from_options(opts: &TrainOptions) -> Result<(ModelSpec, Task)> {
             bail!("--hidden applies to --model mlp only");
         }
         spec.set("hidden", &h.replace(',', "x"))?;
+    }
+    if let Some(a) = &opts.activation {
+        spec.set("activation", a)?;
+    }
+    if let Some(a) = opts.alpha {
+        spec.set("alpha", &a.to_string())?;
+    }
+    if let Some(c) = opts.c {
+        spec.set("c", &c.to_string())?;
     }
     if let Some(o) = &opts.optimizer {
         spec.set("optimizer", o)?;
@@ -1143,8 +1161,34 @@ mod tests {
                 ..
             }
         ));
-        let (_, task) = spec_from_options(&options(&["--model", "ridge"])).unwrap();
+        let (spec, task) =
+            spec_from_options(&options(&["--model", "ridge", "--alpha", "0.5"])).unwrap();
         assert_eq!(task, Task::Regression);
+        assert!(matches!(
+            spec.kind,
+            ModelKind::LinearRegression {
+                penalty: Penalty::Ridge { alpha: 0.5 },
+                ..
+            }
+        ));
+        let (spec, _) = spec_from_options(&options(&[
+            "--model",
+            "mlp",
+            "--activation",
+            "tanh",
+            "--task",
+            "regression",
+        ]))
+        .unwrap();
+        assert!(matches!(
+            spec.kind,
+            ModelKind::Mlp {
+                activation: train::Activation::Tanh,
+                ..
+            }
+        ));
+        let (spec, _) = spec_from_options(&options(&["--model", "logistic", "--C", "10"])).unwrap();
+        assert!(matches!(spec.kind, ModelKind::Logistic { c: 10.0, .. }));
     }
 
     #[test]
@@ -1152,6 +1196,8 @@ mod tests {
         assert!(spec_error(&["--model", "forest"]).contains("not available in this build"));
         assert!(spec_error(&["--model", "knn"]).contains("unknown model kind \"knn\""));
         assert!(spec_error(&["--model", "logistic", "--hidden", "8"]).contains("--hidden"));
+        assert!(spec_error(&["--model", "linear", "--alpha", "1"]).contains("alpha"));
+        assert!(spec_error(&["--model", "mlp", "--activation", "gelu"]).contains("gelu"));
         assert!(spec_error(&["--model", "lasso", "--lr", "0.1"]).contains("coordinate descent"));
         assert!(spec_error(&["--model", "linear", "--scale", "log"]).contains("--scale"));
         assert!(spec_error(&["--model", "mlp", "--grid", "lr"]).contains("--grid"));
