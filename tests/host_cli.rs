@@ -203,6 +203,8 @@ fn models_list_show_alias_tag_diff_delete() {
     assert_eq!(diff["same_dataset"], true);
     assert!(diff["metrics"]["accuracy"]["delta"].is_number());
 
+    let e = host.err(&["models", "delete", "iris"]);
+    assert!(e.contains("--all"), "{e}");
     host.ok(&["models", "delete", "iris@2"]);
     assert_eq!(host.versions(), ["iris@1"]);
     let e = host.err(&["models", "show", "iris@2"]);
@@ -246,6 +248,9 @@ fn models_list_show_alias_tag_diff_delete() {
         "iris@9",
     ]);
     assert!(e.contains("no version 9"), "{e}");
+
+    host.ok(&["models", "delete", "iris", "--all"]);
+    assert!(host.versions().is_empty());
 }
 
 #[test]

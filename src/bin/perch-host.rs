@@ -120,10 +120,13 @@ enum Models {
         /// The alias.
         alias: String,
     },
-    /// Delete a version (NAME@N or NAME@ALIAS) or every version of NAME.
+    /// Delete a version (NAME@N or NAME@ALIAS), or every version of NAME with --all.
     Delete {
         /// The version or model.
         model: ModelRef,
+        /// Delete every version of a bare NAME.
+        #[arg(long)]
+        all: bool,
     },
     /// Write a version's artifact to a file.
     Export {
@@ -197,7 +200,12 @@ fn run(cli: Cli) -> Result<()> {
                     let v = reg.set_alias(&model, &alias)?;
                     eprintln!("{}@{alias} → {}@{}", v.name, v.name, v.number);
                 }
-                Models::Delete { model } => {
+                Models::Delete { model, all } => {
+                    if model.selector == perch::registry::Selector::Latest && !all {
+                        anyhow::bail!(
+                            "`models delete {model}` names no version: write {model}@N or {model}@ALIAS, or add --all to delete every version of {model}"
+                        );
+                    }
                     for v in reg.delete(&model)? {
                         eprintln!("deleted {}@{}", v.name, v.number);
                     }
