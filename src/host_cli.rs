@@ -770,9 +770,9 @@ pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>
             report.insert("classes".into(), json!(labels));
             let predictions: Vec<Value> = predicted
                 .iter()
-                .map(|&i| match numeric {
-                    Some(nums) => json!(nums[i]),
-                    None => json!(labels[i]),
+                .map(|&i| match numeric.as_ref().and_then(|nums| nums.get(i)) {
+                    Some(n) => json!(n),
+                    None => json!(labels.get(i)),
                 })
                 .collect();
             report.insert("predictions".into(), Value::Array(predictions));
