@@ -11,9 +11,13 @@
 //!   that export to the native IR.
 //! - [`runtime`]: one [`runtime::Model`] over both backends; what the CLI calls.
 //! - [`cli`]: the `perch run / info / bench` commands as library functions.
+//! - [`host_cli`] (feature `host`): the `perch-host train / eval / models / import`
+//!   commands as library functions over [`train`] and [`registry`].
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
 //! - [`train`] (feature `host`): CSV datasets, preprocessing, linear models, MLP, linear SVM,
 //!   optimizers, metrics, cross-validation and grid search; trained models become graphs.
+//! - [`registry`] (feature `host`): numbered model versions with metadata, lineage, tags and
+//!   aliases in SQLite, artifacts content-addressed beside the database.
 //!
 //! # Example
 //! ```
@@ -48,9 +52,13 @@ pub mod cli;
 pub mod convert;
 pub mod engine;
 pub mod graph;
+#[cfg(feature = "host")]
+pub mod host_cli;
 pub mod io;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+#[cfg(feature = "host")]
+pub mod registry;
 pub mod runtime;
 #[cfg(feature = "host")]
 pub mod train;

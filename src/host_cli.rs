@@ -1,0 +1,1256 @@
+//! The `perch-host train / eval / models / import` commands as library functions (feature
+//! `host`): training into the [`registry`](crate::registry), evaluating a registered version on a CSV file,
+//! and the registry's listing, comparison, tagging, aliasing, deletion and export.
+//!
+//! Every command returns a JSON document (the machine-readable contract: `train` and `eval`
+//! give at least `name`, `version`, `metrics` and, for `train`, `fit_seconds`); the binary
+//! prints it with `--json` or renders it as text.
+
+use crate::registry::{
+    ArtifactFormat, DatasetInfo, ModelRef, Payload, Registry, Version, VersionInfo,
+};
+use crate::runtime::{self, EngineChoice, OutputValues};
+use crate::train::data::{Column, ColumnEncoding, Dataset, Schema, TargetEncoding, Task};
+use crate::train::metrics::{self, Average};
+use crate::train::optim::GradientConfig;
+use crate::train::scale::Scaling;
+use crate::train::select::{self, Grid};
+use crate::train::{self, Evaluation, ModelKind, ModelSpec, Penalty, Solver};
+use anyhow::{Context, Result, anyhow, bail};
+use ndarray::Array2;
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+
+/// Model kinds `--model` accepts in this build.
+pub const MODEL_KINDS: &[&str] = &[
+    "linear", "ridge", "lasso", "logistic", "softmax", "mlp", "svm",
+];
+
+/// `perch-host train` arguments.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrainOptions {
+    /// Training data: CSV with a header.
+    pub data: PathBuf,
+    /// Target column name.
+    #[arg(long)]
+    pub target: String,
+    /// Model kind: linear, ridge, lasso, logistic, softmax, mlp, svm (tree, forest: later).
+    #[arg(long)]
+    pub model: String,
+    /// Whether the target is a class or a value (default: from the model kind; mlp:
+    /// classification).
+    #[arg(long, value_parser = ["classification", "regression"])]
+    pub task: Option<String>,
+    /// Labelled test data scored after training (its metrics are the reported ones).
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Registry name (default: the data file's stem and the model kind).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Feature scaling baked into the model: standard, minmax or none.
+    #[arg(long, default_value = "none")]
+    pub scale: String,
+    /// MLP hidden layer widths, e.g. 64,32 (default 100).
+    #[arg(long)]
+    pub hidden: Option<String>,
+    /// MLP hidden activation: relu, tanh or sigmoid.
+    #[arg(long)]
+    pub activation: Option<String>,
+    /// Penalty strength: ridge / lasso alpha, MLP L2 alpha.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Inverse penalty strength C of logistic, softmax and svm.
+    #[arg(long = "C", alias = "c")]
+    pub c: Option<f64>,
+    /// Optimizer: sgd, momentum, nesterov, rmsprop, adagrad, adadelta, adam, adamw.
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Maximum epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Mini-batch size.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Seed for shuffles, initialization and folds.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Hold out this fraction of the training rows and stop when their loss stops improving
+    /// (gradient-trained models; the progress bar then shows the validation loss).
+    #[arg(long)]
+    pub validation_fraction: Option<f64>,
+    /// k-fold cross-validation on the training data.
+    #[arg(long)]
+    pub cv: Option<usize>,
+    /// Grid search, e.g. 'lr=0.1,0.01;hidden=32,64' (cross-validated with --cv, default 5);
+    /// the best setting is refitted on all the training data.
+    #[arg(long)]
+    pub grid: Option<String>,
+    /// The version this one derives from (lineage), e.g. iris@2.
+    #[arg(long)]
+    pub parent: Option<String>,
+}
+
+fn model_kind(name: &str) -> Result<(ModelKind, Option<Task>)> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "linear" => (ModelKind::linear(), Some(Task::Regression)),
+        "ridge" => (
+            ModelKind::LinearRegression {
+                penalty: Penalty::Ridge { alpha: 1.0 },
+                solver: Solver::Exact,
+            },
+            Some(Task::Regression),
+        ),
+        "lasso" => (
+            ModelKind::LinearRegression {
+                penalty: Penalty::Lasso { alpha: 1.0 },
+                solver: Solver::Exact,
+            },
+            Some(Task::Regression),
+        ),
+        "logistic" => (ModelKind::logistic(), Some(Task::Classification)),
+        "softmax" => (
+            ModelKind::Softmax {
+                c: 1.0,
+                solver: Solver::Lbfgs(Default::default()),
+            },
+            Some(Task::Classification),
+        ),
+        "mlp" => (ModelKind::mlp(vec![100]), None),
+        "svm" | "linear_svm" => (ModelKind::linear_svm(), Some(Task::Classification)),
+        "tree" | "decision_tree" | "forest" | "random_forest" => bail!(
+            "model kind {name:?} is not available in this build yet (decision trees and random forests are not merged); available: {}",
+            MODEL_KINDS.join(", ")
+        ),
+        _ => bail!(
+            "unknown model kind {name:?}; available: {}",
+            MODEL_KINDS.join(", ")
+        ),
+    })
+}
+
+/// Builds the model spec the options describe, without touching any file.
+///
+/// # Errors
+/// An unknown model kind, a flag the model does not take, a bad value or grid spec.
+pub fn spec_from_options(opts: &TrainOptions) -> Result<(ModelSpec, Task)> {
+    let (mut kind, task) = model_kind(&opts.model)?;
+    let task = match (opts.task.as_deref(), task) {
+        (Some("regression"), _) => Task::Regression,
+        (Some(_), _) => Task::Classification,
+        (None, Some(t)) => t,
+        (None, None) => Task::Classification,
+    };
+    let gradient_flags = opts.optimizer.is_some()
+        || opts.lr.is_some()
+        || opts.epochs.is_some()
+        || opts.batch.is_some()
+        || opts.validation_fraction.is_some();
+    if gradient_flags {
+        match &mut kind {
+            ModelKind::LinearRegression {
+                penalty: Penalty::Lasso { .. },
+                ..
+            } => bail!(
+                "lasso is solved by coordinate descent; --optimizer, --lr, --epochs and --batch do not apply"
+            ),
+            ModelKind::LinearRegression { solver, .. }
+            | ModelKind::Logistic { solver, .. }
+            | ModelKind::Softmax { solver, .. }
+                if !matches!(solver, Solver::Gradient(_)) =>
+            {
+                *solver = Solver::Gradient(GradientConfig::default());
+            }
+            _ => {}
+        }
+    }
+    let scaling = Scaling::from_name(&opts.scale).ok_or_else(|| {
+        anyhow!(
+            "bad --scale {:?}: expected standard, minmax or none",
+            opts.scale
+        )
+    })?;
+    let mut spec = ModelSpec { kind, scaling };
+    // Models without a gradient solver take no seed; it still seeds the folds.
+    let _ = spec.set("seed", &opts.seed.to_string());
+    if let Some(h) = &opts.hidden {
+        if !matches!(spec.kind, ModelKind::Mlp { .. }) {
+            bail!("--hidden applies to --model mlp only");
+        }
+        spec.set("hidden", &h.replace(',', "x"))?;
+    }
+    if let Some(a) = &opts.activation {
+        spec.set("activation", a)?;
+    }
+    if let Some(a) = opts.alpha {
+        spec.set("alpha", &a.to_string())?;
+    }
+    if let Some(c) = opts.c {
+        spec.set("c", &c.to_string())?;
+    }
+    if let Some(o) = &opts.optimizer {
+        spec.set("optimizer", o)?;
+    }
+    if let Some(lr) = opts.lr {
+        spec.set("lr", &lr.to_string())?;
+    }
+    if let Some(e) = opts.epochs {
+        spec.set("epochs", &e.to_string())?;
+    }
+    if let Some(b) = opts.batch {
+        spec.set("batch", &b.to_string())?;
+    }
+    if let Some(f) = opts.validation_fraction {
+        if !(0.0..1.0).contains(&f) {
+            bail!("bad --validation-fraction {f}: expected a fraction in [0, 1)");
+        }
+        let config = match &mut spec.kind {
+            ModelKind::Mlp { config, .. } | ModelKind::LinearSvm { config, .. } => config,
+            ModelKind::LinearRegression {
+                solver: Solver::Gradient(config),
+                ..
+            }
+            | ModelKind::Logistic {
+                solver: Solver::Gradient(config),
+                ..
+            }
+            | ModelKind::Softmax {
+                solver: Solver::Gradient(config),
+                ..
+            } => config,
+            _ => bail!("--validation-fraction applies to gradient-trained models only"),
+        };
+        let mut stopping = config
+            .early_stopping
+            .unwrap_or(train::optim::EarlyStopping {
+                validation_fraction: 0.0,
+                patience: 10,
+                tol: 1e-4,
+            });
+        stopping.validation_fraction = f;
+        config.early_stopping = Some(stopping);
+    }
+    if let Some(g) = &opts.grid {
+        let grid = Grid::parse(g).with_context(|| format!("bad --grid {g:?}"))?;
+        if grid.params.is_empty() {
+            bail!("bad --grid {g:?}: no parameters (write e.g. 'lr=0.1,0.01;hidden=32,64')");
+        }
+        for combo in grid.combinations() {
+            let mut trial = spec.clone();
+            for (name, value) in &combo {
+                trial
+                    .set(name, value)
+                    .with_context(|| format!("bad --grid {g:?}"))?;
+            }
+        }
+    }
+    if opts.cv == Some(0) || opts.cv == Some(1) {
+        bail!("--cv needs at least 2 folds");
+    }
+    Ok((spec, task))
+}
+
+fn spec_params(spec: &ModelSpec, task: Task, target: &str) -> Value {
+    let mut p = Map::new();
+    p.insert("model".into(), json!(spec.kind.name()));
+    p.insert("target".into(), json!(target));
+    p.insert(
+        "task".into(),
+        json!(match task {
+            Task::Classification => "classification",
+            Task::Regression => "regression",
+        }),
+    );
+    p.insert(
+        "scaling".into(),
+        json!(format!("{:?}", spec.scaling).to_lowercase()),
+    );
+    let gradient = |p: &mut Map<String, Value>, c: &GradientConfig| {
+        p.insert("solver".into(), json!("gradient"));
+        let optimizer = format!("{:?}", c.optimizer);
+        let optimizer = optimizer.split([' ', '{']).next().unwrap_or_default();
+        p.insert("optimizer".into(), json!(optimizer.to_lowercase()));
+        p.insert("lr".into(), json!(c.learning_rate));
+        p.insert("epochs".into(), json!(c.epochs));
+        p.insert("batch".into(), json!(c.batch_size));
+        p.insert("seed".into(), json!(c.seed));
+        if let Some(e) = c.early_stopping {
+            p.insert(
+                "early_stopping".into(),
+                json!({"validation_fraction": e.validation_fraction, "patience": e.patience, "tol": e.tol}),
+            );
+        }
+    };
+    let solver = |p: &mut Map<String, Value>, s: &Solver| match s {
+        Solver::Exact => {
+            p.insert("solver".into(), json!("exact"));
+        }
+        Solver::Lbfgs(_) => {
+            p.insert("solver".into(), json!("lbfgs"));
+        }
+        Solver::Gradient(c) => gradient(p, c),
+    };
+    match &spec.kind {
+        ModelKind::LinearRegression { penalty, solver: s } => {
+            match penalty {
+                Penalty::None => {}
+                Penalty::Ridge { alpha } => {
+                    p.insert("penalty".into(), json!("ridge"));
+                    p.insert("alpha".into(), json!(alpha));
+                }
+                Penalty::Lasso { alpha } => {
+                    p.insert("penalty".into(), json!("lasso"));
+                    p.insert("alpha".into(), json!(alpha));
+                }
+            }
+            solver(&mut p, s);
+        }
+        ModelKind::Logistic { c, solver: s } | ModelKind::Softmax { c, solver: s } => {
+            p.insert("c".into(), json!(c));
+            solver(&mut p, s);
+        }
+        ModelKind::Mlp {
+            hidden,
+            activation,
+            alpha,
+            config,
+        } => {
+            p.insert("hidden".into(), json!(hidden));
+            p.insert(
+                "activation".into(),
+                json!(format!("{activation:?}").to_lowercase()),
+            );
+            p.insert("alpha".into(), json!(alpha));
+            gradient(&mut p, config);
+        }
+        ModelKind::LinearSvm { c, config } => {
+            p.insert("c".into(), json!(c));
+            gradient(&mut p, config);
+        }
+    }
+    Value::Object(p)
+}
+
+/// Metrics as a JSON map with lower snake case names.
+pub fn metrics_json(e: &Evaluation) -> Value {
+    match e {
+        Evaluation::Classification {
+            accuracy,
+            f1_macro,
+            f1_weighted,
+            log_loss,
+            roc_auc,
+        } => {
+            let mut m = json!({
+                "accuracy": accuracy,
+                "f1_macro": f1_macro,
+                "f1_weighted": f1_weighted,
+                "log_loss": log_loss,
+            });
+            if let Some(a) = roc_auc {
+                m["roc_auc"] = json!(a);
+            }
+            m
+        }
+        Evaluation::Regression { r2, mse, mae } => json!({ "r2": r2, "mse": mse, "mae": mae }),
+    }
+}
+
+/// Classifier metrics from class probabilities `[n, k]`: `accuracy`, `precision_*`,
+/// `recall_*` and `f1_*` (`macro` and `weighted`), `log_loss`, `roc_auc` (when every class
+/// occurs), and the confusion matrix (rows: truth, columns: prediction).
+pub fn classification_metrics(truth: &[usize], p: ndarray::ArrayView2<'_, f64>) -> (Value, Value) {
+    let k = p.ncols();
+    let predicted = metrics::argmax_rows(p);
+    let scores = metrics::ClassScores::new(truth, &predicted, k);
+    let mut m = json!({
+        "accuracy": metrics::accuracy(truth, &predicted),
+        "precision_macro": scores.precision(Average::Macro),
+        "precision_weighted": scores.precision(Average::Weighted),
+        "recall_macro": scores.recall(Average::Macro),
+        "recall_weighted": scores.recall(Average::Weighted),
+        "f1_macro": scores.f1(Average::Macro),
+        "f1_weighted": scores.f1(Average::Weighted),
+        "log_loss": metrics::log_loss(truth, p),
+    });
+    if let Some(a) = metrics::roc_auc(truth, p) {
+        m["roc_auc"] = json!(a);
+    }
+    let cm = metrics::confusion_matrix(truth, &predicted, k);
+    let cm: Vec<Vec<u64>> = cm.rows().into_iter().map(|r| r.to_vec()).collect();
+    (m, json!(cm))
+}
+
+/// Scores a trained model on labelled data: metrics and, for classifiers, the confusion
+/// matrix.
+fn score(fitted: &train::Fitted, data: &Dataset) -> Result<(Value, Option<Value>)> {
+    Ok(match &data.target {
+        train::data::Target::Classes(y) => {
+            let p = fitted.predict_proba(data.features.view())?;
+            let (m, cm) = classification_metrics(y, p.view());
+            (m, Some(cm))
+        }
+        train::data::Target::Values(_) => (metrics_json(&fitted.evaluate(data)?), None),
+    })
+}
+
+/// The training data's encoding as JSON, stored with each version so `eval` encodes new
+/// data the same way.
+pub fn schema_to_json(schema: &Schema) -> Value {
+    let columns: Vec<Value> = schema
+        .columns
+        .iter()
+        .map(|c| match &c.encoding {
+            ColumnEncoding::Numeric { fill } => {
+                json!({"name": c.name, "kind": "numeric", "fill": fill})
+            }
+            ColumnEncoding::Categorical { categories, fill } => json!({
+                "name": c.name, "kind": "categorical", "categories": categories, "fill": fill
+            }),
+        })
+        .collect();
+    let target = match &schema.target_encoding {
+        TargetEncoding::Classes { labels, numeric } => {
+            json!({"kind": "classes", "labels": labels, "numeric": numeric})
+        }
+        TargetEncoding::Values => json!({"kind": "values"}),
+    };
+    json!({"columns": columns, "target": schema.target, "target_encoding": target})
+}
+
+/// Reads what [`schema_to_json`] wrote.
+///
+/// # Errors
+/// A document of another shape.
+pub fn schema_from_json(v: &Value) -> Result<Schema> {
+    let bad = || anyhow!("the registry's data schema is damaged: {v}");
+    let text = |v: &Value| v.as_str().map(str::to_string).ok_or_else(bad);
+    let strings = |v: &Value| -> Result<Vec<String>> {
+        v.as_array().ok_or_else(bad)?.iter().map(text).collect()
+    };
+    let mut columns = Vec::new();
+    for c in v["columns"].as_array().ok_or_else(bad)? {
+        let encoding = match c["kind"].as_str() {
+            Some("numeric") => ColumnEncoding::Numeric {
+                fill: c["fill"].as_f64().unwrap_or(f64::NAN),
+            },
+            Some("categorical") => ColumnEncoding::Categorical {
+                categories: strings(&c["categories"])?,
+                fill: text(&c["fill"])?,
+            },
+            _ => return Err(bad()),
+        };
+        columns.push(Column {
+            name: text(&c["name"])?,
+            encoding,
+            missing: 0,
+        });
+    }
+    let t = &v["target_encoding"];
+    let target_encoding = match t["kind"].as_str() {
+        Some("classes") => TargetEncoding::Classes {
+            labels: strings(&t["labels"])?,
+            numeric: match &t["numeric"] {
+                Value::Null => None,
+                n => Some(
+                    n.as_array()
+                        .ok_or_else(bad)?
+                        .iter()
+                        .map(|x| x.as_i64().ok_or_else(bad))
+                        .collect::<Result<_>>()?,
+                ),
+            },
+        },
+        Some("values") => TargetEncoding::Values,
+        _ => return Err(bad()),
+    };
+    Ok(Schema {
+        columns,
+        target: text(&v["target"])?,
+        target_encoding,
+    })
+}
+
+fn feature_stats_json(data: &Dataset) -> Value {
+    Value::Array(
+        data.feature_stats()
+            .into_iter()
+            .map(
+                |s| json!({"name": s.name, "mean": s.mean, "std": s.std, "bin_edges": s.bin_edges}),
+            )
+            .collect(),
+    )
+}
+
+fn default_name(data: &Path, kind: &str) -> String {
+    let stem: String = data
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let stem = stem.strip_suffix("_train").unwrap_or(&stem).to_string();
+    if stem.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{stem}-{kind}")
+    }
+}
+
+fn progress_bar(spec: &ModelSpec) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let len = match &spec.kind {
+        ModelKind::Mlp { config, .. } | ModelKind::LinearSvm { config, .. } => config.epochs,
+        ModelKind::LinearRegression {
+            solver: Solver::Gradient(c),
+            ..
+        }
+        | ModelKind::Logistic {
+            solver: Solver::Gradient(c),
+            ..
+        }
+        | ModelKind::Softmax {
+            solver: Solver::Gradient(c),
+            ..
+        } => c.epochs,
+        ModelKind::LinearRegression {
+            solver: Solver::Lbfgs(c),
+            ..
+        }
+        | ModelKind::Logistic {
+            solver: Solver::Lbfgs(c),
+            ..
+        }
+        | ModelKind::Softmax {
+            solver: Solver::Lbfgs(c),
+            ..
+        } => c.max_iter,
+        _ => 0,
+    };
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] epoch {pos}/{len} {msg} ({elapsed})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(spec.kind.name());
+    bar
+}
+
+/// Trains the model `opts` describe, scores it (on `--test` when given, else on the
+/// training data), and registers it as the next version of its name. Returns the report:
+/// `name`, `version`, `ref`, `metrics`, `evaluated_on`, `fit_seconds`, and `cv` / `grid`
+/// when asked.
+///
+/// # Errors
+/// Bad options (checked before any data is read), unreadable or bad data (naming file, row
+/// and column), training failures, registry failures. Nothing is registered on error.
+pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
+    let (spec, task) = spec_from_options(opts)?;
+    let parent = opts
+        .parent
+        .as_deref()
+        .map(str::parse::<ModelRef>)
+        .transpose()?;
+    if let Some(p) = &parent {
+        registry.resolve(p)?;
+    }
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&opts.data, &opts.model.to_ascii_lowercase()));
+    let data = Dataset::load(&opts.data, &opts.target, task)
+        .with_context(|| format!("loading training data {}", opts.data.display()))?;
+    let test = match &opts.test {
+        Some(path) => Some(
+            Dataset::load_with_schema(path, &data.schema)
+                .with_context(|| format!("loading test data {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut report = Map::new();
+    let k = opts.cv.unwrap_or(5);
+    let started = std::time::Instant::now();
+    let fitted = if let Some(g) = &opts.grid {
+        let grid = Grid::parse(g)?;
+        let result = select::grid_search(&spec, &grid, &data, k, opts.seed)
+            .with_context(|| format!("grid search {g:?}"))?;
+        let table: Vec<Value> = result
+            .table
+            .iter()
+            .map(|row| {
+                let params: Map<String, Value> = row
+                    .params
+                    .iter()
+                    .map(|(n, v)| (n.clone(), json!(v)))
+                    .collect();
+                json!({"params": params, "mean": row.scores.mean(), "std": row.scores.std(),
+                       "folds": row.scores.folds})
+            })
+            .collect();
+        report.insert(
+            "grid".into(),
+            json!({"k": k, "table": table, "best": result.best}),
+        );
+        result.model
+    } else {
+        if let Some(k) = opts.cv {
+            let scores = select::cv(&spec, &data, k, opts.seed)
+                .with_context(|| format!("{k}-fold cross-validation"))?;
+            report.insert(
+                "cv".into(),
+                json!({"k": k, "folds": scores.folds, "mean": scores.mean(), "std": scores.std()}),
+            );
+        }
+        let bar = progress_bar(&spec);
+        let mut on_epoch = |r: &train::optim::EpochReport| {
+            bar.set_position(r.epoch as u64);
+            bar.set_message(match r.validation {
+                Some(v) => format!("loss {:.4} val {v:.4}", r.loss),
+                None => format!("loss {:.4}", r.loss),
+            });
+        };
+        let fitted = train::fit(&spec, &data, Some(&mut on_epoch));
+        bar.finish_and_clear();
+        fitted.with_context(|| format!("training {} on {}", opts.model, opts.data.display()))?
+    };
+    let search_seconds = started.elapsed().as_secs_f64();
+    let (train_metrics, train_confusion) = score(&fitted, &data)?;
+    let (metrics, confusion, evaluated_on) = match &test {
+        Some(t) => {
+            let (m, cm) = score(&fitted, t)?;
+            (m, cm, "test")
+        }
+        None => (train_metrics.clone(), train_confusion, "train"),
+    };
+    if let Some(cm) = confusion {
+        report.insert("confusion_matrix".into(), cm);
+    }
+    let fit_seconds = fitted.fit_time_ms as f64 / 1000.0;
+    let dataset = data.fingerprint.as_ref().map(|fp| DatasetInfo {
+        sha256: fp.sha256.clone(),
+        rows: fp.rows as u64,
+        columns: fp.columns as u64,
+        feature_stats: feature_stats_json(&data),
+    });
+    let params = spec_params(&fitted.spec, task, &opts.target);
+    let mut stored_metrics = metrics.clone();
+    if let (Some(m), Value::Object(t)) = (stored_metrics.as_object_mut(), &train_metrics) {
+        for (k, v) in t {
+            m.insert(format!("train_{k}"), v.clone());
+        }
+    }
+    let version = registry.register(
+        &name,
+        Payload::Native(Box::new(fitted.to_model(&name))),
+        VersionInfo {
+            params: params.clone(),
+            metrics: stored_metrics,
+            fit_seconds: Some(fit_seconds),
+            dataset,
+            data_schema: Some(schema_to_json(&data.schema)),
+            parent,
+        },
+    )?;
+    report.insert("name".into(), json!(version.name));
+    report.insert("version".into(), json!(version.number));
+    report.insert(
+        "ref".into(),
+        json!(format!("{}@{}", version.name, version.number)),
+    );
+    report.insert("model".into(), json!(fitted.spec.kind.name()));
+    report.insert("metrics".into(), metrics);
+    report.insert("evaluated_on".into(), json!(evaluated_on));
+    report.insert("train_metrics".into(), train_metrics);
+    report.insert("fit_seconds".into(), json!(fit_seconds));
+    report.insert("total_seconds".into(), json!(search_seconds));
+    report.insert("epochs".into(), json!(fitted.summary.epochs));
+    report.insert("params".into(), params);
+    report.insert("artifact_sha256".into(), json!(version.artifact_sha256));
+    report.insert("size_bytes".into(), json!(version.size_bytes));
+    Ok(Value::Object(report))
+}
+
+fn load_runtime(registry: &Registry, version: &Version) -> Result<runtime::Model> {
+    let bytes = registry.artifact_bytes(version)?;
+    Ok(match version.format {
+        ArtifactFormat::Perch => runtime::Model::from_artifact_bytes(&bytes)?,
+        ArtifactFormat::Onnx => runtime::Model::from_onnx_bytes(&bytes, EngineChoice::Auto)?,
+    })
+}
+
+/// Scores the version `r` names on the labelled CSV `data`, encoded with the version's
+/// training schema, running the stored artifact itself. Returns `name`, `version`,
+/// `metrics`, `rows`, `predictions` (the model's labels or values per row) and, for
+/// classifiers, `confusion_matrix`.
+///
+/// A version without a recorded schema (an imported model) needs `target`: the other
+/// columns are its inputs in file order, a model with a `probabilities` output is scored as
+/// a classifier over the sorted class labels, any other as a regressor on `variable`.
+///
+/// # Errors
+/// An unknown reference, an imported version without `target`, bad data, or a model whose
+/// outputs are not `probabilities` / `variable`.
+pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>) -> Result<Value> {
+    let version = registry.resolve(r)?;
+    let mut model = load_runtime(registry, &version)?;
+    let load = |schema: &Schema| {
+        Dataset::load_with_schema(data, schema)
+            .with_context(|| format!("loading evaluation data {}", data.display()))
+    };
+    let (dataset, schema) = match (&version.data_schema, target) {
+        (Some(schema), _) => {
+            let schema = schema_from_json(schema)?;
+            (load(&schema)?, schema)
+        }
+        (None, Some(target)) => {
+            let outputs = &model.info().outputs;
+            let task = if outputs.iter().any(|o| o.name == "probabilities") {
+                Task::Classification
+            } else {
+                Task::Regression
+            };
+            let dataset = Dataset::load(data, target, task)
+                .with_context(|| format!("loading evaluation data {}", data.display()))?;
+            let schema = dataset.schema.clone();
+            (dataset, schema)
+        }
+        (None, None) => bail!(
+            "{}@{} has no recorded training schema (it was imported, not trained here); pass --target COL to score it on a CSV whose other columns are its inputs",
+            version.name,
+            version.number
+        ),
+    };
+    let n = dataset.n_rows();
+    let x: Vec<f32> = dataset.features_f32().iter().copied().collect();
+    let outputs = model
+        .run(&x, n)
+        .with_context(|| format!("running {}@{}", version.name, version.number))?;
+    let find = |name: &str| outputs.iter().find(|o| o.name == name);
+    let mut report = Map::new();
+    report.insert("name".into(), json!(version.name));
+    report.insert("version".into(), json!(version.number));
+    report.insert(
+        "ref".into(),
+        json!(format!("{}@{}", version.name, version.number)),
+    );
+    report.insert("data".into(), json!(data.display().to_string()));
+    report.insert("rows".into(), json!(n));
+    match (&dataset.target, &schema.target_encoding) {
+        (train::data::Target::Classes(truth), TargetEncoding::Classes { labels, numeric }) => {
+            let probs = find("probabilities")
+                .ok_or_else(|| anyhow!("the model has no `probabilities` output"))?;
+            let OutputValues::F32(p) = &probs.values else {
+                bail!("the model's `probabilities` output is not float");
+            };
+            let k = probs.shape.get(1).copied().unwrap_or(0);
+            if k != labels.len() || p.len() != n * k {
+                bail!(
+                    "the model gives {k} probabilities per row, its schema has {} classes",
+                    labels.len()
+                );
+            }
+            let p = Array2::from_shape_vec((n, k), p.iter().map(|&v| v as f64).collect())?;
+            let (scores, confusion) = classification_metrics(truth, p.view());
+            report.insert("metrics".into(), scores);
+            report.insert("confusion_matrix".into(), confusion);
+            let predicted = metrics::argmax_rows(p.view());
+            report.insert("classes".into(), json!(labels));
+            let predictions: Vec<Value> = predicted
+                .iter()
+                .map(|&i| match numeric.as_ref().and_then(|nums| nums.get(i)) {
+                    Some(n) => json!(n),
+                    None => json!(labels.get(i)),
+                })
+                .collect();
+            report.insert("predictions".into(), Value::Array(predictions));
+        }
+        (train::data::Target::Values(truth), _) => {
+            let out =
+                find("variable").ok_or_else(|| anyhow!("the model has no `variable` output"))?;
+            let OutputValues::F32(v) = &out.values else {
+                bail!("the model's `variable` output is not float");
+            };
+            if v.len() != n {
+                bail!("the model gives {} values for {n} rows", v.len());
+            }
+            let predicted: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+            let evaluation = Evaluation::Regression {
+                r2: metrics::r2(truth, &predicted),
+                mse: metrics::mse(truth, &predicted),
+                mae: metrics::mae(truth, &predicted),
+            };
+            report.insert("metrics".into(), metrics_json(&evaluation));
+            report.insert("predictions".into(), json!(predicted));
+        }
+        _ => bail!("the data's target does not match the model's schema"),
+    }
+    Ok(Value::Object(report))
+}
+
+/// A version as JSON (everything the registry keeps but the data schema).
+pub fn version_json(v: &Version) -> Value {
+    json!({
+        "name": v.name,
+        "version": v.number,
+        "ref": format!("{}@{}", v.name, v.number),
+        "format": v.format.name(),
+        "artifact_sha256": v.artifact_sha256,
+        "size_bytes": v.size_bytes,
+        "params": v.params,
+        "metrics": v.metrics,
+        "fit_seconds": v.fit_seconds,
+        "created_unix_s": v.created_unix_s,
+        "dataset": v.dataset.as_ref().map(|d| json!({
+            "sha256": d.sha256, "rows": d.rows, "columns": d.columns,
+            "feature_stats": d.feature_stats,
+        })),
+        "parent": v.parent,
+        "tags": v.tags,
+        "aliases": v.aliases,
+    })
+}
+
+/// Every version as a JSON array.
+///
+/// # Errors
+/// Registry failures.
+pub fn list(registry: &Registry) -> Result<Value> {
+    Ok(Value::Array(
+        registry.list()?.iter().map(version_json).collect(),
+    ))
+}
+
+/// What differs between two versions: parameters, metrics (with `b - a`), dataset and
+/// artifact.
+///
+/// # Errors
+/// Unknown references.
+pub fn diff(registry: &Registry, a: &ModelRef, b: &ModelRef) -> Result<Value> {
+    let (va, vb) = (registry.resolve(a)?, registry.resolve(b)?);
+    let keys = |x: &Value, y: &Value| {
+        let mut k: Vec<String> = x
+            .as_object()
+            .into_iter()
+            .chain(y.as_object())
+            .flat_map(|m| m.keys().cloned())
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    let mut params = Map::new();
+    for k in keys(&va.params, &vb.params) {
+        if va.params[&k] != vb.params[&k] {
+            params.insert(k.clone(), json!({"a": va.params[&k], "b": vb.params[&k]}));
+        }
+    }
+    let mut metrics = Map::new();
+    for k in keys(&va.metrics, &vb.metrics) {
+        let (x, y) = (&va.metrics[&k], &vb.metrics[&k]);
+        let delta = match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => json!(y - x),
+            _ => Value::Null,
+        };
+        metrics.insert(k, json!({"a": x, "b": y, "delta": delta}));
+    }
+    let same_data = match (&va.dataset, &vb.dataset) {
+        (Some(x), Some(y)) => Some(x.sha256 == y.sha256),
+        _ => None,
+    };
+    Ok(json!({
+        "a": format!("{}@{}", va.name, va.number),
+        "b": format!("{}@{}", vb.name, vb.number),
+        "params": params,
+        "metrics": metrics,
+        "same_dataset": same_data,
+        "same_artifact": va.artifact_sha256 == vb.artifact_sha256,
+        "size_bytes": {"a": va.size_bytes, "b": vb.size_bytes},
+        "fit_seconds": {"a": va.fit_seconds, "b": vb.fit_seconds},
+    }))
+}
+
+/// Writes the artifact of the version `r` names to `output` in `format` (`perch`; `onnx`
+/// only for versions stored as ONNX until the ONNX exporter lands).
+///
+/// # Errors
+/// Unknown references, an unsupported format, I/O failures.
+pub fn export(registry: &Registry, r: &ModelRef, format: &str, output: &Path) -> Result<Value> {
+    let version = registry.resolve(r)?;
+    let wanted = match format.to_ascii_lowercase().as_str() {
+        "perch" => ArtifactFormat::Perch,
+        "onnx" => ArtifactFormat::Onnx,
+        other => bail!("unknown export format {other:?}: expected perch or onnx"),
+    };
+    if wanted != version.format {
+        bail!(
+            "{}@{} is stored as {}; exporting it as {} is not available in this build yet",
+            version.name,
+            version.number,
+            version.format.name(),
+            wanted.name()
+        );
+    }
+    let bytes = registry.artifact_bytes(&version)?;
+    std::fs::write(output, &bytes).with_context(|| format!("writing {}", output.display()))?;
+    Ok(json!({
+        "name": version.name,
+        "version": version.number,
+        "format": wanted.name(),
+        "output": output.display().to_string(),
+        "size_bytes": bytes.len(),
+        "sha256": version.artifact_sha256,
+    }))
+}
+
+/// Registers an external ONNX model: converted to a native artifact when every op
+/// translates, else kept as ONNX bytes (format `onnx`) when perch's ONNX path loads it.
+///
+/// # Errors
+/// Unreadable files, models neither path can load, registry failures.
+pub fn import(registry: &mut Registry, model: &Path, name: Option<&str>) -> Result<Value> {
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "imported".into());
+    let name = name.map(str::to_string).unwrap_or(stem);
+    let source_sha = crate::artifact::hex(&sha2::Digest::finalize(sha2::Digest::chain_update(
+        sha2::Sha256::default(),
+        &bytes,
+    )));
+    let (payload, note) = match crate::convert::onnx_bytes_to_native(&bytes) {
+        Ok(mut native) => {
+            native.metadata.producer = format!("perch-host {} import", env!("CARGO_PKG_VERSION"));
+            native
+                .metadata
+                .properties
+                .insert("source_sha256".into(), source_sha.clone());
+            (Payload::Native(Box::new(native)), None)
+        }
+        Err(e) => {
+            runtime::Model::from_onnx_bytes(&bytes, EngineChoice::Tract)
+                .with_context(|| format!("{} is not a model perch can run", model.display()))?;
+            (Payload::Onnx(bytes), Some(format!("kept as ONNX: {e}")))
+        }
+    };
+    let version = registry.register(
+        &name,
+        payload,
+        VersionInfo {
+            params: json!({"source": model.display().to_string(), "source_sha256": source_sha}),
+            metrics: json!({}),
+            ..VersionInfo::default()
+        },
+    )?;
+    let mut v = version_json(&version);
+    v["note"] = json!(note);
+    Ok(v)
+}
+
+fn fmt_metrics(m: &Value) -> String {
+    m.as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !k.starts_with("train_"))
+                .map(|(k, v)| match v.as_f64() {
+                    Some(x) => format!("{k}={x:.4}"),
+                    None => format!("{k}={v}"),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// Human-readable text for a `train` or `eval` report.
+pub fn render_report(r: &Value) -> String {
+    let mut s = format!(
+        "{}@{}: {}",
+        r["name"].as_str().unwrap_or("?"),
+        r["version"],
+        fmt_metrics(&r["metrics"])
+    );
+    if let Some(on) = r["evaluated_on"].as_str() {
+        s.push_str(&format!(" (on {on} data)"));
+    }
+    if let Some(f) = r["fit_seconds"].as_f64() {
+        s.push_str(&format!(", fit {f:.3} s"));
+    }
+    if let Some(cv) = r.get("cv") {
+        s.push_str(&format!(
+            "\n{}-fold CV: {:.4} ± {:.4}",
+            cv["k"],
+            cv["mean"].as_f64().unwrap_or(f64::NAN),
+            cv["std"].as_f64().unwrap_or(f64::NAN)
+        ));
+    }
+    if let Some(g) = r.get("grid") {
+        s.push_str(&format!("\ngrid ({}-fold CV):", g["k"]));
+        for (i, row) in g["table"].as_array().into_iter().flatten().enumerate() {
+            let best = if g["best"].as_u64() == Some(i as u64) {
+                " ← best"
+            } else {
+                ""
+            };
+            s.push_str(&format!(
+                "\n  {} {:.4} ± {:.4}{best}",
+                row["params"],
+                row["mean"].as_f64().unwrap_or(f64::NAN),
+                row["std"].as_f64().unwrap_or(f64::NAN)
+            ));
+        }
+    }
+    s
+}
+
+/// Human-readable text for one version.
+pub fn render_version(v: &Value) -> String {
+    let mut s = format!(
+        "{}  ({} artifact, {} bytes, sha256 {})\n  metrics: {}\n  params:  {}\n",
+        v["ref"].as_str().unwrap_or("?"),
+        v["format"].as_str().unwrap_or("?"),
+        v["size_bytes"],
+        v["artifact_sha256"].as_str().unwrap_or("?"),
+        fmt_metrics(&v["metrics"]),
+        v["params"]
+    );
+    if let Some(f) = v["fit_seconds"].as_f64() {
+        s.push_str(&format!("  fit:     {f:.3} s\n"));
+    }
+    if let Some(d) = v["dataset"].as_object() {
+        s.push_str(&format!(
+            "  data:    sha256 {} ({} rows, {} columns)\n",
+            d["sha256"].as_str().unwrap_or("?"),
+            d["rows"],
+            d["columns"]
+        ));
+    }
+    if let Some(p) = v["parent"].as_str() {
+        s.push_str(&format!("  parent:  {p}\n"));
+    }
+    for (key, label) in [("aliases", "aliases"), ("tags", "tags")] {
+        let items: Vec<&str> = v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !items.is_empty() {
+            s.push_str(&format!(
+                "  {label}:{} {}\n",
+                " ".repeat(8 - label.len()),
+                items.join(", ")
+            ));
+        }
+    }
+    s
+}
+
+/// Human-readable table of versions.
+pub fn render_list(list: &Value) -> String {
+    let mut s = String::from("VERSION                  FORMAT  ALIASES             METRICS\n");
+    for v in list.as_array().into_iter().flatten() {
+        let aliases: Vec<&str> = v["aliases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        s.push_str(&format!(
+            "{:<24} {:<7} {:<19} {}\n",
+            v["ref"].as_str().unwrap_or("?"),
+            v["format"].as_str().unwrap_or("?"),
+            aliases.join(","),
+            fmt_metrics(&v["metrics"])
+        ));
+    }
+    s
+}
+
+/// Human-readable text for a diff.
+pub fn render_diff(d: &Value) -> String {
+    let mut s = format!(
+        "{} → {}\n",
+        d["a"].as_str().unwrap_or("?"),
+        d["b"].as_str().unwrap_or("?")
+    );
+    for (k, v) in d["params"].as_object().into_iter().flatten() {
+        s.push_str(&format!("  param  {k}: {} → {}\n", v["a"], v["b"]));
+    }
+    for (k, v) in d["metrics"].as_object().into_iter().flatten() {
+        match v["delta"].as_f64() {
+            Some(delta) => s.push_str(&format!(
+                "  metric {k}: {} → {} ({delta:+.4})\n",
+                v["a"], v["b"]
+            )),
+            None => s.push_str(&format!("  metric {k}: {} → {}\n", v["a"], v["b"])),
+        }
+    }
+    s.push_str(&format!(
+        "  same dataset: {}, same artifact: {}\n",
+        d["same_dataset"], d["same_artifact"]
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        train: TrainOptions,
+    }
+
+    fn options(args: &[&str]) -> TrainOptions {
+        let mut all = vec!["train", "data.csv", "--target", "y"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all).expect("arguments parse").train
+    }
+
+    fn spec_error(args: &[&str]) -> String {
+        format!("{:#}", spec_from_options(&options(args)).unwrap_err())
+    }
+
+    #[test]
+    fn options_become_specs() {
+        let (spec, task) = spec_from_options(&options(&[
+            "--model", "mlp", "--hidden", "64,32", "--lr", "0.01",
+        ]))
+        .unwrap();
+        assert_eq!(task, Task::Classification);
+        match spec.kind {
+            ModelKind::Mlp { hidden, config, .. } => {
+                assert_eq!(hidden, [64, 32]);
+                assert_eq!(config.learning_rate, 0.01);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (spec, task) = spec_from_options(&options(&[
+            "--model",
+            "logistic",
+            "--optimizer",
+            "adamw",
+            "--scale",
+            "minmax",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (task, spec.scaling),
+            (Task::Classification, Scaling::MinMax)
+        );
+        assert!(matches!(
+            spec.kind,
+            ModelKind::Logistic {
+                solver: Solver::Gradient(_),
+                ..
+            }
+        ));
+        let (spec, task) =
+            spec_from_options(&options(&["--model", "ridge", "--alpha", "0.5"])).unwrap();
+        assert_eq!(task, Task::Regression);
+        assert!(matches!(
+            spec.kind,
+            ModelKind::LinearRegression {
+                penalty: Penalty::Ridge { alpha: 0.5 },
+                ..
+            }
+        ));
+        let (spec, _) = spec_from_options(&options(&[
+            "--model",
+            "mlp",
+            "--activation",
+            "tanh",
+            "--task",
+            "regression",
+        ]))
+        .unwrap();
+        assert!(matches!(
+            spec.kind,
+            ModelKind::Mlp {
+                activation: train::Activation::Tanh,
+                ..
+            }
+        ));
+        let (spec, _) = spec_from_options(&options(&["--model", "logistic", "--C", "10"])).unwrap();
+        assert!(matches!(spec.kind, ModelKind::Logistic { c: 10.0, .. }));
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        assert!(spec_error(&["--model", "forest"]).contains("not available in this build"));
+        assert!(spec_error(&["--model", "knn"]).contains("unknown model kind \"knn\""));
+        assert!(spec_error(&["--model", "logistic", "--hidden", "8"]).contains("--hidden"));
+        assert!(spec_error(&["--model", "linear", "--alpha", "1"]).contains("alpha"));
+        assert!(spec_error(&["--model", "mlp", "--activation", "gelu"]).contains("gelu"));
+        assert!(spec_error(&["--model", "lasso", "--lr", "0.1"]).contains("coordinate descent"));
+        assert!(spec_error(&["--model", "linear", "--scale", "log"]).contains("--scale"));
+        assert!(spec_error(&["--model", "mlp", "--grid", "lr"]).contains("--grid"));
+        assert!(spec_error(&["--model", "mlp", "--grid", "depth=2"]).contains("depth"));
+        assert!(spec_error(&["--model", "mlp", "--cv", "1"]).contains("--cv"));
+        assert!(
+            spec_error(&["--model", "mlp", "--validation-fraction", "1.5"])
+                .contains("--validation-fraction")
+        );
+        let (spec, _) = spec_from_options(&options(&[
+            "--model",
+            "svm",
+            "--validation-fraction",
+            "0.2",
+        ]))
+        .unwrap();
+        assert!(matches!(
+            spec.kind,
+            ModelKind::LinearSvm { config, .. }
+                if config.early_stopping.map(|e| e.validation_fraction) == Some(0.2)
+        ));
+    }
+
+    #[test]
+    fn schema_json_round_trips() {
+        let schema = Schema {
+            columns: vec![
+                Column {
+                    name: "size".into(),
+                    encoding: ColumnEncoding::Numeric { fill: 2.5 },
+                    missing: 0,
+                },
+                Column {
+                    name: "color".into(),
+                    encoding: ColumnEncoding::Categorical {
+                        categories: vec!["blue".into(), "red".into()],
+                        fill: "red".into(),
+                    },
+                    missing: 0,
+                },
+            ],
+            target: "kind".into(),
+            target_encoding: TargetEncoding::Classes {
+                labels: vec!["3".into(), "7".into()],
+                numeric: Some(vec![3, 7]),
+            },
+        };
+        assert_eq!(schema_from_json(&schema_to_json(&schema)).unwrap(), schema);
+        let values = Schema {
+            target_encoding: TargetEncoding::Values,
+            ..schema
+        };
+        assert_eq!(schema_from_json(&schema_to_json(&values)).unwrap(), values);
+        assert!(schema_from_json(&json!({"columns": 3})).is_err());
+    }
+}

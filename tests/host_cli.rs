@@ -1,0 +1,409 @@
+//! `perch-host train / eval / models / import` end to end: the JSON contract, the registry
+//! commands, export to a `.perch` file the device binary runs with the same labels, and
+//! errors that exit non-zero with a clear message and leave the registry as it was.
+#![cfg(feature = "host")]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn iris(file: &str) -> PathBuf {
+    corpus_dir().join("datasets/iris").join(file)
+}
+
+/// A registry in a fresh temp dir; `host` runs perch-host against it.
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Host {
+        Host {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("reg.db")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let db = self.db();
+        let mut all: Vec<&str> = vec!["--registry", db.to_str().expect("utf-8 temp path")];
+        all.extend_from_slice(args);
+        run_cmd(host_bin(), &all)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "perch-host {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: bad JSON {e}: {text}"))
+    }
+
+    fn err(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "perch-host {args:?} should fail but printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).expect("utf-8 stderr")
+    }
+
+    fn train_iris(&self, model: &str) -> Value {
+        let (train, test) = (iris("iris_train.csv"), iris("iris_test.csv"));
+        self.json(&[
+            "train",
+            train.to_str().unwrap(),
+            "--target",
+            "target",
+            "--model",
+            model,
+            "--test",
+            test.to_str().unwrap(),
+            "--name",
+            "iris",
+            "--json",
+        ])
+    }
+
+    fn versions(&self) -> Vec<String> {
+        self.json(&["models", "list", "--json"])
+            .as_array()
+            .expect("list is an array")
+            .iter()
+            .map(|v| v["ref"].as_str().expect("ref").to_string())
+            .collect()
+    }
+}
+
+/// The features of a labelled CSV, without the last (target) column.
+fn features_only(labelled: &Path, out: &Path) {
+    let text = std::fs::read_to_string(labelled).expect("read csv");
+    let rows: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            cells[..cells.len() - 1].join(",")
+        })
+        .collect();
+    std::fs::write(out, rows.join("\n") + "\n").expect("write csv");
+}
+
+#[test]
+fn train_json_contract_eval_and_export_agree_with_the_device() {
+    let host = Host::new();
+    let report = host.train_iris("logistic");
+    assert_eq!(report["name"], "iris");
+    assert_eq!(report["version"], 1);
+    assert!(report["fit_seconds"].as_f64().is_some_and(|s| s >= 0.0));
+    let accuracy = report["metrics"]["accuracy"].as_f64().expect("accuracy");
+    assert!(accuracy >= 0.9, "iris logistic accuracy {accuracy}");
+    for key in [
+        "f1_macro",
+        "f1_weighted",
+        "precision_macro",
+        "recall_macro",
+        "roc_auc",
+        "log_loss",
+    ] {
+        assert!(
+            report["metrics"][key].is_number(),
+            "metrics.{key}: {report}"
+        );
+    }
+
+    let confusion = report["confusion_matrix"]
+        .as_array()
+        .expect("confusion matrix");
+    assert_eq!(confusion.len(), 3);
+
+    let test = iris("iris_test.csv");
+    let eval = host.json(&["eval", "iris@1", "--data", test.to_str().unwrap(), "--json"]);
+    assert_eq!(eval["name"], "iris");
+    assert_eq!(eval["version"], 1);
+    let eval_accuracy = eval["metrics"]["accuracy"].as_f64().expect("eval accuracy");
+    assert!(
+        (eval_accuracy - accuracy).abs() < 1e-9,
+        "{eval_accuracy} vs {accuracy}"
+    );
+    assert_eq!(eval["confusion_matrix"], report["confusion_matrix"]);
+    let labels: Vec<i64> = eval["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .map(|v| v.as_i64().expect("integer label"))
+        .collect();
+    assert_eq!(labels.len(), 38);
+
+    let artifact = host.dir.path().join("iris.perch");
+    host.ok(&[
+        "models",
+        "export",
+        "iris",
+        "--format",
+        "perch",
+        "-o",
+        artifact.to_str().unwrap(),
+    ]);
+    let x = host.dir.path().join("x.csv");
+    features_only(&test, &x);
+    let outputs = run_json(&artifact, &x, &[]).expect("perch run");
+    let device: Vec<i64> = outputs["label"].iter().map(|&v| v as i64).collect();
+    assert_eq!(
+        device, labels,
+        "perch run labels differ from perch-host eval"
+    );
+}
+
+#[test]
+fn models_list_show_alias_tag_diff_delete() {
+    let host = Host::new();
+    host.train_iris("logistic");
+    let second = host.train_iris("softmax");
+    assert_eq!(second["version"], 2);
+    assert_eq!(host.versions(), ["iris@1", "iris@2"]);
+
+    host.ok(&["models", "alias", "iris@1", "production"]);
+    host.ok(&["models", "tag", "iris@production", "baseline"]);
+    let shown = host.json(&["models", "show", "iris@production", "--json"]);
+    assert_eq!(shown["version"], 1);
+    assert_eq!(shown["aliases"], serde_json::json!(["production"]));
+    assert_eq!(shown["tags"], serde_json::json!(["baseline"]));
+    assert_eq!(shown["dataset"]["rows"], 112);
+    assert_eq!(shown["dataset"]["columns"], 5);
+    assert_eq!(
+        shown["dataset"]["feature_stats"].as_array().unwrap().len(),
+        4
+    );
+    assert_eq!(
+        shown["dataset"]["feature_stats"][0]["bin_edges"]
+            .as_array()
+            .unwrap()
+            .len(),
+        11
+    );
+    assert!(host.ok(&["models", "show", "iris"]).contains("iris@2"));
+
+    let diff = host.json(&["models", "diff", "iris@production", "iris@2", "--json"]);
+    assert_eq!(diff["params"]["model"]["a"], "logistic");
+    assert_eq!(diff["params"]["model"]["b"], "softmax");
+    assert_eq!(diff["same_dataset"], true);
+    assert!(diff["metrics"]["accuracy"]["delta"].is_number());
+
+    let e = host.err(&["models", "delete", "iris"]);
+    assert!(e.contains("--all"), "{e}");
+    host.ok(&["models", "delete", "iris@2"]);
+    assert_eq!(host.versions(), ["iris@1"]);
+    let e = host.err(&["models", "show", "iris@2"]);
+    assert!(e.contains("no version 2"), "{e}");
+    let e = host.err(&["models", "show", "iris@staging"]);
+    assert!(e.contains("no alias \"staging\""), "{e}");
+    // Numbers are not reused after a deletion.
+    assert_eq!(host.train_iris("logistic")["version"], 3);
+
+    let train = iris("iris_train.csv");
+    let child = host.json(&[
+        "train",
+        train.to_str().unwrap(),
+        "--target",
+        "target",
+        "--model",
+        "logistic",
+        "--scale",
+        "standard",
+        "--name",
+        "iris",
+        "--parent",
+        "iris@production",
+        "--json",
+    ]);
+    let shown = host.json(&[
+        "models",
+        "show",
+        &format!("iris@{}", child["version"]),
+        "--json",
+    ]);
+    assert_eq!(shown["parent"], "iris@1");
+    let e = host.err(&[
+        "train",
+        train.to_str().unwrap(),
+        "--target",
+        "target",
+        "--model",
+        "logistic",
+        "--parent",
+        "iris@9",
+    ]);
+    assert!(e.contains("no version 9"), "{e}");
+
+    host.ok(&["models", "delete", "iris", "--all"]);
+    assert!(host.versions().is_empty());
+}
+
+#[test]
+fn failed_commands_exit_non_zero_and_leave_the_registry_intact() {
+    let host = Host::new();
+    host.train_iris("logistic");
+    let before = host.json(&["models", "show", "iris@1", "--json"]);
+    let train = iris("iris_train.csv");
+    let train = train.to_str().unwrap();
+
+    let e = host.err(&["eval", "nope", "--data", train]);
+    assert!(e.contains("unknown model \"nope\""), "{e}");
+
+    let e = host.err(&["train", train, "--target", "species", "--model", "logistic"]);
+    assert!(
+        e.contains("iris_train.csv") && e.contains("\"species\""),
+        "{e}"
+    );
+
+    let e = host.err(&[
+        "train", train, "--target", "target", "--model", "logistic", "--grid", "lr",
+    ]);
+    assert!(e.contains("--grid"), "{e}");
+    let e = host.err(&[
+        "train",
+        train,
+        "--target",
+        "target",
+        "--model",
+        "mlp",
+        "--grid",
+        "depth=3,4",
+    ]);
+    assert!(e.contains("--grid") && e.contains("depth"), "{e}");
+
+    let e = host.err(&["train", train, "--target", "target", "--model", "forest"]);
+    assert!(e.contains("not available in this build"), "{e}");
+
+    let e = host.err(&[
+        "train", train, "--target", "target", "--model", "linear", "--name", "a b",
+    ]);
+    assert!(e.contains("model name"), "{e}");
+
+    assert_eq!(host.versions(), ["iris@1"]);
+    assert_eq!(host.json(&["models", "show", "iris@1", "--json"]), before);
+}
+
+#[test]
+fn registry_location_defaults_to_the_current_directory_and_follows_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = iris("iris_train.csv");
+    let args = [
+        "train",
+        train.to_str().unwrap(),
+        "--target",
+        "target",
+        "--model",
+        "logistic",
+        "--json",
+    ];
+    let status = Command::new(host_bin())
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("PERCH_REGISTRY")
+        .output()
+        .expect("spawn");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(dir.path().join("perch-registry.db").is_file());
+    let report: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["name"], "iris-logistic");
+    let sha = report["artifact_sha256"].as_str().unwrap();
+    assert!(
+        dir.path()
+            .join("artifacts")
+            .join(format!("{sha}.perch"))
+            .is_file()
+    );
+
+    let other = dir.path().join("elsewhere/models.db");
+    let status = Command::new(host_bin())
+        .args(args)
+        .current_dir(dir.path())
+        .env("PERCH_REGISTRY", &other)
+        .output()
+        .expect("spawn");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(other.is_file());
+    assert!(dir.path().join("elsewhere/artifacts").is_dir());
+}
+
+#[test]
+fn import_registers_onnx_models_native_or_as_onnx_and_eval_scores_them() {
+    let models = corpus_dir().join("models");
+    let test = iris("iris_test.csv");
+    let test = test.to_str().unwrap();
+    let host = Host::new();
+
+    let logreg = models.join("sk_logreg_iris/model.onnx");
+    let v = host.json(&[
+        "import",
+        logreg.to_str().unwrap(),
+        "--name",
+        "ext",
+        "--json",
+    ]);
+    assert_eq!(
+        (v["name"].as_str(), v["version"].as_u64()),
+        (Some("ext"), Some(1))
+    );
+    assert_eq!(
+        v["format"], "perch",
+        "a linear classifier converts to native: {v}"
+    );
+    let e = host.err(&["eval", "ext", "--data", test]);
+    assert!(e.contains("--target"), "{e}");
+    let eval = host.json(&[
+        "eval", "ext", "--data", test, "--target", "target", "--json",
+    ]);
+    let accuracy = eval["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - 0.947).abs() < 0.01,
+        "scikit-learn's figure is 0.947, got {accuracy}"
+    );
+
+    let forest = models.join("sk_rf_iris/model.onnx");
+    let v = host.json(&["import", forest.to_str().unwrap(), "--name", "rf", "--json"]);
+    assert_eq!(v["format"], "onnx", "trees have no native layer yet: {v}");
+    let eval = host.json(&["eval", "rf", "--data", test, "--target", "target", "--json"]);
+    assert!(
+        eval["metrics"]["accuracy"].as_f64().unwrap() >= 0.9,
+        "{eval}"
+    );
+    let out = host.dir.path().join("rf.onnx");
+    host.ok(&[
+        "models",
+        "export",
+        "rf",
+        "--format",
+        "onnx",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&forest).unwrap()
+    );
+    assert_eq!(host.versions(), ["ext@1", "rf@1"]);
+}
