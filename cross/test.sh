@@ -4,8 +4,10 @@
 #   cross/test.sh TARGET
 #
 # aarch64-unknown-linux-gnu, aarch64-unknown-linux-musl, armv7-unknown-linux-gnueabihf: the
-# crate's tests (`cargo test --target T --no-default-features --features device,onnx`), run
-# through the qemu runner in cross/cargo-config.toml, then the device binary on a sample model.
+# crate's capability tests (`cargo test --target T --all-features`: unit tests, conformance,
+# CLI, ONNX ops, allocation count) through the qemu runner in cross/cargo-config.toml, with
+# the binaries they spawn run under qemu too (PERCH_TEST_RUNNER); then the shipped binary on
+# the sample model, whose labels must equal the reference's.
 # arm-unknown-linux-musleabihf (ARMv6): the binary cross/build.sh made (built if missing) under
 # `qemu-arm -cpu arm1176`, so that any ARMv7 instruction fails.
 # Honours CARGO_TARGET_DIR; SAMPLE_MODEL_DIR (default ../shared/corpus/models/sk_mlp_digits)
@@ -21,6 +23,18 @@ sample_dir=${SAMPLE_MODEL_DIR:-$root/../shared/corpus/models/sk_mlp_digits}
 # x86 CPU description; force the paths a Pi takes (NEON on ARMv7, Cortex-A53 tuning on aarch64).
 # Not on ARMv6: an ARM1176 has no NEON, and forcing it there is a SIGILL (measured).
 export TRACT_CPU_AARCH64_KIND=a53
+if [[ "$target" != arm-unknown-linux-musleabihf ]]; then
+    export TRACT_CPU_ARM32_NEON=true
+fi
+
+case "$target" in
+    aarch64-unknown-linux-gnu) qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu) ;;
+    aarch64-unknown-linux-musl) qemu=(qemu-aarch64) ;;
+    armv7-unknown-linux-gnueabihf) qemu=(qemu-arm -L /usr/arm-linux-gnueabihf) ;;
+    arm-unknown-linux-musleabihf) qemu=(qemu-arm -cpu arm1176) ;;
+    *) echo "test.sh: unsupported target $target" >&2; exit 2 ;;
+esac
+
 # Binaries the tests spawn (perch, perch-host) are ARM binaries too: run them under qemu.
 export PERCH_TEST_RUNNER="${qemu[*]}"
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// Model kinds `--model` accepts in this build.
 pub const MODEL_KINDS: &[&str] = &[
-    "linear", "ridge", "lasso", "logistic", "softmax", "mlp", "svm",
+    "linear", "ridge", "lasso", "logistic", "softmax", "mlp", "svm", "tree", "forest",
 ];
 
 /// `perch-host train` arguments.
@@ -120,10 +120,8 @@ fn model_kind(name: &str) -> Result<(ModelKind, Option<Task>)> {
         ),
         "mlp" => (ModelKind::mlp(vec![100]), None),
         "svm" | "linear_svm" => (ModelKind::linear_svm(), Some(Task::Classification)),
-        "tree" | "decision_tree" | "forest" | "random_forest" => bail!(
-            "model kind {name:?} is not available in this build yet (decision trees and random forests are not merged); available: {}",
-            MODEL_KINDS.join(", ")
-        ),
+        "tree" | "decision_tree" => (ModelKind::decision_tree(), None),
+        "forest" | "random_forest" => (ModelKind::random_forest(), None),
         _ => bail!(
             "unknown model kind {name:?}; available: {}",
             MODEL_KINDS.join(", ")
@@ -329,8 +327,29 @@ fn spec_params(spec: &ModelSpec, task: Task, target: &str) -> Value {
             p.insert("c".into(), json!(c));
             gradient(&mut p, config);
         }
+        ModelKind::DecisionTree { params } => tree_params(&mut p, params),
+        ModelKind::RandomForest { params } => {
+            p.insert("n_estimators".into(), json!(params.n_estimators));
+            p.insert("bootstrap".into(), json!(params.bootstrap));
+            p.insert("seed".into(), json!(params.seed));
+            tree_params(&mut p, &params.tree);
+        }
     }
     Value::Object(p)
+}
+
+fn tree_params(p: &mut Map<String, Value>, t: &crate::train::tree::TreeParams) {
+    p.insert(
+        "criterion".into(),
+        json!(format!("{:?}", t.criterion).to_lowercase()),
+    );
+    p.insert("max_depth".into(), json!(t.max_depth));
+    p.insert("min_samples_split".into(), json!(t.min_samples_split));
+    p.insert("min_samples_leaf".into(), json!(t.min_samples_leaf));
+    p.insert(
+        "max_features".into(),
+        json!(format!("{:?}", t.max_features).to_lowercase()),
+    );
 }
 
 /// Metrics as a JSON map with lower snake case names.
@@ -1193,7 +1212,7 @@ mod tests {
 
     #[test]
     fn bad_options_are_named() {
-        assert!(spec_error(&["--model", "forest"]).contains("not available in this build"));
+        assert!(spec_error(&["--model", "forest", "--hidden", "8"]).contains("--hidden"));
         assert!(spec_error(&["--model", "knn"]).contains("unknown model kind \"knn\""));
         assert!(spec_error(&["--model", "logistic", "--hidden", "8"]).contains("--hidden"));
         assert!(spec_error(&["--model", "linear", "--alpha", "1"]).contains("alpha"));

@@ -16,7 +16,8 @@ fn run_ok(bin: &str, args: &[&str]) -> String {
     let out = run_cmd(bin, args);
     assert!(
         out.status.success(),
-        "{bin} {args:?} failed: {}",
+        "{bin} {args:?} failed ({}): {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 output")

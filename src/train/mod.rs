@@ -537,7 +537,11 @@ pub fn fit(
     let start = Instant::now();
     if let Some(learned) = fit_trees(spec, data)? {
         return Ok(Fitted {
-            spec: spec.clone(),
+            // Trees split on raw values: no scaling is applied or recorded.
+            spec: ModelSpec {
+                kind: spec.kind.clone(),
+                scaling: Scaling::None,
+            },
             schema: data.schema.clone(),
             summary: FitSummary {
                 epochs: 1,
