@@ -286,8 +286,8 @@ fn failed_commands_exit_non_zero_and_leave_the_registry_intact() {
     ]);
     assert!(e.contains("--grid") && e.contains("depth"), "{e}");
 
-    let e = host.err(&["train", train, "--target", "target", "--model", "forest"]);
-    assert!(e.contains("not available in this build"), "{e}");
+    let e = host.err(&["train", train, "--target", "target", "--model", "knn"]);
+    assert!(e.contains("unknown model kind"), "{e}");
 
     let e = host.err(&[
         "train", train, "--target", "target", "--model", "linear", "--name", "a b",
@@ -385,25 +385,43 @@ fn import_registers_onnx_models_native_or_as_onnx_and_eval_scores_them() {
 
     let forest = models.join("sk_rf_iris/model.onnx");
     let v = host.json(&["import", forest.to_str().unwrap(), "--name", "rf", "--json"]);
-    assert_eq!(v["format"], "onnx", "trees have no native layer yet: {v}");
+    assert_eq!(
+        v["format"], "perch",
+        "tree ensembles convert to the native layer: {v}"
+    );
     let eval = host.json(&["eval", "rf", "--data", test, "--target", "target", "--json"]);
     assert!(
         eval["metrics"]["accuracy"].as_f64().unwrap() >= 0.9,
         "{eval}"
     );
-    let out = host.dir.path().join("rf.onnx");
+    // A model with ops the native engine lacks (int8 QDQ) is kept as ONNX and exported as is.
+    let qdq = models.join("sk_mlp_digits_qdq_s8s8_pc/model.onnx");
+    let v = host.json(&["import", qdq.to_str().unwrap(), "--name", "q", "--json"]);
+    assert_eq!(v["format"], "onnx", "{v}");
+    let digits = models.join("../datasets/digits/digits_test.csv");
+    let eval = host.json(&[
+        "eval",
+        "q",
+        "--data",
+        digits.to_str().unwrap(),
+        "--target",
+        "target",
+        "--json",
+    ]);
+    assert!(
+        eval["metrics"]["accuracy"].as_f64().unwrap() >= 0.9,
+        "{eval}"
+    );
+    let out = host.dir.path().join("q.onnx");
     host.ok(&[
         "models",
         "export",
-        "rf",
+        "q",
         "--format",
         "onnx",
         "-o",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        std::fs::read(&forest).unwrap()
-    );
-    assert_eq!(host.versions(), ["ext@1", "rf@1"]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&qdq).unwrap());
+    assert_eq!(host.versions(), ["ext@1", "q@1", "rf@1"]);
 }
