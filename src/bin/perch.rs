@@ -176,6 +176,15 @@ fn execute(cmd: Command) -> Result<()> {
 fn main() -> ExitCode {
     match parse_args().and_then(execute) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that closed the pipe (`perch run ... | head`) is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("perch: error: {e:#}");
             ExitCode::FAILURE
