@@ -248,15 +248,13 @@ impl Model {
     /// [`RuntimeError::OnnxNotCompiled`] without the `onnx` feature; else the backend's.
     #[cfg(feature = "onnx")]
     pub fn from_onnx_bytes(bytes: &[u8], choice: EngineChoice) -> Result<Model, RuntimeError> {
+        let proto = crate::onnx::parse(bytes)?;
         let mut notes = Vec::new();
         if choice != EngineChoice::Tract {
-            match crate::convert::onnx_bytes_to_native(bytes) {
+            match crate::convert::onnx_to_native(&proto) {
                 Ok(model) => {
                     let engine = Engine::new(&model.graph, 1)?;
-                    let mut ops = BTreeMap::new();
-                    if let Ok(m) = crate::onnx::op_counts(bytes) {
-                        ops = m;
-                    }
+                    let ops = crate::onnx::op_counts(&proto);
                     let info = ModelInfo {
                         format: Format::Onnx,
                         engine: EngineKind::Native,
@@ -279,7 +277,7 @@ impl Model {
                 Err(e) => notes.push(format!("runs on tract: {e}")),
             }
         }
-        let onnx = crate::onnx::OnnxModel::from_bytes(bytes)?;
+        let onnx = crate::onnx::OnnxModel::from_proto(&proto)?;
         notes.extend(onnx.notes().iter().cloned());
         let info = ModelInfo {
             format: Format::Onnx,
@@ -363,18 +361,7 @@ impl Model {
             #[cfg(feature = "onnx")]
             Backend::Tract(model) => {
                 let spec = &self.info.inputs[0];
-                if let Some(position) = input.iter().position(|v| !v.is_finite()) {
-                    let n = spec.sample_len().max(1);
-                    return Err(EngineError::NonFinite {
-                        index: 0,
-                        name: spec.name.clone(),
-                        position,
-                        sample: position / n,
-                        feature: position % n,
-                        value: input[position],
-                    }
-                    .into());
-                }
+                crate::engine::check_finite(0, &spec.name, input, spec.sample_len())?;
                 let mut shape = vec![batch];
                 shape.extend(spec.shape.iter().map(|&d| d as usize));
                 let array = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(

@@ -247,10 +247,7 @@ fn run(cli: Cli) -> Result<()> {
                 .map_or(0, |d| d.as_secs());
             native.metadata.properties.insert(
                 "source_sha256".into(),
-                perch::artifact::hex(&sha2::Digest::finalize(sha2::Digest::chain_update(
-                    sha2::Sha256::default(),
-                    &bytes,
-                ))),
+                perch::artifact::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
             );
             let size = perch::artifact::write(&output, &native)
                 .with_context(|| format!("writing {}", output.display()))?;

@@ -11,7 +11,6 @@ use crate::graph::{
 };
 use std::collections::HashMap;
 use tract_onnx::pb::{self, NodeProto};
-use tract_onnx::prelude::Framework;
 
 mod trees;
 
@@ -45,9 +44,7 @@ pub enum ConvertError {
 /// # Errors
 /// [`ConvertError::Unsupported`] naming the first node that has no native translation.
 pub fn onnx_bytes_to_native(bytes: &[u8]) -> Result<Model, ConvertError> {
-    let proto = crate::onnx::parser()
-        .proto_model_for_read(&mut &bytes[..])
-        .map_err(ConvertError::Parse)?;
+    let proto = crate::onnx::parse(bytes).map_err(|e| ConvertError::Parse(e.into()))?;
     onnx_to_native(&proto)
 }
 
@@ -74,7 +71,7 @@ pub fn onnx_to_native(proto: &pb::ModelProto) -> Result<Model, ConvertError> {
         let spec = input_spec(input)?;
         let id = cx.graph.inputs.len() as ValueId;
         cx.shapes
-            .push(spec.shape.iter().map(|&d| d as usize).collect());
+            .push((DType::F32, spec.shape.iter().map(|&d| d as usize).collect()));
         cx.graph.inputs.push(spec);
         cx.entries
             .insert(input.name.clone(), Entry::Value { id, int: false });
@@ -182,7 +179,7 @@ struct Converter {
     graph: Graph,
     entries: HashMap<String, Entry>,
     /// Per-sample shape of each value.
-    shapes: Vec<Vec<usize>>,
+    shapes: Vec<(DType, Vec<usize>)>,
     /// How many times each ONNX name is used (as node input, output or graph output).
     uses: HashMap<String, usize>,
     labels: Option<Vec<i64>>,
@@ -288,18 +285,10 @@ impl Converter {
         });
         let id = (self.graph.inputs.len() + self.graph.nodes.len() - 1) as ValueId;
         // Validate the new node now so errors name the ONNX node that caused them.
-        let probe = Graph {
-            inputs: self.graph.inputs.clone(),
-            nodes: self.graph.nodes.clone(),
-            outputs: vec![Output {
-                name: String::new(),
-                value: id,
-            }],
-        };
-        let shapes = probe
-            .infer_shapes()
-            .map_err(|e| Self::unsupported(node, e.to_string()))?;
-        self.shapes.push(shapes.values[id as usize].1.clone());
+        let out =
+            crate::graph::infer_node(&self.graph.nodes[self.graph.nodes.len() - 1], &self.shapes)
+                .map_err(|e| Self::unsupported(node, e.to_string()))?;
+        self.shapes.push(out);
         Ok(id)
     }
 
@@ -315,7 +304,7 @@ impl Converter {
     }
 
     fn last_axis(&self, id: ValueId) -> usize {
-        self.shapes[id as usize].last().copied().unwrap_or(1)
+        self.shapes[id as usize].1.last().copied().unwrap_or(1)
     }
 
     /// A per-last-axis vector from a constant that broadcasts along the last axis.
@@ -430,7 +419,7 @@ impl Converter {
             )?,
             "Softmax" => {
                 let (x, _) = self.value(node, 0)?;
-                let rank = self.shapes[x as usize].len() + 1;
+                let rank = self.shapes[x as usize].1.len() + 1;
                 let axis = attr_i(node, "axis", -1);
                 if !(axis == -1 || axis == rank as i64 - 1) {
                     return Err(Self::unsupported(
@@ -443,7 +432,7 @@ impl Converter {
             }
             "ArgMax" => {
                 let (x, _) = self.value(node, 0)?;
-                let rank = self.shapes[x as usize].len() + 1;
+                let rank = self.shapes[x as usize].1.len() + 1;
                 let axis = attr_i(node, "axis", 0);
                 if !(axis == -1 || axis == rank as i64 - 1)
                     || attr_i(node, "select_last_index", 0) != 0
@@ -637,7 +626,7 @@ impl Converter {
 
     fn reshape(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
         let (x, int) = self.value(node, 0)?;
-        let shape = &self.shapes[x as usize];
+        let shape = &self.shapes[x as usize].1;
         let numel: usize = shape.iter().product();
         if node.op_type == "Flatten" {
             if attr_i(node, "axis", 1) != 1 || int {
@@ -726,7 +715,7 @@ impl Converter {
         kernel: [usize; 2],
     ) -> Result<WindowAttrs, ConvertError> {
         let (x, _) = self.value(node, 0)?;
-        let s = &self.shapes[x as usize];
+        let s = &self.shapes[x as usize].1;
         let strides = attr_ints(node, "strides").unwrap_or_else(|| vec![1, 1]);
         let dil = attr_ints(node, "dilations").unwrap_or_else(|| vec![1, 1]);
         if strides.len() != 2 || dil.len() != 2 || s.len() != 3 {

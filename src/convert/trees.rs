@@ -41,7 +41,7 @@ impl Converter {
         let bad = |reason: String| Self::unsupported(node, reason);
         let classifier = node.op_type == "TreeEnsembleClassifier";
         let (x, int) = self.value(node, 0)?;
-        let width = match self.shapes[x as usize][..] {
+        let width = match self.shapes[x as usize].1[..] {
             [w] if !int => w,
             ref s => {
                 return Err(bad(format!(

@@ -120,6 +120,8 @@ struct PlannedNode {
 pub struct Engine {
     nodes: Vec<PlannedNode>,
     shapes: ValueShapes,
+    /// Elements per sample of each value (the product of its shape), computed once.
+    sample_lens: Vec<usize>,
     buffers: Vec<Buffer>,
     /// Value each buffer slot currently backs (fused-away values share their producer's).
     alias: Vec<usize>,
@@ -329,6 +331,11 @@ impl Engine {
             alias,
             input_names: graph.inputs.iter().map(|s| s.name.clone()).collect(),
             outputs: graph.outputs.iter().map(|o| o.value as usize).collect(),
+            sample_lens: shapes
+                .values
+                .iter()
+                .map(|(_, s)| s.iter().product())
+                .collect(),
             shapes,
             capacity: 0,
             batch: 0,
@@ -347,11 +354,11 @@ impl Engine {
             .values
             .iter()
             .enumerate()
-            .map(|(v, (dtype, shape))| {
+            .map(|(v, (dtype, _))| {
                 let n = if self.alias[v] != v {
                     0
                 } else {
-                    batch * shape.iter().product::<usize>()
+                    batch * self.sample_lens[v]
                 };
                 match dtype {
                     DType::F32 => Buffer::F32(vec![0.0; n]),
@@ -388,7 +395,7 @@ impl Engine {
             });
         }
         for (index, data) in inputs.iter().enumerate() {
-            let sample_len: usize = self.shapes.values[index].1.iter().product();
+            let sample_len = self.sample_lens[index];
             if data.len() != batch * sample_len {
                 return Err(EngineError::InputLength {
                     index,
@@ -399,16 +406,7 @@ impl Engine {
                     got: data.len(),
                 });
             }
-            if let Some(position) = data.iter().position(|v| !v.is_finite()) {
-                return Err(EngineError::NonFinite {
-                    index,
-                    name: self.input_names[index].clone(),
-                    position,
-                    sample: position / sample_len.max(1),
-                    feature: position % sample_len.max(1),
-                    value: data[position],
-                });
-            }
+            check_finite(index, &self.input_names[index], data, sample_len)?;
         }
         self.reserve(batch);
         self.batch = batch;
@@ -423,8 +421,8 @@ impl Engine {
             if matches!(node.step, Step::Skip) {
                 continue;
             }
-            let in_len = batch * self.shapes.values[node.input].1.iter().product::<usize>();
-            let out_len = batch * self.shapes.values[node.output].1.iter().product::<usize>();
+            let in_len = batch * self.sample_lens[node.input];
+            let out_len = batch * self.sample_lens[node.output];
             let (before, after) = self.buffers.split_at_mut(out_slot);
             let x = &before[in_slot].f32()[..in_len];
             match (&node.step, &mut after[0]) {
@@ -440,10 +438,7 @@ impl Engine {
 
     fn output_slot(&self, index: usize) -> Option<(usize, usize)> {
         let v = *self.outputs.get(index)?;
-        Some((
-            self.alias[v],
-            self.batch * self.shapes.values[v].1.iter().product::<usize>(),
-        ))
+        Some((self.alias[v], self.batch * self.sample_lens[v]))
     }
 
     /// Output `index` of the last run if it is float (`batch × sample` values).
@@ -462,6 +457,29 @@ impl Engine {
             Buffer::I64(v) => v.get(..len),
             Buffer::F32(_) => None,
         }
+    }
+}
+
+/// Rejects NaN and infinity in input `index`, naming the sample and feature.
+///
+/// # Errors
+/// [`EngineError::NonFinite`] for the first non-finite value.
+pub fn check_finite(
+    index: usize,
+    name: &str,
+    data: &[f32],
+    sample_len: usize,
+) -> Result<(), EngineError> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(position) => Err(EngineError::NonFinite {
+            index,
+            name: name.to_string(),
+            position,
+            sample: position / sample_len.max(1),
+            feature: position % sample_len.max(1),
+            value: data[position],
+        }),
     }
 }
 

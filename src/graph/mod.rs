@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 mod validate;
 
+pub(crate) use validate::infer_node;
 pub use validate::{GraphError, ValueShapes};
 
 /// Element type of a graph value.

@@ -1,7 +1,7 @@
 //! Shape inference and validation: every check that makes executing a graph safe happens
 //! here, once, when a model is loaded.
 
-use super::{DType, Graph, Layer, Tensor, TensorData, Tree};
+use super::{DType, Graph, Layer, Node, Tensor, TensorData, Tree};
 
 /// Why a graph cannot run.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -139,39 +139,7 @@ impl Graph {
             values.push((DType::F32, shape));
         }
         for node in &self.nodes {
-            let kind = node.layer.kind();
-            let expected = 1;
-            if node.inputs.len() != expected {
-                return Err(GraphError::Arity {
-                    node: node.name.clone(),
-                    layer: kind,
-                    expected,
-                    got: node.inputs.len(),
-                });
-            }
-            let id = node.inputs[0];
-            let (dtype, x) =
-                values
-                    .get(id as usize)
-                    .cloned()
-                    .ok_or_else(|| GraphError::UnknownValue {
-                        node: node.name.clone(),
-                        value: id,
-                        available: values.len(),
-                    })?;
-            let err = |reason: String| GraphError::Shape {
-                node: node.name.clone(),
-                layer: kind,
-                reason,
-            };
-            if dtype != DType::F32 {
-                return Err(err(format!(
-                    "input must be float32, found {}",
-                    dtype.name()
-                )));
-            }
-            let out = infer_layer(&node.layer, &node.name, &x, &err)?;
-            check_size(&node.name, &out.1)?;
+            let out = infer_node(node, &values)?;
             values.push(out);
         }
         for out in &self.outputs {
@@ -185,6 +153,49 @@ impl Graph {
         }
         Ok(ValueShapes { values })
     }
+}
+
+/// Checks one node against the values before it (graph inputs first, then earlier nodes)
+/// and infers its output's dtype and per-sample shape.
+///
+/// # Errors
+/// As [`Graph::infer_shapes`], for this node.
+pub(crate) fn infer_node(
+    node: &Node,
+    values: &[(DType, Vec<usize>)],
+) -> Result<(DType, Vec<usize>), GraphError> {
+    let kind = node.layer.kind();
+    let expected = 1;
+    if node.inputs.len() != expected {
+        return Err(GraphError::Arity {
+            node: node.name.clone(),
+            layer: kind,
+            expected,
+            got: node.inputs.len(),
+        });
+    }
+    let id = node.inputs[0];
+    let (dtype, x) = values
+        .get(id as usize)
+        .ok_or_else(|| GraphError::UnknownValue {
+            node: node.name.clone(),
+            value: id,
+            available: values.len(),
+        })?;
+    let err = |reason: String| GraphError::Shape {
+        node: node.name.clone(),
+        layer: kind,
+        reason,
+    };
+    if *dtype != DType::F32 {
+        return Err(err(format!(
+            "input must be float32, found {}",
+            dtype.name()
+        )));
+    }
+    let out = infer_layer(&node.layer, &node.name, x, &err)?;
+    check_size(&node.name, &out.1)?;
+    Ok(out)
 }
 
 fn check_size(node: &str, shape: &[usize]) -> Result<(), GraphError> {

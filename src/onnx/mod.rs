@@ -66,15 +66,20 @@ pub fn parser() -> tract_onnx::Onnx {
     onnx
 }
 
-/// How many nodes of each op type the ONNX model in `bytes` has.
+/// Parses ONNX protobuf bytes (with perch's op registry) without typing the graph.
 ///
 /// # Errors
 /// [`OnnxError::Load`] when the bytes are not an ONNX model.
-pub fn op_counts(bytes: &[u8]) -> Result<BTreeMap<String, usize>, OnnxError> {
-    let proto = parser()
+pub fn parse(bytes: &[u8]) -> Result<tract_onnx::pb::ModelProto, OnnxError> {
+    parser()
         .proto_model_for_read(&mut &bytes[..])
-        .map_err(OnnxError::Load)?;
-    Ok(count_ops(&proto).0)
+        .map_err(OnnxError::Load)
+}
+
+/// How many nodes of each op type a parsed ONNX model has (`domain::Op` outside the
+/// default domain).
+pub fn op_counts(proto: &tract_onnx::pb::ModelProto) -> BTreeMap<String, usize> {
+    count_ops(proto).0
 }
 
 fn count_ops(proto: &tract_onnx::pb::ModelProto) -> (BTreeMap<String, usize>, Vec<String>) {
@@ -116,14 +121,17 @@ impl OnnxModel {
     /// # Errors
     /// As [`OnnxModel::load`].
     pub fn from_bytes(bytes: &[u8]) -> Result<OnnxModel, OnnxError> {
+        Self::from_proto(&parse(bytes)?)
+    }
+
+    /// Like [`OnnxModel::load`], from an already parsed model.
+    ///
+    /// # Errors
+    /// As [`OnnxModel::load`].
+    pub fn from_proto(proto: &tract_onnx::pb::ModelProto) -> Result<OnnxModel, OnnxError> {
         let onnx = parser();
-        let proto = onnx
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(OnnxError::Load)?;
-        let (op_counts, notes) = count_ops(&proto);
-        let mut model = onnx
-            .model_for_proto_model(&proto)
-            .map_err(OnnxError::Load)?;
+        let (op_counts, notes) = count_ops(proto);
+        let mut model = onnx.model_for_proto_model(proto).map_err(OnnxError::Load)?;
         let batch = model.symbols.sym("N");
         let mut inputs = Vec::new();
         for ix in 0..model.inputs.len() {
