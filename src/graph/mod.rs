@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 mod validate;
 
+#[cfg(feature = "onnx")]
 pub(crate) use validate::infer_node;
 pub use validate::{GraphError, ValueShapes};
 
