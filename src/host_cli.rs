@@ -34,7 +34,7 @@ pub struct TrainOptions {
     /// Target column name.
     #[arg(long)]
     pub target: String,
-    /// Model kind: linear, ridge, lasso, logistic, softmax, mlp, svm (tree, forest: later).
+    /// Model kind: linear, ridge, lasso, logistic, softmax, mlp, svm, tree, forest.
     #[arg(long)]
     pub model: String,
     /// Whether the target is a class or a value (default: from the model kind; mlp:
@@ -901,11 +901,13 @@ pub fn diff(registry: &Registry, a: &ModelRef, b: &ModelRef) -> Result<Value> {
     }))
 }
 
-/// Writes the artifact of the version `r` names to `output` in `format` (`perch`; `onnx`
-/// only for versions stored as ONNX until the ONNX exporter lands).
+/// Writes the artifact of the version `r` names to `output` in `format`: `perch` (native
+/// versions as stored) or `onnx` (native versions through [`crate::export`], ONNX versions as
+/// stored). An ONNX version has no native form to export.
 ///
 /// # Errors
-/// Unknown references, an unsupported format, I/O failures.
+/// Unknown references, an unsupported format, a graph the exporter cannot write, I/O
+/// failures.
 pub fn export(registry: &Registry, r: &ModelRef, format: &str, output: &Path) -> Result<Value> {
     let version = registry.resolve(r)?;
     let wanted = match format.to_ascii_lowercase().as_str() {
@@ -913,16 +915,23 @@ pub fn export(registry: &Registry, r: &ModelRef, format: &str, output: &Path) ->
         "onnx" => ArtifactFormat::Onnx,
         other => bail!("unknown export format {other:?}: expected perch or onnx"),
     };
-    if wanted != version.format {
-        bail!(
-            "{}@{} is stored as {}; exporting it as {} is not available in this build yet",
+    let stored = registry.artifact_bytes(&version)?;
+    let bytes = match (version.format, wanted) {
+        (a, b) if a == b => stored,
+        (ArtifactFormat::Perch, ArtifactFormat::Onnx) => {
+            let model = crate::artifact::decode(&stored)
+                .with_context(|| format!("decoding {}@{}", version.name, version.number))?
+                .model;
+            crate::export::to_onnx(&model)
+                .with_context(|| format!("exporting {}@{} as ONNX", version.name, version.number))?
+        }
+        _ => bail!(
+            "{}@{} is an imported ONNX model that perch's native engine cannot run; it exports \
+             only as onnx",
             version.name,
-            version.number,
-            version.format.name(),
-            wanted.name()
-        );
-    }
-    let bytes = registry.artifact_bytes(&version)?;
+            version.number
+        ),
+    };
     std::fs::write(output, &bytes).with_context(|| format!("writing {}", output.display()))?;
     Ok(json!({
         "name": version.name,
@@ -930,7 +939,7 @@ pub fn export(registry: &Registry, r: &ModelRef, format: &str, output: &Path) ->
         "format": wanted.name(),
         "output": output.display().to_string(),
         "size_bytes": bytes.len(),
-        "sha256": version.artifact_sha256,
+        "sha256": sha256_hex(&bytes),
     }))
 }
 
@@ -946,10 +955,7 @@ pub fn import(registry: &mut Registry, model: &Path, name: Option<&str>) -> Resu
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "imported".into());
     let name = name.map(str::to_string).unwrap_or(stem);
-    let source_sha = crate::artifact::hex(&sha2::Digest::finalize(sha2::Digest::chain_update(
-        sha2::Sha256::default(),
-        &bytes,
-    )));
+    let source_sha = sha256_hex(&bytes);
     let (payload, note) = match crate::convert::onnx_bytes_to_native(&bytes) {
         Ok(mut native) => {
             native.metadata.producer = format!("perch-host {} import", env!("CARGO_PKG_VERSION"));
@@ -1123,6 +1129,13 @@ pub fn render_diff(d: &Value) -> String {
         d["same_dataset"], d["same_artifact"]
     ));
     s
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    crate::artifact::hex(&sha2::Digest::finalize(sha2::Digest::chain_update(
+        sha2::Sha256::default(),
+        bytes,
+    )))
 }
 
 #[cfg(test)]

@@ -7,14 +7,14 @@
 //! - [`engine`]: executes a native graph with buffers planned once at load.
 //! - [`onnx`] (feature `onnx`): the tract-onnx backend and the ONNX ops perch adds to it.
 //! - [`convert`] (feature `onnx`): translates ONNX graphs into the native IR.
-//! - [`train`] (feature `host`): fitting models on the host (decision trees, random forests)
-//!   that export to the native IR.
+//! - [`export`] (feature `host`): writes native models as ONNX (the reverse of [`convert`]).
 //! - [`runtime`]: one [`runtime::Model`] over both backends; what the CLI calls.
 //! - [`cli`]: the `perch run / info / bench` commands as library functions.
 //! - [`host_cli`] (feature `host`): the `perch-host train / eval / models / import`
 //!   commands as library functions over [`train`] and [`registry`].
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
 //! - [`train`] (feature `host`): CSV datasets, preprocessing, linear models, MLP, linear SVM,
+//!   decision trees and random forests,
 //!   optimizers, metrics, cross-validation and grid search; trained models become graphs.
 //! - [`registry`] (feature `host`): numbered model versions with metadata, lineage, tags and
 //!   aliases in SQLite, artifacts content-addressed beside the database.
@@ -51,6 +51,8 @@ pub mod cli;
 #[cfg(feature = "onnx")]
 pub mod convert;
 pub mod engine;
+#[cfg(feature = "host")]
+pub mod export;
 pub mod graph;
 #[cfg(feature = "host")]
 pub mod host_cli;

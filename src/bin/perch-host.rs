@@ -132,7 +132,7 @@ enum Models {
     Export {
         /// The version.
         model: ModelRef,
-        /// perch (onnx: only for versions stored as ONNX, for now).
+        /// perch or onnx (opset 17; trees as ai.onnx.ml tree ensembles).
         #[arg(long, default_value = "perch")]
         format: String,
         /// Where to write it.
@@ -141,11 +141,22 @@ enum Models {
     },
 }
 
+/// Prints a command's result; a reader that closed the pipe early (`| head`) ends the
+/// program quietly instead of a panic.
 fn print(value: &serde_json::Value, json: bool, text: impl FnOnce(&serde_json::Value) -> String) {
-    if json {
-        println!("{value}");
+    use std::io::Write;
+    let body = if json {
+        format!("{value}\n")
     } else {
-        print!("{}", text(value));
+        text(value)
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(body.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("perch-host: error: writing the output: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -4,7 +4,8 @@
 //! constant fold into standardize layers; ai.onnx.ml Scaler, LinearRegressor and
 //! LinearClassifier become standardize, dense and activation layers; TreeEnsembleClassifier
 //! and TreeEnsembleRegressor become a tree ensemble layer (with an argmax for the labels,
-//! see [`trees`]). Anything else is an error naming the node.
+//! see [`trees`]); an ArrayFeatureExtractor or Gather of constant class labels by an argmax
+//! becomes that argmax's labels. Anything else is an error naming the node.
 
 use crate::graph::{
     DType, Graph, Layer, Metadata, Model, Node, Output, Tensor, TensorSpec, ValueId,
@@ -447,8 +448,22 @@ impl Converter {
                 let id = self.push(node, Layer::ArgMax { labels: None }, x)?;
                 self.bind(node, 0, id, true);
             }
-            "ArrayFeatureExtractor" => {
+            // skl2onnx looks class labels up with ArrayFeatureExtractor, perch's exporter
+            // with Gather (axis 0): both index a constant label list by the argmax.
+            "ArrayFeatureExtractor" | "Gather" => {
+                if node.op_type == "Gather" && attr_i(node, "axis", 0) != 0 {
+                    return Err(Self::unsupported(
+                        node,
+                        "only a gather on axis 0 (a class-label lookup) is native",
+                    ));
+                }
                 let t = self.konst(node, 0)?;
+                if node.op_type == "Gather" && t.rank() != 1 {
+                    return Err(Self::unsupported(
+                        node,
+                        "only a gather from a 1-D label list is native",
+                    ));
+                }
                 let classes: Vec<i64> = t
                     .cast_to::<i64>()
                     .ok()

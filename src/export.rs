@@ -1,0 +1,671 @@
+//! Writes a native [`Model`] as an ONNX model that onnxruntime and perch's ONNX path both
+//! run with the native engine's outputs: the reverse of [`crate::convert`].
+//!
+//! Every layer maps to standard ops (opset 17): standardize to `Sub` then `Mul`, dense to
+//! `Gemm` (or `MatMul` + `Add` above rank 2), conv and pooling one to one, argmax to `ArgMax`
+//! with a `Gather` of the class labels. Tree ensembles become ai.onnx.ml (opset 3)
+//! `TreeEnsembleClassifier` when their scores feed a label argmax and there are three or more
+//! classes, else `TreeEnsembleRegressor` (with `ArgMax` + `Gather` for labels): onnxruntime's
+//! classifier gives two-class ensembles a label rule of its own (the positive class whenever
+//! its score is above zero), which would not match the native argmax.
+//!
+//! The batch axis is the symbolic dimension `N`. Metadata (name, version, description,
+//! producer, class labels, properties) goes into the model's `metadata_props`.
+
+use crate::graph::{
+    DType, Graph, GraphError, Layer, Model, SplitMode, Tensor, TreeAggregate, TreePostTransform,
+    ValueId,
+};
+use prost::Message;
+use tract_onnx::pb::{
+    self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
+};
+
+/// Standard-domain opset the exported models import.
+pub const OPSET: i64 = 17;
+/// ai.onnx.ml opset (TreeEnsembleClassifier/Regressor version 3).
+pub const ML_OPSET: i64 = 3;
+/// ONNX IR version written (the one opset 17 came with).
+pub const IR_VERSION: i64 = 8;
+
+/// Why a model cannot be written as ONNX.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// The native graph does not validate.
+    #[error("the model's graph is invalid: {0}")]
+    Graph(#[from] GraphError),
+    /// A tensor is not stored in an encoding ONNX export handles.
+    #[error("node {node:?}: {reason}")]
+    Unsupported {
+        /// Node name.
+        node: String,
+        /// What is missing.
+        reason: String,
+    },
+}
+
+/// Encodes `model` as ONNX protobuf bytes.
+///
+/// # Errors
+/// As [`to_onnx_proto`].
+pub fn to_onnx(model: &Model) -> Result<Vec<u8>, ExportError> {
+    Ok(to_onnx_proto(model)?.encode_to_vec())
+}
+
+/// Builds the ONNX model for `model`.
+///
+/// # Errors
+/// [`ExportError::Graph`] when the graph does not validate; [`ExportError::Unsupported`] for a
+/// tensor encoding without an ONNX form.
+pub fn to_onnx_proto(model: &Model) -> Result<ModelProto, ExportError> {
+    let g = &model.graph;
+    let shapes = g.infer_shapes()?;
+    let mut cx = Writer::new(g);
+    for (i, node) in g.nodes.iter().enumerate() {
+        cx.node(g, &shapes.values, i, node)?;
+    }
+    let mut graph = GraphProto {
+        name: sanitize(if model.metadata.name.is_empty() {
+            "perch"
+        } else {
+            &model.metadata.name
+        }),
+        doc_string: model.metadata.description.clone(),
+        ..GraphProto::default()
+    };
+    for (i, spec) in g.inputs.iter().enumerate() {
+        let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+        graph
+            .input
+            .push(value_info(&cx.names[i], spec.dtype, &shape));
+    }
+    for out in &g.outputs {
+        let src = cx.names[out.value as usize].clone();
+        let (dtype, shape) = &shapes.values[out.value as usize];
+        if src != out.name {
+            cx.nodes
+                .push(op("Identity", &out.name, vec![src], vec![out.name.clone()]));
+        }
+        graph.output.push(value_info(&out.name, *dtype, shape));
+    }
+    // tract names a node after each initializer and input too: node names stay distinct from
+    // those and from each other.
+    let mut taken: std::collections::HashSet<String> = cx
+        .initializers
+        .iter()
+        .map(|t| t.name.clone())
+        .chain(graph.input.iter().map(|v| v.name.clone()))
+        .collect();
+    for n in &mut cx.nodes {
+        let base = std::mem::take(&mut n.name);
+        let mut name = base.clone();
+        let mut k = 1;
+        while !taken.insert(name.clone()) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        n.name = name;
+    }
+    graph.node = cx.nodes;
+    graph.initializer = cx.initializers;
+
+    let meta = &model.metadata;
+    let mut props = vec![
+        entry("perch.name", &meta.name),
+        entry("perch.version", &meta.version),
+    ];
+    if !meta.class_labels.is_empty() {
+        props.push(entry("perch.class_labels", &meta.class_labels.join(",")));
+    }
+    props.extend(meta.properties.iter().map(|(k, v)| entry(k, v)));
+    let mut opset_import = vec![OperatorSetIdProto {
+        domain: String::new(),
+        version: OPSET,
+    }];
+    if cx.uses_ml {
+        opset_import.push(OperatorSetIdProto {
+            domain: "ai.onnx.ml".into(),
+            version: ML_OPSET,
+        });
+    }
+    Ok(ModelProto {
+        ir_version: IR_VERSION,
+        opset_import,
+        producer_name: "perch".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        domain: "dev.perch".into(),
+        model_version: meta.version.parse().unwrap_or(1),
+        doc_string: meta.description.clone(),
+        graph: Some(graph),
+        metadata_props: props,
+        ..ModelProto::default()
+    })
+}
+
+/// Names values and collects nodes and initializers.
+struct Writer {
+    /// ONNX name of every native value.
+    names: Vec<String>,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    uses_ml: bool,
+    /// Native values already produced by a fused node (a tree classifier's label).
+    fused: Vec<Option<String>>,
+}
+
+impl Writer {
+    fn new(g: &Graph) -> Writer {
+        let n_values = g.inputs.len() + g.nodes.len();
+        let mut names: Vec<String> = Vec::with_capacity(n_values);
+        let mut taken = std::collections::HashSet::new();
+        // Graph outputs keep their names (the first output naming a value wins), inputs keep
+        // theirs; other values are named after their node.
+        let output_name = |id: usize| {
+            g.outputs
+                .iter()
+                .find(|o| o.value as usize == id)
+                .map(|o| o.name.clone())
+        };
+        for id in 0..n_values {
+            let base = if id < g.inputs.len() {
+                g.inputs[id].name.clone()
+            } else {
+                output_name(id).unwrap_or_else(|| {
+                    let node = &g.nodes[id - g.inputs.len()];
+                    if node.name.is_empty() {
+                        format!("v{id}")
+                    } else {
+                        node.name.clone()
+                    }
+                })
+            };
+            let mut name = base.clone();
+            let mut k = 1;
+            while !taken.insert(name.clone()) {
+                name = format!("{base}_{k}");
+                k += 1;
+            }
+            names.push(name);
+        }
+        Writer {
+            names,
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            uses_ml: false,
+            fused: vec![None; n_values],
+        }
+    }
+
+    fn konst_f32(&mut self, name: String, dims: &[usize], data: &[f32]) -> String {
+        self.initializers.push(TensorProto {
+            name: name.clone(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            float_data: data.to_vec(),
+            ..TensorProto::default()
+        });
+        name
+    }
+
+    fn konst_i64(&mut self, name: String, dims: &[usize], data: &[i64]) -> String {
+        self.initializers.push(TensorProto {
+            name: name.clone(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Int64 as i32,
+            int64_data: data.to_vec(),
+            ..TensorProto::default()
+        });
+        name
+    }
+
+    fn tensor(&mut self, node: &str, name: String, t: &Tensor) -> Result<String, ExportError> {
+        let data = f32_data(node, t)?;
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        Ok(self.konst_f32(name, &dims, data))
+    }
+
+    fn node(
+        &mut self,
+        g: &Graph,
+        shapes: &[(DType, Vec<usize>)],
+        index: usize,
+        node: &crate::graph::Node,
+    ) -> Result<(), ExportError> {
+        let id = g.inputs.len() + index;
+        let out = self.names[id].clone();
+        if let Some(src) = self.fused[id].take() {
+            // Produced by an earlier fused node under another name.
+            if src != out {
+                self.nodes
+                    .push(op("Identity", &out, vec![src], vec![out.clone()]));
+            }
+            return Ok(());
+        }
+        let x = node
+            .inputs
+            .first()
+            .map(|&v| self.names[v as usize].clone())
+            .unwrap_or_default();
+        let in_rank = node
+            .inputs
+            .first()
+            .map_or(0, |&v| shapes[v as usize].1.len());
+        let nm = &node.name;
+        let unary = |kind: &str| op(kind, nm, vec![x.clone()], vec![out.clone()]);
+        match &node.layer {
+            Layer::Standardize { offset, scale } => {
+                let o = self.konst_f32(format!("{out}/offset"), &[offset.len()], offset);
+                let s = self.konst_f32(format!("{out}/scale"), &[scale.len()], scale);
+                let centered = format!("{out}/centered");
+                self.nodes
+                    .push(op("Sub", nm, vec![x, o], vec![centered.clone()]));
+                self.nodes.push(op(
+                    "Mul",
+                    &format!("{nm}/scale"),
+                    vec![centered, s],
+                    vec![out],
+                ));
+            }
+            Layer::Dense { weight, bias } => {
+                let data = f32_data(nm, weight)?;
+                let b = bias
+                    .as_ref()
+                    .map(|b| self.tensor(nm, format!("{out}/bias"), b))
+                    .transpose()?;
+                let (o, i) = (weight.shape[0] as usize, weight.shape[1] as usize);
+                if in_rank == 1 {
+                    let w = self.konst_f32(format!("{out}/weight"), &[o, i], data);
+                    let mut inputs = vec![x, w];
+                    inputs.extend(b);
+                    let mut n = op("Gemm", nm, inputs, vec![out]);
+                    n.attribute.push(attr_i("transB", 1));
+                    self.nodes.push(n);
+                } else {
+                    // MatMul takes `[in, out]`: transpose the stored `[out, in]`.
+                    let mut wt = vec![0f32; o * i];
+                    for r in 0..o {
+                        for c in 0..i {
+                            wt[c * o + r] = data[r * i + c];
+                        }
+                    }
+                    let w = self.konst_f32(format!("{out}/weight_t"), &[i, o], &wt);
+                    match b {
+                        Some(b) => {
+                            let mm = format!("{out}/matmul");
+                            self.nodes
+                                .push(op("MatMul", nm, vec![x, w], vec![mm.clone()]));
+                            self.nodes.push(op(
+                                "Add",
+                                &format!("{nm}/bias"),
+                                vec![mm, b],
+                                vec![out],
+                            ));
+                        }
+                        None => self.nodes.push(op("MatMul", nm, vec![x, w], vec![out])),
+                    }
+                }
+            }
+            Layer::Conv2d {
+                weight,
+                bias,
+                stride,
+                padding,
+                dilation,
+                groups,
+            } => {
+                let w = self.tensor(nm, format!("{out}/weight"), weight)?;
+                let mut inputs = vec![x, w];
+                if let Some(b) = bias {
+                    inputs.push(self.tensor(nm, format!("{out}/bias"), b)?);
+                }
+                let mut n = op("Conv", nm, inputs, vec![out]);
+                n.attribute.extend([
+                    attr_ints("kernel_shape", &[weight.shape[2], weight.shape[3]]),
+                    attr_ints("strides", stride),
+                    attr_ints("pads", padding),
+                    attr_ints("dilations", dilation),
+                    attr_i("group", i64::from(*groups)),
+                ]);
+                self.nodes.push(n);
+            }
+            Layer::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let mut n = unary("MaxPool");
+                n.attribute.extend([
+                    attr_ints("kernel_shape", kernel),
+                    attr_ints("strides", stride),
+                    attr_ints("pads", padding),
+                ]);
+                self.nodes.push(n);
+            }
+            Layer::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+                count_include_pad,
+            } => {
+                let mut n = unary("AveragePool");
+                n.attribute.extend([
+                    attr_ints("kernel_shape", kernel),
+                    attr_ints("strides", stride),
+                    attr_ints("pads", padding),
+                    attr_i("count_include_pad", i64::from(*count_include_pad)),
+                ]);
+                self.nodes.push(n);
+            }
+            Layer::GlobalAvgPool => self.nodes.push(unary("GlobalAveragePool")),
+            Layer::Flatten => {
+                let mut n = unary("Flatten");
+                n.attribute.push(attr_i("axis", 1));
+                self.nodes.push(n);
+            }
+            Layer::Reshape { shape } => {
+                // 0 keeps the batch axis.
+                let dims: Vec<i64> = std::iter::once(0)
+                    .chain(shape.iter().map(|&d| i64::from(d)))
+                    .collect();
+                let s = self.konst_i64(format!("{out}/shape"), &[dims.len()], &dims);
+                self.nodes.push(op("Reshape", nm, vec![x, s], vec![out]));
+            }
+            Layer::Relu => self.nodes.push(unary("Relu")),
+            Layer::LeakyRelu { alpha } => {
+                let mut n = unary("LeakyRelu");
+                n.attribute.push(attr_f("alpha", *alpha));
+                self.nodes.push(n);
+            }
+            Layer::Sigmoid => self.nodes.push(unary("Sigmoid")),
+            Layer::Tanh => self.nodes.push(unary("Tanh")),
+            Layer::Softmax => {
+                let mut n = unary("Softmax");
+                n.attribute.push(attr_i("axis", -1));
+                self.nodes.push(n);
+            }
+            Layer::ArgMax { labels } => {
+                let idx = if labels.is_some() {
+                    format!("{out}/index")
+                } else {
+                    out.clone()
+                };
+                let mut n = op("ArgMax", nm, vec![x], vec![idx.clone()]);
+                n.attribute
+                    .extend([attr_i("axis", -1), attr_i("keepdims", 0)]);
+                self.nodes.push(n);
+                if let Some(labels) = labels {
+                    let l = self.konst_i64(format!("{out}/labels"), &[labels.len()], labels);
+                    let mut n = op("Gather", &format!("{nm}/labels"), vec![l, idx], vec![out]);
+                    n.attribute.push(attr_i("axis", 0));
+                    self.nodes.push(n);
+                }
+            }
+            Layer::TreeEnsemble {
+                trees,
+                n_outputs,
+                aggregate,
+                base_values,
+                post_transform,
+            } => {
+                self.uses_ml = true;
+                let n_out = *n_outputs as usize;
+                // A classifier when the scores feed exactly one argmax (with 3+ classes).
+                let argmax = g
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .find_map(|(j, n)| match &n.layer {
+                        Layer::ArgMax { labels } if n.inputs == [id as ValueId] => {
+                            Some((g.inputs.len() + j, labels.clone()))
+                        }
+                        _ => None,
+                    });
+                let classifier = argmax.filter(|_| n_out >= 3);
+                let mut n = NodeProto {
+                    name: nm.clone(),
+                    domain: "ai.onnx.ml".into(),
+                    ..NodeProto::default()
+                };
+                n.input.push(x);
+                let mut attrs = tree_nodes(trees);
+                let post = match post_transform {
+                    TreePostTransform::None => "NONE",
+                    TreePostTransform::Softmax => "SOFTMAX",
+                    TreePostTransform::Logistic => "LOGISTIC",
+                };
+                attrs.push(attr_s("post_transform", post));
+                if !base_values.is_empty() {
+                    attrs.push(attr_floats("base_values", base_values));
+                }
+                let (ids, weights) = tree_targets(trees, n_out);
+                match classifier {
+                    Some((label_id, labels)) => {
+                        // The classifier only sums: an average divides every weight instead.
+                        let k = match aggregate {
+                            TreeAggregate::Sum => 1.0,
+                            TreeAggregate::Average => 1.0 / trees.len().max(1) as f32,
+                        };
+                        // onnxruntime's argmax skips classes no leaf votes for, so zero votes
+                        // may only be dropped when no score can be negative.
+                        let nonneg = weights.iter().all(|&w| w >= 0.0)
+                            && base_values.iter().all(|&b| b >= 0.0);
+                        let keep: Vec<usize> = (0..weights.len())
+                            .filter(|&i| !nonneg || weights[i] != 0.0)
+                            .collect();
+                        let pick = |v: &[i64]| keep.iter().map(|&i| v[i]).collect::<Vec<_>>();
+                        attrs.push(attr_i64s("class_treeids", &pick(&ids.0)));
+                        attrs.push(attr_i64s("class_nodeids", &pick(&ids.1)));
+                        attrs.push(attr_i64s("class_ids", &pick(&ids.2)));
+                        attrs.push(attr_floats(
+                            "class_weights",
+                            &keep.iter().map(|&i| weights[i] * k).collect::<Vec<_>>(),
+                        ));
+                        let labels: Vec<i64> =
+                            labels.unwrap_or_else(|| (0..n_out as i64).collect());
+                        attrs.push(attr_i64s("classlabels_int64s", &labels));
+                        n.op_type = "TreeEnsembleClassifier".into();
+                        let label_name = self.names[label_id].clone();
+                        n.output = vec![label_name.clone(), out];
+                        self.fused[label_id] = Some(label_name);
+                    }
+                    None => {
+                        attrs.push(attr_i64s("target_treeids", &ids.0));
+                        attrs.push(attr_i64s("target_nodeids", &ids.1));
+                        attrs.push(attr_i64s("target_ids", &ids.2));
+                        attrs.push(attr_floats("target_weights", &weights));
+                        attrs.push(attr_i("n_targets", n_out as i64));
+                        let agg = match aggregate {
+                            TreeAggregate::Sum => "SUM",
+                            TreeAggregate::Average => "AVERAGE",
+                        };
+                        attrs.push(attr_s("aggregate_function", agg));
+                        n.op_type = "TreeEnsembleRegressor".into();
+                        n.output = vec![out];
+                    }
+                }
+                n.attribute = attrs;
+                self.nodes.push(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `nodes_*` attributes of a tree ensemble.
+fn tree_nodes(trees: &[crate::graph::Tree]) -> Vec<AttributeProto> {
+    let total: usize = trees.iter().map(|t| t.len()).sum();
+    let mut tree_ids = Vec::with_capacity(total);
+    let mut node_ids = Vec::with_capacity(total);
+    let mut features = Vec::with_capacity(total);
+    let mut values = Vec::with_capacity(total);
+    let mut modes: Vec<&str> = Vec::with_capacity(total);
+    let mut trues = Vec::with_capacity(total);
+    let mut falses = Vec::with_capacity(total);
+    for (t, tree) in trees.iter().enumerate() {
+        let branch = match tree.mode {
+            SplitMode::Leq => "BRANCH_LEQ",
+            SplitMode::Lt => "BRANCH_LT",
+        };
+        for i in 0..tree.len() {
+            tree_ids.push(t as i64);
+            node_ids.push(i as i64);
+            let leaf = tree.left[i] == 0;
+            features.push(if leaf { 0 } else { i64::from(tree.feature[i]) });
+            values.push(if leaf { 0.0 } else { tree.threshold[i] });
+            modes.push(if leaf { "LEAF" } else { branch });
+            trues.push(i64::from(tree.left[i]));
+            falses.push(if leaf { 0 } else { i64::from(tree.right[i]) });
+        }
+    }
+    vec![
+        attr_i64s("nodes_treeids", &tree_ids),
+        attr_i64s("nodes_nodeids", &node_ids),
+        attr_i64s("nodes_featureids", &features),
+        attr_floats("nodes_values", &values),
+        attr_strings("nodes_modes", &modes),
+        attr_i64s("nodes_truenodeids", &trues),
+        attr_i64s("nodes_falsenodeids", &falses),
+    ]
+}
+
+/// Per leaf value: (tree ids, node ids, output ids), and the values.
+type TargetIds = (Vec<i64>, Vec<i64>, Vec<i64>);
+
+fn tree_targets(trees: &[crate::graph::Tree], n_out: usize) -> (TargetIds, Vec<f32>) {
+    let mut ids: TargetIds = (Vec::new(), Vec::new(), Vec::new());
+    let mut weights = Vec::new();
+    for (t, tree) in trees.iter().enumerate() {
+        let mut leaf = 0usize;
+        for i in 0..tree.len() {
+            if tree.left[i] != 0 {
+                continue;
+            }
+            for j in 0..n_out {
+                ids.0.push(t as i64);
+                ids.1.push(i as i64);
+                ids.2.push(j as i64);
+                weights.push(
+                    tree.leaf_values
+                        .get(leaf * n_out + j)
+                        .copied()
+                        .unwrap_or(0.0),
+                );
+            }
+            leaf += 1;
+        }
+    }
+    (ids, weights)
+}
+
+fn f32_data<'a>(node: &str, t: &'a Tensor) -> Result<&'a [f32], ExportError> {
+    t.as_f32().ok_or_else(|| ExportError::Unsupported {
+        node: node.to_string(),
+        reason: "only dense f32 tensors export to ONNX".into(),
+    })
+}
+
+fn op(kind: &str, name: &str, input: Vec<String>, output: Vec<String>) -> NodeProto {
+    NodeProto {
+        op_type: kind.into(),
+        name: name.into(),
+        input,
+        output,
+        ..NodeProto::default()
+    }
+}
+
+fn attr(name: &str, kind: AttributeType) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: kind as i32,
+        ..AttributeProto::default()
+    }
+}
+
+fn attr_i(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        i: v,
+        ..attr(name, AttributeType::Int)
+    }
+}
+
+fn attr_f(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        f: v,
+        ..attr(name, AttributeType::Float)
+    }
+}
+
+fn attr_s(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        s: v.as_bytes().to_vec(),
+        ..attr(name, AttributeType::String)
+    }
+}
+
+fn attr_ints(name: &str, v: &[u32]) -> AttributeProto {
+    attr_i64s(name, &v.iter().map(|&d| i64::from(d)).collect::<Vec<_>>())
+}
+
+fn attr_i64s(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        ints: v.to_vec(),
+        ..attr(name, AttributeType::Ints)
+    }
+}
+
+fn attr_floats(name: &str, v: &[f32]) -> AttributeProto {
+    AttributeProto {
+        floats: v.to_vec(),
+        ..attr(name, AttributeType::Floats)
+    }
+}
+
+fn attr_strings(name: &str, v: &[&str]) -> AttributeProto {
+    AttributeProto {
+        strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        ..attr(name, AttributeType::Strings)
+    }
+}
+
+fn entry(key: &str, value: &str) -> StringStringEntryProto {
+    StringStringEntryProto {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn value_info(name: &str, dtype: DType, shape: &[usize]) -> ValueInfoProto {
+    let elem_type = match dtype {
+        DType::F32 => DataType::Float,
+        DType::I64 => DataType::Int64,
+    } as i32;
+    let dim = std::iter::once(dimension::Value::DimParam("N".into()))
+        .chain(shape.iter().map(|&d| dimension::Value::DimValue(d as i64)))
+        .map(|v| pb::tensor_shape_proto::Dimension {
+            value: Some(v),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..TypeProto::default()
+        }),
+        ..ValueInfoProto::default()
+    }
+}
+
+/// A graph name ONNX tools accept: letters, digits and `_`.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
