@@ -372,3 +372,21 @@ fn info_says_when_zipmap_is_replaced() {
         "{text}"
     );
 }
+
+/// The models perch-host trained (models/train.sh) predict on this machine what they
+/// predicted on the x86 machine that trained them; cross/test.sh runs this under qemu on
+/// aarch64 and armv7.
+#[test]
+fn trained_models_predict_what_they_predicted_on_x86() {
+    for name in ["wine-forest", "digits-mlp-trained"] {
+        let dir = sample(name);
+        let want = read_outputs_json(&dir.join("expected.json"));
+        let got = run_json(&dir.join("model.perch"), &dir.join("sample.csv"), &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_outputs_match(name, &want, &got, 1e-5);
+        assert!(
+            want["label"].len() >= 45,
+            "{name}: expected.json is too small"
+        );
+    }
+}

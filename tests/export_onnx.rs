@@ -277,43 +277,6 @@ fn run(rt: &mut Runtime, x: &[f32], batch: usize) -> HashMap<String, Vec<f64>> {
         .collect()
 }
 
-/// `got` matches `want`: floats within `tol` (relative above 1), labels equal except on rows
-/// whose two best probabilities in `want` are within `tol` (a tie either side may break).
-fn assert_matches(
-    what: &str,
-    want: &HashMap<String, Vec<f64>>,
-    got: &HashMap<String, Vec<f64>>,
-    tol: f64,
-) {
-    for (name, w) in want {
-        let g = got
-            .get(name)
-            .unwrap_or_else(|| panic!("{what}: output {name:?} missing (has {:?})", got.keys()));
-        assert_eq!(g.len(), w.len(), "{what}: {name} length");
-        if name == "label" {
-            let probs = &want["probabilities"];
-            let k = probs.len() / w.len();
-            for (row, (a, b)) in w.iter().zip(g).enumerate() {
-                let mut p = probs[row * k..(row + 1) * k].to_vec();
-                p.sort_by(|a, b| b.total_cmp(a));
-                let tie = k > 1 && p[0] - p[1] <= tol;
-                assert!(
-                    a == b || tie,
-                    "{what}: label of row {row}: {b} instead of {a} (probabilities {:?})",
-                    &probs[row * k..(row + 1) * k]
-                );
-            }
-        } else {
-            for (i, (a, b)) in w.iter().zip(g).enumerate() {
-                assert!(
-                    (a - b).abs() <= tol * a.abs().max(1.0),
-                    "{what}: {name}[{i}] = {b}, expected {a}"
-                );
-            }
-        }
-    }
-}
-
 fn synthetic_models() -> Vec<Model> {
     let mut r = Lcg(42);
     let mut models = vec![conv_net(&mut r)];
@@ -338,13 +301,13 @@ fn every_layer_kind_exports_to_onnx_that_tract_and_the_converter_run_alike() {
         let len: usize = m.graph.inputs[0].sample_len();
         let x = r.vec(batch * len);
         let want = run(&mut native, &x, batch);
-        assert_matches(
+        assert_outputs_match(
             &format!("{what} (tract)"),
             &want,
             &run(&mut tract, &x, batch),
             1e-5,
         );
-        assert_matches(
+        assert_outputs_match(
             &format!("{what} (back)"),
             &want,
             &run(&mut back, &x, batch),
@@ -491,25 +454,6 @@ fn features_only(labelled: &Path, out: &Path) {
     std::fs::write(out, rows.join("\n") + "\n").expect("write csv");
 }
 
-fn read_outputs(path: &Path) -> HashMap<String, Vec<f64>> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("read outputs"))
-            .expect("outputs JSON");
-    let mut out = HashMap::new();
-    for (name, value) in v["outputs"].as_object().expect("outputs object") {
-        let mut flat = Vec::new();
-        fn walk(v: &serde_json::Value, flat: &mut Vec<f64>) {
-            match v {
-                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, flat)),
-                other => flat.push(other.as_f64().unwrap_or(f64::NAN)),
-            }
-        }
-        walk(value, &mut flat);
-        out.insert(name.clone(), flat);
-    }
-    out
-}
-
 #[test]
 fn trained_models_export_to_onnx_that_onnxruntime_and_perch_run_with_the_native_outputs() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -582,7 +526,7 @@ fn trained_models_export_to_onnx_that_onnxruntime_and_perch_run_with_the_native_
         for engine in ["tract", "auto"] {
             let got = run_json(&onnx_file, &input, &["--engine".into(), engine.into()])
                 .unwrap_or_else(|e| panic!("{name}: perch run .onnx --engine {engine}: {e}"));
-            assert_matches(&format!("{name} (perch, {engine})"), &want, &got, 1e-5);
+            assert_outputs_match(&format!("{name} (perch, {engine})"), &want, &got, 1e-5);
         }
         let ort_out = dir.path().join(format!("{name}.ort.json"));
         jobs.push(serde_json::json!({"model": onnx_file, "input": input, "output": ort_out}));
@@ -641,10 +585,10 @@ fn trained_models_export_to_onnx_that_onnxruntime_and_perch_run_with_the_native_
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
     for (name, want, ort_out) in expected {
-        assert_matches(
+        assert_outputs_match(
             &format!("{name} (onnxruntime)"),
             &want,
-            &read_outputs(&ort_out),
+            &read_outputs_json(&ort_out),
             1e-5,
         );
     }

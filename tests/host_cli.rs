@@ -425,3 +425,46 @@ fn import_registers_onnx_models_native_or_as_onnx_and_eval_scores_them() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&qdq).unwrap());
     assert_eq!(host.versions(), ["ext@1", "q@1", "rf@1"]);
 }
+
+/// Training again here with the flags of models/train.sh (kept in `train.args`) gives the
+/// predictions the committed artifacts give (`expected.json`): the models the device tests run
+/// are what perch-host makes.
+#[test]
+fn training_again_reproduces_the_committed_trained_models() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for name in ["wine-forest", "digits-mlp-trained"] {
+        let dir = models.join(name);
+        let args = std::fs::read_to_string(dir.join("train.args")).expect("train.args");
+        let mut lines = args.lines();
+        let set = lines.next().expect("dataset line");
+        let train = corpus_dir()
+            .join("datasets")
+            .join(set)
+            .join(format!("{set}_train.csv"));
+        let host = Host::new();
+        let mut cmd = vec![
+            "train",
+            train.to_str().expect("utf-8 path"),
+            "--target",
+            "target",
+            "--name",
+            name,
+            "--json",
+        ];
+        cmd.extend(lines);
+        host.json(&cmd);
+        let artifact = host.dir.path().join("model.perch");
+        host.ok(&[
+            "models",
+            "export",
+            name,
+            "--format",
+            "perch",
+            "-o",
+            artifact.to_str().expect("utf-8 path"),
+        ]);
+        let got = run_json(&artifact, &dir.join("sample.csv"), &[]).expect("perch run");
+        let want = read_outputs_json(&dir.join("expected.json"));
+        assert_outputs_match(&format!("{name} retrained"), &want, &got, 1e-4);
+    }
+}

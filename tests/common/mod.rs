@@ -142,7 +142,8 @@ pub fn run_cmd<S: AsRef<OsStr>>(bin: &str, args: &[S]) -> Output {
     cmd.args(args).output().expect("spawn binary")
 }
 
-fn outputs_from_json(stdout: &[u8]) -> Result<HashMap<String, Vec<f64>>, String> {
+/// The `outputs` of `perch run --format json` output, each flattened.
+pub fn outputs_from_json(stdout: &[u8]) -> Result<HashMap<String, Vec<f64>>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(stdout).map_err(|e| format!("perch printed invalid JSON: {e}"))?;
     let mut out = HashMap::new();
@@ -203,4 +204,50 @@ pub fn read_npy(path: &Path) -> Vec<f64> {
     let a =
         perch::io::read_input(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     a.data.iter().map(|&v| v as f64).collect()
+}
+
+/// The outputs in a file holding `perch run --format json` output, each flattened.
+pub fn read_outputs_json(path: &Path) -> HashMap<String, Vec<f64>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    outputs_from_json(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `got` matches `want`, output by output: floats within `tol` (relative above 1); labels
+/// equal, except on rows whose two best `probabilities` in `want` are within `tol` (there a
+/// tie may break either way).
+pub fn assert_outputs_match(
+    what: &str,
+    want: &HashMap<String, Vec<f64>>,
+    got: &HashMap<String, Vec<f64>>,
+    tol: f64,
+) {
+    for (name, w) in want {
+        let g = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: output {name:?} missing (has {:?})", got.keys()));
+        assert_eq!(g.len(), w.len(), "{what}: {name} length");
+        if name == "label" {
+            let probs = want.get("probabilities").map_or(&[][..], Vec::as_slice);
+            let k = probs.len() / w.len().max(1);
+            for (row, (a, b)) in w.iter().zip(g).enumerate() {
+                let tie = k > 1 && {
+                    let mut p = probs[row * k..(row + 1) * k].to_vec();
+                    p.sort_by(|a, b| b.total_cmp(a));
+                    p[0] - p[1] <= tol
+                };
+                assert!(
+                    a == b || tie,
+                    "{what}: label of row {row}: {b} instead of {a} (probabilities {:?})",
+                    probs.get(row * k..(row + 1) * k)
+                );
+            }
+        } else {
+            for (i, (a, b)) in w.iter().zip(g).enumerate() {
+                assert!(
+                    (a - b).abs() <= tol * a.abs().max(1.0),
+                    "{what}: {name}[{i}] = {b}, expected {a}"
+                );
+            }
+        }
+    }
 }
