@@ -12,7 +12,7 @@ use crate::registry::{
 use crate::runtime::{self, EngineChoice, OutputValues};
 use crate::train::data::{Column, ColumnEncoding, Dataset, Schema, TargetEncoding, Task};
 use crate::train::metrics::{self, Average};
-use crate::train::optim::GradientConfig;
+use crate::train::optim::{GradientConfig, OptimizerKind, Schedule};
 use crate::train::scale::Scaling;
 use crate::train::select::{self, Grid};
 use crate::train::{self, Evaluation, ModelKind, ModelSpec, Penalty, Solver};
@@ -74,6 +74,37 @@ pub struct TrainOptions {
     /// Mini-batch size.
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Learning-rate schedule: constant, step:EVERY[:GAMMA] or cosine[:MIN_LR].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Decoupled L2 weight decay per step (AdamW's own decay with --optimizer adamw).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Solver of linear, logistic and softmax models: exact (linear regression's closed form),
+    /// lbfgs, or gd (mini-batch gradient descent with --optimizer).
+    #[arg(long)]
+    pub solver: Option<String>,
+    /// Trees: split criterion, gini, entropy or mse.
+    #[arg(long)]
+    pub criterion: Option<String>,
+    /// Trees: deepest level a node may sit at (the root is 0).
+    #[arg(long)]
+    pub max_depth: Option<usize>,
+    /// Trees: fewest samples a node needs to be split.
+    #[arg(long)]
+    pub min_samples_split: Option<usize>,
+    /// Trees: fewest samples each leaf keeps.
+    #[arg(long)]
+    pub min_samples_leaf: Option<usize>,
+    /// Trees: features each split considers: all, sqrt, log2, a count or a fraction.
+    #[arg(long)]
+    pub max_features: Option<String>,
+    /// Forest: number of trees (default 100).
+    #[arg(long)]
+    pub trees: Option<usize>,
+    /// Forest: whether each tree sees a bootstrap sample of the rows (default true).
+    #[arg(long)]
+    pub bootstrap: Option<bool>,
     /// Seed for shuffles, initialization and folds.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -145,8 +176,10 @@ pub fn spec_from_options(opts: &TrainOptions) -> Result<(ModelSpec, Task)> {
         || opts.lr.is_some()
         || opts.epochs.is_some()
         || opts.batch.is_some()
+        || opts.schedule.is_some()
+        || opts.weight_decay.is_some()
         || opts.validation_fraction.is_some();
-    if gradient_flags {
+    if gradient_flags && opts.solver.is_none() {
         match &mut kind {
             ModelKind::LinearRegression {
                 penalty: Penalty::Lasso { .. },
@@ -171,8 +204,34 @@ pub fn spec_from_options(opts: &TrainOptions) -> Result<(ModelSpec, Task)> {
         )
     })?;
     let mut spec = ModelSpec { kind, scaling };
+    if let Some(s) = &opts.solver {
+        spec.set("solver", s)?;
+    }
     // Models without a gradient solver take no seed; it still seeds the folds.
     let _ = spec.set("seed", &opts.seed.to_string());
+    let tree_flags = [
+        ("criterion", opts.criterion.clone()),
+        ("max_depth", opts.max_depth.map(|v| v.to_string())),
+        (
+            "min_samples_split",
+            opts.min_samples_split.map(|v| v.to_string()),
+        ),
+        (
+            "min_samples_leaf",
+            opts.min_samples_leaf.map(|v| v.to_string()),
+        ),
+        ("max_features", opts.max_features.clone()),
+        ("trees", opts.trees.map(|v| v.to_string())),
+        ("bootstrap", opts.bootstrap.map(|v| v.to_string())),
+        ("schedule", opts.schedule.clone()),
+        ("weight_decay", opts.weight_decay.map(|v| v.to_string())),
+    ];
+    for (name, value) in tree_flags {
+        if let Some(v) = value {
+            spec.set(name, &v)
+                .with_context(|| format!("--{}", name.replace('_', "-")))?;
+        }
+    }
     if let Some(h) = &opts.hidden {
         if !matches!(spec.kind, ModelKind::Mlp { .. }) {
             bail!("--hidden applies to --model mlp only");
@@ -274,6 +333,17 @@ fn spec_params(spec: &ModelSpec, task: Task, target: &str) -> Value {
         p.insert("epochs".into(), json!(c.epochs));
         p.insert("batch".into(), json!(c.batch_size));
         p.insert("seed".into(), json!(c.seed));
+        let schedule = match c.schedule {
+            Schedule::Constant => "constant".to_string(),
+            Schedule::Step { every, gamma } => format!("step:{every}:{gamma}"),
+            Schedule::Cosine { min_lr } => format!("cosine:{min_lr}"),
+        };
+        p.insert("schedule".into(), json!(schedule));
+        let weight_decay = match c.optimizer {
+            OptimizerKind::AdamW { weight_decay, .. } => weight_decay,
+            _ => c.weight_decay,
+        };
+        p.insert("weight_decay".into(), json!(weight_decay));
         if let Some(e) = c.early_stopping {
             p.insert(
                 "early_stopping".into(),

@@ -468,3 +468,129 @@ fn training_again_reproduces_the_committed_trained_models() {
         assert_outputs_match(&format!("{name} retrained"), &want, &got, 1e-4);
     }
 }
+
+/// Optimizer, schedule, weight decay, solver and tree flags reach the model and its recorded
+/// hyper-parameters; flags a model does not have are refused by name.
+#[test]
+fn training_flags_reach_the_model_and_are_recorded() {
+    let host = Host::new();
+    let (train, test) = (iris("iris_train.csv"), iris("iris_test.csv"));
+    let (train, test) = (train.to_str().unwrap(), test.to_str().unwrap());
+    let mlp = host.json(&[
+        "train",
+        train,
+        "--target",
+        "target",
+        "--model",
+        "mlp",
+        "--optimizer",
+        "nesterov",
+        "--lr",
+        "0.05",
+        "--schedule",
+        "step:20:0.5",
+        "--weight-decay",
+        "0.001",
+        "--scale",
+        "standard",
+        "--hidden",
+        "16",
+        "--test",
+        test,
+        "--json",
+    ]);
+    let params = &host.json(&["models", "show", "iris-mlp", "--json"])["params"];
+    assert_eq!(params["optimizer"], "nesterov", "{params}");
+    assert_eq!(params["schedule"], "step:20:0.5", "{params}");
+    assert_eq!(params["weight_decay"], 0.001, "{params}");
+    assert!(mlp["metrics"]["accuracy"].as_f64().unwrap() > 0.85, "{mlp}");
+
+    host.json(&[
+        "train",
+        train,
+        "--target",
+        "target",
+        "--model",
+        "tree",
+        "--max-depth",
+        "1",
+        "--criterion",
+        "entropy",
+        "--name",
+        "stump",
+        "--json",
+    ]);
+    let params = &host.json(&["models", "show", "stump", "--json"])["params"];
+    assert_eq!(params["max_depth"], 1, "{params}");
+    assert_eq!(params["criterion"], "entropy", "{params}");
+    // A depth-1 tree has one split: at most two distinct labels on the test rows.
+    let stump = host.dir.path().join("stump.perch");
+    host.ok(&["models", "export", "stump", "-o", stump.to_str().unwrap()]);
+    let x = host.dir.path().join("x.csv");
+    features_only(&iris("iris_test.csv"), &x);
+    let out = run_json(&stump, &x, &[]).expect("perch run");
+    let mut labels = out["label"].clone();
+    labels.sort_by(f64::total_cmp);
+    labels.dedup();
+    assert_eq!(labels.len(), 2, "a stump predicted {labels:?}");
+
+    host.json(&[
+        "train",
+        train,
+        "--target",
+        "target",
+        "--model",
+        "forest",
+        "--trees",
+        "7",
+        "--max-features",
+        "2",
+        "--bootstrap",
+        "false",
+        "--name",
+        "small-forest",
+        "--json",
+    ]);
+    let params = &host.json(&["models", "show", "small-forest", "--json"])["params"];
+    assert_eq!(params["n_estimators"], 7, "{params}");
+    assert_eq!(params["bootstrap"], false, "{params}");
+
+    host.json(&[
+        "train",
+        train,
+        "--target",
+        "target",
+        "--model",
+        "softmax",
+        "--solver",
+        "gd",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.05",
+        "--name",
+        "sm-gd",
+        "--json",
+    ]);
+    let params = &host.json(&["models", "show", "sm-gd", "--json"])["params"];
+    assert_eq!(params["solver"], "gradient", "{params}");
+
+    for (args, needle) in [
+        (
+            vec!["--model", "forest", "--schedule", "cosine"],
+            "not a parameter of random_forest",
+        ),
+        (vec!["--model", "mlp", "--schedule", "step:0"], "step:EVERY"),
+        (
+            vec!["--model", "logistic", "--solver", "exact"],
+            "closed form",
+        ),
+        (vec!["--model", "tree", "--max-features", "1.5"], "fraction"),
+        (vec!["--model", "mlp", "--weight-decay=-1"], "weight decay"),
+    ] {
+        let mut cmd = vec!["train", train, "--target", "target"];
+        cmd.extend(args.iter().copied());
+        let err = host.err(&cmd);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

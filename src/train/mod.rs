@@ -272,8 +272,11 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     /// Sets one hyper-parameter by name, as a grid spec names it: `lr`, `epochs`, `batch`,
-    /// `seed`, `optimizer`, `hidden` (`64` or `64x32`), `activation`, `alpha`, `c`,
-    /// `scaling`.
+    /// `seed`, `optimizer`, `schedule` (`constant`, `step:EVERY[:GAMMA]`, `cosine[:MIN]`),
+    /// `weight_decay`, `solver` (`exact`, `lbfgs`, `gd`), `hidden` (`64` or `64x32`),
+    /// `activation`, `alpha`, `c`, `scaling`; trees: `max_depth`, `min_samples_split`,
+    /// `min_samples_leaf`, `max_features` (`all`, `sqrt`, `log2`, a count or a fraction),
+    /// `criterion`, and for forests `trees` and `bootstrap`.
     ///
     /// # Errors
     /// [`TrainError::BadParam`] for an unknown name, an unparsable value or a parameter
@@ -303,6 +306,11 @@ impl ModelSpec {
                         params.n_estimators = int()?.max(1);
                         return Ok(());
                     }
+                    "bootstrap" => {
+                        params.bootstrap =
+                            value.parse().map_err(|_| bad("expected true or false"))?;
+                        return Ok(());
+                    }
                     "seed" => {
                         params.seed = value.parse().map_err(|_| bad("expected a whole number"))?;
                         return Ok(());
@@ -318,6 +326,24 @@ impl ModelSpec {
                 "min_samples_split" => tree.min_samples_split = int()?.max(2),
                 "min_samples_leaf" => tree.min_samples_leaf = int()?.max(1),
                 "seed" => tree.seed = value.parse().map_err(|_| bad("expected a whole number"))?,
+                "max_features" => {
+                    tree.max_features = match value {
+                        "all" => tree::MaxFeatures::All,
+                        "sqrt" => tree::MaxFeatures::Sqrt,
+                        "log2" => tree::MaxFeatures::Log2,
+                        v if v.contains('.') => tree::MaxFeatures::Fraction(
+                            num()
+                                .ok()
+                                .filter(|f| *f > 0.0 && *f <= 1.0)
+                                .ok_or_else(|| {
+                                    bad("expected all, sqrt, log2, a count or a fraction in (0, 1]")
+                                })?,
+                        ),
+                        _ => tree::MaxFeatures::Count(int().ok().filter(|&n| n > 0).ok_or_else(
+                            || bad("expected all, sqrt, log2, a count or a fraction in (0, 1]"),
+                        )?),
+                    }
+                }
                 "criterion" => {
                     tree.criterion = match value {
                         "gini" => tree::Criterion::Gini,
@@ -328,6 +354,30 @@ impl ModelSpec {
                 }
                 _ => return Err(bad(&format!("not a parameter of {}", self.kind.name()))),
             }
+            return Ok(());
+        }
+        if name == "solver" {
+            let linear = matches!(self.kind, ModelKind::LinearRegression { .. });
+            let solver = match &mut self.kind {
+                ModelKind::LinearRegression {
+                    penalty: Penalty::Lasso { .. },
+                    ..
+                } => return Err(bad("lasso is solved by coordinate descent")),
+                ModelKind::LinearRegression { solver, .. }
+                | ModelKind::Logistic { solver, .. }
+                | ModelKind::Softmax { solver, .. } => solver,
+                _ => return Err(bad(&format!("{} has no solver choice", self.kind.name()))),
+            };
+            *solver = match value {
+                "exact" if linear => Solver::Exact,
+                "exact" => return Err(bad("only linear regression has a closed form")),
+                "lbfgs" => Solver::Lbfgs(LbfgsConfig::default()),
+                "gd" | "gradient" | "sgd" => match solver {
+                    Solver::Gradient(c) => Solver::Gradient(*c),
+                    _ => Solver::Gradient(GradientConfig::default()),
+                },
+                _ => return Err(bad("expected exact, lbfgs or gd")),
+            };
             return Ok(());
         }
         let config = match &mut self.kind {
@@ -351,12 +401,36 @@ impl ModelSpec {
             ("optimizer", Some(c)) => {
                 c.optimizer = optim::OptimizerKind::from_name(value)
                     .ok_or_else(|| bad("expected sgd, momentum, nesterov, rmsprop, adagrad, adadelta, adam or adamw"))?;
+                // AdamW applies weight decay itself: hand it a decay set before it.
+                if let optim::OptimizerKind::AdamW { weight_decay, .. } = &mut c.optimizer
+                    && c.weight_decay > 0.0
+                {
+                    *weight_decay = std::mem::take(&mut c.weight_decay);
+                }
+            }
+            ("schedule", Some(c)) => {
+                c.schedule = optim::Schedule::from_spec(value).ok_or_else(|| {
+                    bad("expected constant, step:EVERY[:GAMMA] or cosine[:MIN_LR]")
+                })?;
+            }
+            ("weight_decay", Some(c)) => {
+                let w = num()?;
+                if !(w >= 0.0 && w.is_finite()) {
+                    return Err(bad("weight decay must be zero or positive"));
+                }
+                match &mut c.optimizer {
+                    optim::OptimizerKind::AdamW { weight_decay, .. } => *weight_decay = w,
+                    _ => c.weight_decay = w,
+                }
             }
             (
-                "lr" | "learning_rate" | "epochs" | "batch" | "batch_size" | "seed" | "optimizer",
+                "lr" | "learning_rate" | "epochs" | "batch" | "batch_size" | "seed" | "optimizer"
+                | "schedule" | "weight_decay",
                 None,
             ) => {
-                return Err(bad("this model has no gradient solver settings"));
+                return Err(bad(
+                    "this model has no gradient solver settings (see --solver)",
+                ));
             }
             _ => match (&mut self.kind, name) {
                 (ModelKind::Mlp { hidden, .. }, "hidden") => {

@@ -233,6 +233,30 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    /// Parses `constant`, `step:EVERY[:GAMMA]` (GAMMA defaults to 0.1) or
+    /// `cosine[:MIN_LR]` (MIN_LR defaults to 0).
+    pub fn from_spec(spec: &str) -> Option<Schedule> {
+        let mut parts = spec.split(':');
+        let name = parts.next()?.trim().to_ascii_lowercase();
+        let args: Vec<&str> = parts.collect();
+        let num = |i: usize, default: f64| -> Option<f64> {
+            args.get(i)
+                .map_or(Some(default), |a| a.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+        };
+        match (name.as_str(), args.len()) {
+            ("constant", 0) => Some(Schedule::Constant),
+            ("step", 1 | 2) => Some(Schedule::Step {
+                every: args[0].trim().parse().ok().filter(|&e: &usize| e > 0)?,
+                gamma: num(1, 0.1)?,
+            }),
+            ("cosine", 0 | 1) => Some(Schedule::Cosine {
+                min_lr: num(0, 0.0)?,
+            }),
+            _ => None,
+        }
+    }
+
     /// The rate for `epoch` (0-based) of `epochs`.
     pub fn rate(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
         match *self {
@@ -277,6 +301,9 @@ pub struct GradientConfig {
     pub seed: u64,
     /// Early stopping, or none to run every epoch.
     pub early_stopping: Option<EarlyStopping>,
+    /// Decoupled L2 weight decay: after each step every parameter shrinks by
+    /// `learning_rate × weight_decay` of itself (AdamW keeps its own instead).
+    pub weight_decay: f64,
 }
 
 impl Default for GradientConfig {
@@ -295,6 +322,7 @@ impl Default for GradientConfig {
                 patience: 10,
                 tol: 1e-4,
             }),
+            weight_decay: 0.0,
         }
     }
 }
@@ -380,6 +408,10 @@ pub fn fit(
             let loss = objective.loss_grad(params, chunk, &mut grad);
             total += loss * chunk.len() as f64;
             optimizer.step(params, &grad, lr);
+            if config.weight_decay > 0.0 {
+                let keep = 1.0 - lr * config.weight_decay;
+                params.iter_mut().for_each(|p| *p *= keep);
+            }
         }
         let loss = total / rows.len().max(1) as f64;
         let val = (!validation.is_empty()).then(|| objective.loss(params, &validation));
@@ -641,6 +673,31 @@ mod tests {
     }
 
     #[test]
+    fn weight_decay_pulls_any_optimizer_toward_zero() {
+        let q = quadratic();
+        let run = |weight_decay: f64| {
+            let mut p = vec![0.0; 3];
+            let config = GradientConfig {
+                optimizer: OptimizerKind::Sgd,
+                learning_rate: 0.1,
+                batch_size: 1,
+                epochs: 500,
+                early_stopping: None,
+                weight_decay,
+                ..GradientConfig::default()
+            };
+            fit(&q, &mut p, 1, &config, None);
+            p
+        };
+        let (free, decayed) = (run(0.0), run(0.5));
+        let norm = |p: &[f64]| dot(p, p).sqrt();
+        assert!(
+            norm(&decayed) < 0.9 * norm(&free),
+            "{decayed:?} vs {free:?}"
+        );
+    }
+
+    #[test]
     fn adamw_decay_pulls_toward_zero() {
         let free = minimize(OptimizerKind::ADAM, 0.05, 2000);
         let decayed = minimize(
@@ -681,6 +738,35 @@ mod tests {
     #[test]
     fn schedules() {
         assert_eq!(Schedule::Constant.rate(0.1, 5, 10), 0.1);
+        assert_eq!(Schedule::from_spec("constant"), Some(Schedule::Constant));
+        assert_eq!(
+            Schedule::from_spec("step:10:0.5"),
+            Some(Schedule::Step {
+                every: 10,
+                gamma: 0.5
+            })
+        );
+        assert_eq!(
+            Schedule::from_spec("step:3"),
+            Some(Schedule::Step {
+                every: 3,
+                gamma: 0.1
+            })
+        );
+        assert_eq!(
+            Schedule::from_spec("cosine"),
+            Some(Schedule::Cosine { min_lr: 0.0 })
+        );
+        for bad in [
+            "step",
+            "step:0",
+            "step:x",
+            "cosine:-1",
+            "linear",
+            "constant:2",
+        ] {
+            assert_eq!(Schedule::from_spec(bad), None, "{bad}");
+        }
         let step = Schedule::Step {
             every: 2,
             gamma: 0.5,
