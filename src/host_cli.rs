@@ -751,6 +751,7 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
             dataset,
             data_schema: Some(schema_to_json(&data.schema)),
             parent,
+            data_files: Some(data_files_json(&opts.data, opts.test.as_deref())?),
         },
     )?;
     report.insert("name".into(), json!(version.name));
@@ -770,6 +771,64 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
     report.insert("artifact_sha256".into(), json!(version.artifact_sha256));
     report.insert("size_bytes".into(), json!(version.size_bytes));
     Ok(Value::Object(report))
+}
+
+/// `{"train": {"path", "sha256"}, "test": {...}}` with absolute paths, so that later
+/// commands (`optimize`) can find the data again and tell whether it changed.
+fn data_files_json(train: &Path, test: Option<&Path>) -> Result<Value> {
+    let entry = |p: &Path| -> Result<Value> {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let path = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        Ok(json!({"path": path.display().to_string(), "sha256": sha256_hex(&bytes)}))
+    };
+    let mut files = Map::new();
+    files.insert("train".into(), entry(train)?);
+    if let Some(t) = test {
+        files.insert("test".into(), entry(t)?);
+    }
+    Ok(Value::Object(files))
+}
+
+/// The data file a version recorded under `which` (`train` or `test`), checked to be
+/// unchanged since.
+///
+/// # Errors
+/// No record, a missing file, or a file whose SHA-256 differs from the recorded one.
+pub fn recorded_data(version: &Version, which: &str) -> Result<PathBuf> {
+    let entry = version
+        .data_files
+        .as_ref()
+        .and_then(|f| f.get(which))
+        .ok_or_else(|| {
+            anyhow!(
+                "{}@{} has no recorded {which} data (it was imported, or trained with {})",
+                version.name,
+                version.number,
+                if which == "test" {
+                    "no --test"
+                } else {
+                    "an older perch"
+                }
+            )
+        })?;
+    let path = PathBuf::from(entry["path"].as_str().unwrap_or_default());
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading the {which} data {}@{} recorded ({})",
+            version.name,
+            version.number,
+            path.display()
+        )
+    })?;
+    if entry["sha256"].as_str() != Some(sha256_hex(&bytes).as_str()) {
+        bail!(
+            "the {which} data of {}@{} ({}) changed since it was trained",
+            version.name,
+            version.number,
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 fn load_runtime(registry: &Registry, version: &Version) -> Result<runtime::Model> {

@@ -32,7 +32,7 @@ pub const DEFAULT_FILE: &str = "perch-registry.db";
 pub const ENV_VAR: &str = "PERCH_REGISTRY";
 
 /// Version of the database layout this build reads and writes (SQLite `user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +295,9 @@ pub struct VersionInfo {
     pub data_schema: Option<serde_json::Value>,
     /// The version this one was made from.
     pub parent: Option<ModelRef>,
+    /// Where the training and test data came from: `{"train": {"path", "sha256"}, "test":
+    /// {...}}` (opaque JSON; `perch-host optimize` reads it to score and fine-tune).
+    pub data_files: Option<serde_json::Value>,
 }
 
 /// One stored version.
@@ -324,6 +327,8 @@ pub struct Version {
     pub data_schema: Option<serde_json::Value>,
     /// Parent version as `NAME@N`, if any and still present.
     pub parent: Option<String>,
+    /// Training and test data files (see [`VersionInfo::data_files`]).
+    pub data_files: Option<serde_json::Value>,
     /// Tags, sorted.
     pub tags: Vec<String>,
     /// Aliases pointing here, sorted.
@@ -374,6 +379,7 @@ CREATE TABLE versions (
     feature_stats TEXT,
     data_schema TEXT,
     parent_id INTEGER REFERENCES versions(id) ON DELETE SET NULL,
+    data_files TEXT,
     UNIQUE (model_id, number)
 );
 CREATE TABLE tags (
@@ -431,9 +437,15 @@ impl Registry {
                 supported: SCHEMA_VERSION,
             });
         }
-        if found == 0 {
+        if found < SCHEMA_VERSION {
             let tx = conn.transaction().map_err(sql)?;
-            tx.execute_batch(SCHEMA).map_err(sql)?;
+            match found {
+                0 => tx.execute_batch(SCHEMA).map_err(sql)?,
+                // Layout 2 records where the training and test data came from.
+                _ => tx
+                    .execute_batch("ALTER TABLE versions ADD COLUMN data_files TEXT;")
+                    .map_err(sql)?,
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(sql)?;
             tx.commit().map_err(sql)?;
@@ -534,8 +546,8 @@ impl Registry {
         tx.execute(
             "INSERT INTO versions (model_id, number, format, artifact_sha256, size_bytes, params,
                 metrics, fit_seconds, created_unix_s, dataset_sha256, dataset_rows,
-                dataset_columns, feature_stats, data_schema, parent_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                dataset_columns, feature_stats, data_schema, parent_id, data_files)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 model_id,
                 number,
@@ -552,6 +564,7 @@ impl Registry {
                 info.dataset.as_ref().map(|d| to_text(&d.feature_stats)),
                 info.data_schema.as_ref().map(to_text),
                 parent_id,
+                info.data_files.as_ref().map(to_text),
             ],
         )
         .map_err(sql)?;
@@ -590,7 +603,8 @@ impl Registry {
                     v.metrics, v.fit_seconds, v.created_unix_s, v.dataset_sha256, v.dataset_rows,
                     v.dataset_columns, v.feature_stats, v.data_schema,
                     (SELECT pm.name || '@' || p.number FROM versions p JOIN models pm
-                        ON pm.id = p.model_id WHERE p.id = v.parent_id)
+                        ON pm.id = p.model_id WHERE p.id = v.parent_id),
+                    v.data_files
                  FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?1",
                 [id],
                 |r| {
@@ -615,6 +629,7 @@ impl Registry {
                             r.get::<_, Option<String>>(12)?,
                             r.get::<_, Option<String>>(13)?,
                             r.get::<_, Option<String>>(14)?,
+                            r.get::<_, Option<String>>(15)?,
                         ),
                     ))
                 },
@@ -622,7 +637,7 @@ impl Registry {
             .map_err(&sql)?;
         let ((name, number, format, sha, size), (params, metrics, fit_seconds, created), rest) =
             row;
-        let (ds_sha, ds_rows, ds_cols, stats, schema, parent) = rest;
+        let (ds_sha, ds_rows, ds_cols, stats, schema, parent, files) = rest;
         let json = |column: &'static str, text: &str| {
             serde_json::from_str(text).map_err(|source| RegistryError::Json {
                 name: name.clone(),
@@ -647,6 +662,10 @@ impl Registry {
             Some(s) => Some(json("data_schema", s)?),
             None => None,
         };
+        let data_files = match &files {
+            Some(s) => Some(json("data_files", s)?),
+            None => None,
+        };
         let strings = |q: &str| -> Result<Vec<String>, RegistryError> {
             let mut stmt = self.conn.prepare(q).map_err(&sql)?;
             let rows = stmt
@@ -667,6 +686,7 @@ impl Registry {
             dataset,
             data_schema,
             parent,
+            data_files,
             name,
             number,
         })
@@ -1152,5 +1172,35 @@ mod tests {
             Registry::open(&db),
             Err(RegistryError::SchemaTooNew { .. })
         ));
+    }
+
+    #[test]
+    fn a_layout_1_database_gains_the_data_files_column_and_keeps_its_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("reg.db");
+        let mut reg = Registry::open(&db).unwrap();
+        reg.register("iris", model(0.5), info(0.9)).unwrap();
+        // Make it a layout-1 database, as perch 0.1's first registry wrote it.
+        reg.conn
+            .execute_batch("ALTER TABLE versions DROP COLUMN data_files; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(reg);
+        let mut reg = Registry::open(&db).unwrap();
+        let found: i64 = reg
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(found, SCHEMA_VERSION);
+        let old = reg.resolve(&reference("iris@1")).unwrap();
+        assert_eq!(old.data_files, None);
+        let files = serde_json::json!({"train": {"path": "/data/iris.csv", "sha256": "ab"}});
+        let mut with_files = info(0.95);
+        with_files.data_files = Some(files.clone());
+        let v = reg.register("iris", model(0.6), with_files).unwrap();
+        assert_eq!(v.number, 2);
+        assert_eq!(
+            reg.resolve(&reference("iris@2")).unwrap().data_files,
+            Some(files)
+        );
     }
 }
