@@ -13,6 +13,7 @@
 //! - [`host_cli`] (feature `host`): the `perch-host train / eval / models / import`
 //!   commands as library functions over [`train`] and [`registry`].
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
+//! - [`memory`]: a heap-tracking allocator for peak-memory measurements.
 //! - [`train`] (feature `host`): CSV datasets, preprocessing, linear models, MLP, linear SVM,
 //!   decision trees and random forests,
 //!   optimizers, metrics, cross-validation and grid search; trained models become graphs.
@@ -57,6 +58,7 @@ pub mod graph;
 #[cfg(feature = "host")]
 pub mod host_cli;
 pub mod io;
+pub mod memory;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 #[cfg(feature = "host")]

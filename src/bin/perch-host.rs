@@ -141,6 +141,10 @@ enum Models {
     },
 }
 
+/// Tracks heap use so `optimize` can report each version's peak memory.
+#[global_allocator]
+static ALLOCATOR: perch::memory::Tracking = perch::memory::Tracking;
+
 /// Prints a command's result; a reader that closed the pipe early (`| head`) ends the
 /// program quietly instead of a panic.
 fn print(value: &serde_json::Value, json: bool, text: impl FnOnce(&serde_json::Value) -> String) {

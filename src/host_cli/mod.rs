@@ -881,12 +881,6 @@ pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>
             version.number
         ),
     };
-    let n = dataset.n_rows();
-    let x: Vec<f32> = dataset.features_f32().iter().copied().collect();
-    let outputs = model
-        .run(&x, n)
-        .with_context(|| format!("running {}@{}", version.name, version.number))?;
-    let find = |name: &str| outputs.iter().find(|o| o.name == name);
     let mut report = Map::new();
     report.insert("name".into(), json!(version.name));
     report.insert("version".into(), json!(version.number));
@@ -895,6 +889,26 @@ pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>
         json!(format!("{}@{}", version.name, version.number)),
     );
     report.insert("data".into(), json!(data.display().to_string()));
+    score_runtime(&mut model, &dataset, &schema, &mut report)
+        .with_context(|| format!("scoring {}@{}", version.name, version.number))?;
+    Ok(Value::Object(report))
+}
+
+/// Runs `model` on `dataset` (encoded with `schema`) and adds `rows`, `metrics`,
+/// `predictions` and, for classifiers, `classes` and `confusion_matrix` to `report`.
+///
+/// # Errors
+/// A model whose outputs are not `probabilities` / `variable` of the schema's shape.
+pub fn score_runtime(
+    model: &mut runtime::Model,
+    dataset: &Dataset,
+    schema: &Schema,
+    report: &mut Map<String, Value>,
+) -> Result<()> {
+    let n = dataset.n_rows();
+    let x: Vec<f32> = dataset.features_f32().iter().copied().collect();
+    let outputs = model.run(&x, n).context("running the model")?;
+    let find = |name: &str| outputs.iter().find(|o| o.name == name);
     report.insert("rows".into(), json!(n));
     match (&dataset.target, &schema.target_encoding) {
         (train::data::Target::Classes(truth), TargetEncoding::Classes { labels, numeric }) => {
@@ -945,7 +959,7 @@ pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>
         }
         _ => bail!("the data's target does not match the model's schema"),
     }
-    Ok(Value::Object(report))
+    Ok(())
 }
 
 /// A version as JSON (everything the registry keeps but the data schema).

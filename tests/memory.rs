@@ -1,0 +1,25 @@
+//! The heap-tracking allocator `perch-host` installs measures a window's peak.
+
+#[global_allocator]
+static ALLOCATOR: perch::memory::Tracking = perch::memory::Tracking;
+
+#[test]
+fn a_window_sees_its_own_peak_and_not_what_was_live_before() {
+    let before: Vec<u8> = vec![1; 4 << 20];
+    let window = perch::memory::open_window();
+    {
+        let a: Vec<u8> = vec![2; 1 << 20];
+        let b: Vec<u8> = vec![3; 1 << 20];
+        std::hint::black_box((&a, &b));
+    }
+    let small: Vec<u8> = vec![4; 1 << 10];
+    let peak = perch::memory::peak_since(window).expect("the allocator is installed");
+    assert!(perch::memory::tracking());
+    // Both megabytes were live at once; the 4 MiB from before do not count. Other test
+    // threads may allocate a little meanwhile.
+    assert!(
+        (2 << 20..(2 << 20) + (256 << 10)).contains(&peak),
+        "peak {peak}"
+    );
+    std::hint::black_box((&before, &small));
+}
