@@ -256,6 +256,18 @@ impl Writer {
         let nm = &node.name;
         let unary = |kind: &str| op(kind, nm, vec![x.clone()], vec![out.clone()]);
         match &node.layer {
+            Layer::Quantize(_)
+            | Layer::Dequantize(_)
+            | Layer::QDense { .. }
+            | Layer::QConv2d { .. } => {
+                return Err(ExportError::Unsupported {
+                    node: nm.clone(),
+                    reason: format!(
+                        "{} (int8) does not export to ONNX yet; export the float model",
+                        node.layer.kind()
+                    ),
+                });
+            }
             Layer::Standardize { offset, scale } => {
                 let o = self.konst_f32(format!("{out}/offset"), &[offset.len()], offset);
                 let s = self.konst_f32(format!("{out}/scale"), &[scale.len()], scale);
@@ -642,6 +654,7 @@ fn value_info(name: &str, dtype: DType, shape: &[usize]) -> ValueInfoProto {
     let elem_type = match dtype {
         DType::F32 => DataType::Float,
         DType::I64 => DataType::Int64,
+        DType::U8 => DataType::Uint8,
     } as i32;
     let dim = std::iter::once(dimension::Value::DimParam("N".into()))
         .chain(shape.iter().map(|&d| dimension::Value::DimValue(d as i64)))

@@ -346,7 +346,8 @@ impl Model {
                             DType::F32 => {
                                 OutputValues::F32(engine.output_f32(i).unwrap_or(&[]).to_vec())
                             }
-                            DType::I64 => {
+                            // Validation refuses uint8 graph outputs.
+                            DType::I64 | DType::U8 => {
                                 OutputValues::I64(engine.output_i64(i).unwrap_or(&[]).to_vec())
                             }
                         };

@@ -2,9 +2,10 @@
 //! built for a batch capacity; [`Engine::run`] then performs no heap allocation for any
 //! batch up to that capacity (a larger batch grows the buffers once).
 
-use crate::graph::{DType, Graph, GraphError, Layer, ValueShapes};
+use crate::graph::{DType, Graph, GraphError, Layer, QuantParams, Tensor, ValueShapes};
 
 pub mod kernels;
+mod quant;
 
 /// Why a graph cannot be executed.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -65,15 +66,7 @@ pub enum EngineError {
 enum Buffer {
     F32(Vec<f32>),
     I64(Vec<i64>),
-}
-
-impl Buffer {
-    fn f32(&self) -> &[f32] {
-        match self {
-            Buffer::F32(v) => v,
-            Buffer::I64(_) => &[],
-        }
-    }
+    U8(Vec<u8>),
 }
 
 /// A layer prepared for execution: parameters copied into the layout its kernel wants.
@@ -106,6 +99,10 @@ enum Step {
         labels: Option<Vec<i64>>,
     },
     TreeEnsemble(Box<kernels::TreeEnsemble>),
+    Quantize(QuantParams),
+    Dequantize(QuantParams),
+    QDense(Box<quant::QDense>),
+    QConv2d(Box<quant::QConv2d>),
     /// Fused into the previous step.
     Skip,
 }
@@ -206,21 +203,15 @@ impl Engine {
                     groups,
                 } => {
                     let w = weight.as_f32().unwrap_or(&[]).to_vec();
-                    let y = &shapes.values[out].1;
-                    let p = kernels::Conv2dParams {
-                        in_c: x[0],
-                        in_h: x[1],
-                        in_w: x[2],
-                        out_c: y[0],
-                        out_h: y[1],
-                        out_w: y[2],
-                        k_h: weight.shape[2] as usize,
-                        k_w: weight.shape[3] as usize,
-                        stride: [stride[0] as usize, stride[1] as usize],
-                        pad: [padding[0] as usize, padding[1] as usize],
-                        dilation: [dilation[0] as usize, dilation[1] as usize],
-                        groups: *groups as usize,
-                    };
+                    let p = conv_params(
+                        x,
+                        &shapes.values[out].1,
+                        weight,
+                        *stride,
+                        *padding,
+                        *dilation,
+                        *groups,
+                    );
                     let b = bias
                         .as_ref()
                         .and_then(|b| b.as_f32())
@@ -297,6 +288,57 @@ impl Engine {
                     })?;
                     Step::TreeEnsemble(Box::new(e))
                 }
+                Layer::Quantize(p) => Step::Quantize(*p),
+                Layer::Dequantize(p) => Step::Dequantize(*p),
+                Layer::QDense {
+                    weight,
+                    bias,
+                    input,
+                    output,
+                    relu,
+                } => {
+                    let core = quant::QCore::new(
+                        &node.name,
+                        "qdense",
+                        weight,
+                        bias.as_ref(),
+                        *input,
+                        *output,
+                        *relu,
+                    )?;
+                    Step::QDense(Box::new(quant::QDense::new(core)))
+                }
+                Layer::QConv2d {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    input,
+                    output,
+                    relu,
+                } => {
+                    let core = quant::QCore::new(
+                        &node.name,
+                        "qconv2d",
+                        weight,
+                        bias.as_ref(),
+                        *input,
+                        *output,
+                        *relu,
+                    )?;
+                    let p = conv_params(
+                        x,
+                        &shapes.values[out].1,
+                        weight,
+                        *stride,
+                        *padding,
+                        *dilation,
+                        *groups,
+                    );
+                    Step::QConv2d(Box::new(quant::QConv2d::new(core, p)))
+                }
             };
             // Fuse an activation into the dense layer that alone feeds it.
             if let Step::Activation(act) = &step
@@ -363,6 +405,7 @@ impl Engine {
                 match dtype {
                     DType::F32 => Buffer::F32(vec![0.0; n]),
                     DType::I64 => Buffer::I64(vec![0; n]),
+                    DType::U8 => Buffer::U8(vec![0; n]),
                 }
             })
             .collect();
@@ -424,12 +467,43 @@ impl Engine {
             let in_len = batch * self.sample_lens[node.input];
             let out_len = batch * self.sample_lens[node.output];
             let (before, after) = self.buffers.split_at_mut(out_slot);
-            let x = &before[in_slot].f32()[..in_len];
-            match (&node.step, &mut after[0]) {
-                (Step::ArgMax { axis_len, labels }, Buffer::I64(y)) => {
-                    kernels::argmax(x, *axis_len, labels.as_deref(), &mut y[..out_len]);
+            // Validation fixed every value's dtype, so each step meets the buffers it expects.
+            match (&node.step, &before[in_slot], &mut after[0]) {
+                (Step::ArgMax { axis_len, labels }, Buffer::F32(x), Buffer::I64(y)) => {
+                    kernels::argmax(
+                        &x[..in_len],
+                        *axis_len,
+                        labels.as_deref(),
+                        &mut y[..out_len],
+                    );
                 }
-                (step, Buffer::F32(y)) => run_step(step, x, &mut y[..out_len], batch),
+                (Step::Quantize(p), Buffer::F32(x), Buffer::U8(y)) => {
+                    kernels::int8::quantize(&x[..in_len], p.scale, p.zero_point, &mut y[..out_len]);
+                }
+                (Step::Dequantize(p), Buffer::U8(x), Buffer::F32(y)) => {
+                    kernels::int8::dequantize(
+                        &x[..in_len],
+                        p.scale,
+                        p.zero_point,
+                        &mut y[..out_len],
+                    );
+                }
+                (Step::Copy, Buffer::U8(x), Buffer::U8(y)) => {
+                    y[..out_len].copy_from_slice(&x[..in_len]);
+                }
+                (Step::QDense(q), x, y) => {
+                    if let (Some(x), Some(y)) = (qin(x, in_len), qout(y, out_len)) {
+                        q.run(x, y, batch);
+                    }
+                }
+                (Step::QConv2d(q), x, y) => {
+                    if let (Some(x), Some(y)) = (qin(x, in_len), qout(y, out_len)) {
+                        q.run(x, y, batch);
+                    }
+                }
+                (step, Buffer::F32(x), Buffer::F32(y)) => {
+                    run_step(step, &x[..in_len], &mut y[..out_len], batch)
+                }
                 _ => {}
             }
         }
@@ -446,7 +520,7 @@ impl Engine {
         let (slot, len) = self.output_slot(index)?;
         match &self.buffers[slot] {
             Buffer::F32(v) => v.get(..len),
-            Buffer::I64(_) => None,
+            _ => None,
         }
     }
 
@@ -455,7 +529,7 @@ impl Engine {
         let (slot, len) = self.output_slot(index)?;
         match &self.buffers[slot] {
             Buffer::I64(v) => v.get(..len),
-            Buffer::F32(_) => None,
+            _ => None,
         }
     }
 }
@@ -480,6 +554,49 @@ pub fn check_finite(
             feature: position % sample_len.max(1),
             value: data[position],
         }),
+    }
+}
+
+fn qin(b: &Buffer, len: usize) -> Option<quant::QIn<'_>> {
+    match b {
+        Buffer::U8(v) => Some(quant::QIn::U8(&v[..len])),
+        Buffer::F32(v) => Some(quant::QIn::F32(&v[..len])),
+        Buffer::I64(_) => None,
+    }
+}
+
+fn qout(b: &mut Buffer, len: usize) -> Option<quant::QOut<'_>> {
+    match b {
+        Buffer::U8(v) => Some(quant::QOut::U8(&mut v[..len])),
+        Buffer::F32(v) => Some(quant::QOut::F32(&mut v[..len])),
+        Buffer::I64(_) => None,
+    }
+}
+
+/// Geometry of a (quantized or float) convolution whose validated input and output
+/// per-sample shapes are `x` and `y`.
+fn conv_params(
+    x: &[usize],
+    y: &[usize],
+    weight: &Tensor,
+    stride: [u32; 2],
+    padding: [u32; 4],
+    dilation: [u32; 2],
+    groups: u32,
+) -> kernels::Conv2dParams {
+    kernels::Conv2dParams {
+        in_c: x[0],
+        in_h: x[1],
+        in_w: x[2],
+        out_c: y[0],
+        out_h: y[1],
+        out_w: y[2],
+        k_h: weight.shape[2] as usize,
+        k_w: weight.shape[3] as usize,
+        stride: [stride[0] as usize, stride[1] as usize],
+        pad: [padding[0] as usize, padding[1] as usize],
+        dilation: [dilation[0] as usize, dilation[1] as usize],
+        groups: groups as usize,
     }
 }
 
@@ -509,7 +626,12 @@ fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize) {
         }
         Step::Softmax { axis_len } => kernels::softmax(x, *axis_len, y),
         Step::TreeEnsemble(e) => e.run(x, y),
-        Step::ArgMax { .. } | Step::Skip => {}
+        Step::ArgMax { .. }
+        | Step::Quantize(_)
+        | Step::Dequantize(_)
+        | Step::QDense(_)
+        | Step::QConv2d(_)
+        | Step::Skip => {}
     }
 }
 
@@ -741,6 +863,191 @@ mod tests {
             }],
         );
         assert!(Engine::new(&g, 1).is_err());
+    }
+
+    fn i8_tensor(shape: Vec<u32>, values: Vec<i8>, scales: Vec<f32>) -> Tensor {
+        Tensor {
+            shape,
+            data: crate::graph::TensorData::I8 { values, scales },
+        }
+    }
+
+    #[test]
+    fn quantized_dense_chain_matches_hand_computed_codes() {
+        use crate::graph::{QuantInput, QuantOutput};
+        let p_in = QuantParams {
+            scale: 0.5,
+            zero_point: 10,
+        };
+        let p_mid = QuantParams {
+            scale: 0.25,
+            zero_point: 0,
+        };
+        let g = graph(
+            vec![2],
+            vec![
+                Layer::Quantize(p_in),
+                Layer::QDense {
+                    weight: i8_tensor(vec![2, 2], vec![2, -1, -4, 3], vec![0.5, 1.0]),
+                    bias: Some(Tensor::f32(vec![2], vec![0.25, 0.0])),
+                    input: QuantInput::Static(p_in),
+                    output: QuantOutput::U8(p_mid),
+                    relu: true,
+                },
+                Layer::Dequantize(p_mid),
+            ],
+        );
+        let mut e = Engine::new(&g, 1).expect("plans");
+        // x = [1, 2] → codes [12, 14]; y0 = 1·1 + 2·(-0.5) + 0.25 = 0.25, y1 = 1·(-4) + 2·3
+        // = 2 → codes 1 and 8 → [0.25, 2].
+        e.run(&[&[1.0, 2.0]], 1).expect("runs");
+        assert_eq!(e.output_f32(0), Some(&[0.25, 2.0][..]));
+        // ReLU clamps at the zero point: x = [-1, 0] gives y = [-0.75, 4].
+        e.run(&[&[-1.0, 0.0]], 1).expect("runs");
+        assert_eq!(e.output_f32(0), Some(&[0.0, 4.0][..]));
+    }
+
+    #[test]
+    fn quantized_conv_follows_the_float_conv() {
+        use crate::graph::{QuantInput, QuantOutput};
+        let wt: Vec<i8> = (0..2 * 2 * 3 * 3)
+            .map(|i| ((i * 37 % 23) as i8) - 11)
+            .collect();
+        let scales = vec![0.02, 0.03];
+        let wf: Vec<f32> = wt
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| q as f32 * scales[i / 18])
+            .collect();
+        let x: Vec<f32> = (0..2 * 5 * 5)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
+            .collect();
+        let geometry = |weight: Tensor, q: bool| {
+            let (stride, padding, dilation, groups) = ([2, 1], [1, 1, 1, 0], [1, 1], 1);
+            let bias = Some(Tensor::f32(vec![2], vec![0.1, -0.2]));
+            if q {
+                Layer::QConv2d {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    input: QuantInput::Dynamic,
+                    output: QuantOutput::F32,
+                    relu: false,
+                }
+            } else {
+                Layer::Conv2d {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                }
+            }
+        };
+        let run = |layer| {
+            let mut e = Engine::new(&graph(vec![2, 5, 5], vec![layer]), 1).expect("plans");
+            e.run(&[&x], 1).expect("runs");
+            e.output_f32(0).expect("output").to_vec()
+        };
+        let want = run(geometry(Tensor::f32(vec![2, 2, 3, 3], wf), false));
+        let got = run(geometry(i8_tensor(vec![2, 2, 3, 3], wt, scales), true));
+        assert_eq!(got.len(), want.len());
+        // Only the activations are rounded (step 3.2/255): |error| <= 18 · 0.5 · step · max|w|.
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 0.04, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn damaged_quantized_layers_are_graph_errors() {
+        use crate::graph::{QuantInput, QuantOutput};
+        let p = QuantParams {
+            scale: 0.1,
+            zero_point: 0,
+        };
+        let qdense = |weight, input, output| Layer::QDense {
+            weight,
+            bias: None,
+            input,
+            output,
+            relu: false,
+        };
+        let ok_w = || i8_tensor(vec![2, 2], vec![1; 4], vec![1.0, 1.0]);
+        let bad = [
+            // scales: wrong count, zero, NaN, infinite
+            qdense(
+                i8_tensor(vec![2, 2], vec![1; 4], vec![1.0]),
+                QuantInput::Dynamic,
+                QuantOutput::F32,
+            ),
+            qdense(
+                i8_tensor(vec![2, 2], vec![1; 4], vec![1.0, 0.0]),
+                QuantInput::Dynamic,
+                QuantOutput::F32,
+            ),
+            qdense(
+                i8_tensor(vec![2, 2], vec![1; 4], vec![f32::NAN, 1.0]),
+                QuantInput::Dynamic,
+                QuantOutput::F32,
+            ),
+            qdense(
+                i8_tensor(vec![2, 2], vec![1; 3], vec![1.0, 1.0]),
+                QuantInput::Dynamic,
+                QuantOutput::F32,
+            ),
+            // a float weight, a u8 output from a dynamic input, a static input fed float32
+            qdense(
+                Tensor::f32(vec![2, 2], vec![0.0; 4]),
+                QuantInput::Dynamic,
+                QuantOutput::F32,
+            ),
+            qdense(ok_w(), QuantInput::Dynamic, QuantOutput::U8(p)),
+            qdense(ok_w(), QuantInput::Static(p), QuantOutput::F32),
+            qdense(
+                ok_w(),
+                QuantInput::Dynamic,
+                QuantOutput::U8(QuantParams {
+                    scale: f32::INFINITY,
+                    zero_point: 0,
+                }),
+            ),
+            Layer::Quantize(QuantParams {
+                scale: -1.0,
+                zero_point: 0,
+            }),
+            Layer::Dense {
+                weight: ok_w(),
+                bias: None,
+            },
+        ];
+        for layer in bad {
+            let g = graph(vec![2], vec![layer.clone()]);
+            assert!(
+                matches!(Engine::new(&g, 1), Err(EngineError::Graph(_))),
+                "{layer:?}"
+            );
+        }
+        // A u8 graph output needs a dequantize.
+        let g = graph(vec![2], vec![Layer::Quantize(p)]);
+        assert!(matches!(Engine::new(&g, 1), Err(EngineError::Graph(_))));
+        // A requantization multiplier out of range is refused when the engine is built.
+        let tiny = QuantParams {
+            scale: 1e-30,
+            zero_point: 0,
+        };
+        let g = graph(
+            vec![2],
+            vec![
+                Layer::Quantize(tiny),
+                qdense(ok_w(), QuantInput::Static(tiny), QuantOutput::U8(p)),
+                Layer::Dequantize(p),
+            ],
+        );
+        assert!(matches!(Engine::new(&g, 1), Err(EngineError::Graph(_))));
     }
 
     #[test]

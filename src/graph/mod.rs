@@ -18,7 +18,7 @@ mod validate;
 
 #[cfg(feature = "onnx")]
 pub(crate) use validate::infer_node;
-pub use validate::{GraphError, ValueShapes};
+pub use validate::{GraphError, MAX_QUANT_DEPTH, ValueShapes};
 
 /// Element type of a graph value.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,6 +27,9 @@ pub enum DType {
     F32,
     /// 64-bit signed integer (class indices and labels).
     I64,
+    /// Unsigned 8-bit quantized activations (with the [`QuantParams`] of the layer that
+    /// makes them). Only between layers: graph inputs and outputs are never `U8`.
+    U8,
 }
 
 impl DType {
@@ -35,6 +38,7 @@ impl DType {
         match self {
             DType::F32 => "float32",
             DType::I64 => "int64",
+            DType::U8 => "uint8",
         }
     }
 }
@@ -72,6 +76,64 @@ pub struct Tensor {
 pub enum TensorData {
     /// Dense row-major f32.
     F32(Vec<f32>),
+    /// Symmetric int8 per output channel (axis 0): element `i` of channel `c` stands for
+    /// `values[i] * scales[c]`. `values` is row-major; `scales` has one entry per index of
+    /// the first axis, each finite and > 0. New in format revision 1.2.
+    I8 {
+        /// Quantized elements, row-major.
+        values: Vec<i8>,
+        /// One scale per output channel (first axis).
+        scales: Vec<f32>,
+    },
+}
+
+/// Asymmetric u8 quantization of an activation: `real = (q - zero_point) * scale`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct QuantParams {
+    /// Step between consecutive codes; finite, normal and > 0.
+    pub scale: f32,
+    /// The code that stands for 0.0.
+    pub zero_point: u8,
+}
+
+impl QuantParams {
+    /// Parameters covering `[min, max]` widened to include 0, so that 0.0 (padding, ReLU's
+    /// floor) has an exact code. An empty or degenerate range gives scale 1.
+    pub fn from_range(min: f32, max: f32) -> QuantParams {
+        let (lo, hi) = (min.min(0.0), max.max(0.0));
+        let scale = (hi - lo) / 255.0;
+        if !(scale.is_normal() && scale > 0.0) {
+            return QuantParams {
+                scale: 1.0,
+                zero_point: 0,
+            };
+        }
+        let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
+        QuantParams {
+            scale,
+            zero_point: zp,
+        }
+    }
+}
+
+/// What a quantized layer ([`Layer::QDense`], [`Layer::QConv2d`]) reads.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub enum QuantInput {
+    /// A `U8` value quantized with these (calibrated) parameters.
+    Static(QuantParams),
+    /// A float32 value, quantized on every call to u8 per sample from that sample's
+    /// minimum and maximum (widened to include 0).
+    Dynamic,
+}
+
+/// What a quantized layer writes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub enum QuantOutput {
+    /// float32: `y[c] = acc[c] * (s_in * s_w[c]) + bias[c]`, then the activation.
+    F32,
+    /// `U8` with these parameters, requantized with an integer fixed-point multiplier per
+    /// channel (see docs/artifact.md); the activation is a clamp at the zero point.
+    U8(QuantParams),
 }
 
 impl Tensor {
@@ -93,6 +155,15 @@ impl Tensor {
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
             TensorData::F32(v) => Some(v),
+            TensorData::I8 { .. } => None,
+        }
+    }
+
+    /// The int8 elements and per-channel scales, if the tensor is stored as int8.
+    pub fn as_i8(&self) -> Option<(&[i8], &[f32])> {
+        match &self.data {
+            TensorData::I8 { values, scales } => Some((values, scales)),
+            TensorData::F32(_) => None,
         }
     }
 
@@ -100,6 +171,7 @@ impl Tensor {
     pub fn size_bytes(&self) -> usize {
         match &self.data {
             TensorData::F32(v) => v.len() * 4,
+            TensorData::I8 { values, scales } => values.len() + scales.len() * 4,
         }
     }
 }
@@ -207,6 +279,45 @@ pub enum Layer {
         /// Applied last, over each sample's scores.
         post_transform: TreePostTransform,
     },
+    /// float32 → `U8`: `q = clamp(round_half_even(x / scale) + zero_point, 0, 255)`.
+    /// New in revision 1.2, as are the three variants after it.
+    Quantize(QuantParams),
+    /// `U8` → float32: `x = (q - zero_point) * scale`.
+    Dequantize(QuantParams),
+    /// Int8 [`Layer::Dense`]: u8 activations × int8 weights accumulated in i32.
+    QDense {
+        /// `[out, in]`, [`TensorData::I8`].
+        weight: Tensor,
+        /// `[out]` float32, or none.
+        bias: Option<Tensor>,
+        /// How the input is quantized.
+        input: QuantInput,
+        /// What the layer writes.
+        output: QuantOutput,
+        /// Fused `max(y, 0)`.
+        relu: bool,
+    },
+    /// Int8 [`Layer::Conv2d`] (NCHW; padding stands for 0.0, the input's zero point).
+    QConv2d {
+        /// `[out_channels, in_channels / groups, kh, kw]`, [`TensorData::I8`].
+        weight: Tensor,
+        /// `[out_channels]` float32, or none.
+        bias: Option<Tensor>,
+        /// Vertical, horizontal stride.
+        stride: [u32; 2],
+        /// Top, left, bottom, right zero padding.
+        padding: Padding2d,
+        /// Vertical, horizontal dilation.
+        dilation: [u32; 2],
+        /// Channel groups.
+        groups: u32,
+        /// How the input is quantized.
+        input: QuantInput,
+        /// What the layer writes.
+        output: QuantOutput,
+        /// Fused `max(y, 0)`.
+        relu: bool,
+    },
 }
 
 /// One decision tree in flat arrays, indexed by node id; node 0 is the root.
@@ -303,6 +414,10 @@ impl Layer {
             Layer::Softmax => "softmax",
             Layer::ArgMax { .. } => "argmax",
             Layer::TreeEnsemble { .. } => "tree_ensemble",
+            Layer::Quantize(_) => "quantize",
+            Layer::Dequantize(_) => "dequantize",
+            Layer::QDense { .. } => "qdense",
+            Layer::QConv2d { .. } => "qconv2d",
         }
     }
 
@@ -310,13 +425,17 @@ impl Layer {
     pub fn param_bytes(&self) -> usize {
         match self {
             Layer::Standardize { offset, scale } => (offset.len() + scale.len()) * 4,
-            Layer::Dense { weight, bias } | Layer::Conv2d { weight, bias, .. } => {
+            Layer::Dense { weight, bias }
+            | Layer::Conv2d { weight, bias, .. }
+            | Layer::QDense { weight, bias, .. }
+            | Layer::QConv2d { weight, bias, .. } => {
                 weight.size_bytes() + bias.as_ref().map_or(0, Tensor::size_bytes)
             }
             Layer::ArgMax { labels } => labels.as_ref().map_or(0, |l| l.len() * 8),
             Layer::TreeEnsemble {
                 trees, base_values, ..
             } => trees.iter().map(Tree::size_bytes).sum::<usize>() + base_values.len() * 4,
+            Layer::Quantize(_) | Layer::Dequantize(_) => 5,
             _ => 0,
         }
     }

@@ -1,7 +1,9 @@
 //! Shape inference and validation: every check that makes executing a graph safe happens
 //! here, once, when a model is loaded.
 
-use super::{DType, Graph, Layer, Node, Tensor, TensorData, Tree};
+use super::{
+    DType, Graph, Layer, Node, QuantInput, QuantOutput, QuantParams, Tensor, TensorData, Tree,
+};
 
 /// Why a graph cannot run.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -82,6 +84,11 @@ fn tensor_f32<'a>(
     let expected: u128 = t.shape.iter().map(|&d| d as u128).product();
     let data = match &t.data {
         TensorData::F32(v) => v.as_slice(),
+        TensorData::I8 { .. } => {
+            return Err(shape_err(format!(
+                "{what} must be float32, found int8 (quantized layers are qdense and qconv2d)"
+            )));
+        }
     };
     if expected != data.len() as u128 {
         return Err(shape_err(format!(
@@ -91,6 +98,77 @@ fn tensor_f32<'a>(
         )));
     }
     Ok(data)
+}
+
+/// Checks an int8 weight: data length against the shape, one scale per index of the first
+/// axis, every scale finite and > 0.
+fn tensor_i8(t: &Tensor, node: &str, layer: &'static str) -> Result<(), GraphError> {
+    let shape_err = |reason: String| GraphError::Shape {
+        node: node.to_string(),
+        layer,
+        reason,
+    };
+    let TensorData::I8 { values, scales } = &t.data else {
+        return Err(shape_err("weight must be int8".into()));
+    };
+    let expected: u128 = t.shape.iter().map(|&d| d as u128).product();
+    if expected != values.len() as u128 {
+        return Err(shape_err(format!(
+            "weight has shape {:?} ({expected} elements) but holds {}",
+            t.shape,
+            values.len()
+        )));
+    }
+    let channels = t.shape.first().copied().unwrap_or(0) as usize;
+    if scales.len() != channels {
+        return Err(shape_err(format!(
+            "weight has {} scales for {channels} output channels",
+            scales.len()
+        )));
+    }
+    if let Some((c, s)) = scales
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_normal() && **s > 0.0))
+    {
+        return Err(shape_err(format!(
+            "weight scale {c} is {s}; scales must be finite, normal and > 0"
+        )));
+    }
+    Ok(())
+}
+
+fn check_params(p: &QuantParams, what: &str) -> Result<(), String> {
+    if p.scale.is_normal() && p.scale > 0.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} scale is {}; it must be finite, normal and > 0",
+            p.scale
+        ))
+    }
+}
+
+/// Largest number of products one output of a quantized layer sums: 255 × 127 × this
+/// stays below 2³¹, so the i32 accumulator never overflows.
+pub const MAX_QUANT_DEPTH: usize = 65536;
+
+fn check_quant(input: &QuantInput, output: &QuantOutput, depth: usize) -> Result<(), String> {
+    if let QuantInput::Static(p) = input {
+        check_params(p, "input")?;
+    }
+    if let QuantOutput::U8(p) = output {
+        check_params(p, "output")?;
+        if *input == QuantInput::Dynamic {
+            return Err("a dynamic input needs a float32 output".into());
+        }
+    }
+    if depth > MAX_QUANT_DEPTH {
+        return Err(format!(
+            "each output sums {depth} products; quantized layers allow at most {MAX_QUANT_DEPTH}"
+        ));
+    }
+    Ok(())
 }
 
 fn window_out(
@@ -143,12 +221,24 @@ impl Graph {
             values.push(out);
         }
         for out in &self.outputs {
-            if out.value as usize >= values.len() {
-                return Err(GraphError::UnknownValue {
-                    node: format!("output {:?}", out.name),
-                    value: out.value,
-                    available: values.len(),
-                });
+            match values.get(out.value as usize) {
+                None => {
+                    return Err(GraphError::UnknownValue {
+                        node: format!("output {:?}", out.name),
+                        value: out.value,
+                        available: values.len(),
+                    });
+                }
+                Some((DType::U8, _)) => {
+                    return Err(GraphError::Shape {
+                        node: format!("output {:?}", out.name),
+                        layer: "output",
+                        reason:
+                            "graph outputs must be float32 or int64, found uint8 (add a dequantize)"
+                                .into(),
+                    });
+                }
+                Some(_) => {}
             }
         }
         Ok(ValueShapes { values })
@@ -187,13 +277,30 @@ pub(crate) fn infer_node(
         layer: kind,
         reason,
     };
-    if *dtype != DType::F32 {
+    let accepts: &[DType] = match &node.layer {
+        Layer::Dequantize(_)
+        | Layer::QDense {
+            input: QuantInput::Static(_),
+            ..
+        }
+        | Layer::QConv2d {
+            input: QuantInput::Static(_),
+            ..
+        } => &[DType::U8],
+        Layer::Flatten | Layer::Reshape { .. } => &[DType::F32, DType::U8],
+        _ => &[DType::F32],
+    };
+    if !accepts.contains(dtype) {
         return Err(err(format!(
-            "input must be float32, found {}",
+            "input must be {}, found {}",
+            accepts[0].name(),
             dtype.name()
         )));
     }
-    let out = infer_layer(&node.layer, &node.name, x, &err)?;
+    let mut out = infer_layer(&node.layer, &node.name, x, &err)?;
+    if matches!(node.layer, Layer::Flatten | Layer::Reshape { .. }) {
+        out.0 = *dtype;
+    }
     check_size(&node.name, &out.1)?;
     Ok(out)
 }
@@ -241,8 +348,17 @@ fn infer_layer(
             }
             Ok((DType::F32, x.to_vec()))
         }
-        Layer::Dense { weight, bias } => {
-            tensor_f32(weight, name, kind, "weight")?;
+        Layer::Dense { weight, bias } | Layer::QDense { weight, bias, .. } => {
+            match layer {
+                Layer::QDense { input, output, .. } => {
+                    tensor_i8(weight, name, kind)?;
+                    let depth = weight.shape.get(1).copied().unwrap_or(0) as usize;
+                    check_quant(input, output, depth).map_err(err)?;
+                }
+                _ => {
+                    tensor_f32(weight, name, kind, "weight")?;
+                }
+            }
             let [out, inp] = match weight.shape[..] {
                 [o, i] => [o as usize, i as usize],
                 _ => {
@@ -271,7 +387,7 @@ fn infer_layer(
             if let Some(l) = y.last_mut() {
                 *l = out;
             }
-            Ok((DType::F32, y))
+            Ok((output_dtype(layer), y))
         }
         Layer::Conv2d {
             weight,
@@ -280,8 +396,27 @@ fn infer_layer(
             padding,
             dilation,
             groups,
+        }
+        | Layer::QConv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+            groups,
+            ..
         } => {
-            tensor_f32(weight, name, kind, "weight")?;
+            match layer {
+                Layer::QConv2d { input, output, .. } => {
+                    tensor_i8(weight, name, kind)?;
+                    let depth: u128 = weight.shape.iter().skip(1).map(|&d| d as u128).product();
+                    check_quant(input, output, depth.min(usize::MAX as u128) as usize)
+                        .map_err(err)?;
+                }
+                _ => {
+                    tensor_f32(weight, name, kind, "weight")?;
+                }
+            }
             let [c, h, w] = nchw()?;
             let [oc, icg, kh, kw] = match weight.shape[..] {
                 [a, b, c, d] => [a as usize, b as usize, c as usize, d as usize],
@@ -326,7 +461,7 @@ fn infer_layer(
             );
             match (oh, ow) {
                 (Some(oh), Some(ow)) if oh > 0 && ow > 0 && dilation.iter().all(|&d| d > 0) => {
-                    Ok((DType::F32, vec![oc, oh, ow]))
+                    Ok((output_dtype(layer), vec![oc, oh, ow]))
                 }
                 _ => Err(err(format!(
                     "kernel {kh}×{kw}, stride {stride:?}, padding {padding:?}, dilation {dilation:?} do not fit a {h}×{w} input"
@@ -445,6 +580,28 @@ fn infer_layer(
             }
             Ok((DType::F32, vec![n_outputs]))
         }
+        Layer::Quantize(p) => {
+            check_params(p, "quantize").map_err(err)?;
+            Ok((DType::U8, x.to_vec()))
+        }
+        Layer::Dequantize(p) => {
+            check_params(p, "dequantize").map_err(err)?;
+            Ok((DType::F32, x.to_vec()))
+        }
+    }
+}
+
+fn output_dtype(layer: &Layer) -> DType {
+    match layer {
+        Layer::QDense {
+            output: QuantOutput::U8(_),
+            ..
+        }
+        | Layer::QConv2d {
+            output: QuantOutput::U8(_),
+            ..
+        } => DType::U8,
+        _ => DType::F32,
     }
 }
 

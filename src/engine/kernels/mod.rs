@@ -3,6 +3,7 @@
 //! `unsafe` lives only in the architecture files, each block with a `SAFETY:` line.
 
 pub mod generic;
+pub mod int8;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod tree;
@@ -88,6 +89,30 @@ pub fn dense(x: &[f32], w: &[f32], b: &[f32], inputs: usize, outputs: usize, y: 
     generic::dense(x, w, b, inputs, outputs, y)
 }
 
+/// `acc[o] = Σᵢ x[i] · w[o · k + i]` for every `o < acc.len()`, `k = x.len()`: u8
+/// activations times int8 weights, exact in i32 for `k` up to
+/// [`crate::graph::MAX_QUANT_DEPTH`]. Every implementation gives identical results.
+///
+/// # Panics
+/// If `w` is shorter than `k · acc.len()`.
+pub fn gemv_u8i8(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86::has_avx_vnni() {
+            return x86::gemv_u8i8_vnni(x, w, acc);
+        }
+        if x86::has_avx2() {
+            return x86::gemv_u8i8_avx2(x, w, acc);
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return neon::gemv_u8i8(x, w, acc);
+    }
+    #[allow(unreachable_code)]
+    int8::gemv_u8i8(x, w, acc)
+}
+
 pub use tree::{TreeEnsemble, TreeNode};
 
 pub use generic::{
@@ -97,6 +122,69 @@ pub use generic::{
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        (0..n)
+            .map(|i| {
+                ((i as u32)
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(seed.wrapping_mul(40503))
+                    >> 13) as u8
+            })
+            .collect()
+    }
+
+    /// Every int8 implementation this CPU can run, by name.
+    #[allow(clippy::type_complexity)]
+    fn gemv_paths() -> Vec<(&'static str, fn(&[u8], &[i8], &mut [i32]))> {
+        #[allow(unused_mut)]
+        let mut paths: Vec<(&'static str, fn(&[u8], &[i8], &mut [i32]))> =
+            vec![("dispatch", super::gemv_u8i8)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::x86::has_avx2() {
+                paths.push(("avx2", super::x86::gemv_u8i8_avx2));
+            }
+            if super::x86::has_avx_vnni() {
+                paths.push(("avx-vnni", super::x86::gemv_u8i8_vnni));
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        paths.push(("neon", super::neon::gemv_u8i8));
+        paths
+    }
+
+    #[test]
+    fn gemv_extremes_are_exact() {
+        // The largest magnitudes at the deepest allowed depth: no overflow, no saturation.
+        let k = crate::graph::MAX_QUANT_DEPTH;
+        let x = vec![255u8; k];
+        let w: Vec<i8> = [vec![-128i8; k], vec![127i8; k]].concat();
+        let mut want = [0i32; 2];
+        super::int8::gemv_u8i8(&x, &w, &mut want);
+        assert_eq!(want, [-255 * 128 * k as i32, 255 * 127 * k as i32]);
+        for (name, f) in gemv_paths() {
+            let mut got = [0i32; 2];
+            f(&x, &w, &mut got);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    proptest! {
+        /// Every SIMD int8 path equals the portable one exactly.
+        #[test]
+        fn gemv_u8i8_paths_match_portable(k in 1usize..300, outputs in 1usize..13, seed in 0u32..10_000) {
+            let x = bytes(k, seed);
+            let w: Vec<i8> = bytes(k * outputs, seed ^ 0x5555).into_iter().map(|b| b as i8).collect();
+            let mut want = vec![0i32; outputs];
+            super::int8::gemv_u8i8(&x, &w, &mut want);
+            for (name, f) in gemv_paths() {
+                let mut got = vec![0i32; outputs];
+                f(&x, &w, &mut got);
+                prop_assert_eq!(&got, &want, "{}", name);
+            }
+        }
+    }
 
     proptest! {
         /// The dispatched (SIMD) dense kernel agrees with the portable one.

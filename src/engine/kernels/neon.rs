@@ -60,3 +60,42 @@ pub(super) fn dense(x: &[f32], w: &[f32], b: &[f32], inputs: usize, outputs: usi
         }
     }
 }
+
+/// NEON [`super::gemv_u8i8`]: u8 and i8 widened to i16, products widened and accumulated
+/// into i32 by `smlal` (exact), four output rows per load of `x`.
+pub(super) fn gemv_u8i8(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    let k = x.len();
+    assert!(w.len() >= k * acc.len());
+    let main = k / 16 * 16;
+    let tail = |row: &[i8]| -> i32 {
+        x[main..]
+            .iter()
+            .zip(&row[main..])
+            .map(|(&a, &b)| a as i32 * b as i32)
+            .sum()
+    };
+    for (a, row) in acc.iter_mut().zip(w.chunks_exact(k.max(1))) {
+        // SAFETY: NEON is mandatory on aarch64; i + 16 <= main <= k keeps every 16-byte
+        // load inside `x` and `row` (both at least k long).
+        let s = unsafe {
+            let mut s0 = vdupq_n_s32(0);
+            let mut s1 = vdupq_n_s32(0);
+            let mut i = 0;
+            while i < main {
+                let xv = vld1q_u8(x.as_ptr().add(i));
+                let wv = vld1q_s8(row.as_ptr().add(i));
+                let xl = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(xv)));
+                let xh = vreinterpretq_s16_u16(vmovl_high_u8(xv));
+                let wl = vmovl_s8(vget_low_s8(wv));
+                let wh = vmovl_high_s8(wv);
+                s0 = vmlal_s16(s0, vget_low_s16(xl), vget_low_s16(wl));
+                s1 = vmlal_high_s16(s1, xl, wl);
+                s0 = vmlal_s16(s0, vget_low_s16(xh), vget_low_s16(wh));
+                s1 = vmlal_high_s16(s1, xh, wh);
+                i += 16;
+            }
+            vaddvq_s32(vaddq_s32(s0, s1))
+        };
+        *a = s + tail(row);
+    }
+}

@@ -112,3 +112,150 @@ unsafe fn dense_avx2(
         }
     }
 }
+
+/// Whether the CPU has AVX2 (cached after the first call).
+pub(super) fn has_avx2() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
+
+/// Whether the CPU has AVX-VNNI (256-bit `vpdpbusd`) besides AVX2 (cached).
+pub(super) fn has_avx_vnni() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni"))
+}
+
+fn check_gemv(x: &[u8], w: &[i8], acc: &[i32]) {
+    assert!(w.len() >= x.len() * acc.len());
+}
+
+/// AVX2 [`super::gemv_u8i8`]: u8 and i8 widened to i16, `vpmaddwd` sums pairs of
+/// products into i32 exactly (|255 · 127 · 2| < 2¹⁵ · 2), four output rows per load of `x`.
+pub(super) fn gemv_u8i8_avx2(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    check_gemv(x, w, acc);
+    // SAFETY: the caller checked `has_avx2()`; `check_gemv` bounds every row the kernel reads.
+    unsafe { gemv_avx2(x, w, acc) }
+}
+
+/// AVX-VNNI [`super::gemv_u8i8`]: `vpdpbusd` adds four u8 × i8 products into each i32 lane
+/// without saturation (exact), 32 inputs per instruction.
+pub(super) fn gemv_u8i8_vnni(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    check_gemv(x, w, acc);
+    // SAFETY: the caller checked `has_avx_vnni()`; `check_gemv` bounds every row read.
+    unsafe { gemv_vnni(x, w, acc) }
+}
+
+#[target_feature(enable = "avx2")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Scalar tail of one row from `start`.
+fn tail(x: &[u8], w: &[i8], start: usize) -> i32 {
+    x[start..]
+        .iter()
+        .zip(&w[start..x.len()])
+        .map(|(&a, &b)| a as i32 * b as i32)
+        .sum()
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_avx2(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    let k = x.len();
+    let main = k / 16 * 16;
+    let xp = x.as_ptr();
+    let mut o = 0;
+    while o + 4 <= acc.len() {
+        let rows = [
+            &w[o * k..(o + 1) * k],
+            &w[(o + 1) * k..(o + 2) * k],
+            &w[(o + 2) * k..(o + 3) * k],
+            &w[(o + 3) * k..(o + 4) * k],
+        ];
+        let mut a = [_mm256_setzero_si256(); 4];
+        let mut i = 0;
+        while i < main {
+            // SAFETY: i + 16 <= main <= k: the 16-byte loads stay inside x and each row.
+            unsafe {
+                let xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(xp.add(i).cast()));
+                for (ak, row) in a.iter_mut().zip(&rows) {
+                    let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(row.as_ptr().add(i).cast()));
+                    *ak = _mm256_add_epi32(*ak, _mm256_madd_epi16(xv, wv));
+                }
+            }
+            i += 16;
+        }
+        for (j, row) in rows.iter().enumerate() {
+            acc[o + j] = hsum_epi32(a[j]) + tail(x, row, main);
+        }
+        o += 4;
+    }
+    while o < acc.len() {
+        let row = &w[o * k..(o + 1) * k];
+        let mut a = _mm256_setzero_si256();
+        let mut i = 0;
+        while i < main {
+            // SAFETY: as above, for one row.
+            unsafe {
+                let xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(xp.add(i).cast()));
+                let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(row.as_ptr().add(i).cast()));
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(xv, wv));
+            }
+            i += 16;
+        }
+        acc[o] = hsum_epi32(a) + tail(x, row, main);
+        o += 1;
+    }
+}
+
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn gemv_vnni(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    let k = x.len();
+    let main = k / 32 * 32;
+    let xp = x.as_ptr();
+    let mut o = 0;
+    while o + 4 <= acc.len() {
+        let rows = [
+            &w[o * k..(o + 1) * k],
+            &w[(o + 1) * k..(o + 2) * k],
+            &w[(o + 2) * k..(o + 3) * k],
+            &w[(o + 3) * k..(o + 4) * k],
+        ];
+        let mut a = [_mm256_setzero_si256(); 4];
+        let mut i = 0;
+        while i < main {
+            // SAFETY: i + 32 <= main <= k: the 32-byte loads stay inside x and each row.
+            unsafe {
+                let xv = _mm256_loadu_si256(xp.add(i).cast());
+                for (ak, row) in a.iter_mut().zip(&rows) {
+                    let wv = _mm256_loadu_si256(row.as_ptr().add(i).cast());
+                    *ak = _mm256_dpbusd_avx_epi32(*ak, xv, wv);
+                }
+            }
+            i += 32;
+        }
+        for (j, row) in rows.iter().enumerate() {
+            acc[o + j] = hsum_epi32(a[j]) + tail(x, row, main);
+        }
+        o += 4;
+    }
+    while o < acc.len() {
+        let row = &w[o * k..(o + 1) * k];
+        let mut a = _mm256_setzero_si256();
+        let mut i = 0;
+        while i < main {
+            // SAFETY: as above, for one row.
+            unsafe {
+                let xv = _mm256_loadu_si256(xp.add(i).cast());
+                let wv = _mm256_loadu_si256(row.as_ptr().add(i).cast());
+                a = _mm256_dpbusd_avx_epi32(a, xv, wv);
+            }
+            i += 32;
+        }
+        acc[o] = hsum_epi32(a) + tail(x, row, main);
+        o += 1;
+    }
+}

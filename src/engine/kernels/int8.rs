@@ -1,0 +1,300 @@
+//! Int8 kernels: u8 activations × int8 weights accumulated in i32, fixed-point
+//! requantization, and the float steps around them (quantize, dequantize).
+//!
+//! Every result here is bit-identical on every platform: the products and sums are integer
+//! (exact; validation bounds the depth so the i32 accumulator never overflows), and the few
+//! float steps use only IEEE-defined operations (`+ - * /`, comparisons, conversions), each
+//! written once and done in scalar code by every path — no FMA, no library calls such as
+//! `roundf`, no SIMD float that could flush denormals (ARMv7 NEON does).
+
+/// `round_half_even(v)` for `|v| <= 1024` (larger values are first clamped to ±1024): adding
+/// and subtracting 1.5 × 2²³ leaves a float whose unit is 1, rounded by the hardware's
+/// default mode, round-half-even. Pure IEEE additions, so the same on every platform.
+#[inline]
+fn round_code(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let v = v.clamp(-1024.0, 1024.0);
+    (v + MAGIC) - MAGIC
+}
+
+/// As [`round_code`] for f64 and `|v| < 2⁵¹`.
+#[inline]
+fn round_f64(v: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// `clamp(round_half_even(x / scale) + zero_point, 0, 255)`.
+#[inline]
+pub fn quantize_one(x: f32, scale: f32, zero_point: u8) -> u8 {
+    let q = round_code(x / scale) + zero_point as f32;
+    // `as` saturates and maps NaN to 0.
+    q.clamp(0.0, 255.0) as u8
+}
+
+/// [`quantize_one`] over a slice.
+pub fn quantize(x: &[f32], scale: f32, zero_point: u8, y: &mut [u8]) {
+    for (q, &v) in y.iter_mut().zip(x) {
+        *q = quantize_one(v, scale, zero_point);
+    }
+}
+
+/// `y = (q - zero_point) * scale`.
+pub fn dequantize(x: &[u8], scale: f32, zero_point: u8, y: &mut [f32]) {
+    for (v, &q) in y.iter_mut().zip(x) {
+        *v = (q as i32 - zero_point as i32) as f32 * scale;
+    }
+}
+
+/// Dynamic quantization parameters of one sample: its range widened to include 0, over
+/// 255 codes. A degenerate range (all zeros, or one so wide the scale is not a normal
+/// float) gives scale 1, zero point 0.
+pub fn dynamic_params(x: &[f32]) -> (f32, u8) {
+    let (mut lo, mut hi) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v < lo {
+            lo = v;
+        }
+        if v > hi {
+            hi = v;
+        }
+    }
+    let scale = (hi - lo) / 255.0;
+    if !scale.is_normal() {
+        return (1.0, 0);
+    }
+    let zp = round_code(-lo / scale).clamp(0.0, 255.0) as u8;
+    (scale, zp)
+}
+
+/// A real multiplier `M` as `m · 2^-shift` with `m` in `[2³⁰, 2³¹)`, `shift` in `1..=62`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedMultiplier {
+    /// Mantissa, `2³⁰ <= m < 2³¹`.
+    pub m: i32,
+    /// Right shift, `1..=62`.
+    pub shift: u32,
+}
+
+impl FixedMultiplier {
+    /// The nearest representation of `real` (mantissa rounded half-even from the f64's
+    /// bits), or none when `real` is not a positive normal number in `[2⁻³², 2³⁰)`.
+    pub fn new(real: f64) -> Option<FixedMultiplier> {
+        if !(real.is_normal() && real > 0.0) {
+            return None;
+        }
+        let bits = real.to_bits();
+        let mut exp = ((bits >> 52) & 0x7ff) as i32 - 1022;
+        // The mantissa as a float in [0.5, 1).
+        let frac = f64::from_bits((bits & ((1u64 << 52) - 1)) | (1022u64 << 52));
+        let mut m = round_f64(frac * 2_147_483_648.0) as i64;
+        if m == 1 << 31 {
+            m >>= 1;
+            exp += 1;
+        }
+        let shift = 31 - exp;
+        if !(1..=62).contains(&shift) {
+            return None;
+        }
+        Some(FixedMultiplier {
+            m: m as i32,
+            shift: shift as u32,
+        })
+    }
+
+    /// `round(a · m / 2^shift)`, ties toward +∞, after saturating `a` to the i32 range
+    /// (the product then fits an i64).
+    #[inline]
+    pub fn apply(self, a: i64) -> i64 {
+        let a = a.clamp(i32::MIN as i64, i32::MAX as i64);
+        (a * self.m as i64 + (1i64 << (self.shift - 1))) >> self.shift
+    }
+}
+
+/// `round_half_even(bias / (s_in · s_w))` in f64, saturated to the i32 range: the bias on
+/// the accumulator's scale.
+pub fn bias_to_i32(bias: f32, s_in: f32, s_w: f32) -> i64 {
+    let v = bias as f64 / (s_in as f64 * s_w as f64);
+    let v = v.clamp(i32::MIN as f64, i32::MAX as f64);
+    round_f64(v) as i64
+}
+
+/// What a quantized layer does with each channel's accumulator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Epilogue {
+    /// Float output: `y = (acc - zp_in · Σw) as f32 · (s_in · s_w[c]) + bias[c]`, then ReLU.
+    F32 {
+        /// Per-channel weight scales.
+        w_scales: Vec<f32>,
+        /// Per-channel float bias.
+        bias: Vec<f32>,
+    },
+    /// U8 output: `y = clamp(zp_out + M[c](acc - zp_in · Σw + bias_q[c]), lo, 255)`, `lo`
+    /// the zero point under ReLU, else 0.
+    U8 {
+        /// Per-channel `s_in · s_w[c] / s_out`.
+        multipliers: Vec<FixedMultiplier>,
+        /// Per-channel bias on the accumulator's scale.
+        bias: Vec<i64>,
+        /// Output zero point.
+        zero_point: u8,
+    },
+}
+
+/// Per-channel constants shared by the dense and conv kernels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QChannels {
+    /// Σ of each channel's weights, for the input zero-point correction.
+    pub wsum: Vec<i32>,
+    /// Output transform.
+    pub epilogue: Epilogue,
+    /// Fused ReLU.
+    pub relu: bool,
+}
+
+impl QChannels {
+    /// Float output of channel `c`.
+    #[inline]
+    pub fn f32_out(&self, c: usize, acc: i32, zp_in: u8, s_in: f32) -> f32 {
+        let Epilogue::F32 { w_scales, bias } = &self.epilogue else {
+            return 0.0;
+        };
+        let a = acc as i64 - zp_in as i64 * self.wsum[c] as i64;
+        let v = a as f32 * (s_in * w_scales[c]) + bias[c];
+        if self.relu && v < 0.0 { 0.0 } else { v }
+    }
+
+    /// U8 output of channel `c`.
+    #[inline]
+    pub fn u8_out(&self, c: usize, acc: i32, zp_in: u8) -> u8 {
+        let Epilogue::U8 {
+            multipliers,
+            bias,
+            zero_point,
+        } = &self.epilogue
+        else {
+            return 0;
+        };
+        let a = acc as i64 - zp_in as i64 * self.wsum[c] as i64 + bias[c];
+        let lo = if self.relu { *zero_point as i64 } else { 0 };
+        (*zero_point as i64 + multipliers[c].apply(a)).clamp(lo, 255) as u8
+    }
+}
+
+/// Σ of each `k`-long row of `w`.
+pub fn row_sums(w: &[i8], k: usize) -> Vec<i32> {
+    w.chunks_exact(k.max(1))
+        .map(|r| r.iter().map(|&v| v as i32).sum())
+        .collect()
+}
+
+/// Portable [`super::gemv_u8i8`].
+pub fn gemv_u8i8(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    let k = x.len();
+    for (a, row) in acc.iter_mut().zip(w.chunks_exact(k.max(1))) {
+        *a = dot_u8i8(x, row);
+    }
+}
+
+/// `Σ x[i] · w[i]` in i32 (exact for the depths validation allows).
+pub fn dot_u8i8(x: &[u8], w: &[i8]) -> i32 {
+    let mut acc = [0i32; 8];
+    let cx = x.chunks_exact(8);
+    let cw = w.chunks_exact(8);
+    let (rx, rw) = (cx.remainder(), cw.remainder());
+    for (px, pw) in cx.zip(cw) {
+        for i in 0..8 {
+            acc[i] += px[i] as i32 * pw[i] as i32;
+        }
+    }
+    let mut s: i32 = acc.iter().sum();
+    for (&a, &b) in rx.iter().zip(rw) {
+        s += a as i32 * b as i32;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_half_even() {
+        for (v, want) in [
+            (0.5f32, 0.0f32),
+            (1.5, 2.0),
+            (2.5, 2.0),
+            (-0.5, 0.0),
+            (-1.5, -2.0),
+            (3.2, 3.0),
+            (-3.7, -4.0),
+            (5000.0, 1024.0),
+        ] {
+            assert_eq!(round_code(v), want, "{v}");
+        }
+        assert_eq!(round_f64(2.5), 2.0);
+        assert_eq!(round_f64(1073741824.5), 1073741824.0);
+    }
+
+    #[test]
+    fn quantize_clamps_and_round_trips() {
+        let mut q = [0u8; 5];
+        quantize(&[-10.0, -0.1, 0.0, 0.26, 100.0], 0.1, 3, &mut q);
+        assert_eq!(q, [0, 2, 3, 6, 255]);
+        let mut y = [0.0f32; 3];
+        dequantize(&[3, 6, 0], 0.5, 3, &mut y);
+        assert_eq!(y, [0.0, 1.5, -1.5]);
+        assert_eq!(dynamic_params(&[0.0; 4]), (1.0, 0));
+        let (s, zp) = dynamic_params(&[-1.0, 3.0]);
+        assert_eq!(s, 4.0 / 255.0);
+        assert_eq!(zp, 64);
+    }
+
+    #[test]
+    fn fixed_multiplier_matches_the_real_product() {
+        for real in [1e-9, 0.000123, 0.5, 0.75, 1.0, 3.3, 1000.0] {
+            let f = FixedMultiplier::new(real).expect("in range");
+            assert!((1 << 30..1i64 << 31).contains(&(f.m as i64)));
+            for a in [-100_000i64, -7, 0, 1, 12345, 1 << 30] {
+                let want = (a as f64 * real).round();
+                let got = f.apply(a) as f64;
+                assert!((got - want).abs() <= 1.0, "{real} × {a}: {got} vs {want}");
+            }
+        }
+        assert_eq!(FixedMultiplier::new(0.0), None);
+        assert_eq!(FixedMultiplier::new(f64::INFINITY), None);
+        assert_eq!(FixedMultiplier::new(1e-12), None);
+        assert_eq!(FixedMultiplier::new(2f64.powi(31)), None);
+        // Exactly 1/2: m = 2^30, shift 31; 3 × 0.5 = 1.5 rounds up to 2.
+        let half = FixedMultiplier::new(0.5).expect("in range");
+        assert_eq!((half.m, half.shift), (1 << 30, 31));
+        assert_eq!(half.apply(3), 2);
+        assert_eq!(half.apply(-3), -1);
+    }
+
+    #[test]
+    fn epilogues_follow_their_formulas() {
+        let ch = QChannels {
+            wsum: vec![10],
+            epilogue: Epilogue::F32 {
+                w_scales: vec![0.5],
+                bias: vec![1.0],
+            },
+            relu: false,
+        };
+        // acc 130 - zp 3 × Σw 10 = 100; × (0.1 × 0.5) + 1 = 6.
+        assert!((ch.f32_out(0, 130, 3, 0.1) - 6.0).abs() < 1e-6);
+        let ch = QChannels {
+            wsum: vec![10],
+            epilogue: Epilogue::U8 {
+                multipliers: vec![FixedMultiplier::new(0.25).expect("in range")],
+                bias: vec![-200],
+                zero_point: 20,
+            },
+            relu: true,
+        };
+        // (130 - 30 + 0) × 0.25 + 20 = 45; with bias -200: 20 + round(-25) = -5 → relu 20.
+        assert_eq!(ch.u8_out(0, 330, 3), 45);
+        assert_eq!(ch.u8_out(0, 130, 3), 20);
+    }
+}
