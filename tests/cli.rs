@@ -390,3 +390,35 @@ fn trained_models_predict_what_they_predicted_on_x86() {
         );
     }
 }
+
+/// The int8 digits MLP (models/quantize.sh) gives exactly the outputs it gave on x86 —
+/// every probability bit for bit, tolerance 0 — here and, through cross/test.sh, under
+/// qemu on aarch64 and armv7: the integer kernels are exact and the float steps around
+/// them (quantize, dequantize, softmax's exp) are the same IEEE operations everywhere.
+#[test]
+fn int8_model_predicts_exactly_what_it_predicted_on_x86() {
+    let dir = sample("digits-mlp-trained");
+    let want = read_outputs_json(&dir.join("expected-int8.json"));
+    let got = run_json(&dir.join("model-int8.perch"), &dir.join("sample.csv"), &[])
+        .unwrap_or_else(|e| panic!("int8 digits: {e}"));
+    assert_outputs_match("int8 digits", &want, &got, 0.0);
+    assert_eq!(
+        want["label"].len(),
+        450,
+        "expected-int8.json holds the test split"
+    );
+    // And the same samples through the single-row path (batch 1 per call is the latency
+    // case; rows must not influence each other).
+    let first_rows: Vec<String> = std::fs::read_to_string(dir.join("sample.csv"))
+        .expect("sample.csv")
+        .lines()
+        .take(4)
+        .map(str::to_string)
+        .collect();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let small = write(tmp.path(), "three.csv", &(first_rows.join("\n") + "\n"));
+    let got = run_json(&dir.join("model-int8.perch"), Path::new(&small), &[])
+        .unwrap_or_else(|e| panic!("int8 digits: {e}"));
+    let k = 10;
+    assert_eq!(got["probabilities"][..], want["probabilities"][..3 * k]);
+}

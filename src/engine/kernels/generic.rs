@@ -57,11 +57,56 @@ pub fn activate(act: Activation, y: &mut [f32]) {
 
 fn sigmoid(v: f32) -> f32 {
     if v >= 0.0 {
-        1.0 / (1.0 + (-v).exp())
+        1.0 / (1.0 + exp(-v))
     } else {
-        let e = v.exp();
+        let e = exp(v);
         e / (1.0 + e)
     }
+}
+
+/// `1 / k!` for `k = 0..=12`, evaluated by the compiler (IEEE, the same on every target).
+const INV_FACTORIAL: [f64; 13] = {
+    let mut t = [1.0f64; 13];
+    let mut k = 1;
+    while k < 13 {
+        t[k] = t[k - 1] / k as f64;
+        k += 1;
+    }
+    t
+};
+
+/// `e^x` from IEEE basic operations only, so every platform gives the same bits (the C
+/// library's `expf` differs between glibc versions, architectures and musl in the last
+/// bit). Computed in f64 — `x = n·ln 2 + r`, `|r| <= ln 2 / 2`, a degree-12 Taylor
+/// polynomial of `e^r` (truncation < 1e-16 relative), times `2^n` — then rounded once to
+/// f32: the result is the correctly rounded `e^x` except when `e^x` lies within ~1e-15
+/// (relative) of a halfway point between two floats, where it may be the other neighbour
+/// (error < 0.5 ulp + 1e-15 relative). Overflows to +∞ above 88.73, underflows to 0
+/// below -104; NaN stays NaN.
+pub fn exp(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x > 88.73 {
+        return f32::INFINITY;
+    }
+    if x < -104.0 {
+        return 0.0;
+    }
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    // ln 2 split as fdlibm does: the high part has 32 significant bits.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    let xd = x as f64;
+    let n = (xd * std::f64::consts::LOG2_E + MAGIC) - MAGIC;
+    // n·LN2_HI is exact (LN2_HI has 32 significant bits, |n| <= 150).
+    let r = (xd - n * LN2_HI) - n * LN2_LO;
+    let mut p = INV_FACTORIAL[12];
+    for c in INV_FACTORIAL[..12].iter().rev() {
+        p = p * r + c;
+    }
+    let scale = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (p * scale) as f32
 }
 
 /// Numerically stable softmax over rows of `axis_len`.
@@ -70,7 +115,7 @@ pub fn softmax(x: &[f32], axis_len: usize, y: &mut [f32]) {
         let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for (o, &v) in yr.iter_mut().zip(xr) {
-            *o = (v - max).exp();
+            *o = exp(v - max);
             sum += *o;
         }
         let inv = 1.0 / sum;
@@ -182,5 +227,32 @@ pub fn global_avg_pool(x: &[f32], channels: usize, spatial: usize, y: &mut [f32]
     for (i, yv) in y.iter_mut().enumerate().take(batch * channels) {
         let s: f32 = x[i * spatial..(i + 1) * spatial].iter().sum();
         *yv = s / spatial as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_correctly_rounded_against_f64() {
+        let mut worst = 0.0f64;
+        let mut x = -103.9f32;
+        while x < 88.7 {
+            for v in [x, x * 0.999_97, -x.abs() * 0.013] {
+                let got = exp(v) as f64;
+                let want = (v as f64).exp();
+                // One f32 ulp at `want`, from its exponent.
+                let ulp = 2f64.powi((want.log2().floor() as i32 - 23).max(-149));
+                worst = worst.max((got - want).abs() / ulp);
+            }
+            x += 0.0123;
+        }
+        assert!(worst <= 0.5 + 1e-6, "worst error {worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(1.0), std::f32::consts::E);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert_eq!(exp(-200.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
     }
 }

@@ -154,7 +154,7 @@ impl TreeEnsemble {
                     let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0;
                     for o in out.iter_mut() {
-                        *o = (*o - max).exp();
+                        *o = super::generic::exp(*o - max);
                         sum += *o;
                     }
                     out.iter_mut().for_each(|o| *o /= sum);
