@@ -1,4 +1,6 @@
-//! Native engine vs tract on the corpus MLPs, batch 1 and 32, one thread.
+//! Native engine vs tract on the corpus MLPs, batch 1 and 32, one thread; and the native
+//! engine's float32 vs int8 paths on the trained digits MLP (`digits_mlp_trained_int8`
+//! group: models/digits-mlp-trained/model.perch and model-int8.perch).
 //!
 //! `cargo bench --bench engine` (criterion). For the three-way comparison with onnxruntime
 //! and printed ratios, run `benches/compare.sh`.
@@ -43,5 +45,27 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+fn bench_int8(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits-mlp-trained");
+    let mut group = c.benchmark_group("digits_mlp_trained_int8");
+    for (label, file) in [("f32", "model.perch"), ("int8", "model-int8.perch")] {
+        let model = perch::artifact::read(&dir.join(file))
+            .expect("sample artifact")
+            .model;
+        for batch in [1usize, 32] {
+            let x: Vec<f32> = (0..batch * 64).map(|i| ((i * 7) % 17) as f32).collect();
+            let mut engine = Engine::new(&model.graph, batch).expect("plans");
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_with_input(BenchmarkId::new(label, batch), &x, |b, x| {
+                b.iter(|| {
+                    engine.run(&[black_box(x)], batch).expect("runs");
+                    black_box(engine.output_f32(0));
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_int8);
 criterion_main!(benches);

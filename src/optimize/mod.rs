@@ -1,5 +1,5 @@
 //! Model optimization on the host: post-training int8 quantization ([`quantize`]).
 
-mod quantize;
+pub mod quantize;
 
 pub use quantize::{Calibration, QuantizeError, QuantizeMode, QuantizeOptions, quantize};
