@@ -133,14 +133,12 @@ impl QDense {
             kernels::gemv_u8i8(xq, &c.weight, &mut acc);
             match &mut y {
                 QOut::F32(y) => {
-                    for (o, v) in y[r * outputs..(r + 1) * outputs].iter_mut().enumerate() {
-                        *v = c.channels.f32_out(o, acc[o], zp, s_in);
-                    }
+                    c.channels
+                        .f32_all(&acc, zp, s_in, &mut y[r * outputs..(r + 1) * outputs]);
                 }
                 QOut::U8(y) => {
-                    for (o, v) in y[r * outputs..(r + 1) * outputs].iter_mut().enumerate() {
-                        *v = c.channels.u8_out(o, acc[o], zp);
-                    }
+                    c.channels
+                        .u8_all(&acc, zp, &mut y[r * outputs..(r + 1) * outputs]);
                 }
             }
         }

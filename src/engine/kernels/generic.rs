@@ -64,25 +64,51 @@ fn sigmoid(v: f32) -> f32 {
     }
 }
 
-/// `1 / k!` for `k = 0..=12`, evaluated by the compiler (IEEE, the same on every target).
-const INV_FACTORIAL: [f64; 13] = {
-    let mut t = [1.0f64; 13];
-    let mut k = 1;
-    while k < 13 {
-        t[k] = t[k - 1] / k as f64;
-        k += 1;
-    }
-    t
-};
+/// `2^(j/32)` for `j = 0..32`, as f64 bit patterns (correctly rounded; computed with 60-digit
+/// decimal arithmetic).
+const EXP2_32THS: [u64; 32] = [
+    0x3ff0_0000_0000_0000,
+    0x3ff0_59b0_d315_8574,
+    0x3ff0_b558_6cf9_890f,
+    0x3ff1_1301_d012_5b51,
+    0x3ff1_72b8_3c7d_517b,
+    0x3ff1_d487_3168_b9aa,
+    0x3ff2_387a_6e75_6238,
+    0x3ff2_9e9d_f51f_dee1,
+    0x3ff3_06fe_0a31_b715,
+    0x3ff3_71a7_373a_a9cb,
+    0x3ff3_dea6_4c12_3422,
+    0x3ff4_4e08_6061_892d,
+    0x3ff4_bfda_d536_2a27,
+    0x3ff5_342b_569d_4f82,
+    0x3ff5_ab07_dd48_5429,
+    0x3ff6_247e_b03a_5585,
+    0x3ff6_a09e_667f_3bcd,
+    0x3ff7_1f75_e8ec_5f74,
+    0x3ff7_a114_73eb_0187,
+    0x3ff8_2589_994c_ce13,
+    0x3ff8_ace5_422a_a0db,
+    0x3ff9_3737_b0cd_c5e5,
+    0x3ff9_c491_82a3_f090,
+    0x3ffa_5503_b23e_255d,
+    0x3ffa_e89f_995a_d3ad,
+    0x3ffb_7f76_f2fb_5e47,
+    0x3ffc_199b_dd85_529c,
+    0x3ffc_b720_dcef_9069,
+    0x3ffd_5818_dcfb_a487,
+    0x3ffd_fc97_337b_9b5f,
+    0x3ffe_a4af_a2a4_90da,
+    0x3fff_5076_5b6e_4540,
+];
 
 /// `e^x` from IEEE basic operations only, so every platform gives the same bits (the C
 /// library's `expf` differs between glibc versions, architectures and musl in the last
-/// bit). Computed in f64 — `x = n·ln 2 + r`, `|r| <= ln 2 / 2`, a degree-12 Taylor
-/// polynomial of `e^r` (truncation < 1e-16 relative), times `2^n` — then rounded once to
-/// f32: the result is the correctly rounded `e^x` except when `e^x` lies within ~1e-15
-/// (relative) of a halfway point between two floats, where it may be the other neighbour
-/// (error < 0.5 ulp + 1e-15 relative). Overflows to +∞ above 88.73, underflows to 0
-/// below -104; NaN stays NaN.
+/// bit). Computed in f64 — `x = (32m + j)·ln2/32 + r`, `|r| <= ln2/64`, `e^x = 2^m ·
+/// 2^(j/32) · e^r` with a table for `2^(j/32)` and a degree-6 Taylor polynomial for `e^r`
+/// (truncation < 4e-18) — then rounded once to f32. The f64 value is within ~5e-16
+/// (relative) of `e^x`, so the result is the correctly rounded `e^x` except when `e^x`
+/// lies that close to a halfway point between two floats, where it may be the other
+/// neighbour. Overflows to +∞ above 88.73, underflows to 0 below -104; NaN stays NaN.
 pub fn exp(x: f32) -> f32 {
     if x.is_nan() {
         return x;
@@ -94,19 +120,27 @@ pub fn exp(x: f32) -> f32 {
         return 0.0;
     }
     const MAGIC: f64 = 6_755_399_441_055_744.0;
-    // ln 2 split as fdlibm does: the high part has 32 significant bits.
-    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    // ln 2 / 32 split as fdlibm splits ln 2: the high part has 32 significant bits, so
+    // n · LN2_32_HI is exact for |n| <= 2^21.
+    const LN2_32_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000) / 32.0;
+    const LN2_32_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76) / 32.0;
+    const C: [f64; 7] = [
+        1.0,
+        1.0,
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+    ];
     let xd = x as f64;
-    let n = (xd * std::f64::consts::LOG2_E + MAGIC) - MAGIC;
-    // n·LN2_HI is exact (LN2_HI has 32 significant bits, |n| <= 150).
-    let r = (xd - n * LN2_HI) - n * LN2_LO;
-    let mut p = INV_FACTORIAL[12];
-    for c in INV_FACTORIAL[..12].iter().rev() {
-        p = p * r + c;
-    }
-    let scale = f64::from_bits(((n as i64 + 1023) as u64) << 52);
-    (p * scale) as f32
+    let nf = (xd * (32.0 * std::f64::consts::LOG2_E) + MAGIC) - MAGIC;
+    let n = nf as i64;
+    let r = (xd - nf * LN2_32_HI) - nf * LN2_32_LO;
+    let p = C[0] + r * (C[1] + r * (C[2] + r * (C[3] + r * (C[4] + r * (C[5] + r * C[6])))));
+    let t = f64::from_bits(EXP2_32THS[(n & 31) as usize]);
+    let scale = f64::from_bits((((n >> 5) + 1023) as u64) << 52);
+    (p * t * scale) as f32
 }
 
 /// Numerically stable softmax over rows of `axis_len`.

@@ -7,17 +7,8 @@
 //! written once and done in scalar code by every path — no FMA, no library calls such as
 //! `roundf`, no SIMD float that could flush denormals (ARMv7 NEON does).
 
-/// `round_half_even(v)` for `|v| <= 1024` (larger values are first clamped to ±1024): adding
-/// and subtracting 1.5 × 2²³ leaves a float whose unit is 1, rounded by the hardware's
-/// default mode, round-half-even. Pure IEEE additions, so the same on every platform.
-#[inline]
-fn round_code(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    let v = v.clamp(-1024.0, 1024.0);
-    (v + MAGIC) - MAGIC
-}
-
-/// As [`round_code`] for f64 and `|v| < 2⁵¹`.
+/// `round_half_even(v)` for `|v| < 2⁵¹`: adding and subtracting 1.5 × 2⁵² leaves a value
+/// whose unit is 1, rounded by the default IEEE mode (half-even); the same everywhere.
 #[inline]
 fn round_f64(v: f64) -> f64 {
     const MAGIC: f64 = 6_755_399_441_055_744.0;
@@ -25,14 +16,21 @@ fn round_f64(v: f64) -> f64 {
 }
 
 /// `clamp(round_half_even(x / scale) + zero_point, 0, 255)`.
+///
+/// After one float division and a clamp to ±1024, adding 1.5 × 2²³ rounds half-even to an
+/// integer the float's low mantissa bits hold (offset by 2²²); the rest is integer
+/// arithmetic, which vectorizes.
 #[inline]
 pub fn quantize_one(x: f32, scale: f32, zero_point: u8) -> u8 {
-    let q = round_code(x / scale) + zero_point as f32;
-    // `as` saturates and maps NaN to 0.
-    q.clamp(0.0, 255.0) as u8
+    const MAGIC: f32 = 12_582_912.0;
+    let r = ((x / scale).clamp(-1024.0, 1024.0) + MAGIC).to_bits();
+    let q = (r & 0x7f_ffff) as i32 - 0x40_0000 + zero_point as i32;
+    q.clamp(0, 255) as u8
 }
 
-/// [`quantize_one`] over a slice.
+/// [`quantize_one`] over a slice (SIMD float division, min/max and adds are the same IEEE
+/// operations as scalar ones; on ARMv7, whose NEON is not IEEE, LLVM keeps float code
+/// scalar).
 pub fn quantize(x: &[f32], scale: f32, zero_point: u8, y: &mut [u8]) {
     for (q, &v) in y.iter_mut().zip(x) {
         *q = quantize_one(v, scale, zero_point);
@@ -63,8 +61,7 @@ pub fn dynamic_params(x: &[f32]) -> (f32, u8) {
     if !scale.is_normal() {
         return (1.0, 0);
     }
-    let zp = round_code(-lo / scale).clamp(0.0, 255.0) as u8;
-    (scale, zp)
+    (scale, quantize_one(-lo, scale, 0))
 }
 
 /// A real multiplier `M` as `m · 2^-shift` with `m` in `[2³⁰, 2³¹)`, `shift` in `1..=62`.
@@ -159,9 +156,15 @@ impl QChannels {
         let Epilogue::F32 { w_scales, bias } = &self.epilogue else {
             return 0.0;
         };
-        let a = acc as i64 - zp_in as i64 * self.wsum[c] as i64;
-        let v = a as f32 * (s_in * w_scales[c]) + bias[c];
-        if self.relu && v < 0.0 { 0.0 } else { v }
+        f32_one(
+            acc,
+            zp_in,
+            self.wsum[c],
+            s_in,
+            w_scales[c],
+            bias[c],
+            self.relu,
+        )
     }
 
     /// U8 output of channel `c`.
@@ -175,10 +178,82 @@ impl QChannels {
         else {
             return 0;
         };
-        let a = acc as i64 - zp_in as i64 * self.wsum[c] as i64 + bias[c];
-        let lo = if self.relu { *zero_point as i64 } else { 0 };
-        (*zero_point as i64 + multipliers[c].apply(a)).clamp(lo, 255) as u8
+        u8_one(
+            acc,
+            zp_in,
+            self.wsum[c],
+            multipliers[c],
+            bias[c],
+            *zero_point,
+            self.relu,
+        )
     }
+
+    /// [`QChannels::f32_out`] for channels `0..y.len()` at once.
+    pub fn f32_all(&self, acc: &[i32], zp_in: u8, s_in: f32, y: &mut [f32]) {
+        let Epilogue::F32 { w_scales, bias } = &self.epilogue else {
+            return;
+        };
+        for ((((y, &a), &ws), &s), &b) in y
+            .iter_mut()
+            .zip(acc)
+            .zip(&self.wsum)
+            .zip(w_scales)
+            .zip(bias)
+        {
+            *y = f32_one(a, zp_in, ws, s_in, s, b, self.relu);
+        }
+    }
+
+    /// [`QChannels::u8_out`] for channels `0..y.len()` at once.
+    pub fn u8_all(&self, acc: &[i32], zp_in: u8, y: &mut [u8]) {
+        let Epilogue::U8 {
+            multipliers,
+            bias,
+            zero_point,
+        } = &self.epilogue
+        else {
+            return;
+        };
+        for ((((y, &a), &ws), &m), &b) in y
+            .iter_mut()
+            .zip(acc)
+            .zip(&self.wsum)
+            .zip(multipliers)
+            .zip(bias)
+        {
+            *y = u8_one(a, zp_in, ws, m, b, *zero_point, self.relu);
+        }
+    }
+}
+
+/// `acc - zp_in · Σw` = `Σ (q_x - zp_in) · q_w`, which fits an i32 (|q_x - zp| <= 255,
+/// |q_w| <= 128, at most [`crate::graph::MAX_QUANT_DEPTH`] terms), so wrapping i32
+/// arithmetic gives it exactly.
+#[inline]
+fn centered(acc: i32, zp_in: u8, wsum: i32) -> i32 {
+    acc.wrapping_sub((zp_in as i32).wrapping_mul(wsum))
+}
+
+#[inline]
+fn f32_one(acc: i32, zp_in: u8, wsum: i32, s_in: f32, s_w: f32, bias: f32, relu: bool) -> f32 {
+    let v = centered(acc, zp_in, wsum) as f32 * (s_in * s_w) + bias;
+    if relu && v < 0.0 { 0.0 } else { v }
+}
+
+#[inline]
+fn u8_one(
+    acc: i32,
+    zp_in: u8,
+    wsum: i32,
+    m: FixedMultiplier,
+    bias: i64,
+    zero_point: u8,
+    relu: bool,
+) -> u8 {
+    let a = centered(acc, zp_in, wsum) as i64 + bias;
+    let lo = if relu { zero_point as i64 } else { 0 };
+    (zero_point as i64 + m.apply(a)).clamp(lo, 255) as u8
 }
 
 /// Σ of each `k`-long row of `w`.
@@ -228,9 +303,10 @@ mod tests {
             (-1.5, -2.0),
             (3.2, 3.0),
             (-3.7, -4.0),
-            (5000.0, 1024.0),
+            (5000.0, 127.0),
+            (-5000.0, -128.0),
         ] {
-            assert_eq!(round_code(v), want, "{v}");
+            assert_eq!(quantize_one(v, 1.0, 128) as f32 - 128.0, want, "{v}");
         }
         assert_eq!(round_f64(2.5), 2.0);
         assert_eq!(round_f64(1073741824.5), 1073741824.0);

@@ -153,7 +153,22 @@ fn hsum_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-/// Scalar tail of one row from `start`.
+/// The eight lane sums of `a[0..8]`, in order, in one vector (integer adds: exact).
+#[target_feature(enable = "avx2")]
+fn reduce8(a: &[__m256i; 8]) -> __m256i {
+    let s01 = _mm256_hadd_epi32(a[0], a[1]);
+    let s23 = _mm256_hadd_epi32(a[2], a[3]);
+    let s45 = _mm256_hadd_epi32(a[4], a[5]);
+    let s67 = _mm256_hadd_epi32(a[6], a[7]);
+    let s0123 = _mm256_hadd_epi32(s01, s23);
+    let s4567 = _mm256_hadd_epi32(s45, s67);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256(s0123, s4567, 0x20),
+        _mm256_permute2x128_si256(s0123, s4567, 0x31),
+    )
+}
+
+/// Scalar `Σ x[i] · w[i]` over `start..x.len()`.
 fn tail(x: &[u8], w: &[i8], start: usize) -> i32 {
     x[start..]
         .iter()
@@ -162,51 +177,57 @@ fn tail(x: &[u8], w: &[i8], start: usize) -> i32 {
         .sum()
 }
 
+/// One 16-input step of the AVX2 kernel: `acc += widen(x) · widen(w)` pairwise.
+#[target_feature(enable = "avx2")]
+fn step_avx2(acc: __m256i, xv: __m256i, w: &[i8]) -> __m256i {
+    let w = &w[..16];
+    // SAFETY: `w` holds 16 bytes (the slice above checks it).
+    let wv = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(w.as_ptr().cast()) });
+    _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv))
+}
+
+/// One 32-input step of the VNNI kernel: `acc += Σ₄ x · w` per lane.
+#[target_feature(enable = "avx2,avxvnni")]
+fn step_vnni(acc: __m256i, xv: __m256i, w: &[i8]) -> __m256i {
+    let w = &w[..32];
+    // SAFETY: `w` holds 32 bytes (the slice above checks it).
+    let wv = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
+    _mm256_dpbusd_avx_epi32(acc, xv, wv)
+}
+
 #[target_feature(enable = "avx2")]
 unsafe fn gemv_avx2(x: &[u8], w: &[i8], acc: &mut [i32]) {
     let k = x.len();
     let main = k / 16 * 16;
-    let xp = x.as_ptr();
+    let load_x = |i: usize| {
+        let xs = &x[i..i + 16];
+        // SAFETY: `xs` holds 16 bytes.
+        _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(xs.as_ptr().cast()) })
+    };
     let mut o = 0;
-    while o + 4 <= acc.len() {
-        let rows = [
-            &w[o * k..(o + 1) * k],
-            &w[(o + 1) * k..(o + 2) * k],
-            &w[(o + 2) * k..(o + 3) * k],
-            &w[(o + 3) * k..(o + 4) * k],
-        ];
-        let mut a = [_mm256_setzero_si256(); 4];
+    while o + 8 <= acc.len() {
+        let rows = &w[o * k..(o + 8) * k];
+        let mut a = [_mm256_setzero_si256(); 8];
         let mut i = 0;
         while i < main {
-            // SAFETY: i + 16 <= main <= k: the 16-byte loads stay inside x and each row.
-            unsafe {
-                let xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(xp.add(i).cast()));
-                for (ak, row) in a.iter_mut().zip(&rows) {
-                    let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(row.as_ptr().add(i).cast()));
-                    *ak = _mm256_add_epi32(*ak, _mm256_madd_epi16(xv, wv));
-                }
+            let xv = load_x(i);
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = step_avx2(*aj, xv, &rows[j * k + i..]);
             }
             i += 16;
         }
-        for (j, row) in rows.iter().enumerate() {
-            acc[o + j] = hsum_epi32(a[j]) + tail(x, row, main);
-        }
-        o += 4;
+        store8(&a, x, rows, k, main, &mut acc[o..o + 8]);
+        o += 8;
     }
     while o < acc.len() {
         let row = &w[o * k..(o + 1) * k];
         let mut a = _mm256_setzero_si256();
         let mut i = 0;
         while i < main {
-            // SAFETY: as above, for one row.
-            unsafe {
-                let xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(xp.add(i).cast()));
-                let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(row.as_ptr().add(i).cast()));
-                a = _mm256_add_epi32(a, _mm256_madd_epi16(xv, wv));
-            }
+            a = step_avx2(a, load_x(i), &row[i..]);
             i += 16;
         }
-        acc[o] = hsum_epi32(a) + tail(x, row, main);
+        acc[o] = hsum_epi32(a).wrapping_add(tail(x, row, main));
         o += 1;
     }
 }
@@ -215,47 +236,49 @@ unsafe fn gemv_avx2(x: &[u8], w: &[i8], acc: &mut [i32]) {
 unsafe fn gemv_vnni(x: &[u8], w: &[i8], acc: &mut [i32]) {
     let k = x.len();
     let main = k / 32 * 32;
-    let xp = x.as_ptr();
+    let load_x = |i: usize| {
+        let xs = &x[i..i + 32];
+        // SAFETY: `xs` holds 32 bytes.
+        unsafe { _mm256_loadu_si256(xs.as_ptr().cast()) }
+    };
     let mut o = 0;
-    while o + 4 <= acc.len() {
-        let rows = [
-            &w[o * k..(o + 1) * k],
-            &w[(o + 1) * k..(o + 2) * k],
-            &w[(o + 2) * k..(o + 3) * k],
-            &w[(o + 3) * k..(o + 4) * k],
-        ];
-        let mut a = [_mm256_setzero_si256(); 4];
+    while o + 8 <= acc.len() {
+        let rows = &w[o * k..(o + 8) * k];
+        let mut a = [_mm256_setzero_si256(); 8];
         let mut i = 0;
         while i < main {
-            // SAFETY: i + 32 <= main <= k: the 32-byte loads stay inside x and each row.
-            unsafe {
-                let xv = _mm256_loadu_si256(xp.add(i).cast());
-                for (ak, row) in a.iter_mut().zip(&rows) {
-                    let wv = _mm256_loadu_si256(row.as_ptr().add(i).cast());
-                    *ak = _mm256_dpbusd_avx_epi32(*ak, xv, wv);
-                }
+            let xv = load_x(i);
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = step_vnni(*aj, xv, &rows[j * k + i..]);
             }
             i += 32;
         }
-        for (j, row) in rows.iter().enumerate() {
-            acc[o + j] = hsum_epi32(a[j]) + tail(x, row, main);
-        }
-        o += 4;
+        store8(&a, x, rows, k, main, &mut acc[o..o + 8]);
+        o += 8;
     }
     while o < acc.len() {
         let row = &w[o * k..(o + 1) * k];
         let mut a = _mm256_setzero_si256();
         let mut i = 0;
         while i < main {
-            // SAFETY: as above, for one row.
-            unsafe {
-                let xv = _mm256_loadu_si256(xp.add(i).cast());
-                let wv = _mm256_loadu_si256(row.as_ptr().add(i).cast());
-                a = _mm256_dpbusd_avx_epi32(a, xv, wv);
-            }
+            a = step_vnni(a, load_x(i), &row[i..]);
             i += 32;
         }
-        acc[o] = hsum_epi32(a) + tail(x, row, main);
+        acc[o] = hsum_epi32(a).wrapping_add(tail(x, row, main));
         o += 1;
+    }
+}
+
+/// Writes the sums of eight accumulators (rows `rows[j·k..]`) plus their scalar tails.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store8(a: &[__m256i; 8], x: &[u8], rows: &[i8], k: usize, main: usize, out: &mut [i32]) {
+    let out = &mut out[..8];
+    // SAFETY: `out` holds eight i32 (the slice above checks it).
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), reduce8(a)) };
+    if main < k {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = o.wrapping_add(tail(x, &rows[j * k..(j + 1) * k], main));
+        }
     }
 }
