@@ -59,6 +59,7 @@ impl QCore {
             QuantInput::Static(p) => Some(p),
             QuantInput::Dynamic => None,
         };
+        let wsum = int8::row_sums(values, depth);
         let epilogue = match (output, input) {
             (QuantOutput::F32, _) => Epilogue::F32 {
                 w_scales: w_scales.to_vec(),
@@ -74,7 +75,10 @@ impl QCore {
                             "channel {c}: requantization multiplier {real:e} (input scale × weight scale / output scale) is outside [2^-32, 2^30)"
                         ))
                     })?);
-                    bias_q.push(int8::bias_to_i32(bias[c], inp.scale, s_w));
+                    bias_q.push(
+                        int8::bias_to_i32(bias[c], inp.scale, s_w)
+                            - inp.zero_point as i64 * wsum[c] as i64,
+                    );
                 }
                 Epilogue::U8 {
                     multipliers,
@@ -88,7 +92,7 @@ impl QCore {
         };
         Ok(QCore {
             channels: QChannels {
-                wsum: int8::row_sums(values, depth),
+                wsum,
                 epilogue,
                 relu,
             },
@@ -138,7 +142,7 @@ impl QDense {
                 }
                 QOut::U8(y) => {
                     c.channels
-                        .u8_all(&acc, zp, &mut y[r * outputs..(r + 1) * outputs]);
+                        .u8_all(&acc, &mut y[r * outputs..(r + 1) * outputs]);
                 }
             }
         }
@@ -228,7 +232,7 @@ impl QConv2d {
                             let at = n * out_sample + oc * plane + pos;
                             match &mut y {
                                 QOut::F32(y) => y[at] = c.channels.f32_out(oc, a, zp, s_in),
-                                QOut::U8(y) => y[at] = c.channels.u8_out(oc, a, zp),
+                                QOut::U8(y) => y[at] = c.channels.u8_out(oc, a),
                             }
                         }
                     }

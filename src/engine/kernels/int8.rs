@@ -126,12 +126,13 @@ pub enum Epilogue {
         /// Per-channel float bias.
         bias: Vec<f32>,
     },
-    /// U8 output: `y = clamp(zp_out + M[c](acc - zp_in · Σw + bias_q[c]), lo, 255)`, `lo`
-    /// the zero point under ReLU, else 0.
+    /// U8 output: `y = clamp(zp_out + M[c](acc + bias[c]), lo, 255)`, `lo` the zero point
+    /// under ReLU, else 0. A u8 output implies a static input, so `bias[c]` holds
+    /// `bias_q[c] - zp_in · Σw[c]` folded once.
     U8 {
         /// Per-channel `s_in · s_w[c] / s_out`.
         multipliers: Vec<FixedMultiplier>,
-        /// Per-channel bias on the accumulator's scale.
+        /// Per-channel bias on the accumulator's scale, minus `zp_in · Σw[c]`.
         bias: Vec<i64>,
         /// Output zero point.
         zero_point: u8,
@@ -169,7 +170,7 @@ impl QChannels {
 
     /// U8 output of channel `c`.
     #[inline]
-    pub fn u8_out(&self, c: usize, acc: i32, zp_in: u8) -> u8 {
+    pub fn u8_out(&self, c: usize, acc: i32) -> u8 {
         let Epilogue::U8 {
             multipliers,
             bias,
@@ -178,15 +179,7 @@ impl QChannels {
         else {
             return 0;
         };
-        u8_one(
-            acc,
-            zp_in,
-            self.wsum[c],
-            multipliers[c],
-            bias[c],
-            *zero_point,
-            self.relu,
-        )
+        u8_one(acc, multipliers[c], bias[c], *zero_point, self.relu)
     }
 
     /// [`QChannels::f32_out`] for channels `0..y.len()` at once.
@@ -206,7 +199,7 @@ impl QChannels {
     }
 
     /// [`QChannels::u8_out`] for channels `0..y.len()` at once.
-    pub fn u8_all(&self, acc: &[i32], zp_in: u8, y: &mut [u8]) {
+    pub fn u8_all(&self, acc: &[i32], y: &mut [u8]) {
         let Epilogue::U8 {
             multipliers,
             bias,
@@ -215,18 +208,11 @@ impl QChannels {
         else {
             return;
         };
-        for ((((y, &a), &ws), &m), &b) in y
-            .iter_mut()
-            .zip(acc)
-            .zip(&self.wsum)
-            .zip(multipliers)
-            .zip(bias)
-        {
-            *y = u8_one(a, zp_in, ws, m, b, *zero_point, self.relu);
+        for (((y, &a), &m), &b) in y.iter_mut().zip(acc).zip(multipliers).zip(bias) {
+            *y = u8_one(a, m, b, *zero_point, self.relu);
         }
     }
 }
-
 /// `acc - zp_in · Σw` = `Σ (q_x - zp_in) · q_w`, which fits an i32 (|q_x - zp| <= 255,
 /// |q_w| <= 128, at most [`crate::graph::MAX_QUANT_DEPTH`] terms), so wrapping i32
 /// arithmetic gives it exactly.
@@ -242,16 +228,8 @@ fn f32_one(acc: i32, zp_in: u8, wsum: i32, s_in: f32, s_w: f32, bias: f32, relu:
 }
 
 #[inline]
-fn u8_one(
-    acc: i32,
-    zp_in: u8,
-    wsum: i32,
-    m: FixedMultiplier,
-    bias: i64,
-    zero_point: u8,
-    relu: bool,
-) -> u8 {
-    let a = centered(acc, zp_in, wsum) as i64 + bias;
+fn u8_one(acc: i32, m: FixedMultiplier, bias: i64, zero_point: u8, relu: bool) -> u8 {
+    let a = acc as i64 + bias;
     let lo = if relu { zero_point as i64 } else { 0 };
     (zero_point as i64 + m.apply(a)).clamp(lo, 255) as u8
 }
@@ -364,13 +342,14 @@ mod tests {
             wsum: vec![10],
             epilogue: Epilogue::U8 {
                 multipliers: vec![FixedMultiplier::new(0.25).expect("in range")],
-                bias: vec![-200],
+                // -200 - zp_in 3 × Σw 10
+                bias: vec![-230],
                 zero_point: 20,
             },
             relu: true,
         };
         // (130 - 30 + 0) × 0.25 + 20 = 45; with bias -200: 20 + round(-25) = -5 → relu 20.
-        assert_eq!(ch.u8_out(0, 330, 3), 45);
-        assert_eq!(ch.u8_out(0, 130, 3), 20);
+        assert_eq!(ch.u8_out(0, 330), 45);
+        assert_eq!(ch.u8_out(0, 130), 20);
     }
 }
