@@ -65,7 +65,10 @@ pub fn dynamic_params(x: &[f32]) -> (f32, u8) {
 }
 
 /// A real multiplier `M` as `m · 2^-shift` with `m` in `[2³⁰, 2³¹)`, `shift` in `1..=62`.
+/// `repr(C)`: the x86 kernel loads four of them as four 64-bit lanes (`m` low, `shift`
+/// high).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct FixedMultiplier {
     /// Mantissa, `2³⁰ <= m < 2³¹`.
     pub m: i32,
@@ -208,9 +211,7 @@ impl QChannels {
         else {
             return;
         };
-        for (((y, &a), &m), &b) in y.iter_mut().zip(acc).zip(multipliers).zip(bias) {
-            *y = u8_one(a, m, b, *zero_point, self.relu);
-        }
+        super::requant_u8(multipliers, bias, *zero_point, self.relu, acc, y);
     }
 }
 /// `acc - zp_in · Σw` = `Σ (q_x - zp_in) · q_w`, which fits an i32 (|q_x - zp| <= 255,
@@ -227,8 +228,23 @@ fn f32_one(acc: i32, zp_in: u8, wsum: i32, s_in: f32, s_w: f32, bias: f32, relu:
     if relu && v < 0.0 { 0.0 } else { v }
 }
 
+/// Portable [`super::requant_u8`].
+pub fn requant_u8(
+    multipliers: &[FixedMultiplier],
+    bias: &[i64],
+    zero_point: u8,
+    relu: bool,
+    acc: &[i32],
+    y: &mut [u8],
+) {
+    for (((y, &a), &m), &b) in y.iter_mut().zip(acc).zip(multipliers).zip(bias) {
+        *y = u8_one(a, m, b, zero_point, relu);
+    }
+}
+
+/// One channel of [`requant_u8`].
 #[inline]
-fn u8_one(acc: i32, m: FixedMultiplier, bias: i64, zero_point: u8, relu: bool) -> u8 {
+pub fn u8_one(acc: i32, m: FixedMultiplier, bias: i64, zero_point: u8, relu: bool) -> u8 {
     let a = acc as i64 + bias;
     let lo = if relu { zero_point as i64 } else { 0 };
     (zero_point as i64 + m.apply(a)).clamp(lo, 255) as u8

@@ -113,6 +113,24 @@ pub fn gemv_u8i8(x: &[u8], w: &[i8], acc: &mut [i32]) {
     int8::gemv_u8i8(x, w, acc)
 }
 
+/// `y[c] = clamp(zero_point + M[c](saturate_i32(acc[c] + bias[c])), lo, 255)` for every
+/// channel, `lo` the zero point under `relu`, else 0 (the u8 epilogue of the int8 layers;
+/// see [`int8::FixedMultiplier::apply`]). Every implementation gives identical results.
+pub fn requant_u8(
+    multipliers: &[int8::FixedMultiplier],
+    bias: &[i64],
+    zero_point: u8,
+    relu: bool,
+    acc: &[i32],
+    y: &mut [u8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x86::requant_u8_avx2(multipliers, bias, zero_point, relu, acc, y);
+    }
+    int8::requant_u8(multipliers, bias, zero_point, relu, acc, y)
+}
+
 pub use tree::{TreeEnsemble, TreeNode};
 
 pub use generic::{
@@ -171,6 +189,32 @@ mod tests {
     }
 
     proptest! {
+        /// The dispatched requantization equals the portable one exactly, extremes included.
+        #[test]
+        fn requant_u8_matches_portable(
+            n in 1usize..40,
+            seed in 0u32..10_000,
+            zero_point in 0u8..=255,
+            relu: bool,
+            big in 0u32..3,
+        ) {
+            let b = bytes(n * 16, seed);
+            let word = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            let acc: Vec<i32> = (0..n).map(|i| match big { 0 => word(i) as i32, _ => (word(i) as i32) >> (8 * big) }).collect();
+            let bias: Vec<i64> = (0..n).map(|i| (word(n + i) as i32 as i64) * if i % 3 == 0 { 3 } else { 1 }).collect();
+            let multipliers: Vec<super::int8::FixedMultiplier> = (0..n)
+                .map(|i| {
+                    let real = 2f64.powi((word(2 * n + i) % 60) as i32 - 31) * (1.0 + (word(3 * n + i) % 1000) as f64 / 1000.0);
+                    super::int8::FixedMultiplier::new(real).unwrap_or(super::int8::FixedMultiplier { m: 1 << 30, shift: 31 })
+                })
+                .collect();
+            let mut want = vec![0u8; n];
+            super::int8::requant_u8(&multipliers, &bias, zero_point, relu, &acc, &mut want);
+            let mut got = vec![0u8; n];
+            super::requant_u8(&multipliers, &bias, zero_point, relu, &acc, &mut got);
+            prop_assert_eq!(got, want);
+        }
+
         /// Every SIMD int8 path equals the portable one exactly.
         #[test]
         fn gemv_u8i8_paths_match_portable(k in 1usize..300, outputs in 1usize..13, seed in 0u32..10_000) {

@@ -282,3 +282,84 @@ fn store8(a: &[__m256i; 8], x: &[u8], rows: &[i8], k: usize, main: usize, out: &
         }
     }
 }
+
+/// AVX2 [`super::requant_u8`], four channels at a time in 64-bit lanes: `vpmuldq` forms the
+/// exact product; AVX2 has no 64-bit arithmetic right shift, so 2⁶² is added first (the
+/// product plus rounding term lies in (−2⁶², 2⁶² + 2⁶¹)) and `2⁶² >> shift` subtracted
+/// after a logical shift — the same floor division, exactly.
+pub(super) fn requant_u8_avx2(
+    multipliers: &[super::int8::FixedMultiplier],
+    bias: &[i64],
+    zero_point: u8,
+    relu: bool,
+    acc: &[i32],
+    y: &mut [u8],
+) {
+    let n = y
+        .len()
+        .min(acc.len())
+        .min(multipliers.len())
+        .min(bias.len());
+    // SAFETY: the caller checked `has_avx2()`; every slice is cut to the same length `n`
+    // and the kernel reads and writes only below it.
+    unsafe {
+        requant_avx2(
+            &multipliers[..n],
+            &bias[..n],
+            zero_point,
+            relu,
+            &acc[..n],
+            &mut y[..n],
+        )
+    }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn requant_avx2(
+    multipliers: &[super::int8::FixedMultiplier],
+    bias: &[i64],
+    zero_point: u8,
+    relu: bool,
+    acc: &[i32],
+    y: &mut [u8],
+) {
+    let n = y.len();
+    let zp = _mm256_set1_epi64x(zero_point as i64);
+    let lo = _mm256_set1_epi64x(if relu { zero_point as i64 } else { 0 });
+    let hi = _mm256_set1_epi64x(255);
+    let imax = _mm256_set1_epi64x(i32::MAX as i64);
+    let imin = _mm256_set1_epi64x(i32::MIN as i64);
+    let one = _mm256_set1_epi64x(1);
+    let big = _mm256_set1_epi64x(1 << 62);
+    let pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    let mut c = 0;
+    while c + 4 <= n {
+        let (a4, b4, m4) = (&acc[c..c + 4], &bias[c..c + 4], &multipliers[c..c + 4]);
+        // SAFETY: a4 holds 16 bytes, b4 and m4 32 (FixedMultiplier is repr(C) i32 + u32).
+        let (a, b, ms) = unsafe {
+            (
+                _mm256_cvtepi32_epi64(_mm_loadu_si128(a4.as_ptr().cast())),
+                _mm256_loadu_si256(b4.as_ptr().cast()),
+                _mm256_loadu_si256(m4.as_ptr().cast()),
+            )
+        };
+        let a = _mm256_add_epi64(a, b);
+        let a = _mm256_blendv_epi8(a, imax, _mm256_cmpgt_epi64(a, imax));
+        let a = _mm256_blendv_epi8(a, imin, _mm256_cmpgt_epi64(imin, a));
+        let shift = _mm256_srli_epi64(ms, 32);
+        let rnd = _mm256_sllv_epi64(one, _mm256_sub_epi64(shift, one));
+        let p = _mm256_add_epi64(_mm256_add_epi64(_mm256_mul_epi32(a, ms), rnd), big);
+        let q = _mm256_sub_epi64(_mm256_srlv_epi64(p, shift), _mm256_srlv_epi64(big, shift));
+        let q = _mm256_add_epi64(q, zp);
+        let q = _mm256_blendv_epi8(q, hi, _mm256_cmpgt_epi64(q, hi));
+        let q = _mm256_blendv_epi8(q, lo, _mm256_cmpgt_epi64(lo, q));
+        let d = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(q, pick));
+        let d = _mm_packus_epi16(_mm_packus_epi32(d, d), _mm_setzero_si128());
+        let v = _mm_cvtsi128_si32(d) as u32;
+        y[c..c + 4].copy_from_slice(&v.to_le_bytes());
+        c += 4;
+    }
+    for i in c..n {
+        y[i] = super::int8::u8_one(acc[i], multipliers[i], bias[i], zero_point, relu);
+    }
+}
