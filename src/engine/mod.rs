@@ -100,6 +100,12 @@ enum Step {
     },
     TreeEnsemble(Box<kernels::TreeEnsemble>),
     Quantize(QuantParams),
+    /// A standardize whose only reader is a quantize, fused (same operations, one pass).
+    StandardizeQuantize {
+        offset: Vec<f32>,
+        scale: Vec<f32>,
+        params: QuantParams,
+    },
     Dequantize(QuantParams),
     QDense(Box<quant::QDense>),
     QConv2d(Box<quant::QConv2d>),
@@ -340,6 +346,29 @@ impl Engine {
                     Step::QConv2d(Box::new(quant::QConv2d::new(core, p)))
                 }
             };
+            // Fuse a standardize into the quantize that alone reads it.
+            if let Step::Quantize(params) = &step
+                && input >= n_in
+                && consumers[input] == 1
+                && !is_output[input]
+                && let Some(prev) = nodes.last_mut()
+                && prev.output == input
+                && let Step::Standardize { offset, scale } = &mut prev.step
+            {
+                let fused = Step::StandardizeQuantize {
+                    offset: std::mem::take(offset),
+                    scale: std::mem::take(scale),
+                    params: *params,
+                };
+                prev.step = Step::Skip;
+                let src = prev.input;
+                nodes.push(PlannedNode {
+                    step: fused,
+                    input: src,
+                    output: out,
+                });
+                continue;
+            }
             // Fuse an activation into the dense layer that alone feeds it.
             if let Step::Activation(act) = &step
                 && input >= n_in
@@ -479,6 +508,24 @@ impl Engine {
                 }
                 (Step::Quantize(p), Buffer::F32(x), Buffer::U8(y)) => {
                     kernels::int8::quantize(&x[..in_len], p.scale, p.zero_point, &mut y[..out_len]);
+                }
+                (
+                    Step::StandardizeQuantize {
+                        offset,
+                        scale,
+                        params,
+                    },
+                    Buffer::F32(x),
+                    Buffer::U8(y),
+                ) => {
+                    kernels::int8::standardize_quantize(
+                        &x[..in_len],
+                        offset,
+                        scale,
+                        params.scale,
+                        params.zero_point,
+                        &mut y[..out_len],
+                    );
                 }
                 (Step::Dequantize(p), Buffer::U8(x), Buffer::F32(y)) => {
                     kernels::int8::dequantize(
@@ -628,6 +675,7 @@ fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize) {
         Step::TreeEnsemble(e) => e.run(x, y),
         Step::ArgMax { .. }
         | Step::Quantize(_)
+        | Step::StandardizeQuantize { .. }
         | Step::Dequantize(_)
         | Step::QDense(_)
         | Step::QConv2d(_)

@@ -37,6 +37,25 @@ pub fn quantize(x: &[f32], scale: f32, zero_point: u8, y: &mut [u8]) {
     }
 }
 
+/// [`super::standardize`] then [`quantize`] in one pass, along the last axis
+/// (`offset.len()` wide): `q = quantize_one((x - offset[i]) * scale[i])`, the same
+/// operations, so the same bits, as the two steps apart.
+pub fn standardize_quantize(
+    x: &[f32],
+    offset: &[f32],
+    scale: &[f32],
+    q_scale: f32,
+    zero_point: u8,
+    y: &mut [u8],
+) {
+    let n = offset.len().max(1);
+    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+        for (((q, &v), &o), &s) in yr.iter_mut().zip(xr).zip(offset).zip(scale) {
+            *q = quantize_one((v - o) * s, q_scale, zero_point);
+        }
+    }
+}
+
 /// `y = (q - zero_point) * scale`.
 pub fn dequantize(x: &[u8], scale: f32, zero_point: u8, y: &mut [f32]) {
     for (v, &q) in y.iter_mut().zip(x) {
