@@ -143,6 +143,14 @@ fn no_allocation_per_inference() {
         assert_eq!(allocations_during(&mut engine, &x, 1, 1000), 0);
     }
 
+    // The int8 digits MLP (static: quantize, two quantized dense layers) at batch 1 and 4.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/digits-mlp-trained/model-int8.perch");
+    let model = perch::artifact::read(&path).expect("int8 sample").model;
+    let mut int8 = Engine::new(&model.graph, 4).expect("plans");
+    assert_eq!(allocations_during(&mut int8, &x[..64], 1, 1000), 0);
+    assert_eq!(allocations_during(&mut int8, &x, 4, 1000), 0);
+
     // The counter does count: growing the batch allocates.
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     let big = vec![0.5f32; 16 * 64];
