@@ -2,7 +2,9 @@
 //! built for a batch capacity; [`Engine::run`] then performs no heap allocation for any
 //! batch up to that capacity (a larger batch grows the buffers once).
 
-use crate::graph::{DType, Graph, GraphError, Layer, ValueShapes};
+use crate::graph::{DType, Graph, GraphError, Layer, TensorData, ValueShapes};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 pub mod kernels;
 
@@ -83,7 +85,7 @@ enum Step {
         scale: Vec<f32>,
     },
     Dense {
-        weight: Vec<f32>,
+        weight: DenseWeight,
         bias: Vec<f32>,
         inputs: usize,
         outputs: usize,
@@ -110,6 +112,49 @@ enum Step {
     Skip,
 }
 
+/// A dense layer's weight in the layout its chosen kernel reads.
+enum DenseWeight {
+    /// Row-major `[outputs, inputs]`.
+    Dense(Vec<f32>),
+    /// Compressed sparse rows.
+    Csr(kernels::CsrMatrix),
+}
+
+/// Which kernel runs a dense layer whose weight the artifact stores sparsely, and the
+/// timings that chose it (see [`Engine::kernel_choices`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelChoice {
+    /// Node name.
+    pub node: String,
+    /// `[outputs, inputs]`.
+    pub shape: [usize; 2],
+    /// Stored nonzeros.
+    pub nonzeros: usize,
+    /// Whether the sparse (CSR) kernel was kept; otherwise the weight was made dense.
+    pub sparse: bool,
+    /// Measured time of one batch-1 run of the sparse kernel, nanoseconds.
+    pub sparse_ns: f64,
+    /// Measured time of one batch-1 run of the dense kernel, nanoseconds (0 when the
+    /// dense copy would be too large to measure).
+    pub dense_ns: f64,
+}
+
+impl std::fmt::Display for KernelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [o, i] = self.shape;
+        let density = self.nonzeros as f64 / (o * i).max(1) as f64;
+        write!(
+            f,
+            "{}: {o}×{i} weight, {:.1}% nonzero: {} kernel (sparse {:.0} ns, dense {:.0} ns per sample)",
+            self.node,
+            density * 100.0,
+            if self.sparse { "sparse" } else { "dense" },
+            self.sparse_ns,
+            self.dense_ns,
+        )
+    }
+}
+
 struct PlannedNode {
     step: Step,
     input: usize,
@@ -119,6 +164,7 @@ struct PlannedNode {
 /// A graph ready to run. Not `Sync`: give each thread its own engine.
 pub struct Engine {
     nodes: Vec<PlannedNode>,
+    choices: Vec<KernelChoice>,
     shapes: ValueShapes,
     /// Elements per sample of each value (the product of its shape), computed once.
     sample_lens: Vec<usize>,
@@ -162,6 +208,7 @@ impl Engine {
         }
         let mut alias: Vec<usize> = (0..n_values).collect();
         let mut nodes: Vec<PlannedNode> = Vec::with_capacity(graph.nodes.len());
+        let mut choices = Vec::new();
         for (k, node) in graph.nodes.iter().enumerate() {
             let out = n_in + k;
             let input = node.inputs[0] as usize;
@@ -182,13 +229,36 @@ impl Engine {
                     }
                 }
                 Layer::Dense { weight, bias } => {
-                    let w = weight.as_f32().unwrap_or(&[]).to_vec();
                     let outputs = weight.shape[0] as usize;
                     let inputs = weight.shape[1] as usize;
                     let b = bias
                         .as_ref()
                         .and_then(|b| b.as_f32())
                         .map_or_else(|| vec![0.0; outputs], <[f32]>::to_vec);
+                    let w = match &weight.data {
+                        TensorData::Csr {
+                            row_ptr,
+                            col_idx,
+                            values,
+                        } => {
+                            let csr = kernels::CsrMatrix::new(
+                                outputs,
+                                inputs,
+                                row_ptr.clone(),
+                                col_idx.clone(),
+                                values.clone(),
+                            )
+                            .ok_or_else(|| GraphError::Shape {
+                                node: node.name.clone(),
+                                layer: "dense",
+                                reason: "inconsistent sparse weight".into(),
+                            })?;
+                            let (w, choice) = choose_dense_kernel(&node.name, csr, &b);
+                            choices.push(choice);
+                            w
+                        }
+                        _ => DenseWeight::Dense(weight.as_f32().unwrap_or(&[]).to_vec()),
+                    };
                     Step::Dense {
                         weight: w,
                         bias: b,
@@ -327,6 +397,7 @@ impl Engine {
         }
         let mut engine = Engine {
             nodes,
+            choices,
             buffers: Vec::new(),
             alias,
             input_names: graph.inputs.iter().map(|s| s.name.clone()).collect(),
@@ -367,6 +438,12 @@ impl Engine {
             })
             .collect();
         self.capacity = batch;
+    }
+
+    /// The kernel chosen for each dense layer stored sparsely, in node order, with the
+    /// timings that decided it.
+    pub fn kernel_choices(&self) -> &[KernelChoice] {
+        &self.choices
     }
 
     /// Largest batch that runs without allocating.
@@ -460,6 +537,73 @@ impl Engine {
     }
 }
 
+/// Largest dense copy (elements) made of a sparse weight to time the dense kernel on it.
+const DENSIFY_LIMIT: usize = 1 << 22;
+
+/// Time budget for timing each kernel on one layer.
+const CHOICE_BUDGET: Duration = Duration::from_micros(500);
+
+/// Times the sparse and the dense kernel on one batch-1 sample of this layer's shape
+/// (each for at most [`CHOICE_BUDGET`], after a warm-up) and keeps the faster.
+fn choose_dense_kernel(
+    node: &str,
+    csr: kernels::CsrMatrix,
+    bias: &[f32],
+) -> (DenseWeight, KernelChoice) {
+    let (outputs, inputs) = (csr.rows(), csr.cols());
+    let mut choice = KernelChoice {
+        node: node.to_string(),
+        shape: [outputs, inputs],
+        nonzeros: csr.nonzeros(),
+        sparse: true,
+        sparse_ns: 0.0,
+        dense_ns: 0.0,
+    };
+    if outputs.saturating_mul(inputs) > DENSIFY_LIMIT {
+        return (DenseWeight::Csr(csr), choice);
+    }
+    let x: Vec<f32> = (0..inputs).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
+    let mut y = vec![0.0f32; outputs];
+    let dense = csr.to_dense();
+    choice.sparse_ns = time_per_run(|| {
+        kernels::csr_dense(black_box(&x), black_box(&csr), bias, black_box(&mut y));
+    });
+    choice.dense_ns = time_per_run(|| {
+        let w = black_box(&dense);
+        kernels::dense(black_box(&x), w, bias, inputs, outputs, black_box(&mut y));
+    });
+    choice.sparse = choice.sparse_ns < choice.dense_ns;
+    let weight = if choice.sparse {
+        DenseWeight::Csr(csr)
+    } else {
+        DenseWeight::Dense(dense)
+    };
+    (weight, choice)
+}
+
+/// Mean nanoseconds per call of `f`, by the best of a few timed batches within
+/// [`CHOICE_BUDGET`].
+fn time_per_run(mut f: impl FnMut()) -> f64 {
+    for _ in 0..8 {
+        f();
+    }
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut batch = 1u32;
+    while start.elapsed() < CHOICE_BUDGET {
+        let t = Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        let per = t.elapsed().as_nanos() as f64 / f64::from(batch);
+        best = best.min(per);
+        if batch < 64 {
+            batch *= 2;
+        }
+    }
+    best
+}
+
 /// Rejects NaN and infinity in input `index`, naming the sample and feature.
 ///
 /// # Errors
@@ -493,7 +637,10 @@ fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize) {
             outputs,
             act,
         } => {
-            kernels::dense(x, weight, bias, *inputs, *outputs, y);
+            match weight {
+                DenseWeight::Dense(w) => kernels::dense(x, w, bias, *inputs, *outputs, y),
+                DenseWeight::Csr(w) => kernels::csr_dense(x, w, bias, y),
+            }
             kernels::activate(*act, y);
         }
         Step::Conv2d(p, w, b) => kernels::conv2d(p, x, w, b, y, batch),
