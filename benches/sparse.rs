@@ -80,6 +80,18 @@ fn bench(c: &mut Criterion) {
                     )
                 })
             });
+            let mut scratch = vec![0.0f32; inputs * kernels::CSR_TILE];
+            group.bench_with_input(BenchmarkId::new("csr_batched", batch), &x, |b, x| {
+                b.iter(|| {
+                    kernels::csr_dense_batched(
+                        black_box(x),
+                        black_box(&csr),
+                        &bias,
+                        black_box(&mut y),
+                        &mut scratch,
+                    )
+                })
+            });
             group.bench_with_input(BenchmarkId::new("csr", batch), &x, |b, x| {
                 b.iter(|| {
                     kernels::csr_dense(black_box(x), black_box(&csr), &bias, black_box(&mut y))

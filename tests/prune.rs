@@ -1,7 +1,8 @@
 //! Pruning the trained digits MLP (models/digits-mlp-trained): 80% magnitude pruning with
 //! gradual fine-tuning on the corpus training split keeps test accuracy within 2 points
 //! of the dense model; structured pruning shrinks it and it still runs. Prints the
-//! accuracies (`cargo test --all-features --test prune -- --nocapture`).
+//! accuracies (`cargo test --all-features --test prune -- --nocapture`); with
+//! `PERCH_WRITE_PRUNED=FILE` it also writes the fine-tuned 80% model there.
 #![cfg(feature = "host")]
 
 use perch::engine::Engine;
@@ -103,6 +104,9 @@ fn eighty_percent_with_finetuning_stays_within_two_points() {
         "fine-tuned {tuned_acc} vs dense {dense_acc}"
     );
     assert!(size(&tuned) < size(&dense));
+    if let Some(path) = std::env::var_os("PERCH_WRITE_PRUNED") {
+        perch::artifact::write(std::path::Path::new(&path), &tuned).expect("writes");
+    }
     let bytes = perch::artifact::encode(&tuned).expect("encodes");
     let back = perch::artifact::decode(&bytes).expect("decodes").model;
     assert_eq!(accuracy(&back, &test), tuned_acc);

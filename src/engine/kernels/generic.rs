@@ -213,3 +213,45 @@ fn sparse_dot(cols: &[u32], values: &[f32], x: &[f32]) -> f32 {
     }
     s
 }
+
+/// Samples the batched sparse kernel handles at once.
+pub const CSR_TILE: usize = 16;
+
+/// Portable [`super::csr_dense_batched`]: [`CSR_TILE`] samples at a time, their inputs
+/// transposed into `scratch` (`cols × CSR_TILE`) so each stored weight multiplies a
+/// contiguous run of samples.
+pub fn csr_dense_batched(
+    x: &[f32],
+    w: &super::CsrMatrix,
+    b: &[f32],
+    y: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (inputs, outputs) = (w.cols, w.rows);
+    let xt = &mut scratch[..inputs * CSR_TILE];
+    for (xs, ys) in x
+        .chunks(inputs * CSR_TILE)
+        .zip(y.chunks_mut(outputs * CSR_TILE))
+    {
+        let n = xs.len() / inputs.max(1);
+        xt.fill(0.0);
+        for (t, xr) in xs.chunks_exact(inputs).enumerate() {
+            for (c, &v) in xr.iter().enumerate() {
+                xt[c * CSR_TILE + t] = v;
+            }
+        }
+        for ((o, span), &bo) in w.row_ptr.windows(2).enumerate().zip(b) {
+            let mut acc = [bo; CSR_TILE];
+            let range = span[0] as usize..span[1] as usize;
+            for (&c, &v) in w.col_idx[range.clone()].iter().zip(&w.values[range]) {
+                let col = &xt[c as usize * CSR_TILE..(c as usize + 1) * CSR_TILE];
+                for t in 0..CSR_TILE {
+                    acc[t] += v * col[t];
+                }
+            }
+            for (t, &a) in acc.iter().enumerate().take(n) {
+                ys[t * outputs + o] = a;
+            }
+        }
+    }
+}

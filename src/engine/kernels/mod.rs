@@ -178,6 +178,14 @@ pub fn csr_dense(x: &[f32], w: &CsrMatrix, b: &[f32], y: &mut [f32]) {
     generic::csr_dense(x, w, b, y)
 }
 
+/// [`csr_dense`] for batches: the same result, several samples per pass over the weight.
+/// `scratch` holds at least `w.cols() * CSR_TILE` values.
+pub fn csr_dense_batched(x: &[f32], w: &CsrMatrix, b: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    generic::csr_dense_batched(x, w, b, y, scratch)
+}
+
+pub use generic::CSR_TILE;
+
 pub use tree::{TreeEnsemble, TreeNode};
 
 pub use generic::{
@@ -207,7 +215,7 @@ mod tests {
 
         /// The sparse kernel gives what the dense one gives on the same (pruned) matrix.
         #[test]
-        fn csr_dense_matches_dense(inputs in 1usize..70, outputs in 1usize..20, rows in 1usize..4, keep in 0u32..100, seed in 0u32..1000) {
+        fn csr_dense_matches_dense(inputs in 1usize..70, outputs in 1usize..20, rows in 1usize..40, keep in 0u32..100, seed in 0u32..1000) {
             let values = |n: usize, k: u32| -> Vec<f32> { (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(k * 97)) % 2001) as f32 / 1000.0 - 1.0).collect() };
             let x = values(inputs * rows, seed);
             let mut w = values(inputs * outputs, seed + 1);
@@ -221,7 +229,13 @@ mod tests {
             prop_assert_eq!(csr.to_dense(), w.clone());
             let mut sparse = vec![0.0; rows * outputs];
             let mut dense = vec![0.0; rows * outputs];
+            let mut batched = vec![0.0; rows * outputs];
+            let mut scratch = vec![0.0; inputs * super::CSR_TILE];
+            super::csr_dense_batched(&x, &csr, &b, &mut batched, &mut scratch);
             super::csr_dense(&x, &csr, &b, &mut sparse);
+            for (s, t) in sparse.iter().zip(&batched) {
+                prop_assert!((s - t).abs() <= 1e-5 * (1.0 + s.abs()) * inputs as f32, "{} vs {}", s, t);
+            }
             super::generic::dense(&x, &w, &b, inputs, outputs, &mut dense);
             for (s, d) in sparse.iter().zip(&dense) {
                 prop_assert!((s - d).abs() <= 1e-5 * (1.0 + d.abs()) * inputs as f32, "{} vs {}", s, d);
