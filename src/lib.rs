@@ -17,6 +17,8 @@
 //! - [`train`] (feature `host`): CSV datasets, preprocessing, linear models, MLP, linear SVM,
 //!   decision trees and random forests,
 //!   optimizers, metrics, cross-validation and grid search; trained models become graphs.
+//! - [`optimize`] (feature `host`): magnitude and structured pruning, gradual pruning with
+//!   fine-tuning on the training data.
 //! - [`registry`] (feature `host`): numbered model versions with metadata, lineage, tags and
 //!   aliases in SQLite, artifacts content-addressed beside the database.
 //!
@@ -61,6 +63,8 @@ pub mod io;
 pub mod memory;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+#[cfg(feature = "host")]
+pub mod optimize;
 #[cfg(feature = "host")]
 pub mod registry;
 pub mod runtime;
