@@ -31,7 +31,7 @@ pub struct OptimizeOptions {
     pub calibration: String,
     /// Prune to this sparsity (fraction of weights removed, e.g. 0.8).
     #[arg(long)]
-    pub prune: Option<f32>,
+    pub prune: Option<f64>,
     /// Remove whole neurons instead of single weights (shrinks the layers).
     #[arg(long)]
     pub structured: bool,
@@ -241,7 +241,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
                     &train,
                     &FinetuneOptions {
                         epochs,
-                        sparsity,
+                        sparsity: sparsity as f32,
                         scope,
                         structured: opts.structured,
                         seed: opts.seed,
@@ -255,7 +255,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
                 let (m, report) = prune(
                     &out,
                     &PruneOptions {
-                        sparsity,
+                        sparsity: sparsity as f32,
                         scope,
                         structured: opts.structured,
                     },
@@ -268,7 +268,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
             "prune".into(),
             json!({
                 "sparsity": sparsity,
-                "achieved": report.sparsity,
+                "achieved": f64::from(report.sparsity),
                 "scope": if opts.per_layer { "per_layer" } else { "global" },
                 "structured": opts.structured,
                 "finetune_epochs": opts.finetune_epochs.unwrap_or(0),
