@@ -328,6 +328,28 @@ fn impurity(side: &Side, criterion: Criterion) -> f64 {
     }
 }
 
+/// `v`'s bits mapped so that unsigned order is [`f32::total_cmp`]'s order: sorting plain
+/// integers is faster than sorting pairs through a float comparison.
+fn sort_key(v: f32) -> u32 {
+    let bits = v.to_bits();
+    if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+/// The value and sample index packed by `best_split`.
+fn unpack_key(packed: u64) -> (f32, u32) {
+    let key = (packed >> 32) as u32;
+    let bits = if key & 0x8000_0000 != 0 {
+        key & 0x7FFF_FFFF
+    } else {
+        !key
+    };
+    (f32::from_bits(bits), packed as u32)
+}
+
 struct Split {
     feature: usize,
     threshold: f32,
@@ -351,7 +373,8 @@ struct Grower<'d, 'a> {
     /// Per sample weight (bootstrap counts; 0 for samples left out).
     weights: Vec<f64>,
     features: Vec<usize>,
-    sorted: Vec<(f32, u32)>,
+    /// The node's samples along one feature: [`sort_key`] of the value, then the index.
+    sorted: Vec<u64>,
     left: Side,
     right: Side,
     total: Side,
@@ -385,17 +408,20 @@ impl Grower<'_, '_> {
             }
             visited += 1;
             self.sorted.clear();
-            self.sorted
-                .extend(samples.iter().map(|&i| (col[i as usize], i)));
-            self.sorted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+            self.sorted.extend(
+                samples
+                    .iter()
+                    .map(|&i| (u64::from(sort_key(col[i as usize])) << 32) | u64::from(i)),
+            );
+            self.sorted.sort_unstable();
             self.left.reset();
             self.right.clone_from(&self.total);
             for p in 0..n - 1 {
-                let (v, i) = self.sorted[p];
+                let (v, i) = unpack_key(self.sorted[p]);
                 let w = self.weights[i as usize];
                 update(&mut self.left, criterion, &target, i as usize, w);
                 update(&mut self.right, criterion, &target, i as usize, -w);
-                let next = self.sorted[p + 1].0;
+                let next = unpack_key(self.sorted[p + 1]).0;
                 if next <= v || p + 1 < min_leaf || n - p - 1 < min_leaf {
                     continue;
                 }
@@ -920,6 +946,39 @@ mod tests {
         assert_eq!(
             t.predict(x.view()).expect("predicts"),
             vec![2.0, 2.0, 11.0, 11.0]
+        );
+    }
+
+    #[test]
+    fn sort_keys_order_as_total_cmp_and_round_trip() {
+        let mut values = vec![
+            f32::NEG_INFINITY,
+            -3.5,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-30,
+            2.25,
+            f32::MAX,
+            f32::INFINITY,
+        ];
+        let keys: Vec<u32> = values.iter().map(|&v| sort_key(v)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:x?}");
+        for (i, &v) in values.iter().enumerate() {
+            let (back, index) = unpack_key((u64::from(sort_key(v)) << 32) | i as u64);
+            assert_eq!((back.to_bits(), index), (v.to_bits(), i as u32));
+        }
+        values.reverse();
+        let mut packed: Vec<u64> = values
+            .iter()
+            .map(|&v| u64::from(sort_key(v)) << 32)
+            .collect();
+        packed.sort_unstable();
+        values.sort_by(f32::total_cmp);
+        let sorted: Vec<u32> = packed.iter().map(|&k| unpack_key(k).0.to_bits()).collect();
+        assert_eq!(
+            sorted,
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
     }
 
