@@ -17,6 +17,7 @@ use crate::graph::{
     ValueId,
 };
 use prost::Message;
+use std::borrow::Cow;
 use tract_onnx::pb::{
     self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
@@ -224,7 +225,7 @@ impl Writer {
     fn tensor(&mut self, node: &str, name: String, t: &Tensor) -> Result<String, ExportError> {
         let data = f32_data(node, t)?;
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        Ok(self.konst_f32(name, &dims, data))
+        Ok(self.konst_f32(name, &dims, &data))
     }
 
     fn node(
@@ -289,7 +290,7 @@ impl Writer {
                     .transpose()?;
                 let (o, i) = (weight.shape[0] as usize, weight.shape[1] as usize);
                 if in_rank == 1 {
-                    let w = self.konst_f32(format!("{out}/weight"), &[o, i], data);
+                    let w = self.konst_f32(format!("{out}/weight"), &[o, i], &data);
                     let mut inputs = vec![x, w];
                     inputs.extend(b);
                     let mut n = op("Gemm", nm, inputs, vec![out]);
@@ -572,11 +573,19 @@ fn tree_targets(trees: &[crate::graph::Tree], n_out: usize) -> (TargetIds, Vec<f
     (ids, weights)
 }
 
-fn f32_data<'a>(node: &str, t: &'a Tensor) -> Result<&'a [f32], ExportError> {
-    t.as_f32().ok_or_else(|| ExportError::Unsupported {
-        node: node.to_string(),
-        reason: "only dense f32 tensors export to ONNX".into(),
-    })
+/// The tensor's elements as dense f32 (sparse weights are written out densely: ONNX
+/// initializers here are dense).
+fn f32_data<'a>(node: &str, t: &'a Tensor) -> Result<Cow<'a, [f32]>, ExportError> {
+    match t.as_f32() {
+        Some(v) => Ok(Cow::Borrowed(v)),
+        None => t
+            .to_f32_vec()
+            .map(Cow::Owned)
+            .ok_or_else(|| ExportError::Unsupported {
+                node: node.to_string(),
+                reason: "only f32 tensors (dense or CSR) export to ONNX".into(),
+            }),
+    }
 }
 
 fn op(kind: &str, name: &str, input: Vec<String>, output: Vec<String>) -> NodeProto {

@@ -18,7 +18,8 @@
 //!   decision trees and random forests,
 //!   optimizers, metrics, cross-validation and grid search; trained models become graphs.
 //! - [`optimize`] (feature `host`): post-training int8 quantization (static with calibration,
-//!   or dynamic) of native models.
+//!   or dynamic), magnitude and structured pruning, gradual pruning with fine-tuning on the
+//!   training data.
 //! - [`registry`] (feature `host`): numbered model versions with metadata, lineage, tags and
 //!   aliases in SQLite, artifacts content-addressed beside the database.
 //!

@@ -224,7 +224,11 @@ impl Model {
             ops: layer_counts(&art.model.graph),
             size_bytes: bytes.len() as u64,
             metadata: Some(art.model.metadata.clone()),
-            notes: Vec::new(),
+            notes: engine
+                .kernel_choices()
+                .iter()
+                .map(|c| format!("sparse weight {c}"))
+                .collect(),
             sha256: Some(artifact::hex(&art.sha256)),
         };
         Ok(Model {

@@ -151,6 +151,43 @@ fn no_allocation_per_inference() {
     assert_eq!(allocations_during(&mut int8, &x[..64], 1, 1000), 0);
     assert_eq!(allocations_during(&mut int8, &x, 4, 1000), 0);
 
+    // A dense layer stored sparsely (CSR), through the single-sample and batched kernels.
+    let w: Vec<f32> = (0..64 * 64)
+        .map(|i| {
+            if i % 5 == 0 {
+                (i % 11) as f32 / 11.0 - 0.5
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let sparse = Graph {
+        inputs: vec![TensorSpec {
+            name: "x".into(),
+            dtype: DType::F32,
+            shape: vec![64],
+        }],
+        nodes: vec![Node {
+            name: "fc".into(),
+            layer: Layer::Dense {
+                weight: Tensor::csr_from_dense(64, 64, &w),
+                bias: Some(Tensor::f32(vec![64], vec![0.1; 64])),
+            },
+            inputs: vec![0],
+        }],
+        outputs: vec![Output {
+            name: "y".into(),
+            value: 1,
+        }],
+    };
+    let mut sparse_engine = Engine::new(&sparse, 32).expect("plans");
+    let xs: Vec<f32> = (0..32 * 64).map(|i| (i % 13) as f32 / 13.0).collect();
+    assert_eq!(
+        allocations_during(&mut sparse_engine, &xs[..64], 1, 1000),
+        0
+    );
+    assert_eq!(allocations_during(&mut sparse_engine, &xs, 32, 1000), 0);
+
     // The counter does count: growing the batch allocates.
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     let big = vec![0.5f32; 16 * 64];

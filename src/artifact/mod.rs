@@ -410,6 +410,52 @@ mod tests {
         assert!(err.to_string().contains("newer perch"));
     }
 
+    /// `tiny` with a sparse `[2, 3]` weight `[[0 0 1] [2 3 0]]` (CSR).
+    fn tiny_sparse() -> Model {
+        let mut m = tiny();
+        m.graph.inputs[0].shape = vec![3];
+        m.graph.nodes[0].layer = Layer::Dense {
+            weight: Tensor {
+                shape: vec![2, 3],
+                data: crate::graph::TensorData::Csr {
+                    row_ptr: vec![0, 1, 3],
+                    col_idx: vec![2, 0, 1],
+                    values: vec![1.0, 2.0, 3.0],
+                },
+            },
+            bias: None,
+        };
+        m
+    }
+
+    /// The variant index of `TensorData::Csr` (docs/artifact.md).
+    const CSR_VARIANT: u8 = 2;
+
+    #[test]
+    fn a_sparse_weight_round_trips_with_the_documented_bytes() {
+        let m = tiny_sparse();
+        let bytes = encode(&m).expect("encodes");
+        #[rustfmt::skip]
+        let weight: &[u8] = &[
+            2, 2, 3,            // shape [2, 3]
+            CSR_VARIANT,        // TensorData::Csr
+            3, 0, 1, 3,         // row_ptr
+            3, 2, 0, 1,         // col_idx
+            3, 0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x40, 0x40,
+            0,                  // bias: None
+        ];
+        assert!(
+            bytes.windows(weight.len()).any(|w| w == weight),
+            "CSR bytes as documented"
+        );
+        let back = decode(&bytes).expect("decodes").model;
+        assert_eq!(back, m);
+        let mut engine = crate::engine::Engine::new(&back.graph, 1).expect("plans");
+        engine.run(&[&[1.0, 10.0, 100.0]], 1).expect("runs");
+        assert_eq!(engine.output_f32(0), Some(&[100.0, 32.0][..]));
+        assert_eq!(engine.kernel_choices().len(), 1);
+    }
+
     #[test]
     fn an_inconsistent_graph_is_rejected_at_decode() {
         let mut m = tiny();
@@ -432,6 +478,27 @@ mod tests {
             let n = p.len();
             p[flip % n] = val;
             p.extend_from_slice(&payload[..payload.len() % 8]);
+            let mut b = good[..12].to_vec();
+            b.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            b.extend_from_slice(&p);
+            b.extend_from_slice(&Sha256::digest(&p));
+            b.extend_from_slice(&[0; 64]);
+            if let Ok(art) = decode(&b)
+                && let Ok(mut engine) = crate::engine::Engine::new(&art.model.graph, 1)
+            {
+                let len: usize = art.model.graph.inputs.iter().map(|s| s.sample_len()).sum();
+                if art.model.graph.inputs.len() == 1 && len < 4096 {
+                    let _ = engine.run(&[&vec![0.25; len]], 1);
+                }
+            }
+        }
+
+        #[test]
+        fn damaged_sparse_weights_never_panic(flip in 0usize..64, val in proptest::prelude::any::<u8>()) {
+            let good = encode(&tiny_sparse()).expect("encodes");
+            let mut p = good[HEADER_LEN..good.len() - DIGEST_LEN - SIGNATURE_LEN].to_vec();
+            let n = p.len();
+            p[flip % n] = val;
             let mut b = good[..12].to_vec();
             b.extend_from_slice(&(p.len() as u64).to_le_bytes());
             b.extend_from_slice(&p);

@@ -67,6 +67,14 @@ enum Command {
         #[command(subcommand)]
         command: Models,
     },
+    /// Quantize and/or prune a model into a new version, with a before/after table.
+    Optimize {
+        #[command(flatten)]
+        options: host_cli::optimize::OptimizeOptions,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Register an external ONNX model (converted to native when every op translates).
     Import {
         /// The ONNX model.
@@ -187,6 +195,11 @@ fn run(cli: Cli) -> Result<()> {
             let report =
                 host_cli::eval(&open_registry(registry)?, &model, &data, target.as_deref())?;
             print(&report, json, |r| host_cli::render_report(r) + "\n");
+        }
+        Command::Optimize { options, json } => {
+            let mut reg = open_registry(registry)?;
+            let report = host_cli::optimize::optimize(&mut reg, &options)?;
+            print(&report, json, host_cli::optimize::render);
         }
         Command::Import { model, name, json } => {
             let v = host_cli::import(&mut open_registry(registry)?, &model, name.as_deref())?;

@@ -2,7 +2,9 @@
 //! built for a batch capacity; [`Engine::run`] then performs no heap allocation for any
 //! batch up to that capacity (a larger batch grows the buffers once).
 
-use crate::graph::{DType, Graph, GraphError, Layer, QuantParams, Tensor, ValueShapes};
+use crate::graph::{DType, Graph, GraphError, Layer, QuantParams, Tensor, TensorData, ValueShapes};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 pub mod kernels;
 mod quant;
@@ -76,7 +78,7 @@ enum Step {
         scale: Vec<f32>,
     },
     Dense {
-        weight: Vec<f32>,
+        weight: DenseWeight,
         bias: Vec<f32>,
         inputs: usize,
         outputs: usize,
@@ -113,6 +115,70 @@ enum Step {
     Skip,
 }
 
+/// A dense layer's weight in the layout its chosen kernel reads.
+enum DenseWeight {
+    /// Row-major `[outputs, inputs]`.
+    Dense(Vec<f32>),
+    /// Compressed sparse rows, used for batches below [`kernels::CSR_TILE`] samples when
+    /// `single`, for larger ones when `batched`; `dense` (empty unless one of them is
+    /// false) serves the other batches.
+    Csr {
+        csr: kernels::CsrMatrix,
+        dense: Vec<f32>,
+        single: bool,
+        batched: bool,
+    },
+}
+
+/// Which kernel runs a dense layer whose weight the artifact stores sparsely, and the
+/// timings that chose it (see [`Engine::kernel_choices`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelChoice {
+    /// Node name.
+    pub node: String,
+    /// `[outputs, inputs]`.
+    pub shape: [usize; 2],
+    /// Stored nonzeros.
+    pub nonzeros: usize,
+    /// Whether the sparse kernel runs batches below [`kernels::CSR_TILE`] samples.
+    pub sparse: bool,
+    /// Whether the batched sparse kernel runs batches of [`kernels::CSR_TILE`] or more.
+    pub sparse_batched: bool,
+    /// Measured time of a batch-1 run of the sparse kernel, nanoseconds.
+    pub sparse_ns: f64,
+    /// Measured time of a batch-1 run of the dense kernel, nanoseconds (0 when the dense
+    /// copy would be too large to measure).
+    pub dense_ns: f64,
+    /// Measured time per sample of a [`kernels::CSR_TILE`]-sample batch, batched sparse
+    /// kernel, nanoseconds.
+    pub sparse_batched_ns: f64,
+    /// The same for the dense kernel.
+    pub dense_batched_ns: f64,
+}
+
+impl std::fmt::Display for KernelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [o, i] = self.shape;
+        let density = self.nonzeros as f64 / (o * i).max(1) as f64;
+        let pick = |sparse| if sparse { "sparse" } else { "dense" };
+        write!(
+            f,
+            "{}: {o}×{i} weight, {:.1}% nonzero: {} kernel for single samples (sparse {:.0} ns, \
+             dense {:.0} ns), {} kernel for batches of {}+ (sparse {:.0} ns, dense {:.0} ns \
+             per sample)",
+            self.node,
+            density * 100.0,
+            pick(self.sparse),
+            self.sparse_ns,
+            self.dense_ns,
+            pick(self.sparse_batched),
+            kernels::CSR_TILE,
+            self.sparse_batched_ns,
+            self.dense_batched_ns,
+        )
+    }
+}
+
 struct PlannedNode {
     step: Step,
     input: usize,
@@ -122,6 +188,9 @@ struct PlannedNode {
 /// A graph ready to run. Not `Sync`: give each thread its own engine.
 pub struct Engine {
     nodes: Vec<PlannedNode>,
+    choices: Vec<KernelChoice>,
+    /// Transposed inputs of the batched sparse kernel.
+    scratch: Vec<f32>,
     shapes: ValueShapes,
     /// Elements per sample of each value (the product of its shape), computed once.
     sample_lens: Vec<usize>,
@@ -165,6 +234,7 @@ impl Engine {
         }
         let mut alias: Vec<usize> = (0..n_values).collect();
         let mut nodes: Vec<PlannedNode> = Vec::with_capacity(graph.nodes.len());
+        let mut choices = Vec::new();
         for (k, node) in graph.nodes.iter().enumerate() {
             let out = n_in + k;
             let input = node.inputs[0] as usize;
@@ -185,13 +255,36 @@ impl Engine {
                     }
                 }
                 Layer::Dense { weight, bias } => {
-                    let w = weight.as_f32().unwrap_or(&[]).to_vec();
                     let outputs = weight.shape[0] as usize;
                     let inputs = weight.shape[1] as usize;
                     let b = bias
                         .as_ref()
                         .and_then(|b| b.as_f32())
                         .map_or_else(|| vec![0.0; outputs], <[f32]>::to_vec);
+                    let w = match &weight.data {
+                        TensorData::Csr {
+                            row_ptr,
+                            col_idx,
+                            values,
+                        } => {
+                            let csr = kernels::CsrMatrix::new(
+                                outputs,
+                                inputs,
+                                row_ptr.clone(),
+                                col_idx.clone(),
+                                values.clone(),
+                            )
+                            .ok_or_else(|| GraphError::Shape {
+                                node: node.name.clone(),
+                                layer: "dense",
+                                reason: "inconsistent sparse weight".into(),
+                            })?;
+                            let (w, choice) = choose_dense_kernel(&node.name, csr, &b);
+                            choices.push(choice);
+                            w
+                        }
+                        _ => DenseWeight::Dense(weight.as_f32().unwrap_or(&[]).to_vec()),
+                    };
                     Step::Dense {
                         weight: w,
                         bias: b,
@@ -396,8 +489,21 @@ impl Engine {
                 output: out,
             });
         }
+        let scratch = nodes
+            .iter()
+            .map(|n| match &n.step {
+                Step::Dense {
+                    weight: DenseWeight::Csr { csr, .. },
+                    ..
+                } => csr.cols() * kernels::CSR_TILE,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
         let mut engine = Engine {
             nodes,
+            choices,
+            scratch: vec![0.0; scratch],
             buffers: Vec::new(),
             alias,
             input_names: graph.inputs.iter().map(|s| s.name.clone()).collect(),
@@ -439,6 +545,12 @@ impl Engine {
             })
             .collect();
         self.capacity = batch;
+    }
+
+    /// The kernel chosen for each dense layer stored sparsely, in node order, with the
+    /// timings that decided it.
+    pub fn kernel_choices(&self) -> &[KernelChoice] {
+        &self.choices
     }
 
     /// Largest batch that runs without allocating.
@@ -548,9 +660,13 @@ impl Engine {
                         q.run(x, y, batch);
                     }
                 }
-                (step, Buffer::F32(x), Buffer::F32(y)) => {
-                    run_step(step, &x[..in_len], &mut y[..out_len], batch)
-                }
+                (step, Buffer::F32(x), Buffer::F32(y)) => run_step(
+                    step,
+                    &x[..in_len],
+                    &mut y[..out_len],
+                    batch,
+                    &mut self.scratch,
+                ),
                 _ => {}
             }
         }
@@ -579,6 +695,102 @@ impl Engine {
             _ => None,
         }
     }
+}
+
+/// Largest dense copy (elements) made of a sparse weight to time the dense kernel on it.
+const DENSIFY_LIMIT: usize = 1 << 22;
+
+/// Time budget for timing each kernel on one layer.
+const CHOICE_BUDGET: Duration = Duration::from_micros(250);
+
+/// Times the sparse and the dense kernel on one batch-1 sample of this layer's shape
+/// (each for at most [`CHOICE_BUDGET`], after a warm-up) and keeps the faster.
+fn choose_dense_kernel(
+    node: &str,
+    csr: kernels::CsrMatrix,
+    bias: &[f32],
+) -> (DenseWeight, KernelChoice) {
+    let (outputs, inputs) = (csr.rows(), csr.cols());
+    let mut choice = KernelChoice {
+        node: node.to_string(),
+        shape: [outputs, inputs],
+        nonzeros: csr.nonzeros(),
+        sparse: true,
+        sparse_batched: true,
+        sparse_ns: 0.0,
+        dense_ns: 0.0,
+        sparse_batched_ns: 0.0,
+        dense_batched_ns: 0.0,
+    };
+    if outputs.saturating_mul(inputs) > DENSIFY_LIMIT {
+        let weight = DenseWeight::Csr {
+            csr,
+            dense: Vec::new(),
+            single: true,
+            batched: true,
+        };
+        return (weight, choice);
+    }
+    let tile = kernels::CSR_TILE;
+    let x: Vec<f32> = (0..inputs * tile)
+        .map(|i| (i % 7) as f32 * 0.25 - 0.75)
+        .collect();
+    let mut y = vec![0.0f32; outputs * tile];
+    let mut scratch = vec![0.0f32; inputs * tile];
+    let dense = csr.to_dense();
+    let (x1, y1) = (&x[..inputs], outputs);
+    choice.sparse_ns = time_per_run(|| {
+        let y = &mut y[..y1];
+        kernels::csr_dense(black_box(x1), black_box(&csr), bias, black_box(y));
+    });
+    choice.dense_ns = time_per_run(|| {
+        let (w, y) = (black_box(&dense), &mut y[..y1]);
+        kernels::dense(black_box(x1), w, bias, inputs, outputs, black_box(y));
+    });
+    let per_sample = tile as f64;
+    choice.sparse_batched_ns = time_per_run(|| {
+        let (w, y) = (black_box(&csr), black_box(&mut y));
+        kernels::csr_dense_batched(black_box(&x), w, bias, y, &mut scratch);
+    }) / per_sample;
+    choice.dense_batched_ns = time_per_run(|| {
+        let (w, y) = (black_box(&dense), black_box(&mut y));
+        kernels::dense(black_box(&x), w, bias, inputs, outputs, y);
+    }) / per_sample;
+    choice.sparse = choice.sparse_ns < choice.dense_ns;
+    choice.sparse_batched = choice.sparse_batched_ns < choice.dense_batched_ns;
+    let weight = match (choice.sparse, choice.sparse_batched) {
+        (false, false) => DenseWeight::Dense(dense),
+        (single, batched) => DenseWeight::Csr {
+            csr,
+            dense: if single && batched { Vec::new() } else { dense },
+            single,
+            batched,
+        },
+    };
+    (weight, choice)
+}
+
+/// Mean nanoseconds per call of `f`, by the best of a few timed batches within
+/// [`CHOICE_BUDGET`].
+fn time_per_run(mut f: impl FnMut()) -> f64 {
+    for _ in 0..8 {
+        f();
+    }
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut batch = 1u32;
+    while start.elapsed() < CHOICE_BUDGET {
+        let t = Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        let per = t.elapsed().as_nanos() as f64 / f64::from(batch);
+        best = best.min(per);
+        if batch < 64 {
+            batch *= 2;
+        }
+    }
+    best
 }
 
 /// Rejects NaN and infinity in input `index`, naming the sample and feature.
@@ -647,7 +859,7 @@ fn conv_params(
     }
 }
 
-fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize) {
+fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize, scratch: &mut [f32]) {
     match step {
         Step::Standardize { offset, scale } => kernels::standardize(x, offset, scale, y),
         Step::Dense {
@@ -657,7 +869,19 @@ fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize) {
             outputs,
             act,
         } => {
-            kernels::dense(x, weight, bias, *inputs, *outputs, y);
+            match weight {
+                DenseWeight::Csr {
+                    csr, single: true, ..
+                } if batch < kernels::CSR_TILE => kernels::csr_dense(x, csr, bias, y),
+                DenseWeight::Csr {
+                    csr, batched: true, ..
+                } if batch >= kernels::CSR_TILE => {
+                    kernels::csr_dense_batched(x, csr, bias, y, scratch)
+                }
+                DenseWeight::Dense(w) | DenseWeight::Csr { dense: w, .. } => {
+                    kernels::dense(x, w, bias, *inputs, *outputs, y)
+                }
+            }
             kernels::activate(*act, y);
         }
         Step::Conv2d(p, w, b) => kernels::conv2d(p, x, w, b, y, batch),
@@ -1096,6 +1320,51 @@ mod tests {
             ],
         );
         assert!(matches!(Engine::new(&g, 1), Err(EngineError::Graph(_))));
+    }
+
+    #[test]
+    fn sparse_weights_give_the_dense_results_at_every_batch_size() {
+        let (o, n) = (24usize, 40usize);
+        let w: Vec<f32> = (0..o * n)
+            .map(|i| {
+                if i % 4 == 1 {
+                    (i % 9) as f32 / 9.0 - 0.4
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let layers = |weight: Tensor| {
+            vec![
+                Layer::Dense {
+                    weight,
+                    bias: Some(Tensor::f32(vec![o as u32], vec![0.25; o])),
+                },
+                Layer::Tanh,
+            ]
+        };
+        let dense = graph(
+            vec![n as u32],
+            layers(Tensor::f32(vec![o as u32, n as u32], w.clone())),
+        );
+        let sparse = graph(vec![n as u32], layers(Tensor::csr_from_dense(o, n, &w)));
+        let mut de = Engine::new(&dense, 1).expect("plans");
+        let mut se = Engine::new(&sparse, 1).expect("plans");
+        let choices = se.kernel_choices().to_vec();
+        assert_eq!(choices.len(), 1);
+        assert_eq!(choices[0].nonzeros, w.iter().filter(|v| **v != 0.0).count());
+        assert!(choices[0].to_string().contains("24×40"), "{}", choices[0]);
+        for batch in [1usize, 3, 16, 37] {
+            let x: Vec<f32> = (0..batch * n)
+                .map(|i| (i % 11) as f32 / 5.0 - 1.0)
+                .collect();
+            de.run(&[&x], batch).expect("runs");
+            se.run(&[&x], batch).expect("runs");
+            let (a, b) = (de.output_f32(0).expect("y"), se.output_f32(0).expect("y"));
+            for (p, q) in a.iter().zip(b) {
+                assert!((p - q).abs() < 1e-5, "batch {batch}: {p} vs {q}");
+            }
+        }
     }
 
     #[test]

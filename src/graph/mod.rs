@@ -85,6 +85,19 @@ pub enum TensorData {
         /// One scale per output channel (first axis).
         scales: Vec<f32>,
     },
+    /// A 2-D `[rows, cols]` f32 matrix in compressed sparse row form (pruned weights; rows
+    /// are output channels): row `r`'s nonzeros are `values[row_ptr[r]..row_ptr[r + 1]]` at
+    /// columns `col_idx[..]` (same range), columns strictly increasing within a row.
+    /// Validation checks every invariant, so a damaged file is an error, not a panic.
+    Csr {
+        /// `rows + 1` offsets into `col_idx` / `values`: starts at 0, never decreases, ends
+        /// at the nonzero count.
+        row_ptr: Vec<u32>,
+        /// Column of each stored value, below `cols`.
+        col_idx: Vec<u32>,
+        /// The stored values.
+        values: Vec<f32>,
+    },
 }
 
 /// Asymmetric u8 quantization of an activation: `real = (q - zero_point) * scale`.
@@ -155,7 +168,7 @@ impl Tensor {
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
             TensorData::F32(v) => Some(v),
-            TensorData::I8 { .. } => None,
+            TensorData::I8 { .. } | TensorData::Csr { .. } => None,
         }
     }
 
@@ -163,15 +176,120 @@ impl Tensor {
     pub fn as_i8(&self) -> Option<(&[i8], &[f32])> {
         match &self.data {
             TensorData::I8 { values, scales } => Some((values, scales)),
-            TensorData::F32(_) => None,
+            TensorData::F32(_) | TensorData::Csr { .. } => None,
         }
     }
 
-    /// Size of the stored elements in bytes.
+    /// Size of the stored elements in bytes (for CSR: offsets, columns and values).
     pub fn size_bytes(&self) -> usize {
         match &self.data {
             TensorData::F32(v) => v.len() * 4,
             TensorData::I8 { values, scales } => values.len() + scales.len() * 4,
+            TensorData::Csr {
+                row_ptr,
+                col_idx,
+                values,
+            } => (row_ptr.len() + col_idx.len() + values.len()) * 4,
+        }
+    }
+
+    /// Whether the elements are stored sparsely.
+    pub fn is_sparse(&self) -> bool {
+        matches!(self.data, TensorData::Csr { .. })
+    }
+
+    /// Number of nonzero elements (stored CSR values count even when zero).
+    pub fn nonzeros(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.iter().filter(|&&x| x != 0.0).count(),
+            TensorData::Csr { values, .. } => values.len(),
+            TensorData::I8 { values, .. } => values.iter().filter(|&&q| q != 0).count(),
+        }
+    }
+
+    /// The elements as dense row-major f32, whatever their encoding; `None` when the data
+    /// disagrees with the shape (a tensor that failed validation). Never panics.
+    pub fn to_f32_vec(&self) -> Option<Vec<f32>> {
+        match &self.data {
+            TensorData::F32(v) => (v.len() == self.numel()).then(|| v.clone()),
+            TensorData::I8 { values, scales } => {
+                let channels = scales.len();
+                if values.len() != self.numel() || channels == 0 || values.len() % channels != 0 {
+                    return None;
+                }
+                let per = values.len() / channels;
+                Some(
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &q)| q as f32 * scales[i / per])
+                        .collect(),
+                )
+            }
+            TensorData::Csr {
+                row_ptr,
+                col_idx,
+                values,
+            } => {
+                let [rows, cols] = match self.shape[..] {
+                    [r, c] => [r as usize, c as usize],
+                    _ => return None,
+                };
+                if row_ptr.len() != rows.checked_add(1)?
+                    || col_idx.len() != values.len()
+                    || rows.checked_mul(cols)? > validate::MAX_VALUE_ELEMENTS
+                {
+                    return None;
+                }
+                let mut dense = vec![0.0f32; rows * cols];
+                for r in 0..rows {
+                    let (lo, hi) = (row_ptr[r] as usize, row_ptr[r + 1] as usize);
+                    let cs = col_idx.get(lo..hi)?;
+                    let vs = values.get(lo..hi)?;
+                    for (&c, &v) in cs.iter().zip(vs) {
+                        if c as usize >= cols {
+                            return None;
+                        }
+                        dense[r * cols + c as usize] = v;
+                    }
+                }
+                Some(dense)
+            }
+        }
+    }
+
+    /// A `[rows, cols]` matrix in CSR form, keeping the nonzeros of the row-major `dense`.
+    ///
+    /// # Panics
+    /// If `dense.len() != rows * cols` or a dimension exceeds `u32`.
+    pub fn csr_from_dense(rows: usize, cols: usize, dense: &[f32]) -> Tensor {
+        assert_eq!(dense.len(), rows * cols, "dense data must be rows × cols");
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        let mut col_idx = Vec::new();
+        let mut values = Vec::new();
+        row_ptr.push(0u32);
+        for row in dense.chunks_exact(cols.max(1)).take(rows) {
+            for (c, &v) in row.iter().enumerate() {
+                if v != 0.0 {
+                    col_idx.push(u32::try_from(c).expect("column fits u32"));
+                    values.push(v);
+                }
+            }
+            row_ptr.push(u32::try_from(values.len()).expect("nonzeros fit u32"));
+        }
+        if cols == 0 {
+            row_ptr.resize(rows + 1, 0);
+        }
+        Tensor {
+            shape: vec![
+                u32::try_from(rows).expect("rows fit u32"),
+                u32::try_from(cols).expect("cols fit u32"),
+            ],
+            data: TensorData::Csr {
+                row_ptr,
+                col_idx,
+                values,
+            },
         }
     }
 }

@@ -70,34 +70,118 @@ fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
-fn tensor_f32<'a>(
-    t: &'a Tensor,
+/// Checks that `t`'s data agrees with its shape and returns the element count. Dense f32
+/// is accepted everywhere; CSR only where `allow_csr` (dense-layer weights).
+fn check_tensor(
+    t: &Tensor,
     node: &str,
     layer: &'static str,
     what: &str,
-) -> Result<&'a [f32], GraphError> {
+    allow_csr: bool,
+) -> Result<usize, GraphError> {
     let shape_err = |reason: String| GraphError::Shape {
         node: node.to_string(),
         layer,
         reason,
     };
     let expected: u128 = t.shape.iter().map(|&d| d as u128).product();
-    let data = match &t.data {
-        TensorData::F32(v) => v.as_slice(),
-        TensorData::I8 { .. } => {
-            return Err(shape_err(format!(
-                "{what} must be float32, found int8 (quantized layers are qdense and qconv2d)"
-            )));
+    match &t.data {
+        TensorData::F32(data) => {
+            if expected != data.len() as u128 {
+                return Err(shape_err(format!(
+                    "{what} has shape {:?} ({expected} elements) but holds {}",
+                    t.shape,
+                    data.len()
+                )));
+            }
+            Ok(data.len())
         }
-    };
-    if expected != data.len() as u128 {
-        return Err(shape_err(format!(
-            "{what} has shape {:?} ({expected} elements) but holds {}",
-            t.shape,
-            data.len()
-        )));
+        TensorData::I8 { .. } => Err(shape_err(format!(
+            "{what} must be float32, found int8 (quantized layers are qdense and qconv2d)"
+        ))),
+        TensorData::Csr {
+            row_ptr,
+            col_idx,
+            values,
+        } => {
+            if !allow_csr {
+                return Err(shape_err(format!(
+                    "{what} is stored as CSR; only dense-layer weights may be sparse"
+                )));
+            }
+            if expected > MAX_VALUE_ELEMENTS as u128 {
+                return Err(shape_err(format!(
+                    "sparse {what} has shape {:?} ({expected} elements, limit {MAX_VALUE_ELEMENTS})",
+                    t.shape
+                )));
+            }
+            check_csr(&t.shape, row_ptr, col_idx, values)
+                .map_err(|reason| shape_err(format!("sparse {what}: {reason}")))?;
+            Ok(expected as usize)
+        }
     }
-    Ok(data)
+}
+
+/// Every CSR invariant the sparse kernel relies on: a 2-D shape, `rows + 1` offsets from 0
+/// to the nonzero count that never decrease, as many columns as values, and columns below
+/// `cols`, strictly increasing within each row.
+fn check_csr(
+    shape: &[u32],
+    row_ptr: &[u32],
+    col_idx: &[u32],
+    values: &[f32],
+) -> Result<(), String> {
+    let [rows, cols] = match *shape {
+        [r, c] => [r as usize, c as usize],
+        _ => return Err(format!("CSR needs a 2-D [rows, cols] shape, got {shape:?}")),
+    };
+    if row_ptr.len() as u128 != rows as u128 + 1 {
+        return Err(format!(
+            "row_ptr has {} entries for {rows} rows (need rows + 1)",
+            row_ptr.len()
+        ));
+    }
+    if col_idx.len() != values.len() {
+        return Err(format!(
+            "{} column indices for {} values",
+            col_idx.len(),
+            values.len()
+        ));
+    }
+    if row_ptr.first() != Some(&0) {
+        return Err(format!("row_ptr starts at {:?}, not 0", row_ptr.first()));
+    }
+    let nnz = values.len();
+    if row_ptr.last().map(|&v| v as usize) != Some(nnz) {
+        return Err(format!(
+            "row_ptr ends at {:?}, the nonzero count is {nnz}",
+            row_ptr.last()
+        ));
+    }
+    for (r, w) in row_ptr.windows(2).enumerate() {
+        let (lo, hi) = (w[0] as usize, w[1] as usize);
+        if hi < lo {
+            return Err(format!("row_ptr decreases at row {r} ({lo} then {hi})"));
+        }
+        // In range: lo <= hi <= row_ptr.last() = nnz, as row_ptr never decreases up to here.
+        let row = col_idx
+            .get(lo..hi)
+            .ok_or_else(|| format!("row {r} spans {lo}..{hi}, beyond the {nnz} stored values"))?;
+        let mut prev: Option<u32> = None;
+        for &c in row {
+            if c as usize >= cols {
+                return Err(format!("row {r} has column {c}, the matrix has {cols}"));
+            }
+            if prev.is_some_and(|p| c <= p) {
+                return Err(format!(
+                    "row {r}: columns must strictly increase, found {c} after {}",
+                    prev.unwrap_or_default()
+                ));
+            }
+            prev = Some(c);
+        }
+    }
+    Ok(())
 }
 
 /// Checks an int8 weight: data length against the shape, one scale per index of the first
@@ -356,7 +440,7 @@ fn infer_layer(
                     check_quant(input, output, depth).map_err(err)?;
                 }
                 _ => {
-                    tensor_f32(weight, name, kind, "weight")?;
+                    check_tensor(weight, name, kind, "weight", true)?;
                 }
             }
             let [out, inp] = match weight.shape[..] {
@@ -375,12 +459,9 @@ fn infer_layer(
                 )));
             }
             if let Some(b) = bias {
-                let b = tensor_f32(b, name, kind, "bias")?;
-                if b.len() != out {
-                    return Err(err(format!(
-                        "bias has {} values for {out} outputs",
-                        b.len()
-                    )));
+                let b = check_tensor(b, name, kind, "bias", false)?;
+                if b != out {
+                    return Err(err(format!("bias has {b} values for {out} outputs")));
                 }
             }
             let mut y = x.to_vec();
@@ -414,7 +495,7 @@ fn infer_layer(
                         .map_err(err)?;
                 }
                 _ => {
-                    tensor_f32(weight, name, kind, "weight")?;
+                    check_tensor(weight, name, kind, "weight", false)?;
                 }
             }
             let [c, h, w] = nchw()?;
@@ -435,12 +516,9 @@ fn infer_layer(
                 )));
             }
             if let Some(b) = bias {
-                let b = tensor_f32(b, name, kind, "bias")?;
-                if b.len() != oc {
-                    return Err(err(format!(
-                        "bias has {} values for {oc} channels",
-                        b.len()
-                    )));
+                let b = check_tensor(b, name, kind, "bias", false)?;
+                if b != oc {
+                    return Err(err(format!("bias has {b} values for {oc} channels")));
                 }
             }
             let oh = window_out(
@@ -656,4 +734,164 @@ fn check_tree(tree: &Tree, width: usize, n_outputs: usize) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Output, TensorSpec};
+
+    fn dense_graph(weight: Tensor) -> Graph {
+        let cols = weight.shape.get(1).copied().unwrap_or(1);
+        Graph {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: DType::F32,
+                shape: vec![cols],
+            }],
+            nodes: vec![Node {
+                name: "fc".into(),
+                layer: Layer::Dense { weight, bias: None },
+                inputs: vec![0],
+            }],
+            outputs: vec![Output {
+                name: "y".into(),
+                value: 1,
+            }],
+        }
+    }
+
+    fn csr(shape: Vec<u32>, row_ptr: Vec<u32>, col_idx: Vec<u32>, values: Vec<f32>) -> Tensor {
+        Tensor {
+            shape,
+            data: TensorData::Csr {
+                row_ptr,
+                col_idx,
+                values,
+            },
+        }
+    }
+
+    #[test]
+    fn every_csr_invariant_is_checked() {
+        let good = csr(
+            vec![2, 3],
+            vec![0, 1, 3],
+            vec![2, 0, 1],
+            vec![1.0, 2.0, 3.0],
+        );
+        assert!(dense_graph(good).infer_shapes().is_ok());
+        let cases = [
+            (csr(vec![2, 3], vec![0, 1], vec![2], vec![1.0]), "rows + 1"),
+            (
+                csr(
+                    vec![2, 3],
+                    vec![1, 1, 3],
+                    vec![2, 0, 1],
+                    vec![1.0, 2.0, 3.0],
+                ),
+                "starts at",
+            ),
+            (
+                csr(
+                    vec![2, 3],
+                    vec![0, 1, 2],
+                    vec![2, 0, 1],
+                    vec![1.0, 2.0, 3.0],
+                ),
+                "ends at",
+            ),
+            (
+                csr(
+                    vec![2, 3],
+                    vec![0, 3, 3],
+                    vec![2, 0, 1],
+                    vec![1.0, 2.0, 3.0],
+                ),
+                "strictly increase",
+            ),
+            (
+                csr(
+                    vec![2, 3],
+                    vec![0, 2, 1, 3],
+                    vec![2, 0, 1],
+                    vec![1.0, 2.0, 3.0],
+                ),
+                "rows + 1",
+            ),
+            (
+                csr(
+                    vec![3, 3],
+                    vec![0, 2, 1, 3],
+                    vec![0, 2, 0],
+                    vec![1.0, 2.0, 3.0],
+                ),
+                "decreases",
+            ),
+            (
+                csr(
+                    vec![2, 3],
+                    vec![0, 1, 3],
+                    vec![3, 0, 1],
+                    vec![1.0, 2.0, 3.0],
+                ),
+                "column 3",
+            ),
+            (
+                csr(
+                    vec![2, 3],
+                    vec![0, 1, 3],
+                    vec![2, 1, 1],
+                    vec![1.0, 2.0, 3.0],
+                ),
+                "strictly increase",
+            ),
+            (
+                csr(vec![2, 3], vec![0, 1, 3], vec![2, 0], vec![1.0, 2.0, 3.0]),
+                "column indices",
+            ),
+            (csr(vec![6], vec![0, 0], vec![], vec![]), "2-D"),
+            (
+                csr(vec![u32::MAX, u32::MAX], vec![0], vec![], vec![]),
+                "limit",
+            ),
+        ];
+        for (t, want) in cases {
+            let err = dense_graph(t.clone())
+                .infer_shapes()
+                .expect_err("invalid CSR");
+            assert!(err.to_string().contains(want), "{t:?}: {err}");
+            let _ = t.to_f32_vec();
+        }
+    }
+
+    #[test]
+    fn csr_is_only_accepted_for_dense_weights() {
+        let mut g = dense_graph(Tensor::f32(vec![1, 2], vec![1.0, 2.0]));
+        if let Layer::Dense { bias, .. } = &mut g.nodes[0].layer {
+            *bias = Some(csr(vec![1, 1], vec![0, 1], vec![0], vec![1.0]));
+        }
+        let err = g.infer_shapes().expect_err("sparse bias");
+        assert!(
+            err.to_string().contains("only dense-layer weights"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn csr_densifies_to_the_matrix_it_encodes() {
+        let dense = vec![0.0, 0.0, 1.0, 2.0, 3.0, 0.0];
+        let t = Tensor::csr_from_dense(2, 3, &dense);
+        assert_eq!(
+            t.data,
+            TensorData::Csr {
+                row_ptr: vec![0, 1, 3],
+                col_idx: vec![2, 0, 1],
+                values: vec![1.0, 2.0, 3.0]
+            }
+        );
+        assert_eq!(t.to_f32_vec(), Some(dense));
+        assert_eq!(t.nonzeros(), 3);
+        assert!(dense_graph(t).infer_shapes().is_ok());
+    }
 }

@@ -6,10 +6,13 @@
 //! give at least `name`, `version`, `metrics` and, for `train`, `fit_seconds`); the binary
 //! prints it with `--json` or renders it as text.
 
+pub mod optimize;
+
 use crate::registry::{
     ArtifactFormat, DatasetInfo, ModelRef, Payload, Registry, Version, VersionInfo,
 };
 use crate::runtime::{self, EngineChoice, OutputValues};
+
 use crate::train::data::{Column, ColumnEncoding, Dataset, Schema, TargetEncoding, Task};
 use crate::train::metrics::{self, Average};
 use crate::train::optim::{GradientConfig, OptimizerKind, Schedule};

@@ -36,7 +36,7 @@ pub mod data;
 pub mod forest;
 mod linear;
 pub mod metrics;
-mod net;
+pub(crate) mod net;
 pub mod optim;
 pub mod scale;
 pub mod select;

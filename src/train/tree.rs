@@ -328,6 +328,28 @@ fn impurity(side: &Side, criterion: Criterion) -> f64 {
     }
 }
 
+/// `v`'s bits mapped so that unsigned order is [`f32::total_cmp`]'s order: sorting plain
+/// integers is faster than sorting pairs through a float comparison.
+fn sort_key(v: f32) -> u32 {
+    let bits = v.to_bits();
+    if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+/// The value and sample index packed by `best_split`.
+fn unpack_key(packed: u64) -> (f32, u32) {
+    let key = (packed >> 32) as u32;
+    let bits = if key & 0x8000_0000 != 0 {
+        key & 0x7FFF_FFFF
+    } else {
+        !key
+    };
+    (f32::from_bits(bits), packed as u32)
+}
+
 struct Split {
     feature: usize,
     threshold: f32,
@@ -351,7 +373,8 @@ struct Grower<'d, 'a> {
     /// Per sample weight (bootstrap counts; 0 for samples left out).
     weights: Vec<f64>,
     features: Vec<usize>,
-    sorted: Vec<(f32, u32)>,
+    /// The node's samples along one feature: [`sort_key`] of the value, then the index.
+    sorted: Vec<u64>,
     left: Side,
     right: Side,
     total: Side,
@@ -385,17 +408,20 @@ impl Grower<'_, '_> {
             }
             visited += 1;
             self.sorted.clear();
-            self.sorted
-                .extend(samples.iter().map(|&i| (col[i as usize], i)));
-            self.sorted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+            self.sorted.extend(
+                samples
+                    .iter()
+                    .map(|&i| (u64::from(sort_key(col[i as usize])) << 32) | u64::from(i)),
+            );
+            self.sorted.sort_unstable();
             self.left.reset();
             self.right.clone_from(&self.total);
             for p in 0..n - 1 {
-                let (v, i) = self.sorted[p];
+                let (v, i) = unpack_key(self.sorted[p]);
                 let w = self.weights[i as usize];
                 update(&mut self.left, criterion, &target, i as usize, w);
                 update(&mut self.right, criterion, &target, i as usize, -w);
-                let next = self.sorted[p + 1].0;
+                let next = unpack_key(self.sorted[p + 1]).0;
                 if next <= v || p + 1 < min_leaf || n - p - 1 < min_leaf {
                     continue;
                 }
@@ -566,17 +592,41 @@ fn check_params(data: &Dataset, params: &TreeParams) -> Result<(), TreeError> {
     Ok(())
 }
 
-/// Per node: the offset of its values among the leaves', for leaves.
-fn leaf_offsets(tree: &Tree, n_outputs: usize) -> Vec<u32> {
+/// Rows [`FittedTree::leaves`] walks together.
+pub(crate) const LANES: usize = 8;
+
+/// One node as [`FittedTree::leaf`] reads it: a branch's test and children, or for a leaf
+/// (`left == 0`) the offset of its values in `right`. One load per level instead of four.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PackedNode {
+    feature: u32,
+    threshold: f32,
+    left: u32,
+    right: u32,
+}
+
+/// The nodes of `tree` packed, leaves pointing at their values.
+fn pack(tree: &Tree, n_outputs: usize) -> Vec<PackedNode> {
     let mut next = 0u32;
-    tree.left
-        .iter()
-        .map(|&l| {
-            let at = next;
-            if l == 0 {
+    (0..tree.len())
+        .map(|i| {
+            if tree.left[i] == 0 {
+                let at = next;
                 next += n_outputs as u32;
+                PackedNode {
+                    feature: 0,
+                    threshold: 0.0,
+                    left: 0,
+                    right: at,
+                }
+            } else {
+                PackedNode {
+                    feature: tree.feature[i],
+                    threshold: tree.threshold[i],
+                    left: tree.left[i],
+                    right: tree.right[i],
+                }
             }
-            at
         })
         .collect()
 }
@@ -585,14 +635,14 @@ fn leaf_offsets(tree: &Tree, n_outputs: usize) -> Vec<u32> {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct FittedTree {
     pub(crate) tree: Tree,
-    offsets: Vec<u32>,
+    nodes: Vec<PackedNode>,
     n_outputs: usize,
 }
 
 impl FittedTree {
     pub(crate) fn new(tree: Tree, n_outputs: usize) -> FittedTree {
         FittedTree {
-            offsets: leaf_offsets(&tree, n_outputs),
+            nodes: pack(&tree, n_outputs),
             tree,
             n_outputs,
         }
@@ -600,17 +650,45 @@ impl FittedTree {
 
     /// The leaf values `row` reaches (`x <= threshold` goes left, as the engine does).
     pub(crate) fn leaf(&self, row: &[f32]) -> &[f32] {
-        let t = &self.tree;
-        let mut i = 0;
-        while t.left[i] != 0 {
-            i = if row[t.feature[i] as usize] <= t.threshold[i] {
-                t.left[i]
+        let mut node = self.nodes[0];
+        while node.left != 0 {
+            node = self.nodes[if row[node.feature as usize] <= node.threshold {
+                node.left
             } else {
-                t.right[i]
-            } as usize;
+                node.right
+            } as usize];
         }
-        let at = self.offsets[i] as usize;
-        &t.leaf_values[at..at + self.n_outputs]
+        let at = node.right as usize;
+        &self.tree.leaf_values[at..at + self.n_outputs]
+    }
+
+    /// [`FittedTree::leaf`] for up to [`LANES`] rows of width `d` at once (`rows` holds
+    /// them back to back), walked in lockstep so that their node loads overlap instead of
+    /// waiting on each other; `visit(r, values)` receives each row's leaf values in order.
+    pub(crate) fn leaves(&self, rows: &[f32], d: usize, mut visit: impl FnMut(usize, &[f32])) {
+        let m = (rows.len() / d.max(1)).min(LANES);
+        let mut nodes = [self.nodes[0]; LANES];
+        loop {
+            let mut moved = false;
+            for (r, node) in nodes.iter_mut().enumerate().take(m) {
+                if node.left != 0 {
+                    let next = if rows[r * d + node.feature as usize] <= node.threshold {
+                        node.left
+                    } else {
+                        node.right
+                    };
+                    *node = self.nodes[next as usize];
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        for (r, node) in nodes.iter().enumerate().take(m) {
+            let at = node.right as usize;
+            visit(r, &self.tree.leaf_values[at..at + self.n_outputs]);
+        }
     }
 
     fn depth(&self) -> usize {
@@ -868,6 +946,39 @@ mod tests {
         assert_eq!(
             t.predict(x.view()).expect("predicts"),
             vec![2.0, 2.0, 11.0, 11.0]
+        );
+    }
+
+    #[test]
+    fn sort_keys_order_as_total_cmp_and_round_trip() {
+        let mut values = vec![
+            f32::NEG_INFINITY,
+            -3.5,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-30,
+            2.25,
+            f32::MAX,
+            f32::INFINITY,
+        ];
+        let keys: Vec<u32> = values.iter().map(|&v| sort_key(v)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:x?}");
+        for (i, &v) in values.iter().enumerate() {
+            let (back, index) = unpack_key((u64::from(sort_key(v)) << 32) | i as u64);
+            assert_eq!((back.to_bits(), index), (v.to_bits(), i as u32));
+        }
+        values.reverse();
+        let mut packed: Vec<u64> = values
+            .iter()
+            .map(|&v| u64::from(sort_key(v)) << 32)
+            .collect();
+        packed.sort_unstable();
+        values.sort_by(f32::total_cmp);
+        let sorted: Vec<u32> = packed.iter().map(|&k| unpack_key(k).0.to_bits()).collect();
+        assert_eq!(
+            sorted,
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
     }
 

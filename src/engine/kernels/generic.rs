@@ -264,6 +264,77 @@ pub fn global_avg_pool(x: &[f32], channels: usize, spatial: usize, y: &mut [f32]
     }
 }
 
+/// Portable [`super::csr_dense`]: one sparse dot product per output, four partial sums.
+pub fn csr_dense(x: &[f32], w: &super::CsrMatrix, b: &[f32], y: &mut [f32]) {
+    let (inputs, outputs) = (w.cols, w.rows);
+    for (xr, yr) in x.chunks_exact(inputs).zip(y.chunks_exact_mut(outputs)) {
+        for ((yo, span), bo) in yr.iter_mut().zip(w.row_ptr.windows(2)).zip(b) {
+            let range = span[0] as usize..span[1] as usize;
+            *yo = bo + sparse_dot(&w.col_idx[range.clone()], &w.values[range], xr);
+        }
+    }
+}
+
+/// `Σ values[k] · x[cols[k]]` with four independent partial sums.
+fn sparse_dot(cols: &[u32], values: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 4];
+    let cc = cols.chunks_exact(4);
+    let cv = values.chunks_exact(4);
+    let (rc, rv) = (cc.remainder(), cv.remainder());
+    for (c, v) in cc.zip(cv) {
+        for i in 0..4 {
+            acc[i] += v[i] * x[c[i] as usize];
+        }
+    }
+    let mut s = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    for (&c, &v) in rc.iter().zip(rv) {
+        s += v * x[c as usize];
+    }
+    s
+}
+
+/// Samples the batched sparse kernel handles at once.
+pub const CSR_TILE: usize = 16;
+
+/// Portable [`super::csr_dense_batched`]: [`CSR_TILE`] samples at a time, their inputs
+/// transposed into `scratch` (`cols × CSR_TILE`) so each stored weight multiplies a
+/// contiguous run of samples.
+pub fn csr_dense_batched(
+    x: &[f32],
+    w: &super::CsrMatrix,
+    b: &[f32],
+    y: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (inputs, outputs) = (w.cols, w.rows);
+    let xt = &mut scratch[..inputs * CSR_TILE];
+    for (xs, ys) in x
+        .chunks(inputs * CSR_TILE)
+        .zip(y.chunks_mut(outputs * CSR_TILE))
+    {
+        let n = xs.len() / inputs.max(1);
+        xt.fill(0.0);
+        for (t, xr) in xs.chunks_exact(inputs).enumerate() {
+            for (c, &v) in xr.iter().enumerate() {
+                xt[c * CSR_TILE + t] = v;
+            }
+        }
+        for ((o, span), &bo) in w.row_ptr.windows(2).enumerate().zip(b) {
+            let mut acc = [bo; CSR_TILE];
+            let range = span[0] as usize..span[1] as usize;
+            for (&c, &v) in w.col_idx[range.clone()].iter().zip(&w.values[range]) {
+                let col = &xt[c as usize * CSR_TILE..(c as usize + 1) * CSR_TILE];
+                for t in 0..CSR_TILE {
+                    acc[t] += v * col[t];
+                }
+            }
+            for (t, &a) in acc.iter().enumerate().take(n) {
+                ys[t * outputs + o] = a;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

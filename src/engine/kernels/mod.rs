@@ -131,6 +131,104 @@ pub fn requant_u8(
     int8::requant_u8(multipliers, bias, zero_point, relu, acc, y)
 }
 
+/// A `[rows, cols]` matrix in compressed sparse row form whose invariants were checked
+/// when it was built, so the sparse kernels index it without further checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsrMatrix {
+    rows: usize,
+    cols: usize,
+    row_ptr: Vec<u32>,
+    col_idx: Vec<u32>,
+    values: Vec<f32>,
+}
+
+impl CsrMatrix {
+    /// Takes the three CSR arrays of a `[rows, cols]` matrix; `None` unless `row_ptr` has
+    /// `rows + 1` entries from 0 to `values.len()` that never decrease, `col_idx` is as long
+    /// as `values` and every column is below `cols`.
+    pub fn new(
+        rows: usize,
+        cols: usize,
+        row_ptr: Vec<u32>,
+        col_idx: Vec<u32>,
+        values: Vec<f32>,
+    ) -> Option<CsrMatrix> {
+        let ok = row_ptr.len() == rows.checked_add(1)?
+            && col_idx.len() == values.len()
+            && row_ptr.first() == Some(&0)
+            && row_ptr.last().map(|&v| v as usize) == Some(values.len())
+            && row_ptr.windows(2).all(|w| w[0] <= w[1])
+            && col_idx.iter().all(|&c| (c as usize) < cols);
+        ok.then_some(CsrMatrix {
+            rows,
+            cols,
+            row_ptr,
+            col_idx,
+            values,
+        })
+    }
+
+    /// The CSR form of the row-major `[rows, cols]` `dense`, keeping its nonzeros.
+    pub fn from_dense(rows: usize, cols: usize, dense: &[f32]) -> Option<CsrMatrix> {
+        if dense.len() != rows.checked_mul(cols)? {
+            return None;
+        }
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        let (mut col_idx, mut values) = (Vec::new(), Vec::new());
+        row_ptr.push(0);
+        for r in 0..rows {
+            for (c, &v) in dense[r * cols..(r + 1) * cols].iter().enumerate() {
+                if v != 0.0 {
+                    col_idx.push(u32::try_from(c).ok()?);
+                    values.push(v);
+                }
+            }
+            row_ptr.push(u32::try_from(values.len()).ok()?);
+        }
+        CsrMatrix::new(rows, cols, row_ptr, col_idx, values)
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Stored values.
+    pub fn nonzeros(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The matrix as dense row-major values.
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut dense = vec![0.0; self.rows * self.cols];
+        for (r, span) in self.row_ptr.windows(2).enumerate() {
+            let range = span[0] as usize..span[1] as usize;
+            for (&c, &v) in self.col_idx[range.clone()].iter().zip(&self.values[range]) {
+                dense[r * self.cols + c as usize] = v;
+            }
+        }
+        dense
+    }
+}
+
+/// `y[r] = W · x[r] + b` for every row `r` with a sparse `W` (`[outputs, inputs]`).
+pub fn csr_dense(x: &[f32], w: &CsrMatrix, b: &[f32], y: &mut [f32]) {
+    generic::csr_dense(x, w, b, y)
+}
+
+/// [`csr_dense`] for batches: the same result, several samples per pass over the weight.
+/// `scratch` holds at least `w.cols() * CSR_TILE` values.
+pub fn csr_dense_batched(x: &[f32], w: &CsrMatrix, b: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    generic::csr_dense_batched(x, w, b, y, scratch)
+}
+
+pub use generic::CSR_TILE;
+
 pub use tree::{TreeEnsemble, TreeNode};
 
 pub use generic::{
@@ -244,6 +342,35 @@ mod tests {
             super::generic::dense(&x, &w, &b, inputs, outputs, &mut slow);
             for (f, s) in fast.iter().zip(&slow) {
                 prop_assert!((f - s).abs() <= 1e-5 * (1.0 + s.abs()) * inputs as f32, "{} vs {}", f, s);
+            }
+        }
+
+        /// The sparse kernel gives what the dense one gives on the same (pruned) matrix.
+        #[test]
+        fn csr_dense_matches_dense(inputs in 1usize..70, outputs in 1usize..20, rows in 1usize..40, keep in 0u32..100, seed in 0u32..1000) {
+            let values = |n: usize, k: u32| -> Vec<f32> { (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(k * 97)) % 2001) as f32 / 1000.0 - 1.0).collect() };
+            let x = values(inputs * rows, seed);
+            let mut w = values(inputs * outputs, seed + 1);
+            for (i, v) in w.iter_mut().enumerate() {
+                if ((i as u32).wrapping_mul(2246822519).wrapping_add(seed) >> 8) % 100 >= keep {
+                    *v = 0.0;
+                }
+            }
+            let b = values(outputs, seed + 2);
+            let csr = super::CsrMatrix::from_dense(outputs, inputs, &w).expect("valid");
+            prop_assert_eq!(csr.to_dense(), w.clone());
+            let mut sparse = vec![0.0; rows * outputs];
+            let mut dense = vec![0.0; rows * outputs];
+            let mut batched = vec![0.0; rows * outputs];
+            let mut scratch = vec![0.0; inputs * super::CSR_TILE];
+            super::csr_dense_batched(&x, &csr, &b, &mut batched, &mut scratch);
+            super::csr_dense(&x, &csr, &b, &mut sparse);
+            for (s, t) in sparse.iter().zip(&batched) {
+                prop_assert!((s - t).abs() <= 1e-5 * (1.0 + s.abs()) * inputs as f32, "{} vs {}", s, t);
+            }
+            super::generic::dense(&x, &w, &b, inputs, outputs, &mut dense);
+            for (s, d) in sparse.iter().zip(&dense) {
+                prop_assert!((s - d).abs() <= 1e-5 * (1.0 + d.abs()) * inputs as f32, "{} vs {}", s, d);
             }
         }
     }
