@@ -222,3 +222,101 @@ fn features_only(labelled: &Path, out: &Path) {
         .collect();
     std::fs::write(out, rows.join("\n") + "\n").expect("write csv");
 }
+
+#[test]
+fn int8_quantization_keeps_accuracy_and_shrinks_the_artifact() {
+    let host = Host::new();
+    let trained = host.train_digits();
+    let f32_accuracy = accuracy(&trained);
+    // Static int8, calibrated on the recorded training data (the default).
+    let report = host.json(&["optimize", "digits@1", "--quantize", "int8", "--json"]);
+    check_contract(&report, "digits@1");
+    let int8 = accuracy(&report);
+    let ratio =
+        report["size_bytes"].as_f64().unwrap() / report["parent"]["size_bytes"].as_f64().unwrap();
+    eprintln!("digits MLP: f32 {f32_accuracy:.4}, int8 {int8:.4}, size ratio {ratio:.3}");
+    assert!(
+        (int8 - f32_accuracy).abs() <= 0.01,
+        "int8 {int8} vs {f32_accuracy}"
+    );
+    assert!(ratio < 0.36, "size ratio {ratio}");
+    assert_eq!(report["optimizations"]["quantize"]["calibration"], "minmax");
+    // Dynamic, and percentile calibration.
+    let dynamic = host.json(&["optimize", "digits@1", "--quantize", "dynamic", "--json"]);
+    assert!((accuracy(&dynamic) - f32_accuracy).abs() <= 0.01);
+    let pct = host.json(&[
+        "optimize",
+        "digits@1",
+        "--quantize",
+        "int8",
+        "--calibration",
+        "percentile:99.9",
+        "--json",
+    ]);
+    assert!((accuracy(&pct) - f32_accuracy).abs() <= 0.01);
+    // The device runs the int8 artifact and gets the accuracy optimize measured.
+    let artifact = host.export("digits@2");
+    let x = host.dir.path().join("x.csv");
+    features_only(&digits("digits_test.csv"), &x);
+    let out = run_json(&artifact, &x, &[]).expect("perch run int8");
+    let truth = labels(&digits("digits_test.csv"));
+    let hits = out["label"]
+        .iter()
+        .zip(&truth)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!((hits as f64 / truth.len() as f64 - int8).abs() < 1e-9);
+    // Pruned, then quantized.
+    let both = host.json(&[
+        "optimize",
+        "digits@1",
+        "--prune",
+        "0.8",
+        "--finetune-epochs",
+        "30",
+        "--quantize",
+        "int8",
+        "--json",
+    ]);
+    assert!(accuracy(&both) >= f32_accuracy - 0.02, "{both}");
+}
+
+#[test]
+fn an_external_onnx_model_becomes_a_native_int8_version_of_itself() {
+    let host = Host::new();
+    let onnx = corpus_dir().join("models/sk_mlp_digits/model.onnx");
+    let (train, test) = (digits("digits_train.csv"), digits("digits_test.csv"));
+    let args = [
+        "optimize",
+        onnx.to_str().unwrap(),
+        "--name",
+        "sk",
+        "--quantize",
+        "int8",
+        "--calibrate",
+        train.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--target",
+        "target",
+        "--json",
+    ];
+    // Without --target the labelled calibration file is refused, and nothing is registered.
+    let err = host.err(&args[..8]);
+    assert!(err.contains("--target"), "{err}");
+    assert_eq!(
+        host.json(&["models", "list", "--json"]),
+        serde_json::json!([])
+    );
+    let report = host.json(&args);
+    check_contract(&report, "sk@1");
+    assert_eq!(report["ref"], "sk@2");
+    let (a, b) = (accuracy(&report["parent"]), accuracy(&report));
+    eprintln!("sk_mlp_digits: f32 {a:.4}, int8 {b:.4}");
+    assert!((a - 0.962).abs() < 0.005, "the corpus model scores {a}");
+    assert!((a - b).abs() <= 0.01, "int8 {b} vs f32 {a}");
+    // A model the native IR cannot hold is refused by name.
+    let qdq = corpus_dir().join("models/sk_mlp_digits_qdq_s8s8_pc/model.onnx");
+    let err = host.err(&["optimize", qdq.to_str().unwrap(), "--quantize", "dynamic"]);
+    assert!(err.contains("DequantizeLinear"), "{err}");
+}

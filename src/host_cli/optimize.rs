@@ -6,6 +6,7 @@
 use super::{import, recorded_data, schema_from_json, score_runtime, version_json};
 use crate::optimize::finetune::{FinetuneOptions, finetune};
 use crate::optimize::prune::{PruneOptions, PruneScope, prune};
+use crate::optimize::quantize::{Calibration, QuantizeMode, QuantizeOptions, quantize};
 use crate::registry::{ArtifactFormat, ModelRef, Payload, Registry, Version, VersionInfo};
 use crate::runtime;
 use crate::train::data::{Dataset, Schema, Task};
@@ -120,31 +121,91 @@ fn measure(bytes: &[u8], data: Option<(&Dataset, &Schema)>) -> Result<Figures> {
     })
 }
 
-/// The input version: resolved in the registry, or an ONNX file imported first.
-fn input_version(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Version> {
+fn calibration_method(spec: &str) -> Result<Calibration> {
+    let (name, arg) = spec.split_once(':').unwrap_or((spec, ""));
+    match (name, arg) {
+        ("minmax", "") => Ok(Calibration::MinMax),
+        ("percentile", "") => Ok(Calibration::Percentile(99.99)),
+        ("percentile", p) => p
+            .parse::<f32>()
+            .ok()
+            .filter(|p| *p > 50.0 && *p <= 100.0)
+            .map(Calibration::Percentile)
+            .ok_or_else(|| {
+                anyhow!("bad --calibration {spec:?}: the percentile must be in (50, 100]")
+            }),
+        _ => bail!("bad --calibration {spec:?}: expected minmax or percentile[:P]"),
+    }
+}
+
+/// Features of a CSV encoded as the model's training data was, when there is a schema;
+/// else the file read as plain numeric rows.
+fn feature_rows(path: &Path, schema: Option<&Schema>) -> Result<Vec<f32>> {
+    if let Some(schema) = schema
+        && let Ok(d) = Dataset::load_with_schema(path, schema)
+    {
+        return Ok(d.features_f32().iter().copied().collect());
+    }
+    Ok(crate::io::read_input(path)
+        .with_context(|| format!("reading calibration data {}", path.display()))?
+        .data)
+}
+
+/// What `optimize` starts from.
+enum Input {
+    /// A registered native version.
+    Registered(Version),
+    /// An ONNX file converted in memory; registered (imported) only once the optimized
+    /// version is ready, so a failed run leaves the registry as it was.
+    External(PathBuf),
+}
+
+/// The input model, its native artifact bytes and its display name.
+fn load_input(
+    registry: &Registry,
+    opts: &OptimizeOptions,
+) -> Result<(Input, crate::graph::Model, Vec<u8>, String)> {
     let path = Path::new(&opts.model);
-    let is_file = path
+    if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
-        && path.is_file();
-    if is_file {
-        let v = import(registry, path, opts.name.as_deref())?;
-        let r: ModelRef = v["ref"]
-            .as_str()
-            .ok_or_else(|| anyhow!("import gave no reference"))?
-            .parse()?;
-        let version = registry.resolve(&r)?;
-        if version.format != ArtifactFormat::Perch {
-            bail!(
-                "{} has ops perch's native engine lacks ({}); only models that convert to the native IR can be optimized",
-                path.display(),
-                v["note"].as_str().unwrap_or("kept as ONNX")
-            );
-        }
-        return Ok(version);
+        && path.is_file()
+    {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let model = crate::convert::onnx_bytes_to_native(&bytes).with_context(|| {
+            format!(
+                "{} does not convert to perch's native IR, so it cannot be optimized",
+                path.display()
+            )
+        })?;
+        let artifact = crate::artifact::encode(&model)?;
+        let shown = path.display().to_string();
+        return Ok((Input::External(path.to_path_buf()), model, artifact, shown));
     }
     let r: ModelRef = opts.model.parse()?;
-    Ok(registry.resolve(&r)?)
+    let version = registry.resolve(&r)?;
+    let shown = format!("{}@{}", version.name, version.number);
+    if version.format != ArtifactFormat::Perch {
+        bail!(
+            "{shown} is stored as ONNX (it has ops perch's native engine lacks); only native models can be optimized"
+        );
+    }
+    let bytes = registry.artifact_bytes(&version)?;
+    let model = crate::artifact::decode(&bytes)
+        .with_context(|| format!("decoding {shown}"))?
+        .model;
+    Ok((Input::Registered(version), model, bytes, shown))
+}
+
+/// The data file the input version recorded, if it is a registered version that did.
+fn recorded(input: &Input, which: &str) -> Result<PathBuf> {
+    match input {
+        Input::Registered(v) => recorded_data(v, which),
+        Input::External(p) => bail!(
+            "{} is an external model: it has no recorded {which} data",
+            p.display()
+        ),
+    }
 }
 
 /// Runs `perch-host optimize`. Returns the new version's figures with the parent's under
@@ -162,27 +223,18 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
     if opts.calibrate.is_some() && opts.quantize.as_deref() != Some("int8") {
         bail!("--calibrate is for --quantize int8 (dynamic quantization needs no calibration)");
     }
-    let parent = input_version(registry, opts)?;
-    let parent_ref = format!("{}@{}", parent.name, parent.number);
-    if parent.format != ArtifactFormat::Perch {
-        bail!(
-            "{parent_ref} is stored as ONNX (it has ops perch's native engine lacks); only native models can be optimized"
-        );
+    let (input, model, parent_bytes, parent_shown) = load_input(registry, opts)?;
+    let schema = match &input {
+        Input::Registered(v) => v.data_schema.as_ref(),
+        Input::External(_) => None,
     }
-    let parent_bytes = registry.artifact_bytes(&parent)?;
-    let model = crate::artifact::decode(&parent_bytes)
-        .with_context(|| format!("decoding {parent_ref}"))?
-        .model;
-    let schema = parent
-        .data_schema
-        .as_ref()
-        .map(schema_from_json)
-        .transpose()?;
+    .map(schema_from_json)
+    .transpose()?;
 
     // The data both versions are scored on.
     let test_path = match &opts.test {
         Some(p) => Some(p.clone()),
-        None => recorded_data(&parent, "test").ok(),
+        None => recorded(&input, "test").ok(),
     };
     let test = match (&test_path, &schema, &opts.target) {
         (Some(p), Some(s), _) => Some((
@@ -207,12 +259,14 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
             Some((d, s))
         }
         (Some(p), None, None) => bail!(
-            "{parent_ref} has no recorded schema: give --target COL to score it on {}",
+            "{parent_shown} has no recorded schema: give --target COL to score it on {}",
             p.display()
         ),
         (None, _, _) => None,
     };
     let data = test.as_ref().map(|(d, s)| (d, s));
+    // How to read calibration data: the training schema, else the one --target gave.
+    let schema = schema.or_else(|| test.as_ref().map(|(_, s)| s.clone()));
     let before = measure(&parent_bytes, data)?;
 
     // Transform.
@@ -229,11 +283,11 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
         };
         let report = match opts.finetune_epochs {
             Some(epochs) if epochs > 0 => {
-                let train_path = recorded_data(&parent, "train")
+                let train_path = recorded(&input, "train")
                     .context("fine-tuning needs the training data recorded at training")?;
                 let s = schema
                     .as_ref()
-                    .ok_or_else(|| anyhow!("{parent_ref} has no recorded schema to fine-tune"))?;
+                    .ok_or_else(|| anyhow!("{parent_shown} has no recorded schema to fine-tune"))?;
                 let train = Dataset::load_with_schema(&train_path, s)
                     .with_context(|| format!("loading {}", train_path.display()))?;
                 let (m, report) = finetune(
@@ -275,16 +329,62 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
             }),
         );
     }
-    if opts.quantize.is_some() {
-        bail!("quantization lands with the int8 engine (not merged yet)");
+    if let Some(q) = &opts.quantize {
+        let (mode, rows, source) = if q == "dynamic" {
+            (QuantizeMode::Dynamic, None, None)
+        } else {
+            let source = match &opts.calibrate {
+                Some(p) => p.clone(),
+                None => recorded(&input, "train").context(
+                    "static int8 needs calibration data: give --calibrate FILE, or use --quantize dynamic",
+                )?,
+            };
+            let rows = feature_rows(&source, schema.as_ref())?;
+            let width = model.graph.inputs[0].sample_len();
+            if width == 0 || rows.is_empty() || rows.len() % width != 0 {
+                bail!(
+                    "calibration data {} holds {} values, not rows of the model's {width} inputs{}",
+                    source.display(),
+                    rows.len(),
+                    if schema.is_none() {
+                        " (name its target column with --target, or give features only)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            let mode = QuantizeMode::Static {
+                calibration: calibration_method(&opts.calibration)?,
+            };
+            (mode, Some(rows), Some(source))
+        };
+        out = quantize(&out, &QuantizeOptions { mode }, rows.as_deref())?;
+        steps.insert(
+            "quantize".into(),
+            json!({
+                "mode": q,
+                "calibration": (q == "int8").then_some(opts.calibration.as_str()),
+                "calibration_data": source.map(|p| p.display().to_string()),
+            }),
+        );
     }
     out.metadata.producer = format!("perch-host {} optimize", env!("CARGO_PKG_VERSION"));
-    out.metadata
-        .properties
-        .insert("optimize.parent".into(), parent_ref.clone());
     let out_bytes = crate::artifact::encode(&out)?;
     let after = measure(&out_bytes, data)?;
 
+    // Everything succeeded: register the input first when it is an external file.
+    let parent = match input {
+        Input::Registered(v) => v,
+        Input::External(path) => {
+            let v = import(registry, &path, opts.name.as_deref())?;
+            let r: ModelRef = v["ref"]
+                .as_str()
+                .ok_or_else(|| anyhow!("import gave no reference"))?
+                .parse()?;
+            registry.resolve(&r)?
+        }
+    };
+    let parent_ref = format!("{}@{}", parent.name, parent.number);
     let name = opts.name.clone().unwrap_or_else(|| parent.name.clone());
     let mut params = parent.params.clone();
     if let Some(p) = params.as_object_mut() {

@@ -98,6 +98,26 @@ pub fn quantize(
     options: &QuantizeOptions,
     calibration_rows: Option<&[f32]>,
 ) -> Result<Model, QuantizeError> {
+    // Pruned (CSR) weights are quantized like dense ones: their zeros stay exact zeros.
+    let densified;
+    let model = if model.graph.nodes.iter().any(|n| match &n.layer {
+        Layer::Dense { weight, .. } | Layer::Conv2d { weight, .. } => weight.is_sparse(),
+        _ => false,
+    }) {
+        let mut m = model.clone();
+        for node in &mut m.graph.nodes {
+            if let Layer::Dense { weight, .. } | Layer::Conv2d { weight, .. } = &mut node.layer
+                && weight.is_sparse()
+                && let Some(values) = weight.to_f32_vec()
+            {
+                *weight = crate::graph::Tensor::f32(weight.shape.clone(), values);
+            }
+        }
+        densified = m;
+        &densified
+    } else {
+        model
+    };
     let graph = &model.graph;
     let shapes = graph.infer_shapes()?;
     let n_in = graph.inputs.len();
