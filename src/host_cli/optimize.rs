@@ -154,7 +154,7 @@ fn feature_rows(path: &Path, schema: Option<&Schema>) -> Result<Vec<f32>> {
 /// What `optimize` starts from.
 enum Input {
     /// A registered native version.
-    Registered(Version),
+    Registered(Box<Version>),
     /// An ONNX file converted in memory; registered (imported) only once the optimized
     /// version is ready, so a failed run leaves the registry as it was.
     External(PathBuf),
@@ -194,7 +194,7 @@ fn load_input(
     let model = crate::artifact::decode(&bytes)
         .with_context(|| format!("decoding {shown}"))?
         .model;
-    Ok((Input::Registered(version), model, bytes, shown))
+    Ok((Input::Registered(Box::new(version)), model, bytes, shown))
 }
 
 /// The data file the input version recorded, if it is a registered version that did.
@@ -374,7 +374,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
 
     // Everything succeeded: register the input first when it is an external file.
     let parent = match input {
-        Input::Registered(v) => v,
+        Input::Registered(v) => *v,
         Input::External(path) => {
             let v = import(registry, &path, opts.name.as_deref())?;
             let r: ModelRef = v["ref"]
