@@ -9,12 +9,19 @@
 //! classifier gives two-class ensembles a label rule of its own (the positive class whenever
 //! its score is above zero), which would not match the native argmax.
 //!
+//! Int8 models export in QDQ form: `Quantize`/`Dequantize` become QuantizeLinear /
+//! DequantizeLinear, a quantized dense layer dequantizes its u8 input (or quantizes a float
+//! one with DynamicQuantizeLinear — one range per tensor, where the engine takes one per
+//! sample, so the two agree at batch 1) and its int8 weight (per output channel, axis 0)
+//! around a float Gemm, then applies its ReLU and requantizes a u8 output. Int8 conv layers
+//! do not export yet.
+//!
 //! The batch axis is the symbolic dimension `N`. Metadata (name, version, description,
 //! producer, class labels, properties) goes into the model's `metadata_props`.
 
 use crate::graph::{
-    DType, Graph, GraphError, Layer, Model, SplitMode, Tensor, TreeAggregate, TreePostTransform,
-    ValueId,
+    DType, Graph, GraphError, Layer, Model, QuantInput, QuantOutput, QuantParams, SplitMode,
+    Tensor, TensorData, TreeAggregate, TreePostTransform, ValueId,
 };
 use prost::Message;
 use std::borrow::Cow;
@@ -228,6 +235,131 @@ impl Writer {
         Ok(self.konst_f32(name, &dims, &data))
     }
 
+    /// Scalar scale and u8 zero-point initializers for `q`.
+    fn quant_params(&mut self, out: &str, q: &QuantParams) -> (String, String) {
+        let sc = self.konst_f32(format!("{out}/scale_q"), &[], &[q.scale]);
+        let zp = format!("{out}/zero_point");
+        self.initializers.push(TensorProto {
+            name: zp.clone(),
+            data_type: DataType::Uint8 as i32,
+            int32_data: vec![i32::from(q.zero_point)],
+            ..TensorProto::default()
+        });
+        (sc, zp)
+    }
+
+    /// The float input of a quantized layer in QDQ form: a static u8 input dequantized with
+    /// its parameters, or a float input through DynamicQuantizeLinear (per tensor: the
+    /// whole batch shares one range, where perch's engine takes each sample's own; equal at
+    /// batch 1).
+    fn qdq_input(&mut self, nm: &str, out: &str, x: String, input: &QuantInput) -> String {
+        let xf = format!("{out}/input_dq");
+        match input {
+            QuantInput::Static(q) => {
+                let (sc, zp) = self.quant_params(&format!("{out}/input"), q);
+                self.nodes.push(op(
+                    "DequantizeLinear",
+                    &format!("{nm}/input_dq"),
+                    vec![x, sc, zp],
+                    vec![xf.clone()],
+                ));
+            }
+            QuantInput::Dynamic => {
+                let names = [
+                    format!("{out}/input_q"),
+                    format!("{out}/input_scale"),
+                    format!("{out}/input_zero_point"),
+                ];
+                self.nodes.push(op(
+                    "DynamicQuantizeLinear",
+                    &format!("{nm}/input_q"),
+                    vec![x],
+                    names.to_vec(),
+                ));
+                self.nodes.push(op(
+                    "DequantizeLinear",
+                    &format!("{nm}/input_dq"),
+                    names.to_vec(),
+                    vec![xf.clone()],
+                ));
+            }
+        }
+        xf
+    }
+
+    /// The int8 weight as an initializer, dequantized per output channel (axis 0).
+    fn qdq_weight(&mut self, nm: &str, out: &str, w: &Tensor) -> Result<String, ExportError> {
+        let TensorData::I8 { values, scales } = &w.data else {
+            return Err(ExportError::Unsupported {
+                node: nm.to_string(),
+                reason: "a quantized layer's weight is not int8".into(),
+            });
+        };
+        let wq = format!("{out}/weight_q");
+        self.initializers.push(TensorProto {
+            name: wq.clone(),
+            dims: w.shape.iter().map(|&d| i64::from(d)).collect(),
+            data_type: DataType::Int8 as i32,
+            int32_data: values.iter().map(|&v| i32::from(v)).collect(),
+            ..TensorProto::default()
+        });
+        let sc = self.konst_f32(format!("{out}/weight_scale"), &[scales.len()], scales);
+        let zp = format!("{out}/weight_zero_point");
+        self.initializers.push(TensorProto {
+            name: zp.clone(),
+            dims: vec![scales.len() as i64],
+            data_type: DataType::Int8 as i32,
+            int32_data: vec![0; scales.len()],
+            ..TensorProto::default()
+        });
+        let wf = format!("{out}/weight_dq");
+        let mut n = op(
+            "DequantizeLinear",
+            &format!("{nm}/weight_dq"),
+            vec![wq, sc, zp],
+            vec![wf.clone()],
+        );
+        n.attribute.push(attr_i("axis", 0));
+        self.nodes.push(n);
+        Ok(wf)
+    }
+
+    /// Name of a quantized layer's float result before its activation and requantization.
+    fn qdq_output_name(&self, out: &str, output: &QuantOutput, relu: bool) -> String {
+        if relu || matches!(output, QuantOutput::U8(_)) {
+            format!("{out}/float")
+        } else {
+            out.to_string()
+        }
+    }
+
+    /// The fused ReLU and, for a u8 output, the QuantizeLinear that makes `out`.
+    fn qdq_output(&mut self, nm: &str, out: &str, y: String, output: &QuantOutput, relu: bool) {
+        let (y, last) = if relu {
+            let r = match output {
+                QuantOutput::U8(_) => format!("{out}/relu"),
+                QuantOutput::F32 => out.to_string(),
+            };
+            self.nodes
+                .push(op("Relu", &format!("{nm}/relu"), vec![y], vec![r.clone()]));
+            (r, matches!(output, QuantOutput::F32))
+        } else {
+            (y, matches!(output, QuantOutput::F32))
+        };
+        if last {
+            return;
+        }
+        if let QuantOutput::U8(q) = output {
+            let (sc, zp) = self.quant_params(out, q);
+            self.nodes.push(op(
+                "QuantizeLinear",
+                &format!("{nm}/output_q"),
+                vec![y, sc, zp],
+                vec![out.to_string()],
+            ));
+        }
+    }
+
     fn node(
         &mut self,
         g: &Graph,
@@ -257,16 +389,71 @@ impl Writer {
         let nm = &node.name;
         let unary = |kind: &str| op(kind, nm, vec![x.clone()], vec![out.clone()]);
         match &node.layer {
-            Layer::Quantize(_)
-            | Layer::Dequantize(_)
-            | Layer::QDense { .. }
-            | Layer::QConv2d { .. } => {
+            Layer::Quantize(q) => {
+                let (sc, zp) = self.quant_params(&out, q);
+                self.nodes
+                    .push(op("QuantizeLinear", nm, vec![x, sc, zp], vec![out]));
+            }
+            Layer::Dequantize(q) => {
+                let (sc, zp) = self.quant_params(&out, q);
+                self.nodes
+                    .push(op("DequantizeLinear", nm, vec![x, sc, zp], vec![out]));
+            }
+            Layer::QDense {
+                weight,
+                bias,
+                input,
+                output,
+                relu,
+            } => {
+                let xf = self.qdq_input(nm, &out, x, input);
+                let w = self.qdq_weight(nm, &out, weight)?;
+                let b = bias
+                    .as_ref()
+                    .map(|b| self.tensor(nm, format!("{out}/bias"), b))
+                    .transpose()?;
+                let y = self.qdq_output_name(&out, output, *relu);
+                if in_rank == 1 {
+                    let mut inputs = vec![xf, w];
+                    inputs.extend(b);
+                    let mut n = op("Gemm", nm, inputs, vec![y.clone()]);
+                    n.attribute.push(attr_i("transB", 1));
+                    self.nodes.push(n);
+                } else {
+                    let wt = format!("{out}/weight_t");
+                    let mut t = op(
+                        "Transpose",
+                        &format!("{nm}/transpose"),
+                        vec![w],
+                        vec![wt.clone()],
+                    );
+                    t.attribute.push(attr_i64s("perm", &[1, 0]));
+                    self.nodes.push(t);
+                    match b {
+                        Some(b) => {
+                            let mm = format!("{out}/matmul");
+                            self.nodes
+                                .push(op("MatMul", nm, vec![xf, wt], vec![mm.clone()]));
+                            self.nodes.push(op(
+                                "Add",
+                                &format!("{nm}/bias"),
+                                vec![mm, b],
+                                vec![y.clone()],
+                            ));
+                        }
+                        None => self
+                            .nodes
+                            .push(op("MatMul", nm, vec![xf, wt], vec![y.clone()])),
+                    }
+                }
+                self.qdq_output(nm, &out, y, output, *relu);
+            }
+            Layer::QConv2d { .. } => {
                 return Err(ExportError::Unsupported {
                     node: nm.clone(),
-                    reason: format!(
-                        "{} (int8) does not export to ONNX yet; export the float model",
-                        node.layer.kind()
-                    ),
+                    reason: "int8 conv2d does not export to ONNX yet (its QDQ form is not \
+                             verified against onnxruntime); export the float model"
+                        .into(),
                 });
             }
             Layer::Standardize { offset, scale } => {

@@ -284,6 +284,57 @@ fn synthetic_models() -> Vec<Model> {
     models
 }
 
+/// Int8 models: the committed static digits MLP (u8 chain, fused ReLU) and the float one
+/// quantized dynamically, with the rows each is checked on (the dynamic model one row at a
+/// time: ONNX's DynamicQuantizeLinear takes one range per tensor, perch one per sample).
+fn quantized_models() -> Vec<(Model, usize)> {
+    use perch::optimize::quantize::{QuantizeMode, QuantizeOptions, quantize};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits-mlp-trained");
+    let load = |file: &str| {
+        let bytes = std::fs::read(dir.join(file)).expect("model fixture");
+        perch::artifact::decode(&bytes).expect("decode").model
+    };
+    let mut stat = load("model-int8.perch");
+    stat.metadata.name = "digits int8".into();
+    let options = QuantizeOptions {
+        mode: QuantizeMode::Dynamic,
+    };
+    let mut dynamic = quantize(&load("model.perch"), &options, None).expect("dynamic");
+    dynamic.metadata.name = "digits dynamic".into();
+    vec![(stat, 9), (dynamic, 1)]
+}
+
+/// Pixel-like inputs for the digits models: 0..16.
+fn pixels(r: &mut Lcg, n: usize) -> Vec<f32> {
+    r.vec(n).iter().map(|v| ((v + 1.0) * 8.0).round()).collect()
+}
+
+#[test]
+fn int8_models_export_as_qdq_onnx_that_tract_runs_alike() {
+    let mut r = Lcg(3);
+    // tract 0.23.9 takes DequantizeLinear's scale as a constant only, so the dynamic model's
+    // DynamicQuantizeLinear → DequantizeLinear runs on onnxruntime (the test below), not here.
+    for (m, batch) in quantized_models().into_iter().take(1) {
+        let what = m.metadata.name.clone();
+        let onnx = perch::export::to_onnx(&m).unwrap_or_else(|e| panic!("{what}: export: {e}"));
+        let ops = perch::onnx::op_counts(&perch::onnx::parse(&onnx).expect("parse"));
+        assert!(ops.contains_key("DequantizeLinear"), "{what}: {ops:?}");
+        let mut native =
+            Runtime::from_artifact_bytes(&perch::artifact::encode(&m).expect("encode"))
+                .expect("native");
+        let mut tract = Runtime::from_onnx_bytes(&onnx, EngineChoice::Tract)
+            .unwrap_or_else(|e| panic!("{what}: tract refuses the QDQ export: {e}"));
+        let x = pixels(&mut r, batch * m.graph.inputs[0].sample_len());
+        let want = run(&mut native, &x, batch);
+        assert_outputs_match(
+            &format!("{what} (tract)"),
+            &want,
+            &run(&mut tract, &x, batch),
+            1e-3,
+        );
+    }
+}
+
 #[test]
 fn every_layer_kind_exports_to_onnx_that_tract_and_the_converter_run_alike() {
     let mut r = Lcg(7);
@@ -563,6 +614,37 @@ fn trained_models_export_to_onnx_that_onnxruntime_and_perch_run_with_the_native_
         expected.push((name, run(&mut native, &x, batch), ort_out));
     }
 
+    // Int8 models as QDQ ONNX.
+    let mut quantized = Vec::new();
+    for (m, batch) in quantized_models() {
+        let name = m.metadata.name.replace(' ', "-");
+        let onnx_file = dir.path().join(format!("{name}.onnx"));
+        std::fs::write(&onnx_file, perch::export::to_onnx(&m).expect("export")).expect("write");
+        let len = m.graph.inputs[0].sample_len();
+        let x = pixels(&mut r, batch * len);
+        let input = dir.path().join(format!("{name}_x.csv"));
+        let header = (0..len)
+            .map(|i| format!("f{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let body: Vec<String> = x
+            .chunks(len)
+            .map(|row| {
+                row.iter()
+                    .map(|v| format!("{v:e}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        std::fs::write(&input, format!("{header}\n{}\n", body.join("\n"))).expect("write");
+        let mut native =
+            Runtime::from_artifact_bytes(&perch::artifact::encode(&m).expect("encode"))
+                .expect("load");
+        let ort_out = dir.path().join(format!("{name}.ort.json"));
+        jobs.push(serde_json::json!({"model": onnx_file, "input": input, "output": ort_out}));
+        quantized.push((name, run(&mut native, &x, batch), ort_out));
+    }
+
     let Some(python) = python_with_onnxruntime() else {
         eprintln!(
             "SKIPPED the onnxruntime half of this test: no Python found (python3 or $PERCH_PYTHON); \
@@ -590,6 +672,15 @@ fn trained_models_export_to_onnx_that_onnxruntime_and_perch_run_with_the_native_
             &want,
             &read_outputs_json(&ort_out),
             1e-5,
+        );
+    }
+    // onnxruntime requantizes in float where perch uses fixed point: within 1e-3.
+    for (name, want, ort_out) in quantized {
+        assert_outputs_match(
+            &format!("{name} (onnxruntime)"),
+            &want,
+            &read_outputs_json(&ort_out),
+            1e-3,
         );
     }
 }
