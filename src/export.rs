@@ -13,8 +13,8 @@
 //! DequantizeLinear, a quantized dense layer dequantizes its u8 input (or quantizes a float
 //! one with DynamicQuantizeLinear — one range per tensor, where the engine takes one per
 //! sample, so the two agree at batch 1) and its int8 weight (per output channel, axis 0)
-//! around a float Gemm, then applies its ReLU and requantizes a u8 output. Int8 conv layers
-//! do not export yet.
+//! around a float Gemm (Conv for a quantized conv layer), then applies its ReLU and
+//! requantizes a u8 output.
 //!
 //! The batch axis is the symbolic dimension `N`. Metadata (name, version, description,
 //! producer, class labels, properties) goes into the model's `metadata_props`.
@@ -448,13 +448,34 @@ impl Writer {
                 }
                 self.qdq_output(nm, &out, y, output, *relu);
             }
-            Layer::QConv2d { .. } => {
-                return Err(ExportError::Unsupported {
-                    node: nm.clone(),
-                    reason: "int8 conv2d does not export to ONNX yet (its QDQ form is not \
-                             verified against onnxruntime); export the float model"
-                        .into(),
-                });
+            Layer::QConv2d {
+                weight,
+                bias,
+                stride,
+                padding,
+                dilation,
+                groups,
+                input,
+                output,
+                relu,
+            } => {
+                let xf = self.qdq_input(nm, &out, x, input);
+                let w = self.qdq_weight(nm, &out, weight)?;
+                let mut inputs = vec![xf, w];
+                if let Some(b) = bias {
+                    inputs.push(self.tensor(nm, format!("{out}/bias"), b)?);
+                }
+                let y = self.qdq_output_name(&out, output, *relu);
+                let mut n = op("Conv", nm, inputs, vec![y.clone()]);
+                n.attribute.extend([
+                    attr_ints("kernel_shape", &[weight.shape[2], weight.shape[3]]),
+                    attr_ints("strides", stride),
+                    attr_ints("pads", padding),
+                    attr_ints("dilations", dilation),
+                    attr_i("group", i64::from(*groups)),
+                ]);
+                self.nodes.push(n);
+                self.qdq_output(nm, &out, y, output, *relu);
             }
             Layer::Standardize { offset, scale } => {
                 let o = self.konst_f32(format!("{out}/offset"), &[offset.len()], offset);

@@ -284,8 +284,8 @@ fn synthetic_models() -> Vec<Model> {
     models
 }
 
-/// Int8 models: the committed static digits MLP (u8 chain, fused ReLU) and the float one
-/// quantized dynamically, with the rows each is checked on (the dynamic model one row at a
+/// Int8 models: the committed static digits MLP (u8 chain, fused ReLU), the float one
+/// quantized dynamically, and the conv net (QConv2d, a rank-2 QDense) both ways, with the rows each is checked on (the dynamic model one row at a
 /// time: ONNX's DynamicQuantizeLinear takes one range per tensor, perch one per sample).
 fn quantized_models() -> Vec<(Model, usize)> {
     use perch::optimize::quantize::{QuantizeMode, QuantizeOptions, quantize};
@@ -301,7 +301,20 @@ fn quantized_models() -> Vec<(Model, usize)> {
     };
     let mut dynamic = quantize(&load("model.perch"), &options, None).expect("dynamic");
     dynamic.metadata.name = "digits dynamic".into();
-    vec![(stat, 9), (dynamic, 1)]
+    use perch::optimize::quantize::Calibration;
+    let mut r = Lcg(5);
+    let net = conv_net(&mut r);
+    let rows = r.vec(64 * net.graph.inputs[0].sample_len());
+    let calibrated = QuantizeOptions {
+        mode: QuantizeMode::Static {
+            calibration: Calibration::MinMax,
+        },
+    };
+    let mut conv = quantize(&net, &calibrated, Some(&rows)).expect("static conv net");
+    conv.metadata.name = "conv net int8".into();
+    let mut conv_dynamic = quantize(&net, &options, None).expect("dynamic conv net");
+    conv_dynamic.metadata.name = "conv net dynamic".into();
+    vec![(stat, 9), (dynamic, 1), (conv, 9), (conv_dynamic, 1)]
 }
 
 /// Pixel-like inputs for the digits models: 0..16.
@@ -314,7 +327,7 @@ fn int8_models_export_as_qdq_onnx_that_tract_runs_alike() {
     let mut r = Lcg(3);
     // tract 0.23.9 takes DequantizeLinear's scale as a constant only, so the dynamic model's
     // DynamicQuantizeLinear → DequantizeLinear runs on onnxruntime (the test below), not here.
-    for (m, batch) in quantized_models().into_iter().take(1) {
+    for (m, batch) in quantized_models().into_iter().step_by(2) {
         let what = m.metadata.name.clone();
         let onnx = perch::export::to_onnx(&m).unwrap_or_else(|e| panic!("{what}: export: {e}"));
         let ops = perch::onnx::op_counts(&perch::onnx::parse(&onnx).expect("parse"));
@@ -616,7 +629,9 @@ fn trained_models_export_to_onnx_that_onnxruntime_and_perch_run_with_the_native_
 
     // Int8 models as QDQ ONNX.
     let mut quantized = Vec::new();
-    for (m, batch) in quantized_models() {
+    // Not the dynamic conv net: its rank-2 dense layer quantizes each row on its own in
+    // perch, the whole tensor at once in ONNX's DynamicQuantizeLinear.
+    for (m, batch) in quantized_models().into_iter().take(3) {
         let name = m.metadata.name.replace(' ', "-");
         let onnx_file = dir.path().join(format!("{name}.onnx"));
         std::fs::write(&onnx_file, perch::export::to_onnx(&m).expect("export")).expect("write");
@@ -682,5 +697,31 @@ fn trained_models_export_to_onnx_that_onnxruntime_and_perch_run_with_the_native_
             &read_outputs_json(&ort_out),
             1e-3,
         );
+    }
+}
+
+/// Every quantized layer gives each sample of a batch what it gives that sample alone (a
+/// dense layer whose samples hold several rows once ran only `batch` rows).
+#[test]
+fn int8_conv_net_gives_each_sample_of_a_batch_what_it_gives_alone() {
+    let mut r = Lcg(9);
+    for (m, _) in quantized_models().into_iter().skip(2) {
+        let what = m.metadata.name.clone();
+        let bytes = perch::artifact::encode(&m).expect("encode");
+        let len = m.graph.inputs[0].sample_len();
+        let x = r.vec(9 * len);
+        let mut engine = Runtime::from_artifact_bytes(&bytes).expect("load");
+        let all = run(&mut engine, &x, 9);
+        for s in 0..9 {
+            let one = run(&mut engine, &x[s * len..(s + 1) * len], 1);
+            for (name, v) in &one {
+                let per = v.len();
+                assert_eq!(
+                    &all[name][s * per..(s + 1) * per],
+                    &v[..],
+                    "{what}: {name} of sample {s} in a batch of 9 differs from alone"
+                );
+            }
+        }
     }
 }

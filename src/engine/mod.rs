@@ -652,7 +652,7 @@ impl Engine {
                 }
                 (Step::QDense(q), x, y) => {
                     if let (Some(x), Some(y)) = (qin(x, in_len), qout(y, out_len)) {
-                        q.run(x, y, batch);
+                        q.run(x, y);
                     }
                 }
                 (Step::QConv2d(q), x, y) => {

@@ -117,13 +117,19 @@ impl QDense {
         QDense { core, row }
     }
 
-    pub(super) fn run(&self, x: QIn<'_>, mut y: QOut<'_>, batch: usize) {
+    /// Runs every row of `x` (a sample of rank above 1 holds several rows of `depth`
+    /// values; each is one product, as the float dense layer does on the last axis).
+    pub(super) fn run(&self, x: QIn<'_>, mut y: QOut<'_>) {
         let c = &self.core;
         let k = c.depth;
         let outputs = c.channels.wsum.len();
         let mut acc = c.acc.borrow_mut();
         let mut row = self.row.borrow_mut();
-        for r in 0..batch {
+        let rows = match &x {
+            QIn::U8(x) => x.len(),
+            QIn::F32(x) => x.len(),
+        } / k.max(1);
+        for r in 0..rows {
             let (xq, s_in, zp): (&[u8], f32, u8) = match (&x, c.input) {
                 (QIn::U8(x), Some(p)) => (&x[r * k..(r + 1) * k], p.scale, p.zero_point),
                 (QIn::F32(x), None) => {

@@ -135,7 +135,8 @@ pub enum QuantInput {
     /// A `U8` value quantized with these (calibrated) parameters.
     Static(QuantParams),
     /// A float32 value, quantized on every call to u8 per sample from that sample's
-    /// minimum and maximum (widened to include 0).
+    /// minimum and maximum (widened to include 0); per row of the last axis for a dense
+    /// layer whose samples hold several rows.
     Dynamic,
 }
 
