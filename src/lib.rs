@@ -62,6 +62,7 @@ pub mod graph;
 pub mod host_cli;
 pub mod io;
 pub mod memory;
+pub mod metrics;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 #[cfg(feature = "host")]
@@ -69,5 +70,6 @@ pub mod optimize;
 #[cfg(feature = "host")]
 pub mod registry;
 pub mod runtime;
+pub mod sync;
 #[cfg(feature = "host")]
 pub mod train;
