@@ -1,0 +1,194 @@
+//! Blocking message streams over any `Read` / `Write` (a `TcpStream`, or its two halves
+//! from `try_clone`, so one thread can read while others write whole frames).
+
+use super::Message;
+use super::frame::{self, FrameError};
+use std::io::{ErrorKind, Read, Write};
+
+/// Why a connection stopped working.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The peer closed the connection between frames.
+    #[error("connection closed by the peer")]
+    Closed,
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({buffered} bytes of it received)")]
+    Truncated {
+        /// Bytes of the unfinished frame.
+        buffered: usize,
+    },
+    /// The bytes received are not a valid frame.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The socket failed.
+    #[error("connection I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a read produced.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    /// A whole message.
+    Message(Message),
+    /// The read timed out before a whole frame arrived (partial bytes are kept).
+    Idle,
+}
+
+/// Reads frames from a byte stream, keeping partial frames across read timeouts.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    max_payload: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// A reader accepting payloads up to [`frame::DEFAULT_MAX_PAYLOAD`].
+    pub fn new(inner: R) -> Self {
+        Self::with_max_payload(inner, frame::DEFAULT_MAX_PAYLOAD)
+    }
+
+    /// A reader accepting payloads up to `max_payload` bytes.
+    pub fn with_max_payload(inner: R, max_payload: usize) -> Self {
+        FrameReader {
+            inner,
+            buf: Vec::with_capacity(8 * 1024),
+            start: 0,
+            max_payload,
+        }
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Reads until a whole message arrives, the stream's read timeout passes
+    /// ([`Received::Idle`]), or the stream ends.
+    ///
+    /// # Errors
+    /// [`ConnectionError::Closed`] at a clean end, [`ConnectionError::Truncated`] inside a
+    /// frame, frame errors (oversized length, CRC, not a message), socket errors.
+    pub fn read(&mut self) -> Result<Received, ConnectionError> {
+        loop {
+            if let Some((message, used)) = frame::decode(&self.buf[self.start..], self.max_payload)?
+            {
+                self.start += used;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                return Ok(Received::Message(message));
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.inner.read(&mut chunk) {
+                Ok(0) if self.buf.is_empty() => return Err(ConnectionError::Closed),
+                Ok(0) => {
+                    return Err(ConnectionError::Truncated {
+                        buffered: self.buf.len(),
+                    });
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Ok(Received::Idle);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads until a whole message arrives; a timeout is an error here.
+    ///
+    /// # Errors
+    /// As [`FrameReader::read`], and `TimedOut` when the read timeout passes first.
+    pub fn read_message(&mut self) -> Result<Message, ConnectionError> {
+        match self.read()? {
+            Received::Message(m) => Ok(m),
+            Received::Idle => Err(ConnectionError::Io(std::io::Error::new(
+                ErrorKind::TimedOut,
+                "timed out waiting for a message",
+            ))),
+        }
+    }
+}
+
+/// Writes whole frames to a byte stream.
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+    max_payload: usize,
+    bytes_sent: u64,
+}
+
+impl<W: Write> FrameWriter<W> {
+    /// A writer sending payloads up to [`frame::DEFAULT_MAX_PAYLOAD`].
+    pub fn new(inner: W) -> Self {
+        FrameWriter {
+            inner,
+            buf: Vec::with_capacity(1024),
+            max_payload: frame::DEFAULT_MAX_PAYLOAD,
+            bytes_sent: 0,
+        }
+    }
+
+    /// Encodes and writes one message, flushing it.
+    ///
+    /// # Errors
+    /// Encoding failures and socket errors.
+    pub fn send(&mut self, message: &Message) -> Result<(), ConnectionError> {
+        self.buf.clear();
+        frame::encode(message, &mut self.buf, self.max_payload)?;
+        self.inner.write_all(&self.buf)?;
+        self.inner.flush()?;
+        self.bytes_sent += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far, frames included.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn reads_messages_then_reports_a_clean_close_or_a_truncation() {
+        let mut w = FrameWriter::new(Vec::new());
+        w.send(&Message::Ack { seq: 1 }).unwrap();
+        w.send(&Message::Ack { seq: 2 }).unwrap();
+        let bytes = w.get_ref().clone();
+        let mut r = FrameReader::new(Cursor::new(bytes.clone()));
+        assert_eq!(
+            r.read().unwrap(),
+            Received::Message(Message::Ack { seq: 1 })
+        );
+        assert_eq!(
+            r.read().unwrap(),
+            Received::Message(Message::Ack { seq: 2 })
+        );
+        assert!(matches!(r.read(), Err(ConnectionError::Closed)));
+        let mut r = FrameReader::new(Cursor::new(bytes[..bytes.len() - 3].to_vec()));
+        assert_eq!(
+            r.read().unwrap(),
+            Received::Message(Message::Ack { seq: 1 })
+        );
+        assert!(matches!(r.read(), Err(ConnectionError::Truncated { .. })));
+    }
+}
