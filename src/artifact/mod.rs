@@ -110,6 +110,17 @@ pub enum ArtifactError {
     /// Encoding failed.
     #[error("encoding model: {0}")]
     Encode(#[source] postcard::Error),
+    /// A signature was required and the artifact has none.
+    #[error("artifact is not signed (the device accepts only models signed by its host)")]
+    Unsigned,
+    /// The signature does not verify with the expected public key.
+    #[error(
+        "artifact signature does not verify with the host key {key} (signed by another host, or altered after signing)"
+    )]
+    BadSignature {
+        /// The public key tried, hex.
+        key: String,
+    },
     /// Reading or writing the file failed.
     #[error("{path}: {source}")]
     Io {
@@ -251,6 +262,44 @@ pub fn signed_region(bytes: &[u8]) -> Result<&[u8], ArtifactError> {
     Ok(&bytes[..bytes.len() - SIGNATURE_LEN])
 }
 
+/// Signs a whole artifact with the host's key: sets the signed flag and fills the signature
+/// slot with the Ed25519 signature of every byte before it (header with the flag, payload,
+/// digest). An artifact signed before is signed afresh.
+///
+/// # Errors
+/// As [`decode`]: only a valid artifact is signed.
+pub fn sign(bytes: &[u8], key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, ArtifactError> {
+    use ed25519_dalek::Signer;
+    decode(bytes)?;
+    let mut out = bytes.to_vec();
+    let flags = u16::from_le_bytes([out[10], out[11]]) | FLAG_SIGNED;
+    out[10..12].copy_from_slice(&flags.to_le_bytes());
+    let split = out.len() - SIGNATURE_LEN;
+    let signature = key.sign(&out[..split]);
+    out[split..].copy_from_slice(&signature.to_bytes());
+    Ok(out)
+}
+
+/// Checks that `bytes` is an artifact signed with the secret half of `key`, and decodes it.
+///
+/// # Errors
+/// [`ArtifactError::Unsigned`], [`ArtifactError::BadSignature`], or any [`decode`] error.
+pub fn verify_signed(
+    bytes: &[u8],
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<Artifact, ArtifactError> {
+    let artifact = decode(bytes)?;
+    let Some(sig) = artifact.signature else {
+        return Err(ArtifactError::Unsigned);
+    };
+    let signature = ed25519_dalek::Signature::from_bytes(&sig);
+    key.verify_strict(signed_region(bytes)?, &signature)
+        .map_err(|_| ArtifactError::BadSignature {
+            key: hex(key.as_bytes()),
+        })?;
+    Ok(artifact)
+}
+
 /// Reads and decodes the artifact at `path`.
 ///
 /// # Errors
@@ -310,6 +359,37 @@ mod tests {
                     value: 1,
                 }],
             },
+        }
+    }
+
+    #[test]
+    fn signatures_verify_only_with_the_right_key_and_unaltered_bytes() {
+        let host = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let other = ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]);
+        let bytes = encode(&tiny()).unwrap();
+        assert!(matches!(
+            verify_signed(&bytes, &host.verifying_key()),
+            Err(ArtifactError::Unsigned)
+        ));
+        let signed = sign(&bytes, &host).unwrap();
+        assert_eq!(signed.len(), bytes.len());
+        let art = verify_signed(&signed, &host.verifying_key()).unwrap();
+        assert_eq!(art.flags, FLAG_SIGNED);
+        assert!(matches!(
+            verify_signed(&signed, &other.verifying_key()),
+            Err(ArtifactError::BadSignature { .. })
+        ));
+        // Re-signing by another host replaces the signature.
+        let resigned = sign(&signed, &other).unwrap();
+        verify_signed(&resigned, &other.verifying_key()).unwrap();
+        // Any altered byte breaks it: the digest for the payload, the signature elsewhere.
+        for i in 0..signed.len() {
+            let mut bad = signed.clone();
+            bad[i] ^= 0x10;
+            assert!(
+                verify_signed(&bad, &host.verifying_key()).is_err(),
+                "byte {i}"
+            );
         }
     }
 
