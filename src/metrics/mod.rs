@@ -1,18 +1,50 @@
 //! On-device metrics: collected in fixed memory, reported per window.
 //!
+//! - [`Collector`]: what the agent calls for every prediction (latency, errors, predicted
+//!   class, input sample) and for every labelled feedback; closes windows into [`Report`]s
+//!   and renders lifetime totals for Prometheus (`GET /metrics`).
 //! - [`LatencyHistogram`]: log-linear buckets, percentiles within 3.125 %.
 //! - [`FeatureDrift`] / [`RunningMoments`] / [`psi`]: per-feature moments and the population
 //!   stability index against the artifact's [`DriftBaseline`](crate::graph::sections::DriftBaseline).
 //! - [`SystemFigures`]: resident memory and CPU temperature, where the OS tells.
 //!
-//! Capacities are constants ([`BUCKETS`]) or fixed when a value is created.
+//! Capacities are constants ([`MAX_FEATURES`], [`MAX_CLASSES`], [`BUCKETS`]) or fixed when
+//! a value is created; a model larger than a capacity has its first features / classes
+//! tracked and the rest left out, never more memory.
+//!
+//! ```
+//! use perch::metrics::{Collector, ModelFacts, SystemFigures};
+//!
+//! let mut c = Collector::new(ModelFacts { classes: 3, sample_len: 2, ..ModelFacts::default() })?;
+//! c.record_prediction(&[0.5, 1.0], 120, Some(2));
+//! c.record_error(40);
+//! c.record_feedback(true);
+//! let report = c.close_window_with(1_700_000_000, 60, SystemFigures::default());
+//! assert_eq!((report.requests, report.errors), (2, 1));
+//! assert_eq!(report.predictions, vec![0, 0, 1]);
+//! let mut text = String::new();
+//! c.write_prometheus_with(&mut text, &SystemFigures::default());
+//! assert!(text.contains("perch_requests_total 2\n"));
+//! # Ok::<(), perch::metrics::MetricsError>(())
+//! ```
 
+mod collector;
 mod drift;
 mod histogram;
 mod report;
 mod system;
 
+pub use collector::{Collector, MAX_CLASSES, MAX_FEATURES, ModelFacts};
 pub use drift::{FeatureDrift, PSI_EPSILON, RunningMoments, psi, psi_milli};
 pub use histogram::{BUCKETS, LatencyHistogram, MAX_TRACKED_US, SUB_BUCKETS};
 pub use report::{Percentiles, Report};
 pub use system::{SystemFigures, cpu_temp_milli_c, rss_kib};
+
+/// Why a metrics operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsError {
+    /// The drift baseline given to a [`Collector`] does not fit the model.
+    #[error("drift baseline unusable: {0}")]
+    Baseline(String),
+}
