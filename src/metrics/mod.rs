@@ -7,6 +7,7 @@
 //! - [`FeatureDrift`] / [`RunningMoments`] / [`psi`]: per-feature moments and the population
 //!   stability index against the artifact's [`DriftBaseline`](crate::graph::sections::DriftBaseline).
 //! - [`SystemFigures`]: resident memory and CPU temperature, where the OS tells.
+//! - [`ReportQueue`]: reports persisted to a directory until the host acknowledges them.
 //!
 //! Capacities are constants ([`MAX_FEATURES`], [`MAX_CLASSES`], [`BUCKETS`]) or fixed when
 //! a value is created; a model larger than a capacity has its first features / classes
@@ -31,14 +32,18 @@
 mod collector;
 mod drift;
 mod histogram;
+mod queue;
 mod report;
 mod system;
 
 pub use collector::{Collector, MAX_CLASSES, MAX_FEATURES, ModelFacts};
 pub use drift::{FeatureDrift, PSI_EPSILON, RunningMoments, psi, psi_milli};
 pub use histogram::{BUCKETS, LatencyHistogram, MAX_TRACKED_US, SUB_BUCKETS};
+pub use queue::{MAX_QUEUE_CAPACITY, MAX_REPORT_FILE_BYTES, ReportQueue};
 pub use report::{Percentiles, Report};
 pub use system::{SystemFigures, cpu_temp_milli_c, rss_kib};
+
+use std::path::PathBuf;
 
 /// Why a metrics operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,4 +52,28 @@ pub enum MetricsError {
     /// The drift baseline given to a [`Collector`] does not fit the model.
     #[error("drift baseline unusable: {0}")]
     Baseline(String),
+    /// A file operation of the [`ReportQueue`] failed.
+    #[error("report queue: {op} {path:?}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// [`ReportQueue::open`] was given a capacity of 0 or above the maximum.
+    #[error("report queue capacity {capacity} is out of range (1 ..= {max})")]
+    QueueCapacity {
+        /// The capacity given.
+        capacity: usize,
+        /// [`MAX_QUEUE_CAPACITY`].
+        max: usize,
+    },
+    /// The queue has handed out every sequence number `u64` holds.
+    #[error("report queue sequence numbers are exhausted")]
+    SequenceExhausted,
+    /// A report could not be encoded.
+    #[error("report does not encode: {0}")]
+    Encode(String),
 }

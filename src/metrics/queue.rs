@@ -504,6 +504,32 @@ mod tests {
         assert_eq!(q.get(3).unwrap().dropped, 0);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_bytes_in_the_directory_open_without_panicking(
+            report_bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            state_bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut q = ReportQueue::open(dir.path(), 4).unwrap();
+            q.push(report(1)).unwrap();
+            let mut forged = encode_report(2, &report(2)).unwrap();
+            forged.truncate(12);
+            forged.extend_from_slice(&report_bytes);
+            let forged = with_crc(forged);
+            fs::write(dir.path().join(report_name(2)), &forged).unwrap();
+            fs::write(dir.path().join(report_name(3)), &report_bytes).unwrap();
+            fs::write(dir.path().join(STATE_FILE), &state_bytes).unwrap();
+            drop(q);
+            let mut q = ReportQueue::open(dir.path(), 4).unwrap();
+            let pending = q.pending();
+            proptest::prop_assert!(pending.iter().any(|(s, r)| *s == 1 && *r == report(1)));
+            let seq = q.push(report(9)).unwrap();
+            proptest::prop_assert!(seq > pending.iter().map(|p| p.0).max().unwrap_or(0));
+        }
+    }
+
     #[test]
     fn bad_capacities_are_refused() {
         let dir = tempfile::tempdir().unwrap();
