@@ -8,6 +8,8 @@
 //!   stability index against the artifact's [`DriftBaseline`](crate::graph::sections::DriftBaseline).
 //! - [`SystemFigures`]: resident memory and CPU temperature, where the OS tells.
 //! - [`ReportQueue`]: reports persisted to a directory until the host acknowledges them.
+//! - [`RecentPredictions`]: the last N predictions, for matching feedback and collecting
+//!   labelled samples.
 //!
 //! Capacities are constants ([`MAX_FEATURES`], [`MAX_CLASSES`], [`BUCKETS`]) or fixed when
 //! a value is created; a model larger than a capacity has its first features / classes
@@ -33,6 +35,7 @@ mod collector;
 mod drift;
 mod histogram;
 mod queue;
+mod recent;
 mod report;
 mod system;
 
@@ -40,6 +43,7 @@ pub use collector::{Collector, MAX_CLASSES, MAX_FEATURES, ModelFacts};
 pub use drift::{FeatureDrift, PSI_EPSILON, RunningMoments, psi, psi_milli};
 pub use histogram::{BUCKETS, LatencyHistogram, MAX_TRACKED_US, SUB_BUCKETS};
 pub use queue::{MAX_QUEUE_CAPACITY, MAX_REPORT_FILE_BYTES, ReportQueue};
+pub use recent::{Feedback, LabelledSample, MAX_RECENT_VALUES, Outcome, RecentPredictions};
 pub use report::{Percentiles, Report};
 pub use system::{SystemFigures, cpu_temp_milli_c, rss_kib};
 
@@ -76,4 +80,39 @@ pub enum MetricsError {
     /// A report could not be encoded.
     #[error("report does not encode: {0}")]
     Encode(String),
+    /// [`RecentPredictions`] was given a capacity of 0 or one whose samples are too large.
+    #[error(
+        "recent-predictions capacity {capacity} × {sample_len} values exceeds {max_values} values (or is 0)"
+    )]
+    RecentCapacity {
+        /// Predictions asked for.
+        capacity: usize,
+        /// Values per sample.
+        sample_len: usize,
+        /// [`MAX_RECENT_VALUES`].
+        max_values: usize,
+    },
+    /// Feedback for a prediction id that was never issued or has been forgotten.
+    #[error(
+        "no recent prediction has id {id} (it was never issued, or is older than the ones kept)"
+    )]
+    UnknownPrediction {
+        /// The id.
+        id: u64,
+    },
+    /// A second label for the same prediction.
+    #[error("prediction {id} is already labelled")]
+    AlreadyLabelled {
+        /// The id.
+        id: u64,
+    },
+    /// A class label for a regression, a value label for a classification, or a label
+    /// that is not a finite number.
+    #[error(
+        "the label of prediction {id} is not of its kind (a class index for a classifier, a finite number for a regressor)"
+    )]
+    LabelKind {
+        /// The id.
+        id: u64,
+    },
 }

@@ -49,7 +49,7 @@ struct Entry {
 const ID_MASK: u64 = (1 << 53) - 1;
 
 /// A ring of the last `capacity` predictions: id, predicted outcome, input sample. Memory is
-/// fixed at creation (about `capacity × (sample_len × 4 + 40)` bytes); recording the
+/// fixed at creation (about `capacity × (sample_len × 4 + 56)` bytes); recording the
 /// `capacity + 1`-th prediction forgets the oldest, labelled or not.
 ///
 /// Ids are consecutive from a random start (so that ids handed out before a restart do not
