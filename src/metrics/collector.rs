@@ -623,6 +623,68 @@ mod tests {
     }
 
     #[test]
+    fn model_facts_come_from_the_loaded_artifact() {
+        use crate::graph::{Graph, Layer, Metadata, Node, Output, Tensor, TensorSpec, sections};
+        let dense = Node {
+            name: "dense".into(),
+            layer: Layer::Dense {
+                weight: Tensor::f32(vec![3, 2], vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0]),
+                bias: None,
+            },
+            inputs: vec![0],
+        };
+        let argmax = Node {
+            name: "argmax".into(),
+            layer: Layer::ArgMax { labels: None },
+            inputs: vec![1],
+        };
+        let mut model = crate::graph::Model {
+            metadata: Metadata::default(),
+            graph: Graph {
+                inputs: vec![TensorSpec {
+                    name: "x".into(),
+                    dtype: DType::F32,
+                    shape: vec![2],
+                }],
+                nodes: vec![dense, argmax],
+                outputs: vec![
+                    Output {
+                        name: "scores".into(),
+                        value: 1,
+                    },
+                    Output {
+                        name: "label".into(),
+                        value: 2,
+                    },
+                ],
+            },
+        };
+        model
+            .metadata
+            .set_section(sections::DRIFT_BASELINE, &baseline(2))
+            .unwrap();
+        let bytes = crate::artifact::encode(&model).unwrap();
+        let loaded = crate::runtime::Model::from_artifact_bytes(&bytes).unwrap();
+        let f = ModelFacts::of(&loaded);
+        let sha = crate::artifact::decode(&bytes).unwrap().sha256;
+        assert_eq!(f.model[..], sha[..8]);
+        assert_eq!((f.classes, f.sample_len), (3, 2));
+        assert_eq!(f.baseline, Some(baseline(2)));
+        Collector::new(f).unwrap();
+
+        // Without the label output it is a regressor (3 values); a baseline of the wrong
+        // width is left out rather than refused.
+        model.graph.outputs.pop();
+        model
+            .metadata
+            .set_section(sections::DRIFT_BASELINE, &baseline(5))
+            .unwrap();
+        let bytes = crate::artifact::encode(&model).unwrap();
+        let f = ModelFacts::of(&crate::runtime::Model::from_artifact_bytes(&bytes).unwrap());
+        assert_eq!((f.classes, f.sample_len, f.baseline), (0, 2, None));
+    }
+
+    #[test]
     fn a_baseline_that_does_not_fit_the_model_is_refused() {
         assert!(matches!(
             Collector::new(facts(2, 4, Some(baseline(3)))),
