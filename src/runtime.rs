@@ -4,6 +4,7 @@
 
 use crate::artifact::{self, ArtifactError};
 use crate::engine::{Engine, EngineError};
+use crate::graph::sections::{Canary, CanaryValues};
 use crate::graph::{DType, Metadata, TensorSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,6 +51,9 @@ pub enum RuntimeError {
     /// The native engine was requested for a model it cannot run.
     #[error("the native engine cannot run this model: {0}")]
     NotNative(String),
+    /// A canary cannot be recorded as asked.
+    #[error("cannot record a canary: {0}")]
+    Canary(String),
     /// Reading the model file failed.
     #[error("{path}: {reason}")]
     Io {
@@ -215,21 +219,42 @@ impl Model {
     /// As [`artifact::decode`] and [`Engine::new`].
     pub fn from_artifact_bytes(bytes: &[u8]) -> Result<Model, RuntimeError> {
         let art = artifact::decode(bytes)?;
-        let engine = Engine::new(&art.model.graph, 1)?;
+        Self::native(
+            &art.model,
+            bytes.len() as u64,
+            Some(artifact::hex(&art.sha256)),
+        )
+    }
+
+    /// Prepares a native model held in memory (a graph just trained or optimized, before it
+    /// is written anywhere) for the native engine. Its info has no SHA-256 and a size of 0.
+    ///
+    /// # Errors
+    /// As [`Engine::new`].
+    pub fn from_native(model: &crate::graph::Model) -> Result<Model, RuntimeError> {
+        Self::native(model, 0, None)
+    }
+
+    fn native(
+        model: &crate::graph::Model,
+        size_bytes: u64,
+        sha256: Option<String>,
+    ) -> Result<Model, RuntimeError> {
+        let engine = Engine::new(&model.graph, 1)?;
         let info = ModelInfo {
             format: Format::Perch,
             engine: EngineKind::Native,
-            inputs: art.model.graph.inputs.clone(),
-            outputs: output_specs(&art.model.graph, &engine),
-            ops: layer_counts(&art.model.graph),
-            size_bytes: bytes.len() as u64,
-            metadata: Some(art.model.metadata.clone()),
+            inputs: model.graph.inputs.clone(),
+            outputs: output_specs(&model.graph, &engine),
+            ops: layer_counts(&model.graph),
+            size_bytes,
+            metadata: Some(model.metadata.clone()),
             notes: engine
                 .kernel_choices()
                 .iter()
                 .map(|c| format!("sparse weight {c}"))
                 .collect(),
-            sha256: Some(artifact::hex(&art.sha256)),
+            sha256,
         };
         Ok(Model {
             backend: Backend::Native(Box::new(engine)),
@@ -404,4 +429,153 @@ impl Model {
 /// ONNX files are protobuf messages whose first field is usually `ir_version` (tag 0x08).
 fn looks_like_protobuf(bytes: &[u8]) -> bool {
     bytes.first() == Some(&0x08)
+}
+
+fn canary_values(outputs: Vec<Output>) -> Vec<CanaryValues> {
+    outputs
+        .into_iter()
+        .map(|o| match o.values {
+            OutputValues::F32(v) => CanaryValues::F32(v),
+            OutputValues::I64(v) => CanaryValues::I64(v),
+        })
+        .collect()
+}
+
+/// Runs `input` (one sample of the model's input) and records every output it gives as a
+/// [`Canary`] with `tolerance` for float outputs: what `perch-host train` and `optimize`
+/// attach to an artifact, and [`check_canary`] later verifies on the device.
+///
+/// # Errors
+/// [`RuntimeError::Canary`] for a tolerance that is negative or not finite; otherwise the
+/// run's errors (wrong length, non-finite input).
+pub fn record_canary(
+    model: &mut Model,
+    input: &[f32],
+    tolerance: f32,
+) -> Result<Canary, RuntimeError> {
+    if !tolerance.is_finite() || tolerance < 0.0 {
+        return Err(RuntimeError::Canary(format!(
+            "tolerance {tolerance} is not a finite number >= 0"
+        )));
+    }
+    let outputs = canary_values(model.run(input, 1)?);
+    Ok(Canary {
+        input: input.to_vec(),
+        outputs,
+        tolerance,
+    })
+}
+
+/// Runs the canary's input through `model` and compares the outputs with the recorded
+/// ones: what the agent does before it installs a pushed model.
+///
+/// # Errors
+/// A message saying why the model fails its canary: the input does not fit or does not
+/// run, or the first output and position that differs.
+pub fn check_canary(model: &mut Model, canary: &Canary) -> Result<(), String> {
+    let outputs = model
+        .run(&canary.input, 1)
+        .map_err(|e| format!("canary input does not run: {e}"))?;
+    canary.check(&canary_values(outputs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Graph, Layer, Node, Output as GraphOutput, Tensor};
+
+    /// Two inputs → dense 3 → softmax (probabilities) and argmax (label).
+    fn classifier(weight: Vec<f32>) -> crate::graph::Model {
+        let spec = |name: &str, dtype, n| TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: vec![n],
+        };
+        let node = |name: &str, layer, input| Node {
+            name: name.into(),
+            layer,
+            inputs: vec![input],
+        };
+        crate::graph::Model {
+            metadata: Metadata::default(),
+            graph: Graph {
+                inputs: vec![spec("x", DType::F32, 2)],
+                nodes: vec![
+                    node(
+                        "dense",
+                        Layer::Dense {
+                            weight: Tensor::f32(vec![3, 2], weight),
+                            bias: None,
+                        },
+                        0,
+                    ),
+                    node("softmax", Layer::Softmax, 1),
+                    node("argmax", Layer::ArgMax { labels: None }, 1),
+                ],
+                outputs: vec![
+                    GraphOutput {
+                        name: "probabilities".into(),
+                        value: 2,
+                    },
+                    GraphOutput {
+                        name: "label".into(),
+                        value: 3,
+                    },
+                ],
+            },
+        }
+    }
+
+    #[test]
+    fn a_recorded_canary_passes_on_its_model_and_fails_on_another() {
+        let w = vec![1.0, 0.0, 0.0, 1.0, -1.0, -1.0];
+        let mut m = Model::from_native(&classifier(w.clone())).unwrap();
+        let canary = record_canary(&mut m, &[2.0, 0.5], 1e-4).unwrap();
+        assert_eq!(canary.input, vec![2.0, 0.5]);
+        assert!(
+            matches!(&canary.outputs[..], [CanaryValues::F32(p), CanaryValues::I64(l)]
+            if p.len() == 3 && l == &vec![0])
+        );
+        assert_eq!(check_canary(&mut m, &canary), Ok(()));
+
+        // Slightly different weights: same label, probabilities beyond the tolerance.
+        let mut nudged = w.clone();
+        nudged[0] = 1.01;
+        let mut other = Model::from_native(&classifier(nudged)).unwrap();
+        let err = check_canary(&mut other, &canary).unwrap_err();
+        assert!(err.contains("output 0"), "{err}");
+        // Swapped rows: another label.
+        let mut swapped =
+            Model::from_native(&classifier(vec![0.0, 1.0, 1.0, 0.0, -1.0, -1.0])).unwrap();
+        assert!(check_canary(&mut swapped, &canary).is_err());
+
+        // A canary whose input does not fit says so rather than panicking.
+        let mut short = canary.clone();
+        short.input.pop();
+        assert!(
+            check_canary(&mut m, &short)
+                .unwrap_err()
+                .contains("does not run")
+        );
+        assert!(matches!(
+            record_canary(&mut m, &[1.0, 2.0], f32::NAN),
+            Err(RuntimeError::Canary(_))
+        ));
+        assert!(record_canary(&mut m, &[1.0, f32::INFINITY], 1e-4).is_err());
+    }
+
+    #[test]
+    fn from_native_matches_the_artifact_path() {
+        let model = classifier(vec![1.0, 0.0, 0.0, 1.0, -1.0, -1.0]);
+        let bytes = artifact::encode(&model).unwrap();
+        let mut a = Model::from_artifact_bytes(&bytes).unwrap();
+        let mut b = Model::from_native(&model).unwrap();
+        assert_eq!(
+            a.run(&[0.3, 0.7], 1).unwrap(),
+            b.run(&[0.3, 0.7], 1).unwrap()
+        );
+        assert_eq!(a.info().outputs, b.info().outputs);
+        assert_eq!((b.info().size_bytes, b.info().sha256.as_deref()), (0, None));
+        assert_eq!(a.info().size_bytes, bytes.len() as u64);
+    }
 }

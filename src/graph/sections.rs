@@ -222,12 +222,13 @@ impl Canary {
         for (i, (want, got)) in self.outputs.iter().zip(actual).enumerate() {
             match (want, got) {
                 (CanaryValues::F32(w), CanaryValues::F32(g)) if w.len() == g.len() => {
-                    if let Some((k, (a, b))) = w
-                        .iter()
-                        .zip(g)
-                        .enumerate()
-                        .find(|(_, (a, b))| !((*a - *b).abs() <= self.tolerance))
-                    {
+                    if let Some((k, (a, b))) = w.iter().zip(g).enumerate().find(|(_, (a, b))| {
+                        // NaN on either side is a difference.
+                        (*a - *b)
+                            .abs()
+                            .partial_cmp(&self.tolerance)
+                            .is_none_or(|o| o.is_gt())
+                    }) {
                         return Err(format!(
                             "canary output {i} value {k}: expected {a}, got {b} (tolerance {})",
                             self.tolerance
@@ -324,7 +325,7 @@ impl Metadata {
                     ),
                 });
             }
-            if !(c.tolerance >= 0.0) || c.input.iter().any(|v| !v.is_finite()) {
+            if c.tolerance.is_nan() || c.tolerance < 0.0 || c.input.iter().any(|v| !v.is_finite()) {
                 return Err(SectionError::Invalid {
                     kind: CANARY,
                     reason: "canary input or tolerance is not finite".into(),
