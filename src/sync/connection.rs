@@ -104,6 +104,25 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// A message already received in full, without reading the stream: lets a caller take
+    /// a burst of frames (a device's backlog of reports) and answer them together.
+    ///
+    /// # Errors
+    /// Frame errors, as [`FrameReader::read`].
+    pub fn buffered(&mut self) -> Result<Option<Message>, ConnectionError> {
+        match frame::decode(&self.buf[self.start..], self.max_payload)? {
+            Some((message, used)) => {
+                self.start += used;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                Ok(Some(message))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Reads until a whole message arrives; a timeout is an error here.
     ///
     /// # Errors
@@ -146,6 +165,21 @@ impl<W: Write> FrameWriter<W> {
     pub fn send(&mut self, message: &Message) -> Result<(), ConnectionError> {
         self.buf.clear();
         frame::encode(message, &mut self.buf, self.max_payload)?;
+        self.inner.write_all(&self.buf)?;
+        self.inner.flush()?;
+        self.bytes_sent += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Encodes several messages and writes them with one system call.
+    ///
+    /// # Errors
+    /// Encoding failures and socket errors.
+    pub fn send_all(&mut self, messages: &[Message]) -> Result<(), ConnectionError> {
+        self.buf.clear();
+        for m in messages {
+            frame::encode(m, &mut self.buf, self.max_payload)?;
+        }
         self.inner.write_all(&self.buf)?;
         self.inner.flush()?;
         self.bytes_sent += self.buf.len() as u64;

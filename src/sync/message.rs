@@ -92,6 +92,14 @@ pub enum Message {
         /// The bytes.
         bytes: Vec<u8>,
     },
+    /// Host → device: push `push` is withdrawn (another model was assigned, or it was
+    /// cancelled); the device drops what it downloaded of it.
+    Cancel {
+        /// Push id.
+        push: u64,
+        /// Why.
+        reason: String,
+    },
     /// Device → host: the pushed model is installed and active.
     Installed {
         /// Push id.
@@ -118,4 +126,27 @@ pub enum Message {
         /// The active model, if any.
         model: Option<ModelRef>,
     },
+}
+
+impl Message {
+    /// The variant's name, for logs (never the content, which may be large).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Challenge { .. } => "Challenge",
+            Message::Auth { .. } => "Auth",
+            Message::Welcome { .. } => "Welcome",
+            Message::Refused { .. } => "Refused",
+            Message::Metrics { .. } => "Metrics",
+            Message::Ack { .. } => "Ack",
+            Message::ModelOffer { .. } => "ModelOffer",
+            Message::Fetch { .. } => "Fetch",
+            Message::Chunk { .. } => "Chunk",
+            Message::Cancel { .. } => "Cancel",
+            Message::Installed { .. } => "Installed",
+            Message::Rejected { .. } => "Rejected",
+            Message::RolledBack { .. } => "RolledBack",
+            Message::Heartbeat { .. } => "Heartbeat",
+        }
+    }
 }

@@ -1,16 +1,19 @@
-//! The sync protocol between devices and the host.
+//! The sync protocol between devices and the host (specified in `docs/protocol.md`).
 //!
-//! - [`message`](Message): what is said (postcard-encoded enums).
+//! bytes → frame → message → session, one file each:
 //! - [`frame`]: how a message becomes bytes: length, payload, CRC-32; no sockets involved.
 //! - [`connection`]: blocking readers and writers of frames over any stream.
+//! - [`Message`]: what is said (postcard-encoded enums).
 //! - [`auth`]: the challenge-response proof (HMAC-SHA256 with the device's key).
-//!
-//! The device's client lives in [`crate::agent`], the host's server in `crate::fleet`.
+//! - [`client`]: the device's side of the handshake.
+//! - [`server`]: the host's accept loop and per-device sessions, over a [`server::Store`].
 
 pub mod auth;
+pub mod client;
 pub mod connection;
 pub mod frame;
 mod message;
+pub mod server;
 
 pub use connection::{ConnectionError, FrameReader, FrameWriter, Received};
 pub use message::{Message, ModelRef, NONCE_LEN};
