@@ -137,6 +137,15 @@ fn nested(shape: &[usize], values: &OutputValues) -> Value {
     }
 }
 
+/// Outputs as JSON, by name: nested arrays of the outputs' shapes (what `perch run
+/// --format json` prints under `outputs`, and the agent's `POST /predict` answers).
+pub fn outputs_json(outputs: &[Output]) -> serde_json::Map<String, Value> {
+    outputs
+        .iter()
+        .map(|o| (o.name.clone(), nested(&o.shape, &o.values)))
+        .collect()
+}
+
 /// Writes outputs as `format`.
 ///
 /// # Errors
@@ -149,10 +158,7 @@ pub fn write_outputs(
 ) -> Result<()> {
     match format {
         OutputFormat::Json => {
-            let mut map = serde_json::Map::new();
-            for o in outputs {
-                map.insert(o.name.clone(), nested(&o.shape, &o.values));
-            }
+            let map = outputs_json(outputs);
             serde_json::to_writer(&mut *out, &json!({ "model": model_name, "outputs": map }))?;
             writeln!(out)?;
         }

@@ -50,6 +50,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod artifact;
 pub mod cli;
 #[cfg(feature = "onnx")]
@@ -57,6 +58,8 @@ pub mod convert;
 pub mod engine;
 #[cfg(feature = "host")]
 pub mod export;
+#[cfg(feature = "host")]
+pub mod fleet;
 pub mod graph;
 #[cfg(feature = "host")]
 pub mod host_cli;
@@ -73,3 +76,9 @@ pub mod runtime;
 pub mod sync;
 #[cfg(feature = "host")]
 pub mod train;
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it: every shared
+/// state in perch is changed by whole assignments, so it stays consistent.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use perch::host_cli::{self, TrainOptions};
+use perch::host_cli::{self, TrainOptions, fleet};
 use perch::registry::{ModelRef, Registry};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +74,43 @@ enum Command {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Register devices and see the fleet: model, version, last contact, health.
+    Devices {
+        #[command(subcommand)]
+        command: Option<Devices>,
+        /// Print JSON (for the listing).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a version and send it to devices; they install it on their next contact.
+    Push {
+        /// NAME@VERSION or NAME@ALIAS (NAME alone: the latest version).
+        model: ModelRef,
+        /// A device (repeat for several).
+        #[arg(long)]
+        to: Vec<String>,
+        /// Every device of a group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Wait up to SECONDS for every device to install or refuse it, and say how it went.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the sync server devices connect to (metrics in, models out).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7470")]
+        listen: String,
+        /// Seconds between the heartbeats devices are asked for.
+        #[arg(long, default_value_t = 15)]
+        heartbeat: u32,
+        /// Devices connected at once, at most.
+        #[arg(long, default_value_t = 4096)]
+        max_connections: usize,
     },
     /// Register an external ONNX model (converted to native when every op translates).
     Import {
@@ -149,6 +186,53 @@ enum Models {
     },
 }
 
+#[derive(Subcommand)]
+enum Devices {
+    /// Register a device and write its agent configuration (key, host address, host key).
+    Add {
+        /// Device name (letters, digits, '-', '_', '.').
+        name: String,
+        /// Group, for pushes and rollouts to many devices.
+        #[arg(long, default_value = "default")]
+        group: String,
+        /// HOST:PORT the device reaches `perch-host serve` at (default: this machine's
+        /// hostname, port 7470).
+        #[arg(long)]
+        host: Option<String>,
+        /// Where to write the agent configuration (default: NAME.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Every device (the default).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One device: status, events (refusals with reasons, installs, rollbacks), reports.
+    Show {
+        /// Device name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a device (its metrics and events too).
+    Remove {
+        /// Device name.
+        name: String,
+    },
+}
+
+fn default_host() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    format!("{name}:{}", perch::agent::config::DEFAULT_HOST_PORT)
+}
+
 /// Tracks heap use so `optimize` can report each version's peak memory.
 #[global_allocator]
 static ALLOCATOR: perch::memory::Tracking = perch::memory::Tracking;
@@ -200,6 +284,84 @@ fn run(cli: Cli) -> Result<()> {
             let mut reg = open_registry(registry)?;
             let report = host_cli::optimize::optimize(&mut reg, &options)?;
             print(&report, json, host_cli::optimize::render);
+        }
+        Command::Devices { command, json } => {
+            let db = perch::registry::resolve_path(registry);
+            match command.unwrap_or(Devices::List { json }) {
+                Devices::List { json } => {
+                    print(&fleet::devices_list(&db)?, json, fleet::render_devices)
+                }
+                Devices::Add {
+                    name,
+                    group,
+                    host,
+                    config,
+                } => {
+                    let config = config.unwrap_or_else(|| PathBuf::from(format!("{name}.toml")));
+                    let host = host.unwrap_or_else(default_host);
+                    let v = fleet::devices_add(&db, &name, &group, &host, &config)?;
+                    eprintln!(
+                        "added device {name} (group {group}); its agent configuration is {} \
+                         (copy it to the device: perch agent --config {})",
+                        config.display(),
+                        config
+                            .file_name()
+                            .map_or(String::new(), |f| f.to_string_lossy().into_owned())
+                    );
+                    print(&v, json, |_| String::new());
+                }
+                Devices::Show { name, json } => {
+                    print(&fleet::device_show(&db, &name)?, json, fleet::render_device)
+                }
+                Devices::Remove { name } => {
+                    fleet::devices_remove(&db, &name)?;
+                    eprintln!("removed device {name}");
+                }
+            }
+        }
+        Command::Push {
+            model,
+            to,
+            group,
+            wait,
+            json,
+        } => {
+            let reg = open_registry(registry)?;
+            let mut v = fleet::push(&reg, &model, &to, group.as_deref())?;
+            if let Some(secs) = wait {
+                let push = v["push"].as_u64().unwrap_or(0);
+                v["states"] = fleet::wait_for_push(
+                    reg.path(),
+                    push,
+                    std::time::Duration::from_secs_f64(secs.max(0.0)),
+                )?;
+            }
+            print(&v, json, fleet::render_push);
+        }
+        Command::Serve {
+            listen,
+            heartbeat,
+            max_connections,
+        } => {
+            let db = perch::registry::resolve_path(registry);
+            let config = perch::sync::server::ServerConfig {
+                heartbeat_s: heartbeat.max(1),
+                idle_timeout: std::time::Duration::from_secs(u64::from(heartbeat.max(1)) * 4),
+                max_connections: max_connections.max(1),
+                ..Default::default()
+            };
+            fleet::serve(
+                &db,
+                &listen,
+                config,
+                perch::sync::server::Shutdown::new(),
+                |addr| {
+                    eprintln!(
+                        "perch-host: listening on {addr} (registry {})",
+                        db.display()
+                    )
+                },
+            )?;
         }
         Command::Import { model, name, json } => {
             let v = host_cli::import(&mut open_registry(registry)?, &model, name.as_deref())?;
@@ -293,6 +455,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,perch=info"))
+        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

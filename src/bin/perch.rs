@@ -15,11 +15,17 @@ Usage:
   perch run MODEL --input FILE [--format csv|json] [--output FILE] [--batch B] [--engine auto|native|tract]
   perch info MODEL [--json] [--engine auto|native|tract]
   perch bench MODEL [--input FILE] [--iterations N] [--batch B] [--warmup N] [--json]
+  perch agent --config FILE
   perch --version | --help
 
 MODEL is a .perch artifact or an .onnx file. FILE is CSV (rows of numbers, optional
 header), .npy, or JSON ([[...], ...]). ONNX models whose ops all exist natively run on
 perch's native engine unless --engine tract is given.
+
+`perch agent` runs until stopped: it keeps a link to the host in FILE (written by
+`perch-host devices add`), installs the models it pushes, reports metrics, and serves
+POST /predict, POST /feedback, GET /health and GET /metrics on 127.0.0.1. Log verbosity:
+RUST_LOG=debug|info|warn.
 ";
 
 enum Command {
@@ -45,6 +51,9 @@ enum Command {
         json: bool,
         engine: EngineChoice,
     },
+    Agent {
+        config: PathBuf,
+    },
     Help,
     Version,
 }
@@ -59,7 +68,7 @@ fn parse_args() -> Result<Command> {
         Some(Value(v)) => v.string()?,
         Some(other) => return Err(other.unexpected().into()),
     };
-    let (mut model, mut input, mut output) = (None, None, None);
+    let (mut model, mut input, mut output, mut config) = (None, None, None, None);
     let (mut format, mut json, mut engine) = (OutputFormat::Csv, false, EngineChoice::Auto);
     let (mut iterations, mut batch, mut warmup) = (1000usize, None, 100usize);
     while let Some(arg) = parser.next()? {
@@ -72,6 +81,7 @@ fn parse_args() -> Result<Command> {
             Long("iterations") | Short('n') => iterations = parser.value()?.parse()?,
             Long("batch") | Short('b') => batch = Some(parser.value()?.parse()?),
             Long("warmup") => warmup = parser.value()?.parse()?,
+            Long("config") | Short('c') => config = Some(PathBuf::from(parser.value()?)),
             Long("help") | Short('h') => return Ok(Command::Help),
             Value(v) if model.is_none() => model = Some(PathBuf::from(v)),
             other => return Err(other.unexpected().into()),
@@ -105,8 +115,14 @@ fn parse_args() -> Result<Command> {
             json,
             engine,
         },
+        "agent" => Command::Agent {
+            config: config
+                .context("perch agent needs --config FILE (see perch-host devices add)")?,
+        },
         "help" => Command::Help,
-        other => bail!("unknown command {other:?} (expected run, info or bench; see perch --help)"),
+        other => bail!(
+            "unknown command {other:?} (expected run, info, bench or agent; see perch --help)"
+        ),
     })
 }
 
@@ -114,6 +130,13 @@ fn execute(cmd: Command) -> Result<()> {
     let stdout = std::io::stdout();
     match cmd {
         Command::Help => print!("{USAGE}"),
+        Command::Agent { config } => {
+            let cfg = perch::agent::Config::load(&config)?;
+            let agent = perch::agent::Agent::start(cfg, perch::sync::server::Shutdown::new())
+                .with_context(|| format!("starting the agent of {}", config.display()))?;
+            eprintln!("perch: agent serving http://{}", agent.http_addr());
+            agent.wait();
+        }
         Command::Version => println!("perch {}", env!("CARGO_PKG_VERSION")),
         Command::Run {
             model,
@@ -174,6 +197,8 @@ fn execute(cmd: Command) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,perch=info"))
+        .init();
     match parse_args().and_then(execute) {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that closed the pipe (`perch run ... | head`) is not an error.

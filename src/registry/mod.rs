@@ -32,7 +32,7 @@ pub const DEFAULT_FILE: &str = "perch-registry.db";
 pub const ENV_VAR: &str = "PERCH_REGISTRY";
 
 /// Version of the database layout this build reads and writes (SQLite `user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -395,6 +395,71 @@ CREATE TABLE aliases (
 );
 ";
 
+/// The fleet's tables (layout 3), read and written by `crate::fleet`.
+const FLEET_SCHEMA: &str = "
+CREATE TABLE devices (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    grp TEXT NOT NULL,
+    key BLOB NOT NULL,
+    created_unix_s INTEGER NOT NULL,
+    last_seen_unix_s INTEGER,
+    address TEXT,
+    agent TEXT,
+    model_name TEXT,
+    model_version TEXT,
+    model_sha256 TEXT
+);
+CREATE TABLE pushes (
+    id INTEGER PRIMARY KEY,
+    version_id INTEGER REFERENCES versions(id) ON DELETE SET NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_unix_s INTEGER NOT NULL
+);
+CREATE TABLE assignments (
+    device_id INTEGER PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    push_id INTEGER NOT NULL REFERENCES pushes(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    reason TEXT,
+    change INTEGER NOT NULL,
+    updated_unix_s INTEGER NOT NULL
+);
+CREATE TABLE push_targets (
+    push_id INTEGER NOT NULL REFERENCES pushes(id) ON DELETE CASCADE,
+    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    PRIMARY KEY (push_id, device_id)
+) WITHOUT ROWID;
+CREATE TABLE metrics (
+    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    received_unix_s INTEGER NOT NULL,
+    window_start_s INTEGER NOT NULL,
+    window_s INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    p50_us INTEGER NOT NULL,
+    p95_us INTEGER NOT NULL,
+    p99_us INTEGER NOT NULL,
+    feedback INTEGER NOT NULL,
+    feedback_correct INTEGER NOT NULL,
+    report BLOB NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    unix_s INTEGER NOT NULL,
+    device_id INTEGER REFERENCES devices(id) ON DELETE CASCADE,
+    device_name TEXT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX events_by_device ON events(device_id, id);
+";
+
 fn now_unix_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -439,12 +504,17 @@ impl Registry {
         }
         if found < SCHEMA_VERSION {
             let tx = conn.transaction().map_err(sql)?;
-            match found {
-                0 => tx.execute_batch(SCHEMA).map_err(sql)?,
-                // Layout 2 records where the training and test data came from.
-                _ => tx
-                    .execute_batch("ALTER TABLE versions ADD COLUMN data_files TEXT;")
-                    .map_err(sql)?,
+            if found == 0 {
+                tx.execute_batch(SCHEMA).map_err(sql)?;
+            }
+            // Layout 2 records where the training and test data came from.
+            if found == 1 {
+                tx.execute_batch("ALTER TABLE versions ADD COLUMN data_files TEXT;")
+                    .map_err(sql)?;
+            }
+            // Layout 3 adds the fleet: devices, pushes, metrics, events (`crate::fleet`).
+            if found < 3 {
+                tx.execute_batch(FLEET_SCHEMA).map_err(sql)?;
             }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(sql)?;
@@ -1175,14 +1245,18 @@ mod tests {
     }
 
     #[test]
-    fn a_layout_1_database_gains_the_data_files_column_and_keeps_its_versions() {
+    fn a_layout_1_database_gains_data_files_and_fleet_tables_and_keeps_its_versions() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("reg.db");
         let mut reg = Registry::open(&db).unwrap();
         reg.register("iris", model(0.5), info(0.9)).unwrap();
         // Make it a layout-1 database, as perch 0.1's first registry wrote it.
         reg.conn
-            .execute_batch("ALTER TABLE versions DROP COLUMN data_files; PRAGMA user_version = 1;")
+            .execute_batch(
+                "ALTER TABLE versions DROP COLUMN data_files; DROP TABLE events; DROP TABLE metrics;
+                 DROP TABLE assignments; DROP TABLE push_targets; DROP TABLE pushes; DROP TABLE devices;
+                 PRAGMA user_version = 1;",
+            )
             .unwrap();
         drop(reg);
         let mut reg = Registry::open(&db).unwrap();

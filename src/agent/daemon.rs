@@ -1,0 +1,365 @@
+//! The running agent: its shared state, the install and rollback procedures, the threads.
+
+use super::serving::{Active, RollbackPolicy, Serving};
+use super::store::{self, ModelStore};
+use super::{Config, http, link};
+use crate::metrics::{Report, ReportQueue};
+use crate::runtime;
+use crate::sync::ModelRef;
+use crate::sync::server::Shutdown;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The model store is unusable.
+    #[error("model store in {dir}: {source}")]
+    Store {
+        /// State directory.
+        dir: String,
+        /// The cause.
+        source: store::StoreError,
+    },
+    /// The report queue is unusable.
+    #[error("report queue in {dir}: {reason}")]
+    Queue {
+        /// Queue directory.
+        dir: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The local API cannot listen.
+    #[error("cannot serve the local API on {addr}: {reason}")]
+    Http {
+        /// Configured address.
+        addr: String,
+        /// The cause.
+        reason: String,
+    },
+    /// A thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The agent's link to the host, as `GET /health` reports it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LinkStatus {
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub sessions: u64,
+}
+
+/// State shared by the agent's threads.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub serving: Mutex<Serving>,
+    pub queue: Mutex<ReportQueue>,
+    pub store: Mutex<ModelStore>,
+    pub link: Mutex<LinkStatus>,
+}
+
+pub(crate) use crate::lock;
+
+/// Fault injection for the install tests: `PERCH_FAILPOINTS=install:after-verify,...`
+/// makes the agent abort (as a power cut would stop it) when it reaches that step.
+pub(crate) fn failpoint(name: &str) {
+    static POINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let points = POINTS.get_or_init(|| {
+        std::env::var("PERCH_FAILPOINTS")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default()
+    });
+    if points.iter().any(|p| p == name) {
+        log::error!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+impl Shared {
+    /// Queues a finished window's report.
+    pub fn enqueue(&self, report: Report) {
+        if let Err(e) = lock(&self.queue).push(report) {
+            log::error!("cannot queue a metrics report: {e}");
+        }
+    }
+
+    /// Verifies the downloaded (or staged) artifact `model` and makes it the active model.
+    /// On failure the running model is kept and the partial download deleted.
+    ///
+    /// # Errors
+    /// The reason, for `Rejected`.
+    pub fn install(&self, model: &ModelRef) -> Result<(), String> {
+        let result = self.verify_and_activate(model);
+        if result.is_err() {
+            lock(&self.store).discard_partial(&model.sha256);
+        }
+        result
+    }
+
+    fn verify_and_activate(&self, model: &ModelRef) -> Result<(), String> {
+        use sha2::{Digest, Sha256};
+        let bytes = lock(&self.store)
+            .read_candidate(&model.sha256)
+            .map_err(|e| e.to_string())?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if digest != model.sha256 {
+            return Err(format!(
+                "downloaded artifact has SHA-256 {}, the offer said {}",
+                crate::artifact::hex(&digest),
+                crate::artifact::hex(&model.sha256)
+            ));
+        }
+        crate::artifact::verify_signed(&bytes, &self.config.host_public_key)
+            .map_err(|e| e.to_string())?;
+        let loaded = runtime::Model::from_artifact_bytes(&bytes)
+            .map_err(|e| format!("model does not load: {e}"))?;
+        let mut loaded = loaded;
+        check_canary(&mut loaded)?;
+        failpoint("install:after-verify");
+        {
+            let mut store = lock(&self.store);
+            store.stage(model).map_err(|e| e.to_string())?;
+            store
+                .activate(model, || failpoint("install:before-rename"))
+                .map_err(|e| e.to_string())?;
+        }
+        failpoint("install:after-rename");
+        let replaced = lock(&self.serving).replace(
+            Active::new(loaded, model.clone(), self.config.recent_predictions),
+            true,
+        );
+        if let Some(report) = replaced {
+            self.enqueue(report);
+        }
+        log::info!(
+            "installed {}@{} ({})",
+            model.name,
+            model.version,
+            crate::artifact::hex(&model.sha256[..8])
+        );
+        Ok(())
+    }
+
+    /// Goes back to the previous model (after the active one's error rate jumped).
+    pub fn roll_back(&self, reason: &str) {
+        let mut store = lock(&self.store);
+        let (from, to) = match store.roll_back(reason) {
+            Ok(Some(pair)) => pair,
+            Ok(None) => {
+                log::warn!("{reason}, but there is no previous model to go back to");
+                return;
+            }
+            Err(e) => {
+                log::error!("rollback failed: {e}");
+                return;
+            }
+        };
+        let loaded = std::fs::read(store.model_path(&to))
+            .map_err(|e| e.to_string())
+            .and_then(|b| runtime::Model::from_artifact_bytes(&b).map_err(|e| e.to_string()));
+        drop(store);
+        match loaded {
+            Ok(m) => {
+                if let Some(report) = lock(&self.serving).replace(
+                    Active::new(m, to.clone(), self.config.recent_predictions),
+                    false,
+                ) {
+                    self.enqueue(report);
+                }
+                log::warn!(
+                    "rolled back from {}@{} to {}@{}: {reason}",
+                    from.name,
+                    from.version,
+                    to.name,
+                    to.version
+                );
+            }
+            Err(e) => log::error!(
+                "previous model {}@{} does not load: {e}",
+                to.name,
+                to.version
+            ),
+        }
+    }
+}
+
+/// Runs the artifact's canary through the loaded model.
+///
+/// # Errors
+/// No canary, a damaged one, or outputs that differ.
+pub fn check_canary(model: &mut runtime::Model) -> Result<(), String> {
+    let info = model.info();
+    let sample_len = info.inputs.first().map_or(0, |s| s.sample_len());
+    let canary = info
+        .metadata
+        .as_ref()
+        .ok_or("model has no metadata, so no canary")?
+        .canary(sample_len)
+        .map_err(|e| e.to_string())?
+        .ok_or("artifact carries no canary input; push it with perch-host, which adds one")?;
+    runtime::check_canary(model, &canary)
+}
+
+/// A running agent.
+pub struct Agent {
+    shared: Arc<Shared>,
+    http_addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+    shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("device", &self.shared.config.device)
+            .field("http_addr", &self.http_addr)
+            .finish()
+    }
+}
+
+impl Agent {
+    /// Opens the state directory, loads the active model (or the previous one when the
+    /// active one no longer loads), binds the local API and starts the threads.
+    ///
+    /// # Errors
+    /// An unusable state directory or queue, an address the API cannot bind.
+    pub fn start(config: Config, shutdown: Shutdown) -> Result<Agent, AgentError> {
+        let dir = config.state_dir.clone();
+        let store_err = |source| AgentError::Store {
+            dir: dir.display().to_string(),
+            source,
+        };
+        let mut store = ModelStore::open(&dir).map_err(store_err)?;
+        let queue_dir = dir.join("queue");
+        let queue = ReportQueue::open(&queue_dir, config.queue_capacity).map_err(|e| {
+            AgentError::Queue {
+                dir: queue_dir.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let mut serving = Serving::new(RollbackPolicy {
+            min_requests: config.rollback_min_requests,
+            error_rate: config.rollback_error_rate,
+        });
+        // The active model, or the one before it if the active file became unusable.
+        while let Some(active) = store.active().cloned() {
+            let path = store.model_path(&active);
+            let loaded = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| runtime::Model::from_artifact_bytes(&b).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(m) => {
+                    log::info!("serving {}@{}", active.name, active.version);
+                    serving.replace(Active::new(m, active, config.recent_predictions), false);
+                    break;
+                }
+                Err(e) => {
+                    let reason = format!("installed model {} does not load: {e}", path.display());
+                    log::error!("{reason}");
+                    store.drop_active(&reason).map_err(store_err)?;
+                }
+            }
+        }
+        if serving.active().is_none() {
+            log::info!("no model installed yet; waiting for the host to push one");
+        }
+        let server = tiny_http::Server::http(&config.http).map_err(|e| AgentError::Http {
+            addr: config.http.clone(),
+            reason: e.to_string(),
+        })?;
+        let http_addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| AgentError::Http {
+                addr: config.http.clone(),
+                reason: "not an IP address".into(),
+            })?;
+        let shared = Arc::new(Shared {
+            config,
+            serving: Mutex::new(serving),
+            queue: Mutex::new(queue),
+            store: Mutex::new(store),
+            link: Mutex::new(LinkStatus::default()),
+        });
+        let mut threads = Vec::new();
+        let spawn = |what: &'static str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(what.into())
+                .spawn(f)
+                .map_err(|source| AgentError::Thread { what, source })
+        };
+        {
+            let (s, d) = (shared.clone(), shutdown.clone());
+            threads.push(spawn("link", Box::new(move || link::run(&s, &d)))?);
+        }
+        {
+            let (s, d) = (shared.clone(), shutdown.clone());
+            threads.push(spawn("windows", Box::new(move || run_windows(&s, &d)))?);
+        }
+        {
+            let (s, d) = (shared.clone(), shutdown.clone());
+            threads.push(spawn("http", Box::new(move || http::run(server, &s, &d)))?);
+        }
+        log::info!("local API on http://{http_addr}");
+        Ok(Agent {
+            shared,
+            http_addr,
+            threads,
+            shutdown,
+        })
+    }
+
+    /// Where the local API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops the threads (after the current window is queued) and waits for them.
+    pub fn stop(self) {
+        self.shutdown.trigger();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Waits until the shutdown handle is triggered elsewhere, then stops.
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Closes a metrics window every `report_interval` and queues its report.
+fn run_windows(shared: &Shared, shutdown: &Shutdown) {
+    let interval = shared.config.report_interval;
+    let tick = Duration::from_millis(50).min(interval);
+    let mut next = std::time::Instant::now() + interval;
+    loop {
+        if shutdown.is_triggered() {
+            break;
+        }
+        std::thread::sleep(tick);
+        if std::time::Instant::now() < next {
+            continue;
+        }
+        next += interval;
+        let report = lock(&shared.serving).close_window();
+        if let Some(r) = report {
+            shared.enqueue(r);
+        }
+    }
+    // The unfinished window is not lost at a clean stop.
+    if let Some(r) = lock(&shared.serving).close_window() {
+        shared.enqueue(r);
+    }
+}

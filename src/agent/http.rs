@@ -1,0 +1,252 @@
+//! The local API on 127.0.0.1, for programs on the device:
+//!
+//! | request | body | answer |
+//! |---|---|---|
+//! | `POST /predict` | `{"inputs": [[…], …]}` or `{"input": […]}` | `{"model", "version", "ids", "outputs": {NAME: nested array}}` |
+//! | `POST /feedback` | `{"id": N, "label": L}` or `{"feedback": [{"id", "label"}, …]}` | `{"matched", "correct", "refused": [{"id", "reason"}]}` |
+//! | `GET /health` | | `{"status", "model", "connected", "queued_reports", …}` (503 without a model) |
+//! | `GET /metrics` | | Prometheus text exposition format |
+//!
+//! Errors are `{"error": "…"}` with 400 (bad request), 404, 413 (body over the limit), 500
+//! (the model failed) or 503 (no model yet).
+
+use super::daemon::{Shared, lock};
+use super::serving::PredictError;
+use crate::io::{InputFormat, parse_input};
+use crate::sync::server::Shutdown;
+use serde_json::{Value, json};
+use std::io::Read;
+use std::time::Duration;
+use tiny_http::{Header, Method, Request, Response};
+
+/// Largest request body accepted.
+const MAX_BODY_BYTES: u64 = 16 << 20;
+
+pub(crate) fn run(server: tiny_http::Server, shared: &Shared, shutdown: &Shutdown) {
+    while !shutdown.is_triggered() {
+        match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(request)) => handle(request, shared),
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!("local API: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn json_response(status: u16, body: &Value) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut text = body.to_string();
+    text.push('\n');
+    let header = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+        .unwrap_or_else(|()| unreachable!("static header"));
+    Response::from_string(text)
+        .with_status_code(status)
+        .with_header(header)
+}
+
+fn error(status: u16, message: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+    json_response(status, &json!({ "error": message.into() }))
+}
+
+fn handle(mut request: Request, shared: &Shared) {
+    let url = request.url().split('?').next().unwrap_or("").to_string();
+    let response = match (request.method(), url.as_str()) {
+        (Method::Post, "/predict") => match read_body(&mut request) {
+            Ok(body) => predict(&body, shared),
+            Err(r) => r,
+        },
+        (Method::Post, "/feedback") => match read_body(&mut request) {
+            Ok(body) => feedback(&body, shared),
+            Err(r) => r,
+        },
+        (Method::Get, "/health") => health(shared),
+        (Method::Get, "/metrics") => metrics(shared),
+        (_, "/predict" | "/feedback" | "/health" | "/metrics") => {
+            error(405, format!("{} is not allowed on {url}", request.method()))
+        }
+        _ => error(
+            404,
+            format!("no endpoint {url} (POST /predict, POST /feedback, GET /health, GET /metrics)"),
+        ),
+    };
+    if let Err(e) = request.respond(response) {
+        log::debug!("local API: client went away: {e}");
+    }
+}
+
+fn read_body(request: &mut Request) -> Result<Vec<u8>, Response<std::io::Cursor<Vec<u8>>>> {
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(MAX_BODY_BYTES + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| error(400, format!("reading the request body: {e}")))?;
+    if body.len() as u64 > MAX_BODY_BYTES {
+        return Err(error(
+            413,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    Ok(body)
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, Response<std::io::Cursor<Vec<u8>>>> {
+    serde_json::from_slice(body).map_err(|e| error(400, format!("request body is not JSON: {e}")))
+}
+
+fn predict(body: &[u8], shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+    let v = match parse_json(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let samples = match (v.get("inputs"), v.get("input")) {
+        (Some(x), None) => x.clone(),
+        (None, Some(x)) => Value::Array(vec![x.clone()]),
+        _ => {
+            return error(
+                400,
+                "body must be {\"inputs\": [[...], ...]} or {\"input\": [...]}",
+            );
+        }
+    };
+    let bytes = samples.to_string();
+    let array = match parse_input(bytes.as_bytes(), InputFormat::Json, "request") {
+        Ok(a) => a,
+        Err(e) => return error(400, e.to_string()),
+    };
+    let (result, rollback) = {
+        let mut serving = lock(&shared.serving);
+        let r = serving.predict(&array.data, &array.shape);
+        (r, serving.rollback_due())
+    };
+    if let Some(reason) = rollback {
+        shared.roll_back(&reason);
+    }
+    match result {
+        Ok(p) => json_response(
+            200,
+            &json!({
+                "model": p.model.name,
+                "version": p.model.version,
+                "ids": p.ids,
+                "outputs": crate::cli::outputs_json(&p.outputs),
+            }),
+        ),
+        Err(PredictError::NoModel) => error(503, "no model installed yet"),
+        Err(PredictError::BadInput(m)) => error(400, m),
+        Err(PredictError::Model(m)) => error(500, m),
+    }
+}
+
+fn feedback(body: &[u8], shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+    let v = match parse_json(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let items: Vec<Value> = match v.get("feedback") {
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return error(400, "\"feedback\" must be an array of {\"id\", \"label\"}"),
+        None => vec![v],
+    };
+    let mut parsed = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let id = item.get("id").and_then(Value::as_u64);
+        let label = item.get("label").and_then(Value::as_f64);
+        match (id, label) {
+            (Some(id), Some(label)) if label.is_finite() => parsed.push((id, label)),
+            _ => {
+                return error(
+                    400,
+                    format!(
+                        "feedback item {i}: needs a numeric \"id\" (from /predict) and a numeric \"label\""
+                    ),
+                );
+            }
+        }
+    }
+    let (mut matched, mut correct, mut unknown) = (0u64, 0u64, Vec::new());
+    {
+        let mut serving = lock(&shared.serving);
+        for (id, label) in parsed {
+            match serving.feedback(id, label) {
+                Ok(ok) => {
+                    matched += 1;
+                    correct += u64::from(ok);
+                }
+                Err(reason) => unknown.push(json!({"id": id, "reason": reason})),
+            }
+        }
+    }
+    let status = if matched == 0 && !unknown.is_empty() {
+        404
+    } else {
+        200
+    };
+    json_response(
+        status,
+        &json!({ "matched": matched, "correct": correct, "refused": unknown }),
+    )
+}
+
+fn health(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+    let model = lock(&shared.serving).active_ref().cloned();
+    let link = lock(&shared.link).clone();
+    let queued = lock(&shared.queue).len();
+    let body = json!({
+        "status": if model.is_some() { "ok" } else { "no model" },
+        "device": shared.config.device,
+        "model": model.as_ref().map(|m| json!({
+            "name": m.name,
+            "version": m.version,
+            "sha256": crate::artifact::hex(&m.sha256),
+        })),
+        "connected": link.connected,
+        "sessions": link.sessions,
+        "last_error": link.last_error,
+        "queued_reports": queued,
+    });
+    json_response(if model.is_some() { 200 } else { 503 }, &body)
+}
+
+fn metrics(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let connected = lock(&shared.link).connected;
+    let queued = lock(&shared.queue).len();
+    let _ = writeln!(
+        out,
+        "# HELP perch_agent_connected Whether the agent has a session with the host.\n# TYPE perch_agent_connected gauge\nperch_agent_connected {}",
+        u8::from(connected)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP perch_agent_queued_reports Metrics reports waiting for the host's acknowledgement.\n# TYPE perch_agent_queued_reports gauge\nperch_agent_queued_reports {queued}"
+    );
+    {
+        let serving = lock(&shared.serving);
+        if let Some(m) = serving.active_ref() {
+            let _ = writeln!(
+                out,
+                "# HELP perch_agent_model_info The active model.\n# TYPE perch_agent_model_info gauge\nperch_agent_model_info{{name=\"{}\",version=\"{}\",sha256=\"{}\"}} 1",
+                escape(&m.name),
+                escape(&m.version),
+                crate::artifact::hex(&m.sha256)
+            );
+        }
+        serving.write_prometheus(&mut out);
+    }
+    let header = Header::from_bytes(
+        &b"Content-Type"[..],
+        &b"text/plain; version=0.0.4; charset=utf-8"[..],
+    )
+    .unwrap_or_else(|()| unreachable!("static header"));
+    Response::from_string(out).with_header(header)
+}
+
+/// Escapes a Prometheus label value.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

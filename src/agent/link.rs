@@ -1,0 +1,330 @@
+//! The agent's session with the host: connect (with exponential backoff and jitter while
+//! the host is unreachable), send queued reports until acknowledged, answer model offers by
+//! downloading from where the last download stopped, install, and say how it went.
+
+use super::daemon::{Shared, failpoint, lock};
+use crate::sync::client::{self, ClientError, Link};
+use crate::sync::server::Shutdown;
+use crate::sync::{ConnectionError, Message, ModelRef, Received};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Reports sent and not yet acknowledged, at most.
+const IN_FLIGHT: usize = 64;
+
+/// How long to wait for the host during the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Wake-up period of the session loop.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Exponential backoff with full jitter: each delay is uniform in `[d/2, d]`, `d` doubling
+/// from `initial` up to `max`.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let r: [u8; 4] = crate::sync::auth::random().unwrap_or([0x80; 4]);
+        let unit = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
+        d.mul_f64(0.5 + 0.5 * unit)
+    }
+}
+
+/// Keeps a session with the host open until `shutdown`.
+pub(crate) fn run(shared: &Shared, shutdown: &Shutdown) {
+    let cfg = &shared.config;
+    let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
+    let agent = format!("perch {}", env!("CARGO_PKG_VERSION"));
+    while !shutdown.is_triggered() {
+        match client::connect(
+            &cfg.host,
+            &cfg.device,
+            &cfg.key,
+            &agent,
+            HANDSHAKE_TIMEOUT,
+            POLL,
+        ) {
+            Ok(link) => {
+                backoff.reset();
+                {
+                    let mut s = lock(&shared.link);
+                    s.connected = true;
+                    s.sessions += 1;
+                    s.last_error = None;
+                }
+                log::info!("connected to {}", cfg.host);
+                let end = Session::new(shared, link).run(shutdown);
+                let mut s = lock(&shared.link);
+                s.connected = false;
+                match end {
+                    Ok(()) => {}
+                    Err(e) => {
+                        log::warn!("link to {} lost: {e}", cfg.host);
+                        s.last_error = Some(e);
+                    }
+                }
+            }
+            Err(e) => {
+                if matches!(e, ClientError::Refused(_)) {
+                    log::error!("{e}");
+                } else {
+                    log::info!("host unreachable: {e}");
+                }
+                lock(&shared.link).last_error = Some(e.to_string());
+            }
+        }
+        let wait = backoff.next();
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !shutdown.is_triggered() {
+            std::thread::sleep(POLL.min(until - Instant::now()));
+        }
+    }
+}
+
+/// A download under way.
+struct Download {
+    push: u64,
+    model: ModelRef,
+    size: u64,
+    have: u64,
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    link: Link,
+    in_flight: BTreeSet<u64>,
+    download: Option<Download>,
+    last_sent: Instant,
+}
+
+impl<'a> Session<'a> {
+    fn new(shared: &'a Shared, link: Link) -> Self {
+        Session {
+            shared,
+            link,
+            in_flight: BTreeSet::new(),
+            download: None,
+            last_sent: Instant::now(),
+        }
+    }
+
+    fn send(&mut self, m: &Message) -> Result<(), String> {
+        self.link.writer.send(m).map_err(|e| e.to_string())?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    fn heartbeat(&mut self) -> Result<(), String> {
+        let model = lock(&self.shared.serving).active_ref().cloned();
+        self.send(&Message::Heartbeat { model })
+    }
+
+    fn run(mut self, shutdown: &Shutdown) -> Result<(), String> {
+        self.heartbeat()?;
+        let heartbeat = Duration::from_secs(u64::from(self.link.heartbeat_s.max(1)));
+        loop {
+            if shutdown.is_triggered() {
+                return Ok(());
+            }
+            self.send_reports()?;
+            let notices = lock(&self.shared.store).notices().to_vec();
+            if !notices.is_empty() {
+                for n in &notices {
+                    self.send(&Message::RolledBack {
+                        from: n.from.clone(),
+                        to: n.to.clone(),
+                        reason: n.reason.clone(),
+                    })?;
+                }
+                if let Err(e) = lock(&self.shared.store).notices_sent(notices.len()) {
+                    log::error!("{e}");
+                }
+                self.heartbeat()?;
+            }
+            match self.link.reader.read() {
+                Ok(Received::Message(m)) => self.handle(m)?,
+                Ok(Received::Idle) => {}
+                Err(ConnectionError::Closed) => return Err("the host closed the link".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+            if self.last_sent.elapsed() >= heartbeat {
+                self.heartbeat()?;
+            }
+        }
+    }
+
+    /// Sends queued reports not yet in flight, oldest first.
+    fn send_reports(&mut self) -> Result<(), String> {
+        if self.in_flight.len() >= IN_FLIGHT {
+            return Ok(());
+        }
+        let room = IN_FLIGHT - self.in_flight.len();
+        let batch: Vec<Message> = {
+            let mut queue = lock(&self.shared.queue);
+            let seqs: Vec<u64> = queue
+                .pending_seqs()
+                .filter(|seq| !self.in_flight.contains(seq))
+                .take(room)
+                .collect();
+            seqs.into_iter()
+                .filter_map(|seq| {
+                    queue
+                        .get(seq)
+                        .map(|report| Message::Metrics { seq, report })
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for m in &batch {
+            if let Message::Metrics { seq, .. } = m {
+                self.in_flight.insert(*seq);
+            }
+        }
+        self.link
+            .writer
+            .send_all(&batch)
+            .map_err(|e| e.to_string())?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    fn handle(&mut self, m: Message) -> Result<(), String> {
+        match m {
+            Message::Ack { seq } => {
+                self.in_flight.remove(&seq);
+                if let Err(e) = lock(&self.shared.queue).ack(seq) {
+                    log::error!("cannot remove acknowledged report {seq}: {e}");
+                }
+            }
+            Message::ModelOffer { push, model, size } => self.offer(push, model, size)?,
+            Message::Chunk {
+                push,
+                offset,
+                bytes,
+            } => self.chunk(push, offset, &bytes)?,
+            Message::Cancel { push, reason } => {
+                if let Some(d) = self.download.take_if(|d| d.push == push) {
+                    log::info!("push {push} cancelled by the host: {reason}");
+                    lock(&self.shared.store).discard_partial(&d.model.sha256);
+                }
+            }
+            Message::Refused { reason } => return Err(format!("host ended the session: {reason}")),
+            other => return Err(format!("unexpected {} from the host", other.name())),
+        }
+        Ok(())
+    }
+
+    fn offer(&mut self, push: u64, model: ModelRef, size: u64) -> Result<(), String> {
+        let store = lock(&self.shared.store);
+        if store.active() == Some(&model) {
+            drop(store);
+            return self.send(&Message::Installed { push });
+        }
+        if let Some(reason) = store.refused(&model.sha256) {
+            let reason = format!("this device went back from that model before: {reason}");
+            drop(store);
+            return self.send(&Message::Rejected { push, reason });
+        }
+        if size > self.shared.config.max_model_bytes {
+            drop(store);
+            let reason = format!(
+                "artifact of {size} bytes is larger than this device's limit of {}",
+                self.shared.config.max_model_bytes
+            );
+            return self.send(&Message::Rejected { push, reason });
+        }
+        if let Some(old) = self.download.take_if(|d| d.model != model) {
+            store.discard_partial(&old.model.sha256);
+        }
+        let staged = store.has_model_file(&model.sha256);
+        let mut have = store.partial_len(&model.sha256);
+        if have > size {
+            store.discard_partial(&model.sha256);
+            have = 0;
+        }
+        drop(store);
+        log::info!(
+            "offered {}@{} ({size} bytes, push {push}), {have} bytes already here",
+            model.name,
+            model.version
+        );
+        if staged || have == size {
+            return self.finish(push, &model);
+        }
+        self.download = Some(Download {
+            push,
+            model,
+            size,
+            have,
+        });
+        self.send(&Message::Fetch { push, offset: have })
+    }
+
+    fn chunk(&mut self, push: u64, offset: u64, bytes: &[u8]) -> Result<(), String> {
+        let Some(d) = self.download.as_mut().filter(|d| d.push == push) else {
+            return Ok(());
+        };
+        if offset + bytes.len() as u64 > d.size {
+            let model = d.model.clone();
+            self.download = None;
+            lock(&self.shared.store).discard_partial(&model.sha256);
+            let reason = format!("chunk at {offset} runs past the announced size");
+            return self.send(&Message::Rejected { push, reason });
+        }
+        let appended = lock(&self.shared.store).append(&d.model.sha256, offset, bytes);
+        match appended {
+            Ok(have) => d.have = have,
+            Err(e) => {
+                // A chunk that does not continue the file: ask again from where it stands.
+                log::warn!("{e}");
+                let have = lock(&self.shared.store).partial_len(&d.model.sha256);
+                d.have = have;
+                return self.send(&Message::Fetch { push, offset: have });
+            }
+        }
+        if d.have == d.size {
+            let model = d.model.clone();
+            self.download = None;
+            failpoint("install:after-download");
+            return self.finish(push, &model);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, push: u64, model: &ModelRef) -> Result<(), String> {
+        match self.shared.install(model) {
+            Ok(()) => {
+                self.send(&Message::Installed { push })?;
+                self.heartbeat()
+            }
+            Err(reason) => {
+                log::warn!(
+                    "refused {}@{} (push {push}): {reason}",
+                    model.name,
+                    model.version
+                );
+                self.send(&Message::Rejected { push, reason })
+            }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The model that answers local requests, and what is measured about it: the metrics
+//! collector of the current window, the recent predictions that feedback refers to, and the
+//! watch on a newly installed model's error rate.
+
+use crate::graph::DType;
+use crate::metrics::{Collector, ModelFacts, Outcome, RecentPredictions, Report};
+use crate::runtime::{self, Output, OutputValues};
+use crate::sync::ModelRef;
+use std::time::Instant;
+
+/// A model ready to serve, with the facts the metrics need.
+pub(crate) struct Active {
+    pub model: runtime::Model,
+    pub reference: ModelRef,
+    collector: Collector,
+    recent: RecentPredictions,
+    /// The integer output holding predicted labels, if any.
+    label_output: Option<usize>,
+    /// The float output whose argmax is the class index (classifiers).
+    score_output: Option<usize>,
+    sample_len: usize,
+    lifetime_requests: u64,
+    lifetime_errors: u64,
+}
+
+impl Active {
+    /// Wraps a loaded model; `recent` predictions are kept for feedback.
+    pub fn new(model: runtime::Model, reference: ModelRef, recent: usize) -> Active {
+        let info = model.info();
+        let sample_len = info.inputs.first().map_or(0, |s| s.sample_len());
+        let label_output = info.outputs.iter().position(|o| o.dtype == DType::I64);
+        let score_output = label_output.and_then(|_| {
+            info.outputs
+                .iter()
+                .position(|o| o.dtype == DType::F32 && o.sample_len() > 1)
+        });
+        let mut facts = ModelFacts::of(&model);
+        // Reports name the model by the artifact as pushed (the host's push digest).
+        facts.model.copy_from_slice(&reference.sha256[..8]);
+        let collector = match Collector::new(facts.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("model {}: {e}; drift is not measured", reference.name);
+                facts.baseline = None;
+                Collector::new(facts).unwrap_or_else(|_| unreachable!("no baseline to refuse"))
+            }
+        };
+        let recent = RecentPredictions::new(recent.max(1), sample_len.max(1))
+            .or_else(|_| RecentPredictions::new(1, sample_len.max(1)))
+            .unwrap_or_else(|_| unreachable!("one sample always fits"));
+        Active {
+            model,
+            reference,
+            collector,
+            recent,
+            label_output,
+            score_output,
+            sample_len,
+            lifetime_requests: 0,
+            lifetime_errors: 0,
+        }
+    }
+
+    fn error_rate(&self) -> Option<f64> {
+        (self.lifetime_requests > 0)
+            .then(|| self.lifetime_errors as f64 / self.lifetime_requests as f64)
+    }
+}
+
+/// Why a prediction was not made.
+#[derive(Debug)]
+pub(crate) enum PredictError {
+    /// No model is installed yet.
+    NoModel,
+    /// The request does not fit the model (the caller's fault; not a model error).
+    BadInput(String),
+    /// The model failed or gave non-finite outputs (counted as an error).
+    Model(String),
+}
+
+/// One answered request.
+pub(crate) struct Prediction {
+    pub model: ModelRef,
+    pub ids: Vec<u64>,
+    pub outputs: Vec<Output>,
+}
+
+/// When to give up on a newly installed model.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RollbackPolicy {
+    pub min_requests: u32,
+    pub error_rate: f64,
+}
+
+/// Requests served by a new model since it was activated by a push.
+#[derive(Debug, Clone, Copy, Default)]
+struct Watch {
+    requests: u32,
+    errors: u32,
+    /// The replaced model's error rate, when it served anything.
+    before: Option<f64>,
+}
+
+/// The serving state, behind the agent's mutex.
+pub(crate) struct Serving {
+    active: Option<Active>,
+    bad_requests: u64,
+    window_start_s: u64,
+    watch: Option<Watch>,
+    policy: RollbackPolicy,
+}
+
+pub(crate) fn now_unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Serving {
+    pub fn new(policy: RollbackPolicy) -> Serving {
+        Serving {
+            active: None,
+            bad_requests: 0,
+            window_start_s: now_unix_s(),
+            watch: None,
+            policy,
+        }
+    }
+
+    pub fn active(&self) -> Option<&Active> {
+        self.active.as_ref()
+    }
+
+    pub fn active_ref(&self) -> Option<&ModelRef> {
+        self.active.as_ref().map(|a| &a.reference)
+    }
+
+    /// Puts `next` in service. `watched` (a push, not a restart) starts the error-rate
+    /// watch. Returns the report of the replaced model's unfinished window.
+    pub fn replace(&mut self, next: Active, watched: bool) -> Option<Report> {
+        let report = self.close_window();
+        let before = self.active.as_ref().and_then(Active::error_rate);
+        self.watch = watched.then_some(Watch {
+            before,
+            ..Watch::default()
+        });
+        self.active = Some(next);
+        report
+    }
+
+    /// Ends the current window: its report (`None` with no model), and a fresh window.
+    pub fn close_window(&mut self) -> Option<Report> {
+        let now = now_unix_s();
+        let start = std::mem::replace(&mut self.window_start_s, now);
+        let active = self.active.as_mut()?;
+        let window_s = u32::try_from(now.saturating_sub(start)).unwrap_or(u32::MAX);
+        Some(active.collector.close_window(start, window_s))
+    }
+
+    /// Runs `data` (`shape` as parsed from the request) and records the metrics.
+    pub fn predict(&mut self, data: &[f32], shape: &[usize]) -> Result<Prediction, PredictError> {
+        let Some(active) = self.active.as_mut() else {
+            return Err(PredictError::NoModel);
+        };
+        let batch = match active.model.batch_of(shape, data.len()) {
+            Ok(b) => b,
+            Err(e) => {
+                self.bad_requests += 1;
+                return Err(PredictError::BadInput(e.to_string()));
+            }
+        };
+        if let Some((i, v)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            self.bad_requests += 1;
+            let n = active.sample_len.max(1);
+            return Err(PredictError::BadInput(format!(
+                "value {i} (sample {}, feature {}) is {v}, not a finite number",
+                i / n,
+                i % n
+            )));
+        }
+        let started = Instant::now();
+        let result = active.model.run(data, batch);
+        let elapsed_us = u64::try_from(started.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let per_sample_us = elapsed_us / batch as u64;
+        active.lifetime_requests += batch as u64;
+        let outcome = result.map_err(|e| e.to_string()).and_then(|outs| {
+            let finite = outs.iter().all(|o| match &o.values {
+                OutputValues::F32(v) => v.iter().all(|x| x.is_finite()),
+                OutputValues::I64(_) => true,
+            });
+            if finite {
+                Ok(outs)
+            } else {
+                Err("the model produced a non-finite output".to_string())
+            }
+        });
+        let outs = match outcome {
+            Ok(o) => o,
+            Err(reason) => {
+                active.lifetime_errors += batch as u64;
+                for _ in 0..batch {
+                    active.collector.record_error(per_sample_us);
+                }
+                if let Some(w) = self.watch.as_mut() {
+                    w.requests = w.requests.saturating_add(batch as u32);
+                    w.errors = w.errors.saturating_add(batch as u32);
+                }
+                return Err(PredictError::Model(reason));
+            }
+        };
+        if let Some(w) = self.watch.as_mut() {
+            w.requests = w.requests.saturating_add(batch as u32);
+        }
+        let n = active.sample_len;
+        let mut ids = Vec::with_capacity(batch);
+        for s in 0..batch {
+            let sample = &data[s * n..(s + 1) * n];
+            let class = active.score_output.and_then(|i| argmax_row(&outs[i], s));
+            active
+                .collector
+                .record_prediction(sample, per_sample_us, class);
+            let predicted = predicted_outcome(&outs, active.label_output, s);
+            ids.push(active.recent.record(predicted, sample));
+        }
+        Ok(Prediction {
+            model: active.reference.clone(),
+            ids,
+            outputs: outs,
+        })
+    }
+
+    /// Whether the watched model's error rate calls for a rollback, and why. Ends the watch
+    /// once the model has served ten times the minimum without tripping it.
+    pub fn rollback_due(&mut self) -> Option<String> {
+        let w = self.watch?;
+        let min = self.policy.min_requests;
+        if w.requests < min {
+            return None;
+        }
+        let rate = f64::from(w.errors) / f64::from(w.requests);
+        let before = w.before.unwrap_or(0.0);
+        if rate >= self.policy.error_rate && rate > before + 0.05 {
+            self.watch = None;
+            return Some(format!(
+                "error rate {rate:.2} over its first {} requests (previous model {before:.2}, limit {:.2})",
+                w.requests, self.policy.error_rate
+            ));
+        }
+        if w.requests >= min.saturating_mul(10) {
+            self.watch = None;
+        }
+        None
+    }
+
+    /// Records feedback for prediction `id`: whether it was right, or why it cannot be
+    /// used (an unknown or forgotten id, a second label, a label of the wrong kind).
+    pub fn feedback(&mut self, id: u64, label: f64) -> Result<bool, String> {
+        let active = self.active.as_mut().ok_or("no model installed")?;
+        let label = if active.label_output.is_some() {
+            match label_outcome(label) {
+                Some(l) => l,
+                None => return Err(format!("label {label} is not a class label")),
+            }
+        } else {
+            Outcome::Value(label as f32)
+        };
+        let feedback = active.recent.label(id, label).map_err(|e| e.to_string())?;
+        let correct = match (feedback.correct, feedback.predicted, label) {
+            (Some(c), _, _) => c,
+            // A regression counts as right within 10 % of the true value.
+            (None, Outcome::Value(p), Outcome::Value(l)) => (p - l).abs() <= 0.1 * l.abs() + 1e-6,
+            _ => false,
+        };
+        active.collector.record_feedback(correct);
+        Ok(correct)
+    }
+
+    /// Prometheus text of the serving figures.
+    pub fn write_prometheus(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP perch_agent_bad_requests_total Requests refused because their input did not fit the model.\n# TYPE perch_agent_bad_requests_total counter\nperch_agent_bad_requests_total {}",
+            self.bad_requests
+        );
+        if let Some(a) = &self.active {
+            a.collector.write_prometheus(out);
+        }
+    }
+}
+
+fn argmax_row(out: &Output, sample: usize) -> Option<usize> {
+    let OutputValues::F32(v) = &out.values else {
+        return None;
+    };
+    let w: usize = out.shape.iter().skip(1).product();
+    let row = v.get(sample * w..(sample + 1) * w)?;
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+}
+
+/// A class label (the model's integer label output) as the ring stores it.
+fn label_outcome(label: f64) -> Option<Outcome> {
+    (label >= 0.0 && label.fract() == 0.0 && label < 9.0e15)
+        .then_some(Outcome::Class(label as usize))
+}
+
+/// The sample's prediction: its label for classifiers, else the first output value.
+fn predicted_outcome(outs: &[Output], label_output: Option<usize>, sample: usize) -> Outcome {
+    let out = label_output.and_then(|i| outs.get(i)).or(outs.first());
+    let Some(out) = out else {
+        return Outcome::Value(f32::NAN);
+    };
+    let w: usize = out.shape.iter().skip(1).product::<usize>().max(1);
+    match &out.values {
+        OutputValues::I64(v) => v
+            .get(sample * w)
+            .and_then(|&x| label_outcome(x as f64))
+            .unwrap_or(Outcome::Value(f32::NAN)),
+        OutputValues::F32(v) => Outcome::Value(v.get(sample * w).copied().unwrap_or(f32::NAN)),
+    }
+}

@@ -1,0 +1,406 @@
+//! `perch-host devices | push | serve`: the fleet commands as library functions.
+
+use crate::artifact;
+use crate::fleet::{self, Fleet, FleetStore};
+use crate::graph::sections::{Canary, CanaryValues, DriftBaseline};
+use crate::registry::{ArtifactFormat, ModelRef, Registry, Version};
+use crate::sync::server::{self, ServerConfig, Shutdown};
+use crate::train::data::Dataset;
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn open_fleet(db: &Path) -> Result<Fleet> {
+    Fleet::open(db).with_context(|| format!("opening the fleet database {}", db.display()))
+}
+
+/// Registers device `name` in `group` with a fresh key and writes its agent configuration
+/// (which points at `host`, `ADDR:PORT` of `perch-host serve`) to `config_out`, readable
+/// by its owner only.
+///
+/// # Errors
+/// A taken or bad name, an existing `config_out`, database or key failures.
+pub fn devices_add(
+    db: &Path,
+    name: &str,
+    group: &str,
+    host: &str,
+    config_out: &Path,
+) -> Result<Value> {
+    if config_out.exists() {
+        bail!(
+            "{} exists already; choose another --config path (it would hold the new key)",
+            config_out.display()
+        );
+    }
+    let key = fleet::keys::load_or_create(db)?;
+    let mut f = open_fleet(db)?;
+    let device = f.add_device(name, group)?;
+    let text = crate::agent::config::render(
+        &device.name,
+        &device.key,
+        host,
+        &key.verifying_key().to_bytes(),
+    );
+    if let Err(e) = fleet::keys::write_private(config_out, text.as_bytes()) {
+        return Err(anyhow!(e)).with_context(|| {
+            format!(
+                "writing {} (device {name} is registered; `perch-host devices remove {name}` and add it again)",
+                config_out.display()
+            )
+        });
+    }
+    Ok(json!({
+        "name": device.name,
+        "group": device.group,
+        "config": config_out.display().to_string(),
+        "host": host,
+    }))
+}
+
+/// Removes a device (its metrics and events go with it).
+///
+/// # Errors
+/// An unknown device, database failures.
+pub fn devices_remove(db: &Path, name: &str) -> Result<()> {
+    let mut f = open_fleet(db)?;
+    f.remove_device(name)?;
+    Ok(())
+}
+
+/// Every device with model, version, last contact and health.
+///
+/// # Errors
+/// Database failures.
+pub fn devices_list(db: &Path) -> Result<Value> {
+    Ok(serde_json::to_value(open_fleet(db)?.devices()?)?)
+}
+
+/// The table `perch-host devices` prints.
+pub fn render_devices(v: &Value) -> String {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return "no devices (add one with `perch-host devices add NAME`)\n".into();
+    }
+    let now = fleet::now_unix_s();
+    let mut table = vec![[
+        "DEVICE".to_string(),
+        "GROUP".into(),
+        "MODEL".into(),
+        "LAST SEEN".into(),
+        "HEALTH".into(),
+        "PUSH".into(),
+    ]];
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let model = match (r["model"].as_str(), r["version"].as_str()) {
+            (Some(m), Some(v)) => format!("{m}@{v}"),
+            _ => "-".into(),
+        };
+        let seen = r["last_seen_unix_s"]
+            .as_i64()
+            .map_or("never".into(), |t| format!("{}s ago", (now - t).max(0)));
+        table.push([
+            s("name"),
+            s("group"),
+            model,
+            seen,
+            s("health"),
+            s("assignment"),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in &table {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One device: its status, its latest events (refused connections, installs, rollbacks,
+/// with reasons) and its latest reports.
+///
+/// # Errors
+/// An unknown device, database failures.
+pub fn device_show(db: &Path, name: &str) -> Result<Value> {
+    let f = open_fleet(db)?;
+    let status = f
+        .devices()?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| fleet::FleetError::UnknownDevice {
+            name: name.to_string(),
+            known: f.device_names().unwrap_or_default(),
+        })?;
+    let device = f
+        .device(name)?
+        .ok_or_else(|| anyhow!("device {name} vanished"))?;
+    let events = f.events(Some(name), 50)?;
+    let reports = f.reports(&device)?;
+    let latest: Vec<Value> = reports
+        .iter()
+        .rev()
+        .take(10)
+        .map(|r| {
+            json!({
+                "seq": r.seq,
+                "window_start_s": r.report.window_start_s,
+                "window_s": r.report.window_s,
+                "requests": r.report.requests,
+                "errors": r.report.errors,
+                "latency_us": {"p50": r.report.latency_us.p50, "p95": r.report.latency_us.p95, "p99": r.report.latency_us.p99},
+                "feedback": r.report.feedback,
+                "feedback_correct": r.report.feedback_correct,
+                "psi_milli": r.report.psi_milli,
+                "dropped": r.report.dropped,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "device": serde_json::to_value(&status)?,
+        "reports_stored": reports.len(),
+        "latest_reports": latest,
+        "events": serde_json::to_value(&events)?,
+    }))
+}
+
+/// Text of `perch-host devices show`.
+pub fn render_device(v: &Value) -> String {
+    let d = &v["device"];
+    let mut out = format!(
+        "device {}  group {}  model {}@{}  health {}\n",
+        d["name"].as_str().unwrap_or("?"),
+        d["group"].as_str().unwrap_or("?"),
+        d["model"].as_str().unwrap_or("-"),
+        d["version"].as_str().unwrap_or("-"),
+        d["health"].as_str().unwrap_or("?"),
+    );
+    out.push_str(&format!(
+        "reports stored: {}\n",
+        v["reports_stored"].as_u64().unwrap_or(0)
+    ));
+    out.push_str("events:\n");
+    for e in v["events"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {}  {:<16} {}\n",
+            e["unix_s"].as_i64().unwrap_or(0),
+            e["kind"].as_str().unwrap_or(""),
+            e["detail"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// The training rows of a version, encoded as it was trained, when they were recorded and
+/// are still the same file.
+fn training_data(version: &Version) -> Option<Dataset> {
+    let schema = super::schema_from_json(version.data_schema.as_ref()?).ok()?;
+    let path = super::recorded_data(version, "train").ok()?;
+    Dataset::load_with_schema(&path, &schema).ok()
+}
+
+/// Gives a native model what a push needs and it lacks: a canary (the first training row,
+/// else the training means, else zeros) and a drift baseline (from the training data).
+fn complete_sections(model: &mut crate::graph::Model, version: &Version) -> Result<Vec<String>> {
+    let sample_len = model
+        .graph
+        .inputs
+        .first()
+        .map_or(0, crate::graph::TensorSpec::sample_len);
+    let mut added = Vec::new();
+    let has_canary = model.metadata.canary(sample_len)?.is_some();
+    let has_baseline = model.metadata.drift_baseline(sample_len)?.is_some();
+    if has_canary && has_baseline {
+        return Ok(added);
+    }
+    let data = training_data(version).filter(|d| d.n_features() == sample_len);
+    if !has_baseline && let Some(d) = &data {
+        let cols: Vec<Vec<f64>> = (0..d.n_features())
+            .map(|j| d.features.column(j).to_vec())
+            .collect();
+        let baseline = DriftBaseline::from_columns(cols.iter().map(Vec::as_slice));
+        model
+            .metadata
+            .set_section(crate::graph::sections::DRIFT_BASELINE, &baseline)?;
+        added.push("drift baseline".to_string());
+    }
+    if !has_canary {
+        let input: Vec<f32> = match &data {
+            Some(d) if d.n_rows() > 0 => d.features.row(0).iter().map(|&v| v as f32).collect(),
+            _ => match model.metadata.drift_baseline(sample_len)? {
+                Some(b) => b.features.iter().map(|f| f.mean).collect(),
+                None => vec![0.0; sample_len],
+            },
+        };
+        let canary = record_canary(model, input)?;
+        model
+            .metadata
+            .set_section(crate::graph::sections::CANARY, &canary)?;
+        added.push("canary".to_string());
+    }
+    Ok(added)
+}
+
+fn record_canary(model: &crate::graph::Model, input: Vec<f32>) -> Result<Canary> {
+    let mut engine = crate::engine::Engine::new(&model.graph, 1)?;
+    engine.run(&[&input], 1)?;
+    let outputs = (0..model.graph.outputs.len())
+        .map(|i| match engine.output_f32(i) {
+            Some(v) => CanaryValues::F32(v.to_vec()),
+            None => CanaryValues::I64(engine.output_i64(i).unwrap_or(&[]).to_vec()),
+        })
+        .collect();
+    Ok(Canary {
+        input,
+        outputs,
+        tolerance: 1e-4,
+    })
+}
+
+/// Signs version `r` with the host key and assigns it to the devices named in `to` and/or
+/// every device of `group`; the server offers it on their next contact.
+///
+/// # Errors
+/// An unknown version or device, an ONNX version (devices install native artifacts), key
+/// or database failures.
+pub fn push(
+    registry: &Registry,
+    r: &ModelRef,
+    to: &[String],
+    group: Option<&str>,
+) -> Result<Value> {
+    if to.is_empty() && group.is_none() {
+        bail!("say where to push: --to DEVICE (repeatable) or --group GROUP");
+    }
+    let db = registry.path().to_path_buf();
+    let version = registry.resolve(r)?;
+    let shown = format!("{}@{}", version.name, version.number);
+    if version.format == ArtifactFormat::Onnx {
+        return Err(fleet::FleetError::NotPushable {
+            model: shown,
+            reason: "it is stored as ONNX with ops the native engine lacks; devices install native .perch artifacts".into(),
+        }
+        .into());
+    }
+    let mut f = open_fleet(&db)?;
+    let devices = f.select(to, group)?;
+    let bytes = registry.artifact_bytes(&version)?;
+    let mut model = artifact::decode(&bytes)
+        .with_context(|| format!("reading the artifact of {shown}"))?
+        .model;
+    let added = complete_sections(&mut model, &version)?;
+    let key = fleet::keys::load_or_create(&db)?;
+    let signed = artifact::sign(&artifact::encode(&model)?, &key)?;
+    let p = f.create_push(&version.name, &version.number.to_string(), &signed, None)?;
+    f.assign(p.id, &devices)?;
+    Ok(json!({
+        "push": p.id,
+        "model": shown,
+        "size_bytes": p.size,
+        "sha256": artifact::hex(&p.model.sha256),
+        "devices": devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        "added_sections": added,
+    }))
+}
+
+/// Waits until every device of push `push` installed or refused it, or `timeout` passes.
+/// Returns the assignments' states.
+///
+/// # Errors
+/// Database failures; a timeout is not an error (the states say who is still pending).
+pub fn wait_for_push(db: &Path, push: u64, timeout: Duration) -> Result<Value> {
+    let f = open_fleet(db)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let states = f.push_states(push)?;
+        if states.iter().all(|(_, s, _)| s != "pending") || Instant::now() >= deadline {
+            return Ok(json!(
+                states
+                    .into_iter()
+                    .map(|(d, s, r)| json!({"device": d, "state": s, "reason": r}))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Text of `perch-host push`.
+pub fn render_push(v: &Value) -> String {
+    let mut out = format!(
+        "push {}: {} ({} bytes, sha256 {}) to {}\n",
+        v["push"],
+        v["model"].as_str().unwrap_or("?"),
+        v["size_bytes"],
+        v["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or(""),
+        v["devices"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    if let Some(a) = v["added_sections"].as_array().filter(|a| !a.is_empty()) {
+        let names: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+        out.push_str(&format!("added to the artifact: {}\n", names.join(", ")));
+    }
+    match v["states"].as_array() {
+        Some(states) => {
+            for s in states {
+                out.push_str(&format!(
+                    "  {:<20} {}{}\n",
+                    s["device"].as_str().unwrap_or("?"),
+                    s["state"].as_str().unwrap_or("?"),
+                    s["reason"]
+                        .as_str()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        None => out.push_str(
+            "devices install it on their next contact with `perch-host serve` (see `perch-host devices`)\n",
+        ),
+    }
+    out
+}
+
+/// Runs the sync server on `listen` until `shutdown` is triggered; `ready` is told the
+/// bound address (useful with port 0).
+///
+/// # Errors
+/// The database cannot be opened, the address cannot be bound.
+pub fn serve(
+    db: &Path,
+    listen: &str,
+    config: ServerConfig,
+    shutdown: Shutdown,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    fleet::keys::load_or_create(db)?;
+    let store = Arc::new(FleetStore::open(db)?);
+    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    ready(listener.local_addr()?);
+    server::serve(listener, store.clone(), config, shutdown)?;
+    store.close();
+    Ok(())
+}
