@@ -288,16 +288,24 @@ pub fn verify_signed(
     bytes: &[u8],
     key: &ed25519_dalek::VerifyingKey,
 ) -> Result<Artifact, ArtifactError> {
-    let artifact = decode(bytes)?;
-    let Some(sig) = artifact.signature else {
+    // The signature is checked before the payload is parsed: untrusted bytes reach the
+    // decoder only once they are known to come from the host.
+    let min = HEADER_LEN + DIGEST_LEN + SIGNATURE_LEN;
+    if bytes.len() < min || !bytes.starts_with(&MAGIC) {
+        return decode(bytes);
+    }
+    if u16::from_le_bytes([bytes[10], bytes[11]]) & FLAG_SIGNED == 0 {
         return Err(ArtifactError::Unsigned);
-    };
-    let signature = ed25519_dalek::Signature::from_bytes(&sig);
-    key.verify_strict(signed_region(bytes)?, &signature)
+    }
+    let (region, sig) = bytes.split_at(bytes.len() - SIGNATURE_LEN);
+    let mut raw = [0u8; SIGNATURE_LEN];
+    raw.copy_from_slice(sig);
+    let signature = ed25519_dalek::Signature::from_bytes(&raw);
+    key.verify_strict(region, &signature)
         .map_err(|_| ArtifactError::BadSignature {
             key: hex(key.as_bytes()),
         })?;
-    Ok(artifact)
+    decode(bytes)
 }
 
 /// Reads and decodes the artifact at `path`.

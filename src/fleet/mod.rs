@@ -168,7 +168,8 @@ pub struct StoredReport {
     pub report: Report,
 }
 
-pub(crate) fn now_unix_s() -> i64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
