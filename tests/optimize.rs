@@ -234,12 +234,28 @@ fn int8_quantization_keeps_accuracy_and_shrinks_the_artifact() {
     let int8 = accuracy(&report);
     let ratio =
         report["size_bytes"].as_f64().unwrap() / report["parent"]["size_bytes"].as_f64().unwrap();
-    eprintln!("digits MLP: f32 {f32_accuracy:.4}, int8 {int8:.4}, size ratio {ratio:.3}");
+    // Quantization shrinks the graph; the metadata sections (drift baseline, canary: about
+    // 4 KB for 64 features) are the same size in both, so the bound is on the rest.
+    let without_sections = |r: &str| {
+        let mut model = perch::artifact::decode(&std::fs::read(host.export(r)).unwrap())
+            .unwrap()
+            .model;
+        model.metadata.sections.clear();
+        perch::artifact::encode(&model).unwrap().len() as f64
+    };
+    let graph_ratio = without_sections("digits@2") / without_sections("digits@1");
+    eprintln!(
+        "digits MLP: f32 {f32_accuracy:.4}, int8 {int8:.4}, size ratio {ratio:.3} ({graph_ratio:.3} without metadata sections)"
+    );
     assert!(
         (int8 - f32_accuracy).abs() <= 0.01,
         "int8 {int8} vs {f32_accuracy}"
     );
-    assert!(ratio < 0.36, "size ratio {ratio}");
+    assert!(
+        graph_ratio < 0.36,
+        "size ratio without sections {graph_ratio}"
+    );
+    assert!(ratio < 0.5, "size ratio {ratio}");
     assert_eq!(report["optimizations"]["quantize"]["calibration"], "minmax");
     // Dynamic, and percentile calibration.
     let dynamic = host.json(&["optimize", "digits@1", "--quantize", "dynamic", "--json"]);
