@@ -282,6 +282,26 @@ fn int8_quantization_keeps_accuracy_and_shrinks_the_artifact() {
         .filter(|(a, b)| a == b)
         .count();
     assert!((hits as f64 / truth.len() as f64 - int8).abs() < 1e-9);
+    // The canary was recorded again for the int8 model, from the same input: the int8
+    // model passes it, and its probabilities differ from the float canary's.
+    let parent = host.export("digits@1");
+    let canary = |path: &std::path::Path| {
+        perch::artifact::decode(&std::fs::read(path).unwrap())
+            .unwrap()
+            .model
+            .metadata
+            .canary(64)
+            .unwrap()
+            .expect("a canary")
+    };
+    let (float_canary, int8_canary) = (canary(&parent), canary(&artifact));
+    assert_eq!(float_canary.input, int8_canary.input);
+    assert_ne!(float_canary.outputs, int8_canary.outputs);
+    let mut device = perch::runtime::Model::load(&artifact, Default::default()).unwrap();
+    assert_eq!(
+        perch::runtime::check_canary(&mut device, &int8_canary),
+        Ok(())
+    );
     // Pruned, then quantized.
     let both = host.json(&[
         "optimize",
