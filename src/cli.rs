@@ -221,10 +221,15 @@ fn shape_text(shape: &[u32]) -> String {
 pub fn info_json(info: &ModelInfo, name: &str) -> Value {
     let spec = |s: &crate::graph::TensorSpec| json!({"name": s.name, "dtype": s.dtype.name(), "shape": shape_text(&s.shape)});
     let meta = info.metadata.as_ref().map(|m| {
+        let sections: Vec<Value> = sections(info)
+            .into_iter()
+            .map(|s| json!({"kind": s.kind, "name": s.name, "summary": s.summary, "ok": s.ok}))
+            .collect();
         json!({
             "name": m.name, "version": m.version, "created_unix_s": m.created_unix_s,
             "producer": m.producer, "description": m.description,
             "class_labels": m.class_labels, "properties": m.properties,
+            "sections": sections,
         })
     });
     json!({
@@ -239,6 +244,66 @@ pub fn info_json(info: &ModelInfo, name: &str) -> Value {
         "metadata": meta,
         "notes": info.notes,
     })
+}
+
+/// What `perch info` says about one metadata section.
+struct SectionSummary {
+    kind: u32,
+    name: &'static str,
+    summary: String,
+    ok: bool,
+}
+
+/// The metadata sections of a model, described: the registered kinds decoded and checked
+/// against the model's input, others by kind and size.
+fn sections(info: &ModelInfo) -> Vec<SectionSummary> {
+    use crate::graph::sections::{CANARY, DRIFT_BASELINE};
+    let Some(m) = &info.metadata else {
+        return Vec::new();
+    };
+    let sample_len = info.inputs.first().map_or(0, |i| i.sample_len());
+    m.sections
+        .iter()
+        .map(|s| {
+            let (name, result) = match s.kind {
+                DRIFT_BASELINE => (
+                    "drift baseline",
+                    m.drift_baseline(sample_len)
+                        .map(|b| format!("{} features", b.map_or(0, |b| b.features.len()))),
+                ),
+                CANARY => (
+                    "canary",
+                    m.canary(sample_len).map(|c| {
+                        c.map_or_else(String::new, |c| {
+                            format!(
+                                "yes ({} outputs, tolerance {})",
+                                c.outputs.len(),
+                                c.tolerance
+                            )
+                        })
+                    }),
+                ),
+                _ => (
+                    "section",
+                    Ok(format!("kind {}, {} bytes", s.kind, s.bytes.len())),
+                ),
+            };
+            match result {
+                Ok(summary) => SectionSummary {
+                    kind: s.kind,
+                    name,
+                    summary,
+                    ok: true,
+                },
+                Err(e) => SectionSummary {
+                    kind: s.kind,
+                    name,
+                    summary: format!("unusable: {e}"),
+                    ok: false,
+                },
+            }
+        })
+        .collect()
 }
 
 /// `perch info` as text.
@@ -292,6 +357,9 @@ pub fn write_info(out: &mut dyn Write, info: &ModelInfo, name: &str) -> Result<(
         }
         for (k, v) in &m.properties {
             writeln!(out, "  {k}: {v}")?;
+        }
+        for s in sections(info) {
+            writeln!(out, "  {}: {}", s.name, s.summary)?;
         }
     }
     for n in &info.notes {
@@ -417,4 +485,83 @@ pub fn write_bench(out: &mut dyn Write, r: &BenchReport) -> Result<()> {
         None => writeln!(out, "peak RSS    unknown on this OS")?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::sections::{CANARY, DRIFT_BASELINE, DriftBaseline};
+    use crate::graph::{DType, Graph, Layer, Metadata, Node, Output, Section, Tensor, TensorSpec};
+
+    fn model_with_sections() -> crate::graph::Model {
+        let mut model = crate::graph::Model {
+            metadata: Metadata::default(),
+            graph: Graph {
+                inputs: vec![TensorSpec {
+                    name: "x".into(),
+                    dtype: DType::F32,
+                    shape: vec![2],
+                }],
+                nodes: vec![Node {
+                    name: "dense".into(),
+                    layer: Layer::Dense {
+                        weight: Tensor::f32(vec![1, 2], vec![1.0, 2.0]),
+                        bias: None,
+                    },
+                    inputs: vec![0],
+                }],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 1,
+                }],
+            },
+        };
+        let col = [1.0, 2.0, 3.0];
+        let baseline = DriftBaseline::from_columns([&col[..], &col[..]]);
+        model
+            .metadata
+            .set_section(DRIFT_BASELINE, &baseline)
+            .unwrap();
+        let mut rt = Model::from_native(&model).unwrap();
+        let canary = crate::runtime::record_canary(&mut rt, &[1.0, 1.0], 1e-4).unwrap();
+        model.metadata.set_section(CANARY, &canary).unwrap();
+        model
+    }
+
+    fn info_of(model: &crate::graph::Model) -> (String, Value) {
+        let bytes = crate::artifact::encode(model).unwrap();
+        let loaded = Model::from_artifact_bytes(&bytes).unwrap();
+        let mut text = Vec::new();
+        write_info(&mut text, loaded.info(), "m").unwrap();
+        (
+            String::from_utf8(text).unwrap(),
+            info_json(loaded.info(), "m"),
+        )
+    }
+
+    #[test]
+    fn info_names_the_sections_present() {
+        let mut model = model_with_sections();
+        let (text, json) = info_of(&model);
+        assert!(text.contains("  drift baseline: 2 features\n"), "{text}");
+        assert!(
+            text.contains("  canary: yes (1 outputs, tolerance 0.0001)\n"),
+            "{text}"
+        );
+        let sections = &json["metadata"]["sections"];
+        assert_eq!(sections[0]["kind"], DRIFT_BASELINE);
+        assert_eq!(sections[1]["name"], "canary");
+        assert_eq!(sections[1]["ok"], true);
+
+        // A damaged section and an unknown kind are shown, not fatal.
+        model.metadata.sections[1].bytes.truncate(2);
+        model.metadata.sections.push(Section {
+            kind: 99,
+            bytes: vec![1, 2, 3],
+        });
+        let (text, json) = info_of(&model);
+        assert!(text.contains("  canary: unusable: "), "{text}");
+        assert!(text.contains("  section: kind 99, 3 bytes\n"), "{text}");
+        assert_eq!(json["metadata"]["sections"][1]["ok"], false);
+    }
 }

@@ -14,6 +14,10 @@
 //!   commands as library functions over [`train`] and [`registry`].
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
 //! - [`memory`]: a heap-tracking allocator for peak-memory measurements.
+//! - [`metrics`]: on-device figures in fixed memory (latency histogram, counters, drift as
+//!   PSI against the artifact's baseline, feedback accuracy, system figures), closed into
+//!   per-window reports, queued on disk until the host acknowledges them, and rendered for
+//!   Prometheus.
 //! - [`train`] (feature `host`): CSV datasets, preprocessing, linear models, MLP, linear SVM,
 //!   decision trees and random forests,
 //!   optimizers, metrics, cross-validation and grid search; trained models become graphs.

@@ -168,6 +168,84 @@ fn train_json_contract_eval_and_export_agree_with_the_device() {
     );
 }
 
+/// The artifact `perch-host train` makes carries the drift baseline of the training data
+/// (one feature per input value) and a canary: a training row with the outputs the model
+/// gives for it, which the model exported from the registry passes and another fails.
+#[test]
+fn trained_artifacts_carry_a_drift_baseline_and_a_canary_the_model_passes() {
+    use perch::graph::sections::CanaryValues;
+    let host = Host::new();
+    let diabetes = corpus_dir().join("datasets/diabetes/diabetes_train.csv");
+    host.train_iris("logistic");
+    host.train_iris("tree");
+    host.json(&[
+        "train",
+        diabetes.to_str().unwrap(),
+        "--target",
+        "target",
+        "--model",
+        "linear",
+        "--name",
+        "diabetes",
+        "--json",
+    ]);
+    let train_rows: Vec<Vec<f32>> = std::fs::read_to_string(iris("iris_train.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            cells[..cells.len() - 1]
+                .iter()
+                .map(|c| c.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    let mut canaries = Vec::new();
+    for (r, features) in [("iris@1", 4), ("iris@2", 4), ("diabetes@1", 10)] {
+        let path = host.dir.path().join(format!("{r}.perch"));
+        host.ok(&[
+            "models",
+            "export",
+            r,
+            "--format",
+            "perch",
+            "-o",
+            path.to_str().unwrap(),
+        ]);
+        let bytes = std::fs::read(&path).unwrap();
+        let meta = perch::artifact::decode(&bytes).unwrap().model.metadata;
+        let baseline = meta
+            .drift_baseline(features)
+            .unwrap()
+            .expect("a drift baseline");
+        assert_eq!(baseline.features.len(), features);
+        let canary = meta.canary(features).unwrap().expect("a canary");
+        assert_eq!(canary.tolerance, 1e-4);
+        let mut model = perch::runtime::Model::from_artifact_bytes(&bytes).unwrap();
+        assert_eq!(perch::runtime::check_canary(&mut model, &canary), Ok(()));
+        let out = run_cmd(perch_bin(), &["info", path.to_str().unwrap()]);
+        assert!(out.status.success(), "perch info {r}");
+        let info = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            info.contains(&format!("drift baseline: {features} features")),
+            "{info}"
+        );
+        assert!(info.contains("canary: yes"), "{info}");
+        canaries.push((model, canary));
+    }
+    // Classifiers: the canary is a training row, with probabilities and a label.
+    for (_, c) in &canaries[..2] {
+        assert!(train_rows.contains(&c.input), "{:?}", c.input);
+        assert!(
+            matches!(&c.outputs[..], [CanaryValues::F32(p), CanaryValues::I64(_)] if p.len() == 3)
+        );
+    }
+    // The logistic model fails the tree's canary (different probabilities).
+    let (logistic, tree) = canaries.split_at_mut(1);
+    assert!(perch::runtime::check_canary(&mut logistic[0].0, &tree[0].1).is_err());
+}
+
 #[test]
 fn models_list_show_alias_tag_diff_delete() {
     let host = Host::new();

@@ -745,9 +745,12 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
             m.insert(format!("train_{k}"), v.clone());
         }
     }
+    let mut model = fitted.to_model(&name);
+    attach_sections(&mut model, &fitted, &data)
+        .with_context(|| format!("recording the drift baseline and canary of {name}"))?;
     let version = registry.register(
         &name,
-        Payload::Native(Box::new(fitted.to_model(&name))),
+        Payload::Native(Box::new(model)),
         VersionInfo {
             params: params.clone(),
             metrics: stored_metrics,
@@ -775,6 +778,92 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
     report.insert("artifact_sha256".into(), json!(version.artifact_sha256));
     report.insert("size_bytes".into(), json!(version.size_bytes));
     Ok(Value::Object(report))
+}
+
+/// Training rows considered for the canary: the first ones, at most this many.
+const CANARY_CANDIDATES: usize = 256;
+
+/// Largest difference allowed between a canary's recorded float outputs and a device's.
+pub const CANARY_TOLERANCE: f32 = 1e-4;
+
+/// Attaches to a trained model the sections the device uses: the training data's drift
+/// baseline (over the encoded features, the model's input) and a canary recorded with the
+/// native engine on [`canary_row`].
+///
+/// # Errors
+/// A model whose input is not one row of the encoded features, or that fails to run.
+fn attach_sections(
+    model: &mut crate::graph::Model,
+    fitted: &train::Fitted,
+    data: &Dataset,
+) -> Result<()> {
+    use crate::graph::sections::{CANARY, DRIFT_BASELINE, DriftBaseline};
+    let width = model.graph.inputs.first().map_or(0, |i| i.sample_len());
+    if model.graph.inputs.len() != 1 || width != data.n_features() {
+        bail!(
+            "the model takes {} input(s) of {width} values, not one row of the {} encoded features",
+            model.graph.inputs.len(),
+            data.n_features()
+        );
+    }
+    let columns: Vec<Vec<f64>> = data
+        .features
+        .columns()
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect();
+    let baseline = DriftBaseline::from_columns(columns.iter().map(|c| &c[..]));
+    model.metadata.set_section(DRIFT_BASELINE, &baseline)?;
+    if let Some(row) = canary_row(fitted, data)? {
+        let input: Vec<f32> = data.features.row(row).iter().map(|&v| v as f32).collect();
+        let mut runtime = runtime::Model::from_native(model)?;
+        let canary = runtime::record_canary(&mut runtime, &input, CANARY_TOLERANCE)?;
+        model.metadata.set_section(CANARY, &canary)?;
+    }
+    Ok(())
+}
+
+/// The training row whose outputs are least sensitive to small numeric differences, among
+/// the first [`CANARY_CANDIDATES`] whose features are finite as f32: for a classifier the
+/// one with the largest margin between its top two class probabilities (so that a device
+/// rounding differently still gives the same label), for a regressor the first. `None` when
+/// no row qualifies.
+///
+/// # Errors
+/// The model fails to score the rows.
+pub fn canary_row(fitted: &train::Fitted, data: &Dataset) -> Result<Option<usize>> {
+    let candidates: Vec<usize> = (0..data.n_rows().min(CANARY_CANDIDATES))
+        .filter(|&r| data.features.row(r).iter().all(|&v| (v as f32).is_finite()))
+        .collect();
+    if !fitted.is_classifier() || candidates.len() <= 1 {
+        return Ok(candidates.first().copied());
+    }
+    let rows = data.features.select(ndarray::Axis(0), &candidates);
+    let p = fitted.predict_proba(rows.view())?;
+    let margin = |r: ndarray::ArrayView1<'_, f64>| {
+        let (mut top, mut second) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+        for &v in r {
+            if v > top {
+                second = top;
+                top = v;
+            } else if v > second {
+                second = v;
+            }
+        }
+        if second == f64::NEG_INFINITY {
+            top
+        } else {
+            top - second
+        }
+    };
+    let mut best: Option<(usize, f64)> = None;
+    for (i, row) in p.rows().into_iter().enumerate() {
+        let m = margin(row);
+        if m.is_finite() && best.is_none_or(|(_, b)| m > b) {
+            best = Some((i, m));
+        }
+    }
+    Ok(Some(candidates[best.map_or(0, |(i, _)| i)]))
 }
 
 /// `{"train": {"path", "sha256"}, "test": {...}}` with absolute paths, so that later

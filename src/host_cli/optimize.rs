@@ -369,6 +369,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
         );
     }
     out.metadata.producer = format!("perch-host {} optimize", env!("CARGO_PKG_VERSION"));
+    rerecord_canary(&mut out).context("recording the optimized model's canary")?;
     let out_bytes = crate::artifact::encode(&out)?;
     let after = measure(&out_bytes, data)?;
 
@@ -419,6 +420,26 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
         r.insert("parent".into(), p);
     }
     Ok(report)
+}
+
+/// Records the canary's expected outputs again for the transformed model, from the same
+/// input and tolerance: int8 and pruned models give (slightly) different outputs than the
+/// float model the canary was recorded on, and the device checks the model it receives.
+/// A model without a canary is left without one.
+///
+/// # Errors
+/// A canary section that does not decode or fit the input, or a model that fails to run.
+fn rerecord_canary(model: &mut crate::graph::Model) -> Result<()> {
+    let width = model.graph.inputs.first().map_or(0, |i| i.sample_len());
+    let Some(old) = model.metadata.canary(width)? else {
+        return Ok(());
+    };
+    let mut runtime = crate::runtime::Model::from_native(model)?;
+    let canary = crate::runtime::record_canary(&mut runtime, &old.input, old.tolerance)?;
+    model
+        .metadata
+        .set_section(crate::graph::sections::CANARY, &canary)?;
+    Ok(())
 }
 
 /// The before/after table `optimize` prints.
