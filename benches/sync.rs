@@ -8,7 +8,8 @@
 //! 3. push throughput: a 5 MB artifact from `perch-host push` to installed (downloaded,
 //!    SHA-256 and signature checked, loaded, canary run, renamed into place) on an agent.
 //!
-//! `cargo bench --bench sync` (needs a file-descriptor limit above 2,100: `ulimit -n 4096`).
+//! `cargo bench --bench sync [-- report|ingest|push]` (needs a file-descriptor limit above
+//! 2,100: `ulimit -n 4096`).
 //! The simulated devices and the host share this machine's two cores, so the rates are
 //! lower bounds for a host that has its machine to itself.
 
@@ -45,7 +46,9 @@ fn csv_rows(path: &Path) -> Vec<Vec<f64>> {
 fn digits_report() -> Report {
     let data = corpus().join("datasets/digits");
     let train = csv_rows(&data.join("digits_train.csv"));
-    let cols: Vec<Vec<f64>> = (0..64).map(|j| train.iter().map(|r| r[j]).collect()).collect();
+    let cols: Vec<Vec<f64>> = (0..64)
+        .map(|j| train.iter().map(|r| r[j]).collect())
+        .collect();
     let baseline = DriftBaseline::from_columns(cols.iter().map(Vec::as_slice));
     let mut c = Collector::new(ModelFacts {
         model: [7; 8],
@@ -248,7 +251,10 @@ fn push_throughput() {
     )
     .expect("register");
     let (host, _) = start_host(dir.path(), 0);
-    let device = Fleet::open(&db).expect("fleet").add_device("pi", "lab").expect("add");
+    let device = Fleet::open(&db)
+        .expect("fleet")
+        .add_device("pi", "lab")
+        .expect("add");
     let key = perch::fleet::keys::load_or_create(&db).expect("host key");
     let text = perch::agent::config::render(
         "pi",
@@ -280,8 +286,8 @@ fn push_throughput() {
     .expect("push");
     let push = v["push"].as_u64().expect("push id");
     let size = v["size_bytes"].as_u64().expect("size");
-    let states = perch::host_cli::fleet::wait_for_push(&db, push, Duration::from_secs(120))
-        .expect("wait");
+    let states =
+        perch::host_cli::fleet::wait_for_push(&db, push, Duration::from_secs(120)).expect("wait");
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(states[0]["state"], "installed", "{states}");
     println!(
@@ -294,16 +300,27 @@ fn push_throughput() {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; nothing to filter here.
-    report_size();
-    let (steady, n) = ingest(1000, 30, 1, 8);
-    println!(
-        "2a. ingest, 1000 devices each waiting for its Ack: {steady:.0} reports/s ({n} reports stored once each; target >= 20,000)"
-    );
-    let (burst, n) = ingest(1000, 60, 20, 8);
-    println!(
-        "2b. ingest, 1000 devices sending backlogs of 20: {burst:.0} reports/s ({n} reports stored once each)"
-    );
+    // `cargo bench --bench sync [-- report|ingest|push]` runs one part; `--bench` is cargo's.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if wanted("report") {
+        report_size();
+    }
+    if wanted("ingest") {
+        let (steady, n) = ingest(1000, 30, 1, 8);
+        println!(
+            "2a. ingest, 1000 devices each waiting for its Ack: {steady:.0} reports/s ({n} reports stored once each; target >= 20,000)"
+        );
+        let (burst, n) = ingest(1000, 60, 20, 8);
+        println!(
+            "2b. ingest, 1000 devices sending backlogs of 20: {burst:.0} reports/s ({n} reports stored once each)"
+        );
+    }
     #[cfg(feature = "device")]
-    push_throughput();
+    if wanted("push") {
+        push_throughput();
+    }
 }

@@ -2,7 +2,7 @@
 
 use crate::artifact;
 use crate::fleet::{self, Fleet, FleetStore};
-use crate::graph::sections::{Canary, CanaryValues, DriftBaseline};
+use crate::graph::sections::DriftBaseline;
 use crate::registry::{ArtifactFormat, ModelRef, Registry, Version};
 use crate::sync::server::{self, ServerConfig, Shutdown};
 use crate::train::data::Dataset;
@@ -249,29 +249,14 @@ fn complete_sections(model: &mut crate::graph::Model, version: &Version) -> Resu
                 None => vec![0.0; sample_len],
             },
         };
-        let canary = record_canary(model, input)?;
+        let mut runnable = crate::runtime::Model::from_native(model)?;
+        let canary = crate::runtime::record_canary(&mut runnable, &input, super::CANARY_TOLERANCE)?;
         model
             .metadata
             .set_section(crate::graph::sections::CANARY, &canary)?;
         added.push("canary".to_string());
     }
     Ok(added)
-}
-
-fn record_canary(model: &crate::graph::Model, input: Vec<f32>) -> Result<Canary> {
-    let mut engine = crate::engine::Engine::new(&model.graph, 1)?;
-    engine.run(&[&input], 1)?;
-    let outputs = (0..model.graph.outputs.len())
-        .map(|i| match engine.output_f32(i) {
-            Some(v) => CanaryValues::F32(v.to_vec()),
-            None => CanaryValues::I64(engine.output_i64(i).unwrap_or(&[]).to_vec()),
-        })
-        .collect();
-    Ok(Canary {
-        input,
-        outputs,
-        tolerance: 1e-4,
-    })
 }
 
 /// Signs version `r` with the host key and assigns it to the devices named in `to` and/or

@@ -446,9 +446,11 @@ CREATE TABLE metrics (
     p99_us INTEGER NOT NULL,
     feedback INTEGER NOT NULL,
     feedback_correct INTEGER NOT NULL,
-    report BLOB NOT NULL,
-    PRIMARY KEY (device_id, seq)
-) WITHOUT ROWID;
+    report BLOB NOT NULL
+);
+-- Rows arrive in time order, so they are appended; the unique index keeps each (device,
+-- seq) once (a table clustered on it took a random page write per report).
+CREATE UNIQUE INDEX metrics_by_device_seq ON metrics(device_id, seq);
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,
     unix_s INTEGER NOT NULL,

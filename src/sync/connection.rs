@@ -42,6 +42,8 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
     start: usize,
     max_payload: usize,
+    /// What each `read` call fills (kept, so it is not zeroed per call).
+    scratch: Box<[u8]>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -57,6 +59,7 @@ impl<R: Read> FrameReader<R> {
             buf: Vec::with_capacity(8 * 1024),
             start: 0,
             max_payload,
+            scratch: vec![0u8; 16 * 1024].into_boxed_slice(),
         }
     }
 
@@ -86,15 +89,14 @@ impl<R: Read> FrameReader<R> {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.inner.read(&mut chunk) {
+            match self.inner.read(&mut self.scratch) {
                 Ok(0) if self.buf.is_empty() => return Err(ConnectionError::Closed),
                 Ok(0) => {
                     return Err(ConnectionError::Truncated {
                         buffered: self.buf.len(),
                     });
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Ok(Received::Idle);
                 }
