@@ -460,6 +460,48 @@ CREATE TABLE events (
     detail TEXT NOT NULL
 );
 CREATE INDEX events_by_device ON events(device_id, id);
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL,
+    device_id INTEGER REFERENCES devices(id) ON DELETE CASCADE,
+    subject TEXT NOT NULL DEFAULT '',
+    model TEXT,
+    version TEXT,
+    value REAL,
+    threshold REAL,
+    state TEXT NOT NULL,
+    opened_unix_s INTEGER NOT NULL,
+    updated_unix_s INTEGER NOT NULL,
+    resolved_unix_s INTEGER,
+    detail TEXT NOT NULL
+);
+CREATE INDEX alerts_open ON alerts(state, rule, device_id, subject);
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    canary INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    shadow_push INTEGER REFERENCES pushes(id) ON DELETE SET NULL,
+    active_push INTEGER REFERENCES pushes(id) ON DELETE SET NULL,
+    previous TEXT,
+    gates TEXT NOT NULL,
+    results TEXT,
+    origin TEXT,
+    created_unix_s INTEGER NOT NULL,
+    updated_unix_s INTEGER NOT NULL
+);
+CREATE TABLE feedback_samples (
+    id INTEGER PRIMARY KEY,
+    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    model TEXT NOT NULL,
+    received_unix_s INTEGER NOT NULL,
+    input BLOB NOT NULL,
+    label REAL NOT NULL
+);
+CREATE INDEX feedback_by_model ON feedback_samples(model, id);
 ";
 
 fn now_unix_s() -> i64 {
@@ -1255,7 +1297,7 @@ mod tests {
         // Make it a layout-1 database, as perch 0.1's first registry wrote it.
         reg.conn
             .execute_batch(
-                "ALTER TABLE versions DROP COLUMN data_files; DROP TABLE events; DROP TABLE metrics;
+                "ALTER TABLE versions DROP COLUMN data_files; DROP TABLE feedback_samples; DROP TABLE rollouts; DROP TABLE alerts; DROP TABLE events; DROP TABLE metrics;
                  DROP TABLE assignments; DROP TABLE push_targets; DROP TABLE pushes; DROP TABLE devices;
                  PRAGMA user_version = 1;",
             )
