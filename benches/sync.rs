@@ -65,8 +65,8 @@ fn digits_report() -> Report {
         c.record_feedback(i % 7 != 0);
     }
     c.close_window_with(
-        1_796_000_000,
-        60,
+        1_796_000_000_000,
+        60_000,
         SystemFigures {
             rss_kib: Some(3_412),
             cpu_temp_milli_c: Some(51_540),

@@ -67,6 +67,11 @@ pub fn tracking() -> bool {
     USED.load(Ordering::Relaxed)
 }
 
+/// Heap bytes live now (every thread's), or `None` when [`Tracking`] is not installed.
+pub fn live_bytes() -> Option<usize> {
+    tracking().then(|| LIVE.load(Ordering::Relaxed))
+}
+
 /// A measurement window: the live bytes when it opened.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {

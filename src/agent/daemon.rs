@@ -1,6 +1,6 @@
 //! The running agent: its shared state, the install and rollback procedures, the threads.
 
-use super::serving::{Active, RollbackPolicy, Serving};
+use super::serving::{Active, Loaded, RollbackPolicy, Serving, Shadow};
 use super::store::{self, ModelStore};
 use super::{Config, http, link};
 use crate::metrics::{Report, ReportQueue};
@@ -105,7 +105,9 @@ impl Shared {
         result
     }
 
-    fn verify_and_activate(&self, model: &ModelRef) -> Result<(), String> {
+    /// Reads the downloaded (or staged) bytes of `model` and checks them: the offered
+    /// SHA-256, the host's signature, that they load, that the canary passes.
+    fn verify(&self, model: &ModelRef) -> Result<Loaded, String> {
         use sha2::{Digest, Sha256};
         let bytes = lock(&self.store)
             .read_candidate(&model.sha256)
@@ -120,10 +122,52 @@ impl Shared {
         }
         crate::artifact::verify_signed(&bytes, &self.config.host_public_key)
             .map_err(|e| e.to_string())?;
-        let loaded = runtime::Model::from_artifact_bytes(&bytes)
-            .map_err(|e| format!("model does not load: {e}"))?;
-        let mut loaded = loaded;
-        check_canary(&mut loaded)?;
+        let mut loaded =
+            Loaded::from_bytes(&bytes).map_err(|e| format!("model does not load: {e}"))?;
+        check_canary(&mut loaded.model)?;
+        Ok(loaded)
+    }
+
+    /// Verifies a downloaded candidate and runs it in shadow beside the active model. The
+    /// download is kept (complete) in `incoming/`, so a restart or a promotion to active
+    /// need not fetch it again.
+    ///
+    /// # Errors
+    /// The reason, for `Rejected`.
+    pub fn install_shadow(&self, model: &ModelRef, push: u64) -> Result<(), String> {
+        let loaded = match self.verify(model) {
+            Ok(l) => l,
+            Err(e) => {
+                lock(&self.store).discard_partial(&model.sha256);
+                return Err(e);
+            }
+        };
+        let mut serving = lock(&self.serving);
+        if serving.active().is_none() {
+            return Err("no active model to run a shadow beside".into());
+        }
+        serving.set_shadow(Shadow::new(loaded, model.clone(), push));
+        log::info!(
+            "running {}@{} in shadow (push {push})",
+            model.name,
+            model.version
+        );
+        Ok(())
+    }
+
+    /// Ends the shadow run of push `push`.
+    pub fn end_shadow(&self, push: u64) -> Option<ModelRef> {
+        let ended = lock(&self.serving).end_shadow(push)?;
+        log::info!(
+            "shadow run of {}@{} ended",
+            ended.reference.name,
+            ended.reference.version
+        );
+        Some(ended.reference)
+    }
+
+    fn verify_and_activate(&self, model: &ModelRef) -> Result<(), String> {
+        let loaded = self.verify(model)?;
         failpoint("install:after-verify");
         {
             let mut store = lock(&self.store);
@@ -165,7 +209,7 @@ impl Shared {
         };
         let loaded = std::fs::read(store.model_path(&to))
             .map_err(|e| e.to_string())
-            .and_then(|b| runtime::Model::from_artifact_bytes(&b).map_err(|e| e.to_string()));
+            .and_then(|b| Loaded::from_bytes(&b).map_err(|e| e.to_string()));
         drop(store);
         match loaded {
             Ok(m) => {
@@ -255,7 +299,7 @@ impl Agent {
             let path = store.model_path(&active);
             let loaded = std::fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| runtime::Model::from_artifact_bytes(&b).map_err(|e| e.to_string()));
+                .and_then(|b| Loaded::from_bytes(&b).map_err(|e| e.to_string()));
             match loaded {
                 Ok(m) => {
                     log::info!("serving {}@{}", active.name, active.version);

@@ -5,8 +5,8 @@
 use super::daemon::{Shared, failpoint, lock};
 use crate::sync::client::{self, ClientError, Link};
 use crate::sync::server::Shutdown;
-use crate::sync::{ConnectionError, Message, ModelRef, Received};
-use std::collections::BTreeSet;
+use crate::sync::{ConnectionError, Message, ModelRef, Received, Role};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Reports sent and not yet acknowledged, at most.
@@ -105,6 +105,15 @@ struct Download {
     model: ModelRef,
     size: u64,
     have: u64,
+    role: Role,
+}
+
+/// An offer waiting for the download before it to finish.
+struct Queued {
+    push: u64,
+    model: ModelRef,
+    size: u64,
+    role: Role,
 }
 
 struct Session<'a> {
@@ -112,6 +121,7 @@ struct Session<'a> {
     link: Link,
     in_flight: BTreeSet<u64>,
     download: Option<Download>,
+    queued: VecDeque<Queued>,
     last_sent: Instant,
 }
 
@@ -122,6 +132,7 @@ impl<'a> Session<'a> {
             link,
             in_flight: BTreeSet::new(),
             download: None,
+            queued: VecDeque::new(),
             last_sent: Instant::now(),
         }
     }
@@ -216,16 +227,46 @@ impl<'a> Session<'a> {
                     log::error!("cannot remove acknowledged report {seq}: {e}");
                 }
             }
-            Message::ModelOffer { push, model, size } => self.offer(push, model, size)?,
+            Message::ModelOffer {
+                push,
+                model,
+                size,
+                role,
+            } => {
+                if self.download.is_some() {
+                    // One download at a time; a newer offer for the same role replaces a
+                    // queued one.
+                    self.queued.retain(|q| q.role != role);
+                    self.queued.push_back(Queued {
+                        push,
+                        model,
+                        size,
+                        role,
+                    });
+                } else {
+                    self.offer(push, model, size, role)?;
+                }
+            }
             Message::Chunk {
                 push,
                 offset,
                 bytes,
-            } => self.chunk(push, offset, &bytes)?,
+            } => {
+                self.chunk(push, offset, &bytes)?;
+                self.next_queued()?;
+            }
             Message::Cancel { push, reason } => {
+                self.queued.retain(|q| q.push != push);
                 if let Some(d) = self.download.take_if(|d| d.push == push) {
                     log::info!("push {push} cancelled by the host: {reason}");
                     lock(&self.shared.store).discard_partial(&d.model.sha256);
+                    self.next_queued()?;
+                } else if let Some(model) = self.shared.end_shadow(push) {
+                    // Keep the verified file only if it is about to become the active model.
+                    let store = lock(&self.shared.store);
+                    if store.active() != Some(&model) {
+                        store.discard_partial(&model.sha256);
+                    }
                 }
             }
             Message::Refused { reason } => return Err(format!("host ended the session: {reason}")),
@@ -234,9 +275,25 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn offer(&mut self, push: u64, model: ModelRef, size: u64) -> Result<(), String> {
+    fn next_queued(&mut self) -> Result<(), String> {
+        while self.download.is_none() {
+            let Some(q) = self.queued.pop_front() else {
+                return Ok(());
+            };
+            self.offer(q.push, q.model, q.size, q.role)?;
+        }
+        Ok(())
+    }
+
+    fn offer(&mut self, push: u64, model: ModelRef, size: u64, role: Role) -> Result<(), String> {
         let store = lock(&self.shared.store);
-        if store.active() == Some(&model) {
+        let running = match role {
+            Role::Active => store.active() == Some(&model),
+            Role::Shadow => {
+                lock(&self.shared.serving).shadow().map(|s| &s.reference) == Some(&model)
+            }
+        };
+        if running {
             drop(store);
             return self.send(&Message::Installed { push });
         }
@@ -253,10 +310,7 @@ impl<'a> Session<'a> {
             );
             return self.send(&Message::Rejected { push, reason });
         }
-        if let Some(old) = self.download.take_if(|d| d.model != model) {
-            store.discard_partial(&old.model.sha256);
-        }
-        let staged = store.has_model_file(&model.sha256);
+        let staged = role == Role::Active && store.has_model_file(&model.sha256);
         let mut have = store.partial_len(&model.sha256);
         if have > size {
             store.discard_partial(&model.sha256);
@@ -264,18 +318,20 @@ impl<'a> Session<'a> {
         }
         drop(store);
         log::info!(
-            "offered {}@{} ({size} bytes, push {push}), {have} bytes already here",
+            "offered {}@{} ({size} bytes, push {push}, {}), {have} bytes already here",
             model.name,
-            model.version
+            model.version,
+            role_name(role)
         );
         if staged || have == size {
-            return self.finish(push, &model);
+            return self.finish(push, &model, role);
         }
         self.download = Some(Download {
             push,
             model,
             size,
             have,
+            role,
         });
         self.send(&Message::Fetch { push, offset: have })
     }
@@ -303,16 +359,20 @@ impl<'a> Session<'a> {
             }
         }
         if d.have == d.size {
-            let model = d.model.clone();
+            let (model, role) = (d.model.clone(), d.role);
             self.download = None;
             failpoint("install:after-download");
-            return self.finish(push, &model);
+            return self.finish(push, &model, role);
         }
         Ok(())
     }
 
-    fn finish(&mut self, push: u64, model: &ModelRef) -> Result<(), String> {
-        match self.shared.install(model) {
+    fn finish(&mut self, push: u64, model: &ModelRef, role: Role) -> Result<(), String> {
+        let result = match role {
+            Role::Active => self.shared.install(model),
+            Role::Shadow => self.shared.install_shadow(model, push),
+        };
+        match result {
             Ok(()) => {
                 self.send(&Message::Installed { push })?;
                 self.heartbeat()
@@ -326,5 +386,12 @@ impl<'a> Session<'a> {
                 self.send(&Message::Rejected { push, reason })
             }
         }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Active => "active",
+        Role::Shadow => "shadow",
     }
 }

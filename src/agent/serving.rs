@@ -3,7 +3,10 @@
 //! watch on a newly installed model's error rate.
 
 use crate::graph::DType;
-use crate::metrics::{Collector, ModelFacts, Outcome, RecentPredictions, Report};
+use crate::metrics::{
+    Collector, LabelledInput, LabelledSample, LatencyHistogram, MAX_REPORT_SAMPLE_VALUES,
+    MAX_REPORT_SAMPLES, ModelFacts, Outcome, Percentiles, RecentPredictions, Report, ShadowReport,
+};
 use crate::runtime::{self, Output, OutputValues};
 use crate::sync::ModelRef;
 use std::time::Instant;
@@ -21,11 +24,110 @@ pub(crate) struct Active {
     sample_len: usize,
     lifetime_requests: u64,
     lifetime_errors: u64,
+    /// Heap the model holds, KiB (see [`Loaded`]).
+    memory_kib: u32,
+}
+
+/// A model loaded from artifact bytes, with the heap it kept (live bytes after loading
+/// minus before, when the binary tracks its heap; else the artifact's size).
+pub(crate) struct Loaded {
+    pub model: runtime::Model,
+    pub memory_kib: u32,
+}
+
+impl Loaded {
+    /// Loads artifact bytes.
+    ///
+    /// # Errors
+    /// As [`runtime::Model::from_artifact_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Loaded, runtime::RuntimeError> {
+        let before = crate::memory::live_bytes();
+        let model = runtime::Model::from_artifact_bytes(bytes)?;
+        let kept = match (before, crate::memory::live_bytes()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => bytes.len(),
+        };
+        Ok(Loaded {
+            model,
+            memory_kib: u32::try_from(kept.div_ceil(1024)).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// A candidate running beside the active model: same inputs, answers compared and timed,
+/// never returned.
+pub(crate) struct Shadow {
+    pub model: runtime::Model,
+    pub reference: ModelRef,
+    pub push: u64,
+    memory_kib: u32,
+    label_output: Option<usize>,
+    requests: u32,
+    errors: u32,
+    agreed: u32,
+    latency: LatencyHistogram,
+    active_latency: LatencyHistogram,
+}
+
+impl Shadow {
+    pub fn new(loaded: Loaded, reference: ModelRef, push: u64) -> Shadow {
+        let label_output = loaded
+            .model
+            .info()
+            .outputs
+            .iter()
+            .position(|o| o.dtype == DType::I64);
+        Shadow {
+            model: loaded.model,
+            reference,
+            push,
+            memory_kib: loaded.memory_kib,
+            label_output,
+            requests: 0,
+            errors: 0,
+            agreed: 0,
+            latency: LatencyHistogram::new(),
+            active_latency: LatencyHistogram::new(),
+        }
+    }
+
+    fn report(&mut self, active_memory_kib: u32) -> ShadowReport {
+        let pct = |h: &LatencyHistogram| {
+            let q = |p| {
+                h.percentile(p)
+                    .map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
+            };
+            Percentiles {
+                p50: q(0.5),
+                p95: q(0.95),
+                p99: q(0.99),
+            }
+        };
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&self.reference.sha256[..8]);
+        let r = ShadowReport {
+            model: id,
+            requests: self.requests,
+            errors: self.errors,
+            agreed: self.agreed,
+            latency_us: pct(&self.latency),
+            active_latency_us: pct(&self.active_latency),
+            memory_kib: self.memory_kib,
+            active_memory_kib,
+        };
+        self.requests = 0;
+        self.errors = 0;
+        self.agreed = 0;
+        self.latency.reset();
+        self.active_latency.reset();
+        r
+    }
 }
 
 impl Active {
     /// Wraps a loaded model; `recent` predictions are kept for feedback.
-    pub fn new(model: runtime::Model, reference: ModelRef, recent: usize) -> Active {
+    pub fn new(loaded: Loaded, reference: ModelRef, recent: usize) -> Active {
+        let Loaded { model, memory_kib } = loaded;
         let info = model.info();
         let sample_len = info.inputs.first().map_or(0, |s| s.sample_len());
         let label_output = info.outputs.iter().position(|o| o.dtype == DType::I64);
@@ -58,6 +160,7 @@ impl Active {
             sample_len,
             lifetime_requests: 0,
             lifetime_errors: 0,
+            memory_kib,
         }
     }
 
@@ -104,24 +207,29 @@ struct Watch {
 /// The serving state, behind the agent's mutex.
 pub(crate) struct Serving {
     active: Option<Active>,
+    shadow: Option<Shadow>,
+    /// Labelled samples taken from the ring, waiting for the next report.
+    labelled: Vec<LabelledSample>,
     bad_requests: u64,
-    window_start_s: u64,
+    window_start_ms: u64,
     watch: Option<Watch>,
     policy: RollbackPolicy,
 }
 
-pub(crate) fn now_unix_s() -> u64 {
+pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Serving {
     pub fn new(policy: RollbackPolicy) -> Serving {
         Serving {
             active: None,
+            shadow: None,
+            labelled: Vec::new(),
             bad_requests: 0,
-            window_start_s: now_unix_s(),
+            window_start_ms: now_unix_ms(),
             watch: None,
             policy,
         }
@@ -150,11 +258,51 @@ impl Serving {
 
     /// Ends the current window: its report (`None` with no model), and a fresh window.
     pub fn close_window(&mut self) -> Option<Report> {
-        let now = now_unix_s();
-        let start = std::mem::replace(&mut self.window_start_s, now);
+        let now = now_unix_ms();
+        let start = std::mem::replace(&mut self.window_start_ms, now);
         let active = self.active.as_mut()?;
-        let window_s = u32::try_from(now.saturating_sub(start)).unwrap_or(u32::MAX);
-        Some(active.collector.close_window(start, window_s))
+        let window_ms = u32::try_from(now.saturating_sub(start)).unwrap_or(u32::MAX);
+        let mut report = active.collector.close_window(start, window_ms);
+        report.shadow = self.shadow.as_mut().map(|s| s.report(active.memory_kib));
+        active.recent.take_labelled(&mut self.labelled);
+        let (mut values, mut taken) = (0usize, 0usize);
+        for l in &self.labelled {
+            if taken == MAX_REPORT_SAMPLES || values + l.input.len() > MAX_REPORT_SAMPLE_VALUES {
+                break;
+            }
+            values += l.input.len();
+            taken += 1;
+        }
+        report.samples = self
+            .labelled
+            .drain(..taken)
+            .map(|l| LabelledInput {
+                input: l.input,
+                label: outcome_value(l.label),
+            })
+            .collect();
+        // What did not fit waits for the next window, up to one more report's worth.
+        if self.labelled.len() > MAX_REPORT_SAMPLES {
+            let extra = self.labelled.len() - MAX_REPORT_SAMPLES;
+            self.labelled.drain(..extra);
+            report.samples_dropped = u32::try_from(extra).unwrap_or(u32::MAX);
+        }
+        Some(report)
+    }
+
+    /// Starts running `shadow` beside the active model (replacing any other shadow).
+    pub fn set_shadow(&mut self, shadow: Shadow) {
+        self.shadow = Some(shadow);
+    }
+
+    /// The shadow model, if one runs.
+    pub fn shadow(&self) -> Option<&Shadow> {
+        self.shadow.as_ref()
+    }
+
+    /// Stops the shadow run of push `push`; returns it if it was running.
+    pub fn end_shadow(&mut self, push: u64) -> Option<Shadow> {
+        self.shadow.take_if(|s| s.push == push)
     }
 
     /// Runs `data` (`shape` as parsed from the request) and records the metrics.
@@ -212,6 +360,36 @@ impl Serving {
         };
         if let Some(w) = self.watch.as_mut() {
             w.requests = w.requests.saturating_add(batch as u32);
+        }
+        if let Some(shadow) = self.shadow.as_mut() {
+            let started = Instant::now();
+            let result = shadow.model.run(data, batch);
+            let us = u64::try_from(started.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1)
+                / batch as u64;
+            shadow.requests = shadow.requests.saturating_add(batch as u32);
+            for _ in 0..batch {
+                shadow.latency.record(us);
+                shadow.active_latency.record(per_sample_us);
+            }
+            match result {
+                Ok(theirs)
+                    if theirs.iter().all(|o| match &o.values {
+                        OutputValues::F32(v) => v.iter().all(|x| x.is_finite()),
+                        OutputValues::I64(_) => true,
+                    }) =>
+                {
+                    for s in 0..batch {
+                        let a = predicted_outcome(&outs, active.label_output, s);
+                        let b = predicted_outcome(&theirs, shadow.label_output, s);
+                        if agree(a, b) {
+                            shadow.agreed = shadow.agreed.saturating_add(1);
+                        }
+                    }
+                }
+                _ => shadow.errors = shadow.errors.saturating_add(batch as u32),
+            }
         }
         let n = active.sample_len;
         let mut ids = Vec::with_capacity(batch);
@@ -301,6 +479,25 @@ fn argmax_row(out: &Output, sample: usize) -> Option<usize> {
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(i, _)| i)
+}
+
+/// Whether two predictions of the same sample agree: same class, or values within 1 %.
+fn agree(a: Outcome, b: Outcome) -> bool {
+    match (a, b) {
+        (Outcome::Class(x), Outcome::Class(y)) => x == y,
+        (Outcome::Value(x), Outcome::Value(y)) => {
+            (x - y).abs() <= 0.01 * x.abs().max(y.abs()) + 1e-6
+        }
+        _ => false,
+    }
+}
+
+/// A label as reports carry it.
+fn outcome_value(o: Outcome) -> f32 {
+    match o {
+        Outcome::Class(c) => c as f32,
+        Outcome::Value(v) => v,
+    }
 }
 
 /// A class label (the model's integer label output) as the ring stores it.

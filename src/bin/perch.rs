@@ -196,6 +196,11 @@ fn execute(cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// Counts live heap bytes, so the agent can say how much memory a model holds (a shadow
+/// model is judged against the active one on it).
+#[global_allocator]
+static ALLOCATOR: perch::memory::Tracking = perch::memory::Tracking;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,perch=info"))
         .init();

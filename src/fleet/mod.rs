@@ -12,7 +12,7 @@ pub use store::FleetStore;
 
 use crate::metrics::Report;
 use crate::registry::Registry;
-use crate::sync::{self, ModelRef};
+use crate::sync::{self, ModelRef, Role};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 
@@ -85,6 +85,9 @@ pub enum FleetError {
         /// Why.
         reason: String,
     },
+    /// A value could not be encoded for storage.
+    #[error("cannot encode for the fleet database: {0}")]
+    Encode(String),
     /// A stored report does not decode.
     #[error("stored report of device {device} seq {seq} is damaged: {reason}")]
     DamagedReport {
@@ -173,6 +176,14 @@ pub fn now_unix_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The database's name of a role.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Active => "active",
+        Role::Shadow => "shadow",
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -355,10 +366,9 @@ impl Fleet {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT d.name, CASE WHEN a.push_id = ?1 THEN a.state ELSE 'replaced' END,
-                        CASE WHEN a.push_id = ?1 THEN a.reason END
+                "SELECT d.name, COALESCE(a.state, 'replaced'), a.reason
                  FROM push_targets t JOIN devices d ON d.id = t.device_id
-                 LEFT JOIN assignments a ON a.device_id = t.device_id
+                 LEFT JOIN assignments a ON a.device_id = t.device_id AND a.push_id = ?1
                  WHERE t.push_id = ?1 ORDER BY d.name",
             )
             .map_err(self.sql())?;
@@ -426,7 +436,7 @@ impl Fleet {
                         (SELECT requests || ' ' || errors FROM metrics m WHERE m.device_id = d.id
                          ORDER BY seq DESC LIMIT 1)
                  FROM devices d
-                 LEFT JOIN assignments a ON a.device_id = d.id
+                 LEFT JOIN assignments a ON a.device_id = d.id AND a.role = 'active'
                  LEFT JOIN pushes p ON p.id = a.push_id
                  ORDER BY d.name",
             )
@@ -529,102 +539,146 @@ impl Fleet {
         })
     }
 
-    /// Assigns push `push` to `devices`; the server offers it on their next contact.
+    /// Assigns push `push` to `devices` as their active model; the server offers it on their
+    /// next contact.
     ///
     /// # Errors
     /// Database failures.
     pub fn assign(&mut self, push: u64, devices: &[Device]) -> Result<(), FleetError> {
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|source| FleetError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
-        let change: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(change), 0) + 1 FROM assignments",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|source| FleetError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
+        self.assign_role(push, devices, Role::Active)
+    }
+
+    /// Assigns push `push` to `devices` in `role` (a shadow replaces any earlier shadow).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn assign_role(
+        &mut self,
+        push: u64,
+        devices: &[Device],
+        role: Role,
+    ) -> Result<(), FleetError> {
+        let path = self.path.clone();
+        let sql = |source| FleetError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
         for d in devices {
             tx.execute(
                 "INSERT OR IGNORE INTO push_targets (push_id, device_id) VALUES (?1, ?2)",
                 params![push as i64, d.id],
             )
-            .map_err(|source| FleetError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(sql)?;
             tx.execute(
-                "INSERT INTO assignments (device_id, push_id, state, reason, change, updated_unix_s)
-                 VALUES (?1, ?2, 'pending', NULL, ?3, ?4)
-                 ON CONFLICT(device_id) DO UPDATE SET push_id = ?2, state = 'pending',
-                   reason = NULL, change = ?3, updated_unix_s = ?4",
-                params![d.id, push as i64, change, now_unix_s()],
+                "INSERT INTO assignments (device_id, role, push_id, state, reason, updated_unix_s)
+                 VALUES (?1, ?2, ?3, 'pending', NULL, ?4)
+                 ON CONFLICT(device_id, role) DO UPDATE SET push_id = ?3, state = 'pending',
+                   reason = NULL, updated_unix_s = ?4",
+                params![d.id, role_name(role), push as i64, now_unix_s()],
             )
-            .map_err(|source| FleetError::Sqlite { path: self.path.clone(), source })?;
+            .map_err(sql)?;
         }
-        tx.commit().map_err(|source| FleetError::Sqlite {
-            path: self.path.clone(),
-            source,
-        })
+        tx.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'generation'",
+            [],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
     }
 
-    /// A counter that grows whenever an assignment changes (the server polls it).
+    /// Ends the shadow runs of `devices` (their agents unload the shadow model).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn clear_shadow(&mut self, devices: &[Device]) -> Result<(), FleetError> {
+        let path = self.path.clone();
+        let sql = |source| FleetError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        for d in devices {
+            tx.execute(
+                "DELETE FROM assignments WHERE device_id = ?1 AND role = 'shadow'",
+                [d.id],
+            )
+            .map_err(sql)?;
+        }
+        tx.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'generation'",
+            [],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    /// A counter that grows whenever what devices should run changes (the server polls it).
     ///
     /// # Errors
     /// Database failures.
     pub fn assignment_change(&self) -> Result<i64, FleetError> {
         self.conn
             .query_row(
-                "SELECT COALESCE(MAX(change), 0) FROM assignments",
+                "SELECT value FROM counters WHERE name = 'generation'",
                 [],
                 |r| r.get(0),
             )
             .map_err(self.sql())
     }
 
-    /// The push assigned to `device` that it has not installed or refused yet.
+    /// What `device` should be offered now: its active push while not yet installed or
+    /// refused, and its shadow push while the shadow run lasts (pending or installed).
     ///
     /// # Errors
     /// Database failures.
-    pub fn pending_push(&self, device: i64) -> Result<Option<Push>, FleetError> {
-        let row = self
+    pub fn offers(&self, device: i64) -> Result<Vec<(Push, Role)>, FleetError> {
+        let mut stmt = self
             .conn
-            .query_row(
-                "SELECT p.id, p.name, p.version, p.sha256, p.size_bytes FROM assignments a
+            .prepare(
+                "SELECT p.id, p.name, p.version, p.sha256, p.size_bytes, a.role FROM assignments a
                  JOIN pushes p ON p.id = a.push_id
-                 WHERE a.device_id = ?1 AND a.state = 'pending'",
-                [device],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                },
+                 WHERE a.device_id = ?1 AND (a.state = 'pending'
+                   OR (a.role = 'shadow' AND a.state = 'installed'))
+                 ORDER BY a.role",
             )
-            .optional()
             .map_err(self.sql())?;
-        Ok(row.and_then(|(id, name, version, hex, size)| {
-            Some(Push {
-                id: id as u64,
-                model: ModelRef {
-                    name,
-                    version,
-                    sha256: sync::auth::from_hex(&hex).ok()?,
-                },
-                size: size as u64,
-                path: self.pushes_dir.join(format!("{hex}.perch")),
+        let rows = stmt
+            .query_map([device], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
             })
-        }))
+            .map_err(self.sql())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.sql())?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, name, version, hex, size, role)| {
+                Some((
+                    Push {
+                        id: id as u64,
+                        model: ModelRef {
+                            name,
+                            version,
+                            sha256: sync::auth::from_hex(&hex).ok()?,
+                        },
+                        size: size as u64,
+                        path: self.pushes_dir.join(format!("{hex}.perch")),
+                    },
+                    if role == "shadow" {
+                        Role::Shadow
+                    } else {
+                        Role::Active
+                    },
+                ))
+            })
+            .collect())
     }
 
     /// The push with id `id`.
@@ -832,22 +886,36 @@ impl Fleet {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO metrics (device_id, seq, received_unix_s, window_start_s,
-                       window_s, model, requests, errors, p50_us, p95_us, p99_us, feedback,
+                    "INSERT OR IGNORE INTO metrics (device_id, seq, received_unix_s, window_start_ms,
+                       window_ms, model, requests, errors, p50_us, p95_us, p99_us, feedback,
                        feedback_correct, report)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )
                 .map_err(sql)?;
+            let mut samples = tx
+                .prepare_cached(
+                    "INSERT INTO feedback_samples (device_id, model, received_unix_s, input, label)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(sql)?;
             let now = now_unix_s();
             for &(device, seq, r) in batch {
-                let blob = postcard::to_allocvec(r).unwrap_or_default();
-                new += stmt
+                // Labelled samples go to their own table; the stored report keeps the count.
+                let blob = if r.samples.is_empty() {
+                    postcard::to_allocvec(r)
+                } else {
+                    let mut lean = r.clone();
+                    lean.samples.clear();
+                    postcard::to_allocvec(&lean)
+                }
+                .map_err(|e| FleetError::Encode(e.to_string()))?;
+                let inserted = stmt
                     .execute(params![
                         device,
                         seq as i64,
                         now,
-                        r.window_start_s as i64,
-                        r.window_s,
+                        r.window_start_ms as i64,
+                        r.window_ms,
                         sync::auth::to_hex(&r.model),
                         r.requests,
                         r.errors,
@@ -859,10 +927,63 @@ impl Fleet {
                         blob
                     ])
                     .map_err(sql)?;
+                if inserted == 1 {
+                    let model = sync::auth::to_hex(&r.model);
+                    for l in &r.samples {
+                        let input: Vec<u8> = l.input.iter().flat_map(|v| v.to_le_bytes()).collect();
+                        samples
+                            .execute(params![device, model, now, input, f64::from(l.label)])
+                            .map_err(sql)?;
+                    }
+                }
+                new += inserted;
             }
         }
         tx.commit().map_err(sql)?;
         Ok(new)
+    }
+
+    /// Labelled feedback samples devices sent while running one of `models` (first 8 bytes
+    /// of the artifact digest), optionally only from `devices`: `(input, label)` pairs,
+    /// oldest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn feedback_samples(
+        &self,
+        models: &[[u8; 8]],
+        devices: Option<&[i64]>,
+    ) -> Result<Vec<(Vec<f32>, f32)>, FleetError> {
+        let mut out = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT device_id, input, label FROM feedback_samples WHERE model = ?1 ORDER BY id",
+            )
+            .map_err(self.sql())?;
+        for m in models {
+            let rows = stmt
+                .query_map([sync::auth::to_hex(m)], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, f64>(2)?,
+                    ))
+                })
+                .map_err(self.sql())?;
+            for row in rows {
+                let (device, bytes, label) = row.map_err(self.sql())?;
+                if devices.is_some_and(|d| !d.contains(&device)) || bytes.len() % 4 != 0 {
+                    continue;
+                }
+                let input = bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                out.push((input, label as f32));
+            }
+        }
+        Ok(out)
     }
 
     /// A device's stored reports, by sequence number.

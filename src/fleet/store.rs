@@ -226,17 +226,22 @@ impl Store for FleetStore {
             .map_err(|_| StoreError("the fleet store thread has stopped".into()))?
     }
 
-    fn offer(&self, device: &DeviceRecord) -> Result<Option<Offer>, StoreError> {
+    fn offers(&self, device: &DeviceRecord) -> Result<Vec<Offer>, StoreError> {
         let id = device.id;
-        let push = self.call(move |f| f.pending_push(id))?;
-        Ok(push.map(|p| {
-            crate::lock(&self.push_files).insert(p.id, p.path.clone());
-            Offer {
-                push: p.id,
-                model: p.model,
-                size: p.size,
-            }
-        }))
+        let pushes = self.call(move |f| f.offers(id))?;
+        let mut files = crate::lock(&self.push_files);
+        Ok(pushes
+            .into_iter()
+            .map(|(p, role)| {
+                files.insert(p.id, p.path.clone());
+                Offer {
+                    push: p.id,
+                    model: p.model,
+                    size: p.size,
+                    role,
+                }
+            })
+            .collect())
     }
 
     fn read_chunk(

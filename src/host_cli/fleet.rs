@@ -161,8 +161,8 @@ pub fn device_show(db: &Path, name: &str) -> Result<Value> {
         .map(|r| {
             json!({
                 "seq": r.seq,
-                "window_start_s": r.report.window_start_s,
-                "window_s": r.report.window_s,
+                "window_start_ms": r.report.window_start_ms,
+                "window_ms": r.report.window_ms,
                 "requests": r.report.requests,
                 "errors": r.report.errors,
                 "latency_us": {"p50": r.report.latency_us.p50, "p95": r.report.latency_us.p95, "p99": r.report.latency_us.p99},

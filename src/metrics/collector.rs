@@ -232,19 +232,19 @@ impl Collector {
         self.lifetime.feedback(correct);
     }
 
-    /// Closes the window that began at `window_start_s` (Unix seconds) and lasted
-    /// `window_s` seconds: returns its report, with this machine's [`SystemFigures`] read
+    /// Closes the window that began at `window_start_ms` (Unix milliseconds) and lasted
+    /// `window_ms` milliseconds: returns its report, with this machine's [`SystemFigures`] read
     /// now, and starts a new window. The report's `dropped` is 0; the
     /// [`ReportQueue`](super::ReportQueue) fills it.
-    pub fn close_window(&mut self, window_start_s: u64, window_s: u32) -> Report {
-        self.close_window_with(window_start_s, window_s, SystemFigures::read())
+    pub fn close_window(&mut self, window_start_ms: u64, window_ms: u32) -> Report {
+        self.close_window_with(window_start_ms, window_ms, SystemFigures::read())
     }
 
     /// [`Collector::close_window`] with the system figures given.
     pub fn close_window_with(
         &mut self,
-        window_start_s: u64,
-        window_s: u32,
+        window_start_ms: u64,
+        window_ms: u32,
         system: SystemFigures,
     ) -> Report {
         let w = &self.window;
@@ -265,8 +265,8 @@ impl Collector {
             }
         }
         let report = Report {
-            window_start_s,
-            window_s,
+            window_start_ms,
+            window_ms,
             model: self.model,
             requests: sat(w.requests),
             errors: sat(w.errors),
@@ -282,6 +282,9 @@ impl Collector {
             rss_kib: system.rss_kib.unwrap_or(0),
             cpu_temp_milli_c: system.cpu_temp_milli_c,
             dropped: 0,
+            shadow: None,
+            samples: Vec::new(),
+            samples_dropped: 0,
         };
         self.window.reset();
         self.window_features
@@ -546,9 +549,12 @@ mod tests {
             rss_kib: Some(2048),
             cpu_temp_milli_c: Some(51_250),
         };
-        let r = c.close_window_with(1_700_000_000, 60, system);
+        let r = c.close_window_with(1_700_000_000_000, 60_000, system);
         assert_eq!(r.model, [1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!((r.window_start_s, r.window_s), (1_700_000_000, 60));
+        assert_eq!(
+            (r.window_start_ms, r.window_ms),
+            (1_700_000_000_000, 60_000)
+        );
         assert_eq!((r.requests, r.errors), (102, 1));
         assert_eq!(r.predictions, vec![34, 33, 33]);
         assert_eq!((r.feedback, r.feedback_correct), (2, 1));
@@ -921,7 +927,7 @@ mod tests {
             rss_kib: Some(23_456),
             cpu_temp_milli_c: Some(61_234),
         };
-        let mut report = c.close_window_with(1_767_225_600, 300, system);
+        let mut report = c.close_window_with(1_767_225_600_000, 300_000, system);
         report.dropped = 3;
         let max_psi = *report.psi_milli.iter().max().unwrap();
         assert!((100..1000).contains(&max_psi), "PSI up to {max_psi} milli");

@@ -22,7 +22,7 @@
 //! c.record_prediction(&[0.5, 1.0], 120, Some(2));
 //! c.record_error(40);
 //! c.record_feedback(true);
-//! let report = c.close_window_with(1_700_000_000, 60, SystemFigures::default());
+//! let report = c.close_window_with(1_700_000_000_000, 60_000, SystemFigures::default());
 //! assert_eq!((report.requests, report.errors), (2, 1));
 //! assert_eq!(report.predictions, vec![0, 0, 1]);
 //! let mut text = String::new();
@@ -44,7 +44,9 @@ pub use drift::{FeatureDrift, PSI_EPSILON, RunningMoments, psi, psi_milli};
 pub use histogram::{BUCKETS, LatencyHistogram, MAX_TRACKED_US, SUB_BUCKETS};
 pub use queue::{MAX_QUEUE_CAPACITY, MAX_REPORT_FILE_BYTES, ReportQueue};
 pub use recent::{Feedback, LabelledSample, MAX_RECENT_VALUES, Outcome, RecentPredictions};
-pub use report::{Percentiles, Report};
+pub use report::{
+    LabelledInput, MAX_REPORT_SAMPLE_VALUES, MAX_REPORT_SAMPLES, Percentiles, Report, ShadowReport,
+};
 pub use system::{SystemFigures, cpu_temp_milli_c, rss_kib};
 
 use std::path::PathBuf;

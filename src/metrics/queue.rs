@@ -376,8 +376,8 @@ mod tests {
 
     fn report(requests: u32) -> Report {
         Report {
-            window_start_s: 1_700_000_000 + u64::from(requests),
-            window_s: 60,
+            window_start_ms: 1_700_000_000 + u64::from(requests),
+            window_ms: 60,
             requests,
             predictions: vec![requests, 1],
             psi_milli: vec![12, 340],

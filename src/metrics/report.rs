@@ -21,10 +21,10 @@ pub struct Percentiles {
 /// Counts saturate at `u32::MAX`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Report {
-    /// Window start, seconds since the Unix epoch.
-    pub window_start_s: u64,
-    /// Window length in seconds.
-    pub window_s: u32,
+    /// Window start, milliseconds since the Unix epoch.
+    pub window_start_ms: u64,
+    /// Window length in milliseconds.
+    pub window_ms: u32,
     /// The model that served the window: the first 8 bytes of its artifact's SHA-256
     /// (all zeros when no model was loaded).
     pub model: [u8; 8],
@@ -53,4 +53,50 @@ pub struct Report {
     /// Reports dropped from the device's queue (oldest first) since the last report, because
     /// the host was unreachable for longer than the queue holds.
     pub dropped: u32,
+    /// The candidate model that ran in shadow beside the active one during this window (a
+    /// canary rollout), if any.
+    pub shadow: Option<ShadowReport>,
+    /// Labelled feedback of the window with its inputs, for retraining on the host: at most
+    /// [`MAX_REPORT_SAMPLES`] samples and [`MAX_REPORT_SAMPLE_VALUES`] input values (later
+    /// ones are left out and counted in `samples_dropped`).
+    pub samples: Vec<LabelledInput>,
+    /// Labelled samples left out of this report for lack of room.
+    pub samples_dropped: u32,
+}
+
+/// Most labelled samples one report carries.
+pub const MAX_REPORT_SAMPLES: usize = 64;
+/// Most input values (all samples together) one report carries: 32 KiB of `f32`.
+pub const MAX_REPORT_SAMPLE_VALUES: usize = 8192;
+
+/// How a shadow model compared with the active one on the same requests.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ShadowReport {
+    /// The shadow model: first 8 bytes of its artifact's SHA-256.
+    pub model: [u8; 8],
+    /// Requests (samples) it ran.
+    pub requests: u32,
+    /// Of those, how many failed (engine error or non-finite output).
+    pub errors: u32,
+    /// Of the rest, how many gave the active model's answer (same label; regressors within
+    /// 1 % or 1e-6).
+    pub agreed: u32,
+    /// Its latency per request.
+    pub latency_us: Percentiles,
+    /// The active model's latency per request over the same requests.
+    pub active_latency_us: Percentiles,
+    /// Heap the shadow model holds (parameters and buffers), KiB.
+    pub memory_kib: u32,
+    /// Heap the active model holds, KiB.
+    pub active_memory_kib: u32,
+}
+
+/// One labelled feedback sample: the input that was predicted and its true label (a class
+/// label, or a regression target).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct LabelledInput {
+    /// The input sample.
+    pub input: Vec<f32>,
+    /// The true label.
+    pub label: f32,
 }

@@ -420,13 +420,20 @@ CREATE TABLE pushes (
     created_unix_s INTEGER NOT NULL
 );
 CREATE TABLE assignments (
-    device_id INTEGER PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
     push_id INTEGER NOT NULL REFERENCES pushes(id) ON DELETE CASCADE,
     state TEXT NOT NULL,
     reason TEXT,
-    change INTEGER NOT NULL,
-    updated_unix_s INTEGER NOT NULL
+    updated_unix_s INTEGER NOT NULL,
+    PRIMARY KEY (device_id, role)
 );
+-- `generation` grows with every change of what devices should run; the server polls it.
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO counters VALUES ('generation', 0);
 CREATE TABLE push_targets (
     push_id INTEGER NOT NULL REFERENCES pushes(id) ON DELETE CASCADE,
     device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
@@ -436,8 +443,8 @@ CREATE TABLE metrics (
     device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
     received_unix_s INTEGER NOT NULL,
-    window_start_s INTEGER NOT NULL,
-    window_s INTEGER NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    window_ms INTEGER NOT NULL,
     model TEXT NOT NULL,
     requests INTEGER NOT NULL,
     errors INTEGER NOT NULL,
@@ -1298,7 +1305,7 @@ mod tests {
         reg.conn
             .execute_batch(
                 "ALTER TABLE versions DROP COLUMN data_files; DROP TABLE feedback_samples; DROP TABLE rollouts; DROP TABLE alerts; DROP TABLE events; DROP TABLE metrics;
-                 DROP TABLE assignments; DROP TABLE push_targets; DROP TABLE pushes; DROP TABLE devices;
+                 DROP TABLE assignments; DROP TABLE counters; DROP TABLE push_targets; DROP TABLE pushes; DROP TABLE devices;
                  PRAGMA user_version = 1;",
             )
             .unwrap();

@@ -17,6 +17,17 @@ pub struct ModelRef {
     pub sha256: [u8; 32],
 }
 
+/// What a pushed model is for on the device.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Role {
+    /// It becomes the model that answers requests.
+    #[default]
+    Active,
+    /// It runs beside the active model on the same requests, its answers compared and
+    /// timed but never returned (a canary rollout); `Cancel` ends it.
+    Shadow,
+}
+
 /// Every message of the protocol, both directions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Message {
@@ -67,7 +78,7 @@ pub enum Message {
         /// The acknowledged sequence number.
         seq: u64,
     },
-    /// Host → device: install this model.
+    /// Host → device: install this model (as the active one, or in shadow).
     ModelOffer {
         /// Push id on the host.
         push: u64,
@@ -75,6 +86,8 @@ pub enum Message {
         model: ModelRef,
         /// Artifact size in bytes.
         size: u64,
+        /// Active, or in shadow beside the active model.
+        role: Role,
     },
     /// Device → host: send push `push`'s bytes from `offset` on.
     Fetch {

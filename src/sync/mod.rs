@@ -16,7 +16,7 @@ mod message;
 pub mod server;
 
 pub use connection::{ConnectionError, FrameReader, FrameWriter, Received};
-pub use message::{Message, ModelRef, NONCE_LEN};
+pub use message::{Message, ModelRef, NONCE_LEN, Role};
 
 /// The protocol version this build speaks (the only one so far).
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -11,7 +11,7 @@
 
 use super::auth;
 use super::connection::{ConnectionError, FrameReader, FrameWriter, Received};
-use super::{Message, ModelRef, NONCE_LEN};
+use super::{Message, ModelRef, NONCE_LEN, Role};
 use crate::metrics::Report;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -43,6 +43,8 @@ pub struct Offer {
     pub model: ModelRef,
     /// Size of the signed artifact in bytes.
     pub size: u64,
+    /// Active model or shadow.
+    pub role: Role,
 }
 
 /// What sessions need from the host's storage. Implementations are shared by every session
@@ -78,11 +80,12 @@ pub trait Store: Send + Sync {
         device: &DeviceRecord,
         reports: &[(u64, Report)],
     ) -> Result<(), StoreError>;
-    /// The push the device should install now, if any.
+    /// What the device should run now: at most one active push not yet installed, and at
+    /// most one shadow push for as long as the shadow run lasts.
     ///
     /// # Errors
     /// Storage failures.
-    fn offer(&self, device: &DeviceRecord) -> Result<Option<Offer>, StoreError>;
+    fn offers(&self, device: &DeviceRecord) -> Result<Vec<Offer>, StoreError>;
     /// Up to `max` bytes of push `push`'s artifact from `offset`, into `buf` (cleared first).
     ///
     /// # Errors
@@ -435,7 +438,8 @@ impl Session<'_> {
     }
 
     fn serve_device(&mut self, device: &DeviceRecord) -> Result<(), End> {
-        let mut offered: Option<Offer> = None;
+        // What this session told the device to run, by role.
+        let mut offered: Vec<Offer> = Vec::new();
         let mut generation = None;
         let mut last_rx = Instant::now();
         let mut pending: Option<Message> = None;
@@ -446,22 +450,28 @@ impl Session<'_> {
             let gen_now = self.store.generation();
             if generation != Some(gen_now) {
                 generation = Some(gen_now);
-                let offer = self.store.offer(device)?;
-                match (&offer, &offered) {
-                    (Some(o), prev) if prev.as_ref() != Some(o) => {
+                let desired = self.store.offers(device)?;
+                for o in &desired {
+                    if !offered.contains(o) {
                         self.writer.send(&Message::ModelOffer {
                             push: o.push,
                             model: o.model.clone(),
                             size: o.size,
+                            role: o.role,
                         })?;
                     }
-                    (None, Some(prev)) => self.writer.send(&Message::Cancel {
-                        push: prev.push,
-                        reason: "the push was withdrawn".into(),
-                    })?,
-                    _ => {}
                 }
-                offered = offer;
+                // A shadow run that ended: the device unloads it. (An active push that is no
+                // longer offered was installed or refused; nothing to undo.)
+                for o in &offered {
+                    if o.role == Role::Shadow && !desired.iter().any(|d| d.push == o.push) {
+                        self.writer.send(&Message::Cancel {
+                            push: o.push,
+                            reason: "the shadow run ended".into(),
+                        })?;
+                    }
+                }
+                offered = desired;
             }
             let message = match pending.take() {
                 Some(m) => m,
@@ -500,8 +510,8 @@ impl Session<'_> {
                     self.writer.send_all(&acks)?;
                 }
                 Message::Heartbeat { model } => self.store.heartbeat(device, model.as_ref())?,
-                Message::Fetch { push, offset } => match &offered {
-                    Some(o) if o.push == push && offset <= o.size => {
+                Message::Fetch { push, offset } => match offered.iter().find(|o| o.push == push) {
+                    Some(o) if offset <= o.size => {
                         let o = o.clone();
                         self.stream_chunks(&o, offset)?;
                     }
