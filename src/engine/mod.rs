@@ -405,7 +405,7 @@ impl Engine {
                         *output,
                         *relu,
                     )?;
-                    Step::QDense(Box::new(quant::QDense::new(core)))
+                    Step::QDense(Box::new(quant::QDense::new(&node.name, core)?))
                 }
                 Layer::QConv2d {
                     weight,

@@ -131,6 +131,116 @@ pub fn requant_u8(
     int8::requant_u8(multipliers, bias, zero_point, relu, acc, y)
 }
 
+/// An int8 `[rows, depth]` weight matrix in the layout the fastest [`gemv_u8i8`] kernel
+/// on this CPU reads: on x86-64, eight rows interleaved per 256-bit vector (VNNI: four
+/// bytes per row, AVX2: two i16 per row), so a product needs no horizontal sums; elsewhere
+/// row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedI8 {
+    rows: usize,
+    depth: usize,
+    layout: PackedLayout,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum PackedLayout {
+    RowMajor(Vec<i8>),
+    #[cfg(target_arch = "x86_64")]
+    Vnni(Vec<i8>),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Vec<i16>),
+}
+
+impl PackedI8 {
+    /// Packs the row-major `w` for this CPU; `None` unless `w` holds `rows · depth` values.
+    pub fn new(w: &[i8], rows: usize, depth: usize) -> Option<PackedI8> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::has_avx_vnni() {
+                return PackedI8::with_layout(w, rows, depth, PackKind::Vnni);
+            }
+            if x86::has_avx2() {
+                return PackedI8::with_layout(w, rows, depth, PackKind::Avx2);
+            }
+        }
+        PackedI8::with_layout(w, rows, depth, PackKind::RowMajor)
+    }
+
+    fn with_layout(w: &[i8], rows: usize, depth: usize, kind: PackKind) -> Option<PackedI8> {
+        if w.len() != rows.checked_mul(depth)? {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        let supported = match kind {
+            PackKind::RowMajor => true,
+            PackKind::Vnni => x86::has_avx_vnni(),
+            PackKind::Avx2 => x86::has_avx2(),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let supported = true;
+        if !supported {
+            return None;
+        }
+        let layout = match kind {
+            PackKind::RowMajor => PackedLayout::RowMajor(w.to_vec()),
+            #[cfg(target_arch = "x86_64")]
+            PackKind::Vnni => PackedLayout::Vnni(x86::pack_vnni(w, rows, depth)),
+            #[cfg(target_arch = "x86_64")]
+            PackKind::Avx2 => PackedLayout::Avx2(x86::pack_avx2(w, rows, depth)),
+        };
+        Some(PackedI8 {
+            rows,
+            depth,
+            layout,
+        })
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs per row.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PackKind {
+    RowMajor,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+/// [`gemv_u8i8`] over packed weights: `acc[o] = Σᵢ x[i] · w[o, i]` for `o < w.rows()`.
+/// Every layout gives identical results.
+///
+/// # Panics
+/// If `x.len()` is not `w.depth()` or `acc` holds fewer than `w.rows()` values.
+pub fn gemv_u8i8_packed(x: &[u8], w: &PackedI8, acc: &mut [i32]) {
+    assert!(x.len() == w.depth && acc.len() >= w.rows);
+    match &w.layout {
+        PackedLayout::RowMajor(v) => gemv_u8i8(x, v, &mut acc[..w.rows]),
+        #[cfg(target_arch = "x86_64")]
+        PackedLayout::Vnni(p) => x86::gemv_u8i8_vnni_packed(x, p, w.rows, &mut acc[..w.rows]),
+        #[cfg(target_arch = "x86_64")]
+        PackedLayout::Avx2(p) => x86::gemv_u8i8_avx2_packed(x, p, w.rows, &mut acc[..w.rows]),
+    }
+}
+
+/// [`requant_u8`] by a [`int8::NarrowRequant`] plan, for the first `plan.channels()`
+/// channels: identical results, in 32-bit lanes where the CPU has them.
+pub fn requant_u8_narrow(plan: &int8::NarrowRequant, acc: &[i32], y: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x86::requant_u8_narrow_avx2(plan, acc, y);
+    }
+    int8::requant_u8_narrow(plan, acc, y)
+}
+
 /// A `[rows, cols]` matrix in compressed sparse row form whose invariants were checked
 /// when it was built, so the sparse kernels index it without further checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -324,6 +434,133 @@ mod tests {
                 let mut got = vec![0i32; outputs];
                 f(&x, &w, &mut got);
                 prop_assert_eq!(&got, &want, "{}", name);
+            }
+        }
+    }
+
+    /// Every packed layout this CPU can run, by name.
+    fn packed_kinds() -> Vec<(&'static str, super::PackKind)> {
+        #[allow(unused_mut)]
+        let mut kinds = vec![("row-major", super::PackKind::RowMajor)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::x86::has_avx2() {
+                kinds.push(("avx2 packed", super::PackKind::Avx2));
+            }
+            if super::x86::has_avx_vnni() {
+                kinds.push(("avx-vnni packed", super::PackKind::Vnni));
+            }
+        }
+        kinds
+    }
+
+    #[test]
+    fn packed_gemv_extremes_are_exact() {
+        let k = crate::graph::MAX_QUANT_DEPTH;
+        let x = vec![255u8; k];
+        let rows = 9;
+        let w: Vec<i8> = (0..rows)
+            .flat_map(|r| vec![if r % 2 == 0 { -128i8 } else { 127 }; k])
+            .collect();
+        let mut want = vec![0i32; rows];
+        super::int8::gemv_u8i8(&x, &w, &mut want);
+        assert_eq!(want[0], -255 * 128 * k as i32);
+        for (name, kind) in packed_kinds() {
+            let p = super::PackedI8::with_layout(&w, rows, k, kind).expect("packs");
+            let mut got = vec![0i32; rows];
+            super::gemv_u8i8_packed(&x, &p, &mut got);
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(super::PackedI8::new(&w, rows, k + 1), None);
+    }
+
+    #[test]
+    fn narrow_requant_refuses_what_it_cannot_do_exactly() {
+        use super::int8::{FixedMultiplier, NarrowRequant};
+        let m = |real| FixedMultiplier::new(real).expect("in range");
+        let ok = NarrowRequant::new(&[m(0.01)], &[-5], &[(-1000, 1000)], 3, false);
+        assert!(ok.is_some());
+        // shift < 32 (a multiplier of 1/2 or more)
+        assert!(NarrowRequant::new(&[m(0.75)], &[0], &[(0, 10)], 3, false).is_none());
+        // bias or bias + acc outside i32
+        assert!(NarrowRequant::new(&[m(0.01)], &[1 << 31], &[(0, 10)], 3, false).is_none());
+        assert!(NarrowRequant::new(&[m(0.01)], &[i32::MAX as i64], &[(0, 1)], 0, false).is_none());
+        // the widest accumulators still fit (M < 1/2 keeps results within ±2^30)
+        assert!(
+            NarrowRequant::new(
+                &[m(0.499)],
+                &[0],
+                &[(i32::MIN as i64, i32::MAX as i64)],
+                0,
+                false
+            )
+            .is_some()
+        );
+        // lengths that disagree
+        assert!(NarrowRequant::new(&[m(0.01)], &[], &[], 0, false).is_none());
+    }
+
+    proptest! {
+        /// Every packed int8 layout equals the portable product exactly.
+        #[test]
+        fn packed_gemv_matches_portable(k in 1usize..300, rows in 1usize..70, seed in 0u32..10_000) {
+            let x = bytes(k, seed);
+            let w: Vec<i8> = bytes(k * rows, seed ^ 0x3333).into_iter().map(|b| b as i8).collect();
+            let mut want = vec![0i32; rows];
+            super::int8::gemv_u8i8(&x, &w, &mut want);
+            for (name, kind) in packed_kinds() {
+                let p = super::PackedI8::with_layout(&w, rows, k, kind).expect("packs");
+                let mut got = vec![-1i32; rows + 3];
+                super::gemv_u8i8_packed(&x, &p, &mut got);
+                prop_assert_eq!(&got[..rows], &want[..], "{}", name);
+                prop_assert_eq!(&got[rows..], &[-1, -1, -1][..], "{} wrote past its rows", name);
+            }
+        }
+
+        /// The narrow requantization (portable and dispatched) equals the reference one on
+        /// every accumulator its plan admits, the ends of each range included.
+        #[test]
+        fn narrow_requant_matches_reference(
+            n in 1usize..40,
+            k in 1usize..200,
+            seed in 0u32..10_000,
+            zero_point in 0u8..=255,
+            relu: bool,
+            log_m in 1u32..31,
+        ) {
+            use super::int8::{acc_ranges, FixedMultiplier, NarrowRequant};
+            let w: Vec<i8> = bytes(k * n, seed).into_iter().map(|b| b as i8).collect();
+            let ranges = acc_ranges(&w, k);
+            let b = bytes(n * 8, seed ^ 0x7777);
+            let word = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            let multipliers: Vec<FixedMultiplier> = (0..n)
+                .map(|c| {
+                    let real = 2f64.powi(-((word(c) % log_m) as i32) - 1) * (1.0 - (word(c) >> 8) as f64 / 2f64.powi(25));
+                    FixedMultiplier::new(real).expect("in range")
+                })
+                .collect();
+            let bias: Vec<i64> = (0..n).map(|c| (word(n + c) as i32 >> 6) as i64).collect();
+            let plan = NarrowRequant::new(&multipliers, &bias, &ranges, zero_point, relu);
+            prop_assert!(plan.is_some(), "depth {} layers always fit", k);
+            let plan = plan.expect("checked");
+            for pick in 0..4 {
+                let acc: Vec<i32> = ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &(lo, hi))| match pick {
+                        0 => lo as i32,
+                        1 => hi as i32,
+                        _ => (lo + (word(c) as i64 ^ pick as i64).rem_euclid(hi - lo + 1)) as i32,
+                    })
+                    .collect();
+                let mut want = vec![0u8; n];
+                super::int8::requant_u8(&multipliers, &bias, zero_point, relu, &acc, &mut want);
+                let mut portable = vec![0u8; n];
+                super::int8::requant_u8_narrow(&plan, &acc, &mut portable);
+                prop_assert_eq!(&portable, &want);
+                let mut got = vec![0u8; n];
+                super::requant_u8_narrow(&plan, &acc, &mut got);
+                prop_assert_eq!(&got, &want);
             }
         }
     }

@@ -363,3 +363,240 @@ unsafe fn requant_avx2(
         y[i] = super::int8::u8_one(acc[i], multipliers[i], bias[i], zero_point, relu);
     }
 }
+
+/// Rows per group of the packed int8 layouts: one i32 lane per row in a 256-bit vector.
+const PACK_ROWS: usize = 8;
+
+/// The VNNI layout of a row-major `[rows, depth]` int8 matrix: for each group of eight
+/// rows and each chunk of four inputs, 32 bytes holding row `j`'s four weights at `4j`
+/// (rows and inputs beyond the matrix are zero).
+pub(super) fn pack_vnni(w: &[i8], rows: usize, depth: usize) -> Vec<i8> {
+    let chunks = depth.div_ceil(4);
+    let mut p = vec![0i8; rows.div_ceil(PACK_ROWS) * chunks * 32];
+    for (r, row) in w.chunks_exact(depth.max(1)).take(rows).enumerate() {
+        let (g, j) = (r / PACK_ROWS, r % PACK_ROWS);
+        for (i, &v) in row.iter().enumerate() {
+            p[(g * chunks + i / 4) * 32 + j * 4 + i % 4] = v;
+        }
+    }
+    p
+}
+
+/// The AVX2 layout: for each group of eight rows and each pair of inputs, eight pairs of
+/// i16 (row `j`'s two weights at `2j`), zero beyond the matrix.
+pub(super) fn pack_avx2(w: &[i8], rows: usize, depth: usize) -> Vec<i16> {
+    let pairs = depth.div_ceil(2);
+    let mut p = vec![0i16; rows.div_ceil(PACK_ROWS) * pairs * 16];
+    for (r, row) in w.chunks_exact(depth.max(1)).take(rows).enumerate() {
+        let (g, j) = (r / PACK_ROWS, r % PACK_ROWS);
+        for (i, &v) in row.iter().enumerate() {
+            p[(g * pairs + i / 2) * 16 + j * 2 + i % 2] = v as i16;
+        }
+    }
+    p
+}
+
+/// `x[4c..4c + 4]` as one little-endian word, zero-padded past the end of `x`.
+#[inline]
+fn x_quad(x: &[u8], c: usize) -> i32 {
+    let mut b = [0u8; 4];
+    for (k, v) in b.iter_mut().enumerate() {
+        *v = x.get(4 * c + k).copied().unwrap_or(0);
+    }
+    i32::from_le_bytes(b)
+}
+
+/// `x[2c]` and `x[2c + 1]` as two i16 in one word, zero-padded past the end of `x`.
+#[inline]
+fn x_pair(x: &[u8], c: usize) -> i32 {
+    let lo = x.get(2 * c).copied().unwrap_or(0) as i32;
+    let hi = x.get(2 * c + 1).copied().unwrap_or(0) as i32;
+    lo | (hi << 16)
+}
+
+/// Stores the eight lanes of `v` (rows `8g..8g + 8`) into `acc`, as many as it holds.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_group(v: __m256i, acc: &mut [i32], g: usize) {
+    let start = g * PACK_ROWS;
+    if let Some(out) = acc.get_mut(start..start + PACK_ROWS) {
+        // SAFETY: `out` holds eight i32.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
+    } else if let Some(out) = acc.get_mut(start..) {
+        let mut lanes = [0i32; PACK_ROWS];
+        // SAFETY: `lanes` holds eight i32.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v) };
+        let n = out.len();
+        out.copy_from_slice(&lanes[..n]);
+    }
+}
+
+/// Packed-VNNI [`super::gemv_u8i8`]: each `vpdpbusd` adds one broadcast chunk of four
+/// inputs times the matching four weights of eight rows into the eight rows' lanes, so no
+/// horizontal sums are needed; four row groups share each broadcast.
+pub(super) fn gemv_u8i8_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
+    let chunks = x.len().div_ceil(4);
+    assert!(p.len() >= rows.div_ceil(PACK_ROWS) * chunks * 32 && acc.len() == rows);
+    // SAFETY: the caller checked `has_avx_vnni()`; the assert bounds every 32-byte load at
+    // `(g · chunks + c) · 32` for g < rows / 8 rounded up and c < chunks.
+    unsafe { gemv_vnni_packed(x, p, rows, acc) }
+}
+
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn gemv_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
+    let chunks = x.len().div_ceil(4);
+    let groups = rows.div_ceil(PACK_ROWS);
+    let full = x.len() / 4;
+    let pp = p.as_ptr();
+    let load = |g: usize, c: usize| {
+        // SAFETY: g < groups and c < chunks (see the caller's assert).
+        unsafe { _mm256_loadu_si256(pp.add((g * chunks + c) * 32).cast()) }
+    };
+    let quad = |c: usize| {
+        if c < full {
+            // SAFETY: 4c + 4 <= x.len().
+            unsafe { x.as_ptr().add(4 * c).cast::<i32>().read_unaligned() }
+        } else {
+            x_quad(x, c)
+        }
+    };
+    let mut g = 0;
+    while g + 4 <= groups {
+        let mut a = [_mm256_setzero_si256(); 4];
+        for c in 0..chunks {
+            let xv = _mm256_set1_epi32(quad(c));
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = _mm256_dpbusd_avx_epi32(*aj, xv, load(g + j, c));
+            }
+        }
+        for (j, &aj) in a.iter().enumerate() {
+            store_group(aj, acc, g + j);
+        }
+        g += 4;
+    }
+    while g < groups {
+        // Two chains (even and odd chunks) hide the instruction's latency.
+        let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut c = 0;
+        while c + 2 <= chunks {
+            a0 = _mm256_dpbusd_avx_epi32(a0, _mm256_set1_epi32(quad(c)), load(g, c));
+            a1 = _mm256_dpbusd_avx_epi32(a1, _mm256_set1_epi32(quad(c + 1)), load(g, c + 1));
+            c += 2;
+        }
+        if c < chunks {
+            a0 = _mm256_dpbusd_avx_epi32(a0, _mm256_set1_epi32(quad(c)), load(g, c));
+        }
+        store_group(_mm256_add_epi32(a0, a1), acc, g);
+        g += 1;
+    }
+}
+
+/// Packed-AVX2 [`super::gemv_u8i8`]: each `vpmaddwd` multiplies one broadcast pair of
+/// inputs (widened to i16) by the matching two weights of eight rows and sums each pair
+/// into the row's lane (exact: |2 · 255 · 128| < 2³¹); four row groups share a broadcast.
+pub(super) fn gemv_u8i8_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut [i32]) {
+    let pairs = x.len().div_ceil(2);
+    assert!(p.len() >= rows.div_ceil(PACK_ROWS) * pairs * 16 && acc.len() == rows);
+    // SAFETY: the caller checked `has_avx2()`; the assert bounds every 32-byte load at
+    // `(g · pairs + c) · 16` i16 for g < rows / 8 rounded up and c < pairs.
+    unsafe { gemv_avx2_packed(x, p, rows, acc) }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut [i32]) {
+    let pairs = x.len().div_ceil(2);
+    let groups = rows.div_ceil(PACK_ROWS);
+    let pp = p.as_ptr();
+    let load = |g: usize, c: usize| {
+        // SAFETY: g < groups and c < pairs (see the caller's assert).
+        unsafe { _mm256_loadu_si256(pp.add((g * pairs + c) * 16).cast()) }
+    };
+    let mut g = 0;
+    while g + 4 <= groups {
+        let mut a = [_mm256_setzero_si256(); 4];
+        for c in 0..pairs {
+            let xv = _mm256_set1_epi32(x_pair(x, c));
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, load(g + j, c)));
+            }
+        }
+        for (j, &aj) in a.iter().enumerate() {
+            store_group(aj, acc, g + j);
+        }
+        g += 4;
+    }
+    while g < groups {
+        let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut c = 0;
+        while c + 2 <= pairs {
+            let x0 = _mm256_set1_epi32(x_pair(x, c));
+            let x1 = _mm256_set1_epi32(x_pair(x, c + 1));
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, load(g, c)));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x1, load(g, c + 1)));
+            c += 2;
+        }
+        if c < pairs {
+            let x0 = _mm256_set1_epi32(x_pair(x, c));
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, load(g, c)));
+        }
+        store_group(_mm256_add_epi32(a0, a1), acc, g);
+        g += 1;
+    }
+}
+
+/// AVX2 [`super::requant_u8_narrow`], eight channels per step in 32-bit lanes: `vpmuldq`
+/// forms the exact 64-bit products of the even and the odd lanes, the high halves of
+/// `product + 2^(shift-1)` are `floor(· / 2³²)`, and `vpsravd` by `shift − 32` finishes the
+/// floor division (the plan guarantees `shift >= 32` and that no step overflows).
+pub(super) fn requant_u8_narrow_avx2(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut [u8]) {
+    let n = y.len().min(acc.len()).min(plan.channels());
+    // SAFETY: the caller checked `has_avx2()`; the kernel reads the plan's packed arrays
+    // only for groups below `n / 8` rounded up, which `NarrowRequant` sized, and `acc` and
+    // `y` below `n`.
+    unsafe { requant_narrow(plan, &acc[..n], &mut y[..n]) }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn requant_narrow(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut [u8]) {
+    let n = y.len();
+    let zp = _mm256_set1_epi32(plan.zero_point as i32);
+    let lo = _mm256_set1_epi32(plan.low as i32);
+    let hi = _mm256_set1_epi32(255);
+    let load = |v: &[i32]| {
+        let v = &v[..8];
+        // SAFETY: `v` holds eight i32.
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    };
+    let load64 = |v: &[i64]| {
+        let v = &v[..4];
+        // SAFETY: `v` holds four i64.
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    };
+    let mut c = 0;
+    while c < n {
+        let take = (n - c).min(8);
+        let a = if take == 8 {
+            load(&acc[c..])
+        } else {
+            let mut lanes = [0i32; 8];
+            lanes[..take].copy_from_slice(&acc[c..]);
+            load(&lanes)
+        };
+        let t = _mm256_add_epi32(a, load(&plan.bias[c..]));
+        let m = load(&plan.m[c..]);
+        let pe = _mm256_add_epi64(_mm256_mul_epi32(t, m), load64(&plan.round[c..]));
+        let po = _mm256_add_epi64(
+            _mm256_mul_epi32(_mm256_srli_epi64(t, 32), _mm256_srli_epi64(m, 32)),
+            load64(&plan.round[c + 4..]),
+        );
+        let h = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0b1010_1010);
+        let q = _mm256_add_epi32(_mm256_srav_epi32(h, load(&plan.shift[c..])), zp);
+        let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
+        let w = _mm256_packs_epi32(q, q);
+        let b = _mm256_packus_epi16(w, w);
+        let v = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        let bytes = (_mm_cvtsi128_si64(_mm256_castsi256_si128(v)) as u64).to_le_bytes();
+        y[c..c + take].copy_from_slice(&bytes[..take]);
+        c += 8;
+    }
+}
