@@ -414,6 +414,17 @@ fn x_pair(x: &[u8], c: usize) -> i32 {
     lo | (hi << 16)
 }
 
+/// A mask of the first `n` (at most 8) 32-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn first_lanes(n: usize) -> __m256i {
+    let n = n.min(8) as i32;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
 /// Stores the eight lanes of `v` (rows `8g..8g + 8`) into `acc`, as many as it holds.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -423,11 +434,9 @@ fn store_group(v: __m256i, acc: &mut [i32], g: usize) {
         // SAFETY: `out` holds eight i32.
         unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
     } else if let Some(out) = acc.get_mut(start..) {
-        let mut lanes = [0i32; PACK_ROWS];
-        // SAFETY: `lanes` holds eight i32.
-        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v) };
-        let n = out.len();
-        out.copy_from_slice(&lanes[..n]);
+        // SAFETY: the mask enables only the first `out.len()` lanes (< 8), which `out`
+        // holds; masked-off lanes are not written.
+        unsafe { _mm256_maskstore_epi32(out.as_mut_ptr(), first_lanes(out.len()), v) };
     }
 }
 
@@ -444,13 +453,38 @@ pub(super) fn gemv_u8i8_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [
 
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn gemv_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
-    let chunks = x.len().div_ceil(4);
     let groups = rows.div_ceil(PACK_ROWS);
+    let mut g = 0;
+    while g + 4 <= groups {
+        // SAFETY: groups g..g + 4 exist (the caller's bounds hold for every g < groups).
+        unsafe { vnni_block::<4>(x, p, g, acc) };
+        g += 4;
+    }
+    // SAFETY: as above, for the remaining groups.
+    unsafe {
+        match groups - g {
+            3 => vnni_block::<3>(x, p, g, acc),
+            2 => vnni_block::<2>(x, p, g, acc),
+            1 => vnni_block::<1>(x, p, g, acc),
+            _ => {}
+        }
+    }
+}
+
+/// Row groups `g0..g0 + G` of [`gemv_vnni_packed`], each in two chains (even and odd
+/// chunks) that hide the instruction's latency; every broadcast of `x` serves all of them.
+///
+/// # Safety
+/// AVX-VNNI must be available and `p` must hold groups `g0..g0 + G` of the packed layout
+/// for `x.len()` inputs.
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn vnni_block<const G: usize>(x: &[u8], p: &[i8], g0: usize, acc: &mut [i32]) {
+    let chunks = x.len().div_ceil(4);
     let full = x.len() / 4;
     let pp = p.as_ptr();
-    let load = |g: usize, c: usize| {
-        // SAFETY: g < groups and c < chunks (see the caller's assert).
-        unsafe { _mm256_loadu_si256(pp.add((g * chunks + c) * 32).cast()) }
+    let load = |j: usize, c: usize| {
+        // SAFETY: group g0 + j and chunk c exist (the function's contract).
+        unsafe { _mm256_loadu_si256(pp.add(((g0 + j) * chunks + c) * 32).cast()) }
     };
     let quad = |c: usize| {
         if c < full {
@@ -460,34 +494,24 @@ unsafe fn gemv_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
             x_quad(x, c)
         }
     };
-    let mut g = 0;
-    while g + 4 <= groups {
-        let mut a = [_mm256_setzero_si256(); 4];
-        for c in 0..chunks {
-            let xv = _mm256_set1_epi32(quad(c));
-            for (j, aj) in a.iter_mut().enumerate() {
-                *aj = _mm256_dpbusd_avx_epi32(*aj, xv, load(g + j, c));
-            }
+    let mut a = [[_mm256_setzero_si256(); G]; 2];
+    let mut c = 0;
+    while c + 2 <= chunks {
+        let (x0, x1) = (_mm256_set1_epi32(quad(c)), _mm256_set1_epi32(quad(c + 1)));
+        for j in 0..G {
+            a[0][j] = _mm256_dpbusd_avx_epi32(a[0][j], x0, load(j, c));
+            a[1][j] = _mm256_dpbusd_avx_epi32(a[1][j], x1, load(j, c + 1));
         }
-        for (j, &aj) in a.iter().enumerate() {
-            store_group(aj, acc, g + j);
-        }
-        g += 4;
+        c += 2;
     }
-    while g < groups {
-        // Two chains (even and odd chunks) hide the instruction's latency.
-        let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        let mut c = 0;
-        while c + 2 <= chunks {
-            a0 = _mm256_dpbusd_avx_epi32(a0, _mm256_set1_epi32(quad(c)), load(g, c));
-            a1 = _mm256_dpbusd_avx_epi32(a1, _mm256_set1_epi32(quad(c + 1)), load(g, c + 1));
-            c += 2;
+    if c < chunks {
+        let x0 = _mm256_set1_epi32(quad(c));
+        for j in 0..G {
+            a[0][j] = _mm256_dpbusd_avx_epi32(a[0][j], x0, load(j, c));
         }
-        if c < chunks {
-            a0 = _mm256_dpbusd_avx_epi32(a0, _mm256_set1_epi32(quad(c)), load(g, c));
-        }
-        store_group(_mm256_add_epi32(a0, a1), acc, g);
-        g += 1;
+    }
+    for j in 0..G {
+        store_group(_mm256_add_epi32(a[0][j], a[1][j]), acc, g0 + j);
     }
 }
 
@@ -504,43 +528,65 @@ pub(super) fn gemv_u8i8_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut 
 
 #[target_feature(enable = "avx2")]
 unsafe fn gemv_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut [i32]) {
-    let pairs = x.len().div_ceil(2);
     let groups = rows.div_ceil(PACK_ROWS);
-    let pp = p.as_ptr();
-    let load = |g: usize, c: usize| {
-        // SAFETY: g < groups and c < pairs (see the caller's assert).
-        unsafe { _mm256_loadu_si256(pp.add((g * pairs + c) * 16).cast()) }
-    };
     let mut g = 0;
     while g + 4 <= groups {
-        let mut a = [_mm256_setzero_si256(); 4];
-        for c in 0..pairs {
-            let xv = _mm256_set1_epi32(x_pair(x, c));
-            for (j, aj) in a.iter_mut().enumerate() {
-                *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, load(g + j, c)));
-            }
-        }
-        for (j, &aj) in a.iter().enumerate() {
-            store_group(aj, acc, g + j);
-        }
+        // SAFETY: groups g..g + 4 exist (the caller's bounds hold for every g < groups).
+        unsafe { avx2_block::<4>(x, p, g, acc) };
         g += 4;
     }
-    while g < groups {
-        let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        let mut c = 0;
-        while c + 2 <= pairs {
-            let x0 = _mm256_set1_epi32(x_pair(x, c));
-            let x1 = _mm256_set1_epi32(x_pair(x, c + 1));
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, load(g, c)));
-            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x1, load(g, c + 1)));
-            c += 2;
+    // SAFETY: as above, for the remaining groups.
+    unsafe {
+        match groups - g {
+            3 => avx2_block::<3>(x, p, g, acc),
+            2 => avx2_block::<2>(x, p, g, acc),
+            1 => avx2_block::<1>(x, p, g, acc),
+            _ => {}
         }
-        if c < pairs {
-            let x0 = _mm256_set1_epi32(x_pair(x, c));
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, load(g, c)));
+    }
+}
+
+/// Row groups `g0..g0 + G` of [`gemv_avx2_packed`], two chains each.
+///
+/// # Safety
+/// AVX2 must be available and `p` must hold groups `g0..g0 + G` of the packed layout for
+/// `x.len()` inputs.
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_block<const G: usize>(x: &[u8], p: &[i16], g0: usize, acc: &mut [i32]) {
+    let pairs = x.len().div_ceil(2);
+    let full = x.len() / 2;
+    let pp = p.as_ptr();
+    let load = |j: usize, c: usize| {
+        // SAFETY: group g0 + j and pair c exist (the function's contract).
+        unsafe { _mm256_loadu_si256(pp.add(((g0 + j) * pairs + c) * 16).cast()) }
+    };
+    let pair = |c: usize| {
+        if c < full {
+            // SAFETY: 2c + 2 <= x.len().
+            let v = unsafe { x.as_ptr().add(2 * c).cast::<u16>().read_unaligned() } as i32;
+            (v & 0xff) | ((v >> 8) << 16)
+        } else {
+            x_pair(x, c)
         }
-        store_group(_mm256_add_epi32(a0, a1), acc, g);
-        g += 1;
+    };
+    let mut a = [[_mm256_setzero_si256(); G]; 2];
+    let mut c = 0;
+    while c + 2 <= pairs {
+        let (x0, x1) = (_mm256_set1_epi32(pair(c)), _mm256_set1_epi32(pair(c + 1)));
+        for j in 0..G {
+            a[0][j] = _mm256_add_epi32(a[0][j], _mm256_madd_epi16(x0, load(j, c)));
+            a[1][j] = _mm256_add_epi32(a[1][j], _mm256_madd_epi16(x1, load(j, c + 1)));
+        }
+        c += 2;
+    }
+    if c < pairs {
+        let x0 = _mm256_set1_epi32(pair(c));
+        for j in 0..G {
+            a[0][j] = _mm256_add_epi32(a[0][j], _mm256_madd_epi16(x0, load(j, c)));
+        }
+    }
+    for j in 0..G {
+        store_group(_mm256_add_epi32(a[0][j], a[1][j]), acc, g0 + j);
     }
 }
 
@@ -550,9 +596,15 @@ unsafe fn gemv_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut [i32]) {
 /// floor division (the plan guarantees `shift >= 32` and that no step overflows).
 pub(super) fn requant_u8_narrow_avx2(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut [u8]) {
     let n = y.len().min(acc.len()).min(plan.channels());
-    // SAFETY: the caller checked `has_avx2()`; the kernel reads the plan's packed arrays
-    // only for groups below `n / 8` rounded up, which `NarrowRequant` sized, and `acc` and
-    // `y` below `n`.
+    let padded = n.div_ceil(8) * 8;
+    assert!(
+        plan.bias.len() >= padded
+            && plan.m.len() >= padded
+            && plan.shift.len() >= padded
+            && plan.round.len() >= padded
+    );
+    // SAFETY: the caller checked `has_avx2()`; the assert bounds the plan's arrays for
+    // every group of eight the kernel reads, and it reads `acc` and writes `y` below `n`.
     unsafe { requant_narrow(plan, &acc[..n], &mut y[..n]) }
 }
 
@@ -562,41 +614,42 @@ unsafe fn requant_narrow(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut
     let zp = _mm256_set1_epi32(plan.zero_point as i32);
     let lo = _mm256_set1_epi32(plan.low as i32);
     let hi = _mm256_set1_epi32(255);
-    let load = |v: &[i32]| {
-        let v = &v[..8];
-        // SAFETY: `v` holds eight i32.
-        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
-    };
-    let load64 = |v: &[i64]| {
-        let v = &v[..4];
-        // SAFETY: `v` holds four i64.
-        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
-    };
+    // SAFETY (both loads): every plan array holds n rounded up to eight values (the
+    // caller's assert), and `acc` is read this way only when c + 8 <= n.
+    let load = |v: &[i32], c: usize| unsafe { _mm256_loadu_si256(v.as_ptr().add(c).cast()) };
+    let load64 = |v: &[i64], c: usize| unsafe { _mm256_loadu_si256(v.as_ptr().add(c).cast()) };
     let mut c = 0;
     while c < n {
         let take = (n - c).min(8);
         let a = if take == 8 {
-            load(&acc[c..])
+            load(acc, c)
         } else {
-            let mut lanes = [0i32; 8];
-            lanes[..take].copy_from_slice(&acc[c..]);
-            load(&lanes)
+            let rest = &acc[c..];
+            // SAFETY: the mask enables only the first `rest.len()` lanes (< 8), which `rest`
+            // holds; masked-off lanes are neither read nor faulted on.
+            unsafe { _mm256_maskload_epi32(rest.as_ptr(), first_lanes(rest.len())) }
         };
-        let t = _mm256_add_epi32(a, load(&plan.bias[c..]));
-        let m = load(&plan.m[c..]);
-        let pe = _mm256_add_epi64(_mm256_mul_epi32(t, m), load64(&plan.round[c..]));
+        let t = _mm256_add_epi32(a, load(&plan.bias, c));
+        let m = load(&plan.m, c);
+        let pe = _mm256_add_epi64(_mm256_mul_epi32(t, m), load64(&plan.round, c));
         let po = _mm256_add_epi64(
             _mm256_mul_epi32(_mm256_srli_epi64(t, 32), _mm256_srli_epi64(m, 32)),
-            load64(&plan.round[c + 4..]),
+            load64(&plan.round, c + 4),
         );
         let h = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0b1010_1010);
-        let q = _mm256_add_epi32(_mm256_srav_epi32(h, load(&plan.shift[c..])), zp);
+        let q = _mm256_add_epi32(_mm256_srav_epi32(h, load(&plan.shift, c)), zp);
         let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
         let w = _mm256_packs_epi32(q, q);
         let b = _mm256_packus_epi16(w, w);
         let v = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
-        let bytes = (_mm_cvtsi128_si64(_mm256_castsi256_si128(v)) as u64).to_le_bytes();
-        y[c..c + take].copy_from_slice(&bytes[..take]);
+        let bytes = _mm_cvtsi128_si64(_mm256_castsi256_si128(v)) as u64;
+        if take == 8 {
+            y[c..c + 8].copy_from_slice(&bytes.to_le_bytes());
+        } else {
+            for (k, out) in y[c..].iter_mut().enumerate() {
+                *out = (bytes >> (8 * k)) as u8;
+            }
+        }
         c += 8;
     }
 }
