@@ -241,6 +241,16 @@ pub fn requant_u8_narrow(plan: &int8::NarrowRequant, acc: &[i32], y: &mut [u8]) 
     int8::requant_u8_narrow(plan, acc, y)
 }
 
+/// Numerically stable softmax over rows of `axis_len` (last axis), with perch's own
+/// [`generic::exp`]; every implementation gives identical results.
+pub fn softmax(x: &[f32], axis_len: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return generic::softmax_with(x, axis_len, y, x86::exp_in_place_avx2);
+    }
+    generic::softmax(x, axis_len, y)
+}
+
 /// A `[rows, cols]` matrix in compressed sparse row form whose invariants were checked
 /// when it was built, so the sparse kernels index it without further checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -341,9 +351,7 @@ pub use generic::CSR_TILE;
 
 pub use tree::{TreeEnsemble, TreeNode};
 
-pub use generic::{
-    activate, argmax, avg_pool2d, conv2d, global_avg_pool, max_pool2d, softmax, standardize,
-};
+pub use generic::{activate, argmax, avg_pool2d, conv2d, global_avg_pool, max_pool2d, standardize};
 
 #[cfg(test)]
 mod tests {
@@ -498,6 +506,79 @@ mod tests {
         );
         // lengths that disagree
         assert!(NarrowRequant::new(&[m(0.01)], &[], &[], 0, false).is_none());
+    }
+
+    /// Every exp-of-a-slice implementation this CPU can run, by name.
+    fn exp_paths() -> Vec<(&'static str, fn(&mut [f32]))> {
+        #[allow(unused_mut)]
+        let mut paths: Vec<(&'static str, fn(&mut [f32]))> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2() {
+            paths.push(("avx2", super::x86::exp_in_place_avx2));
+        }
+        paths
+    }
+
+    #[test]
+    fn simd_exp_gives_the_scalar_bits() {
+        use super::generic::{EXP_MAX, EXP_MIN, exp};
+        // Every 4099th bit pattern (all signs, exponents and the NaNs), plus the edges.
+        let mut xs: Vec<f32> = (0..=u32::MAX / 4099)
+            .map(|i| f32::from_bits(i * 4099))
+            .collect();
+        for e in [
+            EXP_MAX,
+            EXP_MIN,
+            0.0,
+            f32::MIN_POSITIVE,
+            1e-45,
+            88.72,
+            -87.33,
+            -103.97,
+        ] {
+            for v in [e, -e, e.next_up(), e.next_down()] {
+                xs.push(v);
+            }
+        }
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        xs.extend((0..20_000).map(|i| -104.0 + i as f32 * 0.0096));
+        for (name, f) in exp_paths() {
+            // Odd lengths exercise the masked tail.
+            for chunk in xs.chunks(4093) {
+                let mut got = chunk.to_vec();
+                f(&mut got);
+                for (&x, &g) in chunk.iter().zip(&got) {
+                    let want = exp(x);
+                    assert!(
+                        g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                        "{name}: exp({x:e}) = {g:e}, scalar {want:e}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// The dispatched softmax gives the portable one's bits.
+        #[test]
+        fn softmax_matches_portable(axis_len in 1usize..24, rows in 1usize..4, seed in 0u32..10_000, spread in 0u32..4) {
+            let b = bytes(axis_len * rows * 4, seed);
+            let x: Vec<f32> = b
+                .chunks_exact(4)
+                .map(|w| (u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as i32 as f32) / 2f32.powi(31 - 4 * spread as i32))
+                .collect();
+            let mut want = vec![0.0; x.len()];
+            super::generic::softmax(&x, axis_len, &mut want);
+            let mut got = vec![0.0; x.len()];
+            super::softmax(&x, axis_len, &mut got);
+            prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
     }
 
     proptest! {

@@ -653,3 +653,71 @@ unsafe fn requant_narrow(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut
         c += 8;
     }
 }
+
+/// AVX2 [`super::generic::exp_in_place`]: four lanes of [`super::generic::exp`] at a time,
+/// the same f64 operations in the same order per lane (no FMA), so the same bits.
+pub(super) fn exp_in_place_avx2(y: &mut [f32]) {
+    // SAFETY: the caller checked `has_avx2()`; the kernel loads and stores whole groups of
+    // four inside `y` and masks the last, shorter one.
+    unsafe { exp_avx2(y) }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn exp_avx2(y: &mut [f32]) {
+    let mut chunks = y.chunks_exact_mut(4);
+    for c in &mut chunks {
+        // SAFETY: `c` holds four f32.
+        unsafe { _mm_storeu_ps(c.as_mut_ptr(), exp4(_mm_loadu_ps(c.as_ptr()))) };
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let mask = _mm256_castsi256_si128(first_lanes(rest.len()));
+        // SAFETY: the mask enables only the first `rest.len()` (< 4) lanes, which `rest`
+        // holds; masked-off lanes are neither read nor written.
+        unsafe {
+            let v = _mm_maskload_ps(rest.as_ptr(), mask);
+            _mm_maskstore_ps(rest.as_mut_ptr(), mask, exp4(v));
+        }
+    }
+}
+
+/// Four lanes of [`super::generic::exp`]. `n` comes from the bits of `x · K + 1.5 · 2⁵²`
+/// (whose low bits hold it exactly), biased by 1023 · 32 so that the shifts are logical;
+/// lanes outside the finite range compute garbage that the final blends replace, and
+/// their table index is masked to 0..32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn exp4(x: __m128) -> __m128 {
+    use super::generic::{
+        EXP_C, EXP_K, EXP_MAGIC, EXP_MAX, EXP_MIN, EXP2_32THS, LN2_32_HI, LN2_32_LO,
+    };
+    let xd = _mm256_cvtps_pd(x);
+    let magic = _mm256_set1_pd(EXP_MAGIC);
+    let s = _mm256_add_pd(_mm256_mul_pd(xd, _mm256_set1_pd(EXP_K)), magic);
+    let nf = _mm256_sub_pd(s, magic);
+    let n = _mm256_sub_epi64(
+        _mm256_castpd_si256(s),
+        _mm256_set1_epi64x(EXP_MAGIC.to_bits() as i64),
+    );
+    let r = _mm256_sub_pd(
+        _mm256_sub_pd(xd, _mm256_mul_pd(nf, _mm256_set1_pd(LN2_32_HI))),
+        _mm256_mul_pd(nf, _mm256_set1_pd(LN2_32_LO)),
+    );
+    let c = |i: usize| _mm256_set1_pd(EXP_C[i]);
+    let mut p = c(6);
+    for i in (0..6).rev() {
+        p = _mm256_add_pd(c(i), _mm256_mul_pd(r, p));
+    }
+    let biased = _mm256_add_epi64(n, _mm256_set1_epi64x(1023 * 32));
+    let j = _mm256_and_si256(biased, _mm256_set1_epi64x(31));
+    // SAFETY: every index is masked to 0..32, inside the 32-entry table.
+    let t = unsafe { _mm256_i64gather_pd::<8>(EXP2_32THS.as_ptr().cast(), j) };
+    let scale = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_srli_epi64(biased, 5), 52));
+    let e = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(p, t), scale));
+    let small = _mm_cmplt_ps(x, _mm_set1_ps(EXP_MIN));
+    let big = _mm_cmpgt_ps(x, _mm_set1_ps(EXP_MAX));
+    let nan = _mm_cmpunord_ps(x, x);
+    let e = _mm_blendv_ps(e, _mm_setzero_ps(), small);
+    let e = _mm_blendv_ps(e, _mm_set1_ps(f32::INFINITY), big);
+    _mm_blendv_ps(e, x, nan)
+}
