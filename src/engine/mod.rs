@@ -619,7 +619,7 @@ impl Engine {
                     );
                 }
                 (Step::Quantize(p), Buffer::F32(x), Buffer::U8(y)) => {
-                    kernels::int8::quantize(&x[..in_len], p.scale, p.zero_point, &mut y[..out_len]);
+                    kernels::quantize_u8(&x[..in_len], p.scale, p.zero_point, &mut y[..out_len]);
                 }
                 (
                     Step::StandardizeQuantize {
@@ -630,7 +630,7 @@ impl Engine {
                     Buffer::F32(x),
                     Buffer::U8(y),
                 ) => {
-                    kernels::int8::standardize_quantize(
+                    kernels::standardize_quantize_u8(
                         &x[..in_len],
                         offset,
                         scale,

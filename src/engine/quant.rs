@@ -156,7 +156,7 @@ impl QDense {
                 (QIn::F32(x), None) => {
                     let xr = &x[r * k..(r + 1) * k];
                     let (s, zp) = int8::dynamic_params(xr);
-                    int8::quantize(xr, s, zp, &mut row);
+                    kernels::quantize_u8(xr, s, zp, &mut row);
                     (&row[..], s, zp)
                 }
                 _ => return,
@@ -223,7 +223,7 @@ impl QConv2d {
                 (QIn::F32(x), None) => {
                     let xr = &x[n * in_sample..(n + 1) * in_sample];
                     let (s, zp) = int8::dynamic_params(xr);
-                    int8::quantize(xr, s, zp, &mut sample);
+                    kernels::quantize_u8(xr, s, zp, &mut sample);
                     (&sample[..], s, zp)
                 }
                 _ => return,

@@ -251,6 +251,33 @@ pub fn softmax(x: &[f32], axis_len: usize, y: &mut [f32]) {
     generic::softmax(x, axis_len, y)
 }
 
+/// [`int8::quantize`]: `y = clamp(round_half_even(x / scale) + zero_point, 0, 255)`;
+/// every implementation gives identical results.
+pub fn quantize_u8(x: &[f32], scale: f32, zero_point: u8, y: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x86::quantize_avx2(x, None, scale, zero_point, y);
+    }
+    int8::quantize(x, scale, zero_point, y)
+}
+
+/// [`int8::standardize_quantize`]: the standardize and the quantize in one pass, along
+/// the last axis (`offset.len()` wide); every implementation gives identical results.
+pub fn standardize_quantize_u8(
+    x: &[f32],
+    offset: &[f32],
+    scale: &[f32],
+    q_scale: f32,
+    zero_point: u8,
+    y: &mut [u8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x86::quantize_avx2(x, Some((offset, scale)), q_scale, zero_point, y);
+    }
+    int8::standardize_quantize(x, offset, scale, q_scale, zero_point, y)
+}
+
 /// A `[rows, cols]` matrix in compressed sparse row form whose invariants were checked
 /// when it was built, so the sparse kernels index it without further checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -578,6 +605,33 @@ mod tests {
             let mut got = vec![0.0; x.len()];
             super::softmax(&x, axis_len, &mut got);
             prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+    }
+
+    proptest! {
+        /// The dispatched quantize and standardize-quantize give the portable codes,
+        /// out-of-range, tiny, huge and overflowing values included.
+        #[test]
+        fn quantize_matches_portable(width in 1usize..40, rows in 1usize..4, seed in 0u32..10_000, q_exp in -12i32..8, zero_point in 0u8..=255) {
+            let b = bytes(width * (rows + 2) * 4, seed);
+            let word = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            // Finite values of every magnitude (the exponent field avoids 255).
+            let value = |i: usize| {
+                let w = word(i);
+                f32::from_bits((w & 0x807f_ffff) | (((w >> 23) % 255) << 23))
+            };
+            let x: Vec<f32> = (0..width * rows).map(|i| if i % 3 == 0 { value(i) } else { (word(i) as i32 >> 20) as f32 / 64.0 }).collect();
+            let offset: Vec<f32> = (0..width).map(|i| if i % 5 == 4 { value(width * rows + i) } else { (word(width * rows + i) as i32 >> 24) as f32 / 8.0 }).collect();
+            let scale: Vec<f32> = (0..width).map(|i| if i % 7 == 6 { 0.0 } else { (word(width * (rows + 1) + i) >> 24) as f32 / 16.0 }).collect();
+            let q_scale = 2f32.powi(q_exp) * 0.77;
+            let mut want = vec![0u8; x.len()];
+            super::int8::quantize(&x, q_scale, zero_point, &mut want);
+            let mut got = vec![0u8; x.len()];
+            super::quantize_u8(&x, q_scale, zero_point, &mut got);
+            prop_assert_eq!(&got, &want);
+            super::int8::standardize_quantize(&x, &offset, &scale, q_scale, zero_point, &mut want);
+            super::standardize_quantize_u8(&x, &offset, &scale, q_scale, zero_point, &mut got);
+            prop_assert_eq!(&got, &want);
         }
     }
 

@@ -721,3 +721,82 @@ fn exp4(x: __m128) -> __m128 {
     let e = _mm_blendv_ps(e, _mm_set1_ps(f32::INFINITY), big);
     _mm_blendv_ps(e, x, nan)
 }
+
+/// AVX2 [`super::int8::standardize_quantize`] (or, without `offset` and `scale`,
+/// [`super::int8::quantize`]), eight lanes at a time with the same IEEE operations in the
+/// same order: `vmaxps(-1024, v)` and `vminps(1024, v)` return `v` when it is NaN, as
+/// `f32::clamp` does, and the signed-then-unsigned saturating packs are the clamp to 0..255.
+pub(super) fn quantize_avx2(
+    x: &[f32],
+    affine: Option<(&[f32], &[f32])>,
+    q_scale: f32,
+    zero_point: u8,
+    y: &mut [u8],
+) {
+    let n = x.len().min(y.len());
+    if let Some((offset, scale)) = affine {
+        // The portable version's chunking: rows of `offset.len()`, each written as far as
+        // `offset` and `scale` both reach.
+        let width = offset.len().max(1);
+        let k = offset.len().min(scale.len());
+        for (xr, yr) in x[..n].chunks_exact(width).zip(y.chunks_exact_mut(width)) {
+            let affine = Some((&offset[..k], &scale[..k]));
+            // SAFETY: the caller checked `has_avx2()`; the kernel reads `offset`, `scale`
+            // and `xr` and writes `yr` below `k`, which they all hold.
+            unsafe { quantize_row(&xr[..k], affine, q_scale, zero_point, &mut yr[..k]) }
+        }
+    } else {
+        // SAFETY: as above, below `n`.
+        unsafe { quantize_row(&x[..n], None, q_scale, zero_point, &mut y[..n]) }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row(
+    x: &[f32],
+    affine: Option<(&[f32], &[f32])>,
+    q_scale: f32,
+    zero_point: u8,
+    y: &mut [u8],
+) {
+    let n = y.len();
+    let qs = _mm256_set1_ps(q_scale);
+    let (lo, hi) = (_mm256_set1_ps(-1024.0), _mm256_set1_ps(1024.0));
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let mant = _mm256_set1_epi32(0x7f_ffff);
+    let bias = _mm256_set1_epi32(zero_point as i32 - 0x40_0000);
+    let one = |i: usize| {
+        let v = match affine {
+            Some((o, s)) => (x[i] - o[i]) * s[i],
+            None => x[i],
+        };
+        super::int8::quantize_one(v, q_scale, zero_point)
+    };
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, the length of every slice read here.
+        let v = unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            match affine {
+                Some((o, s)) => _mm256_mul_ps(
+                    _mm256_sub_ps(v, _mm256_loadu_ps(o.as_ptr().add(i))),
+                    _mm256_loadu_ps(s.as_ptr().add(i)),
+                ),
+                None => v,
+            }
+        };
+        let d = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_div_ps(v, qs)));
+        let r = _mm256_castps_si256(_mm256_add_ps(d, magic));
+        let q = _mm256_add_epi32(_mm256_and_si256(r, mant), bias);
+        let w = _mm256_packs_epi32(q, q);
+        let b = _mm256_packus_epi16(w, w);
+        let v = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        let bytes = (_mm_cvtsi128_si64(_mm256_castsi256_si128(v)) as u64).to_le_bytes();
+        y[i..i + 8].copy_from_slice(&bytes);
+        i += 8;
+    }
+    while i < n {
+        y[i] = one(i);
+        i += 1;
+    }
+}
