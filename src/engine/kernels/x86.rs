@@ -457,28 +457,34 @@ unsafe fn gemv_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
     let mut g = 0;
     while g + 4 <= groups {
         // SAFETY: groups g..g + 4 exist (the caller's bounds hold for every g < groups).
-        unsafe { vnni_block::<4>(x, p, g, acc) };
+        unsafe { vnni_block::<4, 2>(x, p, g, acc) };
         g += 4;
     }
     // SAFETY: as above, for the remaining groups.
     unsafe {
         match groups - g {
-            3 => vnni_block::<3>(x, p, g, acc),
-            2 => vnni_block::<2>(x, p, g, acc),
-            1 => vnni_block::<1>(x, p, g, acc),
+            3 => vnni_block::<3, 2>(x, p, g, acc),
+            2 => vnni_block::<2, 4>(x, p, g, acc),
+            1 => vnni_block::<1, 4>(x, p, g, acc),
             _ => {}
         }
     }
 }
 
-/// Row groups `g0..g0 + G` of [`gemv_vnni_packed`], each in two chains (even and odd
-/// chunks) that hide the instruction's latency; every broadcast of `x` serves all of them.
+/// Row groups `g0..g0 + G` of [`gemv_vnni_packed`], each in `CH` chains (chunk `c` goes to
+/// chain `c mod CH`) that hide the instruction's latency; every broadcast of `x` serves all
+/// groups.
 ///
 /// # Safety
 /// AVX-VNNI must be available and `p` must hold groups `g0..g0 + G` of the packed layout
 /// for `x.len()` inputs.
 #[target_feature(enable = "avx2,avxvnni")]
-unsafe fn vnni_block<const G: usize>(x: &[u8], p: &[i8], g0: usize, acc: &mut [i32]) {
+unsafe fn vnni_block<const G: usize, const CH: usize>(
+    x: &[u8],
+    p: &[i8],
+    g0: usize,
+    acc: &mut [i32],
+) {
     let chunks = x.len().div_ceil(4);
     let full = x.len() / 4;
     let pp = p.as_ptr();
@@ -494,24 +500,30 @@ unsafe fn vnni_block<const G: usize>(x: &[u8], p: &[i8], g0: usize, acc: &mut [i
             x_quad(x, c)
         }
     };
-    let mut a = [[_mm256_setzero_si256(); G]; 2];
+    let mut a = [[_mm256_setzero_si256(); G]; CH];
     let mut c = 0;
-    while c + 2 <= chunks {
-        let (x0, x1) = (_mm256_set1_epi32(quad(c)), _mm256_set1_epi32(quad(c + 1)));
-        for j in 0..G {
-            a[0][j] = _mm256_dpbusd_avx_epi32(a[0][j], x0, load(j, c));
-            a[1][j] = _mm256_dpbusd_avx_epi32(a[1][j], x1, load(j, c + 1));
+    while c + CH <= chunks {
+        for (k, ak) in a.iter_mut().enumerate() {
+            let xv = _mm256_set1_epi32(quad(c + k));
+            for (j, aj) in ak.iter_mut().enumerate() {
+                *aj = _mm256_dpbusd_avx_epi32(*aj, xv, load(j, c + k));
+            }
         }
-        c += 2;
+        c += CH;
     }
-    if c < chunks {
-        let x0 = _mm256_set1_epi32(quad(c));
-        for j in 0..G {
-            a[0][j] = _mm256_dpbusd_avx_epi32(a[0][j], x0, load(j, c));
+    while c < chunks {
+        let xv = _mm256_set1_epi32(quad(c));
+        for (j, aj) in a[0].iter_mut().enumerate() {
+            *aj = _mm256_dpbusd_avx_epi32(*aj, xv, load(j, c));
         }
+        c += 1;
     }
     for j in 0..G {
-        store_group(_mm256_add_epi32(a[0][j], a[1][j]), acc, g0 + j);
+        let mut sum = a[0][j];
+        for ak in &a[1..] {
+            sum = _mm256_add_epi32(sum, ak[j]);
+        }
+        store_group(sum, acc, g0 + j);
     }
 }
 
@@ -654,14 +666,16 @@ unsafe fn requant_narrow(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut
     }
 }
 
-/// AVX2 [`super::generic::exp_in_place`]: four lanes of [`super::generic::exp`] at a time,
+/// AVX2 [`super::generic::exp_in_place`] (the tests' handle on [`exp4`]): four lanes of [`super::generic::exp`] at a time,
 /// the same f64 operations in the same order per lane (no FMA), so the same bits.
+#[cfg(test)]
 pub(super) fn exp_in_place_avx2(y: &mut [f32]) {
     // SAFETY: the caller checked `has_avx2()`; the kernel loads and stores whole groups of
     // four inside `y` and masks the last, shorter one.
     unsafe { exp_avx2(y) }
 }
 
+#[cfg(test)]
 #[target_feature(enable = "avx2")]
 unsafe fn exp_avx2(y: &mut [f32]) {
     let mut chunks = y.chunks_exact_mut(4);
@@ -704,10 +718,12 @@ fn exp4(x: __m128) -> __m128 {
         _mm256_mul_pd(nf, _mm256_set1_pd(LN2_32_LO)),
     );
     let c = |i: usize| _mm256_set1_pd(EXP_C[i]);
-    let mut p = c(6);
-    for i in (0..6).rev() {
-        p = _mm256_add_pd(c(i), _mm256_mul_pd(r, p));
-    }
+    let (add, mul) = (_mm256_add_pd, _mm256_mul_pd);
+    let r2 = mul(r, r);
+    let r4 = mul(r2, r2);
+    let lo = add(add(c(0), mul(r, c(1))), mul(r2, add(c(2), mul(r, c(3)))));
+    let hi = add(add(c(4), mul(r, c(5))), mul(r2, c(6)));
+    let p = add(lo, mul(r4, hi));
     let biased = _mm256_add_epi64(n, _mm256_set1_epi64x(1023 * 32));
     let j = _mm256_and_si256(biased, _mm256_set1_epi64x(31));
     // SAFETY: every index is masked to 0..32, inside the 32-entry table.
@@ -799,4 +815,77 @@ unsafe fn quantize_row(
         y[i] = one(i);
         i += 1;
     }
+}
+
+/// AVX2 [`super::generic::softmax`], one row at a time: the maximum over eight lanes (exact
+/// in any order; a row holding NaN goes to the portable code, whose `f32::max` skips NaN
+/// where `vmaxps` would not), `exp` four lanes at a time, then the sum in index order and
+/// the scaling as the portable code does them — the same bits.
+pub(super) fn softmax_avx2(x: &[f32], axis_len: usize, y: &mut [f32]) {
+    for (xr, yr) in x
+        .chunks_exact(axis_len.max(1))
+        .zip(y.chunks_exact_mut(axis_len.max(1)))
+    {
+        // SAFETY: the caller checked `has_avx2()`; the kernel reads `xr` and writes `yr`,
+        // which have the same length, with whole or masked loads and stores inside them.
+        if !unsafe { softmax_row(xr, yr) } {
+            super::generic::softmax(xr, xr.len(), yr);
+        }
+    }
+}
+
+/// One row of [`softmax_avx2`]; false (and nothing written) if the row holds NaN.
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_row(x: &[f32], y: &mut [f32]) -> bool {
+    let n = x.len();
+    let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut m = neg_inf;
+    let mut nan = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let v = if i + 8 <= n {
+            // SAFETY: i + 8 <= n.
+            unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }
+        } else {
+            let mask = first_lanes(n - i);
+            // SAFETY: the mask enables only the n - i (< 8) lanes left in `x`.
+            let v = unsafe { _mm256_maskload_ps(x.as_ptr().add(i), mask) };
+            _mm256_blendv_ps(neg_inf, v, _mm256_castsi256_ps(mask))
+        };
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        m = _mm256_max_ps(m, v);
+        i += 8;
+    }
+    if _mm256_movemask_ps(nan) != 0 {
+        return false;
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let max = _mm_max_ss(m2, _mm_shuffle_ps::<0b01>(m2, m2));
+    let max4 = _mm_shuffle_ps::<0>(max, max);
+    let mut i = 0;
+    while i < n {
+        if i + 4 <= n {
+            // SAFETY: i + 4 <= n for both slices.
+            unsafe {
+                let d = _mm_sub_ps(_mm_loadu_ps(x.as_ptr().add(i)), max4);
+                _mm_storeu_ps(y.as_mut_ptr().add(i), exp4(d));
+            }
+        } else {
+            let mask = _mm256_castsi256_si128(first_lanes(n - i));
+            // SAFETY: the mask enables only the n - i (< 4) lanes left in both slices.
+            unsafe {
+                let d = _mm_sub_ps(_mm_maskload_ps(x.as_ptr().add(i), mask), max4);
+                _mm_maskstore_ps(y.as_mut_ptr().add(i), mask, exp4(d));
+            }
+        }
+        i += 4;
+    }
+    let mut sum = 0.0f32;
+    for &v in y.iter() {
+        sum += v;
+    }
+    let inv = 1.0 / sum;
+    y.iter_mut().for_each(|v| *v *= inv);
+    true
 }
