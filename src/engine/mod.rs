@@ -489,6 +489,8 @@ impl Engine {
                 output: out,
             });
         }
+        // Fused-away nodes need no turn in `run`.
+        nodes.retain(|n| !matches!(n.step, Step::Skip));
         let scratch = nodes
             .iter()
             .map(|n| match &n.step {
@@ -602,9 +604,6 @@ impl Engine {
         for node in &self.nodes {
             let in_slot = self.alias[node.input];
             let out_slot = self.alias[node.output];
-            if matches!(node.step, Step::Skip) {
-                continue;
-            }
             let in_len = batch * self.sample_lens[node.input];
             let out_len = batch * self.sample_lens[node.output];
             let (before, after) = self.buffers.split_at_mut(out_slot);
