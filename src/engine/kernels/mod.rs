@@ -535,10 +535,12 @@ mod tests {
         assert!(NarrowRequant::new(&[m(0.01)], &[], &[], 0, false).is_none());
     }
 
+    type ExpInPlace = fn(&mut [f32]);
+
     /// Every exp-of-a-slice implementation this CPU can run, by name.
-    fn exp_paths() -> Vec<(&'static str, fn(&mut [f32]))> {
+    fn exp_paths() -> Vec<(&'static str, ExpInPlace)> {
         #[allow(unused_mut)]
-        let mut paths: Vec<(&'static str, fn(&mut [f32]))> = Vec::new();
+        let mut paths: Vec<(&'static str, ExpInPlace)> = Vec::new();
         #[cfg(target_arch = "x86_64")]
         if super::x86::has_avx2() {
             paths.push(("avx2", super::x86::exp_in_place_avx2));

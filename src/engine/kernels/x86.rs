@@ -544,27 +544,33 @@ unsafe fn gemv_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut [i32]) {
     let mut g = 0;
     while g + 4 <= groups {
         // SAFETY: groups g..g + 4 exist (the caller's bounds hold for every g < groups).
-        unsafe { avx2_block::<4>(x, p, g, acc) };
+        unsafe { avx2_block::<4, 2>(x, p, g, acc) };
         g += 4;
     }
     // SAFETY: as above, for the remaining groups.
     unsafe {
         match groups - g {
-            3 => avx2_block::<3>(x, p, g, acc),
-            2 => avx2_block::<2>(x, p, g, acc),
-            1 => avx2_block::<1>(x, p, g, acc),
+            3 => avx2_block::<3, 2>(x, p, g, acc),
+            2 => avx2_block::<2, 4>(x, p, g, acc),
+            1 => avx2_block::<1, 4>(x, p, g, acc),
             _ => {}
         }
     }
 }
 
-/// Row groups `g0..g0 + G` of [`gemv_avx2_packed`], two chains each.
+/// Row groups `g0..g0 + G` of [`gemv_avx2_packed`], each in `CH` chains (pair `c` goes to
+/// chain `c mod CH`).
 ///
 /// # Safety
 /// AVX2 must be available and `p` must hold groups `g0..g0 + G` of the packed layout for
 /// `x.len()` inputs.
 #[target_feature(enable = "avx2")]
-unsafe fn avx2_block<const G: usize>(x: &[u8], p: &[i16], g0: usize, acc: &mut [i32]) {
+unsafe fn avx2_block<const G: usize, const CH: usize>(
+    x: &[u8],
+    p: &[i16],
+    g0: usize,
+    acc: &mut [i32],
+) {
     let pairs = x.len().div_ceil(2);
     let full = x.len() / 2;
     let pp = p.as_ptr();
@@ -581,24 +587,30 @@ unsafe fn avx2_block<const G: usize>(x: &[u8], p: &[i16], g0: usize, acc: &mut [
             x_pair(x, c)
         }
     };
-    let mut a = [[_mm256_setzero_si256(); G]; 2];
+    let mut a = [[_mm256_setzero_si256(); G]; CH];
     let mut c = 0;
-    while c + 2 <= pairs {
-        let (x0, x1) = (_mm256_set1_epi32(pair(c)), _mm256_set1_epi32(pair(c + 1)));
-        for j in 0..G {
-            a[0][j] = _mm256_add_epi32(a[0][j], _mm256_madd_epi16(x0, load(j, c)));
-            a[1][j] = _mm256_add_epi32(a[1][j], _mm256_madd_epi16(x1, load(j, c + 1)));
+    while c + CH <= pairs {
+        for (k, ak) in a.iter_mut().enumerate() {
+            let xv = _mm256_set1_epi32(pair(c + k));
+            for (j, aj) in ak.iter_mut().enumerate() {
+                *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, load(j, c + k)));
+            }
         }
-        c += 2;
+        c += CH;
     }
-    if c < pairs {
-        let x0 = _mm256_set1_epi32(pair(c));
-        for j in 0..G {
-            a[0][j] = _mm256_add_epi32(a[0][j], _mm256_madd_epi16(x0, load(j, c)));
+    while c < pairs {
+        let xv = _mm256_set1_epi32(pair(c));
+        for (j, aj) in a[0].iter_mut().enumerate() {
+            *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, load(j, c)));
         }
+        c += 1;
     }
     for j in 0..G {
-        store_group(_mm256_add_epi32(a[0][j], a[1][j]), acc, g0 + j);
+        let mut sum = a[0][j];
+        for ak in &a[1..] {
+            sum = _mm256_add_epi32(sum, ak[j]);
+        }
+        store_group(sum, acc, g0 + j);
     }
 }
 
