@@ -405,7 +405,7 @@ impl Engine {
                         *output,
                         *relu,
                     )?;
-                    Step::QDense(Box::new(quant::QDense::new(core)))
+                    Step::QDense(Box::new(quant::QDense::new(&node.name, core)?))
                 }
                 Layer::QConv2d {
                     weight,
@@ -489,6 +489,8 @@ impl Engine {
                 output: out,
             });
         }
+        // Fused-away nodes need no turn in `run`.
+        nodes.retain(|n| !matches!(n.step, Step::Skip));
         let scratch = nodes
             .iter()
             .map(|n| match &n.step {
@@ -602,9 +604,6 @@ impl Engine {
         for node in &self.nodes {
             let in_slot = self.alias[node.input];
             let out_slot = self.alias[node.output];
-            if matches!(node.step, Step::Skip) {
-                continue;
-            }
             let in_len = batch * self.sample_lens[node.input];
             let out_len = batch * self.sample_lens[node.output];
             let (before, after) = self.buffers.split_at_mut(out_slot);
@@ -619,7 +618,7 @@ impl Engine {
                     );
                 }
                 (Step::Quantize(p), Buffer::F32(x), Buffer::U8(y)) => {
-                    kernels::int8::quantize(&x[..in_len], p.scale, p.zero_point, &mut y[..out_len]);
+                    kernels::quantize_u8(&x[..in_len], p.scale, p.zero_point, &mut y[..out_len]);
                 }
                 (
                     Step::StandardizeQuantize {
@@ -630,7 +629,7 @@ impl Engine {
                     Buffer::F32(x),
                     Buffer::U8(y),
                 ) => {
-                    kernels::int8::standardize_quantize(
+                    kernels::standardize_quantize_u8(
                         &x[..in_len],
                         offset,
                         scale,
@@ -803,6 +802,15 @@ pub fn check_finite(
     data: &[f32],
     sample_len: usize,
 ) -> Result<(), EngineError> {
+    // A branch-free scan (it vectorizes) first; the position only when something is wrong.
+    const EXP: u32 = 0x7f80_0000;
+    let bad = |c: &[f32]| {
+        c.iter()
+            .fold(0u32, |b, v| b | (v.to_bits() & EXP == EXP) as u32)
+    };
+    if data.chunks(64).all(|c| bad(c) == 0) {
+        return Ok(());
+    }
     match data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(position) => Err(EngineError::NonFinite {

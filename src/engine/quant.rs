@@ -2,8 +2,8 @@
 //! row sums, fixed-point multipliers, biases on the accumulator's scale) and scratch space
 //! sized at load, so a run allocates nothing.
 
-use super::kernels::int8::{self, Epilogue, FixedMultiplier, QChannels};
-use super::kernels::{self, Conv2dParams};
+use super::kernels::int8::{self, Epilogue, FixedMultiplier, NarrowRequant, QChannels};
+use super::kernels::{self, Conv2dParams, PackedI8};
 use crate::graph::{GraphError, QuantInput, QuantOutput, QuantParams, Tensor};
 use std::cell::RefCell;
 
@@ -27,6 +27,8 @@ pub(super) struct QCore {
     channels: QChannels,
     /// Static input parameters, or none for dynamic.
     input: Option<QuantParams>,
+    /// The u8 epilogue in 32-bit lanes, when its constants allow (same results).
+    narrow: Option<NarrowRequant>,
     /// One accumulator per output channel.
     acc: RefCell<Vec<i32>>,
 }
@@ -60,6 +62,7 @@ impl QCore {
             QuantInput::Dynamic => None,
         };
         let wsum = int8::row_sums(values, depth);
+        let mut narrow = None;
         let epilogue = match (output, input) {
             (QuantOutput::F32, _) => Epilogue::F32 {
                 w_scales: w_scales.to_vec(),
@@ -80,6 +83,8 @@ impl QCore {
                             - inp.zero_point as i64 * wsum[c] as i64,
                     );
                 }
+                let ranges = int8::acc_ranges(values, depth);
+                narrow = NarrowRequant::new(&multipliers, &bias_q, &ranges, out.zero_point, relu);
                 Epilogue::U8 {
                     multipliers,
                     bias: bias_q,
@@ -99,6 +104,7 @@ impl QCore {
             weight: values.to_vec(),
             depth,
             input,
+            narrow,
             acc: RefCell::new(vec![0; channels]),
         })
     }
@@ -107,14 +113,29 @@ impl QCore {
 /// A prepared [`crate::graph::Layer::QDense`].
 pub(super) struct QDense {
     core: QCore,
+    /// The weights in the layout this CPU's product kernel reads (the core's row-major
+    /// copy is dropped).
+    weight: PackedI8,
     /// The quantized row under a dynamic input.
     row: RefCell<Vec<u8>>,
 }
 
 impl QDense {
-    pub(super) fn new(core: QCore) -> QDense {
+    pub(super) fn new(node: &str, mut core: QCore) -> Result<QDense, GraphError> {
         let row = RefCell::new(vec![0; if core.input.is_none() { core.depth } else { 0 }]);
-        QDense { core, row }
+        let rows = core.channels.wsum.len();
+        let weight =
+            PackedI8::new(&core.weight, rows, core.depth).ok_or_else(|| GraphError::Shape {
+                node: node.to_string(),
+                layer: "qdense",
+                reason: format!(
+                    "weight holds {} values, not {rows} × {}",
+                    core.weight.len(),
+                    core.depth
+                ),
+            })?;
+        core.weight = Vec::new();
+        Ok(QDense { core, weight, row })
     }
 
     /// Runs every row of `x` (a sample of rank above 1 holds several rows of `depth`
@@ -135,20 +156,23 @@ impl QDense {
                 (QIn::F32(x), None) => {
                     let xr = &x[r * k..(r + 1) * k];
                     let (s, zp) = int8::dynamic_params(xr);
-                    int8::quantize(xr, s, zp, &mut row);
+                    kernels::quantize_u8(xr, s, zp, &mut row);
                     (&row[..], s, zp)
                 }
                 _ => return,
             };
-            kernels::gemv_u8i8(xq, &c.weight, &mut acc);
+            kernels::gemv_u8i8_packed(xq, &self.weight, &mut acc);
             match &mut y {
                 QOut::F32(y) => {
                     c.channels
                         .f32_all(&acc, zp, s_in, &mut y[r * outputs..(r + 1) * outputs]);
                 }
                 QOut::U8(y) => {
-                    c.channels
-                        .u8_all(&acc, &mut y[r * outputs..(r + 1) * outputs]);
+                    let y = &mut y[r * outputs..(r + 1) * outputs];
+                    match &c.narrow {
+                        Some(plan) => kernels::requant_u8_narrow(plan, &acc, y),
+                        None => c.channels.u8_all(&acc, y),
+                    }
                 }
             }
         }
@@ -199,7 +223,7 @@ impl QConv2d {
                 (QIn::F32(x), None) => {
                     let xr = &x[n * in_sample..(n + 1) * in_sample];
                     let (s, zp) = int8::dynamic_params(xr);
-                    int8::quantize(xr, s, zp, &mut sample);
+                    kernels::quantize_u8(xr, s, zp, &mut sample);
                     (&sample[..], s, zp)
                 }
                 _ => return,

@@ -66,7 +66,7 @@ fn sigmoid(v: f32) -> f32 {
 
 /// `2^(j/32)` for `j = 0..32`, as f64 bit patterns (correctly rounded; computed with 60-digit
 /// decimal arithmetic).
-const EXP2_32THS: [u64; 32] = [
+pub(super) const EXP2_32THS: [u64; 32] = [
     0x3ff0_0000_0000_0000,
     0x3ff0_59b0_d315_8574,
     0x3ff0_b558_6cf9_890f,
@@ -101,10 +101,34 @@ const EXP2_32THS: [u64; 32] = [
     0x3fff_5076_5b6e_4540,
 ];
 
+/// [`exp`] is +∞ above this.
+pub(super) const EXP_MAX: f32 = 88.73;
+/// [`exp`] is 0 below this.
+pub(super) const EXP_MIN: f32 = -104.0;
+/// 1.5 · 2⁵²: adding and subtracting it rounds an f64 to an integer.
+pub(super) const EXP_MAGIC: f64 = 6_755_399_441_055_744.0;
+/// 32 / ln 2.
+pub(super) const EXP_K: f64 = 32.0 * std::f64::consts::LOG2_E;
+// ln 2 / 32 split as fdlibm splits ln 2: the high part has 32 significant bits, so
+// n · LN2_32_HI is exact for |n| <= 2^21.
+pub(super) const LN2_32_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000) / 32.0;
+pub(super) const LN2_32_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76) / 32.0;
+/// Taylor coefficients of `e^r`, degree 0 to 6.
+pub(super) const EXP_C: [f64; 7] = [
+    1.0,
+    1.0,
+    1.0 / 2.0,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+];
+
 /// `e^x` from IEEE basic operations only, so every platform gives the same bits (the C
 /// library's `expf` differs between glibc versions, architectures and musl in the last
 /// bit). Computed in f64 — `x = (32m + j)·ln2/32 + r`, `|r| <= ln2/64`, `e^x = 2^m ·
 /// 2^(j/32) · e^r` with a table for `2^(j/32)` and a degree-6 Taylor polynomial for `e^r`
+/// (evaluated by Estrin's scheme)
 /// (truncation < 4e-18) — then rounded once to f32. The f64 value is within ~5e-16
 /// (relative) of `e^x`, so the result is the correctly rounded `e^x` except when `e^x`
 /// lies that close to a halfway point between two floats, where it may be the other
@@ -113,31 +137,24 @@ pub fn exp(x: f32) -> f32 {
     if x.is_nan() {
         return x;
     }
-    if x > 88.73 {
+    if x > EXP_MAX {
         return f32::INFINITY;
     }
-    if x < -104.0 {
+    if x < EXP_MIN {
         return 0.0;
     }
-    const MAGIC: f64 = 6_755_399_441_055_744.0;
-    // ln 2 / 32 split as fdlibm splits ln 2: the high part has 32 significant bits, so
-    // n · LN2_32_HI is exact for |n| <= 2^21.
-    const LN2_32_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000) / 32.0;
-    const LN2_32_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76) / 32.0;
-    const C: [f64; 7] = [
-        1.0,
-        1.0,
-        1.0 / 2.0,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 120.0,
-        1.0 / 720.0,
-    ];
     let xd = x as f64;
-    let nf = (xd * (32.0 * std::f64::consts::LOG2_E) + MAGIC) - MAGIC;
+    let nf = (xd * EXP_K + EXP_MAGIC) - EXP_MAGIC;
     let n = nf as i64;
     let r = (xd - nf * LN2_32_HI) - nf * LN2_32_LO;
-    let p = C[0] + r * (C[1] + r * (C[2] + r * (C[3] + r * (C[4] + r * (C[5] + r * C[6])))));
+    let c = EXP_C;
+    // Estrin's scheme (a shorter dependency chain than Horner's; the x86 lanes evaluate the
+    // same tree, operation for operation).
+    let r2 = r * r;
+    let r4 = r2 * r2;
+    let lo = (c[0] + r * c[1]) + r2 * (c[2] + r * c[3]);
+    let hi = (c[4] + r * c[5]) + r2 * c[6];
+    let p = lo + r4 * hi;
     let t = f64::from_bits(EXP2_32THS[(n & 31) as usize]);
     let scale = f64::from_bits((((n >> 5) + 1023) as u64) << 52);
     (p * t * scale) as f32
@@ -145,12 +162,37 @@ pub fn exp(x: f32) -> f32 {
 
 /// Numerically stable softmax over rows of `axis_len`.
 pub fn softmax(x: &[f32], axis_len: usize, y: &mut [f32]) {
+    softmax_with(x, axis_len, y, exp_in_place)
+}
+
+/// [`exp`] of every element, in place.
+pub fn exp_in_place(y: &mut [f32]) {
+    y.iter_mut().for_each(|v| *v = exp(*v));
+}
+
+/// Softmax with `exp_all` computing [`exp`] of a slice in place: `y = exp(x - max)`, then
+/// the sum in index order, then `y · (1 / sum)`. The maximum is exact in any order, so it
+/// is taken four lanes at a time.
+pub(super) fn softmax_with(x: &[f32], axis_len: usize, y: &mut [f32], exp_all: fn(&mut [f32])) {
     for (xr, yr) in x.chunks_exact(axis_len).zip(y.chunks_exact_mut(axis_len)) {
-        let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
+        let mut m = [f32::NEG_INFINITY; 4];
+        let quads = xr.chunks_exact(4);
+        for &v in quads.remainder() {
+            m[0] = m[0].max(v);
+        }
+        for q in quads {
+            for (mi, &v) in m.iter_mut().zip(q) {
+                *mi = mi.max(v);
+            }
+        }
+        let max = m[0].max(m[1]).max(m[2].max(m[3]));
         for (o, &v) in yr.iter_mut().zip(xr) {
-            *o = exp(v - max);
-            sum += *o;
+            *o = v - max;
+        }
+        exp_all(yr);
+        let mut sum = 0.0f32;
+        for &v in yr.iter() {
+            sum += v;
         }
         let inv = 1.0 / sum;
         yr.iter_mut().for_each(|v| *v *= inv);
@@ -160,10 +202,10 @@ pub fn softmax(x: &[f32], axis_len: usize, y: &mut [f32]) {
 /// Index of the first maximum of each row, mapped through `labels`.
 pub fn argmax(x: &[f32], axis_len: usize, labels: Option<&[i64]>, y: &mut [i64]) {
     for (xr, yo) in x.chunks_exact(axis_len).zip(y.iter_mut()) {
-        let mut best = 0;
+        let (mut best, mut best_v) = (0, xr.first().copied().unwrap_or(0.0));
         for (i, &v) in xr.iter().enumerate() {
-            if v > xr[best] {
-                best = i;
+            if v > best_v {
+                (best, best_v) = (i, v);
             }
         }
         *yo = labels

@@ -247,6 +247,105 @@ fn f32_one(acc: i32, zp_in: u8, wsum: i32, s_in: f32, s_w: f32, bias: f32, relu:
     if relu && v < 0.0 { 0.0 } else { v }
 }
 
+/// The u8 requantization of a layer rewritten for 32-bit lanes, when its constants allow
+/// (see [`NarrowRequant::new`]); [`super::requant_u8_narrow`] then gives exactly what
+/// [`super::requant_u8`] gives with the original multipliers and biases. Arrays are padded
+/// with zeros to a multiple of eight channels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NarrowRequant {
+    channels: usize,
+    /// Per-channel bias (fits i32, and so does `acc + bias` for every reachable `acc`).
+    pub(super) bias: Vec<i32>,
+    /// Per-channel mantissa `m`.
+    pub(super) m: Vec<i32>,
+    /// Per-channel `shift - 32`.
+    pub(super) shift: Vec<i32>,
+    /// `2^(shift - 1)` per channel, each group of eight reordered as channels
+    /// 0, 2, 4, 6, 1, 3, 5, 7 (the even and the odd 64-bit lanes).
+    pub(super) round: Vec<i64>,
+    /// Output zero point.
+    pub(super) zero_point: u8,
+    /// Lower clamp: the zero point under ReLU, else 0.
+    pub(super) low: u8,
+}
+
+impl NarrowRequant {
+    /// The plan for channels with these constants, whose accumulators lie in `acc_range[c]`
+    /// (inclusive), or none unless for every channel: `shift >= 32` and the bias and every
+    /// `acc + bias` fit an i32 (so the saturation never acts). Then `M < 1/2`, so every
+    /// `(t · m + 2^(shift-1)) >> shift` lies within ±2³⁰ and adding the zero point cannot
+    /// overflow an i32.
+    pub fn new(
+        multipliers: &[FixedMultiplier],
+        bias: &[i64],
+        acc_range: &[(i64, i64)],
+        zero_point: u8,
+        relu: bool,
+    ) -> Option<NarrowRequant> {
+        let n = multipliers.len();
+        if bias.len() != n || acc_range.len() != n {
+            return None;
+        }
+        let padded = n.div_ceil(8) * 8;
+        let mut plan = NarrowRequant {
+            channels: n,
+            bias: vec![0; padded],
+            m: vec![0; padded],
+            shift: vec![0; padded],
+            round: vec![0; padded],
+            zero_point,
+            low: if relu { zero_point } else { 0 },
+        };
+        let i32_range = i32::MIN as i64..=i32::MAX as i64;
+        for c in 0..n {
+            let (fm, b, (lo, hi)) = (multipliers[c], bias[c], acc_range[c]);
+            if fm.shift < 32 || !i32_range.contains(&b) {
+                return None;
+            }
+            let (t_lo, t_hi) = (lo.checked_add(b)?, hi.checked_add(b)?);
+            if !(i32_range.contains(&t_lo) && i32_range.contains(&t_hi)) {
+                return None;
+            }
+            plan.bias[c] = b as i32;
+            plan.m[c] = fm.m;
+            plan.shift[c] = fm.shift as i32 - 32;
+            let lane = c % 8;
+            plan.round[c / 8 * 8 + lane / 2 + (lane % 2) * 4] = 1i64 << (fm.shift - 1);
+        }
+        Some(plan)
+    }
+
+    /// Channels the plan covers.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+}
+
+/// Portable [`super::requant_u8_narrow`]: the same 32/64-bit steps as the SIMD kernel.
+pub fn requant_u8_narrow(plan: &NarrowRequant, acc: &[i32], y: &mut [u8]) {
+    for (c, (y, &a)) in y.iter_mut().zip(acc).take(plan.channels).enumerate() {
+        let t = a.wrapping_add(plan.bias[c]);
+        let lane = c % 8;
+        let round = plan.round[c / 8 * 8 + lane / 2 + (lane % 2) * 4];
+        let h = ((t as i64 * plan.m[c] as i64 + round) >> 32) as i32;
+        let q = (h >> plan.shift[c]) + plan.zero_point as i32;
+        *y = q.clamp(plan.low as i32, 255) as u8;
+    }
+}
+
+/// Per row of the `[rows, k]` matrix `w`: the smallest and largest `Σ x[i] · w[i]` over
+/// u8 inputs.
+pub fn acc_ranges(w: &[i8], k: usize) -> Vec<(i64, i64)> {
+    w.chunks_exact(k.max(1))
+        .map(|r| {
+            r.iter().fold((0i64, 0i64), |(lo, hi), &v| {
+                let p = 255 * v as i64;
+                if p < 0 { (lo + p, hi) } else { (lo, hi + p) }
+            })
+        })
+        .collect()
+}
+
 /// Portable [`super::requant_u8`].
 pub fn requant_u8(
     multipliers: &[FixedMultiplier],

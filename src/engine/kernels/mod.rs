@@ -131,6 +131,153 @@ pub fn requant_u8(
     int8::requant_u8(multipliers, bias, zero_point, relu, acc, y)
 }
 
+/// An int8 `[rows, depth]` weight matrix in the layout the fastest [`gemv_u8i8`] kernel
+/// on this CPU reads: on x86-64, eight rows interleaved per 256-bit vector (VNNI: four
+/// bytes per row, AVX2: two i16 per row), so a product needs no horizontal sums; elsewhere
+/// row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedI8 {
+    rows: usize,
+    depth: usize,
+    layout: PackedLayout,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum PackedLayout {
+    RowMajor(Vec<i8>),
+    #[cfg(target_arch = "x86_64")]
+    Vnni(Vec<i8>),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Vec<i16>),
+}
+
+impl PackedI8 {
+    /// Packs the row-major `w` for this CPU; `None` unless `w` holds `rows · depth` values.
+    pub fn new(w: &[i8], rows: usize, depth: usize) -> Option<PackedI8> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::has_avx_vnni() {
+                return PackedI8::with_layout(w, rows, depth, PackKind::Vnni);
+            }
+            if x86::has_avx2() {
+                return PackedI8::with_layout(w, rows, depth, PackKind::Avx2);
+            }
+        }
+        PackedI8::with_layout(w, rows, depth, PackKind::RowMajor)
+    }
+
+    fn with_layout(w: &[i8], rows: usize, depth: usize, kind: PackKind) -> Option<PackedI8> {
+        if w.len() != rows.checked_mul(depth)? {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        let supported = match kind {
+            PackKind::RowMajor => true,
+            PackKind::Vnni => x86::has_avx_vnni(),
+            PackKind::Avx2 => x86::has_avx2(),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let supported = true;
+        if !supported {
+            return None;
+        }
+        let layout = match kind {
+            PackKind::RowMajor => PackedLayout::RowMajor(w.to_vec()),
+            #[cfg(target_arch = "x86_64")]
+            PackKind::Vnni => PackedLayout::Vnni(x86::pack_vnni(w, rows, depth)),
+            #[cfg(target_arch = "x86_64")]
+            PackKind::Avx2 => PackedLayout::Avx2(x86::pack_avx2(w, rows, depth)),
+        };
+        Some(PackedI8 {
+            rows,
+            depth,
+            layout,
+        })
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs per row.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PackKind {
+    RowMajor,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+/// [`gemv_u8i8`] over packed weights: `acc[o] = Σᵢ x[i] · w[o, i]` for `o < w.rows()`.
+/// Every layout gives identical results.
+///
+/// # Panics
+/// If `x.len()` is not `w.depth()` or `acc` holds fewer than `w.rows()` values.
+pub fn gemv_u8i8_packed(x: &[u8], w: &PackedI8, acc: &mut [i32]) {
+    assert!(x.len() == w.depth && acc.len() >= w.rows);
+    match &w.layout {
+        PackedLayout::RowMajor(v) => gemv_u8i8(x, v, &mut acc[..w.rows]),
+        #[cfg(target_arch = "x86_64")]
+        PackedLayout::Vnni(p) => x86::gemv_u8i8_vnni_packed(x, p, w.rows, &mut acc[..w.rows]),
+        #[cfg(target_arch = "x86_64")]
+        PackedLayout::Avx2(p) => x86::gemv_u8i8_avx2_packed(x, p, w.rows, &mut acc[..w.rows]),
+    }
+}
+
+/// [`requant_u8`] by a [`int8::NarrowRequant`] plan, for the first `plan.channels()`
+/// channels: identical results, in 32-bit lanes where the CPU has them.
+pub fn requant_u8_narrow(plan: &int8::NarrowRequant, acc: &[i32], y: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x86::requant_u8_narrow_avx2(plan, acc, y);
+    }
+    int8::requant_u8_narrow(plan, acc, y)
+}
+
+/// Numerically stable softmax over rows of `axis_len` (last axis), with perch's own
+/// [`generic::exp`]; every implementation gives identical results.
+pub fn softmax(x: &[f32], axis_len: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x86::softmax_avx2(x, axis_len, y);
+    }
+    generic::softmax(x, axis_len, y)
+}
+
+/// [`int8::quantize`]: `y = clamp(round_half_even(x / scale) + zero_point, 0, 255)`;
+/// every implementation gives identical results.
+pub fn quantize_u8(x: &[f32], scale: f32, zero_point: u8, y: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x86::quantize_avx2(x, None, scale, zero_point, y);
+    }
+    int8::quantize(x, scale, zero_point, y)
+}
+
+/// [`int8::standardize_quantize`]: the standardize and the quantize in one pass, along
+/// the last axis (`offset.len()` wide); every implementation gives identical results.
+pub fn standardize_quantize_u8(
+    x: &[f32],
+    offset: &[f32],
+    scale: &[f32],
+    q_scale: f32,
+    zero_point: u8,
+    y: &mut [u8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return x86::quantize_avx2(x, Some((offset, scale)), q_scale, zero_point, y);
+    }
+    int8::standardize_quantize(x, offset, scale, q_scale, zero_point, y)
+}
+
 /// A `[rows, cols]` matrix in compressed sparse row form whose invariants were checked
 /// when it was built, so the sparse kernels index it without further checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,9 +378,7 @@ pub use generic::CSR_TILE;
 
 pub use tree::{TreeEnsemble, TreeNode};
 
-pub use generic::{
-    activate, argmax, avg_pool2d, conv2d, global_avg_pool, max_pool2d, softmax, standardize,
-};
+pub use generic::{activate, argmax, avg_pool2d, conv2d, global_avg_pool, max_pool2d, standardize};
 
 #[cfg(test)]
 mod tests {
@@ -324,6 +469,244 @@ mod tests {
                 let mut got = vec![0i32; outputs];
                 f(&x, &w, &mut got);
                 prop_assert_eq!(&got, &want, "{}", name);
+            }
+        }
+    }
+
+    /// Every packed layout this CPU can run, by name.
+    fn packed_kinds() -> Vec<(&'static str, super::PackKind)> {
+        #[allow(unused_mut)]
+        let mut kinds = vec![("row-major", super::PackKind::RowMajor)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::x86::has_avx2() {
+                kinds.push(("avx2 packed", super::PackKind::Avx2));
+            }
+            if super::x86::has_avx_vnni() {
+                kinds.push(("avx-vnni packed", super::PackKind::Vnni));
+            }
+        }
+        kinds
+    }
+
+    #[test]
+    fn packed_gemv_extremes_are_exact() {
+        let k = crate::graph::MAX_QUANT_DEPTH;
+        let x = vec![255u8; k];
+        let rows = 9;
+        let w: Vec<i8> = (0..rows)
+            .flat_map(|r| vec![if r % 2 == 0 { -128i8 } else { 127 }; k])
+            .collect();
+        let mut want = vec![0i32; rows];
+        super::int8::gemv_u8i8(&x, &w, &mut want);
+        assert_eq!(want[0], -255 * 128 * k as i32);
+        for (name, kind) in packed_kinds() {
+            let p = super::PackedI8::with_layout(&w, rows, k, kind).expect("packs");
+            let mut got = vec![0i32; rows];
+            super::gemv_u8i8_packed(&x, &p, &mut got);
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(super::PackedI8::new(&w, rows, k + 1), None);
+    }
+
+    #[test]
+    fn narrow_requant_refuses_what_it_cannot_do_exactly() {
+        use super::int8::{FixedMultiplier, NarrowRequant};
+        let m = |real| FixedMultiplier::new(real).expect("in range");
+        let ok = NarrowRequant::new(&[m(0.01)], &[-5], &[(-1000, 1000)], 3, false);
+        assert!(ok.is_some());
+        // shift < 32 (a multiplier of 1/2 or more)
+        assert!(NarrowRequant::new(&[m(0.75)], &[0], &[(0, 10)], 3, false).is_none());
+        // bias or bias + acc outside i32
+        assert!(NarrowRequant::new(&[m(0.01)], &[1 << 31], &[(0, 10)], 3, false).is_none());
+        assert!(NarrowRequant::new(&[m(0.01)], &[i32::MAX as i64], &[(0, 1)], 0, false).is_none());
+        // the widest accumulators still fit (M < 1/2 keeps results within ±2^30)
+        assert!(
+            NarrowRequant::new(
+                &[m(0.499)],
+                &[0],
+                &[(i32::MIN as i64, i32::MAX as i64)],
+                0,
+                false
+            )
+            .is_some()
+        );
+        // lengths that disagree
+        assert!(NarrowRequant::new(&[m(0.01)], &[], &[], 0, false).is_none());
+    }
+
+    type ExpInPlace = fn(&mut [f32]);
+
+    /// Every exp-of-a-slice implementation this CPU can run, by name.
+    fn exp_paths() -> Vec<(&'static str, ExpInPlace)> {
+        #[allow(unused_mut)]
+        let mut paths: Vec<(&'static str, ExpInPlace)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2() {
+            paths.push(("avx2", super::x86::exp_in_place_avx2));
+        }
+        paths
+    }
+
+    #[test]
+    fn simd_exp_gives_the_scalar_bits() {
+        use super::generic::{EXP_MAX, EXP_MIN, exp};
+        // Every 4099th bit pattern (all signs, exponents and the NaNs), plus the edges.
+        let mut xs: Vec<f32> = (0..=u32::MAX / 4099)
+            .map(|i| f32::from_bits(i * 4099))
+            .collect();
+        for e in [
+            EXP_MAX,
+            EXP_MIN,
+            0.0,
+            f32::MIN_POSITIVE,
+            1e-45,
+            88.72,
+            -87.33,
+            -103.97,
+        ] {
+            for v in [e, -e, e.next_up(), e.next_down()] {
+                xs.push(v);
+            }
+        }
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        xs.extend((0..20_000).map(|i| -104.0 + i as f32 * 0.0096));
+        for (name, f) in exp_paths() {
+            // Odd lengths exercise the masked tail.
+            for chunk in xs.chunks(4093) {
+                let mut got = chunk.to_vec();
+                f(&mut got);
+                for (&x, &g) in chunk.iter().zip(&got) {
+                    let want = exp(x);
+                    assert!(
+                        g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                        "{name}: exp({x:e}) = {g:e}, scalar {want:e}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// The dispatched softmax gives the portable one's bits.
+        #[test]
+        fn softmax_matches_portable(axis_len in 1usize..24, rows in 1usize..4, seed in 0u32..10_000, spread in 0u32..4) {
+            let b = bytes(axis_len * rows * 4, seed);
+            let x: Vec<f32> = b
+                .chunks_exact(4)
+                .map(|w| (u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as i32 as f32) / 2f32.powi(31 - 4 * spread as i32))
+                .collect();
+            let mut x = x;
+            let at = seed as usize % x.len();
+            match seed % 7 {
+                0 => x[at] = f32::NAN,
+                1 => x[at] = f32::INFINITY,
+                2 => x[at] = f32::NEG_INFINITY,
+                _ => {}
+            }
+            let mut want = vec![0.0; x.len()];
+            super::generic::softmax(&x, axis_len, &mut want);
+            let mut got = vec![0.0; x.len()];
+            super::softmax(&x, axis_len, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() }).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&got), bits(&want));
+        }
+    }
+
+    proptest! {
+        /// The dispatched quantize and standardize-quantize give the portable codes,
+        /// out-of-range, tiny, huge and overflowing values included.
+        #[test]
+        fn quantize_matches_portable(width in 1usize..40, rows in 1usize..4, seed in 0u32..10_000, q_exp in -12i32..8, zero_point in 0u8..=255) {
+            let b = bytes(width * (rows + 2) * 4, seed);
+            let word = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            // Finite values of every magnitude (the exponent field avoids 255).
+            let value = |i: usize| {
+                let w = word(i);
+                f32::from_bits((w & 0x807f_ffff) | (((w >> 23) % 255) << 23))
+            };
+            let x: Vec<f32> = (0..width * rows).map(|i| if i % 3 == 0 { value(i) } else { (word(i) as i32 >> 20) as f32 / 64.0 }).collect();
+            let offset: Vec<f32> = (0..width).map(|i| if i % 5 == 4 { value(width * rows + i) } else { (word(width * rows + i) as i32 >> 24) as f32 / 8.0 }).collect();
+            let scale: Vec<f32> = (0..width).map(|i| if i % 7 == 6 { 0.0 } else { (word(width * (rows + 1) + i) >> 24) as f32 / 16.0 }).collect();
+            let q_scale = 2f32.powi(q_exp) * 0.77;
+            let mut want = vec![0u8; x.len()];
+            super::int8::quantize(&x, q_scale, zero_point, &mut want);
+            let mut got = vec![0u8; x.len()];
+            super::quantize_u8(&x, q_scale, zero_point, &mut got);
+            prop_assert_eq!(&got, &want);
+            super::int8::standardize_quantize(&x, &offset, &scale, q_scale, zero_point, &mut want);
+            super::standardize_quantize_u8(&x, &offset, &scale, q_scale, zero_point, &mut got);
+            prop_assert_eq!(&got, &want);
+        }
+    }
+
+    proptest! {
+        /// Every packed int8 layout equals the portable product exactly.
+        #[test]
+        fn packed_gemv_matches_portable(k in 1usize..300, rows in 1usize..70, seed in 0u32..10_000) {
+            let x = bytes(k, seed);
+            let w: Vec<i8> = bytes(k * rows, seed ^ 0x3333).into_iter().map(|b| b as i8).collect();
+            let mut want = vec![0i32; rows];
+            super::int8::gemv_u8i8(&x, &w, &mut want);
+            for (name, kind) in packed_kinds() {
+                let p = super::PackedI8::with_layout(&w, rows, k, kind).expect("packs");
+                let mut got = vec![-1i32; rows + 3];
+                super::gemv_u8i8_packed(&x, &p, &mut got);
+                prop_assert_eq!(&got[..rows], &want[..], "{}", name);
+                prop_assert_eq!(&got[rows..], &[-1, -1, -1][..], "{} wrote past its rows", name);
+            }
+        }
+
+        /// The narrow requantization (portable and dispatched) equals the reference one on
+        /// every accumulator its plan admits, the ends of each range included.
+        #[test]
+        fn narrow_requant_matches_reference(
+            n in 1usize..40,
+            k in 1usize..200,
+            seed in 0u32..10_000,
+            zero_point in 0u8..=255,
+            relu: bool,
+            log_m in 1u32..31,
+        ) {
+            use super::int8::{acc_ranges, FixedMultiplier, NarrowRequant};
+            let w: Vec<i8> = bytes(k * n, seed).into_iter().map(|b| b as i8).collect();
+            let ranges = acc_ranges(&w, k);
+            let b = bytes(n * 8, seed ^ 0x7777);
+            let word = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            let multipliers: Vec<FixedMultiplier> = (0..n)
+                .map(|c| {
+                    let real = 2f64.powi(-((word(c) % log_m) as i32) - 1) * (1.0 - (word(c) >> 8) as f64 / 2f64.powi(25));
+                    FixedMultiplier::new(real).expect("in range")
+                })
+                .collect();
+            let bias: Vec<i64> = (0..n).map(|c| (word(n + c) as i32 >> 6) as i64).collect();
+            let plan = NarrowRequant::new(&multipliers, &bias, &ranges, zero_point, relu);
+            prop_assert!(plan.is_some(), "depth {} layers always fit", k);
+            let plan = plan.expect("checked");
+            for pick in 0..4 {
+                let acc: Vec<i32> = ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &(lo, hi))| match pick {
+                        0 => lo as i32,
+                        1 => hi as i32,
+                        _ => (lo + (word(c) as i64 ^ pick as i64).rem_euclid(hi - lo + 1)) as i32,
+                    })
+                    .collect();
+                let mut want = vec![0u8; n];
+                super::int8::requant_u8(&multipliers, &bias, zero_point, relu, &acc, &mut want);
+                let mut portable = vec![0u8; n];
+                super::int8::requant_u8_narrow(&plan, &acc, &mut portable);
+                prop_assert_eq!(&portable, &want);
+                let mut got = vec![0u8; n];
+                super::requant_u8_narrow(&plan, &acc, &mut got);
+                prop_assert_eq!(&got, &want);
             }
         }
     }

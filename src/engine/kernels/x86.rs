@@ -363,3 +363,541 @@ unsafe fn requant_avx2(
         y[i] = super::int8::u8_one(acc[i], multipliers[i], bias[i], zero_point, relu);
     }
 }
+
+/// Rows per group of the packed int8 layouts: one i32 lane per row in a 256-bit vector.
+const PACK_ROWS: usize = 8;
+
+/// The VNNI layout of a row-major `[rows, depth]` int8 matrix: for each group of eight
+/// rows and each chunk of four inputs, 32 bytes holding row `j`'s four weights at `4j`
+/// (rows and inputs beyond the matrix are zero).
+pub(super) fn pack_vnni(w: &[i8], rows: usize, depth: usize) -> Vec<i8> {
+    let chunks = depth.div_ceil(4);
+    let mut p = vec![0i8; rows.div_ceil(PACK_ROWS) * chunks * 32];
+    for (r, row) in w.chunks_exact(depth.max(1)).take(rows).enumerate() {
+        let (g, j) = (r / PACK_ROWS, r % PACK_ROWS);
+        for (i, &v) in row.iter().enumerate() {
+            p[(g * chunks + i / 4) * 32 + j * 4 + i % 4] = v;
+        }
+    }
+    p
+}
+
+/// The AVX2 layout: for each group of eight rows and each pair of inputs, eight pairs of
+/// i16 (row `j`'s two weights at `2j`), zero beyond the matrix.
+pub(super) fn pack_avx2(w: &[i8], rows: usize, depth: usize) -> Vec<i16> {
+    let pairs = depth.div_ceil(2);
+    let mut p = vec![0i16; rows.div_ceil(PACK_ROWS) * pairs * 16];
+    for (r, row) in w.chunks_exact(depth.max(1)).take(rows).enumerate() {
+        let (g, j) = (r / PACK_ROWS, r % PACK_ROWS);
+        for (i, &v) in row.iter().enumerate() {
+            p[(g * pairs + i / 2) * 16 + j * 2 + i % 2] = v as i16;
+        }
+    }
+    p
+}
+
+/// `x[4c..4c + 4]` as one little-endian word, zero-padded past the end of `x`.
+#[inline]
+fn x_quad(x: &[u8], c: usize) -> i32 {
+    let mut b = [0u8; 4];
+    for (k, v) in b.iter_mut().enumerate() {
+        *v = x.get(4 * c + k).copied().unwrap_or(0);
+    }
+    i32::from_le_bytes(b)
+}
+
+/// `x[2c]` and `x[2c + 1]` as two i16 in one word, zero-padded past the end of `x`.
+#[inline]
+fn x_pair(x: &[u8], c: usize) -> i32 {
+    let lo = x.get(2 * c).copied().unwrap_or(0) as i32;
+    let hi = x.get(2 * c + 1).copied().unwrap_or(0) as i32;
+    lo | (hi << 16)
+}
+
+/// A mask of the first `n` (at most 8) 32-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn first_lanes(n: usize) -> __m256i {
+    let n = n.min(8) as i32;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// Stores the eight lanes of `v` (rows `8g..8g + 8`) into `acc`, as many as it holds.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_group(v: __m256i, acc: &mut [i32], g: usize) {
+    let start = g * PACK_ROWS;
+    if let Some(out) = acc.get_mut(start..start + PACK_ROWS) {
+        // SAFETY: `out` holds eight i32.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
+    } else if let Some(out) = acc.get_mut(start..) {
+        // SAFETY: the mask enables only the first `out.len()` lanes (< 8), which `out`
+        // holds; masked-off lanes are not written.
+        unsafe { _mm256_maskstore_epi32(out.as_mut_ptr(), first_lanes(out.len()), v) };
+    }
+}
+
+/// Packed-VNNI [`super::gemv_u8i8`]: each `vpdpbusd` adds one broadcast chunk of four
+/// inputs times the matching four weights of eight rows into the eight rows' lanes, so no
+/// horizontal sums are needed; four row groups share each broadcast.
+pub(super) fn gemv_u8i8_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
+    let chunks = x.len().div_ceil(4);
+    assert!(p.len() >= rows.div_ceil(PACK_ROWS) * chunks * 32 && acc.len() == rows);
+    // SAFETY: the caller checked `has_avx_vnni()`; the assert bounds every 32-byte load at
+    // `(g · chunks + c) · 32` for g < rows / 8 rounded up and c < chunks.
+    unsafe { gemv_vnni_packed(x, p, rows, acc) }
+}
+
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn gemv_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
+    let groups = rows.div_ceil(PACK_ROWS);
+    let mut g = 0;
+    while g + 4 <= groups {
+        // SAFETY: groups g..g + 4 exist (the caller's bounds hold for every g < groups).
+        unsafe { vnni_block::<4, 2>(x, p, g, acc) };
+        g += 4;
+    }
+    // SAFETY: as above, for the remaining groups.
+    unsafe {
+        match groups - g {
+            3 => vnni_block::<3, 2>(x, p, g, acc),
+            2 => vnni_block::<2, 4>(x, p, g, acc),
+            1 => vnni_block::<1, 4>(x, p, g, acc),
+            _ => {}
+        }
+    }
+}
+
+/// Row groups `g0..g0 + G` of [`gemv_vnni_packed`], each in `CH` chains (chunk `c` goes to
+/// chain `c mod CH`) that hide the instruction's latency; every broadcast of `x` serves all
+/// groups.
+///
+/// # Safety
+/// AVX-VNNI must be available and `p` must hold groups `g0..g0 + G` of the packed layout
+/// for `x.len()` inputs.
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn vnni_block<const G: usize, const CH: usize>(
+    x: &[u8],
+    p: &[i8],
+    g0: usize,
+    acc: &mut [i32],
+) {
+    let chunks = x.len().div_ceil(4);
+    let full = x.len() / 4;
+    let pp = p.as_ptr();
+    let load = |j: usize, c: usize| {
+        // SAFETY: group g0 + j and chunk c exist (the function's contract).
+        unsafe { _mm256_loadu_si256(pp.add(((g0 + j) * chunks + c) * 32).cast()) }
+    };
+    let quad = |c: usize| {
+        if c < full {
+            // SAFETY: 4c + 4 <= x.len().
+            unsafe { x.as_ptr().add(4 * c).cast::<i32>().read_unaligned() }
+        } else {
+            x_quad(x, c)
+        }
+    };
+    let mut a = [[_mm256_setzero_si256(); G]; CH];
+    let mut c = 0;
+    while c + CH <= chunks {
+        for (k, ak) in a.iter_mut().enumerate() {
+            let xv = _mm256_set1_epi32(quad(c + k));
+            for (j, aj) in ak.iter_mut().enumerate() {
+                *aj = _mm256_dpbusd_avx_epi32(*aj, xv, load(j, c + k));
+            }
+        }
+        c += CH;
+    }
+    while c < chunks {
+        let xv = _mm256_set1_epi32(quad(c));
+        for (j, aj) in a[0].iter_mut().enumerate() {
+            *aj = _mm256_dpbusd_avx_epi32(*aj, xv, load(j, c));
+        }
+        c += 1;
+    }
+    for j in 0..G {
+        let mut sum = a[0][j];
+        for ak in &a[1..] {
+            sum = _mm256_add_epi32(sum, ak[j]);
+        }
+        store_group(sum, acc, g0 + j);
+    }
+}
+
+/// Packed-AVX2 [`super::gemv_u8i8`]: each `vpmaddwd` multiplies one broadcast pair of
+/// inputs (widened to i16) by the matching two weights of eight rows and sums each pair
+/// into the row's lane (exact: |2 · 255 · 128| < 2³¹); four row groups share a broadcast.
+pub(super) fn gemv_u8i8_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut [i32]) {
+    let pairs = x.len().div_ceil(2);
+    assert!(p.len() >= rows.div_ceil(PACK_ROWS) * pairs * 16 && acc.len() == rows);
+    // SAFETY: the caller checked `has_avx2()`; the assert bounds every 32-byte load at
+    // `(g · pairs + c) · 16` i16 for g < rows / 8 rounded up and c < pairs.
+    unsafe { gemv_avx2_packed(x, p, rows, acc) }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut [i32]) {
+    let groups = rows.div_ceil(PACK_ROWS);
+    let mut g = 0;
+    while g + 4 <= groups {
+        // SAFETY: groups g..g + 4 exist (the caller's bounds hold for every g < groups).
+        unsafe { avx2_block::<4, 2>(x, p, g, acc) };
+        g += 4;
+    }
+    // SAFETY: as above, for the remaining groups.
+    unsafe {
+        match groups - g {
+            3 => avx2_block::<3, 2>(x, p, g, acc),
+            2 => avx2_block::<2, 4>(x, p, g, acc),
+            1 => avx2_block::<1, 4>(x, p, g, acc),
+            _ => {}
+        }
+    }
+}
+
+/// Row groups `g0..g0 + G` of [`gemv_avx2_packed`], each in `CH` chains (pair `c` goes to
+/// chain `c mod CH`).
+///
+/// # Safety
+/// AVX2 must be available and `p` must hold groups `g0..g0 + G` of the packed layout for
+/// `x.len()` inputs.
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_block<const G: usize, const CH: usize>(
+    x: &[u8],
+    p: &[i16],
+    g0: usize,
+    acc: &mut [i32],
+) {
+    let pairs = x.len().div_ceil(2);
+    let full = x.len() / 2;
+    let pp = p.as_ptr();
+    let load = |j: usize, c: usize| {
+        // SAFETY: group g0 + j and pair c exist (the function's contract).
+        unsafe { _mm256_loadu_si256(pp.add(((g0 + j) * pairs + c) * 16).cast()) }
+    };
+    let pair = |c: usize| {
+        if c < full {
+            // SAFETY: 2c + 2 <= x.len().
+            let v = unsafe { x.as_ptr().add(2 * c).cast::<u16>().read_unaligned() } as i32;
+            (v & 0xff) | ((v >> 8) << 16)
+        } else {
+            x_pair(x, c)
+        }
+    };
+    let mut a = [[_mm256_setzero_si256(); G]; CH];
+    let mut c = 0;
+    while c + CH <= pairs {
+        for (k, ak) in a.iter_mut().enumerate() {
+            let xv = _mm256_set1_epi32(pair(c + k));
+            for (j, aj) in ak.iter_mut().enumerate() {
+                *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, load(j, c + k)));
+            }
+        }
+        c += CH;
+    }
+    while c < pairs {
+        let xv = _mm256_set1_epi32(pair(c));
+        for (j, aj) in a[0].iter_mut().enumerate() {
+            *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, load(j, c)));
+        }
+        c += 1;
+    }
+    for j in 0..G {
+        let mut sum = a[0][j];
+        for ak in &a[1..] {
+            sum = _mm256_add_epi32(sum, ak[j]);
+        }
+        store_group(sum, acc, g0 + j);
+    }
+}
+
+/// AVX2 [`super::requant_u8_narrow`], eight channels per step in 32-bit lanes: `vpmuldq`
+/// forms the exact 64-bit products of the even and the odd lanes, the high halves of
+/// `product + 2^(shift-1)` are `floor(· / 2³²)`, and `vpsravd` by `shift − 32` finishes the
+/// floor division (the plan guarantees `shift >= 32` and that no step overflows).
+pub(super) fn requant_u8_narrow_avx2(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut [u8]) {
+    let n = y.len().min(acc.len()).min(plan.channels());
+    let padded = n.div_ceil(8) * 8;
+    assert!(
+        plan.bias.len() >= padded
+            && plan.m.len() >= padded
+            && plan.shift.len() >= padded
+            && plan.round.len() >= padded
+    );
+    // SAFETY: the caller checked `has_avx2()`; the assert bounds the plan's arrays for
+    // every group of eight the kernel reads, and it reads `acc` and writes `y` below `n`.
+    unsafe { requant_narrow(plan, &acc[..n], &mut y[..n]) }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn requant_narrow(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut [u8]) {
+    let n = y.len();
+    let zp = _mm256_set1_epi32(plan.zero_point as i32);
+    let lo = _mm256_set1_epi32(plan.low as i32);
+    let hi = _mm256_set1_epi32(255);
+    // SAFETY (both loads): every plan array holds n rounded up to eight values (the
+    // caller's assert), and `acc` is read this way only when c + 8 <= n.
+    let load = |v: &[i32], c: usize| unsafe { _mm256_loadu_si256(v.as_ptr().add(c).cast()) };
+    let load64 = |v: &[i64], c: usize| unsafe { _mm256_loadu_si256(v.as_ptr().add(c).cast()) };
+    let mut c = 0;
+    while c < n {
+        let take = (n - c).min(8);
+        let a = if take == 8 {
+            load(acc, c)
+        } else {
+            let rest = &acc[c..];
+            // SAFETY: the mask enables only the first `rest.len()` lanes (< 8), which `rest`
+            // holds; masked-off lanes are neither read nor faulted on.
+            unsafe { _mm256_maskload_epi32(rest.as_ptr(), first_lanes(rest.len())) }
+        };
+        let t = _mm256_add_epi32(a, load(&plan.bias, c));
+        let m = load(&plan.m, c);
+        let pe = _mm256_add_epi64(_mm256_mul_epi32(t, m), load64(&plan.round, c));
+        let po = _mm256_add_epi64(
+            _mm256_mul_epi32(_mm256_srli_epi64(t, 32), _mm256_srli_epi64(m, 32)),
+            load64(&plan.round, c + 4),
+        );
+        let h = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0b1010_1010);
+        let q = _mm256_add_epi32(_mm256_srav_epi32(h, load(&plan.shift, c)), zp);
+        let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
+        let w = _mm256_packs_epi32(q, q);
+        let b = _mm256_packus_epi16(w, w);
+        let v = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        let bytes = _mm_cvtsi128_si64(_mm256_castsi256_si128(v)) as u64;
+        if take == 8 {
+            y[c..c + 8].copy_from_slice(&bytes.to_le_bytes());
+        } else {
+            for (k, out) in y[c..].iter_mut().enumerate() {
+                *out = (bytes >> (8 * k)) as u8;
+            }
+        }
+        c += 8;
+    }
+}
+
+/// AVX2 [`super::generic::exp_in_place`] (the tests' handle on [`exp4`]): four lanes of [`super::generic::exp`] at a time,
+/// the same f64 operations in the same order per lane (no FMA), so the same bits.
+#[cfg(test)]
+pub(super) fn exp_in_place_avx2(y: &mut [f32]) {
+    // SAFETY: the caller checked `has_avx2()`; the kernel loads and stores whole groups of
+    // four inside `y` and masks the last, shorter one.
+    unsafe { exp_avx2(y) }
+}
+
+#[cfg(test)]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_avx2(y: &mut [f32]) {
+    let mut chunks = y.chunks_exact_mut(4);
+    for c in &mut chunks {
+        // SAFETY: `c` holds four f32.
+        unsafe { _mm_storeu_ps(c.as_mut_ptr(), exp4(_mm_loadu_ps(c.as_ptr()))) };
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let mask = _mm256_castsi256_si128(first_lanes(rest.len()));
+        // SAFETY: the mask enables only the first `rest.len()` (< 4) lanes, which `rest`
+        // holds; masked-off lanes are neither read nor written.
+        unsafe {
+            let v = _mm_maskload_ps(rest.as_ptr(), mask);
+            _mm_maskstore_ps(rest.as_mut_ptr(), mask, exp4(v));
+        }
+    }
+}
+
+/// Four lanes of [`super::generic::exp`]. `n` comes from the bits of `x · K + 1.5 · 2⁵²`
+/// (whose low bits hold it exactly), biased by 1023 · 32 so that the shifts are logical;
+/// lanes outside the finite range compute garbage that the final blends replace, and
+/// their table index is masked to 0..32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn exp4(x: __m128) -> __m128 {
+    use super::generic::{
+        EXP_C, EXP_K, EXP_MAGIC, EXP_MAX, EXP_MIN, EXP2_32THS, LN2_32_HI, LN2_32_LO,
+    };
+    let xd = _mm256_cvtps_pd(x);
+    let magic = _mm256_set1_pd(EXP_MAGIC);
+    let s = _mm256_add_pd(_mm256_mul_pd(xd, _mm256_set1_pd(EXP_K)), magic);
+    let nf = _mm256_sub_pd(s, magic);
+    let n = _mm256_sub_epi64(
+        _mm256_castpd_si256(s),
+        _mm256_set1_epi64x(EXP_MAGIC.to_bits() as i64),
+    );
+    let r = _mm256_sub_pd(
+        _mm256_sub_pd(xd, _mm256_mul_pd(nf, _mm256_set1_pd(LN2_32_HI))),
+        _mm256_mul_pd(nf, _mm256_set1_pd(LN2_32_LO)),
+    );
+    let c = |i: usize| _mm256_set1_pd(EXP_C[i]);
+    let (add, mul) = (_mm256_add_pd, _mm256_mul_pd);
+    let r2 = mul(r, r);
+    let r4 = mul(r2, r2);
+    let lo = add(add(c(0), mul(r, c(1))), mul(r2, add(c(2), mul(r, c(3)))));
+    let hi = add(add(c(4), mul(r, c(5))), mul(r2, c(6)));
+    let p = add(lo, mul(r4, hi));
+    let biased = _mm256_add_epi64(n, _mm256_set1_epi64x(1023 * 32));
+    let j = _mm256_and_si256(biased, _mm256_set1_epi64x(31));
+    // SAFETY: every index is masked to 0..32, inside the 32-entry table.
+    let t = unsafe { _mm256_i64gather_pd::<8>(EXP2_32THS.as_ptr().cast(), j) };
+    let scale = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_srli_epi64(biased, 5), 52));
+    let e = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(p, t), scale));
+    let small = _mm_cmplt_ps(x, _mm_set1_ps(EXP_MIN));
+    let big = _mm_cmpgt_ps(x, _mm_set1_ps(EXP_MAX));
+    let nan = _mm_cmpunord_ps(x, x);
+    let e = _mm_blendv_ps(e, _mm_setzero_ps(), small);
+    let e = _mm_blendv_ps(e, _mm_set1_ps(f32::INFINITY), big);
+    _mm_blendv_ps(e, x, nan)
+}
+
+/// AVX2 [`super::int8::standardize_quantize`] (or, without `offset` and `scale`,
+/// [`super::int8::quantize`]), eight lanes at a time with the same IEEE operations in the
+/// same order: `vmaxps(-1024, v)` and `vminps(1024, v)` return `v` when it is NaN, as
+/// `f32::clamp` does, and the signed-then-unsigned saturating packs are the clamp to 0..255.
+pub(super) fn quantize_avx2(
+    x: &[f32],
+    affine: Option<(&[f32], &[f32])>,
+    q_scale: f32,
+    zero_point: u8,
+    y: &mut [u8],
+) {
+    let n = x.len().min(y.len());
+    if let Some((offset, scale)) = affine {
+        // The portable version's chunking: rows of `offset.len()`, each written as far as
+        // `offset` and `scale` both reach.
+        let width = offset.len().max(1);
+        let k = offset.len().min(scale.len());
+        for (xr, yr) in x[..n].chunks_exact(width).zip(y.chunks_exact_mut(width)) {
+            let affine = Some((&offset[..k], &scale[..k]));
+            // SAFETY: the caller checked `has_avx2()`; the kernel reads `offset`, `scale`
+            // and `xr` and writes `yr` below `k`, which they all hold.
+            unsafe { quantize_row(&xr[..k], affine, q_scale, zero_point, &mut yr[..k]) }
+        }
+    } else {
+        // SAFETY: as above, below `n`.
+        unsafe { quantize_row(&x[..n], None, q_scale, zero_point, &mut y[..n]) }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row(
+    x: &[f32],
+    affine: Option<(&[f32], &[f32])>,
+    q_scale: f32,
+    zero_point: u8,
+    y: &mut [u8],
+) {
+    let n = y.len();
+    let qs = _mm256_set1_ps(q_scale);
+    let (lo, hi) = (_mm256_set1_ps(-1024.0), _mm256_set1_ps(1024.0));
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let mant = _mm256_set1_epi32(0x7f_ffff);
+    let bias = _mm256_set1_epi32(zero_point as i32 - 0x40_0000);
+    let one = |i: usize| {
+        let v = match affine {
+            Some((o, s)) => (x[i] - o[i]) * s[i],
+            None => x[i],
+        };
+        super::int8::quantize_one(v, q_scale, zero_point)
+    };
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, the length of every slice read here.
+        let v = unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            match affine {
+                Some((o, s)) => _mm256_mul_ps(
+                    _mm256_sub_ps(v, _mm256_loadu_ps(o.as_ptr().add(i))),
+                    _mm256_loadu_ps(s.as_ptr().add(i)),
+                ),
+                None => v,
+            }
+        };
+        let d = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_div_ps(v, qs)));
+        let r = _mm256_castps_si256(_mm256_add_ps(d, magic));
+        let q = _mm256_add_epi32(_mm256_and_si256(r, mant), bias);
+        let w = _mm256_packs_epi32(q, q);
+        let b = _mm256_packus_epi16(w, w);
+        let v = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        let bytes = (_mm_cvtsi128_si64(_mm256_castsi256_si128(v)) as u64).to_le_bytes();
+        y[i..i + 8].copy_from_slice(&bytes);
+        i += 8;
+    }
+    while i < n {
+        y[i] = one(i);
+        i += 1;
+    }
+}
+
+/// AVX2 [`super::generic::softmax`], one row at a time: the maximum over eight lanes (exact
+/// in any order; a row holding NaN goes to the portable code, whose `f32::max` skips NaN
+/// where `vmaxps` would not), `exp` four lanes at a time, then the sum in index order and
+/// the scaling as the portable code does them — the same bits.
+pub(super) fn softmax_avx2(x: &[f32], axis_len: usize, y: &mut [f32]) {
+    for (xr, yr) in x
+        .chunks_exact(axis_len.max(1))
+        .zip(y.chunks_exact_mut(axis_len.max(1)))
+    {
+        // SAFETY: the caller checked `has_avx2()`; the kernel reads `xr` and writes `yr`,
+        // which have the same length, with whole or masked loads and stores inside them.
+        if !unsafe { softmax_row(xr, yr) } {
+            super::generic::softmax(xr, xr.len(), yr);
+        }
+    }
+}
+
+/// One row of [`softmax_avx2`]; false (and nothing written) if the row holds NaN.
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_row(x: &[f32], y: &mut [f32]) -> bool {
+    let n = x.len();
+    let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut m = neg_inf;
+    let mut nan = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let v = if i + 8 <= n {
+            // SAFETY: i + 8 <= n.
+            unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }
+        } else {
+            let mask = first_lanes(n - i);
+            // SAFETY: the mask enables only the n - i (< 8) lanes left in `x`.
+            let v = unsafe { _mm256_maskload_ps(x.as_ptr().add(i), mask) };
+            _mm256_blendv_ps(neg_inf, v, _mm256_castsi256_ps(mask))
+        };
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        m = _mm256_max_ps(m, v);
+        i += 8;
+    }
+    if _mm256_movemask_ps(nan) != 0 {
+        return false;
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let max = _mm_max_ss(m2, _mm_shuffle_ps::<0b01>(m2, m2));
+    let max4 = _mm_shuffle_ps::<0>(max, max);
+    let mut i = 0;
+    while i < n {
+        if i + 4 <= n {
+            // SAFETY: i + 4 <= n for both slices.
+            unsafe {
+                let d = _mm_sub_ps(_mm_loadu_ps(x.as_ptr().add(i)), max4);
+                _mm_storeu_ps(y.as_mut_ptr().add(i), exp4(d));
+            }
+        } else {
+            let mask = _mm256_castsi256_si128(first_lanes(n - i));
+            // SAFETY: the mask enables only the n - i (< 4) lanes left in both slices.
+            unsafe {
+                let d = _mm_sub_ps(_mm_maskload_ps(x.as_ptr().add(i), mask), max4);
+                _mm_maskstore_ps(y.as_mut_ptr().add(i), mask, exp4(d));
+            }
+        }
+        i += 4;
+    }
+    let mut sum = 0.0f32;
+    for &v in y.iter() {
+        sum += v;
+    }
+    let inv = 1.0 / sum;
+    y.iter_mut().for_each(|v| *v *= inv);
+    true
+}
