@@ -190,13 +190,24 @@ fn feedback(body: &[u8], shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> 
 }
 
 fn health(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
-    let model = lock(&shared.serving).active_ref().cloned();
+    let (model, shadow) = {
+        let serving = lock(&shared.serving);
+        (
+            serving.active_ref().cloned(),
+            serving.shadow().map(|s| s.reference.clone()),
+        )
+    };
     let link = lock(&shared.link).clone();
     let queued = lock(&shared.queue).len();
     let body = json!({
         "status": if model.is_some() { "ok" } else { "no model" },
         "device": shared.config.device,
         "model": model.as_ref().map(|m| json!({
+            "name": m.name,
+            "version": m.version,
+            "sha256": crate::artifact::hex(&m.sha256),
+        })),
+        "shadow": shadow.as_ref().map(|m| json!({
             "name": m.name,
             "version": m.version,
             "sha256": crate::artifact::hex(&m.sha256),

@@ -112,6 +112,43 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         max_connections: usize,
     },
+    /// Roll a version out to a group through a canary gate: canary devices run it in shadow
+    /// beside the current model; `perch-host serve` promotes it only if the gates pass, and
+    /// rolls the group back if its quality drops afterwards.
+    Rollout {
+        /// NAME@VERSION (or NAME@ALIAS).
+        model: ModelRef,
+        /// The group.
+        #[arg(long)]
+        group: String,
+        /// Canary devices.
+        #[arg(long, default_value_t = 1)]
+        canary: u32,
+        /// Shadow requests (all canaries) before the gate is judged.
+        #[arg(long)]
+        min_shadow_requests: Option<u32>,
+        /// Agreement with the current model needed.
+        #[arg(long)]
+        min_agreement: Option<f64>,
+        /// Seconds the group's quality is watched after promotion.
+        #[arg(long)]
+        watch: Option<u64>,
+        /// Wait up to SECONDS for the rollout to finish (the server drives it).
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rollouts under way (every rollout with --all).
+    Rollouts {
+        /// Also the finished ones.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Register an external ONNX model (converted to native when every op translates).
     Import {
         /// The ONNX model.
@@ -354,6 +391,7 @@ fn run(cli: Cli) -> Result<()> {
                 &db,
                 &listen,
                 config,
+                Some(perch::host_cli::lifecycle::Automation::default()),
                 perch::sync::server::Shutdown::new(),
                 |addr| {
                     eprintln!(
@@ -362,6 +400,74 @@ fn run(cli: Cli) -> Result<()> {
                     )
                 },
             )?;
+        }
+        Command::Rollout {
+            model,
+            group,
+            canary,
+            min_shadow_requests,
+            min_agreement,
+            watch,
+            wait,
+            json,
+        } => {
+            let reg = open_registry(registry)?;
+            let mut gates = perch::fleet::rollout::Gates::default();
+            if let Some(n) = min_shadow_requests {
+                gates.min_shadow_requests = n;
+            }
+            if let Some(a) = min_agreement {
+                gates.min_agreement = a;
+            }
+            if let Some(w) = watch {
+                gates.watch_s = w;
+            }
+            let mut v = perch::host_cli::lifecycle::start_rollout(
+                &reg, &model, &group, canary, &gates, "operator",
+            )?;
+            if let Some(secs) = wait {
+                let id = v["rollout"].as_i64().unwrap_or(0);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+                let fleet_db = perch::fleet::Fleet::open(reg.path())?;
+                loop {
+                    let r = fleet_db.rollout(id)?.context("the rollout vanished")?;
+                    if !matches!(r.state.as_str(), "canary" | "promoted")
+                        || std::time::Instant::now() >= deadline
+                    {
+                        v = serde_json::to_value(&r)?;
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+            print(&v, json, |v| {
+                format!(
+                    "rollout {}: {} to group {} ({})\n",
+                    v.get("rollout")
+                        .or(v.get("id"))
+                        .cloned()
+                        .unwrap_or_default(),
+                    v.get("model")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!(
+                            "{}@{}",
+                            v["name"].as_str().unwrap_or("?"),
+                            v["version"].as_str().unwrap_or("?")
+                        )),
+                    v["group"].as_str().unwrap_or("?"),
+                    match v["reason"].as_str() {
+                        Some(r) => format!("{}: {r}", v["state"].as_str().unwrap_or("?")),
+                        None => v["state"].as_str().unwrap_or("?").to_string(),
+                    }
+                )
+            });
+        }
+        Command::Rollouts { all, json } => {
+            let reg = open_registry(registry)?;
+            let f = perch::fleet::Fleet::open(reg.path())?;
+            let v = serde_json::to_value(f.rollouts(!all, 100)?)?;
+            print(&v, json, perch::host_cli::lifecycle::render_rollouts);
         }
         Command::Import { model, name, json } => {
             let v = host_cli::import(&mut open_registry(registry)?, &model, name.as_deref())?;

@@ -6,6 +6,7 @@
 //! content-addressed beside the database in `pushes/<sha256>.perch`.
 
 pub mod keys;
+pub mod rollout;
 pub mod store;
 
 pub use store::FleetStore;
@@ -984,6 +985,50 @@ impl Fleet {
             }
         }
         Ok(out)
+    }
+
+    /// A device's reports of windows that began at or after `since_ms`, by sequence number.
+    ///
+    /// # Errors
+    /// Database failures, a report that no longer decodes.
+    pub fn reports_since(
+        &self,
+        device: &Device,
+        since_ms: u64,
+    ) -> Result<Vec<StoredReport>, FleetError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, received_unix_s, report FROM metrics
+                 WHERE device_id = ?1 AND window_start_ms >= ?2 ORDER BY seq",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![device.id, since_ms as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(self.sql())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.sql())?;
+        rows.into_iter()
+            .map(|(seq, received, blob)| {
+                let report =
+                    postcard::from_bytes(&blob).map_err(|e| FleetError::DamagedReport {
+                        device: device.id,
+                        seq: seq as u64,
+                        reason: e.to_string(),
+                    })?;
+                Ok(StoredReport {
+                    seq: seq as u64,
+                    received_unix_s: received,
+                    report,
+                })
+            })
+            .collect()
     }
 
     /// A device's stored reports, by sequence number.

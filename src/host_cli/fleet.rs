@@ -4,6 +4,7 @@ use crate::artifact;
 use crate::fleet::{self, Fleet, FleetStore};
 use crate::graph::sections::DriftBaseline;
 use crate::registry::{ArtifactFormat, ModelRef, Registry, Version};
+use crate::sync::Role;
 use crate::sync::server::{self, ServerConfig, Shutdown};
 use crate::train::data::Dataset;
 use anyhow::{Context, Result, anyhow, bail};
@@ -274,6 +275,20 @@ pub fn push(
     if to.is_empty() && group.is_none() {
         bail!("say where to push: --to DEVICE (repeatable) or --group GROUP");
     }
+    let devices = open_fleet(registry.path())?.select(to, group)?;
+    push_to(registry, r, &devices, Role::Active)
+}
+
+/// Signs version `r` and assigns it to `devices` in `role`.
+///
+/// # Errors
+/// As [`push`].
+pub fn push_to(
+    registry: &Registry,
+    r: &ModelRef,
+    devices: &[fleet::Device],
+    role: Role,
+) -> Result<Value> {
     let db = registry.path().to_path_buf();
     let version = registry.resolve(r)?;
     let shown = format!("{}@{}", version.name, version.number);
@@ -285,7 +300,6 @@ pub fn push(
         .into());
     }
     let mut f = open_fleet(&db)?;
-    let devices = f.select(to, group)?;
     let bytes = registry.artifact_bytes(&version)?;
     let mut model = artifact::decode(&bytes)
         .with_context(|| format!("reading the artifact of {shown}"))?
@@ -294,10 +308,11 @@ pub fn push(
     let key = fleet::keys::load_or_create(&db)?;
     let signed = artifact::sign(&artifact::encode(&model)?, &key)?;
     let p = f.create_push(&version.name, &version.number.to_string(), &signed, None)?;
-    f.assign(p.id, &devices)?;
+    f.assign_role(p.id, devices, role)?;
     Ok(json!({
         "push": p.id,
         "model": shown,
+        "role": fleet::role_name(role),
         "size_bytes": p.size,
         "sha256": artifact::hex(&p.model.sha256),
         "devices": devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
@@ -378,14 +393,44 @@ pub fn serve(
     db: &Path,
     listen: &str,
     config: ServerConfig,
+    automation: Option<super::lifecycle::Automation>,
     shutdown: Shutdown,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     fleet::keys::load_or_create(db)?;
     let store = Arc::new(FleetStore::open(db)?);
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let monitor = match automation {
+        Some(a) => {
+            let mut m = super::lifecycle::Monitor::open(db, a)?;
+            let stop = shutdown.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("monitor".into())
+                    .spawn(move || {
+                        while !stop.is_triggered() {
+                            match m.step(&[]) {
+                                Ok(lines) => lines.iter().for_each(|l| log::info!("{l}")),
+                                Err(e) => log::error!("monitor: {e:#}"),
+                            }
+                            std::thread::sleep(MONITOR_PERIOD);
+                        }
+                    })
+                    .context("starting the monitor thread")?,
+            )
+        }
+        None => None,
+    };
     ready(listener.local_addr()?);
-    server::serve(listener, store.clone(), config, shutdown)?;
+    let served = server::serve(listener, store.clone(), config, shutdown.clone());
+    shutdown.trigger();
+    if let Some(m) = monitor {
+        let _ = m.join();
+    }
     store.close();
+    served?;
     Ok(())
 }
+
+/// How often the monitor steps rollouts and evaluates alerts.
+pub const MONITOR_PERIOD: Duration = Duration::from_millis(500);

@@ -7,6 +7,7 @@
 //! prints it with `--json` or renders it as text.
 
 pub mod fleet;
+pub mod lifecycle;
 pub mod optimize;
 
 use crate::registry::{
@@ -30,8 +31,9 @@ pub const MODEL_KINDS: &[&str] = &[
     "linear", "ridge", "lasso", "logistic", "softmax", "mlp", "svm", "tree", "forest",
 ];
 
-/// `perch-host train` arguments.
-#[derive(Clone, Debug, clap::Args)]
+/// `perch-host train` arguments (kept with each version as its training recipe, so the
+/// host can retrain it on new data).
+#[derive(Clone, Debug, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct TrainOptions {
     /// Training data: CSV with a header.
     pub data: PathBuf,
@@ -738,7 +740,16 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
         columns: fp.columns as u64,
         feature_stats: feature_stats_json(&data),
     });
-    let params = spec_params(&fitted.spec, task, &opts.target);
+    let mut params = spec_params(&fitted.spec, task, &opts.target);
+    if let Some(p) = params.as_object_mut() {
+        let mut recipe = opts.clone();
+        recipe.data = std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone());
+        recipe.test = opts
+            .test
+            .as_ref()
+            .map(|t| std::fs::canonicalize(t).unwrap_or_else(|_| t.clone()));
+        p.insert("recipe".into(), serde_json::to_value(&recipe)?);
+    }
     let mut stored_metrics = metrics.clone();
     if let (Some(m), Value::Object(t)) = (stored_metrics.as_object_mut(), &train_metrics) {
         for (k, v) in t {

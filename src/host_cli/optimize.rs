@@ -15,8 +15,9 @@ use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// `perch-host optimize` arguments.
-#[derive(Clone, Debug, clap::Args)]
+/// `perch-host optimize` arguments (kept with the version it makes, so a retrained parent
+/// can be optimized the same way).
+#[derive(Clone, Debug, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct OptimizeOptions {
     /// The model: NAME[@VERSION|@ALIAS] in the registry, or an ONNX file (imported first).
     pub model: String,
@@ -390,6 +391,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
     let mut params = parent.params.clone();
     if let Some(p) = params.as_object_mut() {
         p.insert("optimize".into(), Value::Object(steps.clone()));
+        p.insert("optimize_recipe".into(), serde_json::to_value(opts)?);
     }
     let version = registry.register(
         &name,

@@ -1,0 +1,570 @@
+//! The host closing the loop: quality-gated rollouts (canary devices run the candidate in
+//! shadow; it is promoted only if the gates pass; a promoted model whose quality drops is
+//! rolled back) and automatic retraining (a drift or accuracy alert on a model whose
+//! training recipe is in the registry retrains it on the original data plus the labelled
+//! feedback the devices sent, re-applies its optimization, and starts a gated rollout).
+//!
+//! `perch-host serve` runs [`Monitor`] in a thread; `perch-host rollout` starts a rollout
+//! that the running server then drives.
+
+use super::TrainOptions;
+use super::fleet::push_to;
+use super::optimize::OptimizeOptions;
+use crate::fleet::rollout::{Gates, Rollout, judge};
+use crate::fleet::{self, Fleet, SILENT_AFTER_S};
+use crate::registry::{ModelRef, Registry, Version};
+use crate::sync::Role;
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+fn open_fleet(db: &Path) -> Result<Fleet> {
+    Fleet::open(db).with_context(|| format!("opening the fleet database {}", db.display()))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Starts a rollout of `r` to `group`: the candidate goes in shadow to `canary` devices of
+/// the group that are online and run a model; the server's monitor judges and promotes it.
+///
+/// # Errors
+/// An unknown version or group, a group with no running model or too few online devices,
+/// a group that already runs the candidate, a rollout already under way for the group.
+pub fn start_rollout(
+    registry: &Registry,
+    r: &ModelRef,
+    group: &str,
+    canary: u32,
+    gates: &Gates,
+    origin: &str,
+) -> Result<Value> {
+    let version = registry.resolve(r)?;
+    let candidate = format!("{}@{}", version.name, version.number);
+    let mut f = open_fleet(registry.path())?;
+    if let Some(busy) = f
+        .rollouts(true, 100)?
+        .into_iter()
+        .find(|x| x.group == group)
+    {
+        bail!(
+            "rollout {} of {}@{} to group {group} is still under way ({}); wait for it to finish",
+            busy.id,
+            busy.name,
+            busy.version,
+            busy.state
+        );
+    }
+    let members = f.group_devices(group)?;
+    if members.is_empty() {
+        return Err(fleet::FleetError::EmptyGroup {
+            group: group.to_string(),
+            known: f.devices()?.into_iter().map(|d| d.group).collect(),
+        }
+        .into());
+    }
+    let now = fleet::now_unix_s();
+    let statuses: Vec<_> = f
+        .devices()?
+        .into_iter()
+        .filter(|d| d.group == group)
+        .collect();
+    let mut running: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &statuses {
+        if let (Some(m), Some(v)) = (&s.model, &s.version) {
+            *running.entry(format!("{m}@{v}")).or_default() += 1;
+        }
+    }
+    let previous = running
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(m, _)| m.clone())
+        .ok_or_else(|| {
+            anyhow!("no device of group {group} runs a model yet: push one first (perch-host push)")
+        })?;
+    if previous == candidate {
+        bail!("group {group} already runs {candidate}");
+    }
+    let online: Vec<String> = statuses
+        .iter()
+        .filter(|s| {
+            s.model.is_some()
+                && s.last_seen_unix_s
+                    .is_some_and(|t| now - t <= SILENT_AFTER_S)
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    let canary = canary.max(1);
+    if online.len() < canary as usize {
+        bail!(
+            "group {group} has {} online device(s) running a model, the rollout wants {canary} canaries",
+            online.len()
+        );
+    }
+    let canaries: Vec<fleet::Device> = members
+        .iter()
+        .filter(|d| online[..canary as usize].contains(&d.name))
+        .cloned()
+        .collect();
+    // The accuracy the candidate must keep after promotion: the current model's feedback
+    // accuracy on this group, else its recorded test accuracy.
+    let (prev_name, prev_version) = previous
+        .split_once('@')
+        .ok_or_else(|| anyhow!("bad model reference {previous}"))?;
+    let q = f.quality_totals(&members, prev_name, prev_version, 0)?;
+    let (fb, ok) = (q.feedback, q.correct);
+    let baseline = if fb >= u64::from(gates.min_feedback) {
+        Some(ok as f64 / fb as f64)
+    } else {
+        registry
+            .resolve(&previous.parse()?)
+            .ok()
+            .and_then(|v| v.metrics["accuracy"].as_f64())
+    };
+    let shadow = push_to(registry, &candidate.parse()?, &canaries, Role::Shadow)?;
+    let shadow_push = shadow["push"].as_u64().unwrap_or(0);
+    let results = json!({
+        "canaries": canaries.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        "baseline_accuracy": baseline,
+        "started_ms": now_ms(),
+    });
+    let id = f.create_rollout(
+        &version.name,
+        &version.number.to_string(),
+        group,
+        canary,
+        shadow_push,
+        Some(&previous),
+        gates,
+        &results,
+        origin,
+    )?;
+    Ok(json!({
+        "rollout": id,
+        "model": candidate,
+        "group": group,
+        "previous": previous,
+        "canaries": results["canaries"],
+        "baseline_accuracy": baseline,
+        "state": "canary",
+    }))
+}
+
+/// Moves every rollout under way one step if it can: judges canaries that have enough
+/// shadow traffic (promote or abort), aborts canary phases that timed out, rolls back
+/// promoted rollouts whose quality dropped, completes those watched long enough. Returns a
+/// line per change.
+///
+/// # Errors
+/// Database or registry failures (a rollout that cannot move is left as it is).
+pub fn step_rollouts(registry: &Registry) -> Result<Vec<String>> {
+    let mut f = open_fleet(registry.path())?;
+    let mut log = Vec::new();
+    for r in f.rollouts(true, 100)? {
+        let line = match r.state.as_str() {
+            "canary" => step_canary(registry, &mut f, &r)?,
+            "promoted" => step_promoted(registry, &mut f, &r)?,
+            _ => None,
+        };
+        log.extend(line);
+    }
+    Ok(log)
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+fn step_canary(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Option<String>> {
+    let canary_names = names(&r.results["canaries"]);
+    let canaries = f.select(&canary_names, None)?;
+    let since = r.results["started_ms"].as_u64().unwrap_or(0);
+    let totals = f.shadow_totals(&canaries, &r.name, &r.version, since)?;
+    let mut results = r.results.clone();
+    results["shadow"] = serde_json::to_value(totals)?;
+    let candidate = format!("{}@{}", r.name, r.version);
+    if let Some(push) = r.shadow_push {
+        let refused: Vec<String> = f
+            .push_states(push)?
+            .into_iter()
+            .filter(|(_, s, _)| s == "rejected")
+            .map(|(d, _, why)| format!("{d}: {}", why.unwrap_or_default()))
+            .collect();
+        if !refused.is_empty() {
+            let reason = format!("a canary refused the candidate ({})", refused.join("; "));
+            f.clear_shadow(&canaries)?;
+            f.update_rollout(r.id, "aborted", Some(&reason), &results, None)?;
+            return Ok(Some(format!(
+                "rollout {} of {candidate} aborted: {reason}",
+                r.id
+            )));
+        }
+    }
+    if totals.requests >= u64::from(r.gates.min_shadow_requests) {
+        return match judge(&r.gates, &totals) {
+            Ok(()) => {
+                let group = f.group_devices(&r.group)?;
+                let active = push_to(registry, &candidate.parse()?, &group, Role::Active)?;
+                f.clear_shadow(&canaries)?;
+                results["promoted_ms"] = json!(now_ms());
+                results["active_push"] = active["push"].clone();
+                let detail = format!(
+                    "gates passed: agreement {:.3}, p95 {:.0} vs {:.0} us, memory {} vs {} KiB over {} shadow requests",
+                    totals.agreement(),
+                    totals.p95_us,
+                    totals.active_p95_us,
+                    totals.memory_kib,
+                    totals.active_memory_kib,
+                    totals.requests
+                );
+                f.update_rollout(
+                    r.id,
+                    "promoted",
+                    Some(&detail),
+                    &results,
+                    active["push"].as_u64(),
+                )?;
+                Ok(Some(format!(
+                    "rollout {} of {candidate} promoted to group {}: {detail}",
+                    r.id, r.group
+                )))
+            }
+            Err(reason) => {
+                f.clear_shadow(&canaries)?;
+                let reason = format!("canary gate failed: {reason}");
+                f.update_rollout(r.id, "aborted", Some(&reason), &results, None)?;
+                Ok(Some(format!(
+                    "rollout {} of {candidate} aborted: {reason}",
+                    r.id
+                )))
+            }
+        };
+    }
+    let age_s = fleet::now_unix_s() - r.created_unix_s;
+    if age_s > r.gates.canary_timeout_s as i64 {
+        f.clear_shadow(&canaries)?;
+        let reason = format!(
+            "only {} shadow requests in {age_s} s (the gate needs {})",
+            totals.requests, r.gates.min_shadow_requests
+        );
+        f.update_rollout(r.id, "aborted", Some(&reason), &results, None)?;
+        return Ok(Some(format!(
+            "rollout {} of {candidate} aborted: {reason}",
+            r.id
+        )));
+    }
+    Ok(None)
+}
+
+fn step_promoted(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Option<String>> {
+    let group = f.group_devices(&r.group)?;
+    let since = r.results["promoted_ms"].as_u64().unwrap_or(0);
+    let q = f.quality_totals(&group, &r.name, &r.version, since)?;
+    let (fb, ok, req, err) = (q.feedback, q.correct, q.requests, q.errors);
+    let mut results = r.results.clone();
+    results["after"] =
+        json!({"feedback": fb, "feedback_correct": ok, "requests": req, "errors": err});
+    let candidate = format!("{}@{}", r.name, r.version);
+    let mut reason = None;
+    if fb >= u64::from(r.gates.min_feedback)
+        && let Some(base) = r.results["baseline_accuracy"].as_f64()
+    {
+        let acc = ok as f64 / fb as f64;
+        if acc < base - r.gates.max_accuracy_drop {
+            reason = Some(format!(
+                "feedback accuracy {acc:.3} over {fb} labels fell below {base:.3} - {:.3}",
+                r.gates.max_accuracy_drop
+            ));
+        }
+    }
+    if reason.is_none() && req >= 50 {
+        let rate = err as f64 / req as f64;
+        if rate > r.gates.max_error_rate {
+            reason = Some(format!(
+                "error rate {rate:.3} over {req} requests is above {:.3}",
+                r.gates.max_error_rate
+            ));
+        }
+    }
+    if let Some(reason) = reason {
+        let previous = r
+            .previous
+            .clone()
+            .ok_or_else(|| anyhow!("rollout {} has no previous version to restore", r.id))?;
+        let back = push_to(registry, &previous.parse()?, &group, Role::Active)?;
+        results["rollback_push"] = back["push"].clone();
+        let why = format!("{reason}; group {} back on {previous}", r.group);
+        f.update_rollout(r.id, "rolled-back", Some(&why), &results, None)?;
+        return Ok(Some(format!(
+            "rollout {} of {candidate} rolled back: {why}",
+            r.id
+        )));
+    }
+    let installed = match r.active_push {
+        Some(p) => f.push_states(p)?.iter().all(|(_, s, _)| s != "pending"),
+        None => true,
+    };
+    let watched_ms = now_ms().saturating_sub(since);
+    if installed && watched_ms >= r.gates.watch_s * 1000 {
+        f.update_rollout(r.id, "complete", None, &results, None)?;
+        return Ok(Some(format!(
+            "rollout {} of {candidate} complete on group {}",
+            r.id, r.group
+        )));
+    }
+    if let Value::Object(_) = results
+        && results != r.results
+    {
+        f.update_rollout(r.id, "promoted", None, &results, None)?;
+    }
+    Ok(None)
+}
+
+/// Retrains `version` on its recorded training data plus the labelled feedback `group`'s
+/// devices sent while running it, re-applies its optimization steps, and registers the
+/// result (its parent is `version`). Returns the new `NAME@N`.
+///
+/// # Errors
+/// No training recipe (an imported model), training data that changed or vanished, no
+/// labelled feedback, a schema whose columns are not the model's inputs, training failures.
+pub fn retrain(registry: &mut Registry, version: &Version, group: &str) -> Result<String> {
+    let shown = format!("{}@{}", version.name, version.number);
+    let recipe: TrainOptions =
+        serde_json::from_value(version.params["recipe"].clone()).map_err(|_| {
+            anyhow!(
+                "{shown} has no training recipe (it was imported, or trained by an older perch)"
+            )
+        })?;
+    let original = super::recorded_data(version, "train")?;
+    let f = open_fleet(registry.path())?;
+    let devices: Vec<i64> = f.group_devices(group)?.iter().map(|d| d.id).collect();
+    let ids = model_ids(&f, &version.name, &version.number.to_string())?;
+    let samples = f.feedback_samples(&ids, Some(&devices))?;
+    if samples.is_empty() {
+        bail!("no labelled feedback from group {group} for {shown} to retrain on");
+    }
+    let text = std::fs::read_to_string(&original)
+        .with_context(|| format!("reading {}", original.display()))?;
+    let header: Vec<&str> = text.lines().next().unwrap_or("").split(',').collect();
+    let target = header
+        .iter()
+        .position(|h| h.trim() == recipe.target)
+        .ok_or_else(|| anyhow!("{} has no column {:?}", original.display(), recipe.target))?;
+    let width = header.len() - 1;
+    if let Some(bad) = samples.iter().find(|(x, _)| x.len() != width) {
+        bail!(
+            "feedback samples have {} values, the training file {} feature columns: retraining needs a numeric schema whose columns are the model's inputs",
+            bad.0.len(),
+            width
+        );
+    }
+    let mut combined = text.trim_end().to_string();
+    combined.push('\n');
+    for (x, label) in &samples {
+        let mut cells: Vec<String> = x.iter().map(f32::to_string).collect();
+        cells.insert(target, label.to_string());
+        combined.push_str(&cells.join(","));
+        combined.push('\n');
+    }
+    let dir = registry
+        .path()
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("retrain"), |p| p.join("retrain"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let data = dir.join(format!(
+        "{}-{}-{}.csv",
+        version.name,
+        version.number,
+        fleet::now_unix_s()
+    ));
+    std::fs::write(&data, combined).with_context(|| format!("writing {}", data.display()))?;
+    let optimized: Option<OptimizeOptions> = version
+        .params
+        .get("optimize_recipe")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    // The trained model an optimized version came from keeps its own name.
+    let trained_name = match (&optimized, &version.parent) {
+        (Some(_), Some(p)) => p.split('@').next().unwrap_or(&version.name).to_string(),
+        _ => version.name.clone(),
+    };
+    let mut opts = recipe;
+    opts.data = data.clone();
+    opts.name = Some(trained_name.clone());
+    opts.parent = Some(shown.clone());
+    let trained = super::train(registry, &opts)
+        .with_context(|| format!("retraining {shown} on {}", data.display()))?;
+    let trained_ref = format!("{trained_name}@{}", trained["version"]);
+    let Some(mut o) = optimized else {
+        return Ok(trained_ref);
+    };
+    o.model = trained_ref.clone();
+    o.name = Some(version.name.clone());
+    let report = super::optimize::optimize(registry, &o)
+        .with_context(|| format!("optimizing the retrained {trained_ref} as {shown} was"))?;
+    Ok(format!("{}@{}", version.name, report["version"]))
+}
+
+fn model_ids(f: &Fleet, name: &str, version: &str) -> Result<Vec<[u8; 8]>> {
+    Ok(f.push_model_ids(name, version)?)
+}
+
+/// What the monitor does on its own.
+#[derive(Debug, Clone)]
+pub struct Automation {
+    /// Gates of the rollouts it starts.
+    pub gates: Gates,
+    /// Canary devices of the rollouts it starts.
+    pub canary: u32,
+    /// Retrain on these alert rules (`drift`, `accuracy`); empty: never.
+    pub retrain_on: Vec<String>,
+}
+
+impl Default for Automation {
+    fn default() -> Self {
+        Automation {
+            gates: Gates::default(),
+            canary: 1,
+            retrain_on: vec!["drift".into(), "accuracy".into()],
+        }
+    }
+}
+
+/// The host's monitoring loop: rollouts stepped, alerts evaluated, retraining started.
+#[derive(Debug)]
+pub struct Monitor {
+    registry: Registry,
+    automation: Automation,
+    /// Versions already retrained for a group (one retraining per model and group).
+    retrained: HashSet<(String, String)>,
+}
+
+impl Monitor {
+    /// A monitor over the registry at `db`.
+    ///
+    /// # Errors
+    /// The registry cannot be opened.
+    pub fn open(db: &Path, automation: Automation) -> Result<Monitor> {
+        Ok(Monitor {
+            registry: Registry::open(db)?,
+            automation,
+            retrained: HashSet::new(),
+        })
+    }
+
+    /// One pass: steps the rollouts, then reacts to `opened` alerts `(rule, device, id)`.
+    /// Returns a line per thing done.
+    ///
+    /// # Errors
+    /// Database failures (retraining failures are logged as events, not errors).
+    pub fn step(&mut self, opened: &[(String, String, i64)]) -> Result<Vec<String>> {
+        let mut log = step_rollouts(&self.registry)?;
+        for (rule, device, alert) in opened {
+            if !self.automation.retrain_on.contains(rule) {
+                continue;
+            }
+            if let Some(line) = self.retrain_for(rule, device, *alert)? {
+                log.push(line);
+            }
+        }
+        Ok(log)
+    }
+
+    fn retrain_for(&mut self, rule: &str, device: &str, alert: i64) -> Result<Option<String>> {
+        let mut f = open_fleet(self.registry.path())?;
+        let Some(status) = f.devices()?.into_iter().find(|d| d.name == device) else {
+            return Ok(None);
+        };
+        let (Some(name), Some(number)) = (status.model.clone(), status.version.clone()) else {
+            return Ok(None);
+        };
+        let key = (format!("{name}@{number}"), status.group.clone());
+        if self.retrained.contains(&key)
+            || f.rollouts(true, 100)?
+                .iter()
+                .any(|r| r.group == status.group)
+        {
+            return Ok(None);
+        }
+        self.retrained.insert(key.clone());
+        let Ok(version) = self.registry.resolve(&key.0.parse()?) else {
+            return Ok(None);
+        };
+        f.record_event(
+            None,
+            Some(device),
+            "retrain",
+            &format!(
+                "{rule} alert {alert} on {device}: retraining {} for group {}",
+                key.0, key.1
+            ),
+        )?;
+        let new = match retrain(&mut self.registry, &version, &status.group) {
+            Ok(v) => v,
+            Err(e) => {
+                let why = format!("retraining {} failed: {e:#}", key.0);
+                f.record_event(None, Some(device), "retrain", &why)?;
+                return Ok(Some(why));
+            }
+        };
+        f.record_event(
+            None,
+            Some(device),
+            "retrain",
+            &format!(
+                "{} retrained as {new} on the original data and the group's feedback",
+                key.0
+            ),
+        )?;
+        let origin = format!("retrain after {rule} alert {alert} on {device}");
+        match start_rollout(
+            &self.registry,
+            &new.parse()?,
+            &status.group,
+            self.automation.canary,
+            &self.automation.gates,
+            &origin,
+        ) {
+            Ok(v) => Ok(Some(format!(
+                "{rule} alert on {device}: retrained {} as {new}, rollout {} to group {}",
+                key.0, v["rollout"], status.group
+            ))),
+            Err(e) => {
+                let why = format!("rollout of {new} not started: {e:#}");
+                f.record_event(None, Some(device), "retrain", &why)?;
+                Ok(Some(why))
+            }
+        }
+    }
+}
+
+/// Text of `perch-host rollouts`.
+pub fn render_rollouts(v: &Value) -> String {
+    let mut out = String::new();
+    for r in v.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:>4}  {}@{}  group {}  {}{}\n",
+            r["id"],
+            r["name"].as_str().unwrap_or("?"),
+            r["version"].as_str().unwrap_or("?"),
+            r["group"].as_str().unwrap_or("?"),
+            r["state"].as_str().unwrap_or("?"),
+            r["reason"]
+                .as_str()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("no rollouts (start one with `perch-host rollout NAME@VERSION --group G`)\n");
+    }
+    out
+}

@@ -1,0 +1,245 @@
+//! The monitoring loop end to end, host and agents as processes on loopback: quality-gated
+//! rollouts (a candidate that disagrees with the current model is stopped at the canary
+//! gate; a promoted model whose feedback accuracy drops is rolled back).
+#![cfg(all(feature = "host", feature = "device"))]
+
+mod harness;
+
+use harness::{Agent, Host, feature_rows};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+fn wine_test() -> std::path::PathBuf {
+    harness::corpus().join("datasets/wine/wine_test.csv")
+}
+
+fn wine_labels() -> Vec<f64> {
+    let mut r = csv::Reader::from_path(wine_test()).unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            rec[rec.len() - 1].parse().unwrap()
+        })
+        .collect()
+}
+
+/// Sends the wine test rows to `agent` and, when `label` says so, feedback for each.
+fn traffic(agent: &Agent, label: Option<&dyn Fn(usize, i64) -> f64>) {
+    let body = json!({ "inputs": feature_rows(&wine_test()) }).to_string();
+    let (status, text) = agent.post("/predict", &body);
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    if let Some(label) = label {
+        let ids = v["ids"].as_array().unwrap();
+        let predicted = v["outputs"]["label"].as_array().unwrap();
+        let items: Vec<Value> = ids
+            .iter()
+            .zip(predicted)
+            .enumerate()
+            .map(|(i, (id, p))| json!({"id": id, "label": label(i, p.as_i64().unwrap())}))
+            .collect();
+        let (status, text) = agent.post("/feedback", &json!({ "feedback": items }).to_string());
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
+fn rollout_state(host: &Host, id: i64) -> perch::fleet::rollout::Rollout {
+    host.fleet().rollout(id).unwrap().expect("rollout exists")
+}
+
+/// Keeps traffic flowing to `agents` until rollout `id` leaves `state`.
+fn drive_until_not(
+    host: &Host,
+    agents: &[Agent],
+    id: i64,
+    state: &str,
+    label: Option<&dyn Fn(usize, i64) -> f64>,
+) -> perch::fleet::rollout::Rollout {
+    let deadline = Instant::now() + T;
+    loop {
+        for a in agents {
+            traffic(a, label);
+        }
+        let r = rollout_state(host, id);
+        if r.state != state {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout {id} still {state}: {r:?}\nhost log:\n{}",
+            host.proc
+                .as_ref()
+                .map(harness::Proc::log)
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A copy of the wine training CSV with the labels shuffled (a model trained on it
+/// disagrees with a real one).
+fn shuffled_wine(dir: &std::path::Path) -> std::path::PathBuf {
+    let text =
+        std::fs::read_to_string(harness::corpus().join("datasets/wine/wine_train.csv")).unwrap();
+    let mut lines: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    let n = lines.len();
+    let labels: Vec<String> = (1..n)
+        .map(|i| lines[1 + (i * 37) % (n - 1)].last().unwrap().clone())
+        .collect();
+    for (i, l) in labels.into_iter().enumerate() {
+        *lines[i + 1].last_mut().unwrap() = l;
+    }
+    let out = dir.join("wine_shuffled.csv");
+    let body: String = lines.iter().map(|l| l.join(",") + "\n").collect();
+    std::fs::write(&out, body).unwrap();
+    out
+}
+
+fn start_fleet(host: &mut Host, n: usize) -> Vec<Agent> {
+    let addr = host.serve(0).to_string();
+    let agents: Vec<Agent> = (1..=n)
+        .map(|i| {
+            let name = format!("pi-{i}");
+            let config = host.add_device(&name, "lab", &addr, "");
+            Agent::start(&name, &config, None)
+        })
+        .collect();
+    let id = host.cli_json(&["push", "wine@1", "--group", "lab"])["push"]
+        .as_u64()
+        .unwrap();
+    let states = host.wait_push(id, T);
+    assert!(
+        states.iter().all(|(_, s, _)| s == "installed"),
+        "{states:?}"
+    );
+    agents
+}
+
+#[test]
+fn a_candidate_that_disagrees_is_stopped_at_the_canary_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Host::new(dir.path());
+    host.train_wine("wine", "logistic", 1);
+    let shuffled = shuffled_wine(dir.path());
+    host.cli(&[
+        "train",
+        shuffled.to_str().unwrap(),
+        "--target",
+        "target",
+        "--model",
+        "logistic",
+        "--name",
+        "wine",
+    ]);
+    let agents = start_fleet(&mut host, 2);
+    let v = host.cli_json(&[
+        "rollout",
+        "wine@2",
+        "--group",
+        "lab",
+        "--canary",
+        "1",
+        "--min-shadow-requests",
+        "90",
+    ]);
+    let id = v["rollout"].as_i64().unwrap();
+    assert_eq!(v["previous"], "wine@1");
+    let canary = v["canaries"][0].as_str().unwrap().to_string();
+    let ca = agents.iter().find(|a| a.proc.name == canary).unwrap();
+    ca.wait_health("the shadow", T, |h| h["shadow"]["version"] == "2");
+    // The app keeps getting wine@1's answers while the shadow runs.
+    let (_, body) = ca.post(
+        "/predict",
+        &json!({"input": feature_rows(&wine_test())[0]}).to_string(),
+    );
+    assert!(body.contains("\"version\":\"1\""), "{body}");
+    let r = drive_until_not(&host, &agents, id, "canary", None);
+    assert_eq!(r.state, "aborted", "{r:?}");
+    let reason = r.reason.unwrap_or_default();
+    assert!(reason.contains("agreement"), "{reason}");
+    let agreement = r.results["shadow"]["agreed"].as_f64().unwrap()
+        / r.results["shadow"]["requests"].as_f64().unwrap();
+    assert!(agreement < 0.9, "{agreement}");
+    // Nobody runs the candidate; the canary drops its shadow.
+    ca.wait_health("no shadow", T, |h| h["shadow"].is_null());
+    for a in &agents {
+        assert_eq!(a.health()["model"]["version"], "1");
+    }
+    let listed = host.cli_json(&["rollouts", "--all"]);
+    assert_eq!(listed[0]["state"], "aborted", "{listed}");
+}
+
+#[test]
+fn a_promoted_model_whose_feedback_accuracy_drops_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Host::new(dir.path());
+    host.train_wine("wine", "logistic", 1);
+    // A sibling of the same size and speed, regularized differently: it passes the gate.
+    let data = harness::corpus().join("datasets/wine/wine_train.csv");
+    host.cli(&[
+        "train",
+        data.to_str().unwrap(),
+        "--target",
+        "target",
+        "--model",
+        "logistic",
+        "--C",
+        "0.3",
+        "--name",
+        "wine",
+    ]);
+    let agents = start_fleet(&mut host, 2);
+    let truth = wine_labels();
+    let honest = |i: usize, _p: i64| truth[i];
+    // Feedback on the current model first: its accuracy is the baseline.
+    for _ in 0..2 {
+        for a in &agents {
+            traffic(a, Some(&honest));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let v = host.cli_json(&[
+        "rollout",
+        "wine@2",
+        "--group",
+        "lab",
+        "--min-shadow-requests",
+        "90",
+        "--watch",
+        "600",
+    ]);
+    let id = v["rollout"].as_i64().unwrap();
+    let base = v["baseline_accuracy"].as_f64().unwrap();
+    assert!(base > 0.9, "baseline {base}");
+    let r = drive_until_not(&host, &agents, id, "canary", None);
+    assert_eq!(r.state, "promoted", "{r:?}");
+    for a in &agents {
+        a.wait_health("the candidate", T, |h| h["model"]["version"] == "2");
+    }
+    // The world changed: every label now says the model is wrong.
+    let wrong = |_i: usize, p: i64| ((p + 1) % 3) as f64;
+    let r = drive_until_not(&host, &agents, id, "promoted", Some(&wrong));
+    assert_eq!(r.state, "rolled-back", "{r:?}");
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("feedback accuracy"),
+        "{r:?}"
+    );
+    for a in &agents {
+        a.wait_health("back on v1", T, |h| h["model"]["version"] == "1");
+    }
+    let events = host.fleet().events(None, 100).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "rollout" && e.detail.contains("rolled-back")),
+        "{events:?}"
+    );
+}
