@@ -121,6 +121,39 @@ mod tests {
         }
     }
 
+    /// The bytes docs/protocol.md shows.
+    #[test]
+    fn frames_have_the_documented_bytes() {
+        let cases: [(Message, &[u8]); 3] = [
+            (
+                Message::Ack { seq: 7 },
+                &[0x02, 0, 0, 0, 0x06, 0x07, 0x8d, 0x32, 0x34, 0x34],
+            ),
+            (
+                Message::Fetch {
+                    push: 3,
+                    offset: 65_536,
+                },
+                &[
+                    0x05, 0, 0, 0, 0x08, 0x03, 0x80, 0x80, 0x04, 0x1c, 0xf2, 0x80, 0x53,
+                ],
+            ),
+            (
+                Message::Heartbeat { model: None },
+                &[0x02, 0, 0, 0, 0x0e, 0x00, 0x26, 0x2d, 0x89, 0x62],
+            ),
+        ];
+        for (m, bytes) in cases {
+            let mut out = Vec::new();
+            encode(&m, &mut out, DEFAULT_MAX_PAYLOAD).unwrap();
+            assert_eq!(out, bytes, "{m:?}");
+            assert_eq!(
+                decode(bytes, DEFAULT_MAX_PAYLOAD).unwrap(),
+                Some((m, bytes.len()))
+            );
+        }
+    }
+
     #[test]
     fn round_trip_and_partial_input() {
         let mut buf = Vec::new();
