@@ -67,7 +67,15 @@ pub(crate) struct Shadow {
     agreed: u32,
     latency: LatencyHistogram,
     active_latency: LatencyHistogram,
+    /// The shadow's answers to recent predictions, by id, for feedback (bounded).
+    answers: std::collections::VecDeque<(u64, Outcome)>,
+    feedback: u32,
+    feedback_correct: u32,
+    active_feedback_correct: u32,
 }
+
+/// Shadow answers remembered for feedback.
+const SHADOW_ANSWERS: usize = 1024;
 
 impl Shadow {
     pub fn new(loaded: Loaded, reference: ModelRef, push: u64) -> Shadow {
@@ -88,6 +96,10 @@ impl Shadow {
             agreed: 0,
             latency: LatencyHistogram::new(),
             active_latency: LatencyHistogram::new(),
+            answers: std::collections::VecDeque::with_capacity(SHADOW_ANSWERS),
+            feedback: 0,
+            feedback_correct: 0,
+            active_feedback_correct: 0,
         }
     }
 
@@ -114,7 +126,13 @@ impl Shadow {
             active_latency_us: pct(&self.active_latency),
             memory_kib: self.memory_kib,
             active_memory_kib,
+            feedback: self.feedback,
+            feedback_correct: self.feedback_correct,
+            active_feedback_correct: self.active_feedback_correct,
         };
+        self.feedback = 0;
+        self.feedback_correct = 0;
+        self.active_feedback_correct = 0;
         self.requests = 0;
         self.errors = 0;
         self.agreed = 0;
@@ -361,6 +379,7 @@ impl Serving {
         if let Some(w) = self.watch.as_mut() {
             w.requests = w.requests.saturating_add(batch as u32);
         }
+        let mut shadow_answers: Vec<Outcome> = Vec::new();
         if let Some(shadow) = self.shadow.as_mut() {
             let started = Instant::now();
             let result = shadow.model.run(data, batch);
@@ -386,6 +405,7 @@ impl Serving {
                         if agree(a, b) {
                             shadow.agreed = shadow.agreed.saturating_add(1);
                         }
+                        shadow_answers.push(b);
                     }
                 }
                 _ => shadow.errors = shadow.errors.saturating_add(batch as u32),
@@ -400,7 +420,14 @@ impl Serving {
                 .collector
                 .record_prediction(sample, per_sample_us, class);
             let predicted = predicted_outcome(&outs, active.label_output, s);
-            ids.push(active.recent.record(predicted, sample));
+            let id = active.recent.record(predicted, sample);
+            if let (Some(shadow), Some(&b)) = (self.shadow.as_mut(), shadow_answers.get(s)) {
+                if shadow.answers.len() == SHADOW_ANSWERS {
+                    shadow.answers.pop_front();
+                }
+                shadow.answers.push_back((id, b));
+            }
+            ids.push(id);
         }
         Ok(Prediction {
             model: active.reference.clone(),
@@ -445,13 +472,22 @@ impl Serving {
             Outcome::Value(label as f32)
         };
         let feedback = active.recent.label(id, label).map_err(|e| e.to_string())?;
-        let correct = match (feedback.correct, feedback.predicted, label) {
-            (Some(c), _, _) => c,
-            // A regression counts as right within 10 % of the true value.
-            (None, Outcome::Value(p), Outcome::Value(l)) => (p - l).abs() <= 0.1 * l.abs() + 1e-6,
-            _ => false,
+        let correct = match feedback.correct {
+            Some(c) => c,
+            None => is_correct(feedback.predicted, label),
         };
         active.collector.record_feedback(correct);
+        if let Some(shadow) = self.shadow.as_mut()
+            && let Some(&(_, theirs)) = shadow.answers.iter().find(|(i, _)| *i == id)
+        {
+            shadow.feedback = shadow.feedback.saturating_add(1);
+            shadow.feedback_correct = shadow
+                .feedback_correct
+                .saturating_add(u32::from(is_correct(theirs, label)));
+            shadow.active_feedback_correct = shadow
+                .active_feedback_correct
+                .saturating_add(u32::from(correct));
+        }
         Ok(correct)
     }
 
@@ -479,6 +515,16 @@ fn argmax_row(out: &Output, sample: usize) -> Option<usize> {
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(i, _)| i)
+}
+
+/// Whether a prediction matches its label: the same class; a regression within 10 % of
+/// the true value.
+fn is_correct(predicted: Outcome, label: Outcome) -> bool {
+    match (predicted, label) {
+        (Outcome::Class(p), Outcome::Class(l)) => p == l,
+        (Outcome::Value(p), Outcome::Value(l)) => (p - l).abs() <= 0.1 * l.abs() + 1e-6,
+        _ => false,
+    }
 }
 
 /// Whether two predictions of the same sample agree: same class, or values within 1 %.

@@ -106,9 +106,25 @@ pub struct ShadowTotals {
     pub memory_kib: u32,
     /// Largest active-model heap reported, KiB.
     pub active_memory_kib: u32,
+    /// Labelled feedback on requests the shadow also answered.
+    pub feedback: u64,
+    /// Of those, right according to the shadow.
+    pub feedback_correct: u64,
+    /// Of those, right according to the active model.
+    pub active_feedback_correct: u64,
 }
 
 impl ShadowTotals {
+    /// Shadow and active feedback accuracy on the same labels.
+    pub fn accuracies(&self) -> Option<(f64, f64)> {
+        (self.feedback > 0).then(|| {
+            (
+                self.feedback_correct as f64 / self.feedback as f64,
+                self.active_feedback_correct as f64 / self.feedback as f64,
+            )
+        })
+    }
+
     /// Agreement among the shadow answers that did not fail.
     pub fn agreement(&self) -> f64 {
         let answered = self.requests.saturating_sub(self.errors);
@@ -136,12 +152,26 @@ pub struct QualityTotals {
 /// Judges a canary phase: `Ok` to promote, `Err(reason)` naming every gate that failed.
 pub fn judge(gates: &Gates, t: &ShadowTotals) -> Result<(), String> {
     let mut failed = Vec::new();
-    let agreement = t.agreement();
-    if agreement < gates.min_agreement {
-        failed.push(format!(
-            "agreement {agreement:.3} < {:.3}",
-            gates.min_agreement
-        ));
+    // With enough labels, the candidate is judged on being right, not on agreeing: a model
+    // retrained for drifted inputs should disagree where the current one is wrong.
+    match t.accuracies() {
+        Some((shadow, active)) if t.feedback >= u64::from(gates.min_feedback) => {
+            if shadow < active - gates.max_accuracy_drop {
+                failed.push(format!(
+                    "feedback accuracy {shadow:.3} against the current model's {active:.3} on the same {} labels (at most {:.3} lower)",
+                    t.feedback, gates.max_accuracy_drop
+                ));
+            }
+        }
+        _ => {
+            let agreement = t.agreement();
+            if agreement < gates.min_agreement {
+                failed.push(format!(
+                    "agreement {agreement:.3} < {:.3}",
+                    gates.min_agreement
+                ));
+            }
+        }
     }
     let error_rate = if t.requests == 0 {
         0.0
@@ -407,6 +437,9 @@ impl Fleet {
                 active_p95 += f64::from(s.active_latency_us.p95) * f64::from(s.requests);
                 t.memory_kib = t.memory_kib.max(s.memory_kib);
                 t.active_memory_kib = t.active_memory_kib.max(s.active_memory_kib);
+                t.feedback += u64::from(s.feedback);
+                t.feedback_correct += u64::from(s.feedback_correct);
+                t.active_feedback_correct += u64::from(s.active_feedback_correct);
             }
         }
         if t.requests > 0 {
@@ -462,6 +495,7 @@ mod tests {
             active_p95_us: 100.0,
             memory_kib: mem,
             active_memory_kib: 100,
+            ..ShadowTotals::default()
         }
     }
 
@@ -479,6 +513,24 @@ mod tests {
         assert!(e.contains("error rate"), "{e}");
         // Agreement counts only answers that did not fail.
         assert!((failing.agreement() - 95.0 / 90.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn with_enough_labels_accuracy_decides_instead_of_agreement() {
+        let g = Gates::default();
+        // A retrained model that disagrees where the current one is wrong passes.
+        let mut t = totals(40, 100.0, 100);
+        t.feedback = 100;
+        t.feedback_correct = 90;
+        t.active_feedback_correct = 45;
+        assert_eq!(judge(&g, &t), Ok(()));
+        // One that is less right fails, naming both accuracies.
+        t.feedback_correct = 30;
+        let e = judge(&g, &t).unwrap_err();
+        assert!(e.contains("0.300") && e.contains("0.450"), "{e}");
+        // Too few labels: agreement decides again.
+        t.feedback = 5;
+        assert!(judge(&g, &t).unwrap_err().contains("agreement"));
     }
 
     #[test]

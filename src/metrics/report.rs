@@ -89,6 +89,12 @@ pub struct ShadowReport {
     pub memory_kib: u32,
     /// Heap the active model holds, KiB.
     pub active_memory_kib: u32,
+    /// Labelled feedback on requests the shadow also answered.
+    pub feedback: u32,
+    /// Of those labels, how many the shadow got right.
+    pub feedback_correct: u32,
+    /// And how many the active model got right.
+    pub active_feedback_correct: u32,
 }
 
 /// One labelled feedback sample: the input that was predicted and its true label (a class
