@@ -19,6 +19,9 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+/// How far back the current model's feedback counts for a rollout's baseline accuracy.
+const BASELINE_WINDOW_MS: u64 = 10 * 60 * 1000;
+
 fn open_fleet(db: &Path) -> Result<Fleet> {
     Fleet::open(db).with_context(|| format!("opening the fleet database {}", db.display()))
 }
@@ -110,12 +113,14 @@ pub fn start_rollout(
         .filter(|d| online[..canary as usize].contains(&d.name))
         .cloned()
         .collect();
-    // The accuracy the candidate must keep after promotion: the current model's feedback
-    // accuracy on this group, else its recorded test accuracy.
+    // The accuracy the candidate must keep after promotion: the current model's recent
+    // feedback accuracy on this group, else its recorded test accuracy (replaced by the
+    // candidate's own accuracy in shadow when the canaries saw enough labels).
     let (prev_name, prev_version) = previous
         .split_once('@')
         .ok_or_else(|| anyhow!("bad model reference {previous}"))?;
-    let q = f.quality_totals(&members, prev_name, prev_version, 0)?;
+    let recent_ms = now_ms().saturating_sub(BASELINE_WINDOW_MS);
+    let q = f.quality_totals(&members, prev_name, prev_version, recent_ms)?;
     let (fb, ok) = (q.feedback, q.correct);
     let baseline = if fb >= u64::from(gates.min_feedback) {
         Some(ok as f64 / fb as f64)
@@ -215,9 +220,21 @@ fn step_canary(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Option
                 let active = push_to(registry, &candidate.parse()?, &group, Role::Active)?;
                 f.clear_shadow(&canaries)?;
                 results["promoted_ms"] = json!(now_ms());
+                if let Some((shadow_acc, _)) = totals.accuracies()
+                    && totals.feedback >= u64::from(r.gates.min_feedback)
+                {
+                    results["baseline_accuracy"] = json!(shadow_acc);
+                }
                 results["active_push"] = active["push"].clone();
+                let judged = match totals.accuracies() {
+                    Some((a, b)) if totals.feedback >= u64::from(r.gates.min_feedback) => format!(
+                        "feedback accuracy {a:.3} vs the current model's {b:.3} on {} labels, agreement",
+                        totals.feedback
+                    ),
+                    _ => "agreement".to_string(),
+                };
                 let detail = format!(
-                    "gates passed: agreement {:.3}, p95 {:.0} vs {:.0} us, memory {} vs {} KiB over {} shadow requests",
+                    "gates passed: {judged} {:.3}, p95 {:.0} vs {:.0} us, memory {} vs {} KiB over {} shadow requests",
                     totals.agreement(),
                     totals.p95_us,
                     totals.active_p95_us,
