@@ -672,3 +672,89 @@ fn training_flags_reach_the_model_and_are_recorded() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// `perch-host alerts` lists what the rules raised over stored reports, and `serve` refuses
+/// a rules file it cannot use before it listens.
+#[test]
+fn alerts_lists_open_and_resolved_alerts_and_serve_checks_its_rules() {
+    use perch::fleet::{Fleet, alerts};
+    use perch::metrics::Report;
+    let host = Host::new();
+    {
+        let mut fleet = Fleet::open(host.db()).expect("fleet");
+        let a = fleet.add_device("pi-a", "lab").expect("device");
+        let b = fleet.add_device("pi-b", "lab").expect("device");
+        let drifting = Report {
+            model: [7; 8],
+            requests: 230,
+            psi_milli: vec![10, 410],
+            ..Report::default()
+        };
+        let failing = Report {
+            model: [7; 8],
+            requests: 200,
+            errors: 15,
+            ..Report::default()
+        };
+        fleet
+            .store_reports(&[(a.id, 1, &drifting), (b.id, 1, &failing)])
+            .expect("store");
+        let now = perch::fleet::now_unix_s();
+        let opened = alerts::evaluate(&mut fleet, &alerts::Rules::default(), now).expect("eval");
+        assert_eq!(opened.len(), 2, "{opened:?}");
+        let fine = Report {
+            requests: 500,
+            ..failing
+        };
+        fleet.store_reports(&[(b.id, 2, &fine)]).expect("store");
+        let resolved = alerts::evaluate(&mut fleet, &alerts::Rules::default(), now).expect("eval");
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+    }
+    let text = host.ok(&["alerts"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("RULE") && lines[0].contains("SINCE"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("drift") && lines[1].contains("pi-a"),
+        "{text}"
+    );
+    assert!(lines[1].contains("feature 1 PSI 0.41 > 0.2"), "{text}");
+
+    let all = host.json(&["alerts", "--all", "--json"]);
+    let all = all.as_array().expect("array");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0]["rule"], "errors");
+    assert_eq!(all[0]["state"], "resolved");
+    assert_eq!(all[0]["device"], "pi-b");
+    assert_eq!(all[0]["value"], 0.075);
+    assert_eq!(all[1]["state"], "open");
+    assert_eq!(all[1]["subject"], "1");
+    let text = host.ok(&["alerts", "--all"]);
+    assert!(
+        text.contains("7.50% > 5.00%") && text.contains("resolved"),
+        "{text}"
+    );
+
+    let rules = host.dir.path().join("rules.toml");
+    for (body, needle) in [
+        ("[drift]\nthreshold = 0.3\n", "threshold"),
+        ("[errors]\nrate = 2\n", "errors.rate"),
+        ("[latency]\np95_us = \"fast\"\n", "p95_us"),
+    ] {
+        std::fs::write(&rules, body).expect("write rules");
+        let e = host.err(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--rules",
+            rules.to_str().unwrap(),
+        ]);
+        assert!(
+            e.contains("rules.toml") && e.contains(needle),
+            "{body}: {e}"
+        );
+    }
+}

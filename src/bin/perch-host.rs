@@ -111,6 +111,21 @@ enum Command {
         /// Devices connected at once, at most.
         #[arg(long, default_value_t = 4096)]
         max_connections: usize,
+        /// Alert rules, TOML (docs/alerts.md; default: the built-in rules).
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
+    },
+    /// Alerts raised by the fleet's reports: drift, accuracy, latency, errors, silence.
+    Alerts {
+        /// Resolved alerts too, not only open ones.
+        #[arg(long)]
+        all: bool,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Roll a version out to a group through a canary gate: canary devices run it in shadow
     /// beside the current model; `perch-host serve` promotes it only if the gates pass, and
@@ -375,23 +390,39 @@ fn run(cli: Cli) -> Result<()> {
             }
             print(&v, json, fleet::render_push);
         }
+        Command::Alerts { all, limit, json } => {
+            let db = perch::registry::resolve_path(registry);
+            print(&fleet::alerts_list(&db, all, limit)?, json, |v| {
+                fleet::render_alerts(v, all)
+            });
+        }
         Command::Serve {
             listen,
             heartbeat,
             max_connections,
+            rules,
         } => {
             let db = perch::registry::resolve_path(registry);
-            let config = perch::sync::server::ServerConfig {
-                heartbeat_s: heartbeat.max(1),
-                idle_timeout: std::time::Duration::from_secs(u64::from(heartbeat.max(1)) * 4),
-                max_connections: max_connections.max(1),
-                ..Default::default()
+            let config = fleet::ServeConfig {
+                server: perch::sync::server::ServerConfig {
+                    heartbeat_s: heartbeat.max(1),
+                    idle_timeout: std::time::Duration::from_secs(u64::from(heartbeat.max(1)) * 4),
+                    max_connections: max_connections.max(1),
+                    ..Default::default()
+                },
+                rules: perch::fleet::alerts::load_rules(rules.as_deref())?,
+                automation: None,
+            };
+            let config = fleet::ServeConfig {
+                automation: Some(perch::host_cli::lifecycle::Automation::from_rules(
+                    &config.rules,
+                )),
+                ..config
             };
             fleet::serve(
                 &db,
                 &listen,
                 config,
-                Some(perch::host_cli::lifecycle::Automation::default()),
                 perch::sync::server::Shutdown::new(),
                 |addr| {
                     eprintln!(

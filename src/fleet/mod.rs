@@ -1,10 +1,11 @@
 //! The fleet (feature `host`): devices, pushes of models to them, their metrics and
-//! events, in the registry's SQLite database (layout 3), and the sync server
-//! ([`server`]) devices connect to.
+//! events, in the registry's SQLite database (layout 3), the sync server's store
+//! ([`store`]) and alert rules over the stored reports ([`alerts`]).
 //!
 //! Pushed artifacts (signed, so their bytes differ from the registry's) are kept
 //! content-addressed beside the database in `pushes/<sha256>.perch`.
 
+pub mod alerts;
 pub mod keys;
 pub mod rollout;
 pub mod store;
@@ -89,6 +90,34 @@ pub enum FleetError {
     /// A value could not be encoded for storage.
     #[error("cannot encode for the fleet database: {0}")]
     Encode(String),
+    /// An alert rules file cannot be read.
+    #[error("alert rules {path:?}: cannot read the file")]
+    RulesUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An alert rules file is not valid TOML or has a key perch does not know.
+    #[error("alert rules {path:?}: {reason}")]
+    RulesSyntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the key and its line).
+        reason: String,
+    },
+    /// An alert rule has a value out of its range.
+    #[error("alert rules {path:?}: {key} = {value}: {reason}")]
+    BadRule {
+        /// The file.
+        path: PathBuf,
+        /// The key, as `section.key`.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// What is allowed.
+        reason: String,
+    },
     /// A stored report does not decode.
     #[error("stored report of device {device} seq {seq} is damaged: {reason}")]
     DamagedReport {
@@ -192,6 +221,15 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Decodes a stored report blob (the one place that knows its encoding).
+fn decode_report(device: i64, seq: i64, blob: &[u8]) -> Result<Report, FleetError> {
+    postcard::from_bytes(blob).map_err(|e| FleetError::DamagedReport {
+        device,
+        seq: seq as u64,
+        reason: e.to_string(),
+    })
 }
 
 /// A connection to the fleet tables.
@@ -1053,12 +1091,7 @@ impl Fleet {
             .map_err(self.sql())?;
         rows.into_iter()
             .map(|(seq, received, blob)| {
-                let report =
-                    postcard::from_bytes(&blob).map_err(|e| FleetError::DamagedReport {
-                        device: device.id,
-                        seq: seq as u64,
-                        reason: e.to_string(),
-                    })?;
+                let report = decode_report(device.id, seq, &blob)?;
                 Ok(StoredReport {
                     seq: seq as u64,
                     received_unix_s: received,

@@ -1,6 +1,7 @@
-//! `perch-host devices | push | serve`: the fleet commands as library functions.
+//! `perch-host devices | push | alerts | serve`: the fleet commands as library functions.
 
 use crate::artifact;
+use crate::fleet::alerts::Rules;
 use crate::fleet::{self, Fleet, FleetStore};
 use crate::graph::sections::DriftBaseline;
 use crate::registry::{ArtifactFormat, ModelRef, Registry, Version};
@@ -384,6 +385,120 @@ pub fn render_push(v: &Value) -> String {
     out
 }
 
+/// The alerts `perch-host alerts` lists: the open ones, or the latest `limit` of all with
+/// `all`, newest first.
+///
+/// # Errors
+/// Database failures.
+pub fn alerts_list(db: &Path, all: bool, limit: usize) -> Result<Value> {
+    Ok(serde_json::to_value(open_fleet(db)?.alerts(!all, limit)?)?)
+}
+
+/// `value` against `threshold` in the unit of `rule`, e.g. `PSI 0.41 > 0.20`.
+fn compared(rule: &str, subject: &str, value: Option<f64>, threshold: Option<f64>) -> String {
+    let (Some(v), Some(t)) = (value, threshold) else {
+        return "-".into();
+    };
+    match rule {
+        "drift" => format!("feature {subject} PSI {v} > {t}"),
+        "accuracy" => format!("{:.1}% < {:.1}%", v * 100.0, t * 100.0),
+        "latency" => format!("p95 {} ms > {} ms", v / 1000.0, t / 1000.0),
+        "errors" => format!("{:.2}% > {:.2}%", v * 100.0, t * 100.0),
+        "silence" => format!("{v:.0} s > {t:.0} s"),
+        _ => format!("{v} vs {t}"),
+    }
+}
+
+fn ago(now: i64, t: i64) -> String {
+    let s = (now - t).max(0);
+    match s {
+        0..120 => format!("{s}s ago"),
+        120..7200 => format!("{}m ago", s / 60),
+        7200..172_800 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// The table `perch-host alerts` prints; `all` adds the state and when it resolved.
+pub fn render_alerts(v: &Value, all: bool) -> String {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return if all {
+            "no alerts\n".into()
+        } else {
+            "no open alerts (`perch-host alerts --all` lists resolved ones too)\n".into()
+        };
+    }
+    let now = fleet::now_unix_s();
+    let mut header = vec!["RULE", "DEVICE", "MODEL", "VALUE VS THRESHOLD", "SINCE"];
+    if all {
+        header.push("STATE");
+    }
+    let mut table = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let model = match (r["model"].as_str(), r["version"].as_str()) {
+            (Some(m), Some(v)) => format!("{m}@{v}"),
+            (Some(m), None) => m.to_string(),
+            _ => "-".into(),
+        };
+        let rule = s("rule");
+        let mut row = vec![
+            rule.clone(),
+            s("device"),
+            model,
+            compared(
+                &rule,
+                r["subject"].as_str().unwrap_or(""),
+                r["value"].as_f64(),
+                r["threshold"].as_f64(),
+            ),
+            r["opened_unix_s"]
+                .as_i64()
+                .map_or("-".into(), |t| ago(now, t)),
+        ];
+        if all {
+            row.push(match r["resolved_unix_s"].as_i64() {
+                Some(t) => format!("resolved {}", ago(now, t)),
+                None => s("state"),
+            });
+        }
+        table.push(row);
+    }
+    let columns = table[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in &table {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// What `perch-host serve` runs with.
+#[derive(Debug, Clone, Default)]
+pub struct ServeConfig {
+    /// The sync server's settings.
+    pub server: ServerConfig,
+    /// Alert rules (checked when loaded, see [`fleet::alerts::load_rules`]).
+    pub rules: Rules,
+    /// What the monitor does by itself (rollouts, retraining); `None`: no monitor.
+    pub automation: Option<super::lifecycle::Automation>,
+}
+
 /// Runs the sync server on `listen` until `shutdown` is triggered; `ready` is told the
 /// bound address (useful with port 0).
 ///
@@ -392,24 +507,46 @@ pub fn render_push(v: &Value) -> String {
 pub fn serve(
     db: &Path,
     listen: &str,
-    config: ServerConfig,
-    automation: Option<super::lifecycle::Automation>,
+    config: ServeConfig,
     shutdown: Shutdown,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     fleet::keys::load_or_create(db)?;
     let store = Arc::new(FleetStore::open(db)?);
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
-    let monitor = match automation {
+    let monitor = match config.automation {
         Some(a) => {
             let mut m = super::lifecycle::Monitor::open(db, a)?;
-            let stop = shutdown.clone();
+            let mut f = Fleet::open(db)?;
+            let (stop, rules) = (shutdown.clone(), config.rules.clone());
             Some(
                 std::thread::Builder::new()
                     .name("monitor".into())
                     .spawn(move || {
                         while !stop.is_triggered() {
-                            match m.step(&[]) {
+                            let opened = match fleet::alerts::evaluate(
+                                &mut f,
+                                &rules,
+                                fleet::now_unix_s(),
+                            ) {
+                                Ok(changes) => {
+                                    for c in &changes {
+                                        log::info!(
+                                            "alert {:?}: {} on {}: {}",
+                                            c.change,
+                                            c.rule,
+                                            c.device,
+                                            c.detail
+                                        );
+                                    }
+                                    super::lifecycle::opened(&changes)
+                                }
+                                Err(e) => {
+                                    log::error!("alerts: {e}");
+                                    Vec::new()
+                                }
+                            };
+                            match m.step(&opened) {
                                 Ok(lines) => lines.iter().for_each(|l| log::info!("{l}")),
                                 Err(e) => log::error!("monitor: {e:#}"),
                             }
@@ -422,7 +559,7 @@ pub fn serve(
         None => None,
     };
     ready(listener.local_addr()?);
-    let served = server::serve(listener, store.clone(), config, shutdown.clone());
+    let served = server::serve(listener, store.clone(), config.server, shutdown.clone());
     shutdown.trigger();
     if let Some(m) = monitor {
         let _ = m.join();

@@ -445,6 +445,30 @@ pub struct Automation {
     pub retrain_on: Vec<String>,
 }
 
+impl Automation {
+    /// What the `[retrain]` and `[rollout]` tables of the alert rules ask for.
+    pub fn from_rules(rules: &crate::fleet::alerts::Rules) -> Automation {
+        Automation {
+            gates: rules.rollout.clone(),
+            canary: rules.retrain.canary.max(1),
+            retrain_on: if rules.retrain.enabled {
+                rules.retrain.on.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// The alerts that just opened, as [`Monitor::step`] takes them: `(rule, device, id)`.
+pub fn opened(changes: &[crate::fleet::alerts::AlertChange]) -> Vec<(String, String, i64)> {
+    changes
+        .iter()
+        .filter(|c| c.change == crate::fleet::alerts::Change::Opened)
+        .map(|c| (c.rule.as_str().to_string(), c.device.clone(), c.id))
+        .collect()
+}
+
 impl Default for Automation {
     fn default() -> Self {
         Automation {
