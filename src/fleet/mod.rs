@@ -991,12 +991,32 @@ impl Fleet {
     /// # Errors
     /// Database failures, a report that no longer decodes.
     pub fn reports(&self, device: &Device) -> Result<Vec<StoredReport>, FleetError> {
+        self.recent_reports(device, None, usize::MAX)
+    }
+
+    /// The latest `limit` reports of a device whose window started after `after_ms`
+    /// (milliseconds since the Unix epoch; `None` for any), by sequence number.
+    ///
+    /// # Errors
+    /// Database failures, a report that no longer decodes.
+    pub fn recent_reports(
+        &self,
+        device: &Device,
+        after_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredReport>, FleetError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, received_unix_s, report FROM metrics WHERE device_id = ?1 ORDER BY seq")
+            .prepare_cached(
+                "SELECT seq, received_unix_s, report FROM metrics
+                 WHERE device_id = ?1 AND (?2 IS NULL OR window_start_ms > ?2)
+                 ORDER BY seq DESC LIMIT ?3",
+            )
             .map_err(self.sql())?;
-        let rows = stmt
-            .query_map([device.id], |r| {
+        let after = after_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt
+            .query_map(params![device.id, after, limit], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
@@ -1006,6 +1026,7 @@ impl Fleet {
             .map_err(self.sql())?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.sql())?;
+        rows.reverse();
         rows.into_iter()
             .map(|(seq, received, blob)| {
                 let report =
