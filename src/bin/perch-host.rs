@@ -100,7 +100,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the sync server devices connect to (metrics in, models out).
+    /// Run the sync server devices connect to (metrics in, models out), with the web
+    /// dashboard and Prometheus endpoint beside it.
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:7470")]
@@ -111,6 +112,9 @@ enum Command {
         /// Devices connected at once, at most.
         #[arg(long, default_value_t = 4096)]
         max_connections: usize,
+        /// Address of the web dashboard and Prometheus endpoint (`/metrics`), or `off`.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7480")]
+        http: String,
     },
     /// Register an external ONNX model (converted to native when every op translates).
     Import {
@@ -342,6 +346,7 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             heartbeat,
             max_connections,
+            http,
         } => {
             let db = perch::registry::resolve_path(registry);
             let config = perch::sync::server::ServerConfig {
@@ -350,15 +355,22 @@ fn run(cli: Cli) -> Result<()> {
                 max_connections: max_connections.max(1),
                 ..Default::default()
             };
-            fleet::serve(
+            fleet::serve_with_dashboard(
                 &db,
                 &listen,
+                (http != "off").then_some(http.as_str()),
                 config,
                 perch::sync::server::Shutdown::new(),
                 |addr| {
                     eprintln!(
                         "perch-host: listening on {addr} (registry {})",
                         db.display()
+                    )
+                },
+                |addr| {
+                    eprintln!(
+                        "perch-host: dashboard on http://{}/",
+                        perch::fleet::web::display_addr(addr)
                     )
                 },
             )?;

@@ -1,12 +1,13 @@
 //! The fleet (feature `host`): devices, pushes of models to them, their metrics and
-//! events, in the registry's SQLite database (layout 3), and the sync server
-//! ([`server`]) devices connect to.
+//! events, in the registry's SQLite database (layout 3), the sync server ([`server`])
+//! devices connect to, and the web dashboard and Prometheus endpoint ([`web`]).
 //!
 //! Pushed artifacts (signed, so their bytes differ from the registry's) are kept
 //! content-addressed beside the database in `pushes/<sha256>.perch`.
 
 pub mod keys;
 pub mod store;
+pub mod web;
 
 pub use store::FleetStore;
 
