@@ -349,7 +349,8 @@ impl Serving {
         let elapsed_us = u64::try_from(started.elapsed().as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        let per_sample_us = elapsed_us / batch as u64;
+        // Every sample of a request waited for the whole request.
+        let per_sample_us = elapsed_us;
         active.lifetime_requests += batch as u64;
         let outcome = result.map_err(|e| e.to_string()).and_then(|outs| {
             let finite = outs.iter().all(|o| match &o.values {
@@ -385,8 +386,7 @@ impl Serving {
             let result = shadow.model.run(data, batch);
             let us = u64::try_from(started.elapsed().as_micros())
                 .unwrap_or(u64::MAX)
-                .max(1)
-                / batch as u64;
+                .max(1);
             shadow.requests = shadow.requests.saturating_add(batch as u32);
             for _ in 0..batch {
                 shadow.latency.record(us);

@@ -100,7 +100,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the sync server devices connect to (metrics in, models out).
+    /// Run the sync server devices connect to (metrics in, models out), with the web
+    /// dashboard and Prometheus endpoint beside it.
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:7470")]
@@ -114,6 +115,9 @@ enum Command {
         /// Alert rules, TOML (docs/alerts.md; default: the built-in rules).
         #[arg(long, value_name = "FILE")]
         rules: Option<PathBuf>,
+        /// Address of the web dashboard and Prometheus endpoint (`/metrics`), or `off`.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7480")]
+        http: String,
     },
     /// Alerts raised by the fleet's reports: drift, accuracy, latency, errors, silence.
     Alerts {
@@ -161,6 +165,24 @@ enum Command {
         #[arg(long)]
         all: bool,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole lifecycle on this machine, with bundled data: train, quantize, a host and
+    /// simulated devices on loopback, push, traffic, drift on one group, the alert, automatic
+    /// retraining, a canary-gated rollout to that group only, and a summary.
+    Demo {
+        /// Devices in each of the two groups.
+        #[arg(long, default_value_t = 2)]
+        devices: usize,
+        /// The dashboard's address while the demo runs, or `off`.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7480")]
+        http: String,
+        /// Keep the registry, devices and data in DIR (default: a temporary directory,
+        /// removed at the end).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -401,6 +423,7 @@ fn run(cli: Cli) -> Result<()> {
             heartbeat,
             max_connections,
             rules,
+            http,
         } => {
             let db = perch::registry::resolve_path(registry);
             let config = fleet::ServeConfig {
@@ -419,15 +442,22 @@ fn run(cli: Cli) -> Result<()> {
                 )),
                 ..config
             };
-            fleet::serve(
+            fleet::serve_with_dashboard(
                 &db,
                 &listen,
+                (http != "off").then_some(http.as_str()),
                 config,
                 perch::sync::server::Shutdown::new(),
                 |addr| {
                     eprintln!(
                         "perch-host: listening on {addr} (registry {})",
                         db.display()
+                    )
+                },
+                |addr| {
+                    eprintln!(
+                        "perch-host: dashboard on http://{}/",
+                        perch::fleet::web::display_addr(addr)
                     )
                 },
             )?;
@@ -499,6 +529,24 @@ fn run(cli: Cli) -> Result<()> {
             let f = perch::fleet::Fleet::open(reg.path())?;
             let v = serde_json::to_value(f.rollouts(!all, 100)?)?;
             print(&v, json, perch::host_cli::lifecycle::render_rollouts);
+        }
+        Command::Demo {
+            devices,
+            http,
+            dir,
+            json,
+        } => {
+            let opts = perch::host_cli::demo::DemoOptions {
+                devices_per_group: devices.max(1),
+                http: (http != "off").then_some(http),
+                dir,
+                ..Default::default()
+            };
+            let summary = perch::host_cli::demo::demo(&opts, &mut |line| eprintln!("{line}"))?;
+            print(&summary, json, perch::host_cli::demo::render_summary);
+            if summary["ok"] != true {
+                anyhow::bail!("the demo did not end as expected (see the summary)");
+            }
         }
         Command::Import { model, name, json } => {
             let v = host_cli::import(&mut open_registry(registry)?, &model, name.as_deref())?;

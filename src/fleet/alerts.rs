@@ -71,6 +71,8 @@ pub struct RetrainRule {
     pub on: Vec<String>,
     /// Canary devices of the rollout that follows.
     pub canary: u32,
+    /// Labelled feedback samples the group must have sent before the host retrains.
+    pub min_samples: u32,
 }
 
 impl Default for RetrainRule {
@@ -79,6 +81,7 @@ impl Default for RetrainRule {
             enabled: true,
             on: vec!["drift".into(), "accuracy".into()],
             canary: 1,
+            min_samples: 200,
         }
     }
 }

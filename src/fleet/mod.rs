@@ -1,6 +1,8 @@
 //! The fleet (feature `host`): devices, pushes of models to them, their metrics and
-//! events, in the registry's SQLite database (layout 3), the sync server's store
-//! ([`store`]) and alert rules over the stored reports ([`alerts`]).
+//! events, in the registry's SQLite database (layout 3): the sync server's store
+//! ([`store`]), alert rules over the stored reports ([`alerts`]), quality-gated rollouts
+//! ([`rollout`]), the host signing key ([`keys`]), and the web dashboard and Prometheus
+//! endpoint ([`web`]).
 //!
 //! Pushed artifacts (signed, so their bytes differ from the registry's) are kept
 //! content-addressed beside the database in `pushes/<sha256>.perch`.
@@ -9,6 +11,7 @@ pub mod alerts;
 pub mod keys;
 pub mod rollout;
 pub mod store;
+pub mod web;
 
 pub use store::FleetStore;
 
@@ -1025,6 +1028,37 @@ impl Fleet {
         Ok(out)
     }
 
+    /// How many labelled feedback samples `devices` sent for `models` since `since_unix_s`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn feedback_sample_count(
+        &self,
+        models: &[[u8; 8]],
+        devices: &[i64],
+        since_unix_s: i64,
+    ) -> Result<u64, FleetError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM feedback_samples
+                 WHERE model = ?1 AND device_id = ?2 AND received_unix_s >= ?3",
+            )
+            .map_err(self.sql())?;
+        let mut n = 0u64;
+        for m in models {
+            for d in devices {
+                let c: i64 = stmt
+                    .query_row(params![sync::auth::to_hex(m), d, since_unix_s], |r| {
+                        r.get(0)
+                    })
+                    .map_err(self.sql())?;
+                n += c as u64;
+            }
+        }
+        Ok(n)
+    }
+
     /// A device's reports of windows that began at or after `since_ms`, by sequence number.
     ///
     /// # Errors
@@ -1034,39 +1068,7 @@ impl Fleet {
         device: &Device,
         since_ms: u64,
     ) -> Result<Vec<StoredReport>, FleetError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, received_unix_s, report FROM metrics
-                 WHERE device_id = ?1 AND window_start_ms >= ?2 ORDER BY seq",
-            )
-            .map_err(self.sql())?;
-        let rows = stmt
-            .query_map(params![device.id, since_ms as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })
-            .map_err(self.sql())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.sql())?;
-        rows.into_iter()
-            .map(|(seq, received, blob)| {
-                let report =
-                    postcard::from_bytes(&blob).map_err(|e| FleetError::DamagedReport {
-                        device: device.id,
-                        seq: seq as u64,
-                        reason: e.to_string(),
-                    })?;
-                Ok(StoredReport {
-                    seq: seq as u64,
-                    received_unix_s: received,
-                    report,
-                })
-            })
-            .collect()
+        self.recent_reports(device, since_ms.checked_sub(1), usize::MAX)
     }
 
     /// A device's stored reports, by sequence number.
@@ -1074,12 +1076,32 @@ impl Fleet {
     /// # Errors
     /// Database failures, a report that no longer decodes.
     pub fn reports(&self, device: &Device) -> Result<Vec<StoredReport>, FleetError> {
+        self.recent_reports(device, None, usize::MAX)
+    }
+
+    /// The latest `limit` reports of a device whose window started after `after_ms`
+    /// (milliseconds since the Unix epoch; `None` for any), by sequence number.
+    ///
+    /// # Errors
+    /// Database failures, a report that no longer decodes.
+    pub fn recent_reports(
+        &self,
+        device: &Device,
+        after_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredReport>, FleetError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, received_unix_s, report FROM metrics WHERE device_id = ?1 ORDER BY seq")
+            .prepare_cached(
+                "SELECT seq, received_unix_s, report FROM metrics
+                 WHERE device_id = ?1 AND (?2 IS NULL OR window_start_ms > ?2)
+                 ORDER BY seq DESC LIMIT ?3",
+            )
             .map_err(self.sql())?;
-        let rows = stmt
-            .query_map([device.id], |r| {
+        let after = after_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt
+            .query_map(params![device.id, after, limit], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
@@ -1089,6 +1111,7 @@ impl Fleet {
             .map_err(self.sql())?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.sql())?;
+        rows.reverse();
         rows.into_iter()
             .map(|(seq, received, blob)| {
                 let report = decode_report(device.id, seq, &blob)?;

@@ -499,6 +499,46 @@ pub struct ServeConfig {
     pub automation: Option<super::lifecycle::Automation>,
 }
 
+/// Runs the sync server on `listen` and, unless `http` is `None`, the dashboard and
+/// Prometheus endpoint on `http` beside it, until `shutdown` is triggered (which stops
+/// both). `dashboard_ready` is told the dashboard's bound address before the sync server
+/// starts, `ready` the sync server's.
+///
+/// # Errors
+/// The database cannot be opened, an address cannot be bound, the dashboard failed.
+pub fn serve_with_dashboard(
+    db: &Path,
+    listen: &str,
+    http: Option<&str>,
+    config: ServeConfig,
+    shutdown: Shutdown,
+    ready: impl FnOnce(SocketAddr),
+    dashboard_ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    let Some(http) = http else {
+        return serve(db, listen, config, shutdown, ready);
+    };
+    let dashboard = fleet::web::Dashboard::open(db.to_path_buf())
+        .with_context(|| format!("opening {} for the dashboard", db.display()))?;
+    let listener = TcpListener::bind(http)
+        .with_context(|| format!("dashboard: listening on {http} (--http off disables it)"))?;
+    dashboard_ready(listener.local_addr()?);
+    let web = {
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("dashboard".into())
+            .spawn(move || dashboard.serve(listener, &shutdown))
+            .context("starting the dashboard thread")?
+    };
+    let result = serve(db, listen, config, shutdown.clone(), ready);
+    shutdown.trigger();
+    let web = match web.join() {
+        Ok(r) => r.context("dashboard"),
+        Err(_) => Err(anyhow!("the dashboard thread panicked")),
+    };
+    result.and(web)
+}
+
 /// Runs the sync server on `listen` until `shutdown` is triggered; `ready` is told the
 /// bound address (useful with port 0).
 ///

@@ -434,6 +434,14 @@ fn model_ids(f: &Fleet, name: &str, version: &str) -> Result<Vec<[u8; 8]>> {
     Ok(f.push_model_ids(name, version)?)
 }
 
+/// Whether a retraining happened.
+enum Retrain {
+    /// Not enough labelled feedback yet.
+    Waiting,
+    /// Done, or not applicable; with a line for the log.
+    Done(Option<String>),
+}
+
 /// What the monitor does on its own.
 #[derive(Debug, Clone)]
 pub struct Automation {
@@ -443,6 +451,8 @@ pub struct Automation {
     pub canary: u32,
     /// Retrain on these alert rules (`drift`, `accuracy`); empty: never.
     pub retrain_on: Vec<String>,
+    /// Labelled feedback samples from the group needed before retraining.
+    pub min_samples: usize,
 }
 
 impl Automation {
@@ -456,6 +466,7 @@ impl Automation {
             } else {
                 Vec::new()
             },
+            min_samples: rules.retrain.min_samples as usize,
         }
     }
 }
@@ -475,6 +486,7 @@ impl Default for Automation {
             gates: Gates::default(),
             canary: 1,
             retrain_on: vec!["drift".into(), "accuracy".into()],
+            min_samples: 200,
         }
     }
 }
@@ -486,6 +498,9 @@ pub struct Monitor {
     automation: Automation,
     /// Versions already retrained for a group (one retraining per model and group).
     retrained: HashSet<(String, String)>,
+    /// Alerts waiting for enough labelled feedback before retraining: (rule, device, id,
+    /// when it opened).
+    waiting: Vec<(String, String, i64, i64)>,
 }
 
 impl Monitor {
@@ -498,6 +513,7 @@ impl Monitor {
             registry: Registry::open(db)?,
             automation,
             retrained: HashSet::new(),
+            waiting: Vec::new(),
         })
     }
 
@@ -509,23 +525,38 @@ impl Monitor {
     pub fn step(&mut self, opened: &[(String, String, i64)]) -> Result<Vec<String>> {
         let mut log = step_rollouts(&self.registry)?;
         for (rule, device, alert) in opened {
-            if !self.automation.retrain_on.contains(rule) {
-                continue;
+            if self.automation.retrain_on.contains(rule)
+                && !self.waiting.iter().any(|w| w.1 == *device)
+            {
+                let now = fleet::now_unix_s();
+                self.waiting
+                    .push((rule.clone(), device.clone(), *alert, now));
             }
-            if let Some(line) = self.retrain_for(rule, device, *alert)? {
-                log.push(line);
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        for (rule, device, alert, since) in waiting {
+            match self.retrain_for(&rule, &device, alert, since)? {
+                Retrain::Waiting => self.waiting.push((rule, device, alert, since)),
+                Retrain::Done(Some(line)) => log.push(line),
+                Retrain::Done(None) => {}
             }
         }
         Ok(log)
     }
 
-    fn retrain_for(&mut self, rule: &str, device: &str, alert: i64) -> Result<Option<String>> {
+    fn retrain_for(
+        &mut self,
+        rule: &str,
+        device: &str,
+        alert: i64,
+        since_unix_s: i64,
+    ) -> Result<Retrain> {
         let mut f = open_fleet(self.registry.path())?;
         let Some(status) = f.devices()?.into_iter().find(|d| d.name == device) else {
-            return Ok(None);
+            return Ok(Retrain::Done(None));
         };
         let (Some(name), Some(number)) = (status.model.clone(), status.version.clone()) else {
-            return Ok(None);
+            return Ok(Retrain::Done(None));
         };
         let key = (format!("{name}@{number}"), status.group.clone());
         if self.retrained.contains(&key)
@@ -533,11 +564,23 @@ impl Monitor {
                 .iter()
                 .any(|r| r.group == status.group)
         {
-            return Ok(None);
+            return Ok(Retrain::Done(None));
+        }
+        // Retraining on a handful of labels from after the alert changes nothing: wait for
+        // enough of them.
+        let devices: Vec<i64> = f
+            .group_devices(&status.group)?
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        let ids = f.push_model_ids(&name, &number)?;
+        let have = f.feedback_sample_count(&ids, &devices, since_unix_s)?;
+        if have < self.automation.min_samples as u64 {
+            return Ok(Retrain::Waiting);
         }
         self.retrained.insert(key.clone());
         let Ok(version) = self.registry.resolve(&key.0.parse()?) else {
-            return Ok(None);
+            return Ok(Retrain::Done(None));
         };
         f.record_event(
             None,
@@ -553,7 +596,7 @@ impl Monitor {
             Err(e) => {
                 let why = format!("retraining {} failed: {e:#}", key.0);
                 f.record_event(None, Some(device), "retrain", &why)?;
-                return Ok(Some(why));
+                return Ok(Retrain::Done(Some(why)));
             }
         };
         f.record_event(
@@ -574,14 +617,14 @@ impl Monitor {
             &self.automation.gates,
             &origin,
         ) {
-            Ok(v) => Ok(Some(format!(
+            Ok(v) => Ok(Retrain::Done(Some(format!(
                 "{rule} alert on {device}: retrained {} as {new}, rollout {} to group {}",
                 key.0, v["rollout"], status.group
-            ))),
+            )))),
             Err(e) => {
                 let why = format!("rollout of {new} not started: {e:#}");
                 f.record_event(None, Some(device), "retrain", &why)?;
-                Ok(Some(why))
+                Ok(Retrain::Done(Some(why)))
             }
         }
     }

@@ -6,6 +6,7 @@
 //! give at least `name`, `version`, `metrics` and, for `train`, `fit_seconds`); the binary
 //! prints it with `--json` or renders it as text.
 
+pub mod demo;
 pub mod fleet;
 pub mod lifecycle;
 pub mod optimize;

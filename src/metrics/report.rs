@@ -33,7 +33,8 @@ pub struct Report {
     /// Failed requests (engine errors, non-finite outputs); `errors / requests` is the
     /// window's error rate.
     pub errors: u32,
-    /// Latency percentiles per request, within 3.125 % (see
+    /// Latency percentiles of the requests (each sample of a batched request counts with
+    /// the whole request's latency), within 3.125 % (see
     /// [`LatencyHistogram`](super::LatencyHistogram)).
     pub latency_us: Percentiles,
     /// Predictions per class index (empty for regressors).

@@ -166,7 +166,14 @@ impl Host {
         let mut cmd = Command::new(host_bin());
         cmd.arg("--registry")
             .arg(&self.db)
-            .args(["serve", "--heartbeat", "1", "--listen"])
+            .args([
+                "serve",
+                "--heartbeat",
+                "1",
+                "--http",
+                "127.0.0.1:0",
+                "--listen",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .current_dir(&self.dir);
         let mut p = Proc::spawn("host", cmd);
