@@ -480,9 +480,7 @@ pub(crate) mod tests {
                 continue;
             }
             assert!(!line.starts_with('#'), "{}: unknown comment", at());
-            let name_end = line
-                .find(['{', ' '])
-                .unwrap_or(line.len());
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
             let name = &line[..name_end];
             assert!(metric_name(name), "{}: bad metric name", at());
             assert_eq!(
