@@ -67,6 +67,8 @@ pub mod fleet;
 pub mod graph;
 #[cfg(feature = "host")]
 pub mod host_cli;
+#[cfg(any(feature = "device", feature = "host"))]
+pub mod http;
 pub mod io;
 pub mod memory;
 pub mod metrics;

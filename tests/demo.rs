@@ -104,16 +104,28 @@ fn drift_on_one_group_is_caught_retrained_and_rolled_out_to_that_group_only() {
     );
 }
 
+/// What a headless Chromium run left.
+struct Browser {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
 /// Runs headless Chromium; fails the test with what to install when it is missing.
-fn chromium(args: &[&str]) -> std::process::Output {
+///
+/// Its output goes to files, not pipes: Chromium's helper processes inherit the standard
+/// streams and may outlive the browser by minutes, and reading a pipe to its end waits for
+/// them all. The browser itself is given a minute.
+fn chromium(args: &[&str]) -> Browser {
     let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .unwrap_or_else(|| {
             panic!("headless Chromium is needed for the dashboard test: apt-get install chromium")
         });
-    let profile = tempfile::tempdir().unwrap();
-    Command::new(bin)
+    let scratch = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (scratch.path().join("out"), scratch.path().join("err"));
+    let mut child = Command::new(bin)
         .args([
             "--headless",
             "--no-sandbox",
@@ -124,10 +136,36 @@ fn chromium(args: &[&str]) -> std::process::Output {
             "--disable-component-update",
             "--disable-sync",
         ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            scratch.path().join("profile").display()
+        ))
         .args(args)
-        .output()
-        .expect("run chromium")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("run chromium");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let read =
+        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    Browser {
+        success: status.is_some_and(|s| s.success()),
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+    }
 }
 
 #[test]
@@ -157,7 +195,7 @@ fn the_dashboard_renders_the_fleet_and_charts_from_the_stored_metrics() {
     let mut dom = String::new();
     for _ in 0..3 {
         let out = chromium(&["--virtual-time-budget=8000", "--dump-dom", &url]);
-        dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        dom = out.stdout;
         if dom.contains("data-refreshes=\"1\"") || dom.contains("data-refreshes=\"2\"") {
             break;
         }
@@ -212,11 +250,7 @@ fn the_dashboard_renders_the_fleet_and_charts_from_the_stored_metrics() {
         &format!("--screenshot={}", png.display()),
         &url,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.success, "{}", out.stderr);
     let bytes = std::fs::read(&png).expect("the screenshot was written");
     assert!(
         bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,

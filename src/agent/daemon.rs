@@ -316,17 +316,16 @@ impl Agent {
         if serving.active().is_none() {
             log::info!("no model installed yet; waiting for the host to push one");
         }
-        let server = tiny_http::Server::http(&config.http).map_err(|e| AgentError::Http {
-            addr: config.http.clone(),
-            reason: e.to_string(),
-        })?;
-        let http_addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| AgentError::Http {
+        let limits = crate::http::Limits {
+            max_body_bytes: http::MAX_BODY_BYTES,
+            ..crate::http::Limits::default()
+        };
+        let server =
+            crate::http::Server::bind(&config.http, limits).map_err(|e| AgentError::Http {
                 addr: config.http.clone(),
-                reason: "not an IP address".into(),
+                reason: e.to_string(),
             })?;
+        let http_addr = server.local_addr();
         let shared = Arc::new(Shared {
             config,
             serving: Mutex::new(serving),
@@ -351,7 +350,7 @@ impl Agent {
         }
         {
             let (s, d) = (shared.clone(), shutdown.clone());
-            threads.push(spawn("http", Box::new(move || http::run(server, &s, &d)))?);
+            threads.push(spawn("http", Box::new(move || http::run(&server, &s, &d)))?);
         }
         log::info!("local API on http://{http_addr}");
         Ok(Agent {

@@ -12,56 +12,38 @@
 
 use super::daemon::{Shared, lock};
 use super::serving::PredictError;
+use crate::http::{Request, Response, Server};
 use crate::io::{InputFormat, parse_input};
 use crate::sync::server::Shutdown;
 use serde_json::{Value, json};
-use std::io::Read;
 use std::time::Duration;
-use tiny_http::{Header, Method, Request, Response};
 
 /// Largest request body accepted.
-const MAX_BODY_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_BODY_BYTES: u64 = 16 << 20;
 
-pub(crate) fn run(server: tiny_http::Server, shared: &Shared, shutdown: &Shutdown) {
+pub(crate) fn run(server: &Server, shared: &Shared, shutdown: &Shutdown) {
     while !shutdown.is_triggered() {
-        match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(request)) => handle(request, shared),
-            Ok(None) => {}
-            Err(e) => {
-                log::warn!("local API: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(request) = server.recv_timeout(Duration::from_millis(200)) {
+            handle(request, shared);
         }
     }
 }
 
-fn json_response(status: u16, body: &Value) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut text = body.to_string();
-    text.push('\n');
-    let header = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-        .unwrap_or_else(|()| unreachable!("static header"));
-    Response::from_string(text)
-        .with_status_code(status)
-        .with_header(header)
+fn json_response(status: u16, body: &Value) -> Response {
+    Response::json(status, body)
 }
 
-fn error(status: u16, message: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
-    json_response(status, &json!({ "error": message.into() }))
+fn error(status: u16, message: impl Into<String>) -> Response {
+    Response::error(status, message)
 }
 
-fn handle(mut request: Request, shared: &Shared) {
-    let url = request.url().split('?').next().unwrap_or("").to_string();
+fn handle(request: Request, shared: &Shared) {
+    let url = request.path().to_string();
     let response = match (request.method(), url.as_str()) {
-        (Method::Post, "/predict") => match read_body(&mut request) {
-            Ok(body) => predict(&body, shared),
-            Err(r) => r,
-        },
-        (Method::Post, "/feedback") => match read_body(&mut request) {
-            Ok(body) => feedback(&body, shared),
-            Err(r) => r,
-        },
-        (Method::Get, "/health") => health(shared),
-        (Method::Get, "/metrics") => metrics(shared),
+        ("POST", "/predict") => predict(request.body(), shared),
+        ("POST", "/feedback") => feedback(request.body(), shared),
+        ("GET", "/health") => health(shared),
+        ("GET", "/metrics") => metrics(shared),
         (_, "/predict" | "/feedback" | "/health" | "/metrics") => {
             error(405, format!("{} is not allowed on {url}", request.method()))
         }
@@ -70,32 +52,14 @@ fn handle(mut request: Request, shared: &Shared) {
             format!("no endpoint {url} (POST /predict, POST /feedback, GET /health, GET /metrics)"),
         ),
     };
-    if let Err(e) = request.respond(response) {
-        log::debug!("local API: client went away: {e}");
-    }
+    request.respond(response);
 }
 
-fn read_body(request: &mut Request) -> Result<Vec<u8>, Response<std::io::Cursor<Vec<u8>>>> {
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(MAX_BODY_BYTES + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| error(400, format!("reading the request body: {e}")))?;
-    if body.len() as u64 > MAX_BODY_BYTES {
-        return Err(error(
-            413,
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        ));
-    }
-    Ok(body)
-}
-
-fn parse_json(body: &[u8]) -> Result<Value, Response<std::io::Cursor<Vec<u8>>>> {
+fn parse_json(body: &[u8]) -> Result<Value, Response> {
     serde_json::from_slice(body).map_err(|e| error(400, format!("request body is not JSON: {e}")))
 }
 
-fn predict(body: &[u8], shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+fn predict(body: &[u8], shared: &Shared) -> Response {
     let v = match parse_json(body) {
         Ok(v) => v,
         Err(r) => return r,
@@ -139,7 +103,7 @@ fn predict(body: &[u8], shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
     }
 }
 
-fn feedback(body: &[u8], shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+fn feedback(body: &[u8], shared: &Shared) -> Response {
     let v = match parse_json(body) {
         Ok(v) => v,
         Err(r) => return r,
@@ -189,7 +153,7 @@ fn feedback(body: &[u8], shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> 
     )
 }
 
-fn health(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+fn health(shared: &Shared) -> Response {
     let (model, shadow) = {
         let serving = lock(&shared.serving);
         (
@@ -220,7 +184,7 @@ fn health(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
     json_response(if model.is_some() { 200 } else { 503 }, &body)
 }
 
-fn metrics(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+fn metrics(shared: &Shared) -> Response {
     use std::fmt::Write;
     let mut out = String::new();
     let connected = lock(&shared.link).connected;
@@ -247,12 +211,7 @@ fn metrics(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
         }
         serving.write_prometheus(&mut out);
     }
-    let header = Header::from_bytes(
-        &b"Content-Type"[..],
-        &b"text/plain; version=0.0.4; charset=utf-8"[..],
-    )
-    .unwrap_or_else(|()| unreachable!("static header"));
-    Response::from_string(out).with_header(header)
+    Response::new(200, "text/plain; version=0.0.4; charset=utf-8", out)
 }
 
 /// Escapes a Prometheus label value.

@@ -15,6 +15,7 @@ mod api;
 pub mod prometheus;
 
 use super::{Fleet, FleetError};
+use crate::http::{Limits, Request, Response, Server};
 use crate::registry::{Registry, RegistryError};
 use crate::sync::server::Shutdown;
 use serde_json::{Value, json};
@@ -22,7 +23,6 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
-use tiny_http::{Header, Method, Request, Response};
 
 /// The dashboard page, with its CSS and JS.
 const PAGE: &str = include_str!("page.html");
@@ -135,25 +135,20 @@ impl Dashboard {
             .local_addr()
             .map_or_else(|_| "?".to_string(), |a| a.to_string());
         let server =
-            tiny_http::Server::from_listener(listener, None).map_err(|e| WebError::Listen {
+            Server::from_listener(listener, Limits::default()).map_err(|e| WebError::Listen {
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
         while !shutdown.is_triggered() {
-            match server.recv_timeout(POLL) {
-                Ok(Some(request)) => self.answer(request),
-                Ok(None) => {}
-                Err(e) => {
-                    log::warn!("dashboard on {addr}: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+            if let Some(request) = server.recv_timeout(POLL) {
+                self.answer(request);
             }
         }
         Ok(())
     }
 
     fn answer(&mut self, request: Request) {
-        let reply = if matches!(request.method(), Method::Get | Method::Head) {
+        let reply = if matches!(request.method(), "GET" | "HEAD") {
             let url = request.url().to_string();
             // A bug in a handler must cost one request, not the dashboard.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route(&url)))
@@ -169,18 +164,10 @@ impl Dashboard {
                 String::from_utf8_lossy(&reply.body).trim_end()
             );
         }
-        let mut response = Response::from_data(reply.body).with_status_code(reply.status);
-        for (name, value) in [
-            ("Content-Type", reply.content_type),
-            ("Cache-Control", "no-store"),
-        ] {
-            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response.add_header(h);
-            }
-        }
-        if let Err(e) = request.respond(response) {
-            log::debug!("dashboard: answering: {e}");
-        }
+        request.respond(
+            Response::new(reply.status, reply.content_type, reply.body)
+                .with_header("Cache-Control", "no-store"),
+        );
     }
 
     /// The answer to `GET url` (path and query).

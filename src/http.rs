@@ -1,0 +1,816 @@
+//! A small HTTP/1.1 server for perch's two web faces: the agent's local API on the device
+//! and the host's dashboard. Request heads are parsed by `httparse`; everything else here
+//! is framing, limits and threads.
+//!
+//! Connections get a thread each, up to [`Limits::max_connections`] (beyond it a connection
+//! is answered 503 and closed), and hand each request to the one thread that calls
+//! [`Server::recv_timeout`], which answers it with [`Request::respond`]. An idle keep-alive
+//! connection is closed after [`Limits::idle_timeout`], so it holds its thread only that
+//! long. (tiny_http, used before, serves connections from a pool whose spawn check can
+//! miss: with four browser connections idle in keep-alive, a fifth waited until one of
+//! them closed, and the dashboard hung in headless Chromium.)
+//!
+//! Bodies need a `Content-Length` (chunked request bodies are refused with 411), at most
+//! [`Limits::max_body_bytes`] of it (413); `Expect: 100-continue` is honoured; pipelined
+//! requests are answered in order.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What a server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a connection may sit between requests (and between reads of a request)
+    /// before it is closed.
+    pub idle_timeout: Duration,
+    /// Largest request line and headers.
+    pub max_head_bytes: usize,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(5),
+            max_head_bytes: 16 << 10,
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// An HTTP response before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type` header.
+    pub content_type: String,
+    /// Further headers (`Content-Length` and `Connection` are the server's).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A response with `body` of type `content_type`.
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type: content_type.to_string(),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// A JSON response: `value` and a newline.
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        let mut body = value.to_string().into_bytes();
+        body.push(b'\n');
+        Response::new(status, "application/json", body)
+    }
+
+    /// A JSON error, `{"error": message}`.
+    pub fn error(status: u16, message: impl Into<String>) -> Response {
+        Response::json(status, &serde_json::json!({ "error": message.into() }))
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Response {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// One request, to be answered with [`Request::respond`] (a request dropped unanswered is
+/// answered 500).
+#[derive(Debug)]
+pub struct Request {
+    method: String,
+    target: String,
+    body: Vec<u8>,
+    reply: SyncSender<Response>,
+}
+
+impl Request {
+    /// The method, as sent (`GET`, `POST`…).
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The request target: path and query.
+    pub fn url(&self) -> &str {
+        &self.target
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// The body (empty without one).
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Sends `response`. A client that went away is not an error of the server's.
+    pub fn respond(self, response: Response) {
+        let _ = self.reply.send(response);
+    }
+}
+
+/// A listening server; stops accepting when dropped.
+#[derive(Debug)]
+pub struct Server {
+    requests: Mutex<Receiver<Request>>,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Listens on `addr` (`host:port`; port 0 picks one).
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub fn bind(addr: &str, limits: Limits) -> io::Result<Server> {
+        Server::from_listener(TcpListener::bind(addr)?, limits)
+    }
+
+    /// Serves on `listener`.
+    ///
+    /// # Errors
+    /// The listener's address cannot be read or the accept thread cannot start.
+    pub fn from_listener(listener: TcpListener, limits: Limits) -> io::Result<Server> {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::sync_channel(limits.max_connections.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("http accept".into())
+                .spawn(move || accept_loop(&listener, &tx, limits, &stop))?
+        };
+        Ok(Server {
+            requests: Mutex::new(rx),
+            addr,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next request, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Request> {
+        crate::lock(&self.requests).recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept with a connection of our own.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Decrements the open-connection count when a connection thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    requests: &SyncSender<Request>,
+    limits: Limits,
+    stop: &AtomicBool,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                log::warn!("http: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
+            open.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let busy = Response::error(503, "too many connections; try again");
+            let _ = write_response(&mut stream, &busy, false, false);
+            continue;
+        }
+        let slot = Slot(open.clone());
+        let requests = requests.clone();
+        let spawned = std::thread::Builder::new()
+            .name("http connection".into())
+            .spawn(move || {
+                let _slot = slot;
+                if let Err(e) = serve_connection(stream, &requests, limits) {
+                    log::debug!("http: connection ended: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("http: no thread for a connection: {e}");
+        }
+    }
+}
+
+/// A request read off the wire, before it is handed over.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Incoming {
+    pub method: String,
+    pub target: String,
+    pub body: Vec<u8>,
+    /// Whether the client keeps the connection open after the answer.
+    pub keep_alive: bool,
+}
+
+/// Why a request could not be read; `Closed` is the client going away between requests.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The connection ended (or idled out) before a request began.
+    Closed,
+    /// An I/O error or a timeout in the middle of a request.
+    Io(io::Error),
+    /// A request to refuse with this answer; the connection is closed after it.
+    Refuse(Response),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+/// Reads requests off one stream, keeping bytes that arrive early (pipelining).
+pub(crate) struct RequestReader<S> {
+    stream: S,
+    buf: Vec<u8>,
+    limits: Limits,
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+impl<S: Read + Write> RequestReader<S> {
+    pub(crate) fn new(stream: S, limits: Limits) -> Self {
+        RequestReader {
+            stream,
+            buf: Vec::new(),
+            limits,
+        }
+    }
+
+    pub(crate) fn stream(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// The next request.
+    pub(crate) fn next_request(&mut self) -> Result<Incoming, ReadError> {
+        let head_len = loop {
+            if let Some(end) = find_head_end(&self.buf) {
+                break end;
+            }
+            if self.buf.len() > self.limits.max_head_bytes {
+                return Err(ReadError::Refuse(Response::error(
+                    431,
+                    format!(
+                        "request line and headers are longer than {} bytes",
+                        self.limits.max_head_bytes
+                    ),
+                )));
+            }
+            let started = !self.buf.is_empty();
+            match self.fill() {
+                Ok(0) if !started => return Err(ReadError::Closed),
+                Ok(0) => {
+                    return Err(ReadError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the request head was cut off",
+                    )));
+                }
+                Ok(_) => {}
+                Err(e)
+                    if !started
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::ConnectionReset
+                        ) =>
+                {
+                    return Err(ReadError::Closed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if head_len > self.limits.max_head_bytes {
+            return Err(ReadError::Refuse(Response::error(
+                431,
+                format!(
+                    "request line and headers are longer than {} bytes",
+                    self.limits.max_head_bytes
+                ),
+            )));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&self.buf[..head_len]) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(ReadError::Refuse(Response::error(
+                    400,
+                    "incomplete request head",
+                )));
+            }
+            Err(e) => {
+                return Err(ReadError::Refuse(Response::error(
+                    400,
+                    format!("malformed request: {e}"),
+                )));
+            }
+        }
+        let method = parsed.method.unwrap_or("").to_string();
+        let target = parsed.path.unwrap_or("").to_string();
+        let http10 = parsed.version == Some(0);
+        let mut content_length: Option<u64> = None;
+        let mut connection = String::new();
+        let mut expect_continue = false;
+        let mut chunked = false;
+        for h in parsed.headers.iter() {
+            let value = String::from_utf8_lossy(h.value).trim().to_ascii_lowercase();
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let n = value.parse::<u64>().map_err(|_| {
+                    ReadError::Refuse(Response::error(400, "Content-Length is not a number"))
+                })?;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(ReadError::Refuse(Response::error(
+                        400,
+                        "two different Content-Length headers",
+                    )));
+                }
+                content_length = Some(n);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = true;
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                connection = value;
+            } else if h.name.eq_ignore_ascii_case("expect") {
+                expect_continue = value == "100-continue";
+            }
+        }
+        if chunked {
+            return Err(ReadError::Refuse(Response::error(
+                411,
+                "chunked request bodies are not supported: send a Content-Length",
+            )));
+        }
+        let keep_alive = if http10 {
+            connection.contains("keep-alive")
+        } else {
+            !connection.contains("close")
+        };
+        let len = content_length.unwrap_or(0);
+        if len > self.limits.max_body_bytes {
+            return Err(ReadError::Refuse(Response::error(
+                413,
+                format!(
+                    "request body is larger than {} bytes",
+                    self.limits.max_body_bytes
+                ),
+            )));
+        }
+        self.buf.drain(..head_len);
+        // Bounded by max_body_bytes above.
+        let len = len as usize;
+        if expect_continue && len > self.buf.len() {
+            self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            self.stream.flush()?;
+        }
+        while self.buf.len() < len {
+            if self.fill()? == 0 {
+                return Err(ReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the request body was cut off at {} of {len} bytes",
+                        self.buf.len()
+                    ),
+                )));
+            }
+        }
+        let body: Vec<u8> = self.buf.drain(..len).collect();
+        Ok(Incoming {
+            method,
+            target,
+            body,
+            keep_alive,
+        })
+    }
+}
+
+/// Bytes in, writes (interim `100 Continue` answers) dropped.
+struct Replay<'a>(io::Cursor<&'a [u8]>);
+
+impl Read for Replay<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Replay<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads requests from `bytes` as a connection would: how many were read whole, and the
+/// status a refused one would be answered with. For the fuzz target (`fuzz/`).
+#[doc(hidden)]
+pub fn read_all(bytes: &[u8], limits: Limits) -> (usize, Option<u16>) {
+    let mut reader = RequestReader::new(Replay(io::Cursor::new(bytes)), limits);
+    let mut n = 0;
+    loop {
+        match reader.next_request() {
+            Ok(r) => {
+                assert!(r.body.len() as u64 <= limits.max_body_bytes);
+                n += 1;
+            }
+            Err(ReadError::Refuse(r)) => return (n, Some(r.status)),
+            Err(ReadError::Closed | ReadError::Io(_)) => return (n, None),
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Writes `response`; `head_only` leaves out the body (answers to HEAD).
+pub(crate) fn write_response(
+    w: &mut impl Write,
+    response: &Response,
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(160 + response.body.len());
+    write!(
+        out,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    )?;
+    for (name, value) in &response.headers {
+        // A header cannot smuggle a line break into the head.
+        if !(name.contains(['\r', '\n']) || value.contains(['\r', '\n'])) {
+            write!(out, "{name}: {value}\r\n")?;
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&response.body);
+    }
+    w.write_all(&out)?;
+    w.flush()
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    requests: &SyncSender<Request>,
+    limits: Limits,
+) -> io::Result<()> {
+    stream.set_read_timeout(Some(limits.idle_timeout))?;
+    stream.set_write_timeout(Some(limits.idle_timeout.max(Duration::from_secs(5))))?;
+    let _ = stream.set_nodelay(true);
+    let mut reader = RequestReader::new(stream, limits);
+    loop {
+        let incoming = match reader.next_request() {
+            Ok(r) => r,
+            Err(ReadError::Closed) => break,
+            Err(ReadError::Io(e)) => return Err(e),
+            Err(ReadError::Refuse(response)) => {
+                write_response(reader.stream(), &response, false, false)?;
+                break;
+            }
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        let head_only = incoming.method == "HEAD";
+        let request = Request {
+            method: incoming.method,
+            target: incoming.target,
+            body: incoming.body,
+            reply: tx,
+        };
+        let response = if requests.send(request).is_err() {
+            Response::error(503, "the server is shutting down")
+        } else {
+            rx.recv()
+                .unwrap_or_else(|_| Response::error(500, "the request was not answered"))
+        };
+        let keep_alive = incoming.keep_alive && response.status < 500;
+        write_response(reader.stream(), &response, keep_alive, head_only)?;
+        if !keep_alive {
+            break;
+        }
+    }
+    let _ = reader.stream().shutdown(SocketShutdown::Both);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+
+    /// A server answering every request with its method, path and body length, until the
+    /// returned handle's flag is set.
+    fn echo(limits: Limits) -> (SocketAddr, Arc<AtomicBool>, JoinHandle<()>) {
+        let server = Server::bind("127.0.0.1:0", limits).unwrap();
+        let addr = server.local_addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if let Some(r) = server.recv_timeout(Duration::from_millis(20)) {
+                    let text = format!("{} {} {}", r.method(), r.path(), r.body().len());
+                    r.respond(Response::new(200, "text/plain", text));
+                }
+            }
+        });
+        (addr, stop, t)
+    }
+
+    /// Reads one response: status, body, and whether the server keeps the connection.
+    fn read_response(r: &mut BufReader<TcpStream>) -> (u16, String, bool) {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let (mut len, mut keep) = (0usize, true);
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if lower.starts_with("connection: close") {
+                keep = false;
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        (status, String::from_utf8(body).unwrap(), keep)
+    }
+
+    fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = BufReader::new(s.try_clone().unwrap());
+        (s, r)
+    }
+
+    #[test]
+    fn keep_alive_pipelining_and_bodies() {
+        let (addr, stop, t) = echo(Limits::default());
+        let (mut s, mut r) = connect(addr);
+        s.write_all(b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut r), (200, "GET /a 0".into(), true));
+        // Two requests in one write, the second with a body.
+        s.write_all(b"GET /b HTTP/1.1\r\n\r\nPOST /c HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+            .unwrap();
+        assert_eq!(read_response(&mut r), (200, "GET /b 0".into(), true));
+        assert_eq!(read_response(&mut r), (200, "POST /c 5".into(), true));
+        // Expect: 100-continue gets its interim answer before the body is sent.
+        s.write_all(b"POST /d HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+        r.read_line(&mut line).unwrap();
+        s.write_all(b"abc").unwrap();
+        assert_eq!(read_response(&mut r), (200, "POST /d 3".into(), true));
+        // Connection: close is honoured.
+        s.write_all(b"GET /e HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut r), (200, "GET /e 0".into(), false));
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn idle_keep_alive_connections_do_not_starve_a_new_one() {
+        let (addr, stop, t) = echo(Limits::default());
+        // Eight browser-like connections, each used once and left open.
+        let mut idle = Vec::new();
+        for i in 0..8 {
+            let (mut s, mut r) = connect(addr);
+            s.write_all(format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes())
+                .unwrap();
+            assert_eq!(read_response(&mut r).0, 200);
+            idle.push((s, r));
+        }
+        let (mut s, mut r) = connect(addr);
+        s.write_all(b"GET /new HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut r), (200, "GET /new 0".into(), true));
+        // And the idle ones still answer.
+        let (s0, r0) = &mut idle[0];
+        s0.write_all(b"GET /again HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_response(r0).1, "GET /again 0");
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_a_status_and_closed() {
+        let limits = Limits {
+            max_body_bytes: 10,
+            max_head_bytes: 256,
+            ..Limits::default()
+        };
+        let (addr, stop, t) = echo(limits);
+        let cases: [(&[u8], u16); 5] = [
+            (b"NOT A REQUEST\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 413),
+            (b"POST / HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                411,
+            ),
+            (&[b'a'; 400], 431),
+        ];
+        for (bytes, status) in cases {
+            let (mut s, mut r) = connect(addr);
+            s.write_all(bytes).unwrap();
+            let (got, body, keep) = read_response(&mut r);
+            assert_eq!(got, status, "{body}");
+            assert!(!keep);
+            assert!(body.contains("error"), "{body}");
+        }
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn idle_connections_are_closed_and_the_limit_is_kept() {
+        let limits = Limits {
+            max_connections: 2,
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (addr, stop, t) = echo(limits);
+        let (_a, _ra) = connect(addr);
+        let (_b, _rb) = connect(addr);
+        std::thread::sleep(Duration::from_millis(100));
+        let (_c, mut rc) = connect(addr);
+        assert_eq!(read_response(&mut rc).0, 503, "over the limit");
+        // After the idle timeout the two silent connections are closed and room is back.
+        std::thread::sleep(Duration::from_millis(600));
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            _ra.get_ref().peek(&mut buf).unwrap(),
+            0,
+            "closed by the server"
+        );
+        let (mut d, mut rd) = connect(addr);
+        d.write_all(b"GET /ok HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut rd).0, 200);
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn http_1_0_closes_and_head_has_no_body() {
+        let (addr, stop, t) = echo(Limits::default());
+        let (mut s, mut r) = connect(addr);
+        s.write_all(b"GET /old HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut r), (200, "GET /old 0".into(), false));
+        let (mut s, mut r) = connect(addr);
+        s.write_all(b"HEAD /h HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut all = String::new();
+        r.read_to_string(&mut all).unwrap();
+        assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+        assert!(all.contains("Content-Length: 9\r\n"), "{all}");
+        assert!(all.ends_with("\r\n\r\n"), "no body after the head: {all}");
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_give_requests_a_refusal_or_the_end(
+            head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            len in 0u64..100,
+        ) {
+            let limits = Limits { max_head_bytes: 256, max_body_bytes: 50, ..Limits::default() };
+            let _ = read_all(&head, limits);
+            let mut framed = format!("POST /x HTTP/1.1\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+            framed.extend_from_slice(&body);
+            framed.extend_from_slice(&head);
+            let (n, refused) = read_all(&framed, limits);
+            if len > 50 {
+                proptest::prop_assert_eq!((n, refused), (0, Some(413)));
+            } else if ((body.len() + head.len()) as u64) < len {
+                proptest::prop_assert_eq!(n, 0, "a body cut off is not a request");
+            } else {
+                proptest::prop_assert!(n >= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_cut_off_is_an_error_not_a_request() {
+        let mut reader = RequestReader::new(
+            io::Cursor::new(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc".to_vec()),
+            Limits::default(),
+        );
+        assert!(matches!(reader.next_request(), Err(ReadError::Io(_))));
+        let mut reader = RequestReader::new(io::Cursor::new(Vec::new()), Limits::default());
+        assert!(matches!(reader.next_request(), Err(ReadError::Closed)));
+    }
+
+    #[test]
+    fn an_unanswered_request_gets_a_500_and_dropping_the_server_stops_it() {
+        let server = Server::bind("127.0.0.1:0", Limits::default()).unwrap();
+        let addr = server.local_addr();
+        let (mut s, mut r) = connect(addr);
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        drop(
+            server
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a request"),
+        );
+        assert_eq!(read_response(&mut r).0, 500);
+        drop(server);
+        assert!(TcpStream::connect(addr).is_err(), "still listening");
+    }
+}
