@@ -5,6 +5,7 @@
 //! (`perch-host` does); without it [`tracking`] is false and [`peak_since`] gives `None`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The tracking allocator.
@@ -14,14 +15,27 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static USED: AtomicBool = AtomicBool::new(false);
 
+thread_local! {
+    // Const-initialized and without a destructor: reading it never allocates, so the
+    // allocator may use it.
+    static THREAD_NET: Cell<isize> = const { Cell::new(0) };
+}
+
+fn thread_add(bytes: isize) {
+    // During thread teardown the slot may be gone; those bytes are not anyone's measurement.
+    let _ = THREAD_NET.try_with(|n| n.set(n.get().wrapping_add(bytes)));
+}
+
 fn grew(bytes: usize) {
     let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
     PEAK.fetch_max(live, Ordering::Relaxed);
     USED.store(true, Ordering::Relaxed);
+    thread_add(bytes.cast_signed());
 }
 
 fn shrank(bytes: usize) {
     LIVE.fetch_sub(bytes, Ordering::Relaxed);
+    thread_add(bytes.cast_signed().wrapping_neg());
 }
 
 // SAFETY: every call forwards to the system allocator with the caller's arguments; the
@@ -70,6 +84,13 @@ pub fn tracking() -> bool {
 /// Heap bytes live now (every thread's), or `None` when [`Tracking`] is not installed.
 pub fn live_bytes() -> Option<usize> {
     tracking().then(|| LIVE.load(Ordering::Relaxed))
+}
+
+/// Bytes the calling thread has allocated minus those it freed, or `None` when [`Tracking`]
+/// is not installed. Only differences mean something: the heap a piece of work on this
+/// thread kept is the difference across it, whatever other threads do meanwhile.
+pub fn thread_net_bytes() -> Option<isize> {
+    tracking().then(|| THREAD_NET.with(Cell::get))
 }
 
 /// A measurement window: the live bytes when it opened.

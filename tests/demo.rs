@@ -94,6 +94,12 @@ fn drift_on_one_group_is_caught_retrained_and_rolled_out_to_that_group_only() {
         "accuracy on the drifted inputs {before} -> {after}"
     );
 
+    // Its drift baseline is south's new inputs: the drift alerts resolve.
+    let resolved = step(s, "resolved");
+    assert_eq!(resolved["resolved"], true, "{resolved}");
+    let psi = resolved["psi_max_south"].as_f64().unwrap();
+    assert!(psi < 0.2, "south's PSI against the new baseline: {psi}");
+
     // The registry knows where the retrained version came from.
     let reg = perch::registry::Registry::open(run.dir.join("perch-registry.db")).unwrap();
     let v = reg.resolve(&candidate.parse().unwrap()).unwrap();

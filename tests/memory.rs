@@ -23,3 +23,25 @@ fn a_window_sees_its_own_peak_and_not_what_was_live_before() {
     );
     std::hint::black_box((&before, &small));
 }
+
+#[test]
+fn a_threads_net_bytes_ignore_other_threads() {
+    let start = perch::memory::thread_net_bytes().expect("the allocator is installed");
+    let noise = std::thread::spawn(|| {
+        let mut kept = Vec::new();
+        for _ in 0..200 {
+            kept.push(vec![0u8; 64 << 10]);
+        }
+        std::hint::black_box(&kept);
+        kept
+    });
+    let mine: Vec<u8> = vec![7; 300_000];
+    let freed: Vec<u8> = vec![8; 500_000];
+    drop(freed);
+    let other = noise.join().unwrap();
+    let net = perch::memory::thread_net_bytes().unwrap() - start;
+    // The 300 kB this thread kept, not the 12.5 MiB the other thread holds; the join and
+    // the thread handle may add a little.
+    assert!((300_000..300_000 + 4096).contains(&net), "net {net}");
+    std::hint::black_box((&mine, &other));
+}

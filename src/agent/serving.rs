@@ -28,8 +28,8 @@ pub(crate) struct Active {
     memory_kib: u32,
 }
 
-/// A model loaded from artifact bytes, with the heap it kept (live bytes after loading
-/// minus before, when the binary tracks its heap; else the artifact's size).
+/// A model loaded from artifact bytes, with the heap it kept (what the loading thread
+/// allocated and did not free, when the binary tracks its heap; else the artifact's size).
 pub(crate) struct Loaded {
     pub model: runtime::Model,
     pub memory_kib: u32,
@@ -41,10 +41,10 @@ impl Loaded {
     /// # Errors
     /// As [`runtime::Model::from_artifact_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Loaded, runtime::RuntimeError> {
-        let before = crate::memory::live_bytes();
+        let before = crate::memory::thread_net_bytes();
         let model = runtime::Model::from_artifact_bytes(bytes)?;
-        let kept = match (before, crate::memory::live_bytes()) {
-            (Some(a), Some(b)) => b.saturating_sub(a),
+        let kept = match (before, crate::memory::thread_net_bytes()) {
+            (Some(a), Some(b)) => usize::try_from(b.wrapping_sub(a)).unwrap_or(0),
             _ => bytes.len(),
         };
         Ok(Loaded {
@@ -226,7 +226,7 @@ struct Watch {
 pub(crate) struct Serving {
     active: Option<Active>,
     shadow: Option<Shadow>,
-    /// Labelled samples taken from the ring, waiting for the next report.
+    /// The closing window's labelled samples (kept between windows for its allocation).
     labelled: Vec<LabelledSample>,
     bad_requests: u64,
     window_start_ms: u64,
@@ -282,29 +282,32 @@ impl Serving {
         let window_ms = u32::try_from(now.saturating_sub(start)).unwrap_or(u32::MAX);
         let mut report = active.collector.close_window(start, window_ms);
         report.shadow = self.shadow.as_mut().map(|s| s.report(active.memory_kib));
+        // The window's own labelled samples, evenly spaced through it when there are more
+        // than a report carries: the host retrains on them and, after a drift alert, takes
+        // the drifted group's recent inputs as the new model's baseline, so a report holds
+        // its window's inputs, not leftovers of an older one.
+        self.labelled.clear();
         active.recent.take_labelled(&mut self.labelled);
-        let (mut values, mut taken) = (0usize, 0usize);
-        for l in &self.labelled {
-            if taken == MAX_REPORT_SAMPLES || values + l.input.len() > MAX_REPORT_SAMPLE_VALUES {
-                break;
-            }
-            values += l.input.len();
-            taken += 1;
-        }
-        report.samples = self
+        let n = self.labelled.len();
+        let per_sample = self
             .labelled
-            .drain(..taken)
-            .map(|l| LabelledInput {
-                input: l.input,
-                label: outcome_value(l.label),
+            .iter()
+            .map(|l| l.input.len())
+            .max()
+            .unwrap_or(0);
+        let room = MAX_REPORT_SAMPLES.min(MAX_REPORT_SAMPLE_VALUES / per_sample.max(1));
+        let keep = n.min(room);
+        report.samples = (0..keep)
+            .map(|i| {
+                let l = &mut self.labelled[i * n / keep];
+                LabelledInput {
+                    input: std::mem::take(&mut l.input),
+                    label: outcome_value(l.label),
+                }
             })
             .collect();
-        // What did not fit waits for the next window, up to one more report's worth.
-        if self.labelled.len() > MAX_REPORT_SAMPLES {
-            let extra = self.labelled.len() - MAX_REPORT_SAMPLES;
-            self.labelled.drain(..extra);
-            report.samples_dropped = u32::try_from(extra).unwrap_or(u32::MAX);
-        }
+        report.samples_dropped = u32::try_from(n - keep).unwrap_or(u32::MAX);
+        self.labelled.clear();
         Some(report)
     }
 
@@ -565,5 +568,68 @@ fn predicted_outcome(outs: &[Output], label_output: Option<usize>, sample: usize
             .and_then(|&x| label_outcome(x as f64))
             .unwrap_or(Outcome::Value(f32::NAN)),
         OutputValues::F32(v) => Outcome::Value(v.get(sample * w).copied().unwrap_or(f32::NAN)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bundled digits MLP (64 inputs), serving with room for `recent` predictions.
+    fn serving(recent: usize) -> Serving {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/digits-mlp/model.perch"
+        ))
+        .unwrap();
+        let loaded = Loaded::from_bytes(&bytes).unwrap();
+        let reference = ModelRef {
+            name: "digits".into(),
+            version: "1".into(),
+            sha256: [0; 32],
+        };
+        let mut s = Serving::new(RollbackPolicy {
+            min_requests: 100,
+            error_rate: 0.5,
+        });
+        s.replace(Active::new(loaded, reference, recent), false);
+        s
+    }
+
+    /// Predicts `n` samples whose first value is `first + i`, labelling each.
+    fn predict_and_label(s: &mut Serving, first: f32, n: usize) {
+        for i in 0..n {
+            let mut x = vec![0.0f32; 64];
+            x[0] = first + i as f32;
+            let p = s.predict(&x, &[1, 64]).unwrap();
+            s.feedback(p.ids[0], 3.0).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_report_carries_its_own_windows_samples_evenly_spaced() {
+        let mut s = serving(1024);
+        predict_and_label(&mut s, 0.0, 10);
+        let r = s.close_window().unwrap();
+        let firsts: Vec<f32> = r.samples.iter().map(|l| l.input[0]).collect();
+        assert_eq!(firsts, (0..10).map(|i| i as f32).collect::<Vec<_>>());
+        assert_eq!(r.samples_dropped, 0);
+        assert!(r.samples.iter().all(|l| l.input.len() == 64));
+
+        // 256 in the next window: 64 of them, one every four, and nothing of the last one.
+        predict_and_label(&mut s, 1000.0, 256);
+        let r = s.close_window().unwrap();
+        let firsts: Vec<f32> = r.samples.iter().map(|l| l.input[0]).collect();
+        assert_eq!(firsts.len(), MAX_REPORT_SAMPLES);
+        assert_eq!(
+            firsts,
+            (0..64).map(|i| 1000.0 + 4.0 * i as f32).collect::<Vec<_>>()
+        );
+        assert_eq!(r.samples_dropped, 256 - 64);
+
+        // A window without feedback carries nothing, not leftovers.
+        let r = s.close_window().unwrap();
+        assert!(r.samples.is_empty());
+        assert_eq!(r.samples_dropped, 0);
     }
 }

@@ -986,8 +986,8 @@ impl Fleet {
     }
 
     /// Labelled feedback samples devices sent while running one of `models` (first 8 bytes
-    /// of the artifact digest), optionally only from `devices`: `(input, label)` pairs,
-    /// oldest first.
+    /// of the artifact digest), optionally only from `devices`, received at or after
+    /// `since_unix_s` (0: all): `(input, label)` pairs, oldest first.
     ///
     /// # Errors
     /// Database failures.
@@ -995,17 +995,19 @@ impl Fleet {
         &self,
         models: &[[u8; 8]],
         devices: Option<&[i64]>,
+        since_unix_s: i64,
     ) -> Result<Vec<(Vec<f32>, f32)>, FleetError> {
         let mut out = Vec::new();
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT device_id, input, label FROM feedback_samples WHERE model = ?1 ORDER BY id",
+                "SELECT device_id, input, label FROM feedback_samples
+                 WHERE model = ?1 AND received_unix_s >= ?2 ORDER BY id",
             )
             .map_err(self.sql())?;
         for m in models {
             let rows = stmt
-                .query_map([sync::auth::to_hex(m)], |r| {
+                .query_map(params![sync::auth::to_hex(m), since_unix_s], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, Vec<u8>>(1)?,

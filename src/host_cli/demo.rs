@@ -101,10 +101,11 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.shutdown.trigger();
+        // Devices first, so that none of them logs the host going away.
         for d in self.devices.drain(..) {
             d.agent.stop();
         }
+        self.shutdown.trigger();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -544,11 +545,44 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
                "text": format!("rollout {}: south runs {} (accuracy {:.3} on the drifted inputs); north untouched on {} (accuracy {:.3})",
                    done.state, south.join(", "), acc_new.unwrap_or(0.0), north.join(", "), acc_north_after.unwrap_or(0.0))}),
     );
+    // 8. The retrained model's baseline is south's new inputs: the drift alerts resolve.
+    let resolved = wait_for("south's drift alerts to resolve", opts.step_timeout, || {
+        let open = fleet
+            .alerts(true, 100)?
+            .into_iter()
+            .filter(|a| a.rule == "drift" && a.group.as_deref() == Some("south"))
+            .count();
+        Ok((open == 0).then_some(()))
+    });
+    let south_psi = |fleet: &Fleet| -> Result<Option<f64>> {
+        let mut worst: Option<f64> = None;
+        for d in fleet.group_devices("south")? {
+            for r in fleet.recent_reports(&d, Some(promoted_ms), 2)? {
+                if let Some(&m) = r.report.psi_milli.iter().max() {
+                    let m = f64::from(m) / 1000.0;
+                    worst = Some(worst.map_or(m, |w: f64| w.max(m)));
+                }
+            }
+        }
+        Ok(worst)
+    };
+    let psi_after = south_psi(&fleet)?;
+    step(
+        &mut steps,
+        say,
+        "resolved",
+        json!({"resolved": resolved.is_ok(), "psi_max_south": psi_after,
+        "text": match &resolved {
+            Ok(()) => format!("south's drift alerts resolved: largest PSI {:.3} against {candidate}'s baseline (south's inputs since the alert)", psi_after.unwrap_or(0.0)),
+            Err(e) => format!("south's drift alerts still open: {e}"),
+        }}),
+    );
     let monitor_log = crate::lock(&log_lines).clone();
     drop(running);
     store.close();
     Ok(json!({
         "ok": done.state == "complete"
+            && resolved.is_ok()
             && south.iter().all(|m| *m == candidate)
             && north.iter().all(|m| *m == model),
         "seconds": started.elapsed().as_secs_f64(),

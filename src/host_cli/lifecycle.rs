@@ -345,14 +345,25 @@ fn step_promoted(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Opti
     Ok(None)
 }
 
+/// Fewest labelled samples received since an alert for the retrained model's drift baseline
+/// to be made of them (fewer: the combined training data's).
+const MIN_BASELINE_SAMPLES: usize = 100;
+
 /// Retrains `version` on its recorded training data plus the labelled feedback `group`'s
 /// devices sent while running it, re-applies its optimization steps, and registers the
-/// result (its parent is `version`). Returns the new `NAME@N`.
+/// result (its parent is `version`). The new model's drift baseline is made of the samples
+/// received after the second `baseline_since_unix_s` when there are at least
+/// [`MIN_BASELINE_SAMPLES`] of them, else of its training data. Returns the new `NAME@N`.
 ///
 /// # Errors
 /// No training recipe (an imported model), training data that changed or vanished, no
 /// labelled feedback, a schema whose columns are not the model's inputs, training failures.
-pub fn retrain(registry: &mut Registry, version: &Version, group: &str) -> Result<String> {
+pub fn retrain(
+    registry: &mut Registry,
+    version: &Version,
+    group: &str,
+    baseline_since_unix_s: Option<i64>,
+) -> Result<String> {
     let shown = format!("{}@{}", version.name, version.number);
     let recipe: TrainOptions =
         serde_json::from_value(version.params["recipe"].clone()).map_err(|_| {
@@ -364,7 +375,7 @@ pub fn retrain(registry: &mut Registry, version: &Version, group: &str) -> Resul
     let f = open_fleet(registry.path())?;
     let devices: Vec<i64> = f.group_devices(group)?.iter().map(|d| d.id).collect();
     let ids = model_ids(&f, &version.name, &version.number.to_string())?;
-    let samples = f.feedback_samples(&ids, Some(&devices))?;
+    let samples = f.feedback_samples(&ids, Some(&devices), 0)?;
     if samples.is_empty() {
         bail!("no labelled feedback from group {group} for {shown} to retrain on");
     }
@@ -404,6 +415,30 @@ pub fn retrain(registry: &mut Registry, version: &Version, group: &str) -> Resul
         fleet::now_unix_s()
     ));
     std::fs::write(&data, combined).with_context(|| format!("writing {}", data.display()))?;
+    // The new model's drift baseline: what the group sends now, when there is enough of it
+    // (a baseline from the old data mixed with the new would keep the alert open, and
+    // retrain again, for a model made for the new inputs).
+    let recent = match baseline_since_unix_s {
+        // Reports carry their own window's samples; those received in the second the
+        // alert was seen may be of the window that straddles the shift.
+        Some(since) => f.feedback_samples(&ids, Some(&devices), since + 1)?,
+        None => Vec::new(),
+    };
+    let baseline = if recent.len() >= MIN_BASELINE_SAMPLES {
+        let mut rows = header.join(",");
+        rows.push('\n');
+        for (x, label) in &recent {
+            let mut cells: Vec<String> = x.iter().map(f32::to_string).collect();
+            cells.insert(target, label.to_string());
+            rows.push_str(&cells.join(","));
+            rows.push('\n');
+        }
+        let path = data.with_extension("baseline.csv");
+        std::fs::write(&path, rows).with_context(|| format!("writing {}", path.display()))?;
+        Some(path)
+    } else {
+        None
+    };
     let optimized: Option<OptimizeOptions> = version
         .params
         .get("optimize_recipe")
@@ -417,6 +452,7 @@ pub fn retrain(registry: &mut Registry, version: &Version, group: &str) -> Resul
     opts.data = data.clone();
     opts.name = Some(trained_name.clone());
     opts.parent = Some(shown.clone());
+    opts.baseline = baseline;
     let trained = super::train(registry, &opts)
         .with_context(|| format!("retraining {shown} on {}", data.display()))?;
     let trained_ref = format!("{trained_name}@{}", trained["version"]);
@@ -591,7 +627,12 @@ impl Monitor {
                 key.0, key.1
             ),
         )?;
-        let new = match retrain(&mut self.registry, &version, &status.group) {
+        let new = match retrain(
+            &mut self.registry,
+            &version,
+            &status.group,
+            Some(since_unix_s),
+        ) {
             Ok(v) => v,
             Err(e) => {
                 let why = format!("retraining {} failed: {e:#}", key.0);

@@ -129,6 +129,12 @@ pub struct TrainOptions {
     /// The version this one derives from (lineage), e.g. iris@2.
     #[arg(long)]
     pub parent: Option<String>,
+    /// Data the device's drift baseline describes, with the training data's columns (the
+    /// target's values are not used); default: the training data. Retraining for a
+    /// drifted group passes the inputs the group sent since the alert, the distribution
+    /// the new model is to serve.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
 }
 
 fn model_kind(name: &str) -> Result<(ModelKind, Option<Task>)> {
@@ -757,9 +763,21 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
             m.insert(format!("train_{k}"), v.clone());
         }
     }
+    let baseline = match &opts.baseline {
+        Some(path) => Some(
+            Dataset::load_with_schema(path, &data.schema)
+                .with_context(|| format!("loading drift baseline data {}", path.display()))?,
+        ),
+        None => None,
+    };
     let mut model = fitted.to_model(&name);
-    attach_sections(&mut model, &fitted, &data)
-        .with_context(|| format!("recording the drift baseline and canary of {name}"))?;
+    attach_sections(
+        &mut model,
+        &fitted,
+        &data,
+        baseline.as_ref().unwrap_or(&data),
+    )
+    .with_context(|| format!("recording the drift baseline and canary of {name}"))?;
     let version = registry.register(
         &name,
         Payload::Native(Box::new(model)),
@@ -798,9 +816,10 @@ const CANARY_CANDIDATES: usize = 256;
 /// Largest difference allowed between a canary's recorded float outputs and a device's.
 pub const CANARY_TOLERANCE: f32 = 1e-4;
 
-/// Attaches to a trained model the sections the device uses: the training data's drift
-/// baseline (over the encoded features, the model's input) and a canary recorded with the
-/// native engine on [`canary_row`].
+/// Attaches to a trained model the sections the device uses: the drift baseline of
+/// `baseline` (the training data unless `--baseline` names other data; over the encoded
+/// features, the model's input) and a canary recorded with the native engine on
+/// [`canary_row`] of the training data.
 ///
 /// # Errors
 /// A model whose input is not one row of the encoded features, or that fails to run.
@@ -808,6 +827,7 @@ fn attach_sections(
     model: &mut crate::graph::Model,
     fitted: &train::Fitted,
     data: &Dataset,
+    baseline: &Dataset,
 ) -> Result<()> {
     use crate::graph::sections::{CANARY, DRIFT_BASELINE, DriftBaseline};
     let width = model.graph.inputs.first().map_or(0, |i| i.sample_len());
@@ -818,7 +838,10 @@ fn attach_sections(
             data.n_features()
         );
     }
-    let columns: Vec<Vec<f64>> = data
+    if baseline.n_rows() == 0 {
+        bail!("the drift baseline data has no rows");
+    }
+    let columns: Vec<Vec<f64>> = baseline
         .features
         .columns()
         .into_iter()

@@ -58,8 +58,9 @@ pub struct Report {
     /// canary rollout), if any.
     pub shadow: Option<ShadowReport>,
     /// Labelled feedback of the window with its inputs, for retraining on the host: at most
-    /// [`MAX_REPORT_SAMPLES`] samples and [`MAX_REPORT_SAMPLE_VALUES`] input values (later
-    /// ones are left out and counted in `samples_dropped`).
+    /// [`MAX_REPORT_SAMPLES`] samples and [`MAX_REPORT_SAMPLE_VALUES`] input values, evenly
+    /// spaced through the window when it had more (the others are counted in
+    /// `samples_dropped`).
     pub samples: Vec<LabelledInput>,
     /// Labelled samples left out of this report for lack of room.
     pub samples_dropped: u32,
