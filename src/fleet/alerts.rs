@@ -246,23 +246,15 @@ impl Rules {
                 );
             }
         }
-        let g = &self.rollout;
-        for (key, v) in [
-            ("rollout.min_agreement", g.min_agreement),
-            ("rollout.max_error_rate", g.max_error_rate),
-            ("rollout.max_accuracy_drop", g.max_accuracy_drop),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return bad(key, v.to_string(), "a fraction in [0, 1]");
-            }
-        }
-        for (key, v) in [
-            ("rollout.max_latency_ratio", g.max_latency_ratio),
-            ("rollout.max_memory_ratio", g.max_memory_ratio),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return bad(key, v.to_string(), "a positive ratio");
-            }
+        if let Err((key, value, reason)) = self.rollout.check() {
+            let key = match key {
+                "min_agreement" => "rollout.min_agreement",
+                "max_error_rate" => "rollout.max_error_rate",
+                "max_accuracy_drop" => "rollout.max_accuracy_drop",
+                "max_latency_ratio" => "rollout.max_latency_ratio",
+                _ => "rollout.max_memory_ratio",
+            };
+            return bad(key, value, reason);
         }
         if !(1..=MAX_WINDOW_REPORTS).contains(&self.window_reports) {
             return bad(
@@ -1236,6 +1228,10 @@ mod tests {
         let end = start + doc[start..].find("```").expect("closed example");
         let r = Rules::from_toml(&doc[start..end], Path::new("docs/alerts.md")).unwrap();
         assert_ne!(r, Rules::default());
+        assert_eq!(r.retrain.on, ["drift"]);
+        assert_eq!(r.retrain.min_samples, 500);
+        assert_eq!(r.rollout.min_shadow_requests, 1000);
+        assert_eq!(r.rollout.max_latency_ratio, 1.5);
     }
 
     #[test]

@@ -912,7 +912,8 @@ impl Fleet {
         Ok(rows)
     }
 
-    /// Stores reports in one transaction; a `(device, seq)` already stored is left as it is.
+    /// Stores reports in one transaction, and notes each sender as seen now; a `(device,
+    /// seq)` already stored is left as it is.
     /// Returns how many were new.
     ///
     /// # Errors
@@ -979,6 +980,19 @@ impl Fleet {
                     }
                 }
                 new += inserted;
+            }
+            // A report is contact: the silence rule and "last seen" count it.
+            let mut seen = tx
+                .prepare_cached(
+                    "UPDATE devices SET last_seen_unix_s = ?1
+                     WHERE id = ?2 AND (last_seen_unix_s IS NULL OR last_seen_unix_s < ?1)",
+                )
+                .map_err(sql)?;
+            let mut devices: Vec<i64> = batch.iter().map(|&(d, _, _)| d).collect();
+            devices.sort_unstable();
+            devices.dedup();
+            for d in devices {
+                seen.execute(params![now, d]).map_err(sql)?;
             }
         }
         tx.commit().map_err(sql)?;

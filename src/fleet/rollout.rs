@@ -54,6 +54,34 @@ impl Default for Gates {
     }
 }
 
+impl Gates {
+    /// Checks every value's range.
+    ///
+    /// # Errors
+    /// The first gate out of range: its key (as in the `[rollout]` table), its value, and
+    /// what it must be.
+    pub fn check(&self) -> Result<(), (&'static str, String, &'static str)> {
+        for (key, v) in [
+            ("min_agreement", self.min_agreement),
+            ("max_error_rate", self.max_error_rate),
+            ("max_accuracy_drop", self.max_accuracy_drop),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err((key, v.to_string(), "a fraction in [0, 1]"));
+            }
+        }
+        for (key, v) in [
+            ("max_latency_ratio", self.max_latency_ratio),
+            ("max_memory_ratio", self.max_memory_ratio),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err((key, v.to_string(), "a positive ratio"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One rollout.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rollout {

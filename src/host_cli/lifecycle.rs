@@ -46,6 +46,9 @@ pub fn start_rollout(
     gates: &Gates,
     origin: &str,
 ) -> Result<Value> {
+    if let Err((key, value, reason)) = gates.check() {
+        bail!("rollout gate {key} = {value}: must be {reason}");
+    }
     let version = registry.resolve(r)?;
     let candidate = format!("{}@{}", version.name, version.number);
     let mut f = open_fleet(registry.path())?;
@@ -66,7 +69,13 @@ pub fn start_rollout(
     if members.is_empty() {
         return Err(fleet::FleetError::EmptyGroup {
             group: group.to_string(),
-            known: f.devices()?.into_iter().map(|d| d.group).collect(),
+            known: f
+                .devices()?
+                .into_iter()
+                .map(|d| d.group)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         }
         .into());
     }
