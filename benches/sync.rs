@@ -8,8 +8,9 @@
 //! 3. push throughput: a 5 MB artifact from `perch-host push` to installed (downloaded,
 //!    SHA-256 and signature checked, loaded, canary run, renamed into place) on an agent.
 //!
-//! `cargo bench --bench sync [-- report|ingest|push]` (needs a file-descriptor limit above
-//! 2,100: `ulimit -n 4096`).
+//! `cargo bench --bench sync [-- report|ingest|push]` (each simulated device holds about
+//! four descriptors, its socket and the host's, each cloned for reading and writing: 1,000
+//! devices need a limit above 4,100, `ulimit -n 8192`).
 //! The simulated devices and the host share this machine's two cores, so the rates are
 //! lower bounds for a host that has its machine to itself.
 
@@ -161,7 +162,7 @@ fn ingest(devices: usize, per_device: u64, in_flight: u64, threads: usize) -> (f
             Duration::from_secs(60),
             Duration::from_secs(30),
         )
-        .unwrap_or_else(|e| panic!("{name}: {e} (raise the descriptor limit: ulimit -n 4096)"));
+        .unwrap_or_else(|e| panic!("{name}: {e} (raise the descriptor limit: ulimit -n 8192)"));
         links[i % threads].push(link);
     }
     let started = Instant::now();

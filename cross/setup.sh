@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Installs what ARM cross builds, qemu tests and the dashboard test (headless Chromium) need on
-# a fresh Debian machine (run as root).
+# Installs what ARM cross builds and qemu tests need on a fresh Debian machine (run as root).
 # Idempotent: says what it does and skips what is present.
 set -euo pipefail
 
@@ -8,7 +7,6 @@ APT_PACKAGES=(
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
     qemu-user
-    chromium
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
 

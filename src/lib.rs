@@ -10,8 +10,10 @@
 //! - [`export`] (feature `host`): writes native models as ONNX (the reverse of [`convert`]).
 //! - [`runtime`]: one [`runtime::Model`] over both backends; what the CLI calls.
 //! - [`cli`]: the `perch run / info / bench` commands as library functions.
-//! - [`host_cli`] (feature `host`): the `perch-host train / eval / models / import`
-//!   commands as library functions over [`train`] and [`registry`].
+//! - [`host_cli`] (feature `host`): the `perch-host` commands as library functions (train,
+//!   eval, models, import, optimize over [`train`], [`optimize`] and [`registry`]; devices,
+//!   push, serve, alerts, rollouts over [`fleet`]; the monitor that retrains and rolls out;
+//!   `demo`).
 //! - [`io`]: reading inputs (CSV, JSON, `.npy`) and writing outputs.
 //! - [`memory`]: a heap-tracking allocator for peak-memory measurements.
 //! - [`metrics`]: on-device figures in fixed memory (latency histogram, counters, drift as
@@ -26,6 +28,17 @@
 //!   training data.
 //! - [`registry`] (feature `host`): numbered model versions with metadata, lineage, tags and
 //!   aliases in SQLite, artifacts content-addressed beside the database.
+//!
+//! Devices and the host, bytes → frame → message → session:
+//! - [`sync`]: the protocol (`docs/protocol.md`): framing, messages, the HMAC handshake,
+//!   the host's server over a store, the device's client.
+//! - [`agent`]: `perch agent`, the device daemon: model store with atomic installs and
+//!   rollback, the link to the host, the metrics windows, the local HTTP API.
+//! - [`fleet`] (feature `host`): devices, groups, pushes, stored reports and labelled
+//!   samples in the registry's database; alert rules, quality-gated rollouts, the dashboard
+//!   and the Prometheus endpoint.
+//! - [`http`] (features `device` or `host`): the small HTTP/1.1 server under the agent's
+//!   local API and the dashboard.
 //!
 //! # Example
 //! ```

@@ -1,10 +1,10 @@
 //! Translates ONNX graphs built from the ops the native IR has into a native
-//! [`Model`](crate::graph::Model): Gemm and MatMul+Add become dense layers; Conv, pooling,
+//! [`Model`]: Gemm and MatMul+Add become dense layers; Conv, pooling,
 //! Flatten/Reshape, the activations, Softmax and ArgMax map one to one; Add/Sub/Mul/Div by a
 //! constant fold into standardize layers; ai.onnx.ml Scaler, LinearRegressor and
 //! LinearClassifier become standardize, dense and activation layers; TreeEnsembleClassifier
 //! and TreeEnsembleRegressor become a tree ensemble layer (with an argmax for the labels,
-//! see [`trees`]); an ArrayFeatureExtractor or Gather of constant class labels by an argmax
+//! see `trees.rs`); an ArrayFeatureExtractor or Gather of constant class labels by an argmax
 //! becomes that argmax's labels. Anything else is an error naming the node.
 
 use crate::graph::{

@@ -356,7 +356,7 @@ fn step_promoted(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Opti
 
 /// Fewest labelled samples received since an alert for the retrained model's drift baseline
 /// to be made of them (fewer: the combined training data's).
-const MIN_BASELINE_SAMPLES: usize = 100;
+pub const MIN_BASELINE_SAMPLES: usize = 100;
 
 /// Retrains `version` on its recorded training data plus the labelled feedback `group`'s
 /// devices sent while running it, re-applies its optimization steps, and registers the

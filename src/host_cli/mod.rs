@@ -81,7 +81,7 @@ pub struct TrainOptions {
     /// Mini-batch size.
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Learning-rate schedule: constant, step:EVERY[:GAMMA] or cosine[:MIN_LR].
+    /// Learning-rate schedule: constant, `step:EVERY[:GAMMA]` or `cosine[:MIN_LR]`.
     #[arg(long)]
     pub schedule: Option<String>,
     /// Decoupled L2 weight decay per step (AdamW's own decay with --optimizer adamw).
@@ -859,7 +859,7 @@ fn attach_sections(
 }
 
 /// The training row whose outputs are least sensitive to small numeric differences, among
-/// the first [`CANARY_CANDIDATES`] whose features are finite as f32: for a classifier the
+/// the first `CANARY_CANDIDATES` (256) whose features are finite as f32: for a classifier the
 /// one with the largest margin between its top two class probabilities (so that a device
 /// rounding differently still gives the same label), for a regressor the first. `None` when
 /// no row qualifies.

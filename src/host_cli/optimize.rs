@@ -19,7 +19,7 @@ use std::time::Instant;
 /// can be optimized the same way).
 #[derive(Clone, Debug, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct OptimizeOptions {
-    /// The model: NAME[@VERSION|@ALIAS] in the registry, or an ONNX file (imported first).
+    /// The model: `NAME[@VERSION|@ALIAS]` in the registry, or an ONNX file (imported first).
     pub model: String,
     /// int8: static quantization calibrated on data; dynamic: activations quantized per call.
     #[arg(long, value_parser = ["int8", "dynamic"])]
@@ -28,7 +28,7 @@ pub struct OptimizeOptions {
     /// version's recorded training data).
     #[arg(long)]
     pub calibrate: Option<PathBuf>,
-    /// Activation range method: minmax, or percentile[:P] (default P 99.99).
+    /// Activation range method: minmax, or `percentile[:P]` (default P 99.99).
     #[arg(long, default_value = "minmax")]
     pub calibration: String,
     /// Prune to this sparsity (fraction of weights removed, e.g. 0.8).

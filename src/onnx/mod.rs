@@ -1,6 +1,6 @@
 //! The ONNX backend, on tract-onnx: load, declare input facts, optimize, run. Float and
 //! quantized models (QDQ and QOperator forms); the ops tract lacks are implemented in
-//! [`ops`] and registered with tract's ONNX op registry.
+//! `ops` and registered with tract's ONNX op registry.
 
 use crate::graph::{DType, TensorSpec};
 use std::collections::BTreeMap;

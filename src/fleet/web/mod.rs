@@ -4,7 +4,7 @@
 //! - `GET /`: the dashboard, one self-contained HTML page (CSS, JS and SVG charts inline;
 //!   nothing is fetched from elsewhere) that polls the JSON endpoints every few seconds.
 //! - `GET /api/fleet`, `/api/models`, `/api/devices/{name}/series?since=MS&limit=N`,
-//!   `/api/alerts`, `/api/rollouts`, `/api/events?device=NAME&limit=N`: JSON ([`api`]).
+//!   `/api/alerts`, `/api/rollouts`, `/api/events?device=NAME&limit=N`: JSON (`api.rs`).
 //! - `GET /metrics`: fleet-level series in the Prometheus text format ([`prometheus`]).
 //!
 //! Requests are answered one at a time on the server's thread; each reads in its own short
