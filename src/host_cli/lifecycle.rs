@@ -405,12 +405,7 @@ pub fn retrain(
     }
     let mut combined = text.trim_end().to_string();
     combined.push('\n');
-    for (x, label) in &samples {
-        let mut cells: Vec<String> = x.iter().map(f32::to_string).collect();
-        cells.insert(target, label.to_string());
-        combined.push_str(&cells.join(","));
-        combined.push('\n');
-    }
+    push_csv_rows(&mut combined, &samples, target);
     let dir = registry
         .path()
         .parent()
@@ -427,21 +422,17 @@ pub fn retrain(
     // The new model's drift baseline: what the group sends now, when there is enough of it
     // (a baseline from the old data mixed with the new would keep the alert open, and
     // retrain again, for a model made for the new inputs).
-    let recent = match baseline_since_unix_s {
+    let mut recent = match baseline_since_unix_s {
         // Reports carry their own window's samples; those received in the second the
         // alert was seen may be of the window that straddles the shift.
         Some(since) => f.feedback_samples(&ids, Some(&devices), since + 1)?,
         None => Vec::new(),
     };
+    recent.retain(|(x, _)| x.len() == width);
     let baseline = if recent.len() >= MIN_BASELINE_SAMPLES {
         let mut rows = header.join(",");
         rows.push('\n');
-        for (x, label) in &recent {
-            let mut cells: Vec<String> = x.iter().map(f32::to_string).collect();
-            cells.insert(target, label.to_string());
-            rows.push_str(&cells.join(","));
-            rows.push('\n');
-        }
+        push_csv_rows(&mut rows, &recent, target);
         let path = data.with_extension("baseline.csv");
         std::fs::write(&path, rows).with_context(|| format!("writing {}", path.display()))?;
         Some(path)
@@ -473,6 +464,16 @@ pub fn retrain(
     let report = super::optimize::optimize(registry, &o)
         .with_context(|| format!("optimizing the retrained {trained_ref} as {shown} was"))?;
     Ok(format!("{}@{}", version.name, report["version"]))
+}
+
+/// Appends labelled samples as CSV rows, the label in column `target`.
+fn push_csv_rows(out: &mut String, samples: &[(Vec<f32>, f32)], target: usize) {
+    for (x, label) in samples {
+        let mut cells: Vec<String> = x.iter().map(f32::to_string).collect();
+        cells.insert(target, label.to_string());
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
 }
 
 fn model_ids(f: &Fleet, name: &str, version: &str) -> Result<Vec<[u8; 8]>> {
