@@ -3,8 +3,18 @@
 #[global_allocator]
 static ALLOCATOR: perch::memory::Tracking = perch::memory::Tracking;
 
+/// The window test measures every thread's heap: the tests of this file take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn a_window_sees_its_own_peak_and_not_what_was_live_before() {
+    let _alone = alone();
     let before: Vec<u8> = vec![1; 4 << 20];
     let window = perch::memory::open_window();
     {
@@ -26,6 +36,7 @@ fn a_window_sees_its_own_peak_and_not_what_was_live_before() {
 
 #[test]
 fn a_threads_net_bytes_ignore_other_threads() {
+    let _alone = alone();
     let start = perch::memory::thread_net_bytes().expect("the allocator is installed");
     let noise = std::thread::spawn(|| {
         let mut kept = Vec::new();
