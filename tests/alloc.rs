@@ -170,7 +170,7 @@ fn no_allocation_per_inference() {
         nodes: vec![Node {
             name: "fc".into(),
             layer: Layer::Dense {
-                weight: Tensor::csr_from_dense(64, 64, &w),
+                weight: Tensor::csr_from_dense(64, 64, &w).unwrap(),
                 bias: Some(Tensor::f32(vec![64], vec![0.1; 64])),
             },
             inputs: vec![0],

@@ -1355,7 +1355,10 @@ mod tests {
             vec![n as u32],
             layers(Tensor::f32(vec![o as u32, n as u32], w.clone())),
         );
-        let sparse = graph(vec![n as u32], layers(Tensor::csr_from_dense(o, n, &w)));
+        let sparse = graph(
+            vec![n as u32],
+            layers(Tensor::csr_from_dense(o, n, &w).unwrap()),
+        );
         let mut de = Engine::new(&dense, 1).expect("plans");
         let mut se = Engine::new(&sparse, 1).expect("plans");
         let choices = se.kernel_choices().to_vec();

@@ -260,12 +260,14 @@ impl Tensor {
         }
     }
 
-    /// A `[rows, cols]` matrix in CSR form, keeping the nonzeros of the row-major `dense`.
+    /// A `[rows, cols]` matrix in CSR form, keeping the nonzeros of the row-major `dense`;
+    /// `None` when a dimension or the count of nonzeros does not fit the format's `u32`.
     ///
     /// # Panics
-    /// If `dense.len() != rows * cols` or a dimension exceeds `u32`.
-    pub fn csr_from_dense(rows: usize, cols: usize, dense: &[f32]) -> Tensor {
+    /// If `dense.len() != rows * cols`.
+    pub fn csr_from_dense(rows: usize, cols: usize, dense: &[f32]) -> Option<Tensor> {
         assert_eq!(dense.len(), rows * cols, "dense data must be rows × cols");
+        let shape = vec![u32::try_from(rows).ok()?, u32::try_from(cols).ok()?];
         let mut row_ptr = Vec::with_capacity(rows + 1);
         let mut col_idx = Vec::new();
         let mut values = Vec::new();
@@ -273,26 +275,24 @@ impl Tensor {
         for row in dense.chunks_exact(cols.max(1)).take(rows) {
             for (c, &v) in row.iter().enumerate() {
                 if v != 0.0 {
-                    col_idx.push(u32::try_from(c).expect("column fits u32"));
+                    // c < cols, which fits u32 (checked above).
+                    col_idx.push(c as u32);
                     values.push(v);
                 }
             }
-            row_ptr.push(u32::try_from(values.len()).expect("nonzeros fit u32"));
+            row_ptr.push(u32::try_from(values.len()).ok()?);
         }
         if cols == 0 {
             row_ptr.resize(rows + 1, 0);
         }
-        Tensor {
-            shape: vec![
-                u32::try_from(rows).expect("rows fit u32"),
-                u32::try_from(cols).expect("cols fit u32"),
-            ],
+        Some(Tensor {
+            shape,
             data: TensorData::Csr {
                 row_ptr,
                 col_idx,
                 values,
             },
-        }
+        })
     }
 }
 

@@ -881,7 +881,7 @@ mod tests {
     #[test]
     fn csr_densifies_to_the_matrix_it_encodes() {
         let dense = vec![0.0, 0.0, 1.0, 2.0, 3.0, 0.0];
-        let t = Tensor::csr_from_dense(2, 3, &dense);
+        let t = Tensor::csr_from_dense(2, 3, &dense).unwrap();
         assert_eq!(
             t.data,
             TensorData::Csr {

@@ -217,10 +217,9 @@ fn smaller_encoding(shape: &[u32], w: Vec<f32>) -> (Tensor, bool) {
     let csr = Tensor::csr_from_dense(rows, cols, &w);
     let dense = Tensor::f32(shape.to_vec(), w);
     let size = |t: &Tensor| postcard::to_allocvec(t).map_or(usize::MAX, |b| b.len());
-    if size(&csr) < size(&dense) {
-        (csr, true)
-    } else {
-        (dense, false)
+    match csr {
+        Some(csr) if size(&csr) < size(&dense) => (csr, true),
+        _ => (dense, false),
     }
 }
 
