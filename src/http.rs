@@ -16,9 +16,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -131,7 +131,7 @@ impl Request {
 /// A listening server; stops accepting when dropped.
 #[derive(Debug)]
 pub struct Server {
-    requests: Mutex<Receiver<Request>>,
+    requests: Receiver<Request>,
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
@@ -161,7 +161,7 @@ impl Server {
                 .spawn(move || accept_loop(&listener, &tx, limits, &stop))?
         };
         Ok(Server {
-            requests: Mutex::new(rx),
+            requests: rx,
             addr,
             stop,
             accept: Some(accept),
@@ -175,7 +175,7 @@ impl Server {
 
     /// The next request, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Request> {
-        crate::lock(&self.requests).recv_timeout(timeout).ok()
+        self.requests.recv_timeout(timeout).ok()
     }
 }
 
@@ -308,6 +308,16 @@ impl<S: Read + Write> RequestReader<S> {
         Ok(n)
     }
 
+    fn head_too_long(&self) -> ReadError {
+        ReadError::Refuse(Response::error(
+            431,
+            format!(
+                "request line and headers are longer than {} bytes",
+                self.limits.max_head_bytes
+            ),
+        ))
+    }
+
     /// The next request.
     pub(crate) fn next_request(&mut self) -> Result<Incoming, ReadError> {
         let head_len = loop {
@@ -315,13 +325,7 @@ impl<S: Read + Write> RequestReader<S> {
                 break end;
             }
             if self.buf.len() > self.limits.max_head_bytes {
-                return Err(ReadError::Refuse(Response::error(
-                    431,
-                    format!(
-                        "request line and headers are longer than {} bytes",
-                        self.limits.max_head_bytes
-                    ),
-                )));
+                return Err(self.head_too_long());
             }
             let started = !self.buf.is_empty();
             match self.fill() {
@@ -348,13 +352,7 @@ impl<S: Read + Write> RequestReader<S> {
             }
         };
         if head_len > self.limits.max_head_bytes {
-            return Err(ReadError::Refuse(Response::error(
-                431,
-                format!(
-                    "request line and headers are longer than {} bytes",
-                    self.limits.max_head_bytes
-                ),
-            )));
+            return Err(self.head_too_long());
         }
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut headers);

@@ -29,14 +29,6 @@ pub(crate) fn run(server: &Server, shared: &Shared, shutdown: &Shutdown) {
     }
 }
 
-fn json_response(status: u16, body: &Value) -> Response {
-    Response::json(status, body)
-}
-
-fn error(status: u16, message: impl Into<String>) -> Response {
-    Response::error(status, message)
-}
-
 fn handle(request: Request, shared: &Shared) {
     let url = request.path().to_string();
     let response = match (request.method(), url.as_str()) {
@@ -45,9 +37,9 @@ fn handle(request: Request, shared: &Shared) {
         ("GET", "/health") => health(shared),
         ("GET", "/metrics") => metrics(shared),
         (_, "/predict" | "/feedback" | "/health" | "/metrics") => {
-            error(405, format!("{} is not allowed on {url}", request.method()))
+            Response::error(405, format!("{} is not allowed on {url}", request.method()))
         }
-        _ => error(
+        _ => Response::error(
             404,
             format!("no endpoint {url} (POST /predict, POST /feedback, GET /health, GET /metrics)"),
         ),
@@ -56,7 +48,8 @@ fn handle(request: Request, shared: &Shared) {
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| error(400, format!("request body is not JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Response::error(400, format!("request body is not JSON: {e}")))
 }
 
 fn predict(body: &[u8], shared: &Shared) -> Response {
@@ -68,7 +61,7 @@ fn predict(body: &[u8], shared: &Shared) -> Response {
         (Some(x), None) => x.clone(),
         (None, Some(x)) => Value::Array(vec![x.clone()]),
         _ => {
-            return error(
+            return Response::error(
                 400,
                 "body must be {\"inputs\": [[...], ...]} or {\"input\": [...]}",
             );
@@ -77,7 +70,7 @@ fn predict(body: &[u8], shared: &Shared) -> Response {
     let bytes = samples.to_string();
     let array = match parse_input(bytes.as_bytes(), InputFormat::Json, "request") {
         Ok(a) => a,
-        Err(e) => return error(400, e.to_string()),
+        Err(e) => return Response::error(400, e.to_string()),
     };
     let (result, rollback) = {
         let mut serving = lock(&shared.serving);
@@ -88,7 +81,7 @@ fn predict(body: &[u8], shared: &Shared) -> Response {
         shared.roll_back(&reason);
     }
     match result {
-        Ok(p) => json_response(
+        Ok(p) => Response::json(
             200,
             &json!({
                 "model": p.model.name,
@@ -97,9 +90,9 @@ fn predict(body: &[u8], shared: &Shared) -> Response {
                 "outputs": crate::cli::outputs_json(&p.outputs),
             }),
         ),
-        Err(PredictError::NoModel) => error(503, "no model installed yet"),
-        Err(PredictError::BadInput(m)) => error(400, m),
-        Err(PredictError::Model(m)) => error(500, m),
+        Err(PredictError::NoModel) => Response::error(503, "no model installed yet"),
+        Err(PredictError::BadInput(m)) => Response::error(400, m),
+        Err(PredictError::Model(m)) => Response::error(500, m),
     }
 }
 
@@ -110,7 +103,9 @@ fn feedback(body: &[u8], shared: &Shared) -> Response {
     };
     let items: Vec<Value> = match v.get("feedback") {
         Some(Value::Array(a)) => a.clone(),
-        Some(_) => return error(400, "\"feedback\" must be an array of {\"id\", \"label\"}"),
+        Some(_) => {
+            return Response::error(400, "\"feedback\" must be an array of {\"id\", \"label\"}");
+        }
         None => vec![v],
     };
     let mut parsed = Vec::with_capacity(items.len());
@@ -120,7 +115,7 @@ fn feedback(body: &[u8], shared: &Shared) -> Response {
         match (id, label) {
             (Some(id), Some(label)) if label.is_finite() => parsed.push((id, label)),
             _ => {
-                return error(
+                return Response::error(
                     400,
                     format!(
                         "feedback item {i}: needs a numeric \"id\" (from /predict) and a numeric \"label\""
@@ -147,7 +142,7 @@ fn feedback(body: &[u8], shared: &Shared) -> Response {
     } else {
         200
     };
-    json_response(
+    Response::json(
         status,
         &json!({ "matched": matched, "correct": correct, "refused": unknown }),
     )
@@ -181,7 +176,7 @@ fn health(shared: &Shared) -> Response {
         "last_error": link.last_error,
         "queued_reports": queued,
     });
-    json_response(if model.is_some() { 200 } else { 503 }, &body)
+    Response::json(if model.is_some() { 200 } else { 503 }, &body)
 }
 
 fn metrics(shared: &Shared) -> Response {

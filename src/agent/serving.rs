@@ -226,8 +226,6 @@ struct Watch {
 pub(crate) struct Serving {
     active: Option<Active>,
     shadow: Option<Shadow>,
-    /// The closing window's labelled samples (kept between windows for its allocation).
-    labelled: Vec<LabelledSample>,
     bad_requests: u64,
     window_start_ms: u64,
     watch: Option<Watch>,
@@ -245,7 +243,6 @@ impl Serving {
         Serving {
             active: None,
             shadow: None,
-            labelled: Vec::new(),
             bad_requests: 0,
             window_start_ms: now_unix_ms(),
             watch: None,
@@ -286,20 +283,15 @@ impl Serving {
         // than a report carries: the host retrains on them and, after a drift alert, takes
         // the drifted group's recent inputs as the new model's baseline, so a report holds
         // its window's inputs, not leftovers of an older one.
-        self.labelled.clear();
-        active.recent.take_labelled(&mut self.labelled);
-        let n = self.labelled.len();
-        let per_sample = self
-            .labelled
-            .iter()
-            .map(|l| l.input.len())
-            .max()
-            .unwrap_or(0);
+        let mut labelled: Vec<LabelledSample> = Vec::new();
+        active.recent.take_labelled(&mut labelled);
+        let n = labelled.len();
+        let per_sample = labelled.iter().map(|l| l.input.len()).max().unwrap_or(0);
         let room = MAX_REPORT_SAMPLES.min(MAX_REPORT_SAMPLE_VALUES / per_sample.max(1));
         let keep = n.min(room);
         report.samples = (0..keep)
             .map(|i| {
-                let l = &mut self.labelled[i * n / keep];
+                let l = &mut labelled[i * n / keep];
                 LabelledInput {
                     input: std::mem::take(&mut l.input),
                     label: outcome_value(l.label),
@@ -307,7 +299,6 @@ impl Serving {
             })
             .collect();
         report.samples_dropped = u32::try_from(n - keep).unwrap_or(u32::MAX);
-        self.labelled.clear();
         Some(report)
     }
 

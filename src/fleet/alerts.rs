@@ -229,10 +229,10 @@ impl Rules {
     /// # Errors
     /// [`FleetError::BadRule`] naming the first key out of range (`origin` is its file).
     pub fn check(&self, origin: &Path) -> Result<(), FleetError> {
-        let bad = |key: &'static str, value: String, reason: &str| {
+        let bad = |key: &str, value: String, reason: &str| {
             Err(FleetError::BadRule {
                 path: origin.to_path_buf(),
-                key,
+                key: key.to_string(),
                 value,
                 reason: reason.to_string(),
             })
@@ -247,14 +247,7 @@ impl Rules {
             }
         }
         if let Err((key, value, reason)) = self.rollout.check() {
-            let key = match key {
-                "min_agreement" => "rollout.min_agreement",
-                "max_error_rate" => "rollout.max_error_rate",
-                "max_accuracy_drop" => "rollout.max_accuracy_drop",
-                "max_latency_ratio" => "rollout.max_latency_ratio",
-                _ => "rollout.max_memory_ratio",
-            };
-            return bad(key, value, reason);
+            return bad(&format!("rollout.{key}"), value, reason);
         }
         if !(1..=MAX_WINDOW_REPORTS).contains(&self.window_reports) {
             return bad(

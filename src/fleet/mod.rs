@@ -115,7 +115,7 @@ pub enum FleetError {
         /// The file.
         path: PathBuf,
         /// The key, as `section.key`.
-        key: &'static str,
+        key: String,
         /// The value found.
         value: String,
         /// What is allowed.
@@ -1000,8 +1000,8 @@ impl Fleet {
     }
 
     /// Labelled feedback samples devices sent while running one of `models` (first 8 bytes
-    /// of the artifact digest), optionally only from `devices`, received at or after
-    /// `since_unix_s` (0: all): `(input, label)` pairs, oldest first.
+    /// of the artifact digest), optionally only from `devices`: `(input, label, when it
+    /// arrived in seconds since the Unix epoch)`, oldest first.
     ///
     /// # Errors
     /// Database failures.
@@ -1009,28 +1009,28 @@ impl Fleet {
         &self,
         models: &[[u8; 8]],
         devices: Option<&[i64]>,
-        since_unix_s: i64,
-    ) -> Result<Vec<(Vec<f32>, f32)>, FleetError> {
+    ) -> Result<Vec<(Vec<f32>, f32, i64)>, FleetError> {
         let mut out = Vec::new();
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT device_id, input, label FROM feedback_samples
-                 WHERE model = ?1 AND received_unix_s >= ?2 ORDER BY id",
+                "SELECT device_id, input, label, received_unix_s FROM feedback_samples
+                 WHERE model = ?1 ORDER BY id",
             )
             .map_err(self.sql())?;
         for m in models {
             let rows = stmt
-                .query_map(params![sync::auth::to_hex(m), since_unix_s], |r| {
+                .query_map([sync::auth::to_hex(m)], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, Vec<u8>>(1)?,
                         r.get::<_, f64>(2)?,
+                        r.get::<_, i64>(3)?,
                     ))
                 })
                 .map_err(self.sql())?;
             for row in rows {
-                let (device, bytes, label) = row.map_err(self.sql())?;
+                let (device, bytes, label, received) = row.map_err(self.sql())?;
                 if devices.is_some_and(|d| !d.contains(&device)) || bytes.len() % 4 != 0 {
                     continue;
                 }
@@ -1038,7 +1038,7 @@ impl Fleet {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
-                out.push((input, label as f32));
+                out.push((input, label as f32, received));
             }
         }
         Ok(out)

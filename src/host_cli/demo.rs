@@ -554,19 +554,13 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
             .count();
         Ok((open == 0).then_some(()))
     });
-    let south_psi = |fleet: &Fleet| -> Result<Option<f64>> {
-        let mut worst: Option<f64> = None;
-        for d in fleet.group_devices("south")? {
-            for r in fleet.recent_reports(&d, Some(promoted_ms), 2)? {
-                if let Some(&m) = r.report.psi_milli.iter().max() {
-                    let m = f64::from(m) / 1000.0;
-                    worst = Some(worst.map_or(m, |w: f64| w.max(m)));
-                }
-            }
+    let mut worst_milli: Option<u16> = None;
+    for d in fleet.group_devices("south")? {
+        for r in fleet.recent_reports(&d, Some(promoted_ms), 2)? {
+            worst_milli = worst_milli.max(r.report.psi_milli.iter().max().copied());
         }
-        Ok(worst)
-    };
-    let psi_after = south_psi(&fleet)?;
+    }
+    let psi_after = worst_milli.map(|m| f64::from(m) / 1000.0);
     step(
         &mut steps,
         say,

@@ -384,7 +384,7 @@ pub fn retrain(
     let f = open_fleet(registry.path())?;
     let devices: Vec<i64> = f.group_devices(group)?.iter().map(|d| d.id).collect();
     let ids = model_ids(&f, &version.name, &version.number.to_string())?;
-    let samples = f.feedback_samples(&ids, Some(&devices), 0)?;
+    let samples = f.feedback_samples(&ids, Some(&devices))?;
     if samples.is_empty() {
         bail!("no labelled feedback from group {group} for {shown} to retrain on");
     }
@@ -396,7 +396,7 @@ pub fn retrain(
         .position(|h| h.trim() == recipe.target)
         .ok_or_else(|| anyhow!("{} has no column {:?}", original.display(), recipe.target))?;
     let width = header.len() - 1;
-    if let Some(bad) = samples.iter().find(|(x, _)| x.len() != width) {
+    if let Some(bad) = samples.iter().find(|(x, _, _)| x.len() != width) {
         bail!(
             "feedback samples have {} values, the training file {} feature columns: retraining needs a numeric schema whose columns are the model's inputs",
             bad.0.len(),
@@ -422,17 +422,16 @@ pub fn retrain(
     // The new model's drift baseline: what the group sends now, when there is enough of it
     // (a baseline from the old data mixed with the new would keep the alert open, and
     // retrain again, for a model made for the new inputs).
-    let mut recent = match baseline_since_unix_s {
-        // Reports carry their own window's samples; those received in the second the
-        // alert was seen may be of the window that straddles the shift.
-        Some(since) => f.feedback_samples(&ids, Some(&devices), since + 1)?,
+    // Reports carry their own window's samples; those received in the second the alert was
+    // seen may be of the window that straddles the shift.
+    let recent: Vec<_> = match baseline_since_unix_s {
+        Some(since) => samples.iter().filter(|s| s.2 > since).collect(),
         None => Vec::new(),
     };
-    recent.retain(|(x, _)| x.len() == width);
     let baseline = if recent.len() >= MIN_BASELINE_SAMPLES {
         let mut rows = header.join(",");
         rows.push('\n');
-        push_csv_rows(&mut rows, &recent, target);
+        push_csv_rows(&mut rows, recent, target);
         let path = data.with_extension("baseline.csv");
         std::fs::write(&path, rows).with_context(|| format!("writing {}", path.display()))?;
         Some(path)
@@ -466,9 +465,13 @@ pub fn retrain(
     Ok(format!("{}@{}", version.name, report["version"]))
 }
 
-/// Appends labelled samples as CSV rows, the label in column `target`.
-fn push_csv_rows(out: &mut String, samples: &[(Vec<f32>, f32)], target: usize) {
-    for (x, label) in samples {
+/// Appends labelled samples `(input, label, _)` as CSV rows, the label in column `target`.
+fn push_csv_rows<'a>(
+    out: &mut String,
+    samples: impl IntoIterator<Item = &'a (Vec<f32>, f32, i64)>,
+    target: usize,
+) {
+    for (x, label, _) in samples {
         let mut cells: Vec<String> = x.iter().map(f32::to_string).collect();
         cells.insert(target, label.to_string());
         out.push_str(&cells.join(","));

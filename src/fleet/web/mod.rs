@@ -86,30 +86,6 @@ pub fn serve(listener: TcpListener, db: PathBuf, shutdown: Shutdown) -> Result<(
     Dashboard::open(db)?.serve(listener, &shutdown)
 }
 
-/// An HTTP answer before it is sent.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Reply {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(status: u16, value: &Value) -> Reply {
-        let mut body = value.to_string().into_bytes();
-        body.push(b'\n');
-        Reply {
-            status,
-            content_type: "application/json",
-            body,
-        }
-    }
-
-    fn error(status: u16, message: impl Into<String>) -> Reply {
-        Reply::json(status, &json!({ "error": message.into() }))
-    }
-}
-
 impl Dashboard {
     /// Opens read connections to the database at `db` (creating or migrating it as
     /// [`Fleet::open`] does).
@@ -152,9 +128,9 @@ impl Dashboard {
             let url = request.url().to_string();
             // A bug in a handler must cost one request, not the dashboard.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route(&url)))
-                .unwrap_or_else(|_| Reply::error(500, "internal error (see the host's log)"))
+                .unwrap_or_else(|_| Response::error(500, "internal error (see the host's log)"))
         } else {
-            Reply::error(405, "only GET is supported")
+            Response::error(405, "only GET is supported")
         };
         if reply.status >= 500 {
             log::warn!(
@@ -164,33 +140,24 @@ impl Dashboard {
                 String::from_utf8_lossy(&reply.body).trim_end()
             );
         }
-        request.respond(
-            Response::new(reply.status, reply.content_type, reply.body)
-                .with_header("Cache-Control", "no-store"),
-        );
+        request.respond(reply.with_header("Cache-Control", "no-store"));
     }
 
     /// The answer to `GET url` (path and query).
-    pub(crate) fn route(&mut self, url: &str) -> Reply {
+    pub(crate) fn route(&mut self, url: &str) -> Response {
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
         let query = parse_query(query);
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let result = match parts.as_slice() {
             [] => {
-                return Reply {
-                    status: 200,
-                    content_type: "text/html; charset=utf-8",
-                    body: PAGE.as_bytes().to_vec(),
-                };
+                return Response::new(200, "text/html; charset=utf-8", PAGE);
             }
             ["metrics"] => {
                 return match prometheus::render(self) {
-                    Ok(text) => Reply {
-                        status: 200,
-                        content_type: "text/plain; version=0.0.4; charset=utf-8",
-                        body: text.into_bytes(),
-                    },
-                    Err(e) => Reply::error(500, e.to_string()),
+                    Ok(text) => {
+                        Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text)
+                    }
+                    Err(e) => Response::error(500, e.to_string()),
                 };
             }
             ["api", "fleet"] => api::fleet(self),
@@ -206,11 +173,11 @@ impl Dashboard {
             }))),
         };
         match result {
-            Ok(v) => Reply::json(200, &v),
-            Err(ApiError::NotFound(v)) => Reply::json(404, &v),
-            Err(ApiError::BadRequest(m)) => Reply::error(400, m),
-            Err(ApiError::Fleet(e)) => Reply::error(500, e.to_string()),
-            Err(ApiError::Registry(e)) => Reply::error(500, e.to_string()),
+            Ok(v) => Response::json(200, &v),
+            Err(ApiError::NotFound(v)) => Response::json(404, &v),
+            Err(ApiError::BadRequest(m)) => Response::error(400, m),
+            Err(ApiError::Fleet(e)) => Response::error(500, e.to_string()),
+            Err(ApiError::Registry(e)) => Response::error(500, e.to_string()),
         }
     }
 }
@@ -413,11 +380,11 @@ mod tests {
     #[test]
     fn api_answers_and_refusals() {
         let (_dir, _fleet, mut dash) = fixture();
-        let json = |r: Reply| -> Value { serde_json::from_slice(&r.body).expect("JSON body") };
+        let json = |r: Response| -> Value { serde_json::from_slice(&r.body).expect("JSON body") };
 
         let page = dash.route("/");
         assert_eq!(
-            (page.status, page.content_type),
+            (page.status, page.content_type.as_str()),
             (200, "text/html; charset=utf-8")
         );
 
