@@ -581,14 +581,29 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};
 
-    /// A server answering every request with its method, path and body length, until the
-    /// returned handle's flag is set.
-    fn echo(limits: Limits) -> (SocketAddr, Arc<AtomicBool>, JoinHandle<()>) {
+    /// A server answering every request with its method, path and body length; stopped
+    /// when dropped.
+    struct Echo {
+        addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Drop for Echo {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn echo(limits: Limits) -> Echo {
         let server = Server::bind("127.0.0.1:0", limits).unwrap();
         let addr = server.local_addr();
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let t = std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 if let Some(r) = server.recv_timeout(Duration::from_millis(20)) {
                     let text = format!("{} {} {}", r.method(), r.path(), r.body().len());
@@ -596,7 +611,11 @@ mod tests {
                 }
             }
         });
-        (addr, stop, t)
+        Echo {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Reads one response: status, body, and whether the server keeps the connection.
@@ -633,7 +652,8 @@ mod tests {
 
     #[test]
     fn keep_alive_pipelining_and_bodies() {
-        let (addr, stop, t) = echo(Limits::default());
+        let server = echo(Limits::default());
+        let addr = server.addr;
         let (mut s, mut r) = connect(addr);
         s.write_all(b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n")
             .unwrap();
@@ -659,13 +679,12 @@ mod tests {
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
-        stop.store(true, Ordering::SeqCst);
-        t.join().unwrap();
     }
 
     #[test]
     fn idle_keep_alive_connections_do_not_starve_a_new_one() {
-        let (addr, stop, t) = echo(Limits::default());
+        let server = echo(Limits::default());
+        let addr = server.addr;
         // Eight browser-like connections, each used once and left open.
         let mut idle = Vec::new();
         for i in 0..8 {
@@ -682,8 +701,6 @@ mod tests {
         let (s0, r0) = &mut idle[0];
         s0.write_all(b"GET /again HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(read_response(r0).1, "GET /again 0");
-        stop.store(true, Ordering::SeqCst);
-        t.join().unwrap();
     }
 
     #[test]
@@ -693,7 +710,8 @@ mod tests {
             max_head_bytes: 256,
             ..Limits::default()
         };
-        let (addr, stop, t) = echo(limits);
+        let server = echo(limits);
+        let addr = server.addr;
         let cases: [(&[u8], u16); 5] = [
             (b"NOT A REQUEST\r\n\r\n", 400),
             (b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 413),
@@ -712,8 +730,6 @@ mod tests {
             assert!(!keep);
             assert!(body.contains("error"), "{body}");
         }
-        stop.store(true, Ordering::SeqCst);
-        t.join().unwrap();
     }
 
     #[test]
@@ -723,7 +739,8 @@ mod tests {
             idle_timeout: Duration::from_millis(300),
             ..Limits::default()
         };
-        let (addr, stop, t) = echo(limits);
+        let server = echo(limits);
+        let addr = server.addr;
         let (_a, _ra) = connect(addr);
         let (_b, _rb) = connect(addr);
         std::thread::sleep(Duration::from_millis(100));
@@ -740,13 +757,12 @@ mod tests {
         let (mut d, mut rd) = connect(addr);
         d.write_all(b"GET /ok HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(read_response(&mut rd).0, 200);
-        stop.store(true, Ordering::SeqCst);
-        t.join().unwrap();
     }
 
     #[test]
     fn http_1_0_closes_and_head_has_no_body() {
-        let (addr, stop, t) = echo(Limits::default());
+        let server = echo(Limits::default());
+        let addr = server.addr;
         let (mut s, mut r) = connect(addr);
         s.write_all(b"GET /old HTTP/1.0\r\n\r\n").unwrap();
         assert_eq!(read_response(&mut r), (200, "GET /old 0".into(), false));
@@ -758,8 +774,6 @@ mod tests {
         assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
         assert!(all.contains("Content-Length: 9\r\n"), "{all}");
         assert!(all.ends_with("\r\n\r\n"), "no body after the head: {all}");
-        stop.store(true, Ordering::SeqCst);
-        t.join().unwrap();
     }
 
     proptest::proptest! {
