@@ -6,12 +6,12 @@
 #   bash benches/compare.sh [ITERATIONS] [BATCH]
 #
 # Needs: a Rust toolchain, python3 with `pip install onnx onnxruntime numpy` (installed
-# here if missing), and ../shared/corpus beside the checkout (or PERCH_CORPUS).
+# here if missing), and the corpus copy in tests/data/corpus (or PERCH_CORPUS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 iterations=${1:-20000}
 batch=${2:-1}
-corpus=${PERCH_CORPUS:-../shared/corpus}
+corpus=${PERCH_CORPUS:-tests/data/corpus}
 
 python3 -c "import onnxruntime, onnx, numpy" 2>/dev/null || python3 -m pip install -q onnx onnxruntime numpy
 cargo build --release --quiet --bin perch

@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 iterations=${1:-20000}
 batch=${2:-1}
-corpus=${PERCH_CORPUS:-../shared/corpus}
+corpus=${PERCH_CORPUS:-tests/data/corpus}
 data=$corpus/datasets/digits
 input=$corpus/models/sk_mlp_digits/input.npy
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 fn models() -> Vec<(&'static str, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut v = vec![("digits_mlp_64", root.join("models/digits-mlp/model.onnx"))];
-    let keras = root.join("../shared/corpus/models/tf_mlp_digits/model.onnx");
+    let keras = root.join("tests/data/corpus/models/tf_mlp_digits/model.onnx");
     if keras.exists() {
         v.push(("keras_mlp_64_64_32", keras));
     }

@@ -13,11 +13,11 @@
 # epochs on both sides.
 #
 # Needs: a Rust toolchain, python3 with `pip install scikit-learn numpy` (installed here if
-# missing), and ../shared/corpus beside the checkout (or PERCH_CORPUS). The synthetic CSVs
+# missing), and the corpus copy in tests/data/corpus (or PERCH_CORPUS). The synthetic CSVs
 # (124 MB) are written once to $CARGO_TARGET_DIR/bench-data (default target/bench-data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-corpus=${PERCH_CORPUS:-../shared/corpus}
+corpus=${PERCH_CORPUS:-tests/data/corpus}
 target_dir=${CARGO_TARGET_DIR:-target}
 data_dir=$target_dir/bench-data
 synth_epochs=${SYNTH_MLP_EPOCHS:-200}

@@ -10,14 +10,14 @@
 # the sample model, whose labels must equal the reference's.
 # arm-unknown-linux-musleabihf (ARMv6): the binary cross/build.sh made (built if missing) under
 # `qemu-arm -cpu arm1176`, so that any ARMv7 instruction fails.
-# Honours CARGO_TARGET_DIR; SAMPLE_MODEL_DIR (default ../shared/corpus/models/sk_mlp_digits)
+# Honours CARGO_TARGET_DIR; SAMPLE_MODEL_DIR (default tests/data/corpus/models/sk_mlp_digits)
 # holds model.onnx and input.csv.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=${1:?usage: cross/test.sh TARGET}
 features="device,onnx"
-sample_dir=${SAMPLE_MODEL_DIR:-$root/../shared/corpus/models/sk_mlp_digits}
+sample_dir=${SAMPLE_MODEL_DIR:-$root/tests/data/corpus/models/sk_mlp_digits}
 
 # qemu-user shows the guest the host's /proc/cpuinfo, so tract would pick its kernels from an
 # x86 CPU description; force the paths a Pi takes (NEON on ARMv7, Cortex-A53 tuning on aarch64).

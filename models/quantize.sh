@@ -10,7 +10,7 @@
 # PERCH names the device binary to use (default: a release build made here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-corpus=${PERCH_CORPUS:-../shared/corpus}
+corpus=${PERCH_CORPUS:-tests/data/corpus}
 target_dir=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet --features host --example quantize
 if [[ -z ${PERCH:-} ]]; then

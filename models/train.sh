@@ -11,7 +11,7 @@
 # PERCH_HOST and PERCH name the binaries to use (default: release builds made here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-corpus=${PERCH_CORPUS:-../shared/corpus}
+corpus=${PERCH_CORPUS:-tests/data/corpus}
 if [[ -z ${PERCH_HOST:-} || -z ${PERCH:-} ]]; then
     cargo build --release --quiet --bin perch-host --bin perch
 fi

@@ -66,9 +66,9 @@ fn run_prints_json_with_model_name_and_named_outputs() {
     // Same first label as onnxruntime's reference for the corpus model.
     let want = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/models/sk_mlp_digits/output_label.csv"),
+            .join("tests/data/corpus/models/sk_mlp_digits/output_label.csv"),
     )
-    .unwrap_or_default();
+    .expect("the corpus copy in tests/data");
     if let Some(first) = want.lines().next() {
         assert_eq!(
             labels[0].as_i64().map(|v| v.to_string()),
@@ -132,7 +132,7 @@ fn run_csv_output_to_file_and_every_input_format() {
     );
     assert_eq!(from_json, from_csv);
     let npy = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus/models/sk_mlp_digits/input.npy");
+        .join("tests/data/corpus/models/sk_mlp_digits/input.npy");
     let from_npy = run_ok(
         perch_bin(),
         &[
@@ -343,7 +343,7 @@ fn convert_writes_an_artifact_and_names_unsupported_nodes() {
     assert_eq!(art.model.metadata.class_labels.len(), 10);
 
     let qdq = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus/models/sk_mlp_digits_qdq_s8s8_pc/model.onnx");
+        .join("tests/data/corpus/models/sk_mlp_digits_qdq_s8s8_pc/model.onnx");
     let e = run_err(
         host_bin(),
         &[

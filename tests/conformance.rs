@@ -1,4 +1,4 @@
-//! Conformance: every corpus model (../shared/corpus, made by scikit-learn/skl2onnx,
+//! Conformance: every corpus model (tests/data/corpus, made by scikit-learn/skl2onnx,
 //! Keras/tf2onnx and onnxruntime's quantizer) runs through `perch run` and matches
 //! onnxruntime's reference outputs.
 //!

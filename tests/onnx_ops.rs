@@ -9,15 +9,12 @@
 //!   reference's two highest probabilities are within one step of each other, since a one
 //!   step difference in the scores may then flip the arg max.
 //!
-//! Models come from the shared corpus (`/work/shared/corpus/models`, skipped with a note
-//! when absent) and from `tests/fixtures/onnx` (made by `tests/fixtures/make_onnx_fixtures.py`;
+//! Models come from the corpus copy in `tests/data/corpus/models` and from `tests/fixtures/onnx` (made by `tests/fixtures/make_onnx_fixtures.py`;
 //! its `manifest.json` records, per fixture, the op types and the output step).
 #![cfg(feature = "onnx")]
 
 use perch::onnx::{OnnxModel, OnnxValue};
 use std::path::{Path, PathBuf};
-
-const CORPUS: &str = "/work/shared/corpus/models";
 
 /// How an output is compared with its reference.
 #[derive(Debug, Clone, Copy)]
@@ -115,11 +112,17 @@ fn check_model_with(dir: &Path, ref_dir: &Path, refs: &[(&str, Check)]) -> Vec<f
     max_diffs
 }
 
+fn corpus_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/corpus/models")
+        .join(name)
+}
+
 fn corpus(name: &str, refs: &[(&str, Check)]) {
-    let dir = Path::new(CORPUS).join(name);
+    let dir = corpus_dir(name);
     assert!(
         dir.exists(),
-        "{name}: {} not found (the corpus must be beside the checkout)",
+        "{name}: {} not found (the repository carries the corpus in tests/data/corpus)",
         dir.display()
     );
     check_model(&dir, refs);
@@ -263,10 +266,10 @@ const CORPUS_QOP_STEP: f32 = 1.0 / 256.0;
 /// onnxruntime's spec and saves the outputs under `tests/fixtures/onnx/corpus_reference`;
 /// `manifest.json` records the differences with the corpus outputs.
 fn corpus_quantized(name: &str, refs: &[(&str, Check)]) {
-    let dir = Path::new(CORPUS).join(name);
+    let dir = corpus_dir(name);
     assert!(
         dir.exists(),
-        "{name}: {} not found (the corpus must be beside the checkout)",
+        "{name}: {} not found (the repository carries the corpus in tests/data/corpus)",
         dir.display()
     );
     check_model_with(&dir, &fixture_dir("corpus_reference").join(name), refs);

@@ -18,7 +18,7 @@ fn root() -> PathBuf {
 
 fn digits(split: &str) -> Dataset {
     let corpus = std::env::var_os("PERCH_CORPUS")
-        .map_or_else(|| root().join("../shared/corpus"), PathBuf::from);
+        .map_or_else(|| root().join("tests/data/corpus"), PathBuf::from);
     let path = corpus.join(format!("datasets/digits/digits_{split}.csv"));
     Dataset::load(&path, "target", Task::Classification).expect("digits split (corpus)")
 }

@@ -1,7 +1,7 @@
 //! Training accuracy against scikit-learn 1.9 on the corpus datasets, and agreement of
 //! every exported model with the training code's own forward pass when the engine runs it.
 //!
-//! The corpus lives in `../shared/corpus` beside the package (`PERCH_CORPUS` overrides);
+//! The corpus is the repository's copy in `tests/data/corpus` (`PERCH_CORPUS` overrides);
 //! a missing corpus fails the tests rather than skipping them.
 #![cfg(feature = "host")]
 
@@ -15,12 +15,12 @@ use std::path::PathBuf;
 
 fn corpus() -> PathBuf {
     let dir = std::env::var_os("PERCH_CORPUS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus"),
         PathBuf::from,
     );
     assert!(
         dir.join("datasets").is_dir(),
-        "corpus not found at {dir:?}; set PERCH_CORPUS to the shared corpus directory"
+        "corpus not found at {dir:?}; the repository carries it in tests/data/corpus (PERCH_CORPUS overrides)"
     );
     dir
 }

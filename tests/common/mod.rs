@@ -7,11 +7,11 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The corpus folder: `$PERCH_CORPUS`, else `../shared/corpus` beside the checkout.
+/// The corpus folder: `$PERCH_CORPUS`, else the copy in `tests/data/corpus`.
 pub fn corpus_dir() -> PathBuf {
     let dir = std::env::var_os("PERCH_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus"));
     assert!(
         dir.join("models").is_dir(),
         "corpus not found at {} (set PERCH_CORPUS)",

@@ -21,7 +21,7 @@ pub fn host_bin() -> &'static str {
 pub fn corpus() -> PathBuf {
     std::env::var_os("PERCH_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus"))
 }
 
 /// A running process whose stderr is collected line by line.
