@@ -55,7 +55,7 @@ pub enum RuntimeError {
     #[error("cannot record a canary: {0}")]
     Canary(String),
     /// Reading the model file failed.
-    #[error("{path}: {reason}")]
+    #[error("reading model {path}: {reason}")]
     Io {
         /// The path.
         path: String,

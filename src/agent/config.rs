@@ -25,12 +25,12 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:7471";
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
     #[error("{path}: {reason}")]
@@ -110,9 +110,9 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file and, for bad values, the field.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, &path.display().to_string(), base)

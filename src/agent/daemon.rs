@@ -17,12 +17,12 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum AgentError {
     /// The model store is unusable.
-    #[error("model store in {dir}: {source}")]
+    #[error("model store in {dir}: {error}")]
     Store {
         /// State directory.
         dir: String,
         /// The cause.
-        source: store::StoreError,
+        error: store::StoreError,
     },
     /// The report queue is unusable.
     #[error("report queue in {dir}: {reason}")]
@@ -41,12 +41,12 @@ pub enum AgentError {
         reason: String,
     },
     /// A thread could not be started.
-    #[error("cannot start the {what} thread: {source}")]
+    #[error("cannot start the {what} thread: {error}")]
     Thread {
         /// Which.
         what: &'static str,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -278,9 +278,9 @@ impl Agent {
     /// An unusable state directory or queue, an address the API cannot bind.
     pub fn start(config: Config, shutdown: Shutdown) -> Result<Agent, AgentError> {
         let dir = config.state_dir.clone();
-        let store_err = |source| AgentError::Store {
+        let store_err = |error| AgentError::Store {
             dir: dir.display().to_string(),
-            source,
+            error,
         };
         let mut store = ModelStore::open(&dir).map_err(store_err)?;
         let queue_dir = dir.join("queue");
@@ -338,7 +338,7 @@ impl Agent {
             std::thread::Builder::new()
                 .name(what.into())
                 .spawn(f)
-                .map_err(|source| AgentError::Thread { what, source })
+                .map_err(|error| AgentError::Thread { what, error })
         };
         {
             let (s, d) = (shared.clone(), shutdown.clone());

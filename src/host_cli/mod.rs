@@ -249,7 +249,17 @@ pub fn spec_from_options(opts: &TrainOptions) -> Result<(ModelSpec, Task)> {
         if !matches!(spec.kind, ModelKind::Mlp { .. }) {
             bail!("--hidden applies to --model mlp only");
         }
-        spec.set("hidden", &h.replace(',', "x"))?;
+        // Layers are comma-separated here, as --help says (`x` in --grid, where commas
+        // separate the values tried); either is accepted.
+        let widths = h
+            .split([',', 'x'])
+            .map(|w| w.trim().parse::<usize>().ok().filter(|&w| w > 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                anyhow!("bad --hidden {h:?}: expected layer widths such as 64 or 64,32")
+            })?;
+        let widths: Vec<String> = widths.iter().map(usize::to_string).collect();
+        spec.set("hidden", &widths.join("x"))?;
     }
     if let Some(a) = &opts.activation {
         spec.set("activation", a)?;
@@ -673,13 +683,9 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
         .name
         .clone()
         .unwrap_or_else(|| default_name(&opts.data, &opts.model.to_ascii_lowercase()));
-    let data = Dataset::load(&opts.data, &opts.target, task)
-        .with_context(|| format!("loading training data {}", opts.data.display()))?;
+    let data = Dataset::load(&opts.data, &opts.target, task).context("training data")?;
     let test = match &opts.test {
-        Some(path) => Some(
-            Dataset::load_with_schema(path, &data.schema)
-                .with_context(|| format!("loading test data {}", path.display()))?,
-        ),
+        Some(path) => Some(Dataset::load_with_schema(path, &data.schema).context("test data")?),
         None => None,
     };
     let mut report = Map::new();
@@ -764,10 +770,9 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
         }
     }
     let baseline = match &opts.baseline {
-        Some(path) => Some(
-            Dataset::load_with_schema(path, &data.schema)
-                .with_context(|| format!("loading drift baseline data {}", path.display()))?,
-        ),
+        Some(path) => {
+            Some(Dataset::load_with_schema(path, &data.schema).context("drift baseline data")?)
+        }
         None => None,
     };
     let mut model = fitted.to_model(&name);
@@ -982,10 +987,7 @@ fn load_runtime(registry: &Registry, version: &Version) -> Result<runtime::Model
 pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>) -> Result<Value> {
     let version = registry.resolve(r)?;
     let mut model = load_runtime(registry, &version)?;
-    let load = |schema: &Schema| {
-        Dataset::load_with_schema(data, schema)
-            .with_context(|| format!("loading evaluation data {}", data.display()))
-    };
+    let load = |schema: &Schema| Dataset::load_with_schema(data, schema).context("evaluation data");
     let (dataset, schema) = match (&version.data_schema, target) {
         (Some(schema), _) => {
             let schema = schema_from_json(schema)?;
@@ -998,8 +1000,7 @@ pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>
             } else {
                 Task::Regression
             };
-            let dataset = Dataset::load(data, target, task)
-                .with_context(|| format!("loading evaluation data {}", data.display()))?;
+            let dataset = Dataset::load(data, target, task).context("evaluation data")?;
             let schema = dataset.schema.clone();
             (dataset, schema)
         }
@@ -1497,6 +1498,11 @@ mod tests {
     #[test]
     fn bad_options_are_named() {
         assert!(spec_error(&["--model", "forest", "--hidden", "8"]).contains("--hidden"));
+        // The message gives the form --help gives.
+        assert_eq!(
+            spec_error(&["--model", "mlp", "--hidden", "64,x"]),
+            "bad --hidden \"64,x\": expected layer widths such as 64 or 64,32"
+        );
         assert!(spec_error(&["--model", "knn"]).contains("unknown model kind \"knn\""));
         assert!(spec_error(&["--model", "logistic", "--hidden", "8"]).contains("--hidden"));
         assert!(spec_error(&["--model", "linear", "--alpha", "1"]).contains("alpha"));

@@ -167,11 +167,11 @@ fn load_input(
     opts: &OptimizeOptions,
 ) -> Result<(Input, crate::graph::Model, Vec<u8>, String)> {
     let path = Path::new(&opts.model);
-    if path
+    let names_a_file = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
-        && path.is_file()
-    {
+        || opts.model.contains('/');
+    if names_a_file && path.is_file() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let model = crate::convert::onnx_bytes_to_native(&bytes).with_context(|| {
             format!(
@@ -183,8 +183,18 @@ fn load_input(
         let shown = path.display().to_string();
         return Ok((Input::External(path.to_path_buf()), model, artifact, shown));
     }
-    let r: ModelRef = opts.model.parse()?;
-    let version = registry.resolve(&r)?;
+    let version = match opts.model.parse::<ModelRef>() {
+        Ok(r) => registry.resolve(&r),
+        Err(e) => Err(e),
+    };
+    let version = match version {
+        Ok(v) => v,
+        Err(_) if names_a_file => bail!(
+            "{}: no such file (and no registered model of that name)",
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let shown = format!("{}@{}", version.name, version.number);
     if version.format != ArtifactFormat::Perch {
         bail!(
@@ -239,8 +249,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
     };
     let test = match (&test_path, &schema, &opts.target) {
         (Some(p), Some(s), _) => Some((
-            Dataset::load_with_schema(p, s)
-                .with_context(|| format!("loading test data {}", p.display()))?,
+            Dataset::load_with_schema(p, s).context("test data")?,
             s.clone(),
         )),
         (Some(p), None, Some(target)) => {
@@ -254,8 +263,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
             } else {
                 Task::Regression
             };
-            let d = Dataset::load(p, target, task)
-                .with_context(|| format!("loading test data {}", p.display()))?;
+            let d = Dataset::load(p, target, task).context("test data")?;
             let s = d.schema.clone();
             Some((d, s))
         }
@@ -289,8 +297,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
                 let s = schema
                     .as_ref()
                     .ok_or_else(|| anyhow!("{parent_shown} has no recorded schema to fine-tune"))?;
-                let train = Dataset::load_with_schema(&train_path, s)
-                    .with_context(|| format!("loading {}", train_path.display()))?;
+                let train = Dataset::load_with_schema(&train_path, s).context("training data")?;
                 let (m, report) = finetune(
                     &out,
                     &train,
