@@ -2,12 +2,41 @@
 //! any `Write`, so the binary stays thin and tests call them directly.
 
 use crate::io::{InputArray, read_input};
-use crate::runtime::{EngineChoice, Format, Model, ModelInfo, Output, OutputValues};
+use crate::runtime::{EngineChoice, Format, Model, ModelInfo, Output, OutputValues, RuntimeError};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
+
+/// Exit statuses of `perch` and `perch-host`, as README lists them.
+pub mod exit {
+    /// The command did what it was asked.
+    pub const SUCCESS: u8 = 0;
+    /// The command failed: bad input, a damaged model, an unreachable file, a refused
+    /// operation. The one-line error on stderr says why.
+    pub const FAILURE: u8 = 1;
+    /// The command line is wrong: an unknown verb or flag, a flag given to a verb that does
+    /// not take it, a missing argument, a value that does not parse. Nothing was done.
+    pub const USAGE: u8 = 2;
+    /// `perch-host push --wait` / `rollout --wait`: the wait ended with some device pending
+    /// or refusing the model, or the rollout not complete (stopped, rolled back, or still
+    /// under way). What was done stands; the output says which devices or which state.
+    pub const INCOMPLETE: u8 = 3;
+}
+
+/// A command-line mistake: the binaries exit with [`exit::USAGE`] when an error's chain holds
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    /// Whether `e`'s chain holds a usage error.
+    pub fn is_in(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| c.is::<UsageError>())
+    }
+}
 
 /// Output formats of `perch run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,7 +54,9 @@ impl std::str::FromStr for OutputFormat {
         match s {
             "csv" => Ok(OutputFormat::Csv),
             "json" => Ok(OutputFormat::Json),
-            other => bail!("unknown format {other:?} (expected json or csv)"),
+            other => {
+                Err(UsageError(format!("unknown format {other:?} (expected json or csv)")).into())
+            }
         }
     }
 }
@@ -37,7 +68,10 @@ impl std::str::FromStr for EngineChoice {
             "auto" => Ok(EngineChoice::Auto),
             "native" => Ok(EngineChoice::Native),
             "tract" => Ok(EngineChoice::Tract),
-            other => bail!("unknown engine {other:?} (expected auto, native or tract)"),
+            other => Err(UsageError(format!(
+                "unknown engine {other:?} (expected auto, native or tract)"
+            ))
+            .into()),
         }
     }
 }
@@ -45,9 +79,12 @@ impl std::str::FromStr for EngineChoice {
 /// Loads a model with context naming the file.
 ///
 /// # Errors
-/// Whatever [`Model::load`] reports, prefixed with the path.
+/// Whatever [`Model::load`] reports, prefixed with the path unless the error names it.
 pub fn load_model(path: &Path, engine: EngineChoice) -> Result<Model> {
-    Model::load(path, engine).with_context(|| format!("loading model {}", path.display()))
+    Model::load(path, engine).map_err(|e| match e {
+        RuntimeError::Io { .. } | RuntimeError::UnknownFormat { .. } => e.into(),
+        e => anyhow::Error::new(e).context(format!("loading model {}", path.display())),
+    })
 }
 
 /// The name a model is reported under: its metadata name, else the file stem.
@@ -87,7 +124,7 @@ pub fn predict_array(
     let total = model.batch_of(&array.shape, array.data.len())?;
     let chunk = batch.unwrap_or(total);
     if chunk == 0 {
-        bail!("--batch must be at least 1");
+        return Err(UsageError("--batch must be at least 1".into()).into());
     }
     let sample_len = array.data.len() / total;
     let mut merged: Vec<Output> = Vec::new();
@@ -414,7 +451,7 @@ pub fn bench(
     warmup: usize,
 ) -> Result<BenchReport> {
     if batch == 0 || iterations == 0 {
-        bail!("--batch and --iterations must be at least 1");
+        return Err(UsageError("--batch and --iterations must be at least 1".into()).into());
     }
     let t0 = Instant::now();
     let mut model = load_model(path, engine)?;

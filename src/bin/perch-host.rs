@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use perch::cli::{UsageError, exit};
 use perch::host_cli::{self, TrainOptions, fleet};
 use perch::registry::{ModelRef, Registry};
 use std::path::PathBuf;
@@ -11,7 +12,10 @@ use std::process::ExitCode;
 #[command(
     name = "perch-host",
     version,
-    about = "perch host companion: prepare models for perch devices"
+    about = "perch host companion: prepare models for perch devices",
+    after_help = "Exit status: 0 done, 1 failed (the error says why), 2 usage error (unknown \
+                  command or flag, a missing or bad argument), 3 push --wait / rollout --wait \
+                  ended with a device pending or refusing, or the rollout not complete."
 )]
 struct Cli {
     /// Registry database (default: $PERCH_REGISTRY, else perch-registry.db here).
@@ -39,6 +43,9 @@ enum Command {
         /// Free-text description stored in the artifact.
         #[arg(long)]
         description: Option<String>,
+        /// Print one JSON object (output, size_bytes, layers) on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Train a model on a CSV file and register it as a new version.
     Train {
@@ -280,6 +287,9 @@ enum Models {
         /// Where to write it.
         #[arg(short, long)]
         output: PathBuf,
+        /// Print one JSON object (output, size_bytes, sha256) on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -299,6 +309,9 @@ enum Devices {
         /// Where to write the agent configuration (default: NAME.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Every device (the default).
     List {
@@ -358,11 +371,12 @@ fn open_registry(path: Option<&std::path::Path>) -> Result<Registry> {
     Registry::open(&path).with_context(|| format!("opening the registry {}", path.display()))
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs one command; the exit status when it did not fail.
+fn run(cli: Cli) -> Result<u8> {
     let registry = cli.registry.as_deref();
     match cli.command {
         Command::Train { options, json } => {
-            host_cli::spec_from_options(&options)?;
+            host_cli::spec_from_options(&options).map_err(|e| UsageError(format!("{e:#}")))?;
             let mut reg = open_registry(registry)?;
             let report = host_cli::train(&mut reg, &options)?;
             print(&report, json, |r| host_cli::render_report(r) + "\n");
@@ -393,6 +407,7 @@ fn run(cli: Cli) -> Result<()> {
                     group,
                     host,
                     config,
+                    json: add_json,
                 } => {
                     let config = config.unwrap_or_else(|| PathBuf::from(format!("{name}.toml")));
                     let host = host.unwrap_or_else(default_host);
@@ -405,7 +420,7 @@ fn run(cli: Cli) -> Result<()> {
                             .file_name()
                             .map_or(String::new(), |f| f.to_string_lossy().into_owned())
                     );
-                    print(&v, json, |_| String::new());
+                    print(&v, json || add_json, |_| String::new());
                 }
                 Devices::Show { name, json } => {
                     print(&fleet::device_show(&db, &name)?, json, fleet::render_device)
@@ -432,8 +447,19 @@ fn run(cli: Cli) -> Result<()> {
                     push,
                     std::time::Duration::from_secs_f64(secs.max(0.0)),
                 )?;
+                let missing = fleet::push_not_installed(&v["states"]);
+                v["complete"] = serde_json::json!(missing.is_empty());
+                print(&v, json, fleet::render_push);
+                if !missing.is_empty() {
+                    eprintln!(
+                        "perch-host: push {push} is not installed everywhere after {secs} s: {}",
+                        missing.join(", ")
+                    );
+                    return Ok(exit::INCOMPLETE);
+                }
+            } else {
+                print(&v, json, fleet::render_push);
             }
-            print(&v, json, fleet::render_push);
         }
         Command::Alerts { all, limit, json } => {
             let db = perch::registry::resolve_path(registry);
@@ -517,6 +543,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut v = perch::host_cli::lifecycle::start_rollout(
                 &reg, &model, &group, canary, &gates, "operator",
             )?;
+            let mut status = exit::SUCCESS;
             if let Some(secs) = wait {
                 let id = v["rollout"].as_i64().unwrap_or(0);
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
@@ -526,6 +553,9 @@ fn run(cli: Cli) -> Result<()> {
                     if !matches!(r.state.as_str(), "canary" | "promoted")
                         || std::time::Instant::now() >= deadline
                     {
+                        if r.state != "complete" {
+                            status = exit::INCOMPLETE;
+                        }
                         v = serde_json::to_value(&r)?;
                         break;
                     }
@@ -554,6 +584,18 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 )
             });
+            if status != exit::SUCCESS {
+                eprintln!(
+                    "perch-host: rollout {} is {}, not complete, after the wait{}",
+                    v["id"],
+                    v["state"].as_str().unwrap_or("?"),
+                    v["reason"]
+                        .as_str()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+                return Ok(status);
+            }
         }
         Command::Rollouts { all, json } => {
             let reg = open_registry(registry)?;
@@ -608,9 +650,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Models::Delete { model, all } => {
                     if model.selector == perch::registry::Selector::Latest && !all {
-                        anyhow::bail!(
+                        return Err(UsageError(format!(
                             "`models delete {model}` names no version: write {model}@N or {model}@ALIAS, or add --all to delete every version of {model}"
-                        );
+                        ))
+                        .into());
                     }
                     for v in reg.delete(&model)? {
                         eprintln!("deleted {}@{}", v.name, v.number);
@@ -620,9 +663,14 @@ fn run(cli: Cli) -> Result<()> {
                     model,
                     format,
                     output,
+                    json,
                 } => {
                     let r = host_cli::export(&reg, &model, &format, &output)?;
-                    eprintln!("wrote {} ({} bytes)", output.display(), r["size_bytes"]);
+                    if json {
+                        print(&r, true, |_| String::new());
+                    } else {
+                        eprintln!("wrote {} ({} bytes)", output.display(), r["size_bytes"]);
+                    }
                 }
             }
         }
@@ -632,6 +680,7 @@ fn run(cli: Cli) -> Result<()> {
             name,
             version,
             description,
+            json,
         } => {
             let output = output.unwrap_or_else(|| model.with_extension("perch"));
             let bytes =
@@ -658,16 +707,26 @@ fn run(cli: Cli) -> Result<()> {
             let size = perch::artifact::write(&output, &native)
                 .with_context(|| format!("writing {}", output.display()))?;
             let layers: Vec<&str> = native.graph.nodes.iter().map(|n| n.layer.kind()).collect();
-            eprintln!(
-                "wrote {} ({} bytes, {} layers: {})",
-                output.display(),
-                size,
-                layers.len(),
-                layers.join(" → ")
-            );
+            if json {
+                let v = serde_json::json!({
+                    "name": native.metadata.name,
+                    "output": output.display().to_string(),
+                    "size_bytes": size,
+                    "layers": layers,
+                });
+                print(&v, true, |_| String::new());
+            } else {
+                eprintln!(
+                    "wrote {} ({} bytes, {} layers: {})",
+                    output.display(),
+                    size,
+                    layers.len(),
+                    layers.join(" → ")
+                );
+            }
         }
     }
-    Ok(())
+    Ok(exit::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -682,10 +741,14 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("perch-host: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(if UsageError::is_in(&e) {
+                exit::USAGE
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }

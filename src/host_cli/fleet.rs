@@ -38,8 +38,9 @@ pub fn devices_add(
             config_out.display()
         );
     }
-    let key = fleet::keys::load_or_create(db)?;
+    // The fleet first: opening it makes the registry's directory, where the key goes.
     let mut f = open_fleet(db)?;
+    let key = fleet::keys::load_or_create(db)?;
     let device = f.add_device(name, group)?;
     let text = crate::agent::config::render(
         &device.name,
@@ -274,7 +275,10 @@ pub fn push(
     group: Option<&str>,
 ) -> Result<Value> {
     if to.is_empty() && group.is_none() {
-        bail!("say where to push: --to DEVICE (repeatable) or --group GROUP");
+        return Err(crate::cli::UsageError(
+            "say where to push: --to DEVICE (repeatable) or --group GROUP".into(),
+        )
+        .into());
     }
     let devices = open_fleet(registry.path())?.select(to, group)?;
     push_to(registry, r, &devices, Role::Active)
@@ -341,6 +345,28 @@ pub fn wait_for_push(db: &Path, push: u64, timeout: Duration) -> Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The devices of a waited push that did not install it, as `NAME (STATE[: REASON])`:
+/// empty when every device installed it.
+pub fn push_not_installed(states: &Value) -> Vec<String> {
+    states
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["state"] != "installed")
+        .map(|s| {
+            format!(
+                "{} ({}{})",
+                s["device"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?"),
+                s["reason"]
+                    .as_str()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 /// Text of `perch-host push`.
@@ -551,8 +577,8 @@ pub fn serve(
     shutdown: Shutdown,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
-    fleet::keys::load_or_create(db)?;
     let store = Arc::new(FleetStore::open(db)?);
+    fleet::keys::load_or_create(db)?;
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let monitor = match config.automation {
         Some(a) => {
