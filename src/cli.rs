@@ -38,6 +38,29 @@ impl UsageError {
     }
 }
 
+/// `unix_s` as a UTC date and time, `YYYY-MM-DD HH:MM:SS` (RFC 3339 with a space, in UTC),
+/// the way every command shows a time.
+pub fn utc_time(unix_s: i64) -> String {
+    let days = unix_s.div_euclid(86_400);
+    let secs = unix_s.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// Output formats of `perch run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {
@@ -387,7 +410,8 @@ pub fn write_info(out: &mut dyn Write, info: &ModelInfo, name: &str) -> Result<(
             }
         }
         if m.created_unix_s > 0 {
-            writeln!(out, "  created_unix_s: {}", m.created_unix_s)?;
+            let t = i64::try_from(m.created_unix_s).unwrap_or(i64::MAX);
+            writeln!(out, "  created: {} UTC", utc_time(t))?;
         }
         if !m.class_labels.is_empty() {
             writeln!(out, "  class_labels: {}", m.class_labels.join(", "))?;
@@ -574,6 +598,15 @@ mod tests {
             String::from_utf8(text).unwrap(),
             info_json(loaded.info(), "m"),
         )
+    }
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_796_515_199), "2026-12-05 23:59:59");
+        assert_eq!(utc_time(4_107_542_400), "2100-03-01 00:00:00");
+        assert_eq!(utc_time(-1), "1969-12-31 23:59:59");
     }
 
     #[test]

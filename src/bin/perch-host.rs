@@ -34,7 +34,8 @@ enum Command {
         /// Where to write the artifact (default: MODEL with the .perch extension).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Model name stored in the artifact (default: the file stem).
+        /// Model name stored in the artifact (default: the folder's name for a file called
+        /// model.onnx, else the file's stem).
         #[arg(long)]
         name: Option<String>,
         /// Version string stored in the artifact.
@@ -220,7 +221,8 @@ enum Command {
     Import {
         /// The ONNX model.
         model: PathBuf,
-        /// Registry name (default: the file stem).
+        /// Registry name (default: the folder's name for a file called model.onnx, else the
+        /// file's stem).
         #[arg(long)]
         name: Option<String>,
         /// Print one JSON object on stdout.
@@ -687,11 +689,7 @@ fn run(cli: Cli) -> Result<u8> {
                 std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
             let mut native = perch::convert::onnx_bytes_to_native(&bytes)
                 .with_context(|| format!("converting {}", model.display()))?;
-            let stem = model
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            native.metadata.name = name.unwrap_or(stem);
+            native.metadata.name = name.unwrap_or_else(|| host_cli::model_name_of_file(&model));
             native.metadata.version = version;
             if let Some(d) = description {
                 native.metadata.description = d;

@@ -105,7 +105,7 @@ pub fn render_devices(v: &Value) -> String {
         };
         let seen = r["last_seen_unix_s"]
             .as_i64()
-            .map_or("never".into(), |t| format!("{}s ago", (now - t).max(0)));
+            .map_or("never".into(), |t| when(now, t));
         table.push([
             s("name"),
             s("group"),
@@ -199,11 +199,11 @@ pub fn render_device(v: &Value) -> String {
         "reports stored: {}\n",
         v["reports_stored"].as_u64().unwrap_or(0)
     ));
-    out.push_str("events:\n");
+    out.push_str("events (UTC):\n");
     for e in v["events"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "  {}  {:<16} {}\n",
-            e["unix_s"].as_i64().unwrap_or(0),
+            crate::cli::utc_time(e["unix_s"].as_i64().unwrap_or(0)),
             e["kind"].as_str().unwrap_or(""),
             e["detail"].as_str().unwrap_or("")
         ));
@@ -435,6 +435,11 @@ fn compared(rule: &str, subject: &str, value: Option<f64>, threshold: Option<f64
     }
 }
 
+/// A time as a UTC date with how long ago it was: `2026-12-06 09:14:02 UTC (5m ago)`.
+fn when(now: i64, t: i64) -> String {
+    format!("{} UTC ({})", crate::cli::utc_time(t), ago(now, t))
+}
+
 fn ago(now: i64, t: i64) -> String {
     let s = (now - t).max(0);
     match s {
@@ -481,11 +486,11 @@ pub fn render_alerts(v: &Value, all: bool) -> String {
             ),
             r["opened_unix_s"]
                 .as_i64()
-                .map_or("-".into(), |t| ago(now, t)),
+                .map_or("-".into(), |t| when(now, t)),
         ];
         if all {
             row.push(match r["resolved_unix_s"].as_i64() {
-                Some(t) => format!("resolved {}", ago(now, t)),
+                Some(t) => format!("resolved {}", when(now, t)),
                 None => s("state"),
             });
         }

@@ -110,7 +110,11 @@ fn measure(bytes: &[u8], data: Option<(&Dataset, &Schema)>) -> Result<Figures> {
         Some((d, schema)) => {
             let mut report = Map::new();
             score_runtime(&mut model, d, schema, &mut report)?;
-            report.remove("metrics").unwrap_or(Value::Null)
+            let mut metrics = report.remove("metrics").unwrap_or(Value::Null);
+            if let Some(m) = metrics.as_object_mut() {
+                m.insert("evaluated_on".into(), json!("test"));
+            }
+            metrics
         }
         None => json!({}),
     };
@@ -422,6 +426,10 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
         r.insert("optimizations".into(), Value::Object(steps));
         r.insert(
             "evaluated_on".into(),
+            json!(test_path.as_ref().map(|_| "test")),
+        );
+        r.insert(
+            "test_data".into(),
             json!(test_path.map(|p| p.display().to_string())),
         );
         let mut p = before.json();
@@ -511,8 +519,8 @@ pub fn render(r: &Value) -> String {
     for (k, a, b, c) in rows {
         s.push_str(&format!("{k:<24} {a:>16} {b:>16} {c:>12}\n"));
     }
-    if let Some(on) = r["evaluated_on"].as_str() {
-        s.push_str(&format!("metrics on {on}\n"));
+    if let Some(on) = r["test_data"].as_str() {
+        s.push_str(&format!("metrics on the test data {on}\n"));
     } else {
         s.push_str("no test data recorded or given (--test): metrics not measured\n");
     }

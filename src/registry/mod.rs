@@ -343,6 +343,30 @@ pub struct Version {
     pub aliases: Vec<String>,
 }
 
+impl Version {
+    /// Which data the version's `metrics` were measured on: `"test"` (held-out data) or
+    /// `"train"` (the training data, when it was trained without `--test`); `None` when it
+    /// has no metrics. Read from `metrics.evaluated_on`; versions registered before that
+    /// field existed are judged by their training-set figures (`train_*`) and recorded
+    /// test file.
+    pub fn metrics_evaluated_on(&self) -> Option<&str> {
+        let metrics = self.metrics.as_object().filter(|m| !m.is_empty())?;
+        if let Some(on) = metrics.get("evaluated_on").and_then(|v| v.as_str()) {
+            return Some(on);
+        }
+        let has_test_file = self
+            .data_files
+            .as_ref()
+            .is_some_and(|f| f.get("test").is_some());
+        let train_figures = metrics.keys().any(|k| k.starts_with("train_"));
+        Some(if train_figures && !has_test_file {
+            "train"
+        } else {
+            "test"
+        })
+    }
+}
+
 /// An open registry: the database and the artifact store beside it.
 #[derive(Debug)]
 pub struct Registry {
