@@ -1,7 +1,7 @@
 //! The device commands behind `perch run | info | bench`, as library functions that write to
 //! any `Write`, so the binary stays thin and tests call them directly.
 
-use crate::io::{InputArray, read_input};
+use crate::io::{Arranged, InputArray, InputNames, arrange, read_input};
 use crate::runtime::{EngineChoice, Format, Model, ModelInfo, Output, OutputValues, RuntimeError};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -125,13 +125,67 @@ pub fn model_name(model: &Model, path: &Path) -> String {
         })
 }
 
-/// Reads `input` and runs every sample through `model` in one batch.
+/// The feature names and training target `info`'s model records, when they fit its input.
+pub fn input_names(info: &ModelInfo) -> Option<InputNames> {
+    let sample_len = info.inputs.first()?.sample_len();
+    InputNames::of(info.metadata.as_ref(), sample_len)
+}
+
+/// Reads `input` and fits its columns to `model` ([`arrange`]): by name when the file names
+/// them and the model records its feature names, dropping the training target (or the
+/// column `target` names).
 ///
 /// # Errors
-/// Unreadable or malformed input, a width that does not fit the model, runtime failures.
-pub fn predict(model: &mut Model, input: &Path, batch: Option<usize>) -> Result<Vec<Output>> {
+/// Unreadable or malformed input; missing, unknown or repeated columns.
+pub fn read_for(
+    model: &Model,
+    input: &Path,
+    target: Option<&str>,
+) -> Result<(InputArray, Arranged)> {
     let array = read_input(input)?;
-    predict_array(model, &array, batch).with_context(|| format!("running on {}", input.display()))
+    let names = input_names(model.info());
+    Ok(arrange(
+        array,
+        names.as_ref(),
+        target,
+        &input.display().to_string(),
+    )?)
+}
+
+/// Reads `input` ([`read_for`]) and runs every sample through `model`, `batch` samples per
+/// call. Returns the outputs and what was done to the columns (for a note to the user).
+///
+/// # Errors
+/// Unreadable or malformed input, columns or a width that do not fit the model, runtime
+/// failures.
+pub fn predict(
+    model: &mut Model,
+    input: &Path,
+    batch: Option<usize>,
+    target: Option<&str>,
+) -> Result<(Vec<Output>, Arranged)> {
+    let (array, arranged) = read_for(model, input, target)?;
+    let outputs = predict_array(model, &array, batch).map_err(|e| {
+        let e = e.context(format!("running on {}", input.display()));
+        match width_hint(model.info(), &array) {
+            Some(hint) => anyhow::anyhow!("{e:#}; {hint}"),
+            None => e,
+        }
+    })?;
+    Ok((outputs, arranged))
+}
+
+/// For a file whose header gives more columns than the model takes (the usual reason: the
+/// training target is still in it), what to do.
+fn width_hint(info: &ModelInfo, array: &InputArray) -> Option<String> {
+    let columns = array.columns.as_ref()?;
+    let takes = info.inputs.first()?.sample_len();
+    (info.inputs.len() == 1 && columns.names.len() > takes).then(|| {
+        format!(
+            "the file has {} columns: drop the target column or name it with --target COL",
+            columns.names.len()
+        )
+    })
 }
 
 /// Runs `array` (rows are samples) through `model`, `batch` samples per call (all at
@@ -292,9 +346,12 @@ pub fn info_json(info: &ModelInfo, name: &str) -> Value {
             "sections": sections,
         })
     });
+    let names = input_names(info);
     json!({
         "name": name,
         "format": match info.format { Format::Perch => "perch", Format::Onnx => "onnx" },
+        "features": names.as_ref().map(|n| &n.features),
+        "target": names.as_ref().and_then(|n| n.target.as_ref()),
         "engine": info.engine.name(),
         "size_bytes": info.size_bytes,
         "sha256": info.sha256,
@@ -393,6 +450,16 @@ pub fn write_info(out: &mut dyn Write, info: &ModelInfo, name: &str) -> Result<(
             )?;
         }
     }
+    match input_names(info) {
+        Some(names) => {
+            writeln!(out, "features: {} (by name)", names.features.len())?;
+            writeln!(out, "  {}", names.features.join(", "))?;
+            if let Some(t) = &names.target {
+                writeln!(out, "target:  {t} (dropped when an input still has it)")?;
+            }
+        }
+        None => writeln!(out, "features: not named (inputs are read in column order)")?,
+    }
     writeln!(out, "ops:")?;
     for (op, n) in &info.ops {
         writeln!(out, "  {op:<32} {n}")?;
@@ -483,7 +550,7 @@ pub fn bench(
     let sample_len = model.info().inputs[0].sample_len();
     let source = match input {
         Some(p) => {
-            let a = read_input(p)?;
+            let (a, _) = read_for(&model, p, None)?;
             model
                 .batch_of(&a.shape, a.data.len())
                 .with_context(|| format!("input {}", p.display()))?;

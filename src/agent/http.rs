@@ -2,7 +2,7 @@
 //!
 //! | request | body | answer |
 //! |---|---|---|
-//! | `POST /predict` | `{"inputs": [[…], …]}` or `{"input": […]}` | `{"model", "version", "ids", "outputs": {NAME: nested array}}` |
+//! | `POST /predict` | `{"inputs": [[…], …]}` or `{"input": […]}`; rows may be objects of named values (`{"sepal_length_cm": 5.1, …}`) | `{"model", "version", "ids", "outputs": {NAME: nested array}}` (and `"note"` when the target column was dropped) |
 //! | `POST /feedback` | `{"id": N, "label": L}` or `{"feedback": [{"id", "label"}, …]}` | `{"matched", "correct", "refused": [{"id", "reason"}]}` |
 //! | `GET /health` | | `{"status", "model", "connected", "queued_reports", …}` (503 without a model) |
 //! | `GET /metrics` | | Prometheus text exposition format |
@@ -72,24 +72,41 @@ fn predict(body: &[u8], shared: &Shared) -> Response {
         Ok(a) => a,
         Err(e) => return Response::error(400, e.to_string()),
     };
-    let (result, rollback) = {
+    let (result, rollback, note) = {
         let mut serving = lock(&shared.serving);
+        // Named values are matched to the active model's features, as `perch run` does.
+        let (array, arranged) = match serving.active().filter(|_| array.columns.is_some()) {
+            Some(active) => {
+                let names = crate::cli::input_names(active.model.info());
+                match crate::io::arrange(array, names.as_ref(), None, "request") {
+                    Ok(a) => a,
+                    Err(e) => {
+                        serving.refuse_input();
+                        return Response::error(400, e.to_string());
+                    }
+                }
+            }
+            None => (array, crate::io::Arranged::default()),
+        };
         let r = serving.predict(&array.data, &array.shape);
-        (r, serving.rollback_due())
+        (r, serving.rollback_due(), arranged.note())
     };
     if let Some(reason) = rollback {
         shared.roll_back(&reason);
     }
     match result {
-        Ok(p) => Response::json(
-            200,
-            &json!({
+        Ok(p) => {
+            let mut body = json!({
                 "model": p.model.name,
                 "version": p.model.version,
                 "ids": p.ids,
                 "outputs": crate::cli::outputs_json(&p.outputs),
-            }),
-        ),
+            });
+            if let Some(note) = note {
+                body["note"] = json!(note);
+            }
+            Response::json(200, &body)
+        }
         Err(PredictError::NoModel) => Response::error(503, "no model installed yet"),
         Err(PredictError::BadInput(m)) => Response::error(400, m),
         Err(PredictError::Model(m)) => Response::error(500, m),

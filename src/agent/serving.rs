@@ -317,6 +317,11 @@ impl Serving {
         self.shadow.take_if(|s| s.push == push)
     }
 
+    /// Counts a request refused before it reached the model (its columns did not fit).
+    pub fn refuse_input(&mut self) {
+        self.bad_requests += 1;
+    }
+
     /// Runs `data` (`shape` as parsed from the request) and records the metrics.
     pub fn predict(&mut self, data: &[f32], shape: &[usize]) -> Result<Prediction, PredictError> {
         let Some(active) = self.active.as_mut() else {

@@ -12,7 +12,7 @@ const USAGE: &str = "\
 perch: run machine-learning models on this device, offline
 
 Usage:
-  perch run MODEL --input FILE [--format csv|json | --json] [--output FILE] [--batch B] [--engine auto|native|tract]
+  perch run MODEL --input FILE [--format csv|json | --json] [--output FILE] [--batch B] [--target COL] [--engine auto|native|tract]
   perch info MODEL [--json] [--engine auto|native|tract]
   perch bench MODEL [--input FILE] [--iterations N] [--batch B] [--warmup N] [--json] [--engine auto|native|tract]
   perch agent --config FILE
@@ -20,8 +20,9 @@ Usage:
 
 MODEL is a .perch artifact or an .onnx file. FILE is CSV (rows of numbers, optional
 header), .npy, or JSON ([[...], ...] or [{\"name\": value, ...}, ...]). When the model
-records its feature names (models perch-host trained do), a CSV header or JSON keys are
-matched to them by name, in any order. ONNX models whose ops all exist natively run on
+records its feature names (models perch-host trained do; perch info lists them), a CSV
+header or JSON keys are matched to them by name, in any order, and the training target's
+column is dropped; --target COL drops another. ONNX models whose ops all exist natively run on
 perch's native engine unless --engine tract is given. --json prints one JSON document.
 
 `perch agent` runs until stopped: it keeps a link to the host in FILE (written by
@@ -40,6 +41,7 @@ enum Command {
         format: OutputFormat,
         output: Option<PathBuf>,
         batch: Option<usize>,
+        target: Option<String>,
         engine: EngineChoice,
     },
     Info {
@@ -66,7 +68,7 @@ enum Command {
 /// The flags each verb takes, for the message when another is given.
 fn flags_of(verb: &str) -> &'static str {
     match verb {
-        "run" => "--input, --format, --json, --output, --batch, --engine",
+        "run" => "--input, --format, --json, --output, --batch, --target, --engine",
         "info" => "--json, --engine",
         "bench" => "--input, --iterations, --batch, --warmup, --json, --engine",
         _ => "--config",
@@ -105,6 +107,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comm
         )));
     }
     let (mut model, mut input, mut output, mut config) = (None, None, None, None);
+    let mut target = None;
     let (mut format, mut json, mut engine) = (None, false, EngineChoice::Auto);
     let (mut iterations, mut batch, mut warmup) = (1000usize, None, 100usize);
     while let Some(arg) = lex(parser.next())? {
@@ -114,6 +117,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comm
             Long("input") | Short('i') if matches!(v, "run" | "bench") => {
                 input = Some(PathBuf::from(lex(parser.value())?));
             }
+            Long("target") if v == "run" => target = Some(lex(lex(parser.value())?.string())?),
             Long("output") | Short('o') if v == "run" => {
                 output = Some(PathBuf::from(lex(parser.value())?));
             }
@@ -182,6 +186,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comm
             },
             output,
             batch,
+            target,
             engine,
         },
         "info" => Command::Info {
@@ -225,10 +230,14 @@ fn execute(cmd: Command) -> Result<()> {
             format,
             output,
             batch,
+            target,
             engine,
         } => {
             let mut m = cli::load_model(&model, engine)?;
-            let outputs = cli::predict(&mut m, &input, batch)?;
+            let (outputs, arranged) = cli::predict(&mut m, &input, batch, target.as_deref())?;
+            if let Some(note) = arranged.note() {
+                eprintln!("perch: note: {}: {note}", input.display());
+            }
             let name = cli::model_name(&m, &model);
             match output {
                 Some(path) => {

@@ -144,16 +144,26 @@ fn calibration_method(spec: &str) -> Result<Calibration> {
 }
 
 /// Features of a CSV encoded as the model's training data was, when there is a schema;
-/// else the file read as plain numeric rows.
-fn feature_rows(path: &Path, schema: Option<&Schema>) -> Result<Vec<f32>> {
+/// else the file read as numeric rows, its columns matched by name to the features the
+/// model records (the training target dropped), in file order when it records none.
+fn feature_rows(
+    path: &Path,
+    schema: Option<&Schema>,
+    model: &crate::graph::Model,
+) -> Result<Vec<f32>> {
     if let Some(schema) = schema
         && let Ok(d) = Dataset::load_with_schema(path, schema)
     {
         return Ok(d.features_f32().iter().copied().collect());
     }
-    Ok(crate::io::read_input(path)
-        .with_context(|| format!("reading calibration data {}", path.display()))?
-        .data)
+    let array = crate::io::read_input(path).context("calibration data")?;
+    let names = crate::io::InputNames::of(
+        Some(&model.metadata),
+        model.graph.inputs.first().map_or(0, |i| i.sample_len()),
+    );
+    let (array, _) = crate::io::arrange(array, names.as_ref(), None, &path.display().to_string())
+        .context("calibration data")?;
+    Ok(array.data)
 }
 
 /// What `optimize` starts from.
@@ -351,7 +361,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
                     "static int8 needs calibration data: give --calibrate FILE, or use --quantize dynamic",
                 )?,
             };
-            let rows = feature_rows(&source, schema.as_ref())?;
+            let rows = feature_rows(&source, schema.as_ref(), &model)?;
             let width = model.graph.inputs[0].sample_len();
             if width == 0 || rows.is_empty() || rows.len() % width != 0 {
                 bail!(
