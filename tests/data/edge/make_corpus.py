@@ -703,7 +703,7 @@ def nchw_graph(model, cls, out_name):
         [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["batch_size"] + out_dims[1:])],
         g.inits,
     )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch", producer_version="2.5.0")
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="perch tests/data/edge/make_corpus.py", producer_version="torch.onnx.export form")
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
     return m
