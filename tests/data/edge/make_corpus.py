@@ -1107,8 +1107,7 @@ def auc(score, label):
 def write_model(d, cls, variant, model, common, x, y, ort_out, how, ref_out, checks, source, float_out=None):
     name = d.name
     save_npy(d / "input.npy", x)
-    if common["task"] == "classification":
-        save_npy(d / "labels.npy", y)
+    save_npy(d / "labels.npy", y)
     info = graph_info(model)
     outputs = {}
     follows = {}
@@ -1173,8 +1172,8 @@ def write_model(d, cls, variant, model, common, x, y, ort_out, how, ref_out, che
     if ref_out is not None:
         meta["reference"]["spec_reference"] = follows
         meta["reference"]["spec_reference_how"] = REFERENCE_NOTE
+    meta["reference"]["labels"] = "labels.npy: the synthetic class of each row" if common["task"] == "classification" else "labels.npy: 1 for the anomalous rows (a tone added), 0 for the normal ones"
     if common["task"] == "classification":
-        meta["reference"]["labels"] = "labels.npy: the synthetic class of each row"
         meta["keras_test_accuracy"] = common["keras_test_accuracy"]
     (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"   {name}: {meta['file']['bytes']} bytes, ops {info['op_types']}", flush=True)
