@@ -72,6 +72,9 @@ pub(crate) struct Shadow {
     feedback: u32,
     feedback_correct: u32,
     active_feedback_correct: u32,
+    feedback_both_correct: u32,
+    /// Whether the shadow ran first on the last request (the order alternates).
+    ran_first: bool,
 }
 
 /// Shadow answers remembered for feedback.
@@ -100,6 +103,8 @@ impl Shadow {
             feedback: 0,
             feedback_correct: 0,
             active_feedback_correct: 0,
+            feedback_both_correct: 0,
+            ran_first: false,
         }
     }
 
@@ -129,10 +134,12 @@ impl Shadow {
             feedback: self.feedback,
             feedback_correct: self.feedback_correct,
             active_feedback_correct: self.active_feedback_correct,
+            feedback_both_correct: self.feedback_both_correct,
         };
         self.feedback = 0;
         self.feedback_correct = 0;
         self.active_feedback_correct = 0;
+        self.feedback_both_correct = 0;
         self.requests = 0;
         self.errors = 0;
         self.agreed = 0;
@@ -338,11 +345,21 @@ impl Serving {
                 i % n
             )));
         }
-        let started = Instant::now();
-        let result = active.model.run(data, batch);
-        let elapsed_us = u64::try_from(started.elapsed().as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        // A shadow runs on the same thread and input buffer as the active model, right before
+        // or right after it, alternately: each pays the other's cache misses equally often, and
+        // a preemption or a busy neighbour falls on either as often.
+        let shadow_first = self.shadow.as_mut().is_some_and(|s| {
+            s.ran_first = !s.ran_first;
+            s.ran_first
+        });
+        let mut shadow_run = None;
+        if shadow_first && let Some(shadow) = self.shadow.as_mut() {
+            shadow_run = Some(timed(|| shadow.model.run(data, batch)));
+        }
+        let (result, elapsed_us) = timed(|| active.model.run(data, batch));
+        if !shadow_first && let Some(shadow) = self.shadow.as_mut() {
+            shadow_run = Some(timed(|| shadow.model.run(data, batch)));
+        }
         // Every sample of a request waited for the whole request.
         let per_sample_us = elapsed_us;
         active.lifetime_requests += batch as u64;
@@ -375,12 +392,7 @@ impl Serving {
             w.requests = w.requests.saturating_add(batch as u32);
         }
         let mut shadow_answers: Vec<Outcome> = Vec::new();
-        if let Some(shadow) = self.shadow.as_mut() {
-            let started = Instant::now();
-            let result = shadow.model.run(data, batch);
-            let us = u64::try_from(started.elapsed().as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1);
+        if let (Some(shadow), Some((result, us))) = (self.shadow.as_mut(), shadow_run) {
             shadow.requests = shadow.requests.saturating_add(batch as u32);
             for _ in 0..batch {
                 shadow.latency.record(us);
@@ -481,6 +493,9 @@ impl Serving {
             shadow.active_feedback_correct = shadow
                 .active_feedback_correct
                 .saturating_add(u32::from(correct));
+            shadow.feedback_both_correct = shadow
+                .feedback_both_correct
+                .saturating_add(u32::from(correct && is_correct(theirs, label)));
         }
         Ok(correct)
     }
@@ -497,6 +512,15 @@ impl Serving {
             a.collector.write_prometheus(out);
         }
     }
+}
+
+/// Runs `f`; its result and how long it took, in microseconds rounded to the nearest (at
+/// least 1).
+fn timed<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let started = Instant::now();
+    let out = f();
+    let us = started.elapsed().as_nanos().saturating_add(500) / 1000;
+    (out, u64::try_from(us).unwrap_or(u64::MAX).max(1))
 }
 
 fn argmax_row(out: &Output, sample: usize) -> Option<usize> {
@@ -595,6 +619,58 @@ mod tests {
             let p = s.predict(&x, &[1, 64]).unwrap();
             s.feedback(p.ids[0], 3.0).unwrap();
         }
+    }
+
+    #[test]
+    fn a_shadow_is_timed_alternately_and_reports_the_paired_feedback_table() {
+        let mut s = serving(64);
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/digits-mlp/model.perch"
+        ))
+        .unwrap();
+        let reference = ModelRef {
+            name: "digits".into(),
+            version: "2".into(),
+            sha256: [9; 32],
+        };
+        s.set_shadow(Shadow::new(
+            Loaded::from_bytes(&bytes).unwrap(),
+            reference,
+            7,
+        ));
+        let mut order = Vec::new();
+        for i in 0..6 {
+            let mut x = vec![0.0f32; 64];
+            x[i] = 16.0;
+            let p = s.predict(&x, &[1, 64]).unwrap();
+            order.push(s.shadow().unwrap().ran_first);
+            // The same model: both right on label `predicted`, both wrong on any other.
+            let predicted = match predicted_outcome(&p.outputs, s.active().unwrap().label_output, 0)
+            {
+                Outcome::Class(c) => c as f64,
+                Outcome::Value(_) => panic!("a classifier"),
+            };
+            let label = if i % 3 == 0 {
+                predicted
+            } else {
+                predicted + 1.0
+            };
+            s.feedback(p.ids[0], label).unwrap();
+        }
+        assert_eq!(order, [true, false, true, false, true, false]);
+        let r = s.close_window().unwrap().shadow.unwrap();
+        assert_eq!((r.requests, r.agreed, r.errors), (6, 6, 0));
+        assert_eq!(r.feedback, 6);
+        assert_eq!(
+            (
+                r.feedback_correct,
+                r.active_feedback_correct,
+                r.feedback_both_correct
+            ),
+            (2, 2, 2)
+        );
+        assert!(r.latency_us.p50 >= 1 && r.active_latency_us.p50 >= 1);
     }
 
     #[test]
