@@ -301,6 +301,7 @@ fn on_a_busy_machine_a_sibling_is_promoted_and_a_much_slower_candidate_stopped()
     let r = drive_until_not(&host, &agents, id, "canary", None);
     assert_eq!(r.state, "promoted", "{r:?}");
     let detail = r.reason.unwrap_or_default();
+    eprintln!("sibling: {detail}");
     assert!(detail.contains("median latency"), "{detail}");
     let r = drive_until_not(&host, &agents, id, "promoted", None);
     assert_eq!(r.state, "complete", "{r:?}");
@@ -318,6 +319,7 @@ fn on_a_busy_machine_a_sibling_is_promoted_and_a_much_slower_candidate_stopped()
     let r = drive_until_not(&host, &agents, id, "canary", None);
     assert_eq!(r.state, "aborted", "{r:?}");
     let reason = r.reason.unwrap_or_default();
+    eprintln!("MLP: {reason}");
     assert!(
         reason.contains("median latency") && reason.contains("windows more than 3.00x"),
         "{reason}"
