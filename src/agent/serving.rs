@@ -675,6 +675,7 @@ mod tests {
 
     /// A model of `layers` identity dense layers of width `width`: every one computes the
     /// same answer, in time proportional to `layers`.
+    #[cfg(feature = "host")]
     fn identity_chain(width: usize, layers: usize) -> Loaded {
         use crate::graph::{
             DType, Graph, Layer, Metadata, Model, Node, Output, Tensor, TensorSpec,
