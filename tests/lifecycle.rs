@@ -306,7 +306,8 @@ fn on_a_busy_machine_a_sibling_is_promoted_and_a_much_slower_candidate_stopped()
     let r = drive_until_not(&host, &agents, id, "promoted", None);
     assert_eq!(r.state, "complete", "{r:?}");
 
-    // The MLP: judged on latency only (its answers may differ from a logistic model's).
+    // The MLP: judged on latency only (its answers may differ from a logistic model's, and
+    // its heap is 30 times larger).
     let v = host.cli_json(&[
         "rollout",
         "wine@3",
@@ -314,6 +315,8 @@ fn on_a_busy_machine_a_sibling_is_promoted_and_a_much_slower_candidate_stopped()
         "lab",
         "--min-agreement",
         "0",
+        "--max-memory-ratio",
+        "1000",
     ]);
     let id = v["rollout"].as_i64().unwrap();
     let r = drive_until_not(&host, &agents, id, "canary", None);
