@@ -151,44 +151,15 @@ enum Command {
         /// Canary devices.
         #[arg(long, default_value_t = 1)]
         canary: u32,
-        /// Shadow requests (all canaries) before the gate is judged [default: 200].
-        #[arg(long)]
-        min_shadow_requests: Option<u32>,
-        /// Share of shadow answers equal to the current model's, at least (judged when the
-        /// canaries have fewer labelled answers than --min-feedback) [default: 0.9].
-        #[arg(long)]
-        min_agreement: Option<f64>,
-        /// Labelled answers on the canaries from which the candidate is judged on feedback
-        /// accuracy instead of agreement, and after promotion on the group's [default: 20].
-        #[arg(long)]
-        min_feedback: Option<u32>,
-        /// How much lower than the current model's the feedback accuracy may be, on the
-        /// canaries and after promotion [default: 0.1].
-        #[arg(long)]
-        max_accuracy_drop: Option<f64>,
-        /// Shadow p95 latency over the current model's, at most [default: 3].
-        #[arg(long)]
-        max_latency_ratio: Option<f64>,
-        /// Shadow model heap over the current model's, at most [default: 3].
-        #[arg(long)]
-        max_memory_ratio: Option<f64>,
-        /// Error rate of the shadow, and of the group after promotion, at most [default:
-        /// 0.02].
-        #[arg(long)]
-        max_error_rate: Option<f64>,
-        /// Seconds the canaries get to reach --min-shadow-requests before the rollout is
-        /// aborted [default: 600].
-        #[arg(long)]
-        canary_timeout: Option<u64>,
-        /// Seconds the group's quality is watched after promotion [default: 120].
-        #[arg(long)]
-        watch: Option<u64>,
         /// Wait up to SECONDS for the rollout to finish (the server drives it).
         #[arg(long, value_name = "SECONDS")]
         wait: Option<f64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The gates: the keys of the rules file's [rollout] table, as flags.
+        #[command(flatten)]
+        gates: perch::fleet::gates::Gates,
     },
     /// Rollouts under way (every rollout with --all).
     Rollouts {
@@ -517,31 +488,11 @@ fn run(cli: Cli) -> Result<u8> {
             model,
             group,
             canary,
-            min_shadow_requests,
-            min_agreement,
-            min_feedback,
-            max_accuracy_drop,
-            max_latency_ratio,
-            max_memory_ratio,
-            max_error_rate,
-            canary_timeout,
-            watch,
+            gates,
             wait,
             json,
         } => {
             let reg = open_registry(registry)?;
-            let d = perch::fleet::rollout::Gates::default();
-            let gates = perch::fleet::rollout::Gates {
-                min_shadow_requests: min_shadow_requests.unwrap_or(d.min_shadow_requests),
-                min_agreement: min_agreement.unwrap_or(d.min_agreement),
-                min_feedback: min_feedback.unwrap_or(d.min_feedback),
-                max_accuracy_drop: max_accuracy_drop.unwrap_or(d.max_accuracy_drop),
-                max_latency_ratio: max_latency_ratio.unwrap_or(d.max_latency_ratio),
-                max_memory_ratio: max_memory_ratio.unwrap_or(d.max_memory_ratio),
-                max_error_rate: max_error_rate.unwrap_or(d.max_error_rate),
-                canary_timeout_s: canary_timeout.unwrap_or(d.canary_timeout_s),
-                watch_s: watch.unwrap_or(d.watch_s),
-            };
             let mut v = perch::host_cli::lifecycle::start_rollout(
                 &reg, &model, &group, canary, &gates, "operator",
             )?;

@@ -1,13 +1,14 @@
 //! The fleet (feature `host`): devices, pushes of models to them, their metrics and
 //! events, in the registry's SQLite database (layout 3): the sync server's store
 //! ([`store`]), alert rules over the stored reports ([`alerts`]), quality-gated rollouts
-//! ([`rollout`]), the host signing key ([`keys`]), and the web dashboard and Prometheus
-//! endpoint ([`web`]).
+//! ([`rollout`], judged by [`gates`]), the host signing key ([`keys`]), and the web
+//! dashboard and Prometheus endpoint ([`web`]).
 //!
 //! Pushed artifacts (signed, so their bytes differ from the registry's) are kept
 //! content-addressed beside the database in `pushes/<sha256>.perch`.
 
 pub mod alerts;
+pub mod gates;
 pub mod keys;
 pub mod rollout;
 pub mod store;
