@@ -655,6 +655,9 @@ fn run(cli: Cli) -> Result<()> {
                 "source_sha256".into(),
                 perch::artifact::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
             );
+            native
+                .stamp_requirements()
+                .context("computing the model's requirements")?;
             let size = perch::artifact::write(&output, &native)
                 .with_context(|| format!("writing {}", output.display()))?;
             let layers: Vec<&str> = native.graph.nodes.iter().map(|n| n.layer.kind()).collect();

@@ -13,7 +13,8 @@ perch: run machine-learning models on this device, offline
 
 Usage:
   perch run MODEL --input FILE [--format csv|json] [--output FILE] [--batch B] [--engine auto|native|tract]
-  perch info MODEL [--json] [--engine auto|native|tract]
+            [--max-memory BYTES]
+  perch info MODEL [--json] [--engine auto|native|tract] [--max-memory BYTES]
   perch bench MODEL [--input FILE] [--iterations N] [--batch B] [--warmup N] [--json]
   perch agent --config FILE
   perch --version | --help
@@ -21,6 +22,10 @@ Usage:
 MODEL is a .perch artifact or an .onnx file. FILE is CSV (rows of numbers, optional
 header), .npy, or JSON ([[...], ...]). ONNX models whose ops all exist natively run on
 perch's native engine unless --engine tract is given.
+
+--max-memory (default 1G; K, M, G suffixes) bounds what a model may plan to allocate:
+its weights, its buffers and scratch. A model over it is refused before anything is
+allocated; `perch run` splits its input into batches that fit.
 
 `perch agent` runs until stopped: it keeps a link to the host in FILE (written by
 `perch-host devices add`), installs the models it pushes, reports metrics, and serves
@@ -36,11 +41,13 @@ enum Command {
         output: Option<PathBuf>,
         batch: Option<usize>,
         engine: EngineChoice,
+        max_memory: u64,
     },
     Info {
         model: PathBuf,
         json: bool,
         engine: EngineChoice,
+        max_memory: u64,
     },
     Bench {
         model: PathBuf,
@@ -71,6 +78,7 @@ fn parse_args() -> Result<Command> {
     let (mut model, mut input, mut output, mut config) = (None, None, None, None);
     let (mut format, mut json, mut engine) = (OutputFormat::Csv, false, EngineChoice::Auto);
     let (mut iterations, mut batch, mut warmup) = (1000usize, None, 100usize);
+    let mut max_memory = perch::graph::budget::DEFAULT_MAX_MEMORY_BYTES;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("input") | Short('i') => input = Some(PathBuf::from(parser.value()?)),
@@ -81,6 +89,7 @@ fn parse_args() -> Result<Command> {
             Long("iterations") | Short('n') => iterations = parser.value()?.parse()?,
             Long("batch") | Short('b') => batch = Some(parser.value()?.parse()?),
             Long("warmup") => warmup = parser.value()?.parse()?,
+            Long("max-memory") => max_memory = cli::parse_bytes(&parser.value()?.string()?)?,
             Long("config") | Short('c') => config = Some(PathBuf::from(parser.value()?)),
             Long("help") | Short('h') => return Ok(Command::Help),
             Value(v) if model.is_none() => model = Some(PathBuf::from(v)),
@@ -100,11 +109,13 @@ fn parse_args() -> Result<Command> {
             output,
             batch,
             engine,
+            max_memory,
         },
         "info" => Command::Info {
             model: model()?,
             json,
             engine,
+            max_memory,
         },
         "bench" => Command::Bench {
             model: model()?,
@@ -145,9 +156,16 @@ fn execute(cmd: Command) -> Result<()> {
             output,
             batch,
             engine,
+            max_memory,
         } => {
-            let mut m = cli::load_model(&model, engine)?;
-            let outputs = cli::predict(&mut m, &input, batch)?;
+            let mut m = cli::load_model_within(&model, engine, max_memory)?;
+            let array = perch::io::read_input(&input)?;
+            let total = m
+                .batch_of(&array.shape, array.data.len())
+                .with_context(|| format!("running on {}", input.display()))?;
+            let batch = cli::batch_within(&m, batch, total, max_memory)?;
+            let outputs = cli::predict_array(&mut m, &array, batch)
+                .with_context(|| format!("running on {}", input.display()))?;
             let name = cli::model_name(&m, &model);
             match output {
                 Some(path) => {
@@ -163,8 +181,9 @@ fn execute(cmd: Command) -> Result<()> {
             model,
             json,
             engine,
+            max_memory,
         } => {
-            let m = cli::load_model(&model, engine)?;
+            let m = cli::load_model_within(&model, engine, max_memory)?;
             let name = cli::model_name(&m, &model);
             let mut out = stdout.lock();
             if json {
