@@ -10,7 +10,8 @@
 //! its bytes trickle in: a client cannot hold a thread longer than that by sending one byte
 //! per idle timeout (slowloris). When every slot is taken, a new connection takes the slot
 //! of the connection that has waited longest without a request being answered (reading a
-//! request, or idle between requests) if that has lasted [`EVICT_AFTER`]; only when every
+//! request, or idle between requests) if that has lasted [`EVICT_AFTER`] (a client that
+//! sends its request at once has it read by then); only when every
 //! connection is newer or has a request in hand is the new one answered 503. So slow
 //! clients occupying every slot cannot lock out a client that sends its request at once. (tiny_http, used before, serves connections from a pool whose spawn check can
 //! miss: with four browser connections idle in keep-alive, a fifth waited until one of
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 /// How long a connection must have gone without a request in hand before a new
 /// connection may take its slot when all are taken.
-pub const EVICT_AFTER: Duration = Duration::from_millis(500);
+pub const EVICT_AFTER: Duration = Duration::from_millis(50);
 
 /// What a server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

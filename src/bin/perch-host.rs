@@ -465,12 +465,15 @@ fn run(cli: Cli) -> Result<()> {
                 )),
                 ..config
             };
+            let shutdown = perch::sync::server::Shutdown::new();
+            perch::signals::stop_on_termination(shutdown.clone())
+                .context("installing the SIGTERM/SIGINT handlers")?;
             fleet::serve_with_dashboard(
                 &db,
                 &listen,
                 (http != "off").then_some(http.as_str()),
                 config,
-                perch::sync::server::Shutdown::new(),
+                shutdown,
                 |addr| {
                     eprintln!(
                         "perch-host: listening on {addr} (registry {})",
@@ -484,6 +487,7 @@ fn run(cli: Cli) -> Result<()> {
                     )
                 },
             )?;
+            eprintln!("perch-host: stopped");
         }
         Command::Rollout {
             model,

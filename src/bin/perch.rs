@@ -143,10 +143,14 @@ fn execute(cmd: Command) -> Result<()> {
         Command::Help => print!("{USAGE}"),
         Command::Agent { config } => {
             let cfg = perch::agent::Config::load(&config)?;
-            let agent = perch::agent::Agent::start(cfg, perch::sync::server::Shutdown::new())
+            let shutdown = perch::sync::server::Shutdown::new();
+            let agent = perch::agent::Agent::start(cfg, shutdown.clone())
                 .with_context(|| format!("starting the agent of {}", config.display()))?;
+            perch::signals::stop_on_termination(shutdown)
+                .context("installing the SIGTERM/SIGINT handlers")?;
             eprintln!("perch: agent serving http://{}", agent.http_addr());
             agent.wait();
+            eprintln!("perch: agent stopped (metrics window queued)");
         }
         Command::Version => println!("perch {}", env!("CARGO_PKG_VERSION")),
         Command::Run {
