@@ -582,6 +582,8 @@ impl<S: Read + Write + ReadTimeout> RequestReader<S> {
             self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
             self.stream.flush()?;
         }
+        // The body's room at once (bounded by max_body_bytes), not doubling up to twice it.
+        self.buf.reserve_exact(len.saturating_sub(self.buf.len()));
         while self.buf.len() < len {
             if self.fill().map_err(|e| self.read_failed(e))? == 0 {
                 return Err(ReadError::Io(io::Error::new(
@@ -593,7 +595,12 @@ impl<S: Read + Write + ReadTimeout> RequestReader<S> {
                 )));
             }
         }
-        let body: Vec<u8> = self.buf.drain(..len).collect();
+        // A body that is all the buffer holds is handed over, not copied.
+        let body: Vec<u8> = if self.buf.len() == len {
+            std::mem::take(&mut self.buf)
+        } else {
+            self.buf.drain(..len).collect()
+        };
         Ok(Incoming {
             method,
             target,

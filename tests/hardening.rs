@@ -298,7 +298,10 @@ fn the_api_refuses_foreign_hosts_origins_non_json_posts_and_missing_tokens() {
     // With a token, every request must carry it.
     let dir = tempfile::tempdir().unwrap();
     let token = "s3cret-token-0123456789";
-    let agent = lone_agent(dir.path(), &format!("http_token = \"{token}\"\n"));
+    let agent = lone_agent(
+        dir.path(),
+        &format!("http_token = \"{token}\"\nhttp_hosts = [\"pi-kitchen.local\"]\n"),
+    );
     let a = agent.http;
     let get = |extra: &str| request(a, &format!("GET /health HTTP/1.1\r\nHost: {a}{extra}"), "");
     let (status, body) = get("");
@@ -310,6 +313,10 @@ fn the_api_refuses_foreign_hosts_origins_non_json_posts_and_missing_tokens() {
     assert_eq!(get(&format!("\r\nAuthorization: Basic {token}")).0, 401);
     // 503: no model yet, but past the checks.
     assert_eq!(get(&format!("\r\nAuthorization: Bearer {token}")).0, 503);
+    let named = format!(
+        "GET /health HTTP/1.1\r\nHost: pi-kitchen.local:7471\r\nAuthorization: Bearer {token}"
+    );
+    assert_eq!(request(a, &named, "").0, 503, "a name in http_hosts");
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //! report_interval_s = 60
 //! # Optional: local API access and limits.
 //! http_token = "…at least 16 characters…"  # `Authorization: Bearer …` (required beyond loopback)
-//! http_hosts = ["pi-kitchen.local"]      # Host names the API answers besides loopback ones
+//! http_hosts = ["pi-kitchen.local"]      # Host names the API answers besides IPs, localhost
 //! max_batch = 256                        # samples per /predict request
 //! max_model_memory_bytes = 33554432      # planned peak memory a model may need (32 MiB)
 //! ```
@@ -141,8 +141,8 @@ pub struct Config {
     /// Bearer token the local API requires (`Authorization: Bearer TOKEN`); required when
     /// `http` is not a loopback address.
     pub http_token: Option<String>,
-    /// Host names (without port) the local API answers to besides loopback names and the
-    /// address it is bound to; any other `Host` is refused (DNS rebinding).
+    /// Host names (without port) the local API answers to besides IP addresses and
+    /// `localhost`; any other `Host` is refused (DNS rebinding).
     pub http_hosts: Vec<String>,
     /// Most samples one `/predict` request may carry.
     pub max_batch: usize,

@@ -13,10 +13,9 @@
 //! device does not answer to), 422 (inputs that make the model's outputs non-finite), 500
 //! (the model failed) or 503 (no model yet).
 //!
-//! Every request is checked before it reaches a handler: its `Host` must name this
-//! machine's loopback, the address the API is bound to, or a name in `http_hosts` (a web
-//! page whose name was rebound to 127.0.0.1 sends its own name); an `Origin`, when sent,
-//! the same; with `http_token` set, `Authorization: Bearer TOKEN`; a POST must say
+//! Every request is checked before it reaches a handler: its `Host` must be an IP address,
+//! `localhost` or a name in `http_hosts` (a web page whose name was rebound to 127.0.0.1
+//! sends its own name); an `Origin`, when sent, the same; with `http_token` set, `Authorization: Bearer TOKEN`; a POST must say
 //! `Content-Type: application/json` (which a page cannot send across sites without a
 //! CORS preflight, which this API never grants).
 
@@ -27,29 +26,26 @@ use crate::http::{Request, Response, Server};
 use crate::io::NestedNumbers;
 use crate::sync::server::Shutdown;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Largest request body accepted.
 pub(crate) const MAX_BODY_BYTES: u64 = 16 << 20;
 
 pub(crate) fn run(server: &Server, shared: &Shared, shutdown: &Shutdown) {
-    let local = server.local_addr();
     while !shutdown.is_triggered() {
         if let Some(request) = server.recv_timeout(Duration::from_millis(200)) {
-            handle(request, shared, local);
+            handle(request, shared);
         }
     }
 }
 
-/// Whether the API answers to `host` (a `Host` or `Origin` host, without port).
-fn known_host(host: &str, shared: &Shared, local: SocketAddr) -> bool {
+/// Whether the API answers to `host` (a `Host` or `Origin` host, without port): an IP
+/// address (a rebinding attack needs a name it controls), `localhost`, or a name in
+/// `http_hosts`.
+fn known_host(host: &str, shared: &Shared) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    is_loopback_host(bare)
-        || (!local.ip().is_unspecified()
-            && bare
-                .parse()
-                .is_ok_and(|ip: std::net::IpAddr| ip == local.ip()))
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || is_loopback_host(bare)
         || shared
             .config
             .http_hosts
@@ -63,7 +59,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The refusal for a request that may not reach the handlers, if it is one.
-fn refusal(request: &Request, shared: &Shared, local: SocketAddr) -> Option<Response> {
+fn refusal(request: &Request, shared: &Shared) -> Option<Response> {
     let host = match (request.header("host"), request.header_count("host")) {
         (Some(h), 1) => h,
         _ => {
@@ -73,7 +69,7 @@ fn refusal(request: &Request, shared: &Shared, local: SocketAddr) -> Option<Resp
             ));
         }
     };
-    if !known_host(host_part(host), shared, local) {
+    if !known_host(host_part(host), shared) {
         return Some(Response::error(
             421,
             format!(
@@ -85,7 +81,7 @@ fn refusal(request: &Request, shared: &Shared, local: SocketAddr) -> Option<Resp
         let origin_host = origin
             .split_once("://")
             .map(|(_, rest)| host_part(rest.split('/').next().unwrap_or("")));
-        if !origin_host.is_some_and(|h| known_host(h, shared, local)) {
+        if !origin_host.is_some_and(|h| known_host(h, shared)) {
             return Some(Response::error(
                 403,
                 format!("requests from pages of {origin:?} are not allowed"),
@@ -127,8 +123,8 @@ fn refusal(request: &Request, shared: &Shared, local: SocketAddr) -> Option<Resp
     None
 }
 
-fn handle(request: Request, shared: &Shared, local: SocketAddr) {
-    if let Some(refused) = refusal(&request, shared, local) {
+fn handle(request: Request, shared: &Shared) {
+    if let Some(refused) = refusal(&request, shared) {
         request.respond(refused);
         return;
     }
