@@ -17,7 +17,8 @@
 # - duplicated: reports stored more than once (two rows for one device and window start),
 #   and stored requests beyond the answered ones.
 # Both must be 0 (exit 1 otherwise). Memory: VmRSS of the host and of each agent after the
-# warm-up and at the end.
+# warm-up and at the end. SOAK_SELF_TEST=1 deletes one stored report before the check,
+# which must then fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-300}
@@ -43,12 +44,20 @@ reg=$tmp/perch-registry.db
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 rss() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+listening() {
+    local n
+    n=$(grep -cs "listening on 127.0.0.1:$port" "$tmp/host.log") || true
+    echo "${n:-0}"
+}
+
 start_host() {
+    local before
+    before=$(listening)
     "$PERCH_HOST" --registry "$reg" serve --listen "127.0.0.1:$port" --http off \
         2>>"$tmp/host.log" &
     host_pid=$!
-    for _ in $(seq 200); do
-        tail -n 5 "$tmp/host.log" | grep -q "listening on 127.0.0.1:$port" && return 0
+    for _ in $(seq 600); do
+        (($(listening) > before)) && return 0
         sleep 0.05
     done
     echo "soak: the host did not start:" >&2
@@ -116,6 +125,8 @@ while time.time() < end:
 json.dump({"answered": answered, "others": others}, open(f"{tmp}/client.json", "w"))
 PY
 client=$!
+stop_client() { kill "$client" 2>/dev/null || true; }
+trap 'stop_client; cleanup' EXIT
 
 sleep 5
 host_rss0=$(rss "$host_pid")
@@ -174,6 +185,10 @@ import json, os, sqlite3, struct, sys
 tmp, devices, reg = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 client = json.load(open(f"{tmp}/client.json"))
 db = sqlite3.connect(reg)
+if os.environ.get("SOAK_SELF_TEST"):
+    # Checks the checker: one stored report with requests in it goes missing.
+    db.execute("DELETE FROM metrics WHERE rowid = "
+               "(SELECT rowid FROM metrics WHERE requests > 0 LIMIT 1)")
 lost = duplicated = answered_total = stored_total = 0
 for i in range(1, devices + 1):
     name = f"pi-{i}"
