@@ -700,6 +700,53 @@ mod tests {
     }
 
     #[test]
+    fn a_model_whose_samples_are_too_large_to_keep_serves_without_feedback() {
+        use crate::graph::{Graph, Layer, Metadata, Model, Node, Output, TensorSpec};
+        let n = crate::metrics::MAX_RECENT_VALUES + 1;
+        let graph = Graph {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: DType::F32,
+                shape: vec![n as u32],
+            }],
+            nodes: vec![Node {
+                name: "relu".into(),
+                layer: Layer::Relu,
+                inputs: vec![0],
+            }],
+            outputs: vec![Output {
+                name: "y".into(),
+                value: 1,
+            }],
+        };
+        let model = runtime::Model::from_native(&Model {
+            metadata: Metadata::default(),
+            graph,
+        })
+        .unwrap();
+        let loaded = Loaded {
+            model,
+            memory_kib: 0,
+        };
+        let reference = ModelRef {
+            name: "wide".into(),
+            version: "1".into(),
+            sha256: [0; 32],
+        };
+        let mut s = Serving::new(RollbackPolicy {
+            min_requests: 100,
+            error_rate: 0.5,
+        });
+        // This used to hit `unreachable!` (and did at every agent start).
+        s.replace(Active::new(loaded, reference, 256), false);
+        let p = s.predict(&vec![-1.0; n], &[1, n]).unwrap();
+        assert_eq!(p.ids.len(), 1);
+        let e = s.feedback(p.ids[0], 1.0).unwrap_err();
+        assert!(e.contains("too large to keep"), "{e}");
+        assert!(s.close_window().unwrap().samples.is_empty());
+    }
+
+    #[test]
     fn a_report_carries_its_own_windows_samples_evenly_spaced() {
         let mut s = serving(1024);
         predict_and_label(&mut s, 0.0, 10);
