@@ -916,24 +916,39 @@ mod tests {
             idle_timeout: Duration::from_millis(300),
             ..Limits::default()
         };
-        let server = echo(limits);
-        let addr = server.addr;
-        let (_a, _ra) = connect(addr);
-        let (_b, _rb) = connect(addr);
-        std::thread::sleep(Duration::from_millis(100));
-        let (_c, mut rc) = connect(addr);
+        let closed = |r: &BufReader<TcpStream>| {
+            r.get_ref()
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            r.get_ref().peek(&mut [0u8; 1]).unwrap_or(0) == 0
+        };
+        // Connections with a request in hand keep their slots: a third is refused.
+        let unanswered = Server::bind("127.0.0.1:0", limits).unwrap();
+        let busy: Vec<_> = (0..2)
+            .map(|i| {
+                let (mut s, r) = connect(unanswered.local_addr());
+                s.write_all(format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes())
+                    .unwrap();
+                (s, r)
+            })
+            .collect();
+        std::thread::sleep(EVICT_AFTER * 4);
+        let (_c, mut rc) = connect(unanswered.local_addr());
         assert_eq!(read_response(&mut rc).0, 503, "over the limit");
-        // After the idle timeout the two silent connections are closed and room is back.
+        drop(busy);
+        drop(unanswered);
+
+        // Silent connections: a new one takes the slot of the one idle longest, and the
+        // idle timeout closes the other.
+        let server = echo(limits);
+        let (_a, ra) = connect(server.addr);
+        let (_b, rb) = connect(server.addr);
+        std::thread::sleep(Duration::from_millis(100));
+        let (mut c, mut rc) = connect(server.addr);
+        c.write_all(b"GET /ok HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut rc).0, 200);
         std::thread::sleep(Duration::from_millis(600));
-        let mut buf = [0u8; 1];
-        assert_eq!(
-            _ra.get_ref().peek(&mut buf).unwrap(),
-            0,
-            "closed by the server"
-        );
-        let (mut d, mut rd) = connect(addr);
-        d.write_all(b"GET /ok HTTP/1.1\r\n\r\n").unwrap();
-        assert_eq!(read_response(&mut rd).0, 200);
+        assert!(closed(&ra) && closed(&rb), "both closed by the server");
     }
 
     /// Starts a client that sends `GET /` one byte at a time, every `gap`, for as long as
