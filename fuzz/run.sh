@@ -10,6 +10,7 @@
 # models for `onnx`, its .perch artifacts for `artifact`; libFuzzer grows them in
 # fuzz/corpus/TARGET (not committed). A crash leaves its input in fuzz/artifacts/TARGET and
 # fails the script. Builds go to $CARGO_TARGET_DIR/fuzz (default target/fuzz).
+# FUZZ_SANITIZER=none builds without AddressSanitizer (faster; default: address).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-25}
@@ -23,6 +24,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")/fuzz
+sanitizer=${FUZZ_SANITIZER:-address}
 
 seed() {
     local target=$1 dir=fuzz/corpus/$1
@@ -41,14 +43,14 @@ seed() {
 }
 
 # One build for every target (cargo-fuzz builds all bins of the fuzz crate).
-cargo fuzz build --target-dir "$target_dir" 2>&1 | tail -n 3
+cargo fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir" 2>&1 | tail -n 3
 failed=()
 summary=()
 for t in "${targets[@]}"; do
     seed "$t"
     log=$(mktemp)
     echo "=== fuzz $t for ${seconds}s"
-    if cargo fuzz run --target-dir "$target_dir" "$t" "fuzz/corpus/$t" -- \
+    if cargo fuzz run --sanitizer "$sanitizer" --target-dir "$target_dir" "$t" "fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1; then
         status=ok
