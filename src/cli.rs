@@ -104,10 +104,83 @@ impl std::str::FromStr for EngineChoice {
 /// # Errors
 /// Whatever [`Model::load`] reports, prefixed with the path unless the error names it.
 pub fn load_model(path: &Path, engine: EngineChoice) -> Result<Model> {
-    Model::load(path, engine).map_err(|e| match e {
+    load_model_within(path, engine, crate::graph::budget::DEFAULT_MAX_MEMORY_BYTES)
+}
+
+/// As [`load_model`], refusing a model whose planned peak memory for one sample is over
+/// `max_memory_bytes` (`--max-memory`).
+///
+/// # Errors
+/// As [`load_model`], and a model over the limit.
+pub fn load_model_within(
+    path: &Path,
+    engine: EngineChoice,
+    max_memory_bytes: u64,
+) -> Result<Model> {
+    Model::load_within(path, engine, max_memory_bytes).map_err(|e| match e {
         RuntimeError::Io { .. } | RuntimeError::UnknownFormat { .. } => e.into(),
+        RuntimeError::Budget(_) => anyhow::Error::new(e).context(format!(
+            "loading model {} (memory limit {max_memory_bytes} bytes; --max-memory sets it)",
+            path.display()
+        )),
         e => anyhow::Error::new(e).context(format!("loading model {}", path.display())),
     })
+}
+
+/// The samples per run for `perch run`: `batch` if given and its planned memory fits
+/// `max_memory_bytes`, else as many as fit (at most `total`); tract models run whole.
+///
+/// # Errors
+/// A given batch whose planned memory is over the limit.
+pub fn batch_within(
+    model: &Model,
+    batch: Option<usize>,
+    total: usize,
+    max_memory_bytes: u64,
+) -> Result<Option<usize>> {
+    let Some(plan) = model.info().memory else {
+        return Ok(batch);
+    };
+    match batch {
+        Some(b) => {
+            crate::graph::budget::check_memory(&plan, b, max_memory_bytes)
+                .with_context(|| format!("--batch {b} (raise --max-memory or lower --batch)"))?;
+            Ok(Some(b))
+        }
+        None => Ok(Some(
+            plan.max_batch_within(max_memory_bytes)
+                .clamp(1, total.max(1)),
+        )),
+    }
+}
+
+/// Parses a byte count: a number with an optional `K`, `M`, `G` (powers of 1024, with or
+/// without `iB` / `B`).
+///
+/// # Errors
+/// Anything else.
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| {
+        UsageError(format!(
+            "{text:?} is not a byte count (e.g. 512M, 2G, 1048576)"
+        ))
+    })?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => {
+            return Err(
+                UsageError(format!("{text:?}: unknown unit {other:?} (use K, M or G)")).into(),
+            );
+        }
+    };
+    n.checked_mul(1 << shift)
+        .with_context(|| format!("{text:?} is too large"))
 }
 
 /// The name a model is reported under: its metadata name, else the file stem.
@@ -153,19 +226,26 @@ pub fn read_for(
 }
 
 /// Reads `input` ([`read_for`]) and runs every sample through `model`, `batch` samples per
-/// call. Returns the outputs and what was done to the columns (for a note to the user).
+/// call (without `batch`, as many as fit `max_memory_bytes`: [`batch_within`]). Returns the
+/// outputs and what was done to the columns (for a note to the user).
 ///
 /// # Errors
-/// Unreadable or malformed input, columns or a width that do not fit the model, runtime
-/// failures.
+/// Unreadable or malformed input, columns or a width that do not fit the model, a batch
+/// over the memory limit, runtime failures.
 pub fn predict(
     model: &mut Model,
     input: &Path,
     batch: Option<usize>,
     target: Option<&str>,
+    max_memory_bytes: u64,
 ) -> Result<(Vec<Output>, Arranged)> {
     let (array, arranged) = read_for(model, input, target)?;
-    let outputs = predict_array(model, &array, batch).map_err(|e| {
+    let run = |model: &mut Model| -> Result<Vec<Output>> {
+        let total = model.batch_of(&array.shape, array.data.len())?;
+        let batch = batch_within(model, batch, total, max_memory_bytes)?;
+        predict_array(model, &array, batch)
+    };
+    let outputs = run(model).map_err(|e| {
         let e = e.context(format!("running on {}", input.display()));
         match width_hint(model.info(), &array) {
             Some(hint) => anyhow::anyhow!("{e:#}; {hint}"),
@@ -358,6 +438,13 @@ pub fn info_json(info: &ModelInfo, name: &str) -> Value {
         "inputs": info.inputs.iter().map(spec).collect::<Vec<_>>(),
         "outputs": info.outputs.iter().map(spec).collect::<Vec<_>>(),
         "ops": info.ops,
+        "memory": info.memory.map(|p| json!({
+            "peak_bytes_batch_1": u64::try_from(p.peak_bytes(1)).unwrap_or(u64::MAX),
+            "weights_bytes": p.weights_bytes,
+            "prepared_bytes": p.prepared_bytes,
+            "per_sample_bytes": p.per_sample_bytes,
+            "scratch_bytes": p.scratch_bytes,
+        })),
         "metadata": meta,
         "notes": info.notes,
     })
@@ -374,6 +461,7 @@ struct SectionSummary {
 /// The metadata sections of a model, described: the registered kinds decoded and checked
 /// against the model's input, others by kind and size.
 fn sections(info: &ModelInfo) -> Vec<SectionSummary> {
+    use crate::graph::budget::REQUIREMENTS;
     use crate::graph::sections::{CANARY, DRIFT_BASELINE};
     let Some(m) = &info.metadata else {
         return Vec::new();
@@ -396,6 +484,21 @@ fn sections(info: &ModelInfo) -> Vec<SectionSummary> {
                                 "yes ({} outputs, tolerance {})",
                                 c.outputs.len(),
                                 c.tolerance
+                            )
+                        })
+                    }),
+                ),
+                REQUIREMENTS => (
+                    "requirements",
+                    m.requirements().map(|r| {
+                        r.map_or_else(String::new, |r| {
+                            format!(
+                                "format {}, peak memory {} bytes for one sample ({} per further sample), ops {}, kernels {}",
+                                r.format_version,
+                                r.peak_memory_bytes,
+                                r.memory.per_sample_bytes,
+                                r.ops.join(" "),
+                                r.kernels.join(" ")
                             )
                         })
                     }),
@@ -463,6 +566,17 @@ pub fn write_info(out: &mut dyn Write, info: &ModelInfo, name: &str) -> Result<(
     writeln!(out, "ops:")?;
     for (op, n) in &info.ops {
         writeln!(out, "  {op:<32} {n}")?;
+    }
+    if let Some(p) = &info.memory {
+        writeln!(
+            out,
+            "memory:  {} bytes planned for one sample (weights {}, prepared {}, buffers {} per sample, scratch {})",
+            p.peak_bytes(1),
+            p.weights_bytes,
+            p.prepared_bytes,
+            p.per_sample_bytes,
+            p.scratch_bytes
+        )?;
     }
     if let Some(m) = &info.metadata {
         writeln!(out, "metadata:")?;

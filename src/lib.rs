@@ -39,6 +39,7 @@
 //!   and the Prometheus endpoint.
 //! - [`http`] (features `device` or `host`): the small HTTP/1.1 server under the agent's
 //!   local API and the dashboard.
+//! - [`signals`]: SIGTERM / SIGINT stop `perch agent` and `perch-host serve` cleanly.
 //!
 //! # Example
 //! ```
@@ -92,6 +93,7 @@ pub mod optimize;
 #[cfg(feature = "host")]
 pub mod registry;
 pub mod runtime;
+pub mod signals;
 pub mod sync;
 #[cfg(feature = "host")]
 pub mod train;

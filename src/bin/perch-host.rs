@@ -464,12 +464,15 @@ fn run(cli: Cli) -> Result<u8> {
                 )),
                 ..config
             };
+            let shutdown = perch::sync::server::Shutdown::new();
+            perch::signals::stop_on_termination(shutdown.clone())
+                .context("installing the SIGTERM/SIGINT handlers")?;
             fleet::serve_with_dashboard(
                 &db,
                 &listen,
                 (http != "off").then_some(http.as_str()),
                 config,
-                perch::sync::server::Shutdown::new(),
+                shutdown,
                 |addr| {
                     eprintln!(
                         "perch-host: listening on {addr} (registry {})",
@@ -483,6 +486,7 @@ fn run(cli: Cli) -> Result<u8> {
                     )
                 },
             )?;
+            eprintln!("perch-host: stopped");
         }
         Command::Rollout {
             model,
@@ -653,6 +657,9 @@ fn run(cli: Cli) -> Result<u8> {
                 "source_sha256".into(),
                 perch::artifact::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
             );
+            native
+                .stamp_requirements()
+                .context("computing the model's requirements")?;
             let size = perch::artifact::write(&output, &native)
                 .with_context(|| format!("writing {}", output.display()))?;
             let layers: Vec<&str> = native.graph.nodes.iter().map(|n| n.layer.kind()).collect();

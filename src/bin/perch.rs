@@ -13,7 +13,8 @@ perch: run machine-learning models on this device, offline
 
 Usage:
   perch run MODEL --input FILE [--format csv|json | --json] [--output FILE] [--batch B] [--target COL] [--engine auto|native|tract]
-  perch info MODEL [--json] [--engine auto|native|tract]
+            [--max-memory BYTES]
+  perch info MODEL [--json] [--engine auto|native|tract] [--max-memory BYTES]
   perch bench MODEL [--input FILE] [--iterations N] [--batch B] [--warmup N] [--json] [--engine auto|native|tract]
   perch agent --config FILE
   perch --version | --help
@@ -24,6 +25,10 @@ records its feature names (models perch-host trained do; perch info lists them),
 header or JSON keys are matched to them by name, in any order, and the training target's
 column is dropped; --target COL drops another. ONNX models whose ops all exist natively run on
 perch's native engine unless --engine tract is given. --json prints one JSON document.
+
+--max-memory (default 1G; K, M, G suffixes) bounds what a model may plan to allocate:
+its weights, its buffers and scratch. A model over it is refused before anything is
+allocated; `perch run` splits its input into batches that fit.
 
 `perch agent` runs until stopped: it keeps a link to the host in FILE (written by
 `perch-host devices add`), installs the models it pushes, reports metrics, and serves
@@ -43,11 +48,13 @@ enum Command {
         batch: Option<usize>,
         target: Option<String>,
         engine: EngineChoice,
+        max_memory: u64,
     },
     Info {
         model: PathBuf,
         json: bool,
         engine: EngineChoice,
+        max_memory: u64,
     },
     Bench {
         model: PathBuf,
@@ -68,8 +75,8 @@ enum Command {
 /// The flags each verb takes, for the message when another is given.
 fn flags_of(verb: &str) -> &'static str {
     match verb {
-        "run" => "--input, --format, --json, --output, --batch, --target, --engine",
-        "info" => "--json, --engine",
+        "run" => "--input, --format, --json, --output, --batch, --target, --engine, --max-memory",
+        "info" => "--json, --engine, --max-memory",
         "bench" => "--input, --iterations, --batch, --warmup, --json, --engine",
         _ => "--config",
     }
@@ -110,9 +117,13 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comm
     let mut target = None;
     let (mut format, mut json, mut engine) = (None, false, EngineChoice::Auto);
     let (mut iterations, mut batch, mut warmup) = (1000usize, None, 100usize);
+    let mut max_memory = perch::graph::budget::DEFAULT_MAX_MEMORY_BYTES;
     while let Some(arg) = lex(parser.next())? {
         let v = verb.as_str();
         match arg {
+            Long("max-memory") if matches!(v, "run" | "info") => {
+                max_memory = cli::parse_bytes(&lex(lex(parser.value())?.string())?)?;
+            }
             Long("help") | Short('h') => return Ok(Command::Help),
             Long("input") | Short('i') if matches!(v, "run" | "bench") => {
                 input = Some(PathBuf::from(lex(parser.value())?));
@@ -188,11 +199,13 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comm
             batch,
             target,
             engine,
+            max_memory,
         },
         "info" => Command::Info {
             model: model()?,
             json,
             engine,
+            max_memory,
         },
         "bench" => Command::Bench {
             model: model()?,
@@ -218,10 +231,14 @@ fn execute(cmd: Command) -> Result<()> {
         Command::Help => print!("{USAGE}"),
         Command::Agent { config } => {
             let cfg = perch::agent::Config::load(&config).context("the agent's configuration")?;
-            let agent = perch::agent::Agent::start(cfg, perch::sync::server::Shutdown::new())
+            let shutdown = perch::sync::server::Shutdown::new();
+            let agent = perch::agent::Agent::start(cfg, shutdown.clone())
                 .with_context(|| format!("starting the agent of {}", config.display()))?;
+            perch::signals::stop_on_termination(shutdown)
+                .context("installing the SIGTERM/SIGINT handlers")?;
             eprintln!("perch: agent serving http://{}", agent.http_addr());
             agent.wait();
+            eprintln!("perch: agent stopped (metrics window queued)");
         }
         Command::Version => println!("perch {}", env!("CARGO_PKG_VERSION")),
         Command::Run {
@@ -232,9 +249,11 @@ fn execute(cmd: Command) -> Result<()> {
             batch,
             target,
             engine,
+            max_memory,
         } => {
-            let mut m = cli::load_model(&model, engine)?;
-            let (outputs, arranged) = cli::predict(&mut m, &input, batch, target.as_deref())?;
+            let mut m = cli::load_model_within(&model, engine, max_memory)?;
+            let (outputs, arranged) =
+                cli::predict(&mut m, &input, batch, target.as_deref(), max_memory)?;
             if let Some(note) = arranged.note() {
                 eprintln!("perch: note: {}: {note}", input.display());
             }
@@ -253,8 +272,9 @@ fn execute(cmd: Command) -> Result<()> {
             model,
             json,
             engine,
+            max_memory,
         } => {
-            let m = cli::load_model(&model, engine)?;
+            let m = cli::load_model_within(&model, engine, max_memory)?;
             let name = cli::model_name(&m, &model);
             let mut out = stdout.lock();
             if json {

@@ -310,6 +310,9 @@ pub fn push_to(
         .with_context(|| format!("reading the artifact of {shown}"))?
         .model;
     let added = complete_sections(&mut model, &version)?;
+    // What the device checks against its budget before it installs (recomputed: the
+    // stored artifact may predate the section).
+    model.stamp_requirements()?;
     let key = fleet::keys::load_or_create(&db)?;
     let signed = artifact::sign(&artifact::encode(&model)?, &key)?;
     let p = f.create_push(&version.name, &version.number.to_string(), &signed, None)?;

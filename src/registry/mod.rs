@@ -688,6 +688,9 @@ impl Registry {
             Payload::Native(mut model) => {
                 model.metadata.name = name.to_string();
                 model.metadata.version = number.to_string();
+                model
+                    .stamp_requirements()
+                    .map_err(artifact::ArtifactError::from)?;
                 (ArtifactFormat::Perch, artifact::encode(&model)?)
             }
             Payload::Onnx(bytes) => (ArtifactFormat::Onnx, bytes),
