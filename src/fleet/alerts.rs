@@ -729,7 +729,7 @@ impl Fleet {
             .conn
             .prepare_cached(
                 "SELECT seq, received_unix_s, report FROM metrics WHERE device_id = ?1
-                 ORDER BY seq DESC LIMIT ?2",
+                 ORDER BY run DESC, seq DESC LIMIT ?2",
             )
             .map_err(self.sql())?;
         let mut rows = stmt.query(params![device, n]).map_err(self.sql())?;
@@ -847,7 +847,7 @@ impl Fleet {
 /// are one transaction.
 ///
 /// Reads each device's latest [`Rules::window_reports`] reports through the
-/// `(device_id, seq)` index, so its cost grows with devices, not with stored history.
+/// `(device_id, run, seq)` index, so its cost grows with devices, not with stored history.
 /// Reports that no longer decode are skipped (and logged at most once a minute).
 ///
 /// # Errors
@@ -1681,7 +1681,7 @@ mod tests {
             .conn
             .prepare(
                 "EXPLAIN QUERY PLAN SELECT seq, received_unix_s, report FROM metrics
-                 WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                 WHERE device_id = ?1 ORDER BY run DESC, seq DESC LIMIT ?2",
             )
             .unwrap()
             .query_map(params![1, 3], |r| r.get::<_, String>(3))
@@ -1690,7 +1690,7 @@ mod tests {
             .unwrap();
         assert!(
             plan.iter()
-                .any(|p| p.contains("USING INDEX metrics_by_device_seq")),
+                .any(|p| p.contains("USING INDEX metrics_by_device_run_seq")),
             "{plan:?}"
         );
         assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
