@@ -1,7 +1,8 @@
 //! The sync protocol's figures, printed (not criterion: these are whole-system rates):
 //!
-//! 1. bytes per metrics report on the wire (frame included) for the digits MLP (64 input
-//!    features, 10 classes) after a window of real traffic: target ≤ 256;
+//! 1. bytes per metrics report on the wire (sealed frame included: length, ChaCha20-Poly1305
+//!    ciphertext, tag) for the digits MLP (64 input features, 10 classes) after a window of
+//!    real traffic: target ≤ 256;
 //! 2. reports per second the host (sync server + SQLite fleet store, in this process)
 //!    ingests from 1,000 simulated devices on loopback, each waiting for its `Ack` before
 //!    its next report, and again with each device sending a backlog of 20: target ≥ 20,000;
@@ -18,7 +19,7 @@ use perch::fleet::{Fleet, FleetStore};
 use perch::graph::sections::DriftBaseline;
 use perch::metrics::{Collector, ModelFacts, Report, SystemFigures};
 use perch::sync::server::{self, ServerConfig, Shutdown};
-use perch::sync::{Message, Received, client, frame};
+use perch::sync::{Message, Received, client, frame, seal};
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
@@ -77,20 +78,21 @@ fn digits_report() -> Report {
 
 fn report_size() {
     let report = digits_report();
-    let mut buf = Vec::new();
-    frame::encode(
-        &Message::Metrics {
-            seq: 123_456,
-            report: report.clone(),
-        },
-        &mut buf,
-        frame::DEFAULT_MAX_PAYLOAD,
-    )
-    .expect("encodes");
+    let message = Message::Metrics {
+        seq: 123_456,
+        report: report.clone(),
+    };
+    let mut sealed = Vec::new();
+    let mut key = seal::FrameKey::new(&[0x5a; 32]);
+    frame::encode_sealed(&message, &mut sealed, frame::DEFAULT_MAX_PAYLOAD, &mut key)
+        .expect("encodes");
+    let mut plain = Vec::new();
+    frame::encode(&message, &mut plain, frame::DEFAULT_MAX_PAYLOAD).expect("encodes");
     let psi_max = report.psi_milli.iter().max().copied().unwrap_or(0);
     println!(
-        "1. metrics report, digits MLP (64 features, 10 classes, 450 requests, PSI up to {psi_max}/1000): {} bytes on the wire (frame included; target <= 256)",
-        buf.len()
+        "1. metrics report, digits MLP (64 features, 10 classes, 450 requests, PSI up to {psi_max}/1000): {} bytes on the wire, sealed frame included (target <= 256; {} as a CRC frame of protocol 1)",
+        sealed.len(),
+        plain.len()
     );
 }
 
@@ -154,15 +156,14 @@ fn ingest(devices: usize, per_device: u64, in_flight: u64, threads: usize) -> (f
     // Connect everyone first: the rate is of reports, not of handshakes.
     let mut links: Vec<Vec<client::Link>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, (name, key)) in keys.iter().enumerate() {
-        let link = client::connect(
-            &addr,
-            name,
+        let who = client::Credentials {
+            device: name,
             key,
-            "bench",
-            Duration::from_secs(60),
-            Duration::from_secs(30),
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e} (raise the descriptor limit: ulimit -n 8192)"));
+            agent: "bench",
+            epoch: 1,
+        };
+        let link = client::connect(&addr, &who, Duration::from_secs(60), Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{name}: {e} (raise the descriptor limit: ulimit -n 8192)"));
         links[i % threads].push(link);
     }
     let started = Instant::now();
@@ -188,11 +189,14 @@ fn ingest(devices: usize, per_device: u64, in_flight: u64, threads: usize) -> (f
                     for (link, seq) in group.iter_mut().zip(next.iter_mut()) {
                         let want = (per_device + 1 - *seq).min(in_flight);
                         let mut got = 0;
+                        let deadline = Instant::now() + Duration::from_secs(30);
                         while got < want {
                             match link.reader.read().expect("read") {
                                 Received::Message(Message::Ack { .. }) => got += 1,
                                 Received::Message(_) => {}
-                                Received::Idle => panic!("no Ack within 30 s"),
+                                Received::Idle => {
+                                    assert!(Instant::now() < deadline, "no Ack within 30 s")
+                                }
                             }
                         }
                         *seq += want;
@@ -283,6 +287,7 @@ fn push_throughput() {
         &"big@1".parse().expect("ref"),
         &["pi".to_string()],
         None,
+        false,
     )
     .expect("push");
     let push = v["push"].as_u64().expect("push id");
