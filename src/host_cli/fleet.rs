@@ -624,7 +624,7 @@ pub fn serve(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     fleet::keys::load_or_create(db)?;
-    let store = Arc::new(FleetStore::open(db)?);
+    let store = Arc::new(FleetStore::open_with(db, config.rules.retention)?);
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let monitor = match config.automation {
         Some(a) => {
