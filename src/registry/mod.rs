@@ -1387,6 +1387,27 @@ mod tests {
         assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn the_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mut reg = Registry::open(&db).unwrap();
+        reg.register("iris", model(0.5), info(0.9)).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        drop(reg);
+        // A database made before (0644, as SQLite leaves it under a usual umask) is fixed.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let wal = dir.path().join("r.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Registry::open(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        assert_eq!(mode(&wal), 0o600);
+    }
+
     #[test]
     fn damaged_artifact_and_newer_schema_are_reported() {
         let dir = tempfile::tempdir().unwrap();

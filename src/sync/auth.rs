@@ -434,3 +434,115 @@ mod tests {
         assert!(from_hex::<2>("zz00").is_err());
     }
 }
+
+/// The handshake transcript docs/protocol.md shows, byte for byte.
+#[cfg(test)]
+mod transcript {
+    use super::*;
+    use crate::sync::frame;
+
+    fn hex(frame: &[u8]) -> String {
+        frame
+            .chunks(16)
+            .map(|row| {
+                row.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The frames of a session with fixed secrets: device key 00 01 … 1f, the device's
+    /// ephemeral secret 22 × 32, the host's 33 × 32, epoch 42.
+    pub(crate) fn frames() -> Vec<(&'static str, Vec<u8>)> {
+        let key: [u8; 32] = core::array::from_fn(|i| i as u8);
+        let device = DeviceHandshake::new(
+            (2, 2),
+            "pi-1",
+            "perch 0.1.0",
+            42,
+            &key,
+            Ephemeral::from_secret([0x22; 32]),
+        );
+        let (host, challenge) =
+            HostHandshake::challenge(device.hello(), 2, &key, Ephemeral::from_secret([0x33; 32]))
+                .unwrap();
+        let Message::Challenge {
+            protocol,
+            ephemeral,
+            proof,
+        } = &challenge
+        else {
+            unreachable!()
+        };
+        let (auth, mut dk) = device.answer(*protocol, ephemeral, proof).unwrap();
+        let Message::Auth { proof: dp } = &auth else {
+            unreachable!()
+        };
+        let mut hk = host.verify(dp).unwrap();
+        let plain = |m: &Message| {
+            let mut out = Vec::new();
+            frame::encode(m, &mut out, 512).unwrap();
+            out
+        };
+        let sealed = |m: &Message, k: &mut FrameKey| {
+            let mut out = Vec::new();
+            frame::encode_sealed(m, &mut out, frame::DEFAULT_MAX_PAYLOAD, k).unwrap();
+            out
+        };
+        vec![
+            ("Hello", plain(device.hello())),
+            ("Challenge", plain(&challenge)),
+            ("Auth", plain(&auth)),
+            (
+                "Welcome",
+                sealed(&Message::Welcome { heartbeat_s: 15 }, &mut hk.send),
+            ),
+            (
+                "Heartbeat",
+                sealed(&Message::Heartbeat { model: None }, &mut dk.send),
+            ),
+            ("Ack", sealed(&Message::Ack { seq: 1 }, &mut hk.send)),
+        ]
+    }
+
+    /// The transcript hash and the frame keys of that session (never on the wire).
+    fn secrets() -> Vec<(&'static str, Vec<u8>)> {
+        let key: [u8; 32] = core::array::from_fn(|i| i as u8);
+        let device = DeviceHandshake::new(
+            (2, 2),
+            "pi-1",
+            "perch 0.1.0",
+            42,
+            &key,
+            Ephemeral::from_secret([0x22; 32]),
+        );
+        let host = Ephemeral::from_secret([0x33; 32]);
+        let t = transcript(device.hello(), 2, &host.public()).unwrap();
+        let s = derive(&key, &host, &device.ephemeral.public(), &t).unwrap();
+        vec![
+            ("T", t.to_vec()),
+            ("host->device key", s.host_to_device.to_vec()),
+            ("device->host key", s.device_to_host.to_vec()),
+        ]
+    }
+
+    /// docs/protocol.md shows these values and frames; this is what keeps them true.
+    #[test]
+    fn the_documented_handshake_has_these_bytes() {
+        let doc = include_str!("../../docs/protocol.md");
+        let missing: Vec<String> = secrets()
+            .into_iter()
+            .chain(frames())
+            .filter(|(_, bytes)| !doc.contains(&hex(bytes)))
+            .map(|(name, bytes)| format!("{name} ({} bytes):\n{}", bytes.len(), hex(&bytes)))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/protocol.md lacks\n{}",
+            missing.join("\n\n")
+        );
+    }
+}
