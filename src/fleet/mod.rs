@@ -1026,6 +1026,19 @@ impl Fleet {
     /// # Errors
     /// Database failures.
     pub fn retry_due(&mut self, now_unix_s: i64) -> Result<usize, FleetError> {
+        // Asked four times a second: take the write lock only when something is due.
+        let due: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM assignments
+                   WHERE state = 'retrying' AND retry_at_unix_s <= ?1)",
+                [now_unix_s],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())?;
+        if !due {
+            return Ok(0);
+        }
         let path = self.path.clone();
         let sql = |source| FleetError::Sqlite {
             path: path.clone(),

@@ -543,7 +543,8 @@ UPDATE assignments SET state = 'rejected',
 
 /// Makes the database file readable by its owner only (it holds the devices' keys): a new
 /// one is created so, an existing one (and its WAL and shared-memory files, which SQLite
-/// creates with the database's mode) is changed when others could read it.
+/// creates with the database's mode) is changed when others could read it (with a warning,
+/// also when it cannot be changed).
 #[cfg(unix)]
 fn make_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -565,11 +566,17 @@ fn make_private(path: &Path) -> std::io::Result<()> {
             && meta.is_file()
             && meta.permissions().mode() & 0o077 != 0
         {
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
-            log::warn!(
-                "{}: made readable by its owner only (it holds device keys)",
-                file.display()
-            );
+            // Someone else's database is still readable to us: say so, do not refuse it.
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => log::warn!(
+                    "{}: made readable by its owner only (it holds device keys)",
+                    file.display()
+                ),
+                Err(e) => log::warn!(
+                    "{}: others can read it, and it holds device keys; make it mode 0600 ({e})",
+                    file.display()
+                ),
+            }
         }
     }
     Ok(())
