@@ -30,8 +30,8 @@
 //!   aliases in SQLite, artifacts content-addressed beside the database.
 //!
 //! Devices and the host, bytes → frame → message → session:
-//! - [`sync`]: the protocol (`docs/protocol.md`): framing, messages, the HMAC handshake,
-//!   the host's server over a store, the device's client.
+//! - [`sync`]: the protocol (`docs/protocol.md`): framing, sealed frames, messages, the
+//!   mutually authenticated handshake, the host's server over a store, the device's client.
 //! - [`agent`]: `perch agent`, the device daemon: model store with atomic installs and
 //!   rollback, the link to the host, the metrics windows, the local HTTP API.
 //! - [`fleet`] (feature `host`): devices, groups, pushes, stored reports and labelled

@@ -57,6 +57,8 @@ pub(crate) struct LinkStatus {
     pub connected: bool,
     pub last_error: Option<String>,
     pub sessions: u64,
+    /// Times the link thread was started again after a panic.
+    pub restarts: u64,
 }
 
 /// State shared by the agent's threads.
@@ -70,18 +72,59 @@ pub(crate) struct Shared {
 
 pub(crate) use crate::lock;
 
-/// Fault injection for the install tests: `PERCH_FAILPOINTS=install:after-verify,...`
-/// makes the agent abort (as a power cut would stop it) when it reaches that step.
-pub(crate) fn failpoint(name: &str) {
+fn failpoints() -> &'static [String] {
     static POINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let points = POINTS.get_or_init(|| {
+    POINTS.get_or_init(|| {
         std::env::var("PERCH_FAILPOINTS")
             .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
             .unwrap_or_default()
-    });
-    if points.iter().any(|p| p == name) {
+    })
+}
+
+/// Fault injection for the install tests: `PERCH_FAILPOINTS=install:after-verify,...`
+/// makes the agent abort (as a power cut would stop it) when it reaches that step.
+pub(crate) fn failpoint(name: &str) {
+    if failpoints().iter().any(|p| p == name) {
         log::error!("failpoint {name}: aborting");
         std::process::abort();
+    }
+}
+
+/// Fault injection for the supervisor test: the first time the agent reaches `name` (when
+/// `PERCH_FAILPOINTS` names it), the thread panics.
+pub(crate) fn failpoint_panic_once(name: &str) {
+    static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if failpoints().iter().any(|p| p == name)
+        && !FIRED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        panic!("failpoint {name}");
+    }
+}
+
+/// Why an offered model was not installed, for `Rejected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// What went wrong.
+    pub reason: String,
+    /// The cause may pass (a failing write, a full disk): the host offers it again later.
+    pub transient: bool,
+}
+
+impl Refusal {
+    /// A refusal that will not change: a bad signature, a failed canary.
+    pub fn permanent(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            transient: false,
+        }
+    }
+
+    /// A refusal whose cause may pass: the device's own storage failed.
+    pub fn transient(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            transient: true,
+        }
     }
 }
 
@@ -93,13 +136,14 @@ impl Shared {
         }
     }
 
-    /// Verifies the downloaded (or staged) artifact `model` and makes it the active model.
-    /// On failure the running model is kept and the partial download deleted.
+    /// Verifies the downloaded (or staged) artifact `model` and makes it the active model,
+    /// as installed under the manifest release `release`. On failure the running model is
+    /// kept and the partial download deleted.
     ///
     /// # Errors
     /// The reason, for `Rejected`.
-    pub fn install(&self, model: &ModelRef) -> Result<(), String> {
-        let result = self.verify_and_activate(model);
+    pub fn install(&self, model: &ModelRef, release: u64) -> Result<(), Refusal> {
+        let result = self.verify_and_activate(model, release);
         if result.is_err() {
             lock(&self.store).discard_partial(&model.sha256);
         }
@@ -108,34 +152,34 @@ impl Shared {
 
     /// Reads the downloaded (or staged) bytes of `model` and checks them: the offered
     /// SHA-256, the host's signature, that they load, that the canary passes.
-    fn verify(&self, model: &ModelRef) -> Result<Loaded, String> {
+    fn verify(&self, model: &ModelRef) -> Result<Loaded, Refusal> {
         use sha2::{Digest, Sha256};
         let bytes = lock(&self.store)
             .read_candidate(&model.sha256)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refusal::transient(e.to_string()))?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         if digest != model.sha256 {
-            return Err(format!(
+            return Err(Refusal::permanent(format!(
                 "downloaded artifact has SHA-256 {}, the offer said {}",
                 crate::artifact::hex(&digest),
                 crate::artifact::hex(&model.sha256)
-            ));
+            )));
         }
         let artifact = crate::artifact::verify_signed(&bytes, &self.config.host_public_key)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refusal::permanent(e.to_string()))?;
         if let Some(req) = artifact
             .model
             .metadata
             .requirements()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| Refusal::permanent(e.to_string()))?
         {
-            check_requirements(&req, &self.config)?;
+            check_requirements(&req, &self.config).map_err(Refusal::permanent)?;
         }
         drop(artifact);
         let mut loaded = self
             .load(&bytes)
-            .map_err(|e| format!("model does not load: {e}"))?;
-        check_canary(&mut loaded.model)?;
+            .map_err(|e| Refusal::permanent(format!("model does not load: {e}")))?;
+        check_canary(&mut loaded.model).map_err(Refusal::permanent)?;
         Ok(loaded)
     }
 
@@ -145,7 +189,7 @@ impl Shared {
     ///
     /// # Errors
     /// The reason, for `Rejected`.
-    pub fn install_shadow(&self, model: &ModelRef, push: u64) -> Result<(), String> {
+    pub fn install_shadow(&self, model: &ModelRef, push: u64) -> Result<(), Refusal> {
         let loaded = match self.verify(model) {
             Ok(l) => l,
             Err(e) => {
@@ -155,7 +199,7 @@ impl Shared {
         };
         let mut serving = lock(&self.serving);
         if serving.active().is_none() {
-            return Err("no active model to run a shadow beside".into());
+            return Err(Refusal::permanent("no active model to run a shadow beside"));
         }
         serving.set_shadow(Shadow::new(loaded, model.clone(), push));
         log::info!(
@@ -177,15 +221,17 @@ impl Shared {
         Some(ended.reference)
     }
 
-    fn verify_and_activate(&self, model: &ModelRef) -> Result<(), String> {
+    fn verify_and_activate(&self, model: &ModelRef, release: u64) -> Result<(), Refusal> {
         let loaded = self.verify(model)?;
         failpoint("install:after-verify");
         {
             let mut store = lock(&self.store);
-            store.stage(model).map_err(|e| e.to_string())?;
             store
-                .activate(model, || failpoint("install:before-rename"))
-                .map_err(|e| e.to_string())?;
+                .stage(model)
+                .map_err(|e| Refusal::transient(e.to_string()))?;
+            store
+                .activate(model, release, || failpoint("install:before-rename"))
+                .map_err(|e| Refusal::transient(e.to_string()))?;
         }
         failpoint("install:after-rename");
         let replaced = lock(&self.serving).replace(
@@ -416,7 +462,7 @@ impl Agent {
         };
         {
             let (s, d) = (shared.clone(), shutdown.clone());
-            threads.push(spawn("link", Box::new(move || link::run(&s, &d)))?);
+            threads.push(spawn("link", Box::new(move || supervise_link(&s, &d)))?);
         }
         {
             let (s, d) = (shared.clone(), shutdown.clone());
@@ -452,6 +498,34 @@ impl Agent {
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+    }
+}
+
+/// Runs the link to the host, starting it again after a panic (a bug must not leave the
+/// device serving without ever reporting again). Builds with `panic = "abort"` (the
+/// compact profile) stop the process instead, and the service manager restarts it.
+fn supervise_link(shared: &Shared, shutdown: &Shutdown) {
+    while !shutdown.is_triggered() {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            link::run(shared, shutdown);
+        }));
+        let Err(panic) = run else { break };
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        log::error!("the link thread panicked ({what}); starting it again in 1 s");
+        {
+            let mut s = lock(&shared.link);
+            s.connected = false;
+            s.last_error = Some(format!("link thread panicked: {what}"));
+            s.restarts += 1;
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < until && !shutdown.is_triggered() {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -375,6 +375,7 @@ fn health(shared: &Shared) -> Response {
         })),
         "connected": link.connected,
         "sessions": link.sessions,
+        "link_restarts": link.restarts,
         "last_error": link.last_error,
         "queued_reports": queued,
     });

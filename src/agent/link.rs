@@ -1,9 +1,14 @@
 //! The agent's session with the host: connect (with exponential backoff and jitter while
 //! the host is unreachable), send queued reports until acknowledged, answer model offers by
 //! downloading from where the last download stopped, install, and say how it went.
+//!
+//! An offer is checked before a byte is fetched: the host's signed manifest must name what
+//! the offer names, its release must not be older than the newest this device installed,
+//! and a model the device went back from comes back only under a newer release.
 
-use super::daemon::{Shared, failpoint, lock};
-use crate::sync::client::{self, ClientError, Link};
+use super::daemon::{Refusal, Shared, failpoint, failpoint_panic_once, lock};
+use crate::artifact::Manifest;
+use crate::sync::client::{self, ClientError, Credentials, Link};
 use crate::sync::server::Shutdown;
 use crate::sync::{ConnectionError, Message, ModelRef, Received, Role};
 use std::collections::{BTreeSet, VecDeque};
@@ -17,6 +22,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Wake-up period of the session loop.
 const POLL: Duration = Duration::from_millis(100);
+
+/// A session that lasted this long resets the reconnection delay; shorter ones (a host
+/// that drops the link at once, a session replaced by a clone of this device) let it grow.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 /// Exponential backoff with full jitter: each delay is uniform in `[d/2, d]`, `d` doubling
 /// from `initial` up to `max`.
@@ -53,17 +62,16 @@ pub(crate) fn run(shared: &Shared, shutdown: &Shutdown) {
     let cfg = &shared.config;
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     let agent = format!("perch {}", env!("CARGO_PKG_VERSION"));
+    let epoch = lock(&shared.queue).epoch();
+    let who = Credentials {
+        device: &cfg.device,
+        key: &cfg.key,
+        agent: &agent,
+        epoch,
+    };
     while !shutdown.is_triggered() {
-        match client::connect(
-            &cfg.host,
-            &cfg.device,
-            &cfg.key,
-            &agent,
-            HANDSHAKE_TIMEOUT,
-            POLL,
-        ) {
+        match client::connect(&cfg.host, &who, HANDSHAKE_TIMEOUT, POLL) {
             Ok(link) => {
-                backoff.reset();
                 {
                     let mut s = lock(&shared.link);
                     s.connected = true;
@@ -71,7 +79,12 @@ pub(crate) fn run(shared: &Shared, shutdown: &Shutdown) {
                     s.last_error = None;
                 }
                 log::info!("connected to {}", cfg.host);
+                failpoint_panic_once("link:after-connect");
+                let opened = Instant::now();
                 let end = Session::new(shared, link).run(shutdown);
+                if opened.elapsed() >= STABLE_SESSION {
+                    backoff.reset();
+                }
                 let mut s = lock(&shared.link);
                 s.connected = false;
                 match end {
@@ -83,7 +96,7 @@ pub(crate) fn run(shared: &Shared, shutdown: &Shutdown) {
                 }
             }
             Err(e) => {
-                if matches!(e, ClientError::Refused(_)) {
+                if matches!(e, ClientError::Refused(_) | ClientError::NotTheHost { .. }) {
                     log::error!("{e}");
                 } else {
                     log::info!("host unreachable: {e}");
@@ -106,6 +119,7 @@ struct Download {
     size: u64,
     have: u64,
     role: Role,
+    release: u64,
 }
 
 /// An offer waiting for the download before it to finish.
@@ -114,6 +128,7 @@ struct Queued {
     model: ModelRef,
     size: u64,
     role: Role,
+    manifest: Vec<u8>,
 }
 
 struct Session<'a> {
@@ -232,19 +247,22 @@ impl<'a> Session<'a> {
                 model,
                 size,
                 role,
+                manifest,
             } => {
+                let offer = Queued {
+                    push,
+                    model,
+                    size,
+                    role,
+                    manifest,
+                };
                 if self.download.is_some() {
                     // One download at a time; a newer offer for the same role replaces a
                     // queued one.
                     self.queued.retain(|q| q.role != role);
-                    self.queued.push_back(Queued {
-                        push,
-                        model,
-                        size,
-                        role,
-                    });
+                    self.queued.push_back(offer);
                 } else {
-                    self.offer(push, model, size, role)?;
+                    self.offer(offer)?;
                 }
             }
             Message::Chunk {
@@ -280,12 +298,87 @@ impl<'a> Session<'a> {
             let Some(q) = self.queued.pop_front() else {
                 return Ok(());
             };
-            self.offer(q.push, q.model, q.size, q.role)?;
+            self.offer(q)?;
         }
         Ok(())
     }
 
-    fn offer(&mut self, push: u64, model: ModelRef, size: u64, role: Role) -> Result<(), String> {
+    fn reject(&mut self, push: u64, refusal: Refusal) -> Result<(), String> {
+        self.send(&Message::Rejected {
+            push,
+            reason: refusal.reason,
+            transient: refusal.transient,
+        })
+    }
+
+    /// The manifest's release when the offer may be installed; otherwise why not.
+    fn check_offer(&self, offer: &Queued) -> Result<u64, Refusal> {
+        let model = &offer.model;
+        let m = Manifest::verify(&offer.manifest, &self.shared.config.host_public_key)
+            .map_err(|e| Refusal::permanent(format!("the offer's manifest: {e}")))?;
+        if let Some((field, offered, signed)) =
+            m.differs_from(&model.name, &model.version, &model.sha256, offer.size)
+        {
+            return Err(Refusal::permanent(format!(
+                "the offer's {field} is {offered} but the host's signed manifest says {signed} (relabelled?)"
+            )));
+        }
+        crate::graph::budget::check_stated(
+            &m.requirements,
+            self.shared.config.max_model_memory_bytes,
+        )
+        .map_err(|e| {
+            Refusal::permanent(format!(
+                "{e} (stated in the offer's signed manifest; max_model_memory_bytes in this device's configuration)"
+            ))
+        })?;
+        let store = lock(&self.shared.store);
+        let floor = store.release_floor();
+        if m.release < floor {
+            return Err(Refusal::permanent(format!(
+                "{}@{} is release {}, older than release {floor} this device installed (an old offer sent again?); push it again to sign a new release",
+                model.name, model.version, m.release
+            )));
+        }
+        if let Some((reason, release)) = store.refused(&model.sha256)
+            && m.release <= release
+        {
+            return Err(Refusal::permanent(format!(
+                "this device went back from that model before: {reason}; push it again to try it once more"
+            )));
+        }
+        if m.rollback && offer.role == Role::Active {
+            log::info!(
+                "the host goes back to {}@{} on purpose (release {})",
+                model.name,
+                model.version,
+                m.release
+            );
+        }
+        Ok(m.release)
+    }
+
+    fn offer(&mut self, offer: Queued) -> Result<(), String> {
+        let release = match self.check_offer(&offer) {
+            Ok(r) => r,
+            Err(refusal) => {
+                log::warn!(
+                    "refused the offer of {}@{} (push {}): {}",
+                    offer.model.name,
+                    offer.model.version,
+                    offer.push,
+                    refusal.reason
+                );
+                return self.reject(offer.push, refusal);
+            }
+        };
+        let Queued {
+            push,
+            model,
+            size,
+            role,
+            ..
+        } = offer;
         let store = lock(&self.shared.store);
         let running = match role {
             Role::Active => store.active() == Some(&model),
@@ -297,18 +390,13 @@ impl<'a> Session<'a> {
             drop(store);
             return self.send(&Message::Installed { push });
         }
-        if let Some(reason) = store.refused(&model.sha256) {
-            let reason = format!("this device went back from that model before: {reason}");
-            drop(store);
-            return self.send(&Message::Rejected { push, reason });
-        }
         if size > self.shared.config.max_model_bytes {
             drop(store);
             let reason = format!(
                 "artifact of {size} bytes is larger than this device's limit of {}",
                 self.shared.config.max_model_bytes
             );
-            return self.send(&Message::Rejected { push, reason });
+            return self.reject(push, Refusal::permanent(reason));
         }
         let staged = role == Role::Active && store.has_model_file(&model.sha256);
         let mut have = store.partial_len(&model.sha256);
@@ -324,7 +412,7 @@ impl<'a> Session<'a> {
             role_name(role)
         );
         if staged || have == size {
-            return self.finish(push, &model, role);
+            return self.finish(push, &model, role, release);
         }
         self.download = Some(Download {
             push,
@@ -332,6 +420,7 @@ impl<'a> Session<'a> {
             size,
             have,
             role,
+            release,
         });
         self.send(&Message::Fetch { push, offset: have })
     }
@@ -345,31 +434,49 @@ impl<'a> Session<'a> {
             self.download = None;
             lock(&self.shared.store).discard_partial(&model.sha256);
             let reason = format!("chunk at {offset} runs past the announced size");
-            return self.send(&Message::Rejected { push, reason });
+            return self.reject(push, Refusal::permanent(reason));
         }
         let appended = lock(&self.shared.store).append(&d.model.sha256, offset, bytes);
         match appended {
             Ok(have) => d.have = have,
-            Err(e) => {
+            Err(e @ super::store::StoreError::OutOfOrder { .. }) => {
                 // A chunk that does not continue the file: ask again from where it stands.
                 log::warn!("{e}");
                 let have = lock(&self.shared.store).partial_len(&d.model.sha256);
                 d.have = have;
                 return self.send(&Message::Fetch { push, offset: have });
             }
+            Err(e) => {
+                // The device's storage failed (a full disk): give the space back, and let
+                // the host offer it again later.
+                let model = d.model.clone();
+                self.download = None;
+                lock(&self.shared.store).discard_partial(&model.sha256);
+                log::error!("download of push {push} stopped: {e}");
+                return self.reject(
+                    push,
+                    Refusal::transient(format!("cannot store the download: {e}")),
+                );
+            }
         }
         if d.have == d.size {
-            let (model, role) = (d.model.clone(), d.role);
+            let (model, role, release) = (d.model.clone(), d.role, d.release);
             self.download = None;
             failpoint("install:after-download");
-            return self.finish(push, &model, role);
+            return self.finish(push, &model, role, release);
         }
         Ok(())
     }
 
-    fn finish(&mut self, push: u64, model: &ModelRef, role: Role) -> Result<(), String> {
+    fn finish(
+        &mut self,
+        push: u64,
+        model: &ModelRef,
+        role: Role,
+        release: u64,
+    ) -> Result<(), String> {
         let result = match role {
-            Role::Active => self.shared.install(model),
+            Role::Active => self.shared.install(model, release),
             Role::Shadow => self.shared.install_shadow(model, push),
         };
         match result {
@@ -377,13 +484,14 @@ impl<'a> Session<'a> {
                 self.send(&Message::Installed { push })?;
                 self.heartbeat()
             }
-            Err(reason) => {
+            Err(refusal) => {
                 log::warn!(
-                    "refused {}@{} (push {push}): {reason}",
+                    "refused {}@{} (push {push}): {}",
                     model.name,
-                    model.version
+                    model.version,
+                    refusal.reason
                 );
-                self.send(&Message::Rejected { push, reason })
+                self.reject(push, refusal)
             }
         }
     }

@@ -3,10 +3,15 @@
 //!
 //! ```text
 //! STATE_DIR/
-//!   state.json                 which model is active, which was before it, what was refused
+//!   state.json                 which model is active, which was before it, what was refused,
+//!                              the newest release installed
 //!   models/<sha256>.perch      installed artifacts (the active one and the previous one)
 //!   incoming/<sha256>.part     a download in progress (resumed from its length)
 //! ```
+//!
+//! Each install records the release number of the host's signed manifest: the store keeps
+//! the largest as its floor, and the agent refuses offers older than it (an old offer
+//! replayed, or relabelled).
 //!
 //! Installing: the download is complete in `incoming/` → it is verified (SHA-256, the
 //! host's signature, it loads, its canary passes) → fsync, renamed into `models/` → a new
@@ -64,12 +69,62 @@ pub struct RollbackNotice {
     pub reason: String,
 }
 
+/// A model this device went back from: its digest, why, and the release of the manifest it
+/// was installed under (a later release of it is the host's decision to try it again).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(from = "RefusalRepr", into = "RefusalRepr")]
+struct Refusal {
+    sha256: [u8; 32],
+    reason: String,
+    release: u64,
+}
+
+/// `[digest, reason, release]`; state files written before releases hold `[digest, reason]`.
+#[derive(Serialize, Deserialize, Clone)]
+#[serde(untagged)]
+enum RefusalRepr {
+    Current([u8; 32], String, u64),
+    Old([u8; 32], String),
+}
+
+impl From<RefusalRepr> for Refusal {
+    fn from(r: RefusalRepr) -> Refusal {
+        match r {
+            RefusalRepr::Current(sha256, reason, release) => Refusal {
+                sha256,
+                reason,
+                release,
+            },
+            RefusalRepr::Old(sha256, reason) => Refusal {
+                sha256,
+                reason,
+                release: 0,
+            },
+        }
+    }
+}
+
+impl From<Refusal> for RefusalRepr {
+    fn from(r: Refusal) -> RefusalRepr {
+        RefusalRepr::Current(r.sha256, r.reason, r.release)
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 struct State {
     active: Option<ModelRef>,
     previous: Option<ModelRef>,
+    /// Release of the active model's manifest (0 before releases existed).
+    #[serde(default)]
+    active_release: u64,
+    /// Release of the previous model's manifest.
+    #[serde(default)]
+    previous_release: u64,
+    /// The largest release ever installed as the active model.
+    #[serde(default)]
+    release_floor: u64,
     /// Models this device went back from, newest last, with the reason.
-    refused: Vec<([u8; 32], String)>,
+    refused: Vec<Refusal>,
     /// Rollbacks not yet reported.
     notices: Vec<RollbackNotice>,
 }
@@ -146,14 +201,21 @@ impl ModelStore {
             .is_file()
     }
 
-    /// Why the device refused this model before, if it did.
-    pub fn refused(&self, sha256: &[u8; 32]) -> Option<&str> {
+    /// Why the device went back from this model before, and the release it had been
+    /// installed under, if it did.
+    pub fn refused(&self, sha256: &[u8; 32]) -> Option<(&str, u64)> {
         self.state
             .refused
             .iter()
             .rev()
-            .find(|(s, _)| s == sha256)
-            .map(|(_, r)| r.as_str())
+            .find(|r| &r.sha256 == sha256)
+            .map(|r| (r.reason.as_str(), r.release))
+    }
+
+    /// The largest release of a host manifest ever installed as the active model: offers
+    /// older than this are refused.
+    pub fn release_floor(&self) -> u64 {
+        self.state.release_floor
     }
 
     /// Rollbacks the host has not heard of.
@@ -231,22 +293,29 @@ impl ModelStore {
         sync_dir(&self.dir.join("incoming"))
     }
 
-    /// Makes a staged model the active one (the previous active becomes `previous`):
-    /// writes the new state beside the old and renames it into place. `before_rename`
-    /// runs between the two (the agent's fault-injection point).
+    /// Makes a staged model the active one (the previous active becomes `previous`), as
+    /// installed under the manifest release `release`: writes the new state beside the old
+    /// and renames it into place. `before_rename` runs between the two (the agent's
+    /// fault-injection point).
     ///
     /// # Errors
     /// File operations failing (the old state stays in force then).
     pub fn activate(
         &mut self,
         model: &ModelRef,
+        release: u64,
         before_rename: impl FnOnce(),
     ) -> Result<(), StoreError> {
         let mut next = self.state.clone();
         if next.active.as_ref() != Some(model) {
             next.previous = next.active.take();
+            next.previous_release = next.active_release;
             next.active = Some(model.clone());
         }
+        next.active_release = release;
+        next.release_floor = next.release_floor.max(release);
+        // Installed again under a newer release: the host decided to try it again.
+        next.refused.retain(|r| r.sha256 != model.sha256);
         self.commit(next, before_rename)?;
         self.remove_unused_models();
         Ok(())
@@ -266,7 +335,13 @@ impl ModelStore {
         let mut next = self.state.clone();
         next.active = Some(to.clone());
         next.previous = None;
-        next.refused.push((from.sha256, reason.to_string()));
+        next.refused.push(Refusal {
+            sha256: from.sha256,
+            reason: reason.to_string(),
+            release: next.active_release,
+        });
+        next.active_release = next.previous_release;
+        next.previous_release = 0;
         if next.refused.len() > REFUSED_KEPT {
             next.refused.remove(0);
         }
@@ -288,7 +363,12 @@ impl ModelStore {
         if self.roll_back(reason)?.is_none() {
             let mut next = self.state.clone();
             if let Some(from) = next.active.take() {
-                next.refused.push((from.sha256, reason.to_string()));
+                next.refused.push(Refusal {
+                    sha256: from.sha256,
+                    reason: reason.to_string(),
+                    release: next.active_release,
+                });
+                next.active_release = 0;
             }
             self.commit(next, || {})?;
         }
@@ -384,7 +464,7 @@ mod tests {
             assert_eq!(s.read_candidate(&m.sha256).unwrap(), vec![n; 100]);
             s.stage(&m).unwrap();
             assert_eq!(s.partial_len(&m.sha256), 0);
-            s.activate(&m, || {}).unwrap();
+            s.activate(&m, u64::from(n), || {}).unwrap();
         }
         let s = ModelStore::open(dir.path()).unwrap();
         assert_eq!(s.active(), Some(&model(3)));
@@ -399,7 +479,7 @@ mod tests {
         let mut s = ModelStore::open(dir.path()).unwrap();
         download(&s, &model(1), &[1; 10]);
         s.stage(&model(1)).unwrap();
-        s.activate(&model(1), || {}).unwrap();
+        s.activate(&model(1), 1, || {}).unwrap();
         download(&s, &model(2), &[2; 10]);
         s.stage(&model(2)).unwrap();
         // Simulate the crash: the new state is written beside the old one, never renamed.
@@ -425,16 +505,55 @@ mod tests {
         for n in 1..=2 {
             download(&s, &model(n), &[n; 10]);
             s.stage(&model(n)).unwrap();
-            s.activate(&model(n), || {}).unwrap();
+            s.activate(&model(n), u64::from(n), || {}).unwrap();
         }
         let (from, to) = s.roll_back("error rate 0.9").unwrap().unwrap();
         assert_eq!((from, to), (model(2), model(1)));
         let mut s = ModelStore::open(dir.path()).unwrap();
         assert_eq!(s.active(), Some(&model(1)));
-        assert_eq!(s.refused(&[2; 32]), Some("error rate 0.9"));
+        assert_eq!(s.refused(&[2; 32]), Some(("error rate 0.9", 2)));
+        assert_eq!(s.release_floor(), 2, "going back keeps the floor");
         assert_eq!(s.notices().len(), 1);
         s.notices_sent(1).unwrap();
         assert!(ModelStore::open(dir.path()).unwrap().notices().is_empty());
+    }
+
+    #[test]
+    fn the_release_floor_only_rises_and_a_new_release_lifts_a_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ModelStore::open(dir.path()).unwrap();
+        for (n, release) in [(1u8, 10u64), (2, 20)] {
+            download(&s, &model(n), &[n; 10]);
+            s.stage(&model(n)).unwrap();
+            s.activate(&model(n), release, || {}).unwrap();
+        }
+        s.roll_back("canary").unwrap();
+        assert_eq!(s.refused(&[2; 32]), Some(("canary", 20)));
+        // The host pushes model 2 again under a newer release: installed, the refusal goes.
+        download(&s, &model(2), &[2; 10]);
+        s.stage(&model(2)).unwrap();
+        s.activate(&model(2), 30, || {}).unwrap();
+        assert_eq!(s.refused(&[2; 32]), None);
+        // An explicit rollback to model 1 under a newer release: the floor follows it.
+        s.activate(&model(1), 40, || {}).unwrap();
+        let s = ModelStore::open(dir.path()).unwrap();
+        assert_eq!((s.active(), s.release_floor()), (Some(&model(1)), 40));
+    }
+
+    #[test]
+    fn a_state_file_from_before_releases_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = format!(
+            r#"{{"active": {{"name": "m", "version": "1", "sha256": {a:?}}}, "previous": null,
+                "refused": [[{b:?}, "error rate 0.5"]], "notices": []}}"#,
+            a = [1u8; 32],
+            b = [2u8; 32]
+        );
+        fs::write(dir.path().join("state.json"), old).unwrap();
+        let s = ModelStore::open(dir.path()).unwrap();
+        assert_eq!(s.active(), Some(&model(1)));
+        assert_eq!(s.refused(&[2; 32]), Some(("error rate 0.5", 0)));
+        assert_eq!(s.release_floor(), 0);
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::graph::{GraphError, Model};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+pub mod manifest;
+pub use manifest::{Manifest, ManifestError};
+
 /// The eight bytes every `.perch` file starts with.
 pub const MAGIC: [u8; 8] = *b"\x89PERCH\r\n";
 /// The format version this build writes and the newest it reads.

@@ -104,6 +104,10 @@ enum Command {
         /// Wait up to SECONDS for every device to install or refuse it, and say how it went.
         #[arg(long, value_name = "SECONDS")]
         wait: Option<f64>,
+        /// Go back to a version older than a device runs, on purpose (the host signs it as a
+        /// rollback; without this flag such a push is refused).
+        #[arg(long)]
+        rollback: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -409,10 +413,11 @@ fn run(cli: Cli) -> Result<u8> {
             to,
             group,
             wait,
+            rollback,
             json,
         } => {
             let reg = open_registry(registry)?;
-            let mut v = fleet::push(&reg, &model, &to, group.as_deref())?;
+            let mut v = fleet::push(&reg, &model, &to, group.as_deref(), rollback)?;
             if let Some(secs) = wait {
                 let push = v["push"].as_u64().unwrap_or(0);
                 v["states"] = fleet::wait_for_push(

@@ -58,6 +58,8 @@ pub struct Rules {
     pub retrain: RetrainRule,
     /// The gates of the rollouts the host starts (`perch-host rollout` takes its own flags).
     pub rollout: super::rollout::Gates,
+    /// How long `perch-host serve` keeps reports, labelled samples and events.
+    pub retention: super::Retention,
 }
 
 /// `[retrain]`: automatic retraining when an alert opens for a model whose training recipe
@@ -97,6 +99,7 @@ impl Default for Rules {
             silence: SilenceRule::default(),
             retrain: RetrainRule::default(),
             rollout: super::rollout::Gates::default(),
+            retention: super::Retention::default(),
         }
     }
 }
@@ -248,6 +251,9 @@ impl Rules {
         }
         if let Err((key, value, reason)) = self.rollout.check() {
             return bad(&format!("rollout.{key}"), value, reason);
+        }
+        if let Err((key, value, reason)) = self.retention.check() {
+            return bad(&format!("retention.{key}"), value, &reason);
         }
         if !(1..=MAX_WINDOW_REPORTS).contains(&self.window_reports) {
             return bad(
@@ -729,7 +735,7 @@ impl Fleet {
             .conn
             .prepare_cached(
                 "SELECT seq, received_unix_s, report FROM metrics WHERE device_id = ?1
-                 ORDER BY seq DESC LIMIT ?2",
+                 ORDER BY run DESC, seq DESC LIMIT ?2",
             )
             .map_err(self.sql())?;
         let mut rows = stmt.query(params![device, n]).map_err(self.sql())?;
@@ -847,7 +853,7 @@ impl Fleet {
 /// are one transaction.
 ///
 /// Reads each device's latest [`Rules::window_reports`] reports through the
-/// `(device_id, seq)` index, so its cost grows with devices, not with stored history.
+/// `(device_id, run, seq)` index, so its cost grows with devices, not with stored history.
 /// Reports that no longer decode are skipped (and logged at most once a minute).
 ///
 /// # Errors
@@ -1212,6 +1218,10 @@ mod tests {
         assert!(!r.silence.enabled);
         assert_eq!(r.silence.after_s, 90);
         assert_eq!(r.errors, ErrorRule::default());
+        std::fs::write(&path, "[retention]\nevents_days = 7\n").unwrap();
+        let r = load_rules(Some(&path)).unwrap();
+        assert_eq!(r.retention.events_days, 7);
+        assert_eq!(r.retention.metrics_days, 90);
     }
 
     #[test]
@@ -1225,6 +1235,8 @@ mod tests {
         assert_eq!(r.retrain.min_samples, 500);
         assert_eq!(r.rollout.min_shadow_requests, 1000);
         assert_eq!(r.rollout.max_latency_ratio, 1.5);
+        assert_eq!(r.retention.metrics_days, 365);
+        assert_eq!(r.retention.events_days, 30);
     }
 
     #[test]
@@ -1257,6 +1269,8 @@ mod tests {
             ("[errors]\nrate = 1.0\n", "errors.rate"),
             ("[errors]\nrate = -0.1\n", "errors.rate"),
             ("[silence]\nafter_s = 0\n", "silence.after_s"),
+            ("[retention]\nmetrics_days = 0\n", "retention.metrics_days"),
+            ("[retention]\nmax_events = 10\n", "retention.max_events"),
         ] {
             match Rules::from_toml(text, Path::new("r.toml")) {
                 Err(FleetError::BadRule { key: k, .. }) => assert_eq!(k, key, "{text}"),
@@ -1681,7 +1695,7 @@ mod tests {
             .conn
             .prepare(
                 "EXPLAIN QUERY PLAN SELECT seq, received_unix_s, report FROM metrics
-                 WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                 WHERE device_id = ?1 ORDER BY run DESC, seq DESC LIMIT ?2",
             )
             .unwrap()
             .query_map(params![1, 3], |r| r.get::<_, String>(3))
@@ -1690,7 +1704,7 @@ mod tests {
             .unwrap();
         assert!(
             plan.iter()
-                .any(|p| p.contains("USING INDEX metrics_by_device_seq")),
+                .any(|p| p.contains("USING INDEX metrics_by_device_run_seq")),
             "{plan:?}"
         );
         assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");

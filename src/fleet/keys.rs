@@ -46,7 +46,8 @@ pub fn load_or_create(db: &Path) -> Result<SigningKey, FleetError> {
     }
 }
 
-/// Writes a file only its owner can read (mode 0600 on Unix), refusing to replace one.
+/// Writes a file only its owner can read (mode 0600 on Unix), refusing to replace one, and
+/// flushes it and its directory entry to disk.
 ///
 /// # Errors
 /// The file exists already, or cannot be written.
@@ -61,7 +62,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     let mut f = options.open(path)?;
     f.write_all(bytes)?;
-    f.sync_all()
+    f.sync_all()?;
+    crate::registry::sync_parent(path)
 }
 
 #[cfg(test)]

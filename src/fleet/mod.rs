@@ -1,5 +1,5 @@
 //! The fleet (feature `host`): devices, pushes of models to them, their metrics and
-//! events, in the registry's SQLite database (layout 3): the sync server's store
+//! events, in the registry's SQLite database (layout 4): the sync server's store
 //! ([`store`]), alert rules over the stored reports ([`alerts`]), quality-gated rollouts
 //! ([`rollout`], judged by [`gates`]), the host signing key ([`keys`]), and the web
 //! dashboard and Prometheus endpoint ([`web`]).
@@ -16,6 +16,7 @@ pub mod web;
 
 pub use store::FleetStore;
 
+use crate::artifact::Manifest;
 use crate::metrics::Report;
 use crate::registry::Registry;
 use crate::sync::{self, ModelRef, Role};
@@ -178,6 +179,87 @@ pub struct Push {
     pub size: u64,
     /// Where the bytes are.
     pub path: PathBuf,
+    /// The host's signed manifest (`crate::artifact::manifest`); empty for a push made
+    /// before manifests, which cannot be offered.
+    pub manifest: Vec<u8>,
+    /// The manifest's release number (0 without one).
+    pub release: u64,
+}
+
+/// How long a device may keep sending the same push back for a passing cause: the delay
+/// before the next offer doubles from [`RETRY_FIRST_S`] up to [`RETRY_MAX_S`], and after
+/// [`RETRY_ATTEMPTS`] refusals the push counts as rejected.
+pub const RETRY_ATTEMPTS: i64 = 8;
+/// First delay before a push refused for a passing cause is offered again.
+pub const RETRY_FIRST_S: i64 = 30;
+/// Longest delay between two offers of a push refused for a passing cause.
+pub const RETRY_MAX_S: i64 = 3600;
+
+/// What the host keeps of the fleet's history, and for how long (`[retention]` in the rules
+/// file, docs/alerts.md). Older rows are deleted by `perch-host serve` every hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Days metrics reports are kept.
+    pub metrics_days: u32,
+    /// Days labelled feedback samples are kept.
+    pub samples_days: u32,
+    /// Most labelled feedback samples kept (the oldest go first).
+    pub max_samples: u64,
+    /// Days events (installs, refusals, refused connections…) are kept.
+    pub events_days: u32,
+    /// Most events kept (the oldest go first).
+    pub max_events: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            metrics_days: 90,
+            samples_days: 90,
+            max_samples: 500_000,
+            events_days: 90,
+            max_events: 100_000,
+        }
+    }
+}
+
+impl Retention {
+    /// Checks the values: days in 1..=36500, row limits at least 1,000.
+    ///
+    /// # Errors
+    /// The key and what is wrong.
+    pub fn check(&self) -> Result<(), (String, String, String)> {
+        for (key, days) in [
+            ("metrics_days", self.metrics_days),
+            ("samples_days", self.samples_days),
+            ("events_days", self.events_days),
+        ] {
+            if !(1..=36_500).contains(&days) {
+                return Err((key.into(), days.to_string(), "days from 1 to 36500".into()));
+            }
+        }
+        for (key, n) in [
+            ("max_samples", self.max_samples),
+            ("max_events", self.max_events),
+        ] {
+            if n < 1000 {
+                return Err((key.into(), n.to_string(), "at least 1000".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rows deleted by [`Fleet::apply_retention`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Metrics reports.
+    pub metrics: u64,
+    /// Labelled feedback samples.
+    pub samples: u64,
+    /// Events.
+    pub events: u64,
 }
 
 /// An event in a device's history (install, rejection, rollback, refused connection…).
@@ -197,7 +279,9 @@ pub struct Event {
 /// One stored metrics report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredReport {
-    /// Sequence number.
+    /// The device's run: its boot epochs numbered in the order the host saw them (0 first).
+    pub run: u64,
+    /// Sequence number (unique within a run).
     pub seq: u64,
     /// When it arrived.
     pub received_unix_s: i64,
@@ -221,10 +305,7 @@ pub fn role_name(role: Role) -> &'static str {
 }
 
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    sync::valid_name(name)
 }
 
 /// Decodes a stored report blob (the one place that knows its encoding).
@@ -264,11 +345,12 @@ impl Fleet {
         let conn = Connection::open(&path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sql)?;
-        // WAL lets `perch-host push` write while `serve` reads; NORMAL sync keeps every
-        // committed transaction through a process crash (only a power cut can lose the last).
+        // WAL lets `perch-host push` write while `serve` reads. FULL syncs the WAL at every
+        // commit: a report is acknowledged only after its transaction commits, and the
+        // device then deletes it, so a commit must survive a power cut (NORMAL's does not).
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
             .map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(sql)?;
@@ -477,7 +559,7 @@ impl Fleet {
                 "SELECT d.id, d.name, d.grp, d.model_name, d.model_version, d.last_seen_unix_s,
                         a.state, a.reason, p.name, p.version,
                         (SELECT requests || ' ' || errors FROM metrics m WHERE m.device_id = d.id
-                         ORDER BY seq DESC LIMIT 1)
+                         ORDER BY run DESC, seq DESC LIMIT 1)
                  FROM devices d
                  LEFT JOIN assignments a ON a.device_id = d.id AND a.role = 'active'
                  LEFT JOIN pushes p ON p.id = a.push_id
@@ -513,6 +595,9 @@ impl Fleet {
                         format!("rolled back: {}", reason.clone().unwrap_or_default())
                     }
                     (_, Some("pending")) => "installing".to_string(),
+                    (_, Some("retrying")) => {
+                        format!("install retrying: {}", reason.clone().unwrap_or_default())
+                    }
                     _ if error_rate.is_some_and(|e| e > 0.05) => "errors".to_string(),
                     _ => "ok".to_string(),
                 };
@@ -532,11 +617,63 @@ impl Fleet {
         Ok(rows)
     }
 
-    /// Stores signed artifact bytes as a push of `model` (`version_id` is the registry row
-    /// they came from, when known). The bytes are written to `pushes/<sha256>.perch` first.
+    /// The next release number for a manifest: larger than any given before, and at least
+    /// the time in Unix seconds (so a database restored from a backup still numbers its
+    /// next manifests above those the devices installed since).
     ///
     /// # Errors
-    /// File or database failures.
+    /// Database failures.
+    pub fn next_release(&mut self) -> Result<u64, FleetError> {
+        let release: i64 = self
+            .conn
+            .query_row(
+                "UPDATE counters SET value = MAX(value + 1, ?1) WHERE name = 'release'
+                 RETURNING value",
+                [now_unix_s()],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())?;
+        Ok(release as u64)
+    }
+
+    /// Signs `bytes` (a signed artifact) as a push of `name@version` with the host's key:
+    /// a manifest with the next release number, marked as a deliberate step back when
+    /// `rollback`, then stored with [`Fleet::create_push`].
+    ///
+    /// # Errors
+    /// File, database or encoding failures.
+    pub fn sign_push(
+        &mut self,
+        name: &str,
+        version: &str,
+        bytes: &[u8],
+        version_id: Option<i64>,
+        key: &ed25519_dalek::SigningKey,
+        rollback: bool,
+    ) -> Result<Push, FleetError> {
+        use sha2::{Digest, Sha256};
+        let manifest = Manifest {
+            format: crate::artifact::manifest::MANIFEST_FORMAT,
+            name: name.to_string(),
+            version: version.to_string(),
+            release: self.next_release()?,
+            sha256: Sha256::digest(bytes).into(),
+            size_bytes: bytes.len() as u64,
+            rollback,
+            requirements: stated_requirements(bytes),
+        };
+        let signed = manifest
+            .sign(key)
+            .map_err(|e| FleetError::Encode(e.to_string()))?;
+        self.create_signed_push(&manifest, &signed, bytes, version_id)
+    }
+
+    /// Stores signed artifact bytes as a push of `name@version`, under a manifest signed
+    /// with the host key beside the database (made when there is none): what
+    /// [`Fleet::sign_push`] does with that key, not as a rollback.
+    ///
+    /// # Errors
+    /// Key, file or database failures.
     pub fn create_push(
         &mut self,
         name: &str,
@@ -544,8 +681,33 @@ impl Fleet {
         bytes: &[u8],
         version_id: Option<i64>,
     ) -> Result<Push, FleetError> {
+        let key = keys::load_or_create(&self.path)?;
+        self.sign_push(name, version, bytes, version_id, &key, false)
+    }
+
+    /// Stores signed artifact bytes as a push under its signed manifest (`version_id` is the
+    /// registry row they came from, when known). The bytes are written to
+    /// `pushes/<sha256>.perch` first, flushed to disk.
+    ///
+    /// # Errors
+    /// A manifest that does not describe `bytes`, file or database failures.
+    pub fn create_signed_push(
+        &mut self,
+        manifest: &Manifest,
+        signed_manifest: &[u8],
+        bytes: &[u8],
+        version_id: Option<i64>,
+    ) -> Result<Push, FleetError> {
         use sha2::{Digest, Sha256};
         let sha: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some((field, offered, signed)) =
+            manifest.differs_from(&manifest.name, &manifest.version, &sha, bytes.len() as u64)
+        {
+            return Err(FleetError::NotPushable {
+                model: format!("{}@{}", manifest.name, manifest.version),
+                reason: format!("its manifest says {field} {signed}, the bytes have {offered}"),
+            });
+        }
         let hex = sync::auth::to_hex(&sha);
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -553,32 +715,38 @@ impl Fleet {
         };
         std::fs::create_dir_all(&self.pushes_dir).map_err(io(&self.pushes_dir))?;
         let path = self.pushes_dir.join(format!("{hex}.perch"));
-        let tmp = self.pushes_dir.join(format!("{hex}.tmp"));
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let tmp = self
+            .pushes_dir
+            .join(format!("{hex}.{}.tmp", std::process::id()));
+        crate::registry::write_durably(&tmp, &path, bytes).map_err(io(&path))?;
         self.conn
             .execute(
-                "INSERT INTO pushes (version_id, name, version, sha256, size_bytes, created_unix_s)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO pushes (version_id, name, version, sha256, size_bytes, created_unix_s,
+                   manifest, release)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     version_id,
-                    name,
-                    version,
+                    manifest.name,
+                    manifest.version,
                     hex,
                     bytes.len() as i64,
-                    now_unix_s()
+                    now_unix_s(),
+                    signed_manifest,
+                    manifest.release as i64
                 ],
             )
             .map_err(self.sql())?;
         Ok(Push {
             id: self.conn.last_insert_rowid() as u64,
             model: ModelRef {
-                name: name.to_string(),
-                version: version.to_string(),
+                name: manifest.name.clone(),
+                version: manifest.version.clone(),
                 sha256: sha,
             },
             size: bytes.len() as u64,
             path,
+            manifest: signed_manifest.to_vec(),
+            release: manifest.release,
         })
     }
 
@@ -617,7 +785,7 @@ impl Fleet {
                 "INSERT INTO assignments (device_id, role, push_id, state, reason, updated_unix_s)
                  VALUES (?1, ?2, ?3, 'pending', NULL, ?4)
                  ON CONFLICT(device_id, role) DO UPDATE SET push_id = ?3, state = 'pending',
-                   reason = NULL, updated_unix_s = ?4",
+                   reason = NULL, updated_unix_s = ?4, attempts = 0, retry_at_unix_s = NULL",
                 params![d.id, role_name(role), push as i64, now_unix_s()],
             )
             .map_err(sql)?;
@@ -679,9 +847,10 @@ impl Fleet {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT p.id, p.name, p.version, p.sha256, p.size_bytes, a.role FROM assignments a
-                 JOIN pushes p ON p.id = a.push_id
-                 WHERE a.device_id = ?1 AND (a.state = 'pending'
+                "SELECT p.id, p.name, p.version, p.sha256, p.size_bytes, a.role, p.manifest,
+                        p.release
+                 FROM assignments a JOIN pushes p ON p.id = a.push_id
+                 WHERE a.device_id = ?1 AND p.manifest IS NOT NULL AND (a.state = 'pending'
                    OR (a.role = 'shadow' AND a.state = 'installed'))
                  ORDER BY a.role",
             )
@@ -695,6 +864,8 @@ impl Fleet {
                     r.get::<_, String>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, Vec<u8>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
                 ))
             })
             .map_err(self.sql())?
@@ -702,7 +873,7 @@ impl Fleet {
             .map_err(self.sql())?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, name, version, hex, size, role)| {
+            .filter_map(|(id, name, version, hex, size, role, manifest, release)| {
                 Some((
                     Push {
                         id: id as u64,
@@ -713,6 +884,8 @@ impl Fleet {
                         },
                         size: size as u64,
                         path: self.pushes_dir.join(format!("{hex}.perch")),
+                        manifest,
+                        release: release.unwrap_or(0) as u64,
                     },
                     if role == "shadow" {
                         Role::Shadow
@@ -732,7 +905,8 @@ impl Fleet {
         let row = self
             .conn
             .query_row(
-                "SELECT name, version, sha256, size_bytes FROM pushes WHERE id = ?1",
+                "SELECT name, version, sha256, size_bytes, manifest, release FROM pushes
+                 WHERE id = ?1",
                 [id as i64],
                 |r| {
                     Ok((
@@ -740,26 +914,34 @@ impl Fleet {
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, Option<Vec<u8>>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
                     ))
                 },
             )
             .optional()
             .map_err(self.sql())?;
-        Ok(row.and_then(|(name, version, hex, size)| {
-            Some(Push {
-                id,
-                model: ModelRef {
-                    name,
-                    version,
-                    sha256: sync::auth::from_hex(&hex).ok()?,
-                },
-                size: size as u64,
-                path: self.pushes_dir.join(format!("{hex}.perch")),
-            })
-        }))
+        Ok(
+            row.and_then(|(name, version, hex, size, manifest, release)| {
+                Some(Push {
+                    id,
+                    model: ModelRef {
+                        name,
+                        version,
+                        sha256: sync::auth::from_hex(&hex).ok()?,
+                    },
+                    size: size as u64,
+                    path: self.pushes_dir.join(format!("{hex}.perch")),
+                    manifest: manifest.unwrap_or_default(),
+                    release: release.unwrap_or(0) as u64,
+                })
+            }),
+        )
     }
 
-    /// Records the device's answer to push `push`: installed, or refused with a reason.
+    /// Records the device's answer to push `push`: installed, or refused with a reason. A
+    /// refusal for a passing cause is offered again after a delay that doubles each time
+    /// ([`RETRY_FIRST_S`] up to [`RETRY_MAX_S`]), at most [`RETRY_ATTEMPTS`] times.
     ///
     /// # Errors
     /// Database failures.
@@ -767,17 +949,60 @@ impl Fleet {
         &mut self,
         device: &Device,
         push: u64,
-        outcome: Result<(), &str>,
+        outcome: sync::server::Outcome<'_>,
     ) -> Result<(), FleetError> {
-        let (state, reason) = match outcome {
-            Ok(()) => ("installed", None),
-            Err(r) => ("rejected", Some(r)),
+        use sync::server::Outcome;
+        let now = now_unix_s();
+        let attempts: i64 = self
+            .conn
+            .query_row(
+                "SELECT attempts FROM assignments WHERE device_id = ?1 AND push_id = ?2",
+                params![device.id, push as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql())?
+            .unwrap_or(0);
+        let (state, reason, retry_at) = match outcome {
+            Outcome::Installed => ("installed", None, None),
+            Outcome::Rejected {
+                reason,
+                transient: true,
+            } if attempts + 1 < RETRY_ATTEMPTS => {
+                let delay = (RETRY_FIRST_S << attempts.min(20)).min(RETRY_MAX_S);
+                (
+                    "retrying",
+                    Some(format!("{reason} (offered again in {delay} s)")),
+                    Some(now + delay),
+                )
+            }
+            Outcome::Rejected {
+                reason,
+                transient: true,
+            } => (
+                "rejected",
+                Some(format!(
+                    "{reason} (gave up after {RETRY_ATTEMPTS} attempts)"
+                )),
+                None,
+            ),
+            Outcome::Rejected { reason, .. } => ("rejected", Some(reason.to_string()), None),
         };
+        let retried = i64::from(state == "retrying");
         self.conn
             .execute(
-                "UPDATE assignments SET state = ?1, reason = ?2, updated_unix_s = ?3
-                 WHERE device_id = ?4 AND push_id = ?5",
-                params![state, reason, now_unix_s(), device.id, push as i64],
+                "UPDATE assignments SET state = ?1, reason = ?2, updated_unix_s = ?3,
+                   attempts = attempts + ?4, retry_at_unix_s = ?5
+                 WHERE device_id = ?6 AND push_id = ?7",
+                params![
+                    state,
+                    reason,
+                    now,
+                    retried,
+                    retry_at,
+                    device.id,
+                    push as i64
+                ],
             )
             .map_err(self.sql())?;
         let what = self.push(push)?.map_or_else(
@@ -789,6 +1014,49 @@ impl Fleet {
             Some(r) => format!("{what}: {r}"),
         };
         self.record_event(Some(device), None, state, &detail)
+    }
+
+    /// Offers again the pushes whose retry time has come (assignments `retrying` become
+    /// `pending`, and the generation moves so sessions look). Returns how many.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn retry_due(&mut self, now_unix_s: i64) -> Result<usize, FleetError> {
+        // Asked four times a second: take the write lock only when something is due.
+        let due: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM assignments
+                   WHERE state = 'retrying' AND retry_at_unix_s <= ?1)",
+                [now_unix_s],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())?;
+        if !due {
+            return Ok(0);
+        }
+        let path = self.path.clone();
+        let sql = |error| FleetError::Sqlite {
+            path: path.clone(),
+            error,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        let n = tx
+            .execute(
+                "UPDATE assignments SET state = 'pending'
+                 WHERE state = 'retrying' AND retry_at_unix_s <= ?1",
+                [now_unix_s],
+            )
+            .map_err(sql)?;
+        if n > 0 {
+            tx.execute(
+                "UPDATE counters SET value = value + 1 WHERE name = 'generation'",
+                [],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        Ok(n)
     }
 
     /// Records that `device` went back from `from` to `to` by itself: its assignment (if it
@@ -913,13 +1181,72 @@ impl Fleet {
         Ok(rows)
     }
 
-    /// Stores reports in one transaction, and notes each sender as seen now; a `(device,
-    /// seq)` already stored is left as it is.
-    /// Returns how many were new.
+    /// The run number of `device`'s boot epoch `epoch`: its epochs numbered in the order
+    /// the host first saw them, from 0. A new epoch after others (a wiped or cloned state
+    /// directory) is recorded as an event.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn open_epoch(&mut self, device: &Device, epoch: u64) -> Result<u64, FleetError> {
+        let epoch = epoch as i64;
+        let known: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT run FROM epochs WHERE device_id = ?1 AND epoch = ?2",
+                params![device.id, epoch],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        if let Some(run) = known {
+            return Ok(run as u64);
+        }
+        let run: i64 = self
+            .conn
+            .query_row(
+                "INSERT INTO epochs (device_id, epoch, run, first_seen_unix_s)
+                 VALUES (?1, ?2, (SELECT COALESCE(MAX(run) + 1, 0) FROM epochs WHERE device_id = ?1), ?3)
+                 RETURNING run",
+                params![device.id, epoch, now_unix_s()],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())?;
+        if run > 0 {
+            self.record_event(
+                Some(device),
+                None,
+                "new-epoch",
+                &format!(
+                    "reports now come from state directory epoch {:016x} (run {run}): it was wiped, replaced, or another device uses this identity; its sequence numbers start again and are stored apart",
+                    epoch as u64
+                ),
+            )?;
+        }
+        Ok(run as u64)
+    }
+
+    /// Stores reports `(device, seq, report)` of each device's first run (see
+    /// [`Fleet::store_run_reports`]). Returns how many were new.
     ///
     /// # Errors
     /// Database failures (nothing of the batch is stored then).
     pub fn store_reports(&mut self, batch: &[(i64, u64, &Report)]) -> Result<usize, FleetError> {
+        let rows: Vec<(i64, u64, u64, &Report)> =
+            batch.iter().map(|&(d, seq, r)| (d, 0, seq, r)).collect();
+        self.store_run_reports(&rows)
+    }
+
+    /// Stores reports `(device, run, seq, report)` in one transaction, and notes each sender
+    /// as seen now. A `(device, run, seq)` already stored is left as it is; when the report
+    /// under that number differs, the conflict is recorded as an event. Returns how many
+    /// were new.
+    ///
+    /// # Errors
+    /// Database failures (nothing of the batch is stored then).
+    pub fn store_run_reports(
+        &mut self,
+        batch: &[(i64, u64, u64, &Report)],
+    ) -> Result<usize, FleetError> {
         let path = self.path.clone();
         let sql = |error| FleetError::Sqlite {
             path: path.clone(),
@@ -930,10 +1257,10 @@ impl Fleet {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO metrics (device_id, seq, received_unix_s, window_start_ms,
-                       window_ms, model, requests, errors, p50_us, p95_us, p99_us, feedback,
-                       feedback_correct, report)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    "INSERT OR IGNORE INTO metrics (device_id, run, seq, received_unix_s,
+                       window_start_ms, window_ms, model, requests, errors, p50_us, p95_us,
+                       p99_us, feedback, feedback_correct, report)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )
                 .map_err(sql)?;
             let mut samples = tx
@@ -943,7 +1270,7 @@ impl Fleet {
                 )
                 .map_err(sql)?;
             let now = now_unix_s();
-            for &(device, seq, r) in batch {
+            for &(device, run, seq, r) in batch {
                 // Labelled samples go to their own table; the stored report keeps the count.
                 let blob = if r.samples.is_empty() {
                     postcard::to_allocvec(r)
@@ -956,6 +1283,7 @@ impl Fleet {
                 let inserted = stmt
                     .execute(params![
                         device,
+                        run as i64,
                         seq as i64,
                         now,
                         r.window_start_ms as i64,
@@ -979,6 +1307,35 @@ impl Fleet {
                             .execute(params![device, model, now, input, f64::from(l.label)])
                             .map_err(sql)?;
                     }
+                } else {
+                    // Sent again after a lost Ack, or another report under a used number.
+                    let stored: Vec<u8> = tx
+                        .query_row(
+                            "SELECT report FROM metrics WHERE device_id = ?1 AND run = ?2 AND seq = ?3",
+                            params![device, run as i64, seq as i64],
+                            |row| row.get(0),
+                        )
+                        .map_err(sql)?;
+                    if stored != blob {
+                        let detail = format!(
+                            "report {seq} of run {run} arrived again with other content (window at {} ms, {} requests; stored: {}); the first is kept. Two devices with one identity and one state directory (a cloned image)?",
+                            r.window_start_ms,
+                            r.requests,
+                            decode_report(device, seq as i64, &stored).map_or_else(
+                                |e| e.to_string(),
+                                |s| format!(
+                                    "window at {} ms, {} requests",
+                                    s.window_start_ms, s.requests
+                                )
+                            ),
+                        );
+                        tx.execute(
+                            "INSERT INTO events (unix_s, device_id, device_name, kind, detail)
+                             VALUES (?1, ?2, (SELECT name FROM devices WHERE id = ?2), 'report-conflict', ?3)",
+                            params![now, device, detail],
+                        )
+                        .map_err(sql)?;
+                    }
                 }
                 new += inserted;
             }
@@ -989,7 +1346,7 @@ impl Fleet {
                      WHERE id = ?2 AND (last_seen_unix_s IS NULL OR last_seen_unix_s < ?1)",
                 )
                 .map_err(sql)?;
-            let mut devices: Vec<i64> = batch.iter().map(|&(d, _, _)| d).collect();
+            let mut devices: Vec<i64> = batch.iter().map(|&(d, _, _, _)| d).collect();
             devices.sort_unstable();
             devices.dedup();
             for d in devices {
@@ -998,6 +1355,72 @@ impl Fleet {
         }
         tx.commit().map_err(sql)?;
         Ok(new)
+    }
+
+    /// Deletes what `retention` no longer keeps: reports, labelled samples and events older
+    /// than their days, and the oldest samples and events beyond their counts. Works in
+    /// slices of 10,000 rows so it never holds the database long.
+    ///
+    /// # Errors
+    /// Database failures (what was deleted before stays deleted).
+    pub fn apply_retention(
+        &mut self,
+        retention: &Retention,
+        now_unix_s: i64,
+    ) -> Result<Pruned, FleetError> {
+        let day = 86_400i64;
+        let mut pruned = Pruned::default();
+        // Rows are appended in time order, so each table is cut at the first id young
+        // enough to keep (found by walking from the oldest, which is deleted anyway).
+        let cut = |table: &str, time: &str, days: u32| {
+            (
+                format!(
+                    "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}
+                       WHERE rowid < COALESCE((SELECT rowid FROM {table} WHERE {time} >= ?1
+                         ORDER BY rowid LIMIT 1), (SELECT MAX(rowid) + 1 FROM {table}))
+                       ORDER BY rowid LIMIT 10000)"
+                ),
+                now_unix_s - i64::from(days) * day,
+            )
+        };
+        let cap = |table: &str, max: u64| {
+            (
+                format!(
+                    "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}
+                       WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?1
+                       ORDER BY rowid LIMIT 10000)"
+                ),
+                i64::try_from(max).unwrap_or(i64::MAX),
+            )
+        };
+        let jobs = [
+            (cut("metrics", "received_unix_s", retention.metrics_days), 0),
+            (
+                cut(
+                    "feedback_samples",
+                    "received_unix_s",
+                    retention.samples_days,
+                ),
+                1,
+            ),
+            (cap("feedback_samples", retention.max_samples), 1),
+            (cut("events", "unix_s", retention.events_days), 2),
+            (cap("events", retention.max_events), 2),
+        ];
+        for ((statement, value), counter) in jobs {
+            loop {
+                let n = self.conn.execute(&statement, [value]).map_err(self.sql())? as u64;
+                match counter {
+                    0 => pruned.metrics += n,
+                    1 => pruned.samples += n,
+                    _ => pruned.events += n,
+                }
+                if n < 10_000 {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
     }
 
     /// Labelled feedback samples devices sent while running one of `models` (first 8 bytes
@@ -1076,7 +1499,8 @@ impl Fleet {
         Ok(n)
     }
 
-    /// A device's reports of windows that began at or after `since_ms`, by sequence number.
+    /// A device's reports of windows that began at or after `since_ms`, by run and sequence
+    /// number.
     ///
     /// # Errors
     /// Database failures, a report that no longer decodes.
@@ -1088,7 +1512,7 @@ impl Fleet {
         self.recent_reports(device, since_ms.checked_sub(1), usize::MAX)
     }
 
-    /// A device's stored reports, by sequence number.
+    /// A device's stored reports, by run and sequence number.
     ///
     /// # Errors
     /// Database failures, a report that no longer decodes.
@@ -1097,7 +1521,7 @@ impl Fleet {
     }
 
     /// The latest `limit` reports of a device whose window started after `after_ms`
-    /// (milliseconds since the Unix epoch; `None` for any), by sequence number.
+    /// (milliseconds since the Unix epoch; `None` for any), by run and sequence number.
     ///
     /// # Errors
     /// Database failures, a report that no longer decodes.
@@ -1110,9 +1534,9 @@ impl Fleet {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, received_unix_s, report FROM metrics
+                "SELECT run, seq, received_unix_s, report FROM metrics
                  WHERE device_id = ?1 AND (?2 IS NULL OR window_start_ms > ?2)
-                 ORDER BY seq DESC LIMIT ?3",
+                 ORDER BY run DESC, seq DESC LIMIT ?3",
             )
             .map_err(self.sql())?;
         let after = after_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
@@ -1122,7 +1546,8 @@ impl Fleet {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
                 ))
             })
             .map_err(self.sql())?
@@ -1130,9 +1555,10 @@ impl Fleet {
             .map_err(self.sql())?;
         rows.reverse();
         rows.into_iter()
-            .map(|(seq, received, blob)| {
+            .map(|(run, seq, received, blob)| {
                 let report = decode_report(device.id, seq, &blob)?;
                 Ok(StoredReport {
+                    run: run as u64,
                     seq: seq as u64,
                     received_unix_s: received,
                     report,
@@ -1150,5 +1576,210 @@ impl Fleet {
             .query_row("SELECT COUNT(*) FROM metrics", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(self.sql())
+    }
+}
+
+/// What a signed manifest states a model needs: the artifact's format version, and, from
+/// its requirements section (which the host writes into every artifact), its planned peak
+/// memory and the ops and kernel families it uses, so that a device can refuse an offer it
+/// cannot run before downloading it.
+fn stated_requirements(bytes: &[u8]) -> crate::artifact::manifest::Requirements {
+    let format_version = bytes
+        .get(8..10)
+        .map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
+    let section = crate::artifact::decode(bytes)
+        .ok()
+        .and_then(|a| a.model.metadata.requirements().ok().flatten());
+    match section {
+        Some(req) => crate::artifact::manifest::Requirements {
+            format_version,
+            peak_memory_bytes: Some(req.peak_memory_bytes),
+            needs: req.ops.into_iter().chain(req.kernels).collect(),
+        },
+        None => crate::artifact::manifest::Requirements {
+            format_version,
+            ..Default::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::server::Outcome;
+
+    fn fleet() -> (tempfile::TempDir, Fleet, Device) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fleet::open(dir.path().join("reg.db")).unwrap();
+        let d = f.add_device("pi-1", "lab").unwrap();
+        (dir, f, d)
+    }
+
+    fn state(f: &Fleet, push: u64) -> (String, Option<String>) {
+        let s = f.push_states(push).unwrap();
+        (s[0].1.clone(), s[0].2.clone())
+    }
+
+    #[test]
+    fn a_passing_refusal_is_offered_again_later_and_given_up_after_the_attempts() {
+        let (_dir, mut f, d) = fleet();
+        let p = f.create_push("m", "1", b"bytes", None).unwrap();
+        f.assign(p.id, std::slice::from_ref(&d)).unwrap();
+        let transient = Outcome::Rejected {
+            reason: "disk full",
+            transient: true,
+        };
+        let mut delays = Vec::new();
+        for attempt in 1..RETRY_ATTEMPTS {
+            f.record_install(&d, p.id, transient).unwrap();
+            let (s, reason) = state(&f, p.id);
+            assert_eq!(s, "retrying", "attempt {attempt}: {reason:?}");
+            assert!(
+                f.offers(d.id).unwrap().is_empty(),
+                "not offered while waiting"
+            );
+            let due: i64 = f
+                .conn
+                .query_row("SELECT retry_at_unix_s FROM assignments", [], |r| r.get(0))
+                .unwrap();
+            delays.push(due - now_unix_s());
+            assert_eq!(f.retry_due(due - 1).unwrap(), 0, "not yet");
+            let g = f.assignment_change().unwrap();
+            assert_eq!(f.retry_due(due).unwrap(), 1);
+            assert!(f.assignment_change().unwrap() > g, "sessions look again");
+            assert_eq!(state(&f, p.id).0, "pending");
+            assert_eq!(f.offers(d.id).unwrap().len(), 1);
+        }
+        assert!(delays[0] >= RETRY_FIRST_S - 1 && delays[0] <= RETRY_FIRST_S);
+        assert!(delays.windows(2).all(|w| w[1] >= w[0]), "{delays:?}");
+        assert!(*delays.last().unwrap() <= RETRY_MAX_S);
+        f.record_install(&d, p.id, transient).unwrap();
+        let (s, reason) = state(&f, p.id);
+        assert_eq!(s, "rejected");
+        assert!(reason.unwrap().contains("gave up after 8 attempts"));
+        // A permanent refusal is final at once; a new assignment starts the count again.
+        f.assign(p.id, std::slice::from_ref(&d)).unwrap();
+        f.record_install(&d, p.id, transient).unwrap();
+        assert_eq!(state(&f, p.id).0, "retrying");
+        f.record_install(
+            &d,
+            p.id,
+            Outcome::Rejected {
+                reason: "bad signature",
+                transient: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(state(&f, p.id).0, "rejected");
+    }
+
+    #[test]
+    fn releases_only_grow_and_manifests_describe_their_bytes() {
+        let (_dir, mut f, _) = fleet();
+        let a = f.next_release().unwrap();
+        let b = f.next_release().unwrap();
+        assert!(b > a && a >= now_unix_s() as u64, "{a} {b}");
+        let key = keys::load_or_create(f.path()).unwrap();
+        let p = f
+            .sign_push("m", "2", b"artifact", None, &key, true)
+            .unwrap();
+        let m = Manifest::verify(&p.manifest, &key.verifying_key()).unwrap();
+        assert_eq!((m.name.as_str(), m.version.as_str()), ("m", "2"));
+        assert!(m.rollback && m.release > b);
+        assert_eq!(m.size_bytes, 8);
+        assert_eq!(f.push(p.id).unwrap().unwrap().manifest, p.manifest);
+        // A manifest that does not describe the bytes is refused.
+        let mut other = m.clone();
+        other.sha256 = [0; 32];
+        let signed = other.sign(&key).unwrap();
+        assert!(matches!(
+            f.create_signed_push(&other, &signed, b"artifact", None),
+            Err(FleetError::NotPushable { .. })
+        ));
+    }
+
+    #[test]
+    fn a_manifest_states_what_the_artifact_needs() {
+        let (_dir, mut f, _) = fleet();
+        let key = keys::load_or_create(f.path()).unwrap();
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/digits-mlp-trained/model.perch"
+        ))
+        .unwrap();
+        let mut model = crate::artifact::decode(&bytes).unwrap().model;
+        let req = model.stamp_requirements().unwrap();
+        let bytes = crate::artifact::encode(&model).unwrap();
+        let p = f
+            .sign_push("digits", "1", &bytes, None, &key, false)
+            .unwrap();
+        let m = Manifest::verify(&p.manifest, &key.verifying_key()).unwrap();
+        assert_eq!(
+            m.requirements.peak_memory_bytes,
+            Some(req.peak_memory_bytes)
+        );
+        assert!(m.requirements.needs.iter().any(|n| n == "dense"));
+        assert!(m.requirements.needs.iter().any(|n| n == "f32"));
+        assert_eq!(
+            m.requirements.format_version,
+            crate::artifact::FORMAT_VERSION
+        );
+        // Bytes without the section state only their format version.
+        let p = f
+            .sign_push("m", "2", b"artifact", None, &key, false)
+            .unwrap();
+        let m = Manifest::verify(&p.manifest, &key.verifying_key()).unwrap();
+        assert_eq!(
+            (m.requirements.peak_memory_bytes, m.requirements.needs.len()),
+            (None, 0)
+        );
+    }
+
+    #[test]
+    fn retention_deletes_old_rows_and_the_oldest_beyond_the_caps() {
+        let (_dir, mut f, d) = fleet();
+        let r = Report::default();
+        let rows: Vec<(i64, u64, &Report)> = (1..=10).map(|s| (d.id, s, &r)).collect();
+        f.store_reports(&rows).unwrap();
+        for i in 0..3000 {
+            f.record_event(Some(&d), None, "test", &format!("event {i}"))
+                .unwrap();
+        }
+        let now = now_unix_s();
+        // Reports 1-4 and the first 100 events arrived 100 days ago.
+        f.conn
+            .execute(
+                "UPDATE metrics SET received_unix_s = ?1 WHERE seq <= 4",
+                [now - 100 * 86_400],
+            )
+            .unwrap();
+        f.conn
+            .execute(
+                "UPDATE events SET unix_s = ?1 WHERE id <= 100",
+                [now - 100 * 86_400],
+            )
+            .unwrap();
+        let keep = Retention {
+            max_events: 2000,
+            ..Retention::default()
+        };
+        let pruned = f.apply_retention(&keep, now).unwrap();
+        assert_eq!(pruned.metrics, 4);
+        assert_eq!(pruned.events, 1000);
+        let seqs: Vec<u64> = f.reports(&d).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (5..=10).collect::<Vec<_>>());
+        let events = f.events(None, 10_000).unwrap();
+        assert_eq!(events.len(), 2000);
+        assert_eq!(events[0].detail, "event 1000", "the oldest went first");
+        assert_eq!(f.apply_retention(&keep, now).unwrap(), Pruned::default());
+        assert!(Retention::default().check().is_ok());
+        assert!(
+            Retention {
+                metrics_days: 0,
+                ..Retention::default()
+            }
+            .check()
+            .is_err()
+        );
     }
 }

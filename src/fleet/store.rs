@@ -1,12 +1,14 @@
 //! The sync server's [`Store`] over the fleet database: one thread owns the SQLite
 //! connection and runs every request in turn; reports that arrive together from any number
 //! of sessions are written in one transaction, and each session is answered once it has
-//! committed (so an acknowledged report is on disk).
+//! committed (so an acknowledged report is on disk: the database syncs every commit). The
+//! same thread offers again the pushes refused for a passing cause once their time comes,
+//! and applies the [`Retention`] every hour.
 
-use super::{Device, Fleet, FleetError};
+use super::{Device, Fleet, FleetError, Retention};
 use crate::metrics::Report;
 use crate::sync::ModelRef;
-use crate::sync::server::{DeviceRecord, Offer, Store, StoreError};
+use crate::sync::server::{DeviceRecord, Offer, Outcome, Store, StoreError};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ type Task = Box<dyn FnOnce(&mut Fleet) + Send>;
 enum Job {
     Reports {
         device: i64,
+        run: u64,
         reports: Vec<(u64, Report)>,
         reply: SyncSender<Result<(), StoreError>>,
     },
@@ -32,6 +35,9 @@ const BATCH: usize = 4096;
 /// How often the database is asked whether assignments changed (by `perch-host push` in
 /// another process, or a rollout).
 const GENERATION_POLL: Duration = Duration::from_millis(250);
+
+/// How often old rows are deleted.
+const RETENTION_PERIOD: Duration = Duration::from_secs(3600);
 
 /// A [`Store`] backed by the fleet tables.
 pub struct FleetStore {
@@ -52,18 +58,28 @@ fn store_err(e: FleetError) -> StoreError {
 }
 
 impl FleetStore {
-    /// Opens the database at `path` and starts the thread that owns it.
+    /// Opens the database at `path` and starts the thread that owns it, with the default
+    /// [`Retention`].
     ///
     /// # Errors
     /// When the database cannot be opened or migrated.
     pub fn open(path: &Path) -> Result<FleetStore, FleetError> {
+        Self::open_with(path, Retention::default())
+    }
+
+    /// Opens the database at `path` and starts the thread that owns it, which deletes what
+    /// `retention` does not keep when it starts and every hour.
+    ///
+    /// # Errors
+    /// When the database cannot be opened or migrated.
+    pub fn open_with(path: &Path, retention: Retention) -> Result<FleetStore, FleetError> {
         let fleet = Fleet::open(path)?;
         let generation = Arc::new(AtomicU64::new(fleet.assignment_change()? as u64));
         let (tx, rx) = mpsc::channel();
         let g = generation.clone();
         let worker = std::thread::Builder::new()
             .name("fleet store".into())
-            .spawn(move || run(fleet, &rx, &g))
+            .spawn(move || run(fleet, &rx, &g, &retention))
             .map_err(|error| FleetError::Io {
                 path: path.to_path_buf(),
                 error,
@@ -115,20 +131,53 @@ impl Drop for FleetStore {
     }
 }
 
-fn run(mut fleet: Fleet, jobs: &Receiver<Job>, generation: &AtomicU64) {
+/// Between requests: what changed in the database, retries that came due, old rows.
+fn housekeeping(
+    fleet: &mut Fleet,
+    generation: &AtomicU64,
+    retention: &Retention,
+    next_retention: &mut std::time::Instant,
+) {
+    match fleet.retry_due(super::now_unix_s()) {
+        Ok(0) => {}
+        Ok(n) => log::info!("offering {n} push(es) again after a passing failure"),
+        Err(e) => log::error!("{e}"),
+    }
+    match fleet.assignment_change() {
+        Ok(g) => generation.store(g as u64, Ordering::SeqCst),
+        Err(e) => log::error!("{e}"),
+    }
+    if std::time::Instant::now() >= *next_retention {
+        *next_retention = std::time::Instant::now() + RETENTION_PERIOD;
+        match fleet.apply_retention(retention, super::now_unix_s()) {
+            Ok(p) if p != super::Pruned::default() => log::info!(
+                "retention: deleted {} reports, {} labelled samples, {} events",
+                p.metrics,
+                p.samples,
+                p.events
+            ),
+            Ok(_) => {}
+            Err(e) => log::error!("retention: {e}"),
+        }
+    }
+}
+
+fn run(mut fleet: Fleet, jobs: &Receiver<Job>, generation: &AtomicU64, retention: &Retention) {
     let mut held: Option<Job> = None;
+    let mut next_retention = std::time::Instant::now();
+    let mut last_housekeeping = std::time::Instant::now();
+    housekeeping(&mut fleet, generation, retention, &mut next_retention);
     loop {
+        // A store busy with reports still looks at the database now and then.
+        if last_housekeeping.elapsed() >= GENERATION_POLL {
+            last_housekeeping = std::time::Instant::now();
+            housekeeping(&mut fleet, generation, retention, &mut next_retention);
+        }
         let job = match held.take() {
             Some(j) => j,
             None => match jobs.recv_timeout(GENERATION_POLL) {
                 Ok(j) => j,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    match fleet.assignment_change() {
-                        Ok(g) => generation.store(g as u64, Ordering::SeqCst),
-                        Err(e) => log::error!("{e}"),
-                    }
-                    continue;
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             },
         };
@@ -136,20 +185,22 @@ fn run(mut fleet: Fleet, jobs: &Receiver<Job>, generation: &AtomicU64) {
             Job::Task(f) => f(&mut fleet),
             Job::Reports {
                 device,
+                run,
                 reports,
                 reply,
             } => {
-                let mut batch = vec![(device, reports, reply)];
-                let mut count = batch[0].1.len();
+                let mut batch = vec![(device, run, reports, reply)];
+                let mut count = batch[0].2.len();
                 while count < BATCH {
                     match jobs.try_recv() {
                         Ok(Job::Reports {
                             device,
+                            run,
                             reports,
                             reply,
                         }) => {
                             count += reports.len();
-                            batch.push((device, reports, reply));
+                            batch.push((device, run, reports, reply));
                         }
                         Ok(other) => {
                             held = Some(other);
@@ -158,15 +209,18 @@ fn run(mut fleet: Fleet, jobs: &Receiver<Job>, generation: &AtomicU64) {
                         Err(_) => break,
                     }
                 }
-                let rows: Vec<(i64, u64, &Report)> = batch
+                let rows: Vec<(i64, u64, u64, &Report)> = batch
                     .iter()
-                    .flat_map(|(d, rs, _)| rs.iter().map(move |(seq, r)| (*d, *seq, r)))
+                    .flat_map(|(d, run, rs, _)| rs.iter().map(move |(seq, r)| (*d, *run, *seq, r)))
                     .collect();
-                let result = fleet.store_reports(&rows).map(|_| ()).map_err(store_err);
+                let result = fleet
+                    .store_run_reports(&rows)
+                    .map(|_| ())
+                    .map_err(store_err);
                 if let Err(e) = &result {
                     log::error!("storing {} reports: {e}", rows.len());
                 }
-                for (_, _, reply) in batch {
+                for (_, _, _, reply) in batch {
                     let _ = reply.send(result.clone());
                 }
             }
@@ -200,9 +254,13 @@ impl Store for FleetStore {
         device: &DeviceRecord,
         peer: &str,
         agent: &str,
-    ) -> Result<(), StoreError> {
+        epoch: u64,
+    ) -> Result<u64, StoreError> {
         let (d, peer, agent) = (as_device(device), peer.to_string(), agent.to_string());
-        self.call(move |f| f.seen(&d, Some(&peer), Some(&agent), None))
+        self.call(move |f| {
+            f.seen(&d, Some(&peer), Some(&agent), None)?;
+            f.open_epoch(&d, epoch)
+        })
     }
 
     fn heartbeat(&self, device: &DeviceRecord, model: Option<&ModelRef>) -> Result<(), StoreError> {
@@ -213,11 +271,13 @@ impl Store for FleetStore {
     fn store_reports(
         &self,
         device: &DeviceRecord,
+        run: u64,
         reports: &[(u64, Report)],
     ) -> Result<(), StoreError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.send(Job::Reports {
             device: device.id,
+            run,
             reports: reports.to_vec(),
             reply,
         })?;
@@ -239,6 +299,7 @@ impl Store for FleetStore {
                     model: p.model,
                     size: p.size,
                     role,
+                    manifest: p.manifest,
                 }
             })
             .collect())
@@ -272,16 +333,22 @@ impl Store for FleetStore {
         &self,
         device: &DeviceRecord,
         push: u64,
-        outcome: Result<(), &str>,
+        outcome: Outcome<'_>,
     ) -> Result<(), StoreError> {
         let d = as_device(device);
-        let outcome = outcome.map_err(str::to_string);
+        let owned = match outcome {
+            Outcome::Installed => None,
+            Outcome::Rejected { reason, transient } => Some((reason.to_string(), transient)),
+        };
         self.call(move |f| {
-            f.record_install(
-                &d,
-                push,
-                outcome.as_ref().map(|_| ()).map_err(String::as_str),
-            )
+            let outcome = match &owned {
+                None => Outcome::Installed,
+                Some((reason, transient)) => Outcome::Rejected {
+                    reason,
+                    transient: *transient,
+                },
+            };
+            f.record_install(&d, push, outcome)
         })
     }
 

@@ -113,6 +113,17 @@ pub enum BudgetError {
         /// Scratch.
         scratch: u64,
     },
+    /// The planned peak memory a manifest states is over the budget.
+    #[error(
+        "the model states it needs {needed} bytes ({}) for one sample; the limit is {limit} bytes ({})",
+        mib(u128::from(*needed)), mib(u128::from(*limit))
+    )]
+    StatedMemory {
+        /// Planned peak the manifest states.
+        needed: u64,
+        /// The budget.
+        limit: u64,
+    },
     /// The model needs something this build does not have.
     #[error("the model needs {what} {name:?}, which this perch does not have (upgrade perch)")]
     Unsupported {
@@ -339,6 +350,43 @@ impl Requirements {
     }
 }
 
+/// Checks what a signed manifest states a model needs ([`crate::artifact::manifest::Requirements`]:
+/// format version, planned peak memory for one sample, op and kernel names) against this
+/// build and `max_memory_bytes`, before the artifact is downloaded.
+///
+/// # Errors
+/// The first thing missing or over the budget.
+pub fn check_stated(
+    stated: &crate::artifact::manifest::Requirements,
+    max_memory_bytes: u64,
+) -> Result<(), BudgetError> {
+    if stated.format_version > crate::artifact::FORMAT_VERSION {
+        return Err(BudgetError::Unsupported {
+            what: "format version",
+            name: stated.format_version.to_string(),
+        });
+    }
+    if let Some(need) = stated
+        .needs
+        .iter()
+        .find(|n| !SUPPORTED_OPS.contains(&n.as_str()) && !SUPPORTED_KERNELS.contains(&n.as_str()))
+    {
+        return Err(BudgetError::Unsupported {
+            what: "op or kernel",
+            name: need.clone(),
+        });
+    }
+    if let Some(peak) = stated.peak_memory_bytes
+        && peak > max_memory_bytes
+    {
+        return Err(BudgetError::StatedMemory {
+            needed: peak,
+            limit: max_memory_bytes,
+        });
+    }
+    Ok(())
+}
+
 impl Metadata {
     /// The [`Requirements`] section, if the artifact has one.
     ///
@@ -447,6 +495,31 @@ mod tests {
         let mut newer = req;
         newer.format_version = 2;
         assert!(newer.check(1 << 20).is_err());
+    }
+
+    #[test]
+    fn what_a_manifest_states_is_checked_before_download() {
+        use crate::artifact::manifest::Requirements as Stated;
+        let stated = |peak, needs: &[&str]| Stated {
+            format_version: crate::artifact::FORMAT_VERSION,
+            peak_memory_bytes: peak,
+            needs: needs.iter().map(|n| n.to_string()).collect(),
+        };
+        assert!(check_stated(&stated(Some(1000), &["dense", "f32"]), 1000).is_ok());
+        assert!(check_stated(&stated(None, &[]), 0).is_ok());
+        let e = check_stated(&stated(Some(1001), &["dense"]), 1000).unwrap_err();
+        assert_eq!(
+            e,
+            BudgetError::StatedMemory {
+                needed: 1001,
+                limit: 1000
+            }
+        );
+        let e = check_stated(&stated(Some(10), &["dense", "attention"]), 1000).unwrap_err();
+        assert!(e.to_string().contains("\"attention\""), "{e}");
+        let mut newer = stated(None, &[]);
+        newer.format_version = crate::artifact::FORMAT_VERSION + 1;
+        assert!(check_stated(&newer, 1000).is_err());
     }
 
     #[test]

@@ -263,16 +263,18 @@ fn complete_sections(model: &mut crate::graph::Model, version: &Version) -> Resu
 }
 
 /// Signs version `r` with the host key and assigns it to the devices named in `to` and/or
-/// every device of `group`; the server offers it on their next contact.
+/// every device of `group`; the server offers it on their next contact. A version older
+/// than one a device runs is pushed only with `rollback` (a deliberate step back).
 ///
 /// # Errors
-/// An unknown version or device, an ONNX version (devices install native artifacts), key
-/// or database failures.
+/// An unknown version or device, an ONNX version (devices install native artifacts), an
+/// older version without `rollback`, key or database failures.
 pub fn push(
     registry: &Registry,
     r: &ModelRef,
     to: &[String],
     group: Option<&str>,
+    rollback: bool,
 ) -> Result<Value> {
     if to.is_empty() && group.is_none() {
         return Err(crate::cli::UsageError(
@@ -281,10 +283,10 @@ pub fn push(
         .into());
     }
     let devices = open_fleet(registry.path())?.select(to, group)?;
-    push_to(registry, r, &devices, Role::Active)
+    push_with(registry, r, &devices, Role::Active, rollback)
 }
 
-/// Signs version `r` and assigns it to `devices` in `role`.
+/// Signs version `r` and assigns it to `devices` in `role` (not older than what they run).
 ///
 /// # Errors
 /// As [`push`].
@@ -293,6 +295,49 @@ pub fn push_to(
     r: &ModelRef,
     devices: &[fleet::Device],
     role: Role,
+) -> Result<Value> {
+    push_with(registry, r, devices, role, false)
+}
+
+/// Signs version `r` as a deliberate step back and assigns it to `devices` as their active
+/// model (the rollout gates restoring a group's previous version).
+///
+/// # Errors
+/// As [`push`].
+pub fn push_back_to(registry: &Registry, r: &ModelRef, devices: &[fleet::Device]) -> Result<Value> {
+    push_with(registry, r, devices, Role::Active, true)
+}
+
+/// Devices that run a newer version of `name` than `number`, with that version.
+fn running_newer(
+    f: &Fleet,
+    devices: &[fleet::Device],
+    name: &str,
+    number: u32,
+) -> Result<Vec<String>> {
+    let status = f.devices()?;
+    Ok(devices
+        .iter()
+        .filter_map(|d| {
+            let s = status.iter().find(|s| s.name == d.name)?;
+            let running: u32 = s.version.as_deref()?.parse().ok()?;
+            (s.model.as_deref() == Some(name) && running > number)
+                .then(|| format!("{} runs {name}@{running}", d.name))
+        })
+        .collect())
+}
+
+/// Signs version `r` and assigns it to `devices` in `role`; `rollback` marks (and allows)
+/// a version older than a device runs.
+///
+/// # Errors
+/// As [`push`].
+pub fn push_with(
+    registry: &Registry,
+    r: &ModelRef,
+    devices: &[fleet::Device],
+    role: Role,
+    rollback: bool,
 ) -> Result<Value> {
     let db = registry.path().to_path_buf();
     let version = registry.resolve(r)?;
@@ -305,6 +350,20 @@ pub fn push_to(
         .into());
     }
     let mut f = open_fleet(&db)?;
+    if role == Role::Active && !rollback {
+        let newer = running_newer(&f, devices, &version.name, version.number)?;
+        if !newer.is_empty() {
+            bail!(
+                "{shown} is older than what {} ({}): add --rollback to go back to it on purpose",
+                if newer.len() == 1 {
+                    "a device runs"
+                } else {
+                    "devices run"
+                },
+                newer.join(", ")
+            );
+        }
+    }
     let bytes = registry.artifact_bytes(&version)?;
     let mut model = artifact::decode(&bytes)
         .with_context(|| format!("reading the artifact of {shown}"))?
@@ -315,12 +374,21 @@ pub fn push_to(
     model.stamp_requirements()?;
     let key = fleet::keys::load_or_create(&db)?;
     let signed = artifact::sign(&artifact::encode(&model)?, &key)?;
-    let p = f.create_push(&version.name, &version.number.to_string(), &signed, None)?;
+    let p = f.sign_push(
+        &version.name,
+        &version.number.to_string(),
+        &signed,
+        None,
+        &key,
+        rollback,
+    )?;
     f.assign_role(p.id, devices, role)?;
     Ok(json!({
         "push": p.id,
         "model": shown,
         "role": fleet::role_name(role),
+        "release": p.release,
+        "rollback": rollback,
         "size_bytes": p.size,
         "sha256": artifact::hex(&p.model.sha256),
         "devices": devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
@@ -328,7 +396,8 @@ pub fn push_to(
     }))
 }
 
-/// Waits until every device of push `push` installed or refused it, or `timeout` passes.
+/// Waits until every device of push `push` installed or refused it for good, or `timeout`
+/// passes.
 /// Returns the assignments' states.
 ///
 /// # Errors
@@ -338,7 +407,10 @@ pub fn wait_for_push(db: &Path, push: u64, timeout: Duration) -> Result<Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let states = f.push_states(push)?;
-        if states.iter().all(|(_, s, _)| s != "pending") || Instant::now() >= deadline {
+        let settled = states
+            .iter()
+            .all(|(_, s, _)| s != "pending" && s != "retrying");
+        if settled || Instant::now() >= deadline {
             return Ok(json!(
                 states
                     .into_iter()
@@ -585,7 +657,7 @@ pub fn serve(
     shutdown: Shutdown,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
-    let store = Arc::new(FleetStore::open(db)?);
+    let store = Arc::new(FleetStore::open_with(db, config.rules.retention)?);
     fleet::keys::load_or_create(db)?;
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let monitor = match config.automation {

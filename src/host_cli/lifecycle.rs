@@ -300,7 +300,7 @@ fn step_promoted(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Opti
             .previous
             .clone()
             .ok_or_else(|| anyhow!("rollout {} has no previous version to restore", r.id))?;
-        let back = push_to(registry, &previous.parse()?, &group, Role::Active)?;
+        let back = super::fleet::push_back_to(registry, &previous.parse()?, &group)?;
         results["rollback_push"] = back["push"].clone();
         let why = format!("{reason}; group {} back on {previous}", r.group);
         f.update_rollout(r.id, "rolled-back", Some(&why), &results, None)?;

@@ -6,9 +6,15 @@
 //!
 //! ```text
 //! {seq:020}.report   magic "PRQR" | seq u64 | postcard(Report) | CRC-32 of all before
-//! state              magic "PRQS" | next_seq u64 | carried_dropped u32 | CRC-32 of all before
+//! state              magic "PRQE" | next_seq u64 | carried_dropped u32 | epoch u64
+//!                    | CRC-32 of all before
 //! *.tmp              a write in progress (removed on open)
 //! ```
+//!
+//! The epoch is a random number made with the state file: a queue that starts over (a wiped
+//! or new directory, numbers from 1 again) has another one, so the host tells its reports
+//! from the old ones with the same numbers. A state file of the first layout (magic
+//! "PRQS", without the epoch) is read as epoch 0.
 //!
 //! Every write goes to a `.tmp` file, is fsynced, renamed over its name, and the directory is
 //! fsynced, so after a power cut or `kill -9` each file holds either its old or its new
@@ -28,9 +34,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 const REPORT_MAGIC: &[u8; 4] = b"PRQR";
-const STATE_MAGIC: &[u8; 4] = b"PRQS";
+const STATE_MAGIC: &[u8; 4] = b"PRQE";
+const STATE_MAGIC_V1: &[u8; 4] = b"PRQS";
 const STATE_FILE: &str = "state";
-const STATE_LEN: usize = 4 + 8 + 4 + 4;
+const STATE_LEN: usize = 4 + 8 + 4 + 8 + 4;
+const STATE_LEN_V1: usize = 4 + 8 + 4 + 4;
 const REPORT_SUFFIX: &str = ".report";
 
 /// Largest report file read back (a report of the largest model is a few KiB).
@@ -49,6 +57,20 @@ pub struct ReportQueue {
     next_seq: u64,
     carried_dropped: u32,
     skipped: u64,
+    epoch: u64,
+}
+
+/// A random epoch other than 0 (which stands for queues older than epochs); a clock-based
+/// one if the OS has no randomness.
+fn new_epoch() -> u64 {
+    let mut b = [0u8; 8];
+    let random = getrandom::fill(&mut b).map(|()| u64::from_le_bytes(b));
+    let e = random.unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    e.max(1)
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> MetricsError {
@@ -171,8 +193,10 @@ impl ReportQueue {
             next_seq: 1,
             carried_dropped: 0,
             skipped: 0,
+            epoch: 0,
         };
-        let (next, carried) = queue.read_state();
+        let (next, carried, epoch) = queue.read_state();
+        queue.epoch = epoch.unwrap_or_else(new_epoch);
         let mut seqs = Vec::new();
         let listing = fs::read_dir(&queue.dir).map_err(io_err("listing", &queue.dir))?;
         for entry in listing {
@@ -223,34 +247,36 @@ impl ReportQueue {
         self.skipped += 1;
     }
 
-    /// `(next_seq, carried_dropped)` from the state file; `None` for the counter when it is
-    /// missing or damaged.
-    fn read_state(&self) -> (Option<u64>, u32) {
+    /// `(next_seq, carried_dropped, epoch)` from the state file; `None` for the counter and
+    /// the epoch when it is missing or damaged.
+    fn read_state(&self) -> (Option<u64>, u32, Option<u64>) {
         let path = self.dir.join(STATE_FILE);
         let bytes = match read_limited(&path) {
             Ok(b) => b,
-            Err(_) if !path.exists() => return (None, 0),
+            Err(_) if !path.exists() => return (None, 0, None),
             Err(e) => {
                 eprintln!("perch: report queue: {}: {e}", path.display());
-                return (None, 0);
+                return (None, 0, None);
             }
         };
         let parsed = check_crc(&bytes).and_then(|body| {
-            if body.len() != STATE_LEN - 4 || &body[..4] != STATE_MAGIC {
-                return Err("not a queue state file".into());
-            }
+            let epoch = match (body.len() + 4, body.get(..4)) {
+                (STATE_LEN, Some(m)) if m == STATE_MAGIC => u64_at(body, 16).ok_or("short")?,
+                (STATE_LEN_V1, Some(m)) if m == STATE_MAGIC_V1 => 0,
+                _ => return Err("not a queue state file".into()),
+            };
             let next = u64_at(body, 4).ok_or("short")?;
             let carried = u32::from_le_bytes(body[12..16].try_into().map_err(|_| "short")?);
-            Ok((next, carried))
+            Ok((next, carried, epoch))
         });
         match parsed {
-            Ok((next, carried)) => (Some(next), carried),
+            Ok((next, carried, epoch)) => (Some(next), carried, Some(epoch)),
             Err(e) => {
                 eprintln!(
-                    "perch: report queue: {}: {e}; continuing after the highest queued sequence number",
+                    "perch: report queue: {}: {e}; continuing after the highest queued sequence number, in a new epoch",
                     path.display()
                 );
-                (None, 0)
+                (None, 0, None)
             }
         }
     }
@@ -260,6 +286,7 @@ impl ReportQueue {
         bytes.extend_from_slice(STATE_MAGIC);
         bytes.extend_from_slice(&self.next_seq.to_le_bytes());
         bytes.extend_from_slice(&self.carried_dropped.to_le_bytes());
+        bytes.extend_from_slice(&self.epoch.to_le_bytes());
         write_atomic(&self.dir, STATE_FILE, &with_crc(bytes))
     }
 
@@ -324,6 +351,12 @@ impl ReportQueue {
     /// The sequence number the next push will use.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The queue's epoch: random, made with its state file (0 for a queue older than
+    /// epochs). Sequence numbers are unique within an epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Damaged files skipped (and removed) since the queue was opened.
@@ -481,6 +514,29 @@ mod tests {
         fs::write(dir.path().join(STATE_FILE), b"\x00garbage").unwrap();
         let mut q = ReportQueue::open(dir.path(), 8).unwrap();
         assert_eq!(q.push(report(4)).unwrap(), 4);
+    }
+
+    #[test]
+    fn the_epoch_survives_restarts_and_a_wiped_queue_gets_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = ReportQueue::open(dir.path(), 8).unwrap();
+        let epoch = q.epoch();
+        assert_ne!(epoch, 0);
+        drop(q);
+        assert_eq!(ReportQueue::open(dir.path(), 8).unwrap().epoch(), epoch);
+        // A state file of the first layout is epoch 0, and keeps its counter.
+        let mut v1 = STATE_MAGIC_V1.to_vec();
+        v1.extend_from_slice(&5u64.to_le_bytes());
+        v1.extend_from_slice(&0u32.to_le_bytes());
+        fs::write(dir.path().join(STATE_FILE), with_crc(v1)).unwrap();
+        let mut q = ReportQueue::open(dir.path(), 8).unwrap();
+        assert_eq!((q.epoch(), q.push(report(1)).unwrap()), (0, 5));
+        drop(q);
+        assert_eq!(ReportQueue::open(dir.path(), 8).unwrap().epoch(), 0);
+        let wiped = tempfile::tempdir().unwrap();
+        let q = ReportQueue::open(wiped.path(), 8).unwrap();
+        assert_ne!(q.epoch(), epoch);
+        assert_eq!(q.next_seq(), 1);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub const DEFAULT_FILE: &str = "perch-registry.db";
 pub const ENV_VAR: &str = "PERCH_REGISTRY";
 
 /// Version of the database layout this build reads and writes (SQLite `user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -427,7 +427,8 @@ CREATE TABLE aliases (
 );
 ";
 
-/// The fleet's tables (layout 3), read and written by `crate::fleet`.
+/// The fleet's tables (as layout 3 made them; [`LAYOUT_4`] changes them), read and written
+/// by `crate::fleet`.
 const FLEET_SCHEMA: &str = "
 CREATE TABLE devices (
     id INTEGER PRIMARY KEY,
@@ -543,6 +544,81 @@ CREATE TABLE feedback_samples (
 CREATE INDEX feedback_by_model ON feedback_samples(model, id);
 ";
 
+/// Layout 4: pushes carry the host's signed manifest and its release; an assignment refused
+/// for a passing cause is offered again (`attempts`, `retry_at_unix_s`); reports are kept
+/// per boot epoch of the device's state directory (`epochs` numbers them per device as
+/// runs; `(device, run, seq)` is unique). Reports stored before epochs are run 0, which a
+/// device still on its old queue (epoch 0) continues. Pending pushes without a manifest
+/// cannot be offered any more.
+const LAYOUT_4: &str = "
+ALTER TABLE pushes ADD COLUMN manifest BLOB;
+ALTER TABLE pushes ADD COLUMN release INTEGER;
+ALTER TABLE assignments ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE assignments ADD COLUMN retry_at_unix_s INTEGER;
+ALTER TABLE metrics ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
+DROP INDEX metrics_by_device_seq;
+CREATE UNIQUE INDEX metrics_by_device_run_seq ON metrics(device_id, run, seq);
+CREATE TABLE epochs (
+    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    run INTEGER NOT NULL,
+    first_seen_unix_s INTEGER NOT NULL,
+    PRIMARY KEY (device_id, epoch)
+) WITHOUT ROWID;
+INSERT INTO epochs (device_id, epoch, run, first_seen_unix_s)
+    SELECT DISTINCT device_id, 0, 0, CAST(strftime('%s', 'now') AS INTEGER) FROM metrics;
+INSERT INTO counters VALUES ('release', 0);
+UPDATE assignments SET state = 'rejected',
+    reason = 'pushed by an older perch-host, without a signed manifest: push it again'
+    WHERE state = 'pending' AND push_id IN (SELECT id FROM pushes WHERE manifest IS NULL);
+";
+
+/// Makes the database file readable by its owner only (it holds the devices' keys): a new
+/// one is created so, an existing one (and its WAL and shared-memory files, which SQLite
+/// creates with the database's mode) is changed when others could read it (with a warning,
+/// also when it cannot be changed).
+#[cfg(unix)]
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            // Someone else's database is still readable to us: say so, do not refuse it.
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => log::warn!(
+                    "{}: made readable by its owner only (it holds device keys)",
+                    file.display()
+                ),
+                Err(e) => log::warn!(
+                    "{}: others can read it, and it holds device keys; make it mode 0600 ({e})",
+                    file.display()
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 fn now_unix_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -570,6 +646,10 @@ impl Registry {
             path: path.clone(),
             error,
         };
+        make_private(&path).map_err(|error| RegistryError::Io {
+            path: path.clone(),
+            error,
+        })?;
         let mut conn = Connection::open(&path).map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(sql)?;
@@ -598,6 +678,9 @@ impl Registry {
             // Layout 3 adds the fleet: devices, pushes, metrics, events (`crate::fleet`).
             if found < 3 {
                 tx.execute_batch(FLEET_SCHEMA).map_err(sql)?;
+            }
+            if found < 4 {
+                tx.execute_batch(LAYOUT_4).map_err(sql)?;
             }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(sql)?;
@@ -1009,8 +1092,45 @@ fn store_file(
         return Ok(());
     }
     let tmp = dir.join(format!(".{sha}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &target).map_err(io(&target))
+    write_durably(&tmp, &target, bytes).map_err(io(&target))
+}
+
+/// Writes `bytes` to `tmp`, flushes them to disk, renames `tmp` to `target` and flushes the
+/// directory: after a power cut `target` is either absent or whole.
+///
+/// # Errors
+/// Any step failing (`tmp` is removed then).
+pub(crate) fn write_durably(tmp: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let written = (|| {
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(tmp, target)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    sync_parent(target)
+}
+
+/// Flushes the entries of `path`'s directory (a rename or a new file in it) to disk.
+///
+/// # Errors
+/// The directory cannot be opened or synced.
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Resolution errors carry no path; SQLite ones get the database path here.
@@ -1309,6 +1429,27 @@ mod tests {
         assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn the_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mut reg = Registry::open(&db).unwrap();
+        reg.register("iris", model(0.5), info(0.9)).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        drop(reg);
+        // A database made before (0644, as SQLite leaves it under a usual umask) is fixed.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let wal = dir.path().join("r.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Registry::open(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        assert_eq!(mode(&wal), 0o600);
+    }
+
     #[test]
     fn damaged_artifact_and_newer_schema_are_reported() {
         let dir = tempfile::tempdir().unwrap();
@@ -1340,7 +1481,7 @@ mod tests {
         reg.conn
             .execute_batch(
                 "ALTER TABLE versions DROP COLUMN data_files; DROP TABLE feedback_samples; DROP TABLE rollouts; DROP TABLE alerts; DROP TABLE events; DROP TABLE metrics;
-                 DROP TABLE assignments; DROP TABLE counters; DROP TABLE push_targets; DROP TABLE pushes; DROP TABLE devices;
+                 DROP TABLE epochs; DROP TABLE assignments; DROP TABLE counters; DROP TABLE push_targets; DROP TABLE pushes; DROP TABLE devices;
                  PRAGMA user_version = 1;",
             )
             .unwrap();

@@ -1,9 +1,11 @@
-//! The device's side of the handshake: connect, `Hello`, answer the `Challenge`, wait for
-//! `Welcome`. What follows is the agent's business (`crate::agent`).
+//! The device's side of the handshake: connect, `Hello`, check the host's proof in the
+//! `Challenge` (saying nothing more to a host that cannot prove it holds this device's key),
+//! answer with `Auth`, and wait for the sealed `Welcome`. What follows is the agent's
+//! business (`crate::agent`).
 
-use super::auth;
+use super::auth::{self, AuthError, DeviceHandshake, Ephemeral};
 use super::connection::{ConnectionError, FrameReader, FrameWriter, Received};
-use super::{MIN_PROTOCOL_VERSION, Message, NONCE_LEN, PROTOCOL_VERSION};
+use super::{HANDSHAKE_MAX_PAYLOAD, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, frame};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,15 @@ pub enum ClientError {
     /// The host refused the session and said why.
     #[error("host refused the session: {0}")]
     Refused(String),
+    /// The peer failed the host's half of the handshake; the device closed the connection
+    /// without saying more.
+    #[error("{addr}: {source}; closed the connection")]
+    NotTheHost {
+        /// Host address as configured.
+        addr: String,
+        /// What failed.
+        source: AuthError,
+    },
     /// The host broke the handshake.
     #[error("handshake: {0}")]
     Protocol(String),
@@ -30,7 +41,20 @@ pub enum ClientError {
     Connection(#[from] ConnectionError),
 }
 
-/// An open, authenticated session.
+/// Who a device is, for the handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// Device id, as registered on the host.
+    pub device: &'a str,
+    /// The device's key.
+    pub key: &'a [u8; auth::KEY_LEN],
+    /// The agent's version string (`perch 0.1.0`).
+    pub agent: &'a str,
+    /// The state directory's boot epoch (the report queue's).
+    pub epoch: u64,
+}
+
+/// An open, authenticated session: every frame either way is sealed.
 #[derive(Debug)]
 pub struct Link {
     /// Frames from the host.
@@ -43,17 +67,16 @@ pub struct Link {
     pub heartbeat_s: u32,
 }
 
-/// Connects to `addr` and authenticates as `device` with `key`. The stream keeps a read
-/// timeout of `poll` afterwards, so the caller's loop wakes regularly.
+/// Connects to `addr` and authenticates both ways as `who`. The whole handshake must finish
+/// within `timeout`; the stream keeps a read timeout of `poll` afterwards, so the caller's
+/// loop wakes regularly.
 ///
 /// # Errors
-/// [`ClientError`]: unreachable host, refusal (unknown device, wrong key…), a broken
-/// handshake, or no answer within `timeout`.
+/// [`ClientError`]: unreachable host, refusal (unknown device…), a peer that cannot prove
+/// it holds the device's key, a broken handshake, or no answer within `timeout`.
 pub fn connect(
     addr: &str,
-    device: &str,
-    key: &[u8; auth::KEY_LEN],
-    agent: &str,
+    who: &Credentials<'_>,
     timeout: Duration,
     poll: Duration,
 ) -> Result<Link, ClientError> {
@@ -61,6 +84,7 @@ pub fn connect(
         addr: addr.to_string(),
         source,
     };
+    let deadline = Instant::now() + timeout;
     let mut last_err = None;
     let mut stream = None;
     for sa in addr.to_socket_addrs().map_err(connect_err)? {
@@ -85,20 +109,26 @@ pub fn connect(
         .set_write_timeout(Some(Duration::from_secs(30)))
         .map_err(io)?;
     let mut writer = FrameWriter::new(stream.try_clone().map_err(io)?);
-    let mut reader = FrameReader::new(stream);
-    let deadline = Instant::now() + timeout;
-    let nonce: [u8; NONCE_LEN] =
-        auth::random().map_err(|e| ClientError::Protocol(format!("no randomness: {e}")))?;
-    writer.send(&Message::Hello {
-        min_protocol: MIN_PROTOCOL_VERSION,
-        max_protocol: PROTOCOL_VERSION,
-        device: device.to_string(),
-        agent: agent.to_string(),
-        nonce,
-    })?;
-    let (protocol, host_nonce) = match read_until(&mut reader, deadline)? {
-        Message::Challenge { protocol, nonce } => (protocol, nonce),
-        Message::Refused { reason } => return Err(ClientError::Refused(reason)),
+    let mut reader = FrameReader::with_max_payload(stream, HANDSHAKE_MAX_PAYLOAD);
+    let ephemeral = Ephemeral::generate().map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let handshake = DeviceHandshake::new(
+        (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+        who.device,
+        who.agent,
+        who.epoch,
+        who.key,
+        ephemeral,
+    );
+    writer.send(handshake.hello())?;
+    let (protocol, host_ephemeral, proof) = match read_until(&mut reader, deadline)? {
+        Message::Challenge {
+            protocol,
+            ephemeral,
+            proof,
+        } => (protocol, ephemeral, proof),
+        Message::Refused { reason } => {
+            return Err(ClientError::Refused(super::printable(&reason, 256)));
+        }
         other => {
             return Err(ClientError::Protocol(format!(
                 "expected Challenge, got {}",
@@ -111,9 +141,19 @@ pub fn connect(
             "host chose protocol {protocol}, this agent speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
         )));
     }
-    writer.send(&Message::Auth {
-        mac: auth::sign(key, device, &nonce, &host_nonce),
-    })?;
+    let (auth, keys) = handshake
+        .answer(protocol, &host_ephemeral, &proof)
+        .map_err(|source| {
+            let _ = reader.get_ref().shutdown(std::net::Shutdown::Both);
+            ClientError::NotTheHost {
+                addr: addr.to_string(),
+                source,
+            }
+        })?;
+    writer.send(&auth)?;
+    writer.protect(keys.send);
+    reader.protect(keys.receive);
+    reader.set_max_payload(frame::DEFAULT_MAX_PAYLOAD);
     match read_until(&mut reader, deadline)? {
         Message::Welcome { heartbeat_s } => Ok(Link {
             reader,
@@ -121,7 +161,7 @@ pub fn connect(
             protocol,
             heartbeat_s,
         }),
-        Message::Refused { reason } => Err(ClientError::Refused(reason)),
+        Message::Refused { reason } => Err(ClientError::Refused(super::printable(&reason, 256))),
         other => Err(ClientError::Protocol(format!(
             "expected Welcome, got {}",
             other.name()
@@ -138,7 +178,7 @@ fn read_until(
             Ok(Received::Message(m)) => return Ok(m),
             Ok(Received::Idle) if Instant::now() >= deadline => {
                 return Err(ClientError::Protocol(
-                    "the host did not answer in time".into(),
+                    "the host did not finish the handshake in time".into(),
                 ));
             }
             Ok(Received::Idle) => {}

@@ -3,6 +3,7 @@
 
 use super::Message;
 use super::frame::{self, FrameError};
+use super::seal::FrameKey;
 use std::io::{ErrorKind, Read, Write};
 
 /// Why a connection stopped working.
@@ -34,8 +35,18 @@ pub enum ConnectionError {
 pub enum Received {
     /// A whole message.
     Message(Message),
-    /// The read timed out before a whole frame arrived (partial bytes are kept).
+    /// No whole frame yet: the read timed out, or the bytes that came do not finish a
+    /// frame (partial bytes are kept).
     Idle,
+}
+
+/// One read of the stream.
+// As `Received`: moved once per frame, never stored.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Message(Message),
+    Partial,
+    TimedOut,
 }
 
 /// Reads frames from a byte stream, keeping partial frames across read timeouts.
@@ -47,6 +58,8 @@ pub struct FrameReader<R> {
     max_payload: usize,
     /// What each `read` call fills (kept, so it is not zeroed per call).
     scratch: Box<[u8]>,
+    /// Set once the handshake is done: every later frame is sealed.
+    key: Option<FrameKey>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -63,6 +76,7 @@ impl<R: Read> FrameReader<R> {
             start: 0,
             max_payload,
             scratch: vec![0u8; 16 * 1024].into_boxed_slice(),
+            key: None,
         }
     }
 
@@ -71,41 +85,57 @@ impl<R: Read> FrameReader<R> {
         &self.inner
     }
 
-    /// Reads until a whole message arrives, the stream's read timeout passes
-    /// ([`Received::Idle`]), or the stream ends.
+    /// Changes the largest payload accepted from the next frame on (the handshake's frames
+    /// are held to a small maximum, the session's are not).
+    pub fn set_max_payload(&mut self, max_payload: usize) {
+        self.max_payload = max_payload;
+    }
+
+    /// From the next frame on, every frame must be sealed with `key` (the handshake is done).
+    pub fn protect(&mut self, key: FrameKey) {
+        self.key = Some(key);
+    }
+
+    /// Reads the stream once (waiting at most its read timeout) and returns a message if one
+    /// is complete, else [`Received::Idle`]. Each call returns, so a caller that keeps
+    /// calling can hold a peer to a deadline however slowly it sends.
     ///
     /// # Errors
     /// [`ConnectionError::Closed`] at a clean end, [`ConnectionError::Truncated`] inside a
-    /// frame, frame errors (oversized length, CRC, not a message), socket errors.
+    /// frame, frame errors (oversized length, CRC, a sealed frame that does not open, not a
+    /// message), socket errors.
     pub fn read(&mut self) -> Result<Received, ConnectionError> {
-        loop {
-            if let Some((message, used)) = frame::decode(&self.buf[self.start..], self.max_payload)?
-            {
-                self.start += used;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
-                    self.start = 0;
-                }
-                return Ok(Received::Message(message));
+        Ok(match self.step()? {
+            Step::Message(m) => Received::Message(m),
+            Step::Partial | Step::TimedOut => Received::Idle,
+        })
+    }
+
+    fn step(&mut self) -> Result<Step, ConnectionError> {
+        if let Some(m) = self.buffered()? {
+            return Ok(Step::Message(m));
+        }
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        match self.inner.read(&mut self.scratch) {
+            Ok(0) if self.buf.is_empty() => Err(ConnectionError::Closed),
+            Ok(0) => Err(ConnectionError::Truncated {
+                buffered: self.buf.len(),
+            }),
+            Ok(n) => {
+                self.buf.extend_from_slice(&self.scratch[..n]);
+                Ok(match self.buffered()? {
+                    Some(m) => Step::Message(m),
+                    None => Step::Partial,
+                })
             }
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Ok(Step::TimedOut)
             }
-            match self.inner.read(&mut self.scratch) {
-                Ok(0) if self.buf.is_empty() => return Err(ConnectionError::Closed),
-                Ok(0) => {
-                    return Err(ConnectionError::Truncated {
-                        buffered: self.buf.len(),
-                    });
-                }
-                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Ok(Received::Idle);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(Step::Partial),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -115,7 +145,12 @@ impl<R: Read> FrameReader<R> {
     /// # Errors
     /// Frame errors, as [`FrameReader::read`].
     pub fn buffered(&mut self) -> Result<Option<Message>, ConnectionError> {
-        match frame::decode(&self.buf[self.start..], self.max_payload)? {
+        let rest = &mut self.buf[self.start..];
+        let decoded = match &mut self.key {
+            Some(key) => frame::decode_sealed(rest, self.max_payload, key)?,
+            None => frame::decode(rest, self.max_payload)?,
+        };
+        match decoded {
             Some((message, used)) => {
                 self.start += used;
                 if self.start == self.buf.len() {
@@ -128,17 +163,23 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
-    /// Reads until a whole message arrives; a timeout is an error here.
+    /// Reads until a whole message arrives; a read timeout with nothing received is an
+    /// error here.
     ///
     /// # Errors
     /// As [`FrameReader::read`], and `TimedOut` when the read timeout passes first.
     pub fn read_message(&mut self) -> Result<Message, ConnectionError> {
-        match self.read()? {
-            Received::Message(m) => Ok(m),
-            Received::Idle => Err(ConnectionError::Io(std::io::Error::new(
-                ErrorKind::TimedOut,
-                "timed out waiting for a message",
-            ))),
+        loop {
+            match self.step()? {
+                Step::Message(m) => return Ok(m),
+                Step::Partial => {}
+                Step::TimedOut => {
+                    return Err(ConnectionError::Io(std::io::Error::new(
+                        ErrorKind::TimedOut,
+                        "timed out waiting for a message",
+                    )));
+                }
+            }
         }
     }
 }
@@ -150,6 +191,8 @@ pub struct FrameWriter<W> {
     buf: Vec<u8>,
     max_payload: usize,
     bytes_sent: u64,
+    /// Set once the handshake is done: every later frame is sealed.
+    key: Option<FrameKey>,
 }
 
 impl<W: Write> FrameWriter<W> {
@@ -160,6 +203,24 @@ impl<W: Write> FrameWriter<W> {
             buf: Vec::with_capacity(1024),
             max_payload: frame::DEFAULT_MAX_PAYLOAD,
             bytes_sent: 0,
+            key: None,
+        }
+    }
+
+    /// From the next frame on, seals every frame with `key` (the handshake is done).
+    pub fn protect(&mut self, key: FrameKey) {
+        self.key = Some(key);
+    }
+
+    /// Whether frames are sealed.
+    pub fn is_protected(&self) -> bool {
+        self.key.is_some()
+    }
+
+    fn encode(&mut self, message: &Message) -> Result<(), FrameError> {
+        match &mut self.key {
+            Some(key) => frame::encode_sealed(message, &mut self.buf, self.max_payload, key),
+            None => frame::encode(message, &mut self.buf, self.max_payload),
         }
     }
 
@@ -169,7 +230,7 @@ impl<W: Write> FrameWriter<W> {
     /// Encoding failures and socket errors.
     pub fn send(&mut self, message: &Message) -> Result<(), ConnectionError> {
         self.buf.clear();
-        frame::encode(message, &mut self.buf, self.max_payload)?;
+        self.encode(message)?;
         self.inner.write_all(&self.buf)?;
         self.inner.flush()?;
         self.bytes_sent += self.buf.len() as u64;
@@ -183,7 +244,7 @@ impl<W: Write> FrameWriter<W> {
     pub fn send_all(&mut self, messages: &[Message]) -> Result<(), ConnectionError> {
         self.buf.clear();
         for m in messages {
-            frame::encode(m, &mut self.buf, self.max_payload)?;
+            self.encode(m)?;
         }
         self.inner.write_all(&self.buf)?;
         self.inner.flush()?;

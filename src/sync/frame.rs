@@ -10,8 +10,20 @@
 //!
 //! The CRC covers the length too, so a corrupted length is caught when the frame ends rather
 //! than silently shifting every later frame.
+//!
+//! After the handshake every frame is sealed instead ([`encode_sealed`]): the length, then
+//! the message encrypted with ChaCha20-Poly1305 and its 16-byte tag, the length bytes
+//! authenticated with it (`super::seal`).
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     L = message length + 16 (little-endian), at most the reader's maximum + 16
+//! 4       L-16  postcard-encoded Message, encrypted
+//! L-12    16    Poly1305 tag over the length bytes and the ciphertext
+//! ```
 
 use super::Message;
+use super::seal::{FrameKey, SealError, TAG_LEN};
 
 /// Bytes a frame adds around its payload.
 pub const OVERHEAD: usize = 8;
@@ -46,6 +58,9 @@ pub enum FrameError {
     /// A message could not be encoded (it would exceed the maximum, or postcard failed).
     #[error("cannot encode message: {0}")]
     Encode(String),
+    /// A sealed frame did not open (altered, replayed, reordered, not from the peer).
+    #[error(transparent)]
+    Seal(#[from] SealError),
 }
 
 /// Appends `message` as one frame to `out`.
@@ -100,6 +115,87 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Message, usize)>
     }
     let message: Message =
         postcard::from_bytes(&body[4..]).map_err(|e| FrameError::Payload(e.to_string()))?;
+    Ok(Some((message, total)))
+}
+
+/// Bytes a sealed frame adds around its message.
+pub const SEALED_OVERHEAD: usize = 4 + TAG_LEN;
+
+/// Appends `message` as one sealed frame to `out`, with the next number of `key`.
+///
+/// # Errors
+/// [`FrameError::Encode`] when postcard fails or the message exceeds `max_payload`; an
+/// exhausted counter.
+pub fn encode_sealed(
+    message: &Message,
+    out: &mut Vec<u8>,
+    max_payload: usize,
+    key: &mut FrameKey,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let encoded = postcard::to_extend(message, std::mem::take(out));
+    *out = encoded.map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = out.len() - start - 4;
+    if len > max_payload {
+        out.truncate(start);
+        return Err(FrameError::Encode(format!(
+            "payload of {len} bytes exceeds the maximum of {max_payload}"
+        )));
+    }
+    let sealed =
+        u32::try_from(len + TAG_LEN).map_err(|_| FrameError::Encode("payload too long".into()))?;
+    let (head, body) = out[start..].split_at_mut(4);
+    head.copy_from_slice(&sealed.to_le_bytes());
+    match key.seal(head, body) {
+        Ok(tag) => {
+            out.extend_from_slice(&tag);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e.into())
+        }
+    }
+}
+
+/// Tries to take one sealed frame from the front of `buf`, opening it in place with `key`:
+/// `Ok(None)` when more bytes are needed, otherwise the message and the bytes it used.
+///
+/// # Errors
+/// An oversized length (as soon as it arrives), a frame that does not open (the session
+/// must end: the counter no longer matches the peer's), a message that does not decode.
+pub fn decode_sealed(
+    buf: &mut [u8],
+    max_payload: usize,
+    key: &mut FrameKey,
+) -> Result<Option<(Message, usize)>, FrameError> {
+    let Some(head) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let head = [head[0], head[1], head[2], head[3]];
+    let len = u32::from_le_bytes(head) as usize;
+    if len > max_payload + TAG_LEN {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_payload + TAG_LEN,
+        });
+    }
+    if len < TAG_LEN {
+        return Err(FrameError::Payload(format!(
+            "sealed frame of {len} bytes is shorter than its {TAG_LEN}-byte tag"
+        )));
+    }
+    let total = 4 + len;
+    let Some(frame) = buf.get_mut(..total) else {
+        return Ok(None);
+    };
+    let (body, tag) = frame[4..].split_at_mut(len - TAG_LEN);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(tag);
+    key.open(&head, body, &t)?;
+    let message: Message =
+        postcard::from_bytes(body).map_err(|e| FrameError::Payload(e.to_string()))?;
     Ok(Some((message, total)))
 }
 

@@ -1,10 +1,9 @@
-//! The protocol's messages. Postcard encodes them; `frame` wraps each in a length and CRC.
+//! The protocol's messages. Postcard encodes them; `frame` wraps each in a length and a CRC
+//! during the handshake, and seals each after it.
 
+use super::auth::{EPHEMERAL_LEN, PROOF_LEN};
 use crate::metrics::Report;
 use serde::{Deserialize, Serialize};
-
-/// Nonce length for the challenge-response handshake.
-pub const NONCE_LEN: usize = 16;
 
 /// A model as the device and host name it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -41,22 +40,28 @@ pub enum Message {
         device: String,
         /// `perch` version string of the agent.
         agent: String,
-        /// The device's nonce for the handshake.
-        nonce: [u8; NONCE_LEN],
+        /// Random number of the device's state directory, made with its report queue: a
+        /// wiped directory (sequence numbers from 1 again) is a new epoch.
+        epoch: u64,
+        /// The device's ephemeral X25519 public key (its nonce for the handshake).
+        ephemeral: [u8; EPHEMERAL_LEN],
     },
-    /// Host → device: the protocol version chosen and the host's nonce.
+    /// Host → device: the protocol version chosen, the host's ephemeral key, and its proof
+    /// that it holds the device's key.
     Challenge {
         /// Protocol version both speak from here on.
         protocol: u16,
-        /// The host's nonce.
-        nonce: [u8; NONCE_LEN],
+        /// The host's ephemeral X25519 public key.
+        ephemeral: [u8; EPHEMERAL_LEN],
+        /// The host's proof (`auth`).
+        proof: [u8; PROOF_LEN],
     },
-    /// Device → host: HMAC-SHA256 over both nonces with the device's key.
+    /// Device → host: the device's proof that it holds its key.
     Auth {
-        /// The MAC.
-        mac: [u8; 32],
+        /// The device's proof (`auth`).
+        proof: [u8; PROOF_LEN],
     },
-    /// Host → device: authenticated; the session is open.
+    /// Host → device, the first sealed frame: authenticated; the session is open.
     Welcome {
         /// Seconds between heartbeats the host expects.
         heartbeat_s: u32,
@@ -88,6 +93,9 @@ pub enum Message {
         size: u64,
         /// Active, or in shadow beside the active model.
         role: Role,
+        /// The host's signed manifest of this model (`crate::artifact::manifest`): what the
+        /// offer says must be what the host signed.
+        manifest: Vec<u8>,
     },
     /// Device → host: send push `push`'s bytes from `offset` on.
     Fetch {
@@ -124,6 +132,9 @@ pub enum Message {
         push: u64,
         /// Why.
         reason: String,
+        /// Whether the cause may pass (a full disk, a failing write): the host offers it
+        /// again later. Otherwise (a bad signature, a failed canary) it does not.
+        transient: bool,
     },
     /// Device → host: the device went back to its previous model by itself.
     RolledBack {

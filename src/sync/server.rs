@@ -1,21 +1,31 @@
-//! The host's side of the protocol: an accept loop with a connection limit, and one session
+//! The host's side of the protocol: an accept loop with connection limits, and one session
 //! per device connection (a thread each). What sessions read and write on the host —
 //! devices, reports, pushes — goes through a [`Store`], so this file knows nothing of the
 //! database behind it.
 //!
-//! A session: `Hello` → `Challenge` → `Auth` → `Welcome`; then the device sends `Metrics`
-//! (each answered by `Ack` once the store has it durably), `Heartbeat`s, and answers the
-//! host's `ModelOffer` with `Fetch { offset }`, after which the host streams `Chunk`s from
-//! that offset to the end. Any protocol violation closes the connection with a logged
-//! reason, recorded by the store as an event; other sessions are not affected.
+//! A session: `Hello` → `Challenge` (the host's proof) → `Auth` (the device's) → sealed
+//! `Welcome`; then the device sends `Metrics` (each answered by `Ack` once the store has it
+//! durably), `Heartbeat`s, and answers the host's `ModelOffer` with `Fetch { offset }`, after
+//! which the host streams `Chunk`s from that offset to the end. Any protocol violation
+//! closes the connection with a logged reason, recorded by the store as an event; other
+//! sessions are not affected.
+//!
+//! Before a peer has proven it holds a device's key it gets little: a frame of at most
+//! [`super::HANDSHAKE_MAX_PAYLOAD`] bytes, an absolute deadline for the whole handshake, one
+//! of [`ServerConfig::max_handshakes`] slots and at most
+//! [`ServerConfig::max_handshakes_per_address`] of them per IP address, and a bounded number
+//! of events in the host's log. A device holds one live session: a second one authenticated
+//! as the same device replaces the first (with an event).
 
-use super::auth;
+use super::auth::{Ephemeral, HostHandshake};
 use super::connection::{ConnectionError, FrameReader, FrameWriter, Received};
-use super::{Message, ModelRef, NONCE_LEN, Role};
+use super::frame::FrameError;
+use super::{HANDSHAKE_MAX_PAYLOAD, Message, ModelRef, Role, auth, frame, printable};
 use crate::metrics::Report;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A failure of the host's store (database, files), as text for the log and the device.
@@ -45,18 +55,37 @@ pub struct Offer {
     pub size: u64,
     /// Active model or shadow.
     pub role: Role,
+    /// The host's signed manifest of the push (`crate::artifact::manifest`).
+    pub manifest: Vec<u8>,
+}
+
+/// How a device answered an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Installed (or already running).
+    Installed,
+    /// Refused, with the device's reason; `transient` when the cause may pass (the host
+    /// offers it again later).
+    Rejected {
+        /// The device's reason.
+        reason: &'a str,
+        /// Whether to offer it again later.
+        transient: bool,
+    },
 }
 
 /// What sessions need from the host's storage. Implementations are shared by every session
 /// thread. A method that returns `Ok` has done its work durably (a report acknowledged to a
 /// device is never lost).
 pub trait Store: Send + Sync {
-    /// The registered device called `name`.
+    /// The registered device called `name` (a name [`super::valid_name`] accepts).
     ///
     /// # Errors
     /// Storage failures (not "unknown": that is `Ok(None)`).
     fn device(&self, name: &str) -> Result<Option<DeviceRecord>, StoreError>;
-    /// A device authenticated from `peer` running agent version `agent`.
+    /// A device authenticated from `peer` running agent version `agent`, its state
+    /// directory in boot epoch `epoch`. Returns the store's number for that epoch of the
+    /// device (its run), which [`Store::store_reports`] gets back.
     ///
     /// # Errors
     /// Storage failures.
@@ -65,19 +94,22 @@ pub trait Store: Send + Sync {
         device: &DeviceRecord,
         peer: &str,
         agent: &str,
-    ) -> Result<(), StoreError>;
+        epoch: u64,
+    ) -> Result<u64, StoreError>;
     /// The device is alive and runs `model`.
     ///
     /// # Errors
     /// Storage failures.
     fn heartbeat(&self, device: &DeviceRecord, model: Option<&ModelRef>) -> Result<(), StoreError>;
-    /// Stores reports; a `(device, seq)` stored before is kept as it was.
+    /// Stores reports of the device's run `run`; a `(device, run, seq)` stored before is
+    /// kept as it was (a different content under the same number is recorded as an event).
     ///
     /// # Errors
     /// Storage failures (nothing is acknowledged then).
     fn store_reports(
         &self,
         device: &DeviceRecord,
+        run: u64,
         reports: &[(u64, Report)],
     ) -> Result<(), StoreError>;
     /// What the device should run now: at most one active push not yet installed, and at
@@ -97,7 +129,7 @@ pub trait Store: Send + Sync {
         max: usize,
         buf: &mut Vec<u8>,
     ) -> Result<(), StoreError>;
-    /// The device installed push `push` (`Ok`) or refused it (`Err(reason)`).
+    /// The device's answer to push `push`.
     ///
     /// # Errors
     /// Storage failures.
@@ -105,7 +137,7 @@ pub trait Store: Send + Sync {
         &self,
         device: &DeviceRecord,
         push: u64,
-        outcome: Result<(), &str>,
+        outcome: Outcome<'_>,
     ) -> Result<(), StoreError>;
     /// The device went back from `from` to `to` by itself.
     ///
@@ -119,7 +151,7 @@ pub trait Store: Send + Sync {
         reason: &str,
     ) -> Result<(), StoreError>;
     /// Records something that happened (a refused connection, a protocol error), for the
-    /// operator. `device` is the name the peer gave, when it gave one.
+    /// operator. `device` is the name the peer gave, when it gave a valid one.
     fn event(&self, device: Option<&str>, kind: &str, detail: &str);
     /// A number that changes whenever offers may have changed (a new push, a rollout step);
     /// sessions look for a new offer when it moves.
@@ -129,9 +161,15 @@ pub trait Store: Send + Sync {
 /// Tunables of the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Sessions at once; a connection beyond it is refused with a reason.
+    /// Connections at once (sessions and handshakes); one beyond it is refused with a
+    /// reason.
     pub max_connections: usize,
-    /// Time a peer has for the whole handshake.
+    /// Connections not yet authenticated at once: the rest of `max_connections` is kept for
+    /// devices that have proven who they are.
+    pub max_handshakes: usize,
+    /// Connections not yet authenticated from one IP address at once.
+    pub max_handshakes_per_address: usize,
+    /// Time a peer has for the whole handshake, however slowly it sends.
     pub handshake_timeout: Duration,
     /// Heartbeat period asked of devices (`Welcome`).
     pub heartbeat_s: u32,
@@ -147,6 +185,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_connections: 4096,
+            max_handshakes: 256,
+            max_handshakes_per_address: 32,
             handshake_timeout: Duration::from_secs(10),
             heartbeat_s: 15,
             idle_timeout: Duration::from_secs(60),
@@ -177,8 +217,205 @@ impl Shutdown {
     }
 }
 
+/// Connections counted against the limits.
+#[derive(Debug, Default)]
+struct Counts {
+    connections: usize,
+    handshakes: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// The limits on connections, shared by the accept loop and the sessions.
+#[derive(Debug)]
+struct Admission {
+    counts: Mutex<Counts>,
+    max_connections: usize,
+    max_handshakes: usize,
+    per_address: usize,
+}
+
+/// A connection's place under the limits; given back when dropped.
+struct Slot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+    handshaking: bool,
+}
+
+impl Admission {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, String> {
+        let mut c = crate::lock(&self.counts);
+        if c.connections >= self.max_connections {
+            return Err(format!(
+                "host busy: {} connections open, try again later",
+                self.max_connections
+            ));
+        }
+        if c.handshakes >= self.max_handshakes {
+            return Err(format!(
+                "host busy: {} handshakes in progress, try again later",
+                self.max_handshakes
+            ));
+        }
+        let from_here = c.by_address.get(&ip).copied().unwrap_or(0);
+        if from_here >= self.per_address {
+            return Err(format!(
+                "host busy: {from_here} handshakes in progress from {ip}, try again later"
+            ));
+        }
+        c.connections += 1;
+        c.handshakes += 1;
+        c.by_address.insert(ip, from_here + 1);
+        Ok(Slot {
+            admission: self.clone(),
+            ip,
+            handshaking: true,
+        })
+    }
+
+    fn end_handshake(c: &mut Counts, ip: IpAddr) {
+        c.handshakes = c.handshakes.saturating_sub(1);
+        if let Some(n) = c.by_address.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.by_address.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// The peer authenticated: it no longer counts as a handshake.
+    fn authenticated(&mut self) {
+        if std::mem::take(&mut self.handshaking) {
+            Admission::end_handshake(&mut crate::lock(&self.admission.counts), self.ip);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = crate::lock(&self.admission.counts);
+        c.connections = c.connections.saturating_sub(1);
+        if self.handshaking {
+            Admission::end_handshake(&mut c, self.ip);
+        }
+    }
+}
+
+/// Events from peers not (yet) authenticated, at most [`EVENTS_PER_MINUTE`] per address a
+/// minute; the rest are counted and summed up in one event.
+const EVENTS_PER_MINUTE: u32 = 20;
+
+/// Addresses remembered by the event budget before old ones are forgotten.
+const BUDGET_ADDRESSES: usize = 4096;
+
+#[derive(Debug, Default)]
+struct EventBudget {
+    windows: Mutex<HashMap<IpAddr, (Instant, u32, u64)>>,
+}
+
+impl EventBudget {
+    /// Whether an event from `ip` may be stored now; when a window with suppressed events
+    /// ends, the count to report.
+    fn take(&self, ip: IpAddr) -> (bool, Option<u64>) {
+        let mut w = crate::lock(&self.windows);
+        let now = Instant::now();
+        if w.len() >= BUDGET_ADDRESSES && !w.contains_key(&ip) {
+            w.retain(|_, (start, _, _)| now.duration_since(*start) < Duration::from_secs(60));
+            if w.len() >= BUDGET_ADDRESSES {
+                return (false, None);
+            }
+        }
+        let entry = w.entry(ip).or_insert((now, 0, 0));
+        let mut summary = None;
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            if entry.2 > 0 {
+                summary = Some(entry.2);
+            }
+            *entry = (now, 0, 0);
+        }
+        if entry.1 < EVENTS_PER_MINUTE {
+            entry.1 += 1;
+            (true, summary)
+        } else {
+            entry.2 += 1;
+            (false, summary)
+        }
+    }
+}
+
+/// Records an event a peer not (yet) authenticated caused, within its address's budget.
+fn peer_event(
+    store: &dyn Store,
+    budget: &EventBudget,
+    peer: SocketAddr,
+    device: Option<&str>,
+    kind: &str,
+    detail: &str,
+) {
+    let (allowed, suppressed) = budget.take(peer.ip());
+    if let Some(n) = suppressed {
+        store.event(
+            None,
+            "suppressed",
+            &format!(
+                "{n} more events from {} in a minute were not recorded",
+                peer.ip()
+            ),
+        );
+    }
+    if allowed {
+        store.event(device, kind, detail);
+    }
+}
+
+/// A device's live session: its number, its peer, and the flag that tells it to end.
+type LiveSession = (u64, SocketAddr, Arc<AtomicBool>);
+
+/// The live session of each device.
+#[derive(Debug, Default)]
+struct Live {
+    sessions: Mutex<HashMap<i64, LiveSession>>,
+    next: AtomicU64,
+}
+
+impl Live {
+    /// Makes this session the device's live one; the one it replaces (if any) is told to
+    /// end, and its address returned.
+    fn open(
+        &self,
+        device: i64,
+        peer: SocketAddr,
+        replaced: Arc<AtomicBool>,
+    ) -> (u64, Option<SocketAddr>) {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let old = crate::lock(&self.sessions).insert(device, (id, peer, replaced));
+        let old = old.map(|(_, addr, flag)| {
+            flag.store(true, Ordering::SeqCst);
+            addr
+        });
+        (id, old)
+    }
+
+    fn close(&self, device: i64, id: u64) {
+        let mut s = crate::lock(&self.sessions);
+        if s.get(&device).is_some_and(|(i, _, _)| *i == id) {
+            s.remove(&device);
+        }
+    }
+}
+
+/// What every session shares.
+struct Shared {
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    shutdown: Shutdown,
+    budget: EventBudget,
+    live: Live,
+}
+
 /// Accepts device connections on `listener` until `shutdown` is triggered, one thread per
-/// session, at most `config.max_connections` at once. Returns after every session ended.
+/// session, within the limits of `config`. Returns after every session ended.
 ///
 /// # Errors
 /// Only when the listener itself fails.
@@ -189,37 +426,39 @@ pub fn serve(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let active = Arc::new(AtomicUsize::new(0));
-    let config = Arc::new(config);
+    let admission = Arc::new(Admission {
+        counts: Mutex::new(Counts::default()),
+        max_connections: config.max_connections.max(1),
+        max_handshakes: config.max_handshakes.max(1),
+        per_address: config.max_handshakes_per_address.max(1),
+    });
+    let shared = Arc::new(Shared {
+        store,
+        config,
+        shutdown: shutdown.clone(),
+        budget: EventBudget::default(),
+        live: Live::default(),
+    });
     let mut sessions: Vec<std::thread::JoinHandle<()>> = Vec::new();
     while !shutdown.is_triggered() {
         match listener.accept() {
             Ok((stream, peer)) => {
                 sessions.retain(|h| !h.is_finished());
-                if active.load(Ordering::SeqCst) >= config.max_connections {
-                    refuse_busy(stream, peer, &*store, config.max_connections);
-                    continue;
-                }
-                active.fetch_add(1, Ordering::SeqCst);
-                let (store, config, shutdown, counter) = (
-                    store.clone(),
-                    config.clone(),
-                    shutdown.clone(),
-                    active.clone(),
-                );
+                let slot = match admission.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        refuse_busy(stream, peer, &shared, &reason);
+                        continue;
+                    }
+                };
+                let shared = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("sync {peer}"))
                     .stack_size(256 * 1024)
-                    .spawn(move || {
-                        run_session(stream, peer, &*store, &config, &shutdown);
-                        counter.fetch_sub(1, Ordering::SeqCst);
-                    });
+                    .spawn(move || run_session(stream, peer, &shared, slot));
                 match spawned {
                     Ok(h) => sessions.push(h),
-                    Err(e) => {
-                        log::error!("cannot start a session thread for {peer}: {e}");
-                        active.fetch_sub(1, Ordering::SeqCst);
-                    }
+                    Err(e) => log::error!("cannot start a session thread for {peer}: {e}"),
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -248,22 +487,47 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
     ) || e.raw_os_error().is_some_and(|c| c == 24 || c == 23) // EMFILE, ENFILE
 }
 
-fn refuse_busy(stream: TcpStream, peer: SocketAddr, store: &dyn Store, max: usize) {
-    let reason = format!("host busy: {max} devices connected, try again later");
-    log::warn!("refusing {peer}: {reason}");
-    store.event(None, "refused", &format!("{peer}: {reason}"));
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = FrameWriter::new(stream).send(&Message::Refused { reason });
+/// Tells a connection over the limits why, without waiting on it: the accept loop writes
+/// one small frame to a fresh socket's empty buffer and moves on.
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: &Shared, reason: &str) {
+    log::debug!("refusing {peer}: {reason}");
+    peer_event(
+        &*shared.store,
+        &shared.budget,
+        peer,
+        None,
+        "refused",
+        &format!("{peer}: {reason}"),
+    );
+    let mut frame = Vec::new();
+    if frame::encode(
+        &Message::Refused {
+            reason: reason.to_string(),
+        },
+        &mut frame,
+        HANDSHAKE_MAX_PAYLOAD,
+    )
+    .is_ok()
+    {
+        use std::io::Write;
+        let _ = stream.set_nonblocking(true);
+        let _ = (&stream).write(&frame);
+    }
 }
 
 /// Why a session ended.
 #[derive(Debug)]
 enum End {
-    /// The device closed the link, or the host is shutting down.
-    Normal(&'static str),
-    /// Refused at the handshake: (event kind, reason sent to the peer and logged).
-    Refused(&'static str, String),
+    /// The device closed the link, the host is shutting down, or a newer session of the
+    /// same device took over.
+    Normal(String),
+    /// Refused at the handshake: the event kind, the reason (logged, stored), and whether
+    /// to send it to the peer.
+    Refused {
+        kind: &'static str,
+        reason: String,
+        tell: bool,
+    },
     /// The peer broke the protocol or the link failed.
     Failed(String),
 }
@@ -271,7 +535,7 @@ enum End {
 impl From<ConnectionError> for End {
     fn from(e: ConnectionError) -> Self {
         match e {
-            ConnectionError::Closed => End::Normal("closed by the device"),
+            ConnectionError::Closed => End::Normal("closed by the device".into()),
             other => End::Failed(other.to_string()),
         }
     }
@@ -287,65 +551,70 @@ struct Session<'a> {
     reader: FrameReader<TcpStream>,
     writer: FrameWriter<TcpStream>,
     peer: SocketAddr,
-    store: &'a dyn Store,
-    config: &'a ServerConfig,
-    shutdown: &'a Shutdown,
+    shared: &'a Shared,
+    slot: Slot,
+    /// The name the peer gave, once it passed [`super::valid_name`].
     device_name: Option<String>,
+    /// Whether the peer proved it holds the device's key.
+    authenticated: bool,
+    /// Set when a newer session of the same device replaces this one.
+    replaced: Arc<AtomicBool>,
 }
 
-fn run_session(
-    stream: TcpStream,
-    peer: SocketAddr,
-    store: &dyn Store,
-    config: &ServerConfig,
-    shutdown: &Shutdown,
-) {
-    let setup = || -> std::io::Result<Session<'_>> {
+fn run_session(stream: TcpStream, peer: SocketAddr, shared: &Shared, slot: Slot) {
+    let config = &shared.config;
+    let setup = || -> std::io::Result<(FrameReader<TcpStream>, FrameWriter<TcpStream>)> {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(config.poll))?;
         stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-        let write_half = stream.try_clone()?;
-        Ok(Session {
-            reader: FrameReader::new(stream.try_clone()?),
-            writer: FrameWriter::new(write_half),
-            peer,
-            store,
-            config,
-            shutdown,
-            device_name: None,
-        })
+        Ok((
+            FrameReader::with_max_payload(stream.try_clone()?, HANDSHAKE_MAX_PAYLOAD),
+            FrameWriter::new(stream.try_clone()?),
+        ))
     };
-    let mut session = match setup() {
-        Ok(s) => s,
+    let (reader, writer) = match setup() {
+        Ok(halves) => halves,
         Err(e) => {
             log::warn!("{peer}: cannot set up the connection: {e}");
             return;
         }
+    };
+    let mut session = Session {
+        reader,
+        writer,
+        peer,
+        shared,
+        slot,
+        device_name: None,
+        authenticated: false,
+        replaced: Arc::new(AtomicBool::new(false)),
     };
     let end = session.run();
     let who = match &session.device_name {
         Some(n) => format!("{n} ({peer})"),
         None => peer.to_string(),
     };
+    let event = |kind: &str, detail: &str| {
+        let name = session.device_name.as_deref();
+        if session.authenticated {
+            shared.store.event(name, kind, detail);
+        } else {
+            peer_event(&*shared.store, &shared.budget, peer, name, kind, detail);
+        }
+    };
     match end {
         End::Normal(why) => log::info!("{who}: session ended: {why}"),
-        End::Refused(kind, reason) => {
+        End::Refused { kind, reason, tell } => {
             log::warn!("{who}: refused: {reason}");
-            store.event(
-                session.device_name.as_deref(),
-                kind,
-                &format!("{peer}: {reason}"),
-            );
-            let _ = session.writer.send(&Message::Refused { reason });
+            event(kind, &format!("{peer}: {reason}"));
+            if tell {
+                let _ = session.writer.send(&Message::Refused { reason });
+            }
         }
         End::Failed(reason) => {
             log::warn!("{who}: connection closed: {reason}");
-            store.event(
-                session.device_name.as_deref(),
-                "protocol-error",
-                &format!("{peer}: {reason}"),
-            );
+            event("protocol-error", &format!("{peer}: {reason}"));
         }
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -353,104 +622,197 @@ fn run_session(
 
 impl Session<'_> {
     fn run(&mut self) -> End {
-        let device = match self.handshake() {
+        let (device, epoch, agent) = match self.handshake() {
             Ok(d) => d,
             Err(end) => return end,
         };
-        match self.serve_device(&device) {
-            Ok(()) => End::Normal("host shutting down"),
+        let (id, replaced) = self
+            .shared
+            .live
+            .open(device.id, self.peer, self.replaced.clone());
+        let end = self.open(&device, epoch, &agent, replaced);
+        self.shared.live.close(device.id, id);
+        end
+    }
+
+    fn open(
+        &mut self,
+        device: &DeviceRecord,
+        epoch: u64,
+        agent: &str,
+        replaced: Option<SocketAddr>,
+    ) -> End {
+        if let Some(old) = replaced {
+            let detail = format!(
+                "a session from {} replaced the one from {old} (a reconnect before the old link timed out, or two devices with one identity)",
+                self.peer
+            );
+            log::warn!("{}: {detail}", device.name);
+            self.shared
+                .store
+                .event(Some(&device.name), "session-replaced", &detail);
+        }
+        let run =
+            match self
+                .shared
+                .store
+                .session_opened(device, &self.peer.to_string(), agent, epoch)
+            {
+                Ok(run) => run,
+                Err(e) => return e.into(),
+            };
+        log::info!("{} ({}): connected, agent {agent}", device.name, self.peer);
+        match self.serve_device(device, run) {
+            Ok(()) => End::Normal("host shutting down".into()),
             Err(end) => end,
         }
     }
 
-    /// Waits for a message until `deadline`, waking at each poll to honour shutdown.
-    fn read_until(&mut self, deadline: Instant) -> Result<Message, End> {
+    /// Waits for a handshake message until `deadline`, however slowly the peer sends,
+    /// waking at each poll to honour shutdown.
+    fn read_until(&mut self, deadline: Instant, waiting_for: &str) -> Result<Message, End> {
         loop {
-            if self.shutdown.is_triggered() {
-                return Err(End::Normal("host shutting down"));
+            if self.shared.shutdown.is_triggered() {
+                return Err(End::Normal("host shutting down".into()));
             }
-            match self.reader.read()? {
+            let read = match self.reader.read() {
+                // An older agent's Hello does not decode as this version's.
+                Err(ConnectionError::Frame(FrameError::Payload(e))) if waiting_for == "Hello" => {
+                    return Err(End::Refused {
+                        kind: "protocol-mismatch",
+                        reason: format!(
+                            "the first frame is not a Hello of sync protocol {} (an agent older than this host? upgrade it): {e}",
+                            super::PROTOCOL_VERSION
+                        ),
+                        tell: true,
+                    });
+                }
+                other => other?,
+            };
+            match read {
                 Received::Message(m) => return Ok(m),
                 Received::Idle if Instant::now() >= deadline => {
-                    return Err(End::Failed("handshake timed out".into()));
+                    return Err(End::Failed(format!(
+                        "handshake timed out waiting for {waiting_for} ({} s)",
+                        self.shared.config.handshake_timeout.as_secs_f64()
+                    )));
                 }
                 Received::Idle => {}
             }
         }
     }
 
-    fn handshake(&mut self) -> Result<DeviceRecord, End> {
-        let deadline = Instant::now() + self.config.handshake_timeout;
-        let (min, max, name, agent, device_nonce) = match self.read_until(deadline)? {
-            Message::Hello {
-                min_protocol,
-                max_protocol,
-                device,
-                agent,
-                nonce,
-            } => (min_protocol, max_protocol, device, agent, nonce),
-            other => {
-                return Err(End::Failed(format!("expected Hello, got {}", other.name())));
-            }
+    /// The handshake; the device, its boot epoch and agent string when it authenticated.
+    fn handshake(&mut self) -> Result<(DeviceRecord, u64, String), End> {
+        let deadline = Instant::now() + self.shared.config.handshake_timeout;
+        let hello = self.read_until(deadline, "Hello")?;
+        let Message::Hello {
+            min_protocol: min,
+            max_protocol: max,
+            device: name,
+            agent,
+            epoch,
+            ..
+        } = &hello
+        else {
+            return Err(End::Failed(format!("expected Hello, got {}", hello.name())));
         };
+        if !super::valid_name(name) {
+            return Err(End::Refused {
+                kind: "bad-name",
+                reason: format!(
+                    "invalid device name {:?} ({} bytes): use 1-{} letters, digits, '-', '_' and '.'",
+                    printable(name, 32),
+                    name.len(),
+                    super::MAX_NAME_LEN
+                ),
+                tell: true,
+            });
+        }
         self.device_name = Some(name.clone());
+        let (min, max, epoch, agent) = (*min, *max, *epoch, printable(agent, 64));
         let Some(protocol) = super::negotiate(min, max) else {
-            return Err(End::Refused(
-                "protocol-mismatch",
-                format!(
+            return Err(End::Refused {
+                kind: "protocol-mismatch",
+                reason: format!(
                     "device speaks protocol {min}..={max}, this host {}..={}",
                     super::MIN_PROTOCOL_VERSION,
                     super::PROTOCOL_VERSION
                 ),
-            ));
+                tell: true,
+            });
         };
-        let Some(device) = self.store.device(&name)? else {
-            return Err(End::Refused(
-                "unknown-device",
-                format!("unknown device {name:?} (add it with `perch-host devices add`)"),
-            ));
+        let Some(device) = self.shared.store.device(name)? else {
+            return Err(End::Refused {
+                kind: "unknown-device",
+                reason: format!("unknown device {name:?} (add it with `perch-host devices add`)"),
+                tell: true,
+            });
         };
-        let host_nonce: [u8; NONCE_LEN] =
-            auth::random().map_err(|e| End::Failed(format!("no randomness for a nonce: {e}")))?;
-        self.writer.send(&Message::Challenge {
-            protocol,
-            nonce: host_nonce,
-        })?;
-        let mac = match self.read_until(deadline)? {
-            Message::Auth { mac } => mac,
-            other => {
+        let ephemeral = Ephemeral::generate().map_err(|e| End::Failed(e.to_string()))?;
+        let (pending, challenge) =
+            HostHandshake::challenge(&hello, protocol, &device.key, ephemeral)
+                .map_err(|e| End::Failed(e.to_string()))?;
+        self.writer.send(&challenge)?;
+        let proof = match self.read_until(deadline, "Auth") {
+            Ok(Message::Auth { proof }) => proof,
+            Ok(other) => {
                 return Err(End::Failed(format!("expected Auth, got {}", other.name())));
             }
+            Err(End::Normal(_)) if !self.shared.shutdown.is_triggered() => {
+                return Err(End::Refused {
+                    kind: "auth-failed",
+                    reason: "the device closed the connection at the Challenge: the host's proof did not verify with its key (its configuration holds another key than this host's database)".into(),
+                    tell: false,
+                });
+            }
+            Err(e) => return Err(e),
         };
-        if !auth::verify(&device.key, &name, &device_nonce, &host_nonce, &mac) {
-            return Err(End::Refused(
-                "auth-failed",
-                format!("device {name:?} failed authentication (wrong key, or a replayed Auth)"),
-            ));
-        }
-        self.writer.send(&Message::Welcome {
-            heartbeat_s: self.config.heartbeat_s,
+        let keys = pending.verify(&proof).map_err(|e| End::Refused {
+            kind: "auth-failed",
+            reason: format!("device {name:?} {e}"),
+            tell: true,
         })?;
-        self.store
-            .session_opened(&device, &self.peer.to_string(), &agent)?;
-        log::info!("{name} ({}): connected, agent {agent}", self.peer);
-        Ok(device)
+        self.writer.protect(keys.send);
+        self.reader.protect(keys.receive);
+        self.reader.set_max_payload(frame::DEFAULT_MAX_PAYLOAD);
+        self.authenticated = true;
+        self.slot.authenticated();
+        self.writer.send(&Message::Welcome {
+            heartbeat_s: self.shared.config.heartbeat_s,
+        })?;
+        Ok((device, epoch, agent))
     }
 
-    fn serve_device(&mut self, device: &DeviceRecord) -> Result<(), End> {
+    /// Ends this session if a newer one of the same device took over, telling the device.
+    fn check_replaced(&mut self) -> Result<(), End> {
+        if self.replaced.load(Ordering::SeqCst) {
+            let reason = "a newer session of this device replaced this one".to_string();
+            let _ = self.writer.send(&Message::Refused {
+                reason: reason.clone(),
+            });
+            return Err(End::Normal(reason));
+        }
+        Ok(())
+    }
+
+    fn serve_device(&mut self, device: &DeviceRecord, run: u64) -> Result<(), End> {
+        let store = &*self.shared.store;
+        let config = &self.shared.config;
         // What this session told the device to run, by role.
         let mut offered: Vec<Offer> = Vec::new();
         let mut generation = None;
         let mut last_rx = Instant::now();
         let mut pending: Option<Message> = None;
         loop {
-            if self.shutdown.is_triggered() {
+            if self.shared.shutdown.is_triggered() {
                 return Ok(());
             }
-            let gen_now = self.store.generation();
+            self.check_replaced()?;
+            let gen_now = store.generation();
             if generation != Some(gen_now) {
                 generation = Some(gen_now);
-                let desired = self.store.offers(device)?;
+                let desired = store.offers(device)?;
                 for o in &desired {
                     if !offered.contains(o) {
                         self.writer.send(&Message::ModelOffer {
@@ -458,6 +820,7 @@ impl Session<'_> {
                             model: o.model.clone(),
                             size: o.size,
                             role: o.role,
+                            manifest: o.manifest.clone(),
                         })?;
                     }
                 }
@@ -478,10 +841,10 @@ impl Session<'_> {
                 None => match self.reader.read()? {
                     Received::Message(m) => m,
                     Received::Idle => {
-                        if last_rx.elapsed() > self.config.idle_timeout {
+                        if last_rx.elapsed() > config.idle_timeout {
                             return Err(End::Failed(format!(
                                 "no message for {} s",
-                                self.config.idle_timeout.as_secs()
+                                config.idle_timeout.as_secs()
                             )));
                         }
                         continue;
@@ -504,15 +867,22 @@ impl Session<'_> {
                             None => break,
                         }
                     }
-                    self.store.store_reports(device, &batch)?;
+                    store.store_reports(device, run, &batch)?;
                     let acks: Vec<Message> =
                         batch.iter().map(|&(seq, _)| Message::Ack { seq }).collect();
                     self.writer.send_all(&acks)?;
                 }
-                Message::Heartbeat { model } => self.store.heartbeat(device, model.as_ref())?,
+                Message::Heartbeat { model } => {
+                    store.heartbeat(device, model.map(tidy).as_ref())?;
+                }
                 Message::Fetch { push, offset } => match offered.iter().find(|o| o.push == push) {
                     Some(o) if offset <= o.size => {
                         let o = o.clone();
+                        log::info!(
+                            "{}: sending push {push} from byte {offset} of {}",
+                            device.name,
+                            o.size
+                        );
                         self.stream_chunks(&o, offset)?;
                     }
                     _ => self.writer.send(&Message::Cancel {
@@ -521,15 +891,38 @@ impl Session<'_> {
                     })?,
                 },
                 Message::Installed { push } => {
-                    self.store.install_outcome(device, push, Ok(()))?;
+                    // An active push is done once installed: offered again only if the
+                    // host assigns it again (a shadow stays offered while it runs).
+                    offered.retain(|o| o.push != push || o.role == Role::Shadow);
+                    store.install_outcome(device, push, Outcome::Installed)?;
                     log::info!("{}: installed push {push}", device.name);
                 }
-                Message::Rejected { push, reason } => {
-                    self.store.install_outcome(device, push, Err(&reason))?;
-                    log::warn!("{}: rejected push {push}: {reason}", device.name);
+                Message::Rejected {
+                    push,
+                    reason,
+                    transient,
+                } => {
+                    // Offered again if the host assigns it again (or retries it).
+                    offered.retain(|o| o.push != push);
+                    let reason = printable(&reason, 1024);
+                    store.install_outcome(
+                        device,
+                        push,
+                        Outcome::Rejected {
+                            reason: &reason,
+                            transient,
+                        },
+                    )?;
+                    let again = if transient {
+                        " (will offer it again)"
+                    } else {
+                        ""
+                    };
+                    log::warn!("{}: rejected push {push}{again}: {reason}", device.name);
                 }
                 Message::RolledBack { from, to, reason } => {
-                    self.store.rolled_back(device, &from, &to, &reason)?;
+                    let (from, to, reason) = (tidy(from), tidy(to), printable(&reason, 1024));
+                    store.rolled_back(device, &from, &to, &reason)?;
                     log::warn!(
                         "{}: rolled back from {}@{} to {}@{}: {reason}",
                         device.name,
@@ -550,13 +943,14 @@ impl Session<'_> {
     }
 
     fn stream_chunks(&mut self, offer: &Offer, mut offset: u64) -> Result<(), End> {
-        let mut buf = Vec::with_capacity(self.config.chunk_bytes);
+        let (store, chunk_bytes) = (&*self.shared.store, self.shared.config.chunk_bytes);
+        let mut buf = Vec::with_capacity(chunk_bytes);
         while offset < offer.size {
-            if self.shutdown.is_triggered() {
+            if self.shared.shutdown.is_triggered() {
                 return Ok(());
             }
-            self.store
-                .read_chunk(offer.push, offset, self.config.chunk_bytes, &mut buf)?;
+            self.check_replaced()?;
+            store.read_chunk(offer.push, offset, chunk_bytes, &mut buf)?;
             if buf.is_empty() {
                 return Err(End::Failed(format!(
                     "push {} ends at {offset} bytes, before its size {}",
@@ -569,9 +963,18 @@ impl Session<'_> {
                 offset,
                 bytes: std::mem::take(&mut buf),
             })?;
-            buf = Vec::with_capacity(self.config.chunk_bytes);
+            buf = Vec::with_capacity(chunk_bytes);
             offset += n;
         }
         Ok(())
+    }
+}
+
+/// A model as a device named it, made safe to store and log.
+fn tidy(m: ModelRef) -> ModelRef {
+    ModelRef {
+        name: printable(&m.name, 64),
+        version: printable(&m.version, 64),
+        sha256: m.sha256,
     }
 }

@@ -54,7 +54,8 @@ pub enum WebError {
 /// stored since the last scrape.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Totals {
-    last_seq: i64,
+    /// `(run, seq)` of the last row summed; `(-1, -1)` before any.
+    last: (i64, i64),
     requests: u64,
     errors: u64,
     feedback: u64,

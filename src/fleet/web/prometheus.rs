@@ -140,40 +140,37 @@ fn format_value(v: f64) -> String {
 /// call. Sums restart when the device's rows went away (a device removed, its id reused).
 fn update_totals(d: &mut Dashboard, id: i64, name: &str) -> Result<Totals, FleetError> {
     let fleet = &d.fleet;
-    let max_seq: Option<i64> = fleet
+    let newest: Option<(i64, i64)> = fleet
         .conn
         .query_row(
-            "SELECT MAX(seq) FROM metrics WHERE device_id = ?1",
+            "SELECT run, seq FROM metrics WHERE device_id = ?1 ORDER BY run DESC, seq DESC
+             LIMIT 1",
             [id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
-        .map_err(fleet.sql())?
-        .flatten();
+        .map_err(fleet.sql())?;
     let key = (id, name.to_string());
-    let mut t = d.totals.get(&key).copied().unwrap_or(Totals {
-        last_seq: -1,
+    let fresh = Totals {
+        last: (-1, -1),
         ..Totals::default()
-    });
-    match max_seq {
+    };
+    let mut t = d.totals.get(&key).copied().unwrap_or(fresh);
+    match newest {
         None => t = Totals::default(),
-        Some(m) if m < t.last_seq => {
-            t = Totals {
-                last_seq: -1,
-                ..Totals::default()
-            }
-        }
+        Some(m) if m < t.last => t = fresh,
         _ => {}
     }
-    if max_seq.is_some_and(|m| m > t.last_seq) {
-        let (requests, errors, feedback, correct, last): (i64, i64, i64, i64, Option<i64>) = fleet
+    if let Some(newest) = newest.filter(|m| *m > t.last) {
+        let (requests, errors, feedback, correct): (i64, i64, i64, i64) = fleet
             .conn
             .query_row(
                 "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(errors), 0),
-                        COALESCE(SUM(feedback), 0), COALESCE(SUM(feedback_correct), 0), MAX(seq)
-                 FROM metrics WHERE device_id = ?1 AND seq > ?2",
-                params![id, t.last_seq],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                        COALESCE(SUM(feedback), 0), COALESCE(SUM(feedback_correct), 0)
+                 FROM metrics WHERE device_id = ?1 AND (run, seq) > (?2, ?3)
+                   AND (run, seq) <= (?4, ?5)",
+                params![id, t.last.0, t.last.1, newest.0, newest.1],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .map_err(fleet.sql())?;
         let add = |a: u64, b: i64| a.saturating_add(u64::try_from(b).unwrap_or(0));
@@ -181,7 +178,7 @@ fn update_totals(d: &mut Dashboard, id: i64, name: &str) -> Result<Totals, Fleet
         t.errors = add(t.errors, errors);
         t.feedback = add(t.feedback, feedback);
         t.feedback_correct = add(t.feedback_correct, correct);
-        t.last_seq = last.unwrap_or(t.last_seq);
+        t.last = newest;
     }
     d.totals.insert(key, t);
     Ok(t)
