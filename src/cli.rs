@@ -1,8 +1,9 @@
 //! The device commands behind `perch run | info | bench`, as library functions that write to
 //! any `Write`, so the binary stays thin and tests call them directly.
 
+use crate::graph::DType;
 use crate::io::{InputArray, read_input};
-use crate::runtime::{EngineChoice, Format, Model, ModelInfo, Output, OutputValues};
+use crate::runtime::{EngineChoice, Format, InputValues, Model, ModelInfo, Output, OutputValues};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -90,12 +91,18 @@ pub fn predict_array(
         bail!("--batch must be at least 1");
     }
     let sample_len = array.data.len() / total;
+    let spec = model.info().inputs[0].clone();
     let mut merged: Vec<Output> = Vec::new();
     for (k, rows) in array.data.chunks(chunk * sample_len).enumerate() {
         let n = rows.len() / sample_len;
-        let outs = model
-            .run(rows, n)
-            .with_context(|| format!("batch starting at sample {}", k * chunk))?;
+        let outs = if spec.dtype == DType::F32 {
+            model.run(rows, n)
+        } else {
+            // Converted here so that a value's error names its row in the whole file.
+            let values = InputValues::from_f32(&spec, rows, k * chunk)?;
+            model.run_values(std::slice::from_ref(&values), n)
+        }
+        .with_context(|| format!("batch starting at sample {}", k * chunk))?;
         if merged.is_empty() {
             merged = outs;
             continue;

@@ -29,8 +29,13 @@ pub enum DType {
     /// 64-bit signed integer (class indices and labels).
     I64,
     /// Unsigned 8-bit quantized activations (with the [`QuantParams`] of the layer that
-    /// makes them). Only between layers: graph inputs and outputs are never `U8`.
+    /// makes them). In native graphs only between layers; an ONNX model run on tract may
+    /// declare `uint8` graph inputs and outputs.
     U8,
+    /// Signed 8-bit integers: the graph inputs and outputs of full-integer quantized models
+    /// (the TFLite converter's int8 mode through tf2onnx), whose values are the quantized
+    /// codes themselves.
+    I8,
 }
 
 impl DType {
@@ -40,7 +45,13 @@ impl DType {
             DType::F32 => "float32",
             DType::I64 => "int64",
             DType::U8 => "uint8",
+            DType::I8 => "int8",
         }
+    }
+
+    /// Whether values of this type are integers.
+    pub fn is_integer(self) -> bool {
+        !matches!(self, DType::F32)
     }
 }
 

@@ -236,16 +236,14 @@ impl OnnxModel {
         &self.notes
     }
 
-    /// Runs the model on one input array per graph input, each `[batch, ...]`.
+    /// Runs the model on one tensor per graph input, each `[batch, ...]` in the element type
+    /// the input declares.
     ///
     /// # Errors
     /// [`OnnxError::Run`] when tract fails (wrong shapes included);
     /// [`OnnxError::OutputType`] for outputs of other element types.
-    pub fn run(
-        &self,
-        inputs: Vec<tract_ndarray::ArrayD<f32>>,
-    ) -> Result<Vec<OnnxValue>, OnnxError> {
-        let inputs: TVec<TValue> = inputs.into_iter().map(|a| Tensor::from(a).into()).collect();
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<OnnxValue>, OnnxError> {
+        let inputs: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
         let outs = self.plan.run(inputs).map_err(OnnxError::Run)?;
         outs.into_iter()
             .zip(&self.outputs)
