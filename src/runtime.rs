@@ -339,7 +339,7 @@ impl Model {
                 path: path.display().to_string(),
             });
         }
-        Self::from_onnx_bytes(&bytes, choice)
+        Self::onnx(&bytes, choice, &path.display().to_string())
     }
 
     /// Loads a native artifact from memory.
@@ -395,17 +395,18 @@ impl Model {
     ///
     /// # Errors
     /// [`RuntimeError::OnnxNotCompiled`] without the `onnx` feature; else the backend's.
+    pub fn from_onnx_bytes(bytes: &[u8], choice: EngineChoice) -> Result<Model, RuntimeError> {
+        Self::onnx(bytes, choice, "ONNX model")
+    }
+
     #[cfg(not(feature = "onnx"))]
-    pub fn from_onnx_bytes(_bytes: &[u8], _choice: EngineChoice) -> Result<Model, RuntimeError> {
+    fn onnx(_bytes: &[u8], _choice: EngineChoice, _label: &str) -> Result<Model, RuntimeError> {
         Err(RuntimeError::OnnxNotCompiled)
     }
 
-    /// Loads an ONNX model from memory.
-    ///
-    /// # Errors
-    /// [`RuntimeError::OnnxNotCompiled`] without the `onnx` feature; else the backend's.
+    /// An ONNX model from its bytes; `label` names it (its file) in tract's errors.
     #[cfg(feature = "onnx")]
-    pub fn from_onnx_bytes(bytes: &[u8], choice: EngineChoice) -> Result<Model, RuntimeError> {
+    fn onnx(bytes: &[u8], choice: EngineChoice, label: &str) -> Result<Model, RuntimeError> {
         let proto = crate::onnx::parse(bytes)?;
         let mut notes = Vec::new();
         if choice != EngineChoice::Tract {
@@ -435,7 +436,7 @@ impl Model {
                 Err(e) => notes.push(format!("runs on tract: {e}")),
             }
         }
-        let onnx = crate::onnx::OnnxModel::from_proto(&proto)?;
+        let onnx = crate::onnx::OnnxModel::from_proto_named(&proto, label)?;
         notes.extend(onnx.notes().iter().cloned());
         let info = ModelInfo {
             format: Format::Onnx,
