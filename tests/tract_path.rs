@@ -1,0 +1,325 @@
+//! perch's tract path on the edge model classes of issue 12, in the forms users export them
+//! (`tests/fixtures/tract`, made by `tests/fixtures/make_tract_fixtures.py`): every fixture
+//! runs through `perch run --engine tract`'s code path and matches onnxruntime:
+//! - float outputs within 1e-4 × max(1, largest |reference|);
+//! - int8/uint8 outputs (quantized codes) within one code;
+//! - float outputs of quantized graphs within one step of the output's scale.
+//!
+//! Each fixture's rows are repeated past the largest plan batch, so the chunked path runs
+//! too, and the first rows also run one at a time on the batch-1 plan (what the agent and
+//! `perch bench` use).
+#![cfg(feature = "onnx")]
+
+mod common;
+
+use perch::cli::predict_array;
+use perch::graph::DType;
+use perch::io::{InputArray, read_input};
+use perch::onnx::{MAX_PLAN_BATCH, MAX_PLANS, OnnxModel};
+use perch::runtime::{EngineChoice, Model, OutputValues};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tract")
+}
+
+fn manifest() -> serde_json::Map<String, Value> {
+    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest");
+    let v: Value = serde_json::from_str(&text).expect("manifest json");
+    v["fixtures"].as_object().expect("fixtures").clone()
+}
+
+fn values(o: &OutputValues) -> Vec<f64> {
+    match o {
+        OutputValues::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        OutputValues::I64(v) => v.iter().map(|&x| x as f64).collect(),
+    }
+}
+
+/// `rows` copies of `a`'s rows, cycled.
+fn repeat_rows(a: &InputArray, rows: usize) -> InputArray {
+    let per_row = a.data.len() / a.shape[0];
+    let data = a.data.chunks(per_row).cycle().take(rows).flatten().copied();
+    let mut shape = a.shape.clone();
+    shape[0] = rows;
+    InputArray {
+        shape,
+        data: data.collect(),
+    }
+}
+
+/// Largest difference, after asserting every value is within the output's tolerance.
+fn compare(name: &str, spec: &Value, got: &[f64], reference: &[f64]) -> f64 {
+    assert_eq!(got.len(), reference.len(), "{name}: output length");
+    let largest = reference.iter().fold(1f64, |m, v| m.max(v.abs()));
+    let tolerance = match spec["kind"].as_str() {
+        Some("float") => 1e-4 * largest,
+        Some("codes") => 1.0,
+        Some("dequantized") => spec["step"].as_f64().expect("step") * 1.001 + 1e-6,
+        other => panic!("{name}: unknown kind {other:?}"),
+    };
+    let mut max = 0f64;
+    for (k, (g, r)) in got.iter().zip(reference).enumerate() {
+        let d = (g - r).abs();
+        assert!(
+            d <= tolerance,
+            "{name}[{k}] = {g}, onnxruntime {r} (tolerance {tolerance})"
+        );
+        max = max.max(d);
+    }
+    max
+}
+
+#[test]
+fn every_fixture_runs_on_tract_and_matches_onnxruntime() {
+    let fixtures_seen = manifest();
+    assert!(fixtures_seen.len() >= 18, "manifest lists the fixtures");
+    let rows = MAX_PLAN_BATCH + 6;
+    for (name, m) in &fixtures_seen {
+        let dir = fixtures().join(name);
+        let mut model = Model::load(&dir.join("model.onnx"), EngineChoice::Tract)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let info = model.info().clone();
+        assert_eq!(info.engine.name(), "tract");
+        assert_eq!(
+            info.inputs[0].dtype.name(),
+            m["input"]["dtype"].as_str().unwrap(),
+            "{name}: input element type"
+        );
+        let outputs = m["outputs"].as_array().unwrap();
+        for (spec, o) in info.outputs.iter().zip(outputs) {
+            let want = match o["dtype"].as_str().unwrap() {
+                "int8" => DType::I8,
+                "uint8" => DType::U8,
+                _ => DType::F32,
+            };
+            assert_eq!(
+                spec.dtype, want,
+                "{name}: output {} element type",
+                spec.name
+            );
+        }
+        let input = read_input(&dir.join("input.npy")).unwrap();
+        let given = input.shape[0];
+        let many = repeat_rows(&input, rows);
+        let got =
+            predict_array(&mut model, &many, None).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(got.len(), outputs.len(), "{name}: output count");
+        let mut diffs = Vec::new();
+        for (i, (out, spec)) in got.iter().zip(outputs).enumerate() {
+            assert_eq!(out.shape[0], rows, "{name}: rows of output {i}");
+            let reference = common::read_npy(&dir.join(format!("output_{i}.npy")));
+            let per_row = reference.len() / given;
+            let tiled: Vec<f64> = reference
+                .chunks(per_row)
+                .cycle()
+                .take(rows)
+                .flatten()
+                .copied()
+                .collect();
+            diffs.push(compare(name, spec, &values(&out.values), &tiled));
+            // The batch-1 plan, row by row.
+            for r in 0..given.min(3) {
+                let one = InputArray {
+                    shape: [1]
+                        .into_iter()
+                        .chain(input.shape[1..].iter().copied())
+                        .collect(),
+                    data: input.data
+                        [r * input.data.len() / given..(r + 1) * input.data.len() / given]
+                        .to_vec(),
+                };
+                let single = predict_array(&mut model, &one, None).unwrap();
+                compare(
+                    name,
+                    spec,
+                    &values(&single[i].values),
+                    &reference[r * per_row..(r + 1) * per_row],
+                );
+            }
+        }
+        eprintln!("{name}: largest difference per output {diffs:?}");
+    }
+}
+
+#[test]
+fn plans_are_built_per_batch_size_and_bounded() {
+    let dir = fixtures().join("flatten_f32");
+    let model = OnnxModel::load(&dir.join("model.onnx")).unwrap();
+    assert_eq!(
+        model.planned_batches(),
+        vec![1],
+        "batch 1 is planned at load"
+    );
+    let input = read_input(&dir.join("input.npy")).unwrap();
+    let tensor = |rows: usize| {
+        let a = repeat_rows(&input, rows);
+        vec![
+            ndarray::ArrayD::from_shape_vec(a.shape, a.data)
+                .unwrap()
+                .into(),
+        ]
+    };
+    let first_row = |out: &[perch::onnx::OnnxValue]| match &out[0] {
+        perch::onnx::OnnxValue::F32(a) => a.as_slice().unwrap()[..3].to_vec(),
+        other => panic!("float output expected, got {other:?}"),
+    };
+    let reference = first_row(&model.run(tensor(1)).unwrap());
+    for batch in [3, 5, 7, 9, 2] {
+        let out = model.run(tensor(batch)).unwrap();
+        let got = first_row(&out);
+        for (g, r) in got.iter().zip(&reference) {
+            assert!(
+                (g - r).abs() <= 1e-5,
+                "batch {batch}: {got:?} vs {reference:?}"
+            );
+        }
+        let planned = model.planned_batches();
+        assert!(planned.len() <= MAX_PLANS, "{planned:?}");
+        assert_eq!(planned.last(), Some(&batch), "the plan just used is kept");
+    }
+    // More than the largest plan: chunks of MAX_PLAN_BATCH and the remainder.
+    let rows = 2 * MAX_PLAN_BATCH + 22;
+    let out = model.run(tensor(rows)).unwrap();
+    match &out[0] {
+        perch::onnx::OnnxValue::F32(a) => assert_eq!(a.shape(), &[rows, 3]),
+        other => panic!("{other:?}"),
+    }
+    let planned = model.planned_batches();
+    assert!(
+        planned.contains(&MAX_PLAN_BATCH) && planned.contains(&22),
+        "{planned:?}"
+    );
+    assert!(!planned.contains(&rows));
+}
+
+#[test]
+fn a_file_that_fixes_the_batch_runs_one_sample_per_call() {
+    let dir = fixtures().join("flatten_b1");
+    let mut model = Model::load(&dir.join("model.onnx"), EngineChoice::Tract).unwrap();
+    assert!(
+        model
+            .info()
+            .notes
+            .iter()
+            .any(|n| n.contains("fixes the batch axis at 1")),
+        "{:?}",
+        model.info().notes
+    );
+    // The same network with a dynamic batch gives the reference for several rows.
+    let input = read_input(&fixtures().join("flatten_f32/input.npy")).unwrap();
+    let reference = common::read_npy(&fixtures().join("flatten_f32/output_0.npy"));
+    let got = predict_array(&mut model, &input, None).unwrap();
+    let spec = &manifest()["flatten_f32"]["outputs"][0];
+    compare("flatten_b1", spec, &values(&got[0].values), &reference);
+}
+
+fn temp_csv(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.csv");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn integer_inputs_refuse_values_that_do_not_fit_naming_row_and_column() {
+    let dir = fixtures().join("autoencoder_int8io");
+    let mut model = Model::load(&dir.join("model.onnx"), EngineChoice::Tract).unwrap();
+    assert_eq!(model.info().inputs[0].dtype, DType::I8);
+    let row = |bad: Option<(usize, &str)>| {
+        (0..32)
+            .map(|c| match bad {
+                Some((at, v)) if at == c => v.to_string(),
+                _ => ((c as i32 * 7) % 50 - 25).to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let text = format!("{}\n{}\n{}\n", row(None), row(None), row(Some((4, "128"))));
+    let (_t, path) = temp_csv(&text);
+    let err = format!(
+        "{:#}",
+        perch::cli::predict(&mut model, &path, None).unwrap_err()
+    );
+    assert!(
+        err.contains("row 3, column 5: 128 is out of range for int8 (-128 to 127)"),
+        "{err}"
+    );
+    // With --batch 2 the rows still count from the start of the file.
+    let err = format!(
+        "{:#}",
+        perch::cli::predict(&mut model, &path, Some(2)).unwrap_err()
+    );
+    assert!(err.contains("row 3, column 5"), "{err}");
+    let (_t, path) = temp_csv(&format!("{}\n", row(Some((0, "0.5")))));
+    let err = format!(
+        "{:#}",
+        perch::cli::predict(&mut model, &path, None).unwrap_err()
+    );
+    assert!(
+        err.contains("row 1, column 1: 0.5 is not a whole number; input") && err.contains("int8"),
+        "{err}"
+    );
+    let (_t, path) = temp_csv(&format!("{}\n", row(None)));
+    let out = perch::cli::predict(&mut model, &path, None).unwrap();
+    assert!(matches!(out[0].values, OutputValues::I64(_)));
+
+    let dir = fixtures().join("image_u8");
+    let mut model = Model::load(&dir.join("model.onnx"), EngineChoice::Tract).unwrap();
+    assert_eq!(model.info().inputs[0].dtype, DType::U8);
+    let err = model.run(&vec![-1.0; 108], 1).unwrap_err().to_string();
+    assert!(
+        err.contains("row 1, column 1: -1 is out of range for uint8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn perch_run_prints_int8_outputs_as_integers() {
+    let dir = fixtures().join("kws_int8io");
+    let model = dir.join("model.onnx");
+    let input = dir.join("input.npy");
+    let out = common::run_cmd(
+        common::perch_bin(),
+        &[
+            "run",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--engine",
+            "tract",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["outputs"].as_object().unwrap().values().next().unwrap();
+    let got: Vec<i64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().expect("an integer"))
+        })
+        .collect();
+    let reference = common::read_npy(&dir.join("output_0.npy"));
+    assert_eq!(got.len(), reference.len());
+    for (g, r) in got.iter().zip(&reference) {
+        assert!((*g as f64 - r).abs() <= 1.0, "{got:?} vs {reference:?}");
+    }
+    let out = common::run_cmd(
+        common::perch_bin(),
+        &["info", model.to_str().unwrap(), "--engine", "tract"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" int8 [N, 12, 6, 1]"), "{text}");
+}
