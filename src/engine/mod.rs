@@ -542,7 +542,6 @@ impl Engine {
                 match dtype {
                     DType::F32 => Buffer::F32(vec![0.0; n]),
                     DType::I64 => Buffer::I64(vec![0; n]),
-                    // Validation gives no native value the type int8 (yet): same width as u8.
                     DType::U8 | DType::I8 => Buffer::U8(vec![0; n]),
                 }
             })

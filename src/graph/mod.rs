@@ -29,12 +29,13 @@ pub enum DType {
     /// 64-bit signed integer (class indices and labels).
     I64,
     /// Unsigned 8-bit quantized activations (with the [`QuantParams`] of the layer that
-    /// makes them). In native graphs only between layers; an ONNX model run on tract may
-    /// declare `uint8` graph inputs and outputs.
+    /// makes them). Between layers, and since revision 1.3 as a graph input or output
+    /// (the codes themselves, as an ONNX `uint8` tensor holds them).
     U8,
-    /// Signed 8-bit integers: the graph inputs and outputs of full-integer quantized models
-    /// (the TFLite converter's int8 mode through tf2onnx), whose values are the quantized
-    /// codes themselves.
+    /// Signed 8-bit quantized codes: only as a graph input or output (TFLite full-integer
+    /// exports). Inside the graph they become `U8` through [`Layer::ToU8`] (`q + 128`, the
+    /// zero point moving with them) and come back through [`Layer::ToI8`]. New in
+    /// revision 1.3.
     I8,
 }
 
@@ -47,11 +48,6 @@ impl DType {
             DType::U8 => "uint8",
             DType::I8 => "int8",
         }
-    }
-
-    /// Whether values of this type are integers.
-    pub fn is_integer(self) -> bool {
-        !matches!(self, DType::F32)
     }
 }
 
