@@ -48,7 +48,14 @@ impl std::str::FromStr for EngineChoice {
 /// # Errors
 /// Whatever [`Model::load`] reports, prefixed with the path.
 pub fn load_model(path: &Path, engine: EngineChoice) -> Result<Model> {
-    Model::load(path, engine).with_context(|| format!("loading model {}", path.display()))
+    Model::load(path, engine).map_err(|e| {
+        // A caught tract panic already names the file.
+        #[cfg(feature = "onnx")]
+        if let crate::runtime::RuntimeError::Onnx(crate::onnx::OnnxError::Panic { .. }) = e {
+            return anyhow::Error::new(e);
+        }
+        anyhow::Error::new(e).context(format!("loading model {}", path.display()))
+    })
 }
 
 /// The name a model is reported under: its metadata name, else the file stem.

@@ -323,3 +323,188 @@ fn perch_run_prints_int8_outputs_as_integers() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(" int8 [N, 12, 6, 1]"), "{text}");
 }
+
+/// The largest difference a corpus manifest's `tolerance` allows from `reference`.
+fn allowed(reference: &[f64], tolerance: &Value) -> f64 {
+    let largest = reference.iter().fold(1f64, |m, v| m.max(v.abs()));
+    match tolerance["kind"].as_str() {
+        Some("float") => tolerance["rel_to_max_abs_ref"].as_f64().unwrap_or(1e-4) * largest,
+        Some("int8_codes") | Some("uint8_codes") => tolerance["max_steps"].as_f64().unwrap_or(1.0),
+        Some("dequantized") => tolerance["max_abs"].as_f64().expect("max_abs") * 1.001 + 1e-6,
+        other => panic!("unknown tolerance kind {other:?}"),
+    }
+}
+
+fn largest_difference(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Rows of `width` values whose arg max agree, as a fraction.
+fn top1_agreement(a: &[f64], b: &[f64], width: usize) -> f64 {
+    let argmax = |r: &[f64]| {
+        r.iter()
+            .enumerate()
+            .fold(
+                (0, f64::NEG_INFINITY),
+                |(i, m), (j, &v)| if v > m { (j, v) } else { (i, m) },
+            )
+            .0
+    };
+    let rows = a.len() / width;
+    let same = (0..rows)
+        .filter(|&r| {
+            argmax(&a[r * width..(r + 1) * width]) == argmax(&b[r * width..(r + 1) * width])
+        })
+        .count();
+    same as f64 / rows as f64
+}
+
+/// Rows of each corpus model checked (tract in a debug build takes seconds per row on the
+/// larger CNNs).
+const CORPUS_ROWS: usize = 24;
+
+/// The edge corpus (`tests/data/edge`, from the `edge-corpus` branch): every model runs on
+/// tract and matches onnxruntime within the manifest's tolerance (float 1e-4 relative, one
+/// step for int8), and classifiers agree on the top-1 class on >= 99% of rows. Where
+/// onnxruntime's int8 result departs from the ONNX spec's (`onnx.reference`, kept as
+/// `*.spec.npy`), the two references differ by more than a step (rounding ties in an
+/// intermediate layer, amplified by the layers after it); there tract's result must lie
+/// within that spread of onnxruntime's.
+#[test]
+fn the_edge_corpus_runs_on_tract() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/edge");
+    let text = std::fs::read_to_string(root.join("manifest.json")).expect("edge manifest");
+    let manifest: Value = serde_json::from_str(&text).unwrap();
+    let models = manifest["models"].as_array().unwrap();
+    assert!(!models.is_empty());
+    let mut failures = Vec::new();
+    for m in models {
+        let name = m["name"].as_str().unwrap();
+        let mut model = Model::load(&root.join(m["onnx"].as_str().unwrap()), EngineChoice::Tract)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            model.info().inputs[0].dtype.name(),
+            m["input"]["dtype"].as_str().unwrap(),
+            "{name}"
+        );
+        let input = read_input(&root.join(m["input"]["npy"].as_str().unwrap())).unwrap();
+        let rows = input.shape[0].min(CORPUS_ROWS);
+        let per_row = input.data.len() / input.shape[0];
+        let mut shape = input.shape.clone();
+        shape[0] = rows;
+        let input = InputArray {
+            shape,
+            data: input.data[..rows * per_row].to_vec(),
+        };
+        let got =
+            predict_array(&mut model, &input, None).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        for (o, spec) in got.iter().zip(m["outputs"].as_array().unwrap()) {
+            let got = values(&o.values);
+            let rows_of = |file: &str| {
+                let all = common::read_npy(&root.join(file));
+                let width = all.len() / m["input"]["rows"].as_u64().unwrap() as usize;
+                all[..rows * width].to_vec()
+            };
+            let ort = rows_of(spec["npy"].as_str().unwrap());
+            let mut limit = allowed(&ort, &spec["tolerance"]);
+            let mut spread = None;
+            if let Some(file) = spec["spec_npy"].as_str() {
+                let d = largest_difference(&ort, &rows_of(file));
+                spread = Some(d);
+                limit = limit.max(d * 1.001);
+            }
+            assert_eq!(got.len(), ort.len(), "{name}: {}", o.name);
+            let d = largest_difference(&got, &ort);
+            let top1 = if m["task"] == "classification" {
+                top1_agreement(&got, &ort, got.len() / rows)
+            } else {
+                1.0
+            };
+            eprintln!(
+                "{name}: {} largest difference {d} (allowed {limit}, onnxruntime vs spec {spread:?}), top-1 agreement {top1}",
+                o.name
+            );
+            if d > limit || top1 < 0.99 {
+                failures.push(format!(
+                    "{name}: output {}: largest difference {d}, allowed {limit}; top-1 agreement {top1}",
+                    o.name
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// What `perch info MODEL --engine tract` exits with and prints on stderr.
+fn info_fails(model: &Path) -> String {
+    let out = common::run_cmd(
+        common::perch_bin(),
+        &["info", model.to_str().unwrap(), "--engine", "tract"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{model:?}: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A one-byte mutation of `flatten_f32` (byte 6426, 0 → 55, found by mutating the fixtures)
+/// makes tract's Gather index past a shape tensor while typing the graph: the panic is
+/// caught and reported as an error naming the file, the CLI exits 1 without the panic
+/// hook's output.
+#[test]
+fn a_panic_inside_tract_becomes_an_error_naming_the_file() {
+    let path = fixtures().join("malformed/flatten_f32_byte6426.onnx");
+    let err = Model::load(&path, EngineChoice::Tract).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            perch::runtime::RuntimeError::Onnx(perch::onnx::OnnxError::Panic { stage, .. })
+                if stage == "optimizing for batch 1"
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("{}: tract panicked while", path.display()))
+            && text.contains("index out of bounds")
+            && text.contains("(at tract-core-"),
+        "{text}"
+    );
+    let stderr = info_fails(&path);
+    assert!(
+        stderr.contains("tract panicked while optimizing for batch 1"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked at"),
+        "the panic hook stays quiet: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("flatten_f32_byte6426.onnx").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+/// One byte of the graph output's name changed (the mutation issue 13 found: tract's parser
+/// panicked with `no entry found for key`): refused with a clear error before tract sees it.
+#[test]
+fn a_graph_output_naming_nothing_is_refused_before_tract() {
+    let bytes = std::fs::read(fixtures().join("flatten_f32/model.onnx")).unwrap();
+    let name = b"softmax_1";
+    let at = bytes
+        .windows(name.len())
+        .rposition(|w| w == name)
+        .expect("output name in the file");
+    let mut mutated = bytes.clone();
+    mutated[at + name.len() - 1] = b'7';
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mutated.onnx");
+    std::fs::write(&path, &mutated).unwrap();
+    let stderr = info_fails(&path);
+    assert!(
+        stderr.contains(
+            "graph output \"softmax_7\" is not produced by any node, input or initializer"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

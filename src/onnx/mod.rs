@@ -71,7 +71,7 @@ pub enum OnnxError {
     },
     /// tract panicked; the panic was caught. Usually a damaged or unusual model file.
     #[error(
-        "tract panicked while {stage} {model}: {message} (the file is probably damaged; if onnxruntime runs it, this is a bug in tract or perch)"
+        "{model}: tract panicked while {stage}: {message}; the file is probably damaged (if onnxruntime runs it, this is a bug in tract or perch)"
     )]
     Panic {
         /// What perch asked tract to do (`loading`, `optimizing for batch 4`, `running`).
@@ -167,18 +167,58 @@ pub fn parse(bytes: &[u8]) -> Result<tract_onnx::pb::ModelProto, OnnxError> {
     })
 }
 
+thread_local! {
+    /// Set while this thread runs inside [`guarded`]: the panic hook then records where a
+    /// panic happened instead of printing it.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once) a panic hook that stays quiet for panics [`guarded`] catches, and hands
+/// every other panic to the hook that was there before. Not in `panic = "abort"` builds,
+/// where a panic ends the process and its message is all the user gets.
+fn quiet_guarded_panics() {
+    #[cfg(not(panic = "abort"))]
+    {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if GUARDED.with(|g| g.get()) {
+                    let at = info.location().map(|l| {
+                        // From the crate's folder on: `tract-core-0.23.9/src/ops/...rs:75`.
+                        let file = l.file();
+                        let short = file.find("/tract-").map_or(file, |i| &file[i + 1..]);
+                        format!("{short}:{}", l.line())
+                    });
+                    PANIC_AT.with(|p| *p.borrow_mut() = at);
+                } else {
+                    previous(info);
+                }
+            }));
+        });
+    }
+}
+
 /// Runs `f`, turning a panic into [`OnnxError::Panic`].
 fn guarded<T>(
     stage: &str,
     model: &str,
     f: impl FnOnce() -> Result<T, OnnxError>,
 ) -> Result<T, OnnxError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let message = payload
+    quiet_guarded_panics();
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    result.unwrap_or_else(|payload| {
+        let mut message = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(no message)".into());
+        if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
+            message = format!("{message} (at {at})");
+        }
         Err(OnnxError::Panic {
             stage: stage.into(),
             model: model.into(),
@@ -752,4 +792,37 @@ fn concat_outputs(parts: Vec<Vec<OnnxValue>>) -> Result<Vec<OnnxValue>, OnnxErro
             .map_err(|e| OnnxError::Run(anyhow::anyhow!("joining chunked outputs: {e}")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarded_turns_a_panic_into_an_error_with_its_place_and_stays_usable() {
+        let err = guarded::<()>("running", "m.onnx", || panic!("boom {}", 7)).unwrap_err();
+        match &err {
+            OnnxError::Panic {
+                stage,
+                model,
+                message,
+            } => {
+                assert_eq!((stage.as_str(), model.as_str()), ("running", "m.onnx"));
+                assert!(message.starts_with("boom 7"), "{message}");
+                #[cfg(not(panic = "abort"))]
+                assert!(message.contains("src/onnx/mod.rs:"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with("m.onnx: tract panicked while running: boom 7")
+        );
+        // Nested calls restore the flag; results and errors pass through unchanged.
+        let nested = guarded("outer", "m", || guarded("inner", "m", || Ok(3)));
+        assert_eq!(nested.unwrap(), 3);
+        assert!(!GUARDED.with(|g| g.get()));
+        let plain = guarded::<()>("x", "m", || Err(OnnxError::Run(anyhow::anyhow!("no"))));
+        assert!(matches!(plain, Err(OnnxError::Run(_))));
+    }
 }
