@@ -30,7 +30,8 @@ use std::path::Path;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-mod fixups;
+#[doc(hidden)]
+pub mod fixups;
 pub(crate) mod ops;
 
 /// Why an ONNX model could not be loaded or run.
@@ -107,14 +108,46 @@ struct InputSlot {
     dims: Vec<usize>,
 }
 
+/// One optimized plan with a run state kept for reuse: a fresh state per call costs an
+/// allocation per node.
+#[derive(Debug)]
+struct Plan {
+    plan: Arc<TypedRunnableModel>,
+    /// Idle state; a call takes it (or makes one if another call holds it) and puts it back.
+    state: std::sync::Mutex<Option<TypedSimpleState>>,
+}
+
+impl Plan {
+    fn new(plan: Arc<TypedRunnableModel>) -> Arc<Plan> {
+        Arc::new(Plan {
+            plan,
+            state: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let idle = self.state.try_lock().ok().and_then(|mut s| s.take());
+        let mut state = match idle {
+            Some(state) => state,
+            None => self.plan.spawn()?,
+        };
+        let outs = state.run(inputs)?;
+        // Only a state that finished its run goes back (an error or a panic drops it).
+        if let Ok(mut slot) = self.state.try_lock() {
+            *slot = Some(state);
+        }
+        Ok(outs)
+    }
+}
+
 /// Optimized plans by batch size, least recently used first.
 #[derive(Debug, Default)]
 struct Plans {
-    entries: Vec<(usize, Arc<TypedRunnableModel>)>,
+    entries: Vec<(usize, Arc<Plan>)>,
 }
 
 impl Plans {
-    fn get(&mut self, batch: usize) -> Option<Arc<TypedRunnableModel>> {
+    fn get(&mut self, batch: usize) -> Option<Arc<Plan>> {
         let at = self.entries.iter().position(|(b, _)| *b == batch)?;
         let entry = self.entries.remove(at);
         let plan = entry.1.clone();
@@ -122,7 +155,7 @@ impl Plans {
         Some(plan)
     }
 
-    fn insert(&mut self, batch: usize, plan: Arc<TypedRunnableModel>) {
+    fn insert(&mut self, batch: usize, plan: Arc<Plan>) {
         self.entries.retain(|(b, _)| *b != batch);
         if self.entries.len() >= MAX_PLANS {
             self.entries.remove(0);
@@ -463,7 +496,7 @@ impl OnnxModel {
         let first = model.fixed_batch.unwrap_or(1);
         let plan = model.build_plan(first)?;
         model.outputs = output_specs(&plan)?;
-        model.plans_lock().insert(first, plan);
+        model.plans_lock().insert(first, Plan::new(plan));
         Ok(model)
     }
 
@@ -498,12 +531,12 @@ impl OnnxModel {
     }
 
     /// The plan for `batch`, built on first use.
-    fn plan(&self, batch: usize) -> Result<Arc<TypedRunnableModel>, OnnxError> {
+    fn plan(&self, batch: usize) -> Result<Arc<Plan>, OnnxError> {
         if let Some(plan) = self.plans_lock().get(batch) {
             return Ok(plan);
         }
         // Built outside the lock: other batch sizes keep running meanwhile.
-        let plan = self.build_plan(batch)?;
+        let plan = Plan::new(self.build_plan(batch)?);
         self.plans_lock().insert(batch, plan.clone());
         Ok(plan)
     }
@@ -702,6 +735,9 @@ impl OnnxModel {
                 let t = t.into_tensor();
                 let dt = t.datum_type();
                 match reported_as(dt) {
+                    Some(DType::F32) if dt == f32::datum_type() => Ok(OnnxValue::F32(
+                        t.into_plain_array::<f32>().map_err(OnnxError::Run)?,
+                    )),
                     Some(DType::F32) => {
                         let t = t.cast_to::<f32>().map_err(OnnxError::Run)?.into_owned();
                         Ok(OnnxValue::F32(
