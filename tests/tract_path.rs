@@ -238,10 +238,8 @@ fn integer_inputs_refuse_values_that_do_not_fit_naming_row_and_column() {
     };
     let text = format!("{}\n{}\n{}\n", row(None), row(None), row(Some((4, "128"))));
     let (_t, path) = temp_csv(&text);
-    let err = format!(
-        "{:#}",
-        perch::cli::predict(&mut model, &path, None).unwrap_err()
-    );
+    let array = read_input(&path).unwrap();
+    let err = format!("{:#}", predict_array(&mut model, &array, None).unwrap_err());
     assert!(
         err.contains("row 3, column 5: 128 is out of range for int8 (-128 to 127)"),
         "{err}"
@@ -249,20 +247,18 @@ fn integer_inputs_refuse_values_that_do_not_fit_naming_row_and_column() {
     // With --batch 2 the rows still count from the start of the file.
     let err = format!(
         "{:#}",
-        perch::cli::predict(&mut model, &path, Some(2)).unwrap_err()
+        predict_array(&mut model, &array, Some(2)).unwrap_err()
     );
     assert!(err.contains("row 3, column 5"), "{err}");
     let (_t, path) = temp_csv(&format!("{}\n", row(Some((0, "0.5")))));
-    let err = format!(
-        "{:#}",
-        perch::cli::predict(&mut model, &path, None).unwrap_err()
-    );
+    let array = read_input(&path).unwrap();
+    let err = format!("{:#}", predict_array(&mut model, &array, None).unwrap_err());
     assert!(
         err.contains("row 1, column 1: 0.5 is not a whole number; input") && err.contains("int8"),
         "{err}"
     );
     let (_t, path) = temp_csv(&format!("{}\n", row(None)));
-    let out = perch::cli::predict(&mut model, &path, None).unwrap();
+    let out = predict_array(&mut model, &read_input(&path).unwrap(), None).unwrap();
     assert!(matches!(out[0].values, OutputValues::I64(_)));
 
     let dir = fixtures().join("image_u8");
