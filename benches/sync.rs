@@ -1,7 +1,8 @@
 //! The sync protocol's figures, printed (not criterion: these are whole-system rates):
 //!
 //! 1. bytes per metrics report on the wire (frame included) for the digits MLP (64 input
-//!    features, 10 classes) after a window of real traffic: target ≤ 256;
+//!    features, 10 classes) after a window of real traffic, alone and with a candidate in
+//!    shadow beside it (a canary): target ≤ 256;
 //! 2. reports per second the host (sync server + SQLite fleet store, in this process)
 //!    ingests from 1,000 simulated devices on loopback, each waiting for its `Ack` before
 //!    its next report, and again with each device sending a backlog of 20: target ≥ 20,000;
@@ -16,7 +17,7 @@
 
 use perch::fleet::{Fleet, FleetStore};
 use perch::graph::sections::DriftBaseline;
-use perch::metrics::{Collector, ModelFacts, Report, SystemFigures};
+use perch::metrics::{Collector, ModelFacts, Percentiles, Report, ShadowReport, SystemFigures};
 use perch::sync::server::{self, ServerConfig, Shutdown};
 use perch::sync::{Message, Received, client, frame};
 use std::net::TcpListener;
@@ -75,8 +76,7 @@ fn digits_report() -> Report {
     )
 }
 
-fn report_size() {
-    let report = digits_report();
+fn wire_bytes(report: &Report) -> usize {
     let mut buf = Vec::new();
     frame::encode(
         &Message::Metrics {
@@ -87,10 +87,45 @@ fn report_size() {
         frame::DEFAULT_MAX_PAYLOAD,
     )
     .expect("encodes");
+    buf.len()
+}
+
+fn report_size() {
+    let report = digits_report();
     let psi_max = report.psi_milli.iter().max().copied().unwrap_or(0);
     println!(
         "1. metrics report, digits MLP (64 features, 10 classes, 450 requests, PSI up to {psi_max}/1000): {} bytes on the wire (frame included; target <= 256)",
-        buf.len()
+        wire_bytes(&report)
+    );
+    // A canary's window: the same, with a candidate in shadow on all 450 requests and 60
+    // labels (figures of the size a real one has: latencies in the hundreds of µs, heaps in
+    // tens of KiB).
+    let mut canary = report;
+    canary.shadow = Some(ShadowReport {
+        model: [9; 8],
+        requests: 450,
+        errors: 0,
+        agreed: 441,
+        latency_us: Percentiles {
+            p50: 212,
+            p95: 388,
+            p99: 610,
+        },
+        active_latency_us: Percentiles {
+            p50: 205,
+            p95: 371,
+            p99: 598,
+        },
+        memory_kib: 41,
+        active_memory_kib: 40,
+        feedback: 60,
+        feedback_correct: 52,
+        active_feedback_correct: 51,
+        feedback_both_correct: 49,
+    });
+    println!(
+        "1b. the same report of a canary, with a candidate in shadow: {} bytes on the wire (target <= 256)",
+        wire_bytes(&canary)
     );
 }
 

@@ -2,13 +2,67 @@
 //! any `Write`, so the binary stays thin and tests call them directly.
 
 use crate::graph::DType;
-use crate::io::{InputArray, read_input};
-use crate::runtime::{EngineChoice, Format, InputValues, Model, ModelInfo, Output, OutputValues};
+use crate::io::{Arranged, InputArray, InputNames, arrange, read_input};
+use crate::runtime::{
+    EngineChoice, Format, InputValues, Model, ModelInfo, Output, OutputValues, RuntimeError,
+};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
+
+/// Exit statuses of `perch` and `perch-host`, as README lists them.
+pub mod exit {
+    /// The command did what it was asked.
+    pub const SUCCESS: u8 = 0;
+    /// The command failed: bad input, a damaged model, an unreachable file, a refused
+    /// operation. The one-line error on stderr says why.
+    pub const FAILURE: u8 = 1;
+    /// The command line is wrong: an unknown verb or flag, a flag given to a verb that does
+    /// not take it, a missing argument, a value that does not parse. Nothing was done.
+    pub const USAGE: u8 = 2;
+    /// `perch-host push --wait` / `rollout --wait`: the wait ended with some device pending
+    /// or refusing the model, or the rollout not complete (stopped, rolled back, or still
+    /// under way). What was done stands; the output says which devices or which state.
+    pub const INCOMPLETE: u8 = 3;
+}
+
+/// A command-line mistake: the binaries exit with [`exit::USAGE`] when an error's chain holds
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    /// Whether `e`'s chain holds a usage error.
+    pub fn is_in(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| c.is::<UsageError>())
+    }
+}
+
+/// `unix_s` as a UTC date and time, `YYYY-MM-DD HH:MM:SS` (RFC 3339 with a space, in UTC),
+/// the way every command shows a time.
+pub fn utc_time(unix_s: i64) -> String {
+    let days = unix_s.div_euclid(86_400);
+    let secs = unix_s.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
 
 /// Output formats of `perch run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,7 +80,9 @@ impl std::str::FromStr for OutputFormat {
         match s {
             "csv" => Ok(OutputFormat::Csv),
             "json" => Ok(OutputFormat::Json),
-            other => bail!("unknown format {other:?} (expected json or csv)"),
+            other => {
+                Err(UsageError(format!("unknown format {other:?} (expected json or csv)")).into())
+            }
         }
     }
 }
@@ -38,7 +94,10 @@ impl std::str::FromStr for EngineChoice {
             "auto" => Ok(EngineChoice::Auto),
             "native" => Ok(EngineChoice::Native),
             "tract" => Ok(EngineChoice::Tract),
-            other => bail!("unknown engine {other:?} (expected auto, native or tract)"),
+            other => Err(UsageError(format!(
+                "unknown engine {other:?} (expected auto, native or tract)"
+            ))
+            .into()),
         }
     }
 }
@@ -46,16 +105,88 @@ impl std::str::FromStr for EngineChoice {
 /// Loads a model with context naming the file.
 ///
 /// # Errors
-/// Whatever [`Model::load`] reports, prefixed with the path.
+/// Whatever [`Model::load`] reports, prefixed with the path unless the error names it.
 pub fn load_model(path: &Path, engine: EngineChoice) -> Result<Model> {
-    Model::load(path, engine).map_err(|e| {
-        // A caught tract panic already names the file.
+    load_model_within(path, engine, crate::graph::budget::DEFAULT_MAX_MEMORY_BYTES)
+}
+
+/// As [`load_model`], refusing a model whose planned peak memory for one sample is over
+/// `max_memory_bytes` (`--max-memory`).
+///
+/// # Errors
+/// As [`load_model`], and a model over the limit.
+pub fn load_model_within(
+    path: &Path,
+    engine: EngineChoice,
+    max_memory_bytes: u64,
+) -> Result<Model> {
+    Model::load_within(path, engine, max_memory_bytes).map_err(|e| match e {
+        RuntimeError::Io { .. } | RuntimeError::UnknownFormat { .. } => e.into(),
+        // A caught tract panic names the file already.
         #[cfg(feature = "onnx")]
-        if let crate::runtime::RuntimeError::Onnx(crate::onnx::OnnxError::Panic { .. }) = e {
-            return anyhow::Error::new(e);
-        }
-        anyhow::Error::new(e).context(format!("loading model {}", path.display()))
+        RuntimeError::Onnx(crate::onnx::OnnxError::Panic { .. }) => e.into(),
+        RuntimeError::Budget(_) => anyhow::Error::new(e).context(format!(
+            "loading model {} (memory limit {max_memory_bytes} bytes; --max-memory sets it)",
+            path.display()
+        )),
+        e => anyhow::Error::new(e).context(format!("loading model {}", path.display())),
     })
+}
+
+/// The samples per run for `perch run`: `batch` if given and its planned memory fits
+/// `max_memory_bytes`, else as many as fit (at most `total`); tract models run whole.
+///
+/// # Errors
+/// A given batch whose planned memory is over the limit.
+pub fn batch_within(
+    model: &Model,
+    batch: Option<usize>,
+    total: usize,
+    max_memory_bytes: u64,
+) -> Result<Option<usize>> {
+    let Some(plan) = model.info().memory else {
+        return Ok(batch);
+    };
+    match batch {
+        Some(b) => {
+            crate::graph::budget::check_memory(&plan, b, max_memory_bytes)
+                .with_context(|| format!("--batch {b} (raise --max-memory or lower --batch)"))?;
+            Ok(Some(b))
+        }
+        None => Ok(Some(
+            plan.max_batch_within(max_memory_bytes)
+                .clamp(1, total.max(1)),
+        )),
+    }
+}
+
+/// Parses a byte count: a number with an optional `K`, `M`, `G` (powers of 1024, with or
+/// without `iB` / `B`).
+///
+/// # Errors
+/// Anything else.
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| {
+        UsageError(format!(
+            "{text:?} is not a byte count (e.g. 512M, 2G, 1048576)"
+        ))
+    })?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => {
+            return Err(
+                UsageError(format!("{text:?}: unknown unit {other:?} (use K, M or G)")).into(),
+            );
+        }
+    };
+    n.checked_mul(1 << shift)
+        .with_context(|| format!("{text:?} is too large"))
 }
 
 /// The name a model is reported under: its metadata name, else the file stem.
@@ -73,13 +204,74 @@ pub fn model_name(model: &Model, path: &Path) -> String {
         })
 }
 
-/// Reads `input` and runs every sample through `model` in one batch.
+/// The feature names and training target `info`'s model records, when they fit its input.
+pub fn input_names(info: &ModelInfo) -> Option<InputNames> {
+    let sample_len = info.inputs.first()?.sample_len();
+    InputNames::of(info.metadata.as_ref(), sample_len)
+}
+
+/// Reads `input` and fits its columns to `model` ([`arrange`]): by name when the file names
+/// them and the model records its feature names, dropping the training target (or the
+/// column `target` names).
 ///
 /// # Errors
-/// Unreadable or malformed input, a width that does not fit the model, runtime failures.
-pub fn predict(model: &mut Model, input: &Path, batch: Option<usize>) -> Result<Vec<Output>> {
+/// Unreadable or malformed input; missing, unknown or repeated columns.
+pub fn read_for(
+    model: &Model,
+    input: &Path,
+    target: Option<&str>,
+) -> Result<(InputArray, Arranged)> {
     let array = read_input(input)?;
-    predict_array(model, &array, batch).with_context(|| format!("running on {}", input.display()))
+    let names = input_names(model.info());
+    Ok(arrange(
+        array,
+        names.as_ref(),
+        target,
+        &input.display().to_string(),
+    )?)
+}
+
+/// Reads `input` ([`read_for`]) and runs every sample through `model`, `batch` samples per
+/// call (without `batch`, as many as fit `max_memory_bytes`: [`batch_within`]). Returns the
+/// outputs and what was done to the columns (for a note to the user).
+///
+/// # Errors
+/// Unreadable or malformed input, columns or a width that do not fit the model, a batch
+/// over the memory limit, runtime failures.
+pub fn predict(
+    model: &mut Model,
+    input: &Path,
+    batch: Option<usize>,
+    target: Option<&str>,
+    max_memory_bytes: u64,
+) -> Result<(Vec<Output>, Arranged)> {
+    let (array, arranged) = read_for(model, input, target)?;
+    let run = |model: &mut Model| -> Result<Vec<Output>> {
+        let total = model.batch_of(&array.shape, array.data.len())?;
+        let batch = batch_within(model, batch, total, max_memory_bytes)?;
+        predict_array(model, &array, batch)
+    };
+    let outputs = run(model).map_err(|e| {
+        let e = e.context(format!("running on {}", input.display()));
+        match width_hint(model.info(), &array) {
+            Some(hint) => anyhow::anyhow!("{e:#}; {hint}"),
+            None => e,
+        }
+    })?;
+    Ok((outputs, arranged))
+}
+
+/// For a file whose header gives more columns than the model takes (the usual reason: the
+/// training target is still in it), what to do.
+fn width_hint(info: &ModelInfo, array: &InputArray) -> Option<String> {
+    let columns = array.columns.as_ref()?;
+    let takes = info.inputs.first()?.sample_len();
+    (info.inputs.len() == 1 && columns.names.len() > takes).then(|| {
+        format!(
+            "the file has {} columns: drop the target column or name it with --target COL",
+            columns.names.len()
+        )
+    })
 }
 
 /// Runs `array` (rows are samples) through `model`, `batch` samples per call (all at
@@ -95,7 +287,7 @@ pub fn predict_array(
     let total = model.batch_of(&array.shape, array.data.len())?;
     let chunk = batch.unwrap_or(total);
     if chunk == 0 {
-        bail!("--batch must be at least 1");
+        return Err(UsageError("--batch must be at least 1".into()).into());
     }
     let sample_len = array.data.len() / total;
     let spec = model.info().inputs[0].clone();
@@ -246,15 +438,25 @@ pub fn info_json(info: &ModelInfo, name: &str) -> Value {
             "sections": sections,
         })
     });
+    let names = input_names(info);
     json!({
         "name": name,
         "format": match info.format { Format::Perch => "perch", Format::Onnx => "onnx" },
+        "features": names.as_ref().map(|n| &n.features),
+        "target": names.as_ref().and_then(|n| n.target.as_ref()),
         "engine": info.engine.name(),
         "size_bytes": info.size_bytes,
         "sha256": info.sha256,
         "inputs": info.inputs.iter().map(spec).collect::<Vec<_>>(),
         "outputs": info.outputs.iter().map(spec).collect::<Vec<_>>(),
         "ops": info.ops,
+        "memory": info.memory.map(|p| json!({
+            "peak_bytes_batch_1": u64::try_from(p.peak_bytes(1)).unwrap_or(u64::MAX),
+            "weights_bytes": p.weights_bytes,
+            "prepared_bytes": p.prepared_bytes,
+            "per_sample_bytes": p.per_sample_bytes,
+            "scratch_bytes": p.scratch_bytes,
+        })),
         "metadata": meta,
         "notes": info.notes,
     })
@@ -271,6 +473,7 @@ struct SectionSummary {
 /// The metadata sections of a model, described: the registered kinds decoded and checked
 /// against the model's input, others by kind and size.
 fn sections(info: &ModelInfo) -> Vec<SectionSummary> {
+    use crate::graph::budget::REQUIREMENTS;
     use crate::graph::sections::{CANARY, DRIFT_BASELINE};
     let Some(m) = &info.metadata else {
         return Vec::new();
@@ -293,6 +496,21 @@ fn sections(info: &ModelInfo) -> Vec<SectionSummary> {
                                 "yes ({} outputs, tolerance {})",
                                 c.outputs.len(),
                                 c.tolerance
+                            )
+                        })
+                    }),
+                ),
+                REQUIREMENTS => (
+                    "requirements",
+                    m.requirements().map(|r| {
+                        r.map_or_else(String::new, |r| {
+                            format!(
+                                "format {}, peak memory {} bytes for one sample ({} per further sample), ops {}, kernels {}",
+                                r.format_version,
+                                r.peak_memory_bytes,
+                                r.memory.per_sample_bytes,
+                                r.ops.join(" "),
+                                r.kernels.join(" ")
                             )
                         })
                     }),
@@ -347,9 +565,30 @@ pub fn write_info(out: &mut dyn Write, info: &ModelInfo, name: &str) -> Result<(
             )?;
         }
     }
+    match input_names(info) {
+        Some(names) => {
+            writeln!(out, "features: {} (by name)", names.features.len())?;
+            writeln!(out, "  {}", names.features.join(", "))?;
+            if let Some(t) = &names.target {
+                writeln!(out, "target:  {t} (dropped when an input still has it)")?;
+            }
+        }
+        None => writeln!(out, "features: not named (inputs are read in column order)")?,
+    }
     writeln!(out, "ops:")?;
     for (op, n) in &info.ops {
         writeln!(out, "  {op:<32} {n}")?;
+    }
+    if let Some(p) = &info.memory {
+        writeln!(
+            out,
+            "memory:  {} bytes planned for one sample (weights {}, prepared {}, buffers {} per sample, scratch {})",
+            p.peak_bytes(1),
+            p.weights_bytes,
+            p.prepared_bytes,
+            p.per_sample_bytes,
+            p.scratch_bytes
+        )?;
     }
     if let Some(m) = &info.metadata {
         writeln!(out, "metadata:")?;
@@ -364,7 +603,8 @@ pub fn write_info(out: &mut dyn Write, info: &ModelInfo, name: &str) -> Result<(
             }
         }
         if m.created_unix_s > 0 {
-            writeln!(out, "  created_unix_s: {}", m.created_unix_s)?;
+            let t = i64::try_from(m.created_unix_s).unwrap_or(i64::MAX);
+            writeln!(out, "  created: {} UTC", utc_time(t))?;
         }
         if !m.class_labels.is_empty() {
             writeln!(out, "  class_labels: {}", m.class_labels.join(", "))?;
@@ -428,7 +668,7 @@ pub fn bench(
     warmup: usize,
 ) -> Result<BenchReport> {
     if batch == 0 || iterations == 0 {
-        bail!("--batch and --iterations must be at least 1");
+        return Err(UsageError("--batch and --iterations must be at least 1".into()).into());
     }
     let t0 = Instant::now();
     let mut model = load_model(path, engine)?;
@@ -436,7 +676,7 @@ pub fn bench(
     let sample_len = model.info().inputs[0].sample_len();
     let source = match input {
         Some(p) => {
-            let a = read_input(p)?;
+            let (a, _) = read_for(&model, p, None)?;
             model
                 .batch_of(&a.shape, a.data.len())
                 .with_context(|| format!("input {}", p.display()))?;
@@ -551,6 +791,15 @@ mod tests {
             String::from_utf8(text).unwrap(),
             info_json(loaded.info(), "m"),
         )
+    }
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_796_515_199), "2026-12-05 23:59:59");
+        assert_eq!(utc_time(4_107_542_400), "2100-03-01 00:00:00");
+        assert_eq!(utc_time(-1), "1969-12-31 23:59:59");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub const IR_VERSION: i64 = 8;
 pub enum ExportError {
     /// The native graph does not validate.
     #[error("the model's graph is invalid: {0}")]
-    Graph(#[from] GraphError),
+    Graph(GraphError),
     /// A tensor is not stored in an encoding ONNX export handles.
     #[error("node {node:?}: {reason}")]
     Unsupported {
@@ -53,6 +53,14 @@ pub enum ExportError {
         /// What is missing.
         reason: String,
     },
+}
+
+// Not `#[from]`: that would also make the inner error the `source()`, and `{:#}` would print
+// it twice (the message already holds it).
+impl From<GraphError> for ExportError {
+    fn from(e: GraphError) -> Self {
+        ExportError::Graph(e)
+    }
 }
 
 /// Encodes `model` as ONNX protobuf bytes.

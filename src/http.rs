@@ -2,11 +2,18 @@
 //! and the host's dashboard. Request heads are parsed by `httparse`; everything else here
 //! is framing, limits and threads.
 //!
-//! Connections get a thread each, up to [`Limits::max_connections`] (beyond it a connection
-//! is answered 503 and closed), and hand each request to the one thread that calls
-//! [`Server::recv_timeout`], which answers it with [`Request::respond`]. An idle keep-alive
-//! connection is closed after [`Limits::idle_timeout`], so it holds its thread only that
-//! long. (tiny_http, used before, serves connections from a pool whose spawn check can
+//! Connections get a thread each, up to [`Limits::max_connections`], and hand each request
+//! to the one thread that calls [`Server::recv_timeout`], which answers it with
+//! [`Request::respond`]. An idle keep-alive connection is closed after
+//! [`Limits::idle_timeout`], and a request must arrive whole within
+//! [`Limits::request_timeout`] of its first byte (answered 408 otherwise), however slowly
+//! its bytes trickle in: a client cannot hold a thread longer than that by sending one byte
+//! per idle timeout (slowloris). When every slot is taken, a new connection takes the slot
+//! of the connection that has waited longest without a request being answered (reading a
+//! request, or idle between requests) if that has lasted [`EVICT_AFTER`] (a client that
+//! sends its request at once has it read by then); only when every
+//! connection is newer or has a request in hand is the new one answered 503. So slow
+//! clients occupying every slot cannot lock out a client that sends its request at once. (tiny_http, used before, serves connections from a pool whose spawn check can
 //! miss: with four browser connections idle in keep-alive, a fifth waited until one of
 //! them closed, and the dashboard hung in headless Chromium.)
 //!
@@ -16,11 +23,15 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a connection must have gone without a request in hand before a new
+/// connection may take its slot when all are taken.
+pub const EVICT_AFTER: Duration = Duration::from_millis(50);
 
 /// What a server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +41,9 @@ pub struct Limits {
     /// How long a connection may sit between requests (and between reads of a request)
     /// before it is closed.
     pub idle_timeout: Duration,
+    /// How long a whole request (head and body) may take from its first byte; a request
+    /// still incomplete then is answered 408 and the connection closed.
+    pub request_timeout: Duration,
     /// Largest request line and headers.
     pub max_head_bytes: usize,
     /// Largest request body.
@@ -41,6 +55,7 @@ impl Default for Limits {
         Limits {
             max_connections: 64,
             idle_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
             max_head_bytes: 16 << 10,
             max_body_bytes: 16 << 20,
         }
@@ -97,6 +112,7 @@ impl Response {
 pub struct Request {
     method: String,
     target: String,
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
     reply: SyncSender<Response>,
 }
@@ -120,6 +136,22 @@ impl Request {
     /// The body (empty without one).
     pub fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// The value of header `name` (any case), trimmed; the first one when repeated.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// How many times header `name` (any case) was sent.
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 
     /// Sends `response`. A client that went away is not an error of the server's.
@@ -197,12 +229,80 @@ impl Drop for Server {
     }
 }
 
-/// Decrements the open-connection count when a connection thread ends.
-struct Slot(Arc<AtomicUsize>);
+/// The open connections, for the connection limit and for eviction.
+#[derive(Default)]
+struct Connections {
+    open: Mutex<Vec<Tracked>>,
+    next_id: AtomicU64,
+}
+
+struct Tracked {
+    id: u64,
+    /// A handle on the socket, to shut it down when the connection is evicted.
+    stream: TcpStream,
+    /// A request has been read and is being answered: the connection is not evicted.
+    busy: bool,
+    /// When the connection was accepted or last answered a request.
+    since: Instant,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Tracked>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a slot for `stream`: a free one, else the slot of the connection that has
+    /// waited longest without a request in hand (shut down), if that is over
+    /// [`EVICT_AFTER`]. `None`: every slot is in use.
+    fn admit(self: &Arc<Self>, stream: &TcpStream, max: usize) -> Option<Slot> {
+        let handle = stream.try_clone().ok()?;
+        let mut open = self.lock();
+        if open.len() >= max.max(1) {
+            let victim = open
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !c.busy && c.since.elapsed() >= EVICT_AFTER)
+                .min_by_key(|(_, c)| c.since)
+                .map(|(i, _)| i)?;
+            let evicted = open.swap_remove(victim);
+            log::debug!("http: all {max} connections in use; closing the one idle longest");
+            let _ = evicted.stream.shutdown(SocketShutdown::Both);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        open.push(Tracked {
+            id,
+            stream: handle,
+            busy: false,
+            since: Instant::now(),
+        });
+        Some(Slot {
+            connections: self.clone(),
+            id,
+        })
+    }
+}
+
+/// A connection's place among the open ones; given back when the connection thread ends.
+struct Slot {
+    connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Slot {
+    /// Marks the connection as answering a request (`true`) or waiting for one.
+    fn set_busy(&self, busy: bool) {
+        if let Some(c) = self.connections.lock().iter_mut().find(|c| c.id == self.id) {
+            c.busy = busy;
+            c.since = Instant::now();
+        }
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.connections.lock().retain(|c| c.id != self.id);
     }
 }
 
@@ -212,7 +312,7 @@ fn accept_loop(
     limits: Limits,
     stop: &AtomicBool,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(Connections::default());
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -227,20 +327,17 @@ fn accept_loop(
                 continue;
             }
         };
-        if open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
-            open.fetch_sub(1, Ordering::SeqCst);
+        let Some(slot) = connections.admit(&stream, limits.max_connections) else {
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             let busy = Response::error(503, "too many connections; try again");
             let _ = write_response(&mut stream, &busy, false, false);
             continue;
-        }
-        let slot = Slot(open.clone());
+        };
         let requests = requests.clone();
         let spawned = std::thread::Builder::new()
             .name("http connection".into())
             .spawn(move || {
-                let _slot = slot;
-                if let Err(e) = serve_connection(stream, &requests, limits) {
+                if let Err(e) = serve_connection(stream, &requests, limits, &slot) {
                     log::debug!("http: connection ended: {e}");
                 }
             });
@@ -255,6 +352,8 @@ fn accept_loop(
 pub(crate) struct Incoming {
     pub method: String,
     pub target: String,
+    /// Header names and values (values trimmed) in the order sent.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// Whether the client keeps the connection open after the answer.
     pub keep_alive: bool,
@@ -277,23 +376,44 @@ impl From<io::Error> for ReadError {
     }
 }
 
+/// A stream whose read timeout can be set: sockets; in-memory streams ignore it.
+pub(crate) trait ReadTimeout {
+    /// Makes the next reads give up after `timeout`.
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()>;
+}
+
+impl ReadTimeout for TcpStream {
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, Some(timeout.max(Duration::from_millis(1))))
+    }
+}
+
+impl ReadTimeout for io::Cursor<Vec<u8>> {
+    fn set_read_timeout(&self, _: Duration) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Reads requests off one stream, keeping bytes that arrive early (pipelining).
 pub(crate) struct RequestReader<S> {
     stream: S,
     buf: Vec<u8>,
     limits: Limits,
+    /// When the request being read must be complete (set at its first byte).
+    deadline: Option<Instant>,
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-impl<S: Read + Write> RequestReader<S> {
+impl<S: Read + Write + ReadTimeout> RequestReader<S> {
     pub(crate) fn new(stream: S, limits: Limits) -> Self {
         RequestReader {
             stream,
             buf: Vec::new(),
             limits,
+            deadline: None,
         }
     }
 
@@ -301,11 +421,39 @@ impl<S: Read + Write> RequestReader<S> {
         &mut self.stream
     }
 
+    /// Reads what arrives, waiting at most the idle timeout and never past the deadline.
     fn fill(&mut self) -> io::Result<usize> {
+        let mut wait = self.limits.idle_timeout;
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            wait = wait.min(left);
+        }
+        self.stream.set_read_timeout(wait)?;
         let mut chunk = [0u8; 4096];
         let n = self.stream.read(&mut chunk)?;
         self.buf.extend_from_slice(&chunk[..n]);
+        if n > 0 && self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.limits.request_timeout);
+        }
         Ok(n)
+    }
+
+    /// The refusal for a read that failed with `e`: 408 once the deadline passed.
+    fn read_failed(&self, e: io::Error) -> ReadError {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            ReadError::Refuse(Response::error(
+                408,
+                format!(
+                    "the request did not arrive whole within {} ms",
+                    self.limits.request_timeout.as_millis()
+                ),
+            ))
+        } else {
+            ReadError::Io(e)
+        }
     }
 
     fn head_too_long(&self) -> ReadError {
@@ -320,6 +468,10 @@ impl<S: Read + Write> RequestReader<S> {
 
     /// The next request.
     pub(crate) fn next_request(&mut self) -> Result<Incoming, ReadError> {
+        // Pipelined bytes already here: the request began when they arrived, and its
+        // deadline runs from now at the latest.
+        self.deadline =
+            (!self.buf.is_empty()).then(|| Instant::now() + self.limits.request_timeout);
         let head_len = loop {
             if let Some(end) = find_head_end(&self.buf) {
                 break end;
@@ -348,7 +500,7 @@ impl<S: Read + Write> RequestReader<S> {
                 {
                     return Err(ReadError::Closed);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.read_failed(e)),
             }
         };
         if head_len > self.limits.max_head_bytes {
@@ -378,8 +530,11 @@ impl<S: Read + Write> RequestReader<S> {
         let mut connection = String::new();
         let mut expect_continue = false;
         let mut chunked = false;
+        let mut headers = Vec::with_capacity(parsed.headers.len());
         for h in parsed.headers.iter() {
-            let value = String::from_utf8_lossy(h.value).trim().to_ascii_lowercase();
+            let raw = String::from_utf8_lossy(h.value).trim().to_string();
+            let value = raw.to_ascii_lowercase();
+            headers.push((h.name.to_string(), raw));
             if h.name.eq_ignore_ascii_case("content-length") {
                 let n = value.parse::<u64>().map_err(|_| {
                     ReadError::Refuse(Response::error(400, "Content-Length is not a number"))
@@ -427,8 +582,10 @@ impl<S: Read + Write> RequestReader<S> {
             self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
             self.stream.flush()?;
         }
+        // The body's room at once (bounded by max_body_bytes), not doubling up to twice it.
+        self.buf.reserve_exact(len.saturating_sub(self.buf.len()));
         while self.buf.len() < len {
-            if self.fill()? == 0 {
+            if self.fill().map_err(|e| self.read_failed(e))? == 0 {
                 return Err(ReadError::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
@@ -438,10 +595,16 @@ impl<S: Read + Write> RequestReader<S> {
                 )));
             }
         }
-        let body: Vec<u8> = self.buf.drain(..len).collect();
+        // A body that is all the buffer holds is handed over, not copied.
+        let body: Vec<u8> = if self.buf.len() == len {
+            std::mem::take(&mut self.buf)
+        } else {
+            self.buf.drain(..len).collect()
+        };
         Ok(Incoming {
             method,
             target,
+            headers,
             body,
             keep_alive,
         })
@@ -454,6 +617,12 @@ struct Replay<'a>(io::Cursor<&'a [u8]>);
 impl Read for Replay<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf)
+    }
+}
+
+impl ReadTimeout for Replay<'_> {
+    fn set_read_timeout(&self, _: Duration) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -492,7 +661,12 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
         411 => "Length Required",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
@@ -537,8 +711,8 @@ fn serve_connection(
     stream: TcpStream,
     requests: &SyncSender<Request>,
     limits: Limits,
+    slot: &Slot,
 ) -> io::Result<()> {
-    stream.set_read_timeout(Some(limits.idle_timeout))?;
     stream.set_write_timeout(Some(limits.idle_timeout.max(Duration::from_secs(5))))?;
     let _ = stream.set_nodelay(true);
     let mut reader = RequestReader::new(stream, limits);
@@ -552,11 +726,13 @@ fn serve_connection(
                 break;
             }
         };
+        slot.set_busy(true);
         let (tx, rx) = mpsc::sync_channel(1);
         let head_only = incoming.method == "HEAD";
         let request = Request {
             method: incoming.method,
             target: incoming.target,
+            headers: incoming.headers,
             body: incoming.body,
             reply: tx,
         };
@@ -568,6 +744,7 @@ fn serve_connection(
         };
         let keep_alive = incoming.keep_alive && response.status < 500;
         write_response(reader.stream(), &response, keep_alive, head_only)?;
+        slot.set_busy(false);
         if !keep_alive {
             break;
         }
@@ -739,24 +916,116 @@ mod tests {
             idle_timeout: Duration::from_millis(300),
             ..Limits::default()
         };
-        let server = echo(limits);
-        let addr = server.addr;
-        let (_a, _ra) = connect(addr);
-        let (_b, _rb) = connect(addr);
-        std::thread::sleep(Duration::from_millis(100));
-        let (_c, mut rc) = connect(addr);
+        let closed = |r: &BufReader<TcpStream>| {
+            r.get_ref()
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            r.get_ref().peek(&mut [0u8; 1]).unwrap_or(0) == 0
+        };
+        // Connections with a request in hand keep their slots: a third is refused.
+        let unanswered = Server::bind("127.0.0.1:0", limits).unwrap();
+        let busy: Vec<_> = (0..2)
+            .map(|i| {
+                let (mut s, r) = connect(unanswered.local_addr());
+                s.write_all(format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes())
+                    .unwrap();
+                (s, r)
+            })
+            .collect();
+        std::thread::sleep(EVICT_AFTER * 4);
+        let (_c, mut rc) = connect(unanswered.local_addr());
         assert_eq!(read_response(&mut rc).0, 503, "over the limit");
-        // After the idle timeout the two silent connections are closed and room is back.
+        drop(busy);
+        drop(unanswered);
+
+        // Silent connections: a new one takes the slot of the one idle longest, and the
+        // idle timeout closes the other.
+        let server = echo(limits);
+        let (_a, ra) = connect(server.addr);
+        let (_b, rb) = connect(server.addr);
+        std::thread::sleep(Duration::from_millis(100));
+        let (mut c, mut rc) = connect(server.addr);
+        c.write_all(b"GET /ok HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut rc).0, 200);
         std::thread::sleep(Duration::from_millis(600));
-        let mut buf = [0u8; 1];
-        assert_eq!(
-            _ra.get_ref().peek(&mut buf).unwrap(),
-            0,
-            "closed by the server"
-        );
-        let (mut d, mut rd) = connect(addr);
-        d.write_all(b"GET /ok HTTP/1.1\r\n\r\n").unwrap();
-        assert_eq!(read_response(&mut rd).0, 200);
+        assert!(closed(&ra) && closed(&rb), "both closed by the server");
+    }
+
+    /// Starts a client that sends `GET /` one byte at a time, every `gap`, for as long as
+    /// `stop` is false; returns when the server closes the connection or `stop` is set.
+    fn trickle(addr: SocketAddr, gap: Duration, stop: Arc<AtomicBool>) -> JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let Ok(mut s) = TcpStream::connect(addr) else {
+                return Vec::new();
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_millis(1)));
+            let request = b"GET /slow HTTP/1.1\r\nX-Padding: ";
+            let mut got = Vec::new();
+            for i in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let byte = request.get(i).copied().unwrap_or(b'a');
+                if s.write_all(&[byte]).is_err() {
+                    break;
+                }
+                let mut buf = [0u8; 512];
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+                std::thread::sleep(gap);
+            }
+            got
+        })
+    }
+
+    #[test]
+    fn a_request_trickling_in_is_cut_off_at_the_request_deadline() {
+        let limits = Limits {
+            request_timeout: Duration::from_millis(600),
+            ..Limits::default()
+        };
+        let server = echo(limits);
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        // One byte every 100 ms: never idle for the 5 s idle timeout.
+        let got = trickle(server.addr, Duration::from_millis(100), stop.clone());
+        let got = got.join().unwrap();
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+        assert!(elapsed < Duration::from_secs(4), "held for {elapsed:?}");
+    }
+
+    #[test]
+    fn slow_clients_in_every_slot_do_not_lock_out_a_prompt_one() {
+        let limits = Limits {
+            max_connections: 8,
+            ..Limits::default()
+        };
+        let server = echo(limits);
+        let stop = Arc::new(AtomicBool::new(false));
+        // Twice as many trickling clients as slots, each sending a byte every 200 ms.
+        let slow: Vec<_> = (0..16)
+            .map(|_| trickle(server.addr, Duration::from_millis(200), stop.clone()))
+            .collect();
+        std::thread::sleep(EVICT_AFTER * 2);
+        for i in 0..3 {
+            let (mut s, mut r) = connect(server.addr);
+            s.write_all(format!("GET /real{i} HTTP/1.1\r\n\r\n").as_bytes())
+                .unwrap();
+            assert_eq!(
+                read_response(&mut r),
+                (200, format!("GET /real{i} 0"), true)
+            );
+            std::thread::sleep(EVICT_AFTER);
+        }
+        stop.store(true, Ordering::SeqCst);
+        for t in slow {
+            let _ = t.join();
+        }
     }
 
     #[test]

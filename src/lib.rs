@@ -39,6 +39,7 @@
 //!   and the Prometheus endpoint.
 //! - [`http`] (features `device` or `host`): the small HTTP/1.1 server under the agent's
 //!   local API and the dashboard.
+//! - [`signals`]: SIGTERM / SIGINT stop `perch agent` and `perch-host serve` cleanly.
 //!
 //! # Example
 //! ```
@@ -92,12 +93,14 @@ pub mod optimize;
 #[cfg(feature = "host")]
 pub mod registry;
 pub mod runtime;
+pub mod signals;
 pub mod sync;
 #[cfg(feature = "host")]
 pub mod train;
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it: every shared
 /// state in perch is changed by whole assignments, so it stays consistent.
+#[cfg(any(feature = "device", feature = "host"))]
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -4,6 +4,7 @@
 
 use crate::artifact::{self, ArtifactError};
 use crate::engine::{Engine, EngineError};
+use crate::graph::budget::{self, BudgetError, MemoryPlan};
 use crate::graph::sections::{Canary, CanaryValues};
 use crate::graph::{DType, Metadata, TensorSpec};
 use std::collections::BTreeMap;
@@ -19,6 +20,9 @@ pub enum RuntimeError {
     /// The native engine refused the graph or the input.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The model needs more memory than allowed, or something this build lacks.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     /// The ONNX backend failed.
     #[cfg(feature = "onnx")]
     #[error(transparent)]
@@ -73,7 +77,7 @@ pub enum RuntimeError {
     #[error("{0}")]
     Inputs(String),
     /// Reading the model file failed.
-    #[error("{path}: {reason}")]
+    #[error("reading model {path}: {reason}")]
     Io {
         /// The path.
         path: String,
@@ -143,6 +147,8 @@ pub struct ModelInfo {
     pub notes: Vec<String>,
     /// SHA-256 of the payload, for `.perch`.
     pub sha256: Option<String>,
+    /// Memory the native engine plans for it (`None` on tract).
+    pub memory: Option<MemoryPlan>,
 }
 
 /// One output of a run, `[batch, ...]` row-major.
@@ -324,12 +330,26 @@ impl Model {
     /// Unreadable or invalid files, ONNX without the `onnx` feature, `Native` requested for
     /// a graph with ops the native engine lacks.
     pub fn load(path: &Path, choice: EngineChoice) -> Result<Model, RuntimeError> {
+        Self::load_within(path, choice, budget::DEFAULT_MAX_MEMORY_BYTES)
+    }
+
+    /// As [`Model::load`], refusing a model whose planned peak memory for one sample
+    /// (weights, buffers, scratch: [`MemoryPlan`]) is over `max_memory_bytes` before the
+    /// engine allocates anything for it.
+    ///
+    /// # Errors
+    /// As [`Model::load`]; [`RuntimeError::Budget`] for a model over the limit.
+    pub fn load_within(
+        path: &Path,
+        choice: EngineChoice,
+        max_memory_bytes: u64,
+    ) -> Result<Model, RuntimeError> {
         let bytes = std::fs::read(path).map_err(|e| RuntimeError::Io {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
         if bytes.starts_with(&artifact::MAGIC) {
-            return Self::from_artifact_bytes(&bytes);
+            return Self::from_artifact_bytes_within(&bytes, max_memory_bytes);
         }
         let is_onnx_name = path
             .extension()
@@ -339,19 +359,38 @@ impl Model {
                 path: path.display().to_string(),
             });
         }
-        Self::onnx(&bytes, choice, &path.display().to_string())
+        Self::onnx_within(
+            &bytes,
+            choice,
+            max_memory_bytes,
+            &path.display().to_string(),
+        )
     }
 
-    /// Loads a native artifact from memory.
+    /// Loads a native artifact from memory (within the default memory budget,
+    /// [`budget::DEFAULT_MAX_MEMORY_BYTES`]).
     ///
     /// # Errors
-    /// As [`artifact::decode`] and [`Engine::new`].
+    /// As [`artifact::decode`] and [`Engine::new`]; [`RuntimeError::Budget`].
     pub fn from_artifact_bytes(bytes: &[u8]) -> Result<Model, RuntimeError> {
+        Self::from_artifact_bytes_within(bytes, budget::DEFAULT_MAX_MEMORY_BYTES)
+    }
+
+    /// Loads a native artifact from memory if its planned peak memory for one sample is
+    /// within `max_memory_bytes`.
+    ///
+    /// # Errors
+    /// As [`Model::from_artifact_bytes`].
+    pub fn from_artifact_bytes_within(
+        bytes: &[u8],
+        max_memory_bytes: u64,
+    ) -> Result<Model, RuntimeError> {
         let art = artifact::decode(bytes)?;
         Self::native(
             &art.model,
             bytes.len() as u64,
             Some(artifact::hex(&art.sha256)),
+            max_memory_bytes,
         )
     }
 
@@ -361,14 +400,27 @@ impl Model {
     /// # Errors
     /// As [`Engine::new`].
     pub fn from_native(model: &crate::graph::Model) -> Result<Model, RuntimeError> {
-        Self::native(model, 0, None)
+        Self::native(model, 0, None, budget::DEFAULT_MAX_MEMORY_BYTES)
+    }
+
+    /// Plans `graph`'s memory and checks it against `max_memory_bytes` for one sample.
+    fn plan_within(
+        graph: &crate::graph::Graph,
+        max_memory_bytes: u64,
+    ) -> Result<MemoryPlan, RuntimeError> {
+        let shapes = graph.infer_shapes().map_err(EngineError::from)?;
+        let plan = budget::plan_memory(graph, &shapes);
+        budget::check_memory(&plan, 1, max_memory_bytes)?;
+        Ok(plan)
     }
 
     fn native(
         model: &crate::graph::Model,
         size_bytes: u64,
         sha256: Option<String>,
+        max_memory_bytes: u64,
     ) -> Result<Model, RuntimeError> {
+        let plan = Self::plan_within(&model.graph, max_memory_bytes)?;
         let engine = Engine::new(&model.graph, 1)?;
         let info = ModelInfo {
             format: Format::Perch,
@@ -384,6 +436,7 @@ impl Model {
                 .map(|c| format!("sparse weight {c}"))
                 .collect(),
             sha256,
+            memory: Some(plan),
         };
         Ok(Model {
             backend: Backend::Native(Box::new(engine)),
@@ -396,22 +449,40 @@ impl Model {
     /// # Errors
     /// [`RuntimeError::OnnxNotCompiled`] without the `onnx` feature; else the backend's.
     pub fn from_onnx_bytes(bytes: &[u8], choice: EngineChoice) -> Result<Model, RuntimeError> {
-        Self::onnx(bytes, choice, "ONNX model")
+        Self::onnx_within(
+            bytes,
+            choice,
+            budget::DEFAULT_MAX_MEMORY_BYTES,
+            "ONNX model",
+        )
     }
 
     #[cfg(not(feature = "onnx"))]
-    fn onnx(_bytes: &[u8], _choice: EngineChoice, _label: &str) -> Result<Model, RuntimeError> {
+    fn onnx_within(
+        _bytes: &[u8],
+        _choice: EngineChoice,
+        _max_memory_bytes: u64,
+        _label: &str,
+    ) -> Result<Model, RuntimeError> {
         Err(RuntimeError::OnnxNotCompiled)
     }
 
-    /// An ONNX model from its bytes; `label` names it (its file) in tract's errors.
+    /// An ONNX model from memory; the native engine's memory plan checked against
+    /// `max_memory_bytes` (tract plans its own and is not bounded here); `label` names it
+    /// (its file) in tract's errors.
     #[cfg(feature = "onnx")]
-    fn onnx(bytes: &[u8], choice: EngineChoice, label: &str) -> Result<Model, RuntimeError> {
+    fn onnx_within(
+        bytes: &[u8],
+        choice: EngineChoice,
+        max_memory_bytes: u64,
+        label: &str,
+    ) -> Result<Model, RuntimeError> {
         let proto = crate::onnx::parse(bytes)?;
         let mut notes = Vec::new();
         if choice != EngineChoice::Tract {
             match crate::convert::onnx_to_native(&proto) {
                 Ok(model) => {
+                    let plan = Self::plan_within(&model.graph, max_memory_bytes)?;
                     let engine = Engine::new(&model.graph, 1)?;
                     let ops = crate::onnx::op_counts(&proto);
                     let info = ModelInfo {
@@ -424,6 +495,7 @@ impl Model {
                         metadata: Some(model.metadata.clone()),
                         notes,
                         sha256: None,
+                        memory: Some(plan),
                     };
                     return Ok(Model {
                         backend: Backend::Native(Box::new(engine)),
@@ -448,6 +520,7 @@ impl Model {
             metadata: None,
             notes,
             sha256: None,
+            memory: None,
         };
         Ok(Model {
             backend: Backend::Tract(Box::new(onnx)),
@@ -458,6 +531,16 @@ impl Model {
     /// What the model is and how it runs.
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Gives back the memory a large batch made the native engine grow (tract allocates
+    /// per run and keeps nothing).
+    pub fn release_buffers(&mut self) {
+        if let Backend::Native(engine) = &mut self.backend
+            && let Err(e) = engine.release()
+        {
+            log::warn!("{e}");
+        }
     }
 
     /// Checks that `shape` (as read from a file) holds whole samples for input 0 and

@@ -758,3 +758,133 @@ fn alerts_lists_open_and_resolved_alerts_and_serve_checks_its_rules() {
         );
     }
 }
+
+/// An imported `…/NAME/model.onnx` is NAME; another file is its stem; `--name` wins.
+#[test]
+fn import_names_a_model_after_its_folder_or_its_file() {
+    let host = Host::new();
+    let models = corpus_dir().join("models");
+    let v = host.json(&[
+        "import",
+        models.join("sk_dtree_iris/model.onnx").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["ref"], "sk_dtree_iris@1", "{v}");
+    let renamed = host.dir.path().join("iris tree.onnx");
+    std::fs::copy(models.join("sk_dtree_iris/model.onnx"), &renamed).unwrap();
+    let v = host.json(&["import", renamed.to_str().unwrap(), "--json"]);
+    assert_eq!(v["ref"], "iris_tree@1", "{v}");
+    let v = host.json(&[
+        "import",
+        models.join("sk_rf_iris/model.onnx").to_str().unwrap(),
+        "--name",
+        "forest",
+        "--json",
+    ]);
+    assert_eq!(v["ref"], "forest@1", "{v}");
+}
+
+/// Metrics measured on the training data (no `--test`) say so in the train output, in
+/// `models list` and `models show`, and in their JSON; held-out ones say `test`.
+#[test]
+fn training_set_metrics_are_labelled_wherever_they_are_shown() {
+    let host = Host::new();
+    let train = iris("iris_train.csv");
+    let args = |name: &'static str| {
+        vec![
+            "train".to_string(),
+            train.display().to_string(),
+            "--target".into(),
+            "target".into(),
+            "--model".into(),
+            "forest".into(),
+            "--trees".into(),
+            "5".into(),
+            "--name".into(),
+            name.into(),
+        ]
+    };
+    let a = args("on-train");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let text = host.ok(&a);
+    assert!(text.contains("(on the training data"), "{text}");
+    let mut b = args("on-test");
+    b.extend(["--test".into(), iris("iris_test.csv").display().to_string()]);
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    let text = host.ok(&b);
+    assert!(text.contains("(on the test data)"), "{text}");
+
+    let list = host.ok(&["models", "list"]);
+    let line = |r: &str| {
+        list.lines()
+            .find(|l| l.starts_with(r))
+            .unwrap_or_else(|| panic!("{r} in {list}"))
+            .to_string()
+    };
+    assert!(
+        line("on-train@1").ends_with("(on the training data)"),
+        "{list}"
+    );
+    assert!(!line("on-test@1").contains("training data"), "{list}");
+    let show = host.ok(&["models", "show", "on-train"]);
+    assert!(show.contains("(on the training data)"), "{show}");
+    for (name, on) in [("on-train", "train"), ("on-test", "test")] {
+        let v = host.json(&["models", "show", name, "--json"]);
+        assert_eq!(v["metrics"]["evaluated_on"], on, "{v}");
+    }
+    let list = host.json(&["models", "list", "--json"]);
+    for v in list.as_array().expect("array") {
+        let on = if v["name"] == "on-train" {
+            "train"
+        } else {
+            "test"
+        };
+        assert_eq!(v["metrics"]["evaluated_on"], on, "{v}");
+    }
+    // The dates shown are UTC dates, not Unix seconds.
+    let created = host.json(&["models", "show", "on-test", "--json"])["created"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        created.len() == 19 && created.as_bytes()[4] == b'-' && created.as_bytes()[10] == b' ',
+        "{created}"
+    );
+    assert!(
+        host.ok(&["models", "show", "on-test"])
+            .contains(&format!("created: {created} UTC"))
+    );
+}
+
+/// `devices show` prints its events with UTC dates.
+#[test]
+fn device_events_show_dates() {
+    let host = Host::new();
+    let config = host.dir.path().join("d.toml");
+    host.ok(&[
+        "devices",
+        "add",
+        "d",
+        "--host",
+        "127.0.0.1:9",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    {
+        let mut fleet = perch::fleet::Fleet::open(host.db()).expect("fleet");
+        let device = fleet.device("d").expect("query").expect("device d");
+        fleet
+            .record_event(Some(&device), None, "installed", "iris@1")
+            .expect("event");
+    }
+    let v = host.json(&["devices", "show", "d", "--json"]);
+    let unix = v["events"][0]["unix_s"].as_i64().expect("an event");
+    let text = host.ok(&["devices", "show", "d"]);
+    assert!(text.contains("events (UTC):"), "{text}");
+    assert!(!text.contains(&unix.to_string()), "raw seconds in {text}");
+    let date = perch::cli::utc_time(unix);
+    assert!(
+        text.contains(&format!("  {date}  installed")),
+        "{date} in {text}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The monitoring loop end to end, host and agents as processes on loopback: quality-gated
 //! rollouts (a candidate that disagrees with the current model is stopped at the canary
-//! gate; a promoted model whose feedback accuracy drops is rolled back).
+//! gate, so is one many times slower, while two threads keep this machine's cores busy; a
+//! promoted model whose feedback accuracy drops is rolled back).
 #![cfg(all(feature = "host", feature = "device"))]
 
 mod harness;
@@ -242,4 +243,89 @@ fn a_promoted_model_whose_feedback_accuracy_drops_is_rolled_back() {
             .any(|e| e.kind == "rollout" && e.detail.contains("rolled-back")),
         "{events:?}"
     );
+}
+
+/// Two threads spinning until dropped: a busy machine.
+struct Hogs {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hogs {
+    fn start() -> Hogs {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..2u64)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut v = i;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        v = std::hint::black_box(v.wrapping_mul(6_364_136_223_846_793_005) + 1);
+                    }
+                })
+            })
+            .collect();
+        Hogs { stop, threads }
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn on_a_busy_machine_a_sibling_is_promoted_and_a_much_slower_candidate_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Host::new(dir.path());
+    host.train_wine("wine", "logistic", 1);
+    let data = harness::corpus().join("datasets/wine/wine_train.csv");
+    let data = data.to_str().unwrap();
+    // wine@2: a sibling of the same size and speed. wine@3: an MLP with 2,048 hidden units,
+    // hundreds of times the work per sample of a 13-feature logistic regression.
+    host.cli(&[
+        "train", data, "--target", "target", "--model", "logistic", "--C", "0.3", "--name", "wine",
+    ]);
+    host.cli(&[
+        "train", data, "--target", "target", "--model", "mlp", "--hidden", "2048", "--scale",
+        "standard", "--epochs", "5", "--name", "wine",
+    ]);
+    let agents = start_fleet(&mut host, 1);
+    let _hogs = Hogs::start();
+    let v = host.cli_json(&["rollout", "wine@2", "--group", "lab", "--watch", "1"]);
+    let id = v["rollout"].as_i64().unwrap();
+    let r = drive_until_not(&host, &agents, id, "canary", None);
+    assert_eq!(r.state, "promoted", "{r:?}");
+    let detail = r.reason.unwrap_or_default();
+    eprintln!("sibling: {detail}");
+    assert!(detail.contains("median latency"), "{detail}");
+    let r = drive_until_not(&host, &agents, id, "promoted", None);
+    assert_eq!(r.state, "complete", "{r:?}");
+
+    // The MLP: judged on latency only (its answers may differ from a logistic model's, and
+    // its heap is 30 times larger).
+    let v = host.cli_json(&[
+        "rollout",
+        "wine@3",
+        "--group",
+        "lab",
+        "--min-agreement",
+        "0",
+        "--max-memory-ratio",
+        "1000",
+    ]);
+    let id = v["rollout"].as_i64().unwrap();
+    let r = drive_until_not(&host, &agents, id, "canary", None);
+    assert_eq!(r.state, "aborted", "{r:?}");
+    let reason = r.reason.unwrap_or_default();
+    eprintln!("MLP: {reason}");
+    assert!(
+        reason.contains("median latency") && reason.contains("windows more than 3.00x"),
+        "{reason}"
+    );
+    assert_eq!(agents[0].health()["model"]["version"], "2");
 }

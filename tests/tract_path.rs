@@ -46,6 +46,7 @@ fn repeat_rows(a: &InputArray, rows: usize) -> InputArray {
     InputArray {
         shape,
         data: data.collect(),
+        columns: None,
     }
 }
 
@@ -129,6 +130,7 @@ fn every_fixture_runs_on_tract_and_matches_onnxruntime() {
                     data: input.data
                         [r * input.data.len() / given..(r + 1) * input.data.len() / given]
                         .to_vec(),
+                    columns: None,
                 };
                 let single = predict_array(&mut model, &one, None).unwrap();
                 compare(
@@ -391,6 +393,7 @@ fn the_edge_corpus_runs_on_tract() {
         let input = InputArray {
             shape,
             data: input.data[..rows * per_row].to_vec(),
+            columns: None,
         };
         let got =
             predict_array(&mut model, &input, None).unwrap_or_else(|e| panic!("{name}: {e:#}"));

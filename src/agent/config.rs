@@ -8,6 +8,11 @@
 //! state_dir = "/var/lib/perch"         # models, the report queue (relative: to this file)
 //! http = "127.0.0.1:7471"              # the local API
 //! report_interval_s = 60
+//! # Optional: local API access and limits.
+//! http_token = "…at least 16 characters…"  # `Authorization: Bearer …` (required beyond loopback)
+//! http_hosts = ["pi-kitchen.local"]      # Host names the API answers besides IPs, localhost
+//! max_batch = 256                        # samples per /predict request
+//! max_model_memory_bytes = 33554432      # planned peak memory a model may need (32 MiB)
 //! ```
 
 use crate::sync::auth;
@@ -25,12 +30,12 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:7471";
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
     #[error("{path}: {reason}")]
@@ -69,6 +74,37 @@ struct File {
     rollback_min_requests: Option<u32>,
     rollback_error_rate: Option<f64>,
     max_model_bytes: Option<u64>,
+    http_token: Option<String>,
+    http_hosts: Option<Vec<String>>,
+    max_batch: Option<usize>,
+    max_model_memory_bytes: Option<u64>,
+}
+
+/// Shortest accepted `http_token`.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Default samples per `/predict` request.
+pub const DEFAULT_MAX_BATCH: usize = 256;
+/// Default memory budget of a model (planned peak: weights, buffers, scratch), 32 MiB: the
+/// systemd unit caps the whole agent at 64 MiB.
+pub const DEFAULT_MAX_MODEL_MEMORY_BYTES: u64 = 32 << 20;
+
+/// Whether `host` (a name or address, without port) is this machine's loopback.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host part of `host:port` (IPv6 in brackets kept without them).
+pub fn host_part(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => addr,
+    }
 }
 
 /// A checked configuration.
@@ -102,6 +138,18 @@ pub struct Config {
     pub rollback_error_rate: f64,
     /// Largest model the agent accepts.
     pub max_model_bytes: u64,
+    /// Bearer token the local API requires (`Authorization: Bearer TOKEN`); required when
+    /// `http` is not a loopback address.
+    pub http_token: Option<String>,
+    /// Host names (without port) the local API answers to besides IP addresses and
+    /// `localhost`; any other `Host` is refused (DNS rebinding).
+    pub http_hosts: Vec<String>,
+    /// Most samples one `/predict` request may carry.
+    pub max_batch: usize,
+    /// Memory budget of a model: the planned peak of its weights, buffers for one batch of
+    /// `max_batch` samples at most, and scratch. A model whose batch-1 peak is over it is
+    /// refused before it is loaded.
+    pub max_model_memory_bytes: u64,
 }
 
 impl Config {
@@ -110,9 +158,9 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file and, for bad values, the field.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, &path.display().to_string(), base)
@@ -185,6 +233,50 @@ impl Config {
                 "smaller than backoff_initial_ms".into(),
             ));
         }
+        let http = f.http.unwrap_or_else(|| DEFAULT_HTTP.to_string());
+        let http_token = f.http_token.filter(|t| !t.is_empty());
+        if let Some(t) = &http_token
+            && (t.len() < MIN_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(invalid(
+                "http_token",
+                format!(
+                    "must be at least {MIN_TOKEN_LEN} printable ASCII characters without spaces"
+                ),
+            ));
+        }
+        if !is_loopback_host(host_part(&http)) && http_token.is_none() {
+            return Err(invalid(
+                "http",
+                format!(
+                    "{http:?} is reachable beyond this machine: set http_token (at least \
+                     {MIN_TOKEN_LEN} characters) so that only clients holding it are answered"
+                ),
+            ));
+        }
+        let http_hosts = f.http_hosts.unwrap_or_default();
+        if let Some(h) = http_hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains(['/', ' ', ',']))
+        {
+            return Err(invalid("http_hosts", format!("{h:?} is not a host name")));
+        }
+        let max_batch = f.max_batch.unwrap_or(DEFAULT_MAX_BATCH);
+        if !(1..=1_000_000).contains(&max_batch) {
+            return Err(invalid(
+                "max_batch",
+                format!("{max_batch} is outside 1..=1000000"),
+            ));
+        }
+        let max_model_memory_bytes = f
+            .max_model_memory_bytes
+            .unwrap_or(DEFAULT_MAX_MODEL_MEMORY_BYTES);
+        if max_model_memory_bytes < 1 << 20 {
+            return Err(invalid(
+                "max_model_memory_bytes",
+                format!("{max_model_memory_bytes} is below 1 MiB"),
+            ));
+        }
         let state_dir = f.state_dir.unwrap_or_else(|| PathBuf::from("perch-state"));
         let state_dir = if state_dir.is_relative() {
             base.join(state_dir)
@@ -197,7 +289,7 @@ impl Config {
             host: f.host,
             host_public_key,
             state_dir,
-            http: f.http.unwrap_or_else(|| DEFAULT_HTTP.to_string()),
+            http,
             report_interval: Duration::from_secs_f64(interval),
             queue_capacity: capacity,
             recent_predictions: recent,
@@ -206,6 +298,10 @@ impl Config {
             rollback_min_requests: f.rollback_min_requests.unwrap_or(20).max(1),
             rollback_error_rate: rate,
             max_model_bytes: f.max_model_bytes.unwrap_or(256 << 20),
+            http_token,
+            http_hosts,
+            max_batch,
+            max_model_memory_bytes,
         })
     }
 }
@@ -275,5 +371,33 @@ mod tests {
         let e =
             Config::parse(&format!("{good}\nbogus = 1\n"), "t.toml", Path::new(".")).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn an_api_beyond_loopback_needs_a_token() {
+        let good = render("pi-1", &[9; 32], "h:1", &pk());
+        let open = good.replace("127.0.0.1:7471", "0.0.0.0:7471");
+        let e = Config::parse(&open, "t.toml", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("http_token"), "{e}");
+        let short = format!("{open}http_token = \"abc\"\n");
+        let e = Config::parse(&short, "t.toml", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("`http_token`"), "{e}");
+        let with = format!("{open}http_token = \"0123456789abcdef\"\n");
+        let c = Config::parse(&with, "t.toml", Path::new(".")).unwrap();
+        assert_eq!(c.http_token.as_deref(), Some("0123456789abcdef"));
+        // On loopback the token is optional.
+        let c = Config::parse(&good, "t.toml", Path::new(".")).unwrap();
+        assert_eq!(c.http_token, None);
+        assert_eq!(c.max_batch, DEFAULT_MAX_BATCH);
+        for (addr, host) in [
+            ("127.0.0.1:7471", "127.0.0.1"),
+            ("[::1]:80", "::1"),
+            ("localhost:1", "localhost"),
+            ("pi.local", "pi.local"),
+        ] {
+            assert_eq!(host_part(addr), host);
+        }
+        assert!(is_loopback_host("127.0.0.2") && is_loopback_host("[::1]"));
+        assert!(!is_loopback_host("0.0.0.0") && !is_loopback_host("attacker.example"));
     }
 }

@@ -1,8 +1,9 @@
 //! The running agent: its shared state, the install and rollback procedures, the threads.
 
-use super::serving::{Active, Loaded, RollbackPolicy, Serving, Shadow};
+use super::serving::{Active, Loaded, RollbackCandidate, RollbackPolicy, Serving, Shadow};
 use super::store::{self, ModelStore};
 use super::{Config, http, link};
+use crate::graph::budget::Requirements;
 use crate::metrics::{Report, ReportQueue};
 use crate::runtime;
 use crate::sync::ModelRef;
@@ -17,12 +18,12 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum AgentError {
     /// The model store is unusable.
-    #[error("model store in {dir}: {source}")]
+    #[error("model store in {dir}: {error}")]
     Store {
         /// State directory.
         dir: String,
         /// The cause.
-        source: store::StoreError,
+        error: store::StoreError,
     },
     /// The report queue is unusable.
     #[error("report queue in {dir}: {reason}")]
@@ -41,12 +42,12 @@ pub enum AgentError {
         reason: String,
     },
     /// A thread could not be started.
-    #[error("cannot start the {what} thread: {source}")]
+    #[error("cannot start the {what} thread: {error}")]
     Thread {
         /// Which.
         what: &'static str,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -120,10 +121,20 @@ impl Shared {
                 crate::artifact::hex(&model.sha256)
             ));
         }
-        crate::artifact::verify_signed(&bytes, &self.config.host_public_key)
+        let artifact = crate::artifact::verify_signed(&bytes, &self.config.host_public_key)
             .map_err(|e| e.to_string())?;
-        let mut loaded =
-            Loaded::from_bytes(&bytes).map_err(|e| format!("model does not load: {e}"))?;
+        if let Some(req) = artifact
+            .model
+            .metadata
+            .requirements()
+            .map_err(|e| e.to_string())?
+        {
+            check_requirements(&req, &self.config)?;
+        }
+        drop(artifact);
+        let mut loaded = self
+            .load(&bytes)
+            .map_err(|e| format!("model does not load: {e}"))?;
         check_canary(&mut loaded.model)?;
         Ok(loaded)
     }
@@ -193,8 +204,64 @@ impl Shared {
         Ok(())
     }
 
-    /// Goes back to the previous model (after the active one's error rate jumped).
-    pub fn roll_back(&self, reason: &str) {
+    /// The watched model's error rate tripped: goes back to the previous model, unless
+    /// the previous model fails on the same inputs (then the inputs were at fault, and a
+    /// client cannot make the device give up a model by sending what no model answers).
+    pub fn consider_rollback(&self, candidate: RollbackCandidate) {
+        let previous = {
+            let store = lock(&self.store);
+            store.previous().cloned().map(|p| (store.model_path(&p), p))
+        };
+        let Some((path, to)) = previous else {
+            log::warn!(
+                "{}, but there is no previous model to go back to",
+                candidate.reason
+            );
+            return;
+        };
+        let loaded = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| self.load(&b).map_err(|e| e.to_string()));
+        let mut loaded = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!(
+                    "{}, but the previous model {}@{} does not load: {e}",
+                    candidate.reason,
+                    to.name,
+                    to.version
+                );
+                return;
+            }
+        };
+        let tried = candidate.failing.len();
+        let also_failed = candidate
+            .failing
+            .iter()
+            .filter(|sample| {
+                !loaded
+                    .model
+                    .run(sample, 1)
+                    .is_ok_and(|outs| super::serving::all_finite(&outs))
+            })
+            .count();
+        if tried > 0 && also_failed * 2 >= tried {
+            log::warn!(
+                "not going back: {}; but the previous model {}@{} fails on {also_failed} of the \
+                 {tried} failing inputs kept too, so the inputs were at fault, not the model",
+                candidate.reason,
+                to.name,
+                to.version
+            );
+            lock(&self.serving).inputs_at_fault(&candidate);
+            return;
+        }
+        self.roll_back(&candidate.reason, loaded);
+    }
+
+    /// Goes back to the previous model, `loaded` from its file (after the active one's
+    /// error rate jumped on inputs the previous one answers).
+    fn roll_back(&self, reason: &str, loaded: Loaded) {
         let mut store = lock(&self.store);
         let (from, to) = match store.roll_back(reason) {
             Ok(Some(pair)) => pair,
@@ -207,33 +274,38 @@ impl Shared {
                 return;
             }
         };
-        let loaded = std::fs::read(store.model_path(&to))
-            .map_err(|e| e.to_string())
-            .and_then(|b| Loaded::from_bytes(&b).map_err(|e| e.to_string()));
         drop(store);
-        match loaded {
-            Ok(m) => {
-                if let Some(report) = lock(&self.serving).replace(
-                    Active::new(m, to.clone(), self.config.recent_predictions),
-                    false,
-                ) {
-                    self.enqueue(report);
-                }
-                log::warn!(
-                    "rolled back from {}@{} to {}@{}: {reason}",
-                    from.name,
-                    from.version,
-                    to.name,
-                    to.version
-                );
-            }
-            Err(e) => log::error!(
-                "previous model {}@{} does not load: {e}",
-                to.name,
-                to.version
-            ),
+        if let Some(report) = lock(&self.serving).replace(
+            Active::new(loaded, to.clone(), self.config.recent_predictions),
+            false,
+        ) {
+            self.enqueue(report);
         }
+        log::warn!(
+            "rolled back from {}@{} to {}@{}: {reason}",
+            from.name,
+            from.version,
+            to.name,
+            to.version
+        );
     }
+
+    /// Loads artifact bytes within this device's memory budget.
+    fn load(&self, bytes: &[u8]) -> Result<Loaded, runtime::RuntimeError> {
+        Loaded::from_bytes(bytes, self.config.max_model_memory_bytes)
+    }
+}
+
+/// Checks what a model states it needs (its [`Requirements`] section, or the manifest an
+/// offer carries) against this device: the format version, ops and kernels this build has,
+/// and the planned peak memory against `max_model_memory_bytes`. Called on the downloaded
+/// artifact before it is loaded; the offer path can call it before downloading.
+///
+/// # Errors
+/// The reason, for `Rejected`.
+pub(crate) fn check_requirements(req: &Requirements, config: &Config) -> Result<(), String> {
+    req.check(config.max_model_memory_bytes)
+        .map_err(|e| format!("{e} (max_model_memory_bytes in this device's configuration)"))
 }
 
 /// Runs the artifact's canary through the loaded model.
@@ -278,9 +350,9 @@ impl Agent {
     /// An unusable state directory or queue, an address the API cannot bind.
     pub fn start(config: Config, shutdown: Shutdown) -> Result<Agent, AgentError> {
         let dir = config.state_dir.clone();
-        let store_err = |source| AgentError::Store {
+        let store_err = |error| AgentError::Store {
             dir: dir.display().to_string(),
-            source,
+            error,
         };
         let mut store = ModelStore::open(&dir).map_err(store_err)?;
         let queue_dir = dir.join("queue");
@@ -299,7 +371,9 @@ impl Agent {
             let path = store.model_path(&active);
             let loaded = std::fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| Loaded::from_bytes(&b).map_err(|e| e.to_string()));
+                .and_then(|b| {
+                    Loaded::from_bytes(&b, config.max_model_memory_bytes).map_err(|e| e.to_string())
+                });
             match loaded {
                 Ok(m) => {
                     log::info!("serving {}@{}", active.name, active.version);
@@ -338,7 +412,7 @@ impl Agent {
             std::thread::Builder::new()
                 .name(what.into())
                 .spawn(f)
-                .map_err(|source| AgentError::Thread { what, source })
+                .map_err(|error| AgentError::Thread { what, error })
         };
         {
             let (s, d) = (shared.clone(), shutdown.clone());

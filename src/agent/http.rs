@@ -2,18 +2,28 @@
 //!
 //! | request | body | answer |
 //! |---|---|---|
-//! | `POST /predict` | `{"inputs": [[…], …]}` or `{"input": […]}` | `{"model", "version", "ids", "outputs": {NAME: nested array}}` |
+//! | `POST /predict` | `{"inputs": [[…], …]}` or `{"input": […]}`; rows may be objects of named values (`{"sepal_length_cm": 5.1, …}`) | `{"model", "version", "ids", "outputs": {NAME: nested array}}` (and `"note"` when the target column was dropped) |
 //! | `POST /feedback` | `{"id": N, "label": L}` or `{"feedback": [{"id", "label"}, …]}` | `{"matched", "correct", "refused": [{"id", "reason"}]}` |
 //! | `GET /health` | | `{"status", "model", "connected", "queued_reports", …}` (503 without a model) |
 //! | `GET /metrics` | | Prometheus text exposition format |
 //!
-//! Errors are `{"error": "…"}` with 400 (bad request), 404, 413 (body over the limit), 500
+//! Errors are `{"error": "…"}` with 400 (bad request), 401 (token missing or wrong), 403
+//! (an `Origin` of another site), 404, 408 (a request not whole in time), 413 (body or
+//! batch over the limit), 415 (a POST body not `application/json`), 421 (a `Host` this
+//! device does not answer to), 422 (inputs that make the model's outputs non-finite), 500
 //! (the model failed) or 503 (no model yet).
+//!
+//! Every request is checked before it reaches a handler: its `Host` must be an IP address,
+//! `localhost` or a name in `http_hosts` (a web page whose name was rebound to 127.0.0.1
+//! sends its own name); an `Origin`, when sent, the same; with `http_token` set, `Authorization: Bearer TOKEN`; a POST must say
+//! `Content-Type: application/json` (which a page cannot send across sites without a
+//! CORS preflight, which this API never grants).
 
+use super::config::{host_part, is_loopback_host};
 use super::daemon::{Shared, lock};
 use super::serving::PredictError;
 use crate::http::{Request, Response, Server};
-use crate::io::{InputFormat, parse_input};
+use crate::io::NestedNumbers;
 use crate::sync::server::Shutdown;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -29,7 +39,95 @@ pub(crate) fn run(server: &Server, shared: &Shared, shutdown: &Shutdown) {
     }
 }
 
+/// Whether the API answers to `host` (a `Host` or `Origin` host, without port): an IP
+/// address (a rebinding attack needs a name it controls), `localhost`, or a name in
+/// `http_hosts`.
+fn known_host(host: &str, shared: &Shared) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || is_loopback_host(bare)
+        || shared
+            .config
+            .http_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(bare))
+}
+
+/// Compares without an early exit, so the time taken does not tell how much matched.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The refusal for a request that may not reach the handlers, if it is one.
+fn refusal(request: &Request, shared: &Shared) -> Option<Response> {
+    let host = match (request.header("host"), request.header_count("host")) {
+        (Some(h), 1) => h,
+        _ => {
+            return Some(Response::error(
+                400,
+                "a request needs exactly one Host header",
+            ));
+        }
+    };
+    if !known_host(host_part(host), shared) {
+        return Some(Response::error(
+            421,
+            format!(
+                "this API does not answer to Host {host:?} (add the name to http_hosts in the agent's configuration)"
+            ),
+        ));
+    }
+    if let Some(origin) = request.header("origin") {
+        let origin_host = origin
+            .split_once("://")
+            .map(|(_, rest)| host_part(rest.split('/').next().unwrap_or("")));
+        if !origin_host.is_some_and(|h| known_host(h, shared)) {
+            return Some(Response::error(
+                403,
+                format!("requests from pages of {origin:?} are not allowed"),
+            ));
+        }
+    }
+    if let Some(token) = &shared.config.http_token {
+        let given = request
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+            return Some(
+                Response::error(
+                    401,
+                    "this API needs Authorization: Bearer TOKEN (http_token in the agent's configuration)",
+                )
+                .with_header("WWW-Authenticate", "Bearer realm=\"perch agent\""),
+            );
+        }
+    }
+    if request.method() == "POST" {
+        let media = request
+            .header("content-type")
+            .and_then(|v| v.split(';').next())
+            .map(str::trim);
+        if !media.is_some_and(|m| m.eq_ignore_ascii_case("application/json")) {
+            return Some(Response::error(
+                415,
+                format!(
+                    "POST bodies must be sent as Content-Type: application/json (got {})",
+                    request
+                        .header("content-type")
+                        .map_or("none".to_string(), |c| format!("{c:?}"))
+                ),
+            ));
+        }
+    }
+    None
+}
+
 fn handle(request: Request, shared: &Shared) {
+    if let Some(refused) = refusal(&request, shared) {
+        request.respond(refused);
+        return;
+    }
     let url = request.path().to_string();
     let response = match (request.method(), url.as_str()) {
         ("POST", "/predict") => predict(request.body(), shared),
@@ -52,46 +150,150 @@ fn parse_json(body: &[u8]) -> Result<Value, Response> {
         .map_err(|e| Response::error(400, format!("request body is not JSON: {e}")))
 }
 
-fn predict(body: &[u8], shared: &Shared) -> Response {
-    let v = match parse_json(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let samples = match (v.get("inputs"), v.get("input")) {
-        (Some(x), None) => x.clone(),
-        (None, Some(x)) => Value::Array(vec![x.clone()]),
-        _ => {
-            return Response::error(
+/// The body of `/predict`, streamed: the samples of `inputs` (or the one sample of
+/// `input`) go straight into a flat array of at most the model's `max_values`.
+struct PredictBody<'a> {
+    inputs: &'a mut NestedNumbers,
+    single: &'a mut Option<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for PredictBody<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PredictBody<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "an object {\"inputs\": [[...], ...]} or {\"input\": [...]} (rows as arrays of numbers or objects of named values)",
+        )
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'_, str>>()? {
+            let single = match key.as_ref() {
+                "inputs" => false,
+                "input" => true,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if self.single.is_some() {
+                return Err(A::Error::custom(
+                    "give either \"inputs\" or \"input\", once",
+                ));
+            }
+            *self.single = Some(single);
+            map.next_value_seed(self.inputs.seed())?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a `/predict` body into samples: shape (the first axis counts samples) and values,
+/// at most `max_values` of them.
+fn parse_predict(body: &[u8], max_values: usize) -> Result<crate::io::InputArray, Response> {
+    let mut inputs = NestedNumbers::new("request", max_values);
+    let mut single = None;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = serde::de::DeserializeSeed::deserialize(
+        PredictBody {
+            inputs: &mut inputs,
+            single: &mut single,
+        },
+        &mut de,
+    )
+    .and_then(|()| de.end());
+    let Some(single) = single else {
+        if let Err(e) = parsed {
+            return Err(Response::error(
                 400,
-                "body must be {\"inputs\": [[...], ...]} or {\"input\": [...]}",
-            );
+                format!("request body is not JSON: {e}"),
+            ));
+        }
+        return Err(Response::error(
+            400,
+            "body must be {\"inputs\": [[...], ...]} or {\"input\": [...]}",
+        ));
+    };
+    let finished = if single {
+        inputs.finish_one(parsed)
+    } else {
+        inputs.finish(parsed)
+    };
+    match finished {
+        Err(e @ crate::io::InputError::TooLarge { .. }) => Err(Response::error(413, e.to_string())),
+        Err(e) => Err(Response::error(400, e.to_string())),
+        Ok(a) => Ok(a),
+    }
+}
+
+fn predict(body: &[u8], shared: &Shared) -> Response {
+    let max_batch = shared.config.max_batch;
+    let Some(sample_len) = lock(&shared.serving).sample_len() else {
+        return Response::error(503, "no model installed yet");
+    };
+    let max_values = max_batch.saturating_mul(sample_len.max(1));
+    let array = match parse_predict(body, max_values) {
+        Ok(a) => a,
+        Err(mut r) => {
+            if r.status == 413 {
+                r = Response::error(
+                    413,
+                    format!(
+                        "a request carries at most {max_batch} samples of {sample_len} values (max_batch in the agent's configuration)"
+                    ),
+                );
+            }
+            lock(&shared.serving).count_bad_request();
+            return r;
         }
     };
-    let bytes = samples.to_string();
-    let array = match parse_input(bytes.as_bytes(), InputFormat::Json, "request") {
-        Ok(a) => a,
-        Err(e) => return Response::error(400, e.to_string()),
-    };
-    let (result, rollback) = {
+    let (result, rollback, note) = {
         let mut serving = lock(&shared.serving);
+        // Named values are matched to the active model's features, as `perch run` does.
+        let (array, arranged) = match serving.active().filter(|_| array.columns.is_some()) {
+            Some(active) => {
+                let names = crate::cli::input_names(active.model.info());
+                match crate::io::arrange(array, names.as_ref(), None, "request") {
+                    Ok(a) => a,
+                    Err(e) => {
+                        serving.refuse_input();
+                        return Response::error(400, e.to_string());
+                    }
+                }
+            }
+            None => (array, crate::io::Arranged::default()),
+        };
         let r = serving.predict(&array.data, &array.shape);
-        (r, serving.rollback_due())
+        (r, serving.rollback_due(), arranged.note())
     };
-    if let Some(reason) = rollback {
-        shared.roll_back(&reason);
+    if let Some(candidate) = rollback {
+        shared.consider_rollback(candidate);
     }
     match result {
-        Ok(p) => Response::json(
-            200,
-            &json!({
+        Ok(p) => {
+            let mut body = json!({
                 "model": p.model.name,
                 "version": p.model.version,
                 "ids": p.ids,
                 "outputs": crate::cli::outputs_json(&p.outputs),
-            }),
-        ),
+            });
+            if let Some(note) = note {
+                body["note"] = json!(note);
+            }
+            Response::json(200, &body)
+        }
         Err(PredictError::NoModel) => Response::error(503, "no model installed yet"),
         Err(PredictError::BadInput(m)) => Response::error(400, m),
+        Err(PredictError::OutOfRange(m)) => Response::error(422, m),
         Err(PredictError::Model(m)) => Response::error(500, m),
     }
 }

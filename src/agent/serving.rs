@@ -16,7 +16,8 @@ pub(crate) struct Active {
     pub model: runtime::Model,
     pub reference: ModelRef,
     collector: Collector,
-    recent: RecentPredictions,
+    /// `None` when the model's samples are too large to keep (feedback is refused then).
+    recent: Option<RecentPredictions>,
     /// The integer output holding predicted labels, if any.
     label_output: Option<usize>,
     /// The float output whose argmax is the class index (classifiers).
@@ -24,6 +25,8 @@ pub(crate) struct Active {
     sample_len: usize,
     lifetime_requests: u64,
     lifetime_errors: u64,
+    /// Ids handed out when `recent` is `None`.
+    unkept_ids: u64,
     /// Heap the model holds, KiB (see [`Loaded`]).
     memory_kib: u32,
 }
@@ -36,13 +39,17 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    /// Loads artifact bytes.
+    /// Loads artifact bytes if the model's planned peak memory for one sample is within
+    /// `max_memory_bytes`.
     ///
     /// # Errors
-    /// As [`runtime::Model::from_artifact_bytes`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Loaded, runtime::RuntimeError> {
+    /// As [`runtime::Model::from_artifact_bytes_within`].
+    pub fn from_bytes(
+        bytes: &[u8],
+        max_memory_bytes: u64,
+    ) -> Result<Loaded, runtime::RuntimeError> {
         let before = crate::memory::thread_net_bytes();
-        let model = runtime::Model::from_artifact_bytes(bytes)?;
+        let model = runtime::Model::from_artifact_bytes_within(bytes, max_memory_bytes)?;
         let kept = match (before, crate::memory::thread_net_bytes()) {
             (Some(a), Some(b)) => usize::try_from(b.wrapping_sub(a)).unwrap_or(0),
             _ => bytes.len(),
@@ -72,6 +79,9 @@ pub(crate) struct Shadow {
     feedback: u32,
     feedback_correct: u32,
     active_feedback_correct: u32,
+    feedback_both_correct: u32,
+    /// Whether the shadow ran first on the last request (the order alternates).
+    ran_first: bool,
 }
 
 /// Shadow answers remembered for feedback.
@@ -100,6 +110,8 @@ impl Shadow {
             feedback: 0,
             feedback_correct: 0,
             active_feedback_correct: 0,
+            feedback_both_correct: 0,
+            ran_first: false,
         }
     }
 
@@ -129,10 +141,12 @@ impl Shadow {
             feedback: self.feedback,
             feedback_correct: self.feedback_correct,
             active_feedback_correct: self.active_feedback_correct,
+            feedback_both_correct: self.feedback_both_correct,
         };
         self.feedback = 0;
         self.feedback_correct = 0;
         self.active_feedback_correct = 0;
+        self.feedback_both_correct = 0;
         self.requests = 0;
         self.errors = 0;
         self.agreed = 0;
@@ -165,9 +179,17 @@ impl Active {
                 Collector::new(facts).unwrap_or_else(|_| unreachable!("no baseline to refuse"))
             }
         };
+        // A sample too large for the ring even once (over 16 Mi values) means no feedback
+        // for this model, not a model that cannot be served.
         let recent = RecentPredictions::new(recent.max(1), sample_len.max(1))
             .or_else(|_| RecentPredictions::new(1, sample_len.max(1)))
-            .unwrap_or_else(|_| unreachable!("one sample always fits"));
+            .map_err(|e| {
+                log::warn!(
+                    "model {}: {e}; its predictions are not kept, so feedback is refused",
+                    reference.name
+                );
+            })
+            .ok();
         Active {
             model,
             reference,
@@ -178,6 +200,7 @@ impl Active {
             sample_len,
             lifetime_requests: 0,
             lifetime_errors: 0,
+            unkept_ids: 0,
             memory_kib,
         }
     }
@@ -195,8 +218,31 @@ pub(crate) enum PredictError {
     NoModel,
     /// The request does not fit the model (the caller's fault; not a model error).
     BadInput(String),
-    /// The model failed or gave non-finite outputs (counted as an error).
+    /// The model gave non-finite outputs for these inputs: counted as an error of the
+    /// model's, but the inputs are kept so that a rollback can tell whether they, not the
+    /// model, were at fault (see [`Serving::rollback_due`]).
+    OutOfRange(String),
+    /// The model failed (counted as an error).
     Model(String),
+}
+
+/// Samples of failed requests kept for the rollback check, at most.
+const FAILING_KEPT: usize = 16;
+/// Values of those samples kept, at most.
+const FAILING_VALUES_KEPT: usize = 1 << 20;
+/// Batches larger than this give their buffers back after they ran.
+pub(crate) const RELEASE_ABOVE_BATCH: usize = 64;
+
+/// A watched model whose error rate calls for going back to the previous one.
+#[derive(Debug)]
+pub(crate) struct RollbackCandidate {
+    /// Why, with the figures.
+    pub reason: String,
+    /// Input samples the watched model failed on (a bounded selection), to run through
+    /// the previous model before going back to it.
+    pub failing: Vec<Vec<f32>>,
+    /// The previous model's error rate when it was replaced.
+    before: Option<f64>,
 }
 
 /// One answered request.
@@ -214,12 +260,14 @@ pub(crate) struct RollbackPolicy {
 }
 
 /// Requests served by a new model since it was activated by a push.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Watch {
     requests: u32,
     errors: u32,
     /// The replaced model's error rate, when it served anything.
     before: Option<f64>,
+    /// Samples the model failed on, the first [`FAILING_KEPT`].
+    failing: Vec<Vec<f32>>,
 }
 
 /// The serving state, behind the agent's mutex.
@@ -258,6 +306,16 @@ impl Serving {
         self.active.as_ref().map(|a| &a.reference)
     }
 
+    /// Values per sample of the active model's input.
+    pub fn sample_len(&self) -> Option<usize> {
+        self.active.as_ref().map(|a| a.sample_len)
+    }
+
+    /// Counts a request refused before it reached the model (malformed, too large).
+    pub fn count_bad_request(&mut self) {
+        self.bad_requests += 1;
+    }
+
     /// Puts `next` in service. `watched` (a push, not a restart) starts the error-rate
     /// watch. Returns the report of the replaced model's unfinished window.
     pub fn replace(&mut self, next: Active, watched: bool) -> Option<Report> {
@@ -284,7 +342,9 @@ impl Serving {
         // the drifted group's recent inputs as the new model's baseline, so a report holds
         // its window's inputs, not leftovers of an older one.
         let mut labelled: Vec<LabelledSample> = Vec::new();
-        active.recent.take_labelled(&mut labelled);
+        if let Some(recent) = active.recent.as_mut() {
+            recent.take_labelled(&mut labelled);
+        }
         let n = labelled.len();
         let per_sample = labelled.iter().map(|l| l.input.len()).max().unwrap_or(0);
         let room = MAX_REPORT_SAMPLES.min(MAX_REPORT_SAMPLE_VALUES / per_sample.max(1));
@@ -317,6 +377,11 @@ impl Serving {
         self.shadow.take_if(|s| s.push == push)
     }
 
+    /// Counts a request refused before it reached the model (its columns did not fit).
+    pub fn refuse_input(&mut self) {
+        self.bad_requests += 1;
+    }
+
     /// Runs `data` (`shape` as parsed from the request) and records the metrics.
     pub fn predict(&mut self, data: &[f32], shape: &[usize]) -> Result<Prediction, PredictError> {
         let Some(active) = self.active.as_mut() else {
@@ -338,28 +403,42 @@ impl Serving {
                 i % n
             )));
         }
-        let started = Instant::now();
-        let result = active.model.run(data, batch);
-        let elapsed_us = u64::try_from(started.elapsed().as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        // A shadow runs on the same thread and input buffer as the active model, right before
+        // or right after it, alternately: each pays the other's cache misses equally often, and
+        // a preemption or a busy neighbour falls on either as often.
+        let shadow_first = self.shadow.as_mut().is_some_and(|s| {
+            s.ran_first = !s.ran_first;
+            s.ran_first
+        });
+        let mut shadow_run = None;
+        if shadow_first && let Some(shadow) = self.shadow.as_mut() {
+            shadow_run = Some(timed(|| shadow.model.run(data, batch)));
+        }
+        let (result, elapsed_us) = timed(|| active.model.run(data, batch));
+        if !shadow_first && let Some(shadow) = self.shadow.as_mut() {
+            shadow_run = Some(timed(|| shadow.model.run(data, batch)));
+        }
         // Every sample of a request waited for the whole request.
         let per_sample_us = elapsed_us;
         active.lifetime_requests += batch as u64;
-        let outcome = result.map_err(|e| e.to_string()).and_then(|outs| {
-            let finite = outs.iter().all(|o| match &o.values {
-                OutputValues::F32(v) => v.iter().all(|x| x.is_finite()),
-                OutputValues::I64(_) => true,
+        if batch > RELEASE_ABOVE_BATCH {
+            active.model.release_buffers();
+        }
+        let outcome = result
+            .map_err(|e| PredictError::Model(e.to_string()))
+            .and_then(|outs| {
+                if all_finite(&outs) {
+                    Ok(outs)
+                } else {
+                    Err(PredictError::OutOfRange(
+                        "the model's outputs for these inputs are not finite numbers (inputs far outside the range it was trained on?)"
+                            .to_string(),
+                    ))
+                }
             });
-            if finite {
-                Ok(outs)
-            } else {
-                Err("the model produced a non-finite output".to_string())
-            }
-        });
         let outs = match outcome {
             Ok(o) => o,
-            Err(reason) => {
+            Err(e) => {
                 active.lifetime_errors += batch as u64;
                 for _ in 0..batch {
                     active.collector.record_error(per_sample_us);
@@ -367,32 +446,33 @@ impl Serving {
                 if let Some(w) = self.watch.as_mut() {
                     w.requests = w.requests.saturating_add(batch as u32);
                     w.errors = w.errors.saturating_add(batch as u32);
+                    let n = active.sample_len.max(1);
+                    for sample in data.chunks(n) {
+                        let kept: usize = w.failing.iter().map(Vec::len).sum();
+                        if w.failing.len() >= FAILING_KEPT || kept + n > FAILING_VALUES_KEPT {
+                            break;
+                        }
+                        w.failing.push(sample.to_vec());
+                    }
                 }
-                return Err(PredictError::Model(reason));
+                return Err(e);
             }
         };
         if let Some(w) = self.watch.as_mut() {
             w.requests = w.requests.saturating_add(batch as u32);
         }
         let mut shadow_answers: Vec<Outcome> = Vec::new();
-        if let Some(shadow) = self.shadow.as_mut() {
-            let started = Instant::now();
-            let result = shadow.model.run(data, batch);
-            let us = u64::try_from(started.elapsed().as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1);
+        if let (Some(shadow), Some((result, us))) = (self.shadow.as_mut(), shadow_run) {
+            if batch > RELEASE_ABOVE_BATCH {
+                shadow.model.release_buffers();
+            }
             shadow.requests = shadow.requests.saturating_add(batch as u32);
             for _ in 0..batch {
                 shadow.latency.record(us);
                 shadow.active_latency.record(per_sample_us);
             }
             match result {
-                Ok(theirs)
-                    if theirs.iter().all(|o| match &o.values {
-                        OutputValues::F32(v) => v.iter().all(|x| x.is_finite()),
-                        OutputValues::I64(_) => true,
-                    }) =>
-                {
+                Ok(theirs) if all_finite(&theirs) => {
                     for s in 0..batch {
                         let a = predicted_outcome(&outs, active.label_output, s);
                         let b = predicted_outcome(&theirs, shadow.label_output, s);
@@ -414,7 +494,13 @@ impl Serving {
                 .collector
                 .record_prediction(sample, per_sample_us, class);
             let predicted = predicted_outcome(&outs, active.label_output, s);
-            let id = active.recent.record(predicted, sample);
+            let id = match active.recent.as_mut() {
+                Some(recent) => recent.record(predicted, sample),
+                None => {
+                    active.unkept_ids += 1;
+                    active.unkept_ids
+                }
+            };
             if let (Some(shadow), Some(&b)) = (self.shadow.as_mut(), shadow_answers.get(s)) {
                 if shadow.answers.len() == SHADOW_ANSWERS {
                     shadow.answers.pop_front();
@@ -430,10 +516,16 @@ impl Serving {
         })
     }
 
-    /// Whether the watched model's error rate calls for a rollback, and why. Ends the watch
-    /// once the model has served ten times the minimum without tripping it.
-    pub fn rollback_due(&mut self) -> Option<String> {
-        let w = self.watch?;
+    /// Whether the watched model's error rate calls for a rollback: why, and the inputs it
+    /// failed on. Ends the watch once the model has served ten times the minimum without
+    /// tripping it.
+    ///
+    /// Errors alone are not enough to go back: a client can send inputs that no model
+    /// answers (values near ±3e38 overflow any dense layer). The caller runs the failing
+    /// inputs through the previous model and goes back only if it answers them where the
+    /// new one did not (see [`Serving::inputs_at_fault`]).
+    pub fn rollback_due(&mut self) -> Option<RollbackCandidate> {
+        let w = self.watch.as_ref()?;
         let min = self.policy.min_requests;
         if w.requests < min {
             return None;
@@ -441,16 +533,30 @@ impl Serving {
         let rate = f64::from(w.errors) / f64::from(w.requests);
         let before = w.before.unwrap_or(0.0);
         if rate >= self.policy.error_rate && rate > before + 0.05 {
-            self.watch = None;
-            return Some(format!(
-                "error rate {rate:.2} over its first {} requests (previous model {before:.2}, limit {:.2})",
-                w.requests, self.policy.error_rate
-            ));
+            let w = self.watch.take()?;
+            return Some(RollbackCandidate {
+                reason: format!(
+                    "error rate {rate:.2} over its first {} requests (previous model {before:.2}, limit {:.2})",
+                    w.requests, self.policy.error_rate
+                ),
+                failing: w.failing,
+                before: w.before,
+            });
         }
         if w.requests >= min.saturating_mul(10) {
             self.watch = None;
         }
         None
+    }
+
+    /// The previous model failed on the inputs that tripped the watch too: they were the
+    /// client's fault. Their errors count as bad requests, and the watch starts again.
+    pub fn inputs_at_fault(&mut self, candidate: &RollbackCandidate) {
+        self.bad_requests += candidate.failing.len() as u64;
+        self.watch = Some(Watch {
+            before: candidate.before,
+            ..Watch::default()
+        });
     }
 
     /// Records feedback for prediction `id`: whether it was right, or why it cannot be
@@ -465,7 +571,12 @@ impl Serving {
         } else {
             Outcome::Value(label as f32)
         };
-        let feedback = active.recent.label(id, label).map_err(|e| e.to_string())?;
+        let feedback = active
+            .recent
+            .as_mut()
+            .ok_or("this model's samples are too large to keep, so it takes no feedback")?
+            .label(id, label)
+            .map_err(|e| e.to_string())?;
         let correct = match feedback.correct {
             Some(c) => c,
             None => is_correct(feedback.predicted, label),
@@ -481,6 +592,9 @@ impl Serving {
             shadow.active_feedback_correct = shadow
                 .active_feedback_correct
                 .saturating_add(u32::from(correct));
+            shadow.feedback_both_correct = shadow
+                .feedback_both_correct
+                .saturating_add(u32::from(correct && is_correct(theirs, label)));
         }
         Ok(correct)
     }
@@ -497,6 +611,23 @@ impl Serving {
             a.collector.write_prometheus(out);
         }
     }
+}
+
+/// Runs `f`; its result and how long it took, in microseconds rounded to the nearest (at
+/// least 1).
+fn timed<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let started = Instant::now();
+    let out = f();
+    let us = started.elapsed().as_nanos().saturating_add(500) / 1000;
+    (out, u64::try_from(us).unwrap_or(u64::MAX).max(1))
+}
+
+/// Whether every float output value is finite.
+pub(crate) fn all_finite(outs: &[Output]) -> bool {
+    outs.iter().all(|o| match &o.values {
+        OutputValues::F32(v) => v.iter().all(|x| x.is_finite()),
+        OutputValues::I64(_) => true,
+    })
 }
 
 fn argmax_row(out: &Output, sample: usize) -> Option<usize> {
@@ -573,7 +704,7 @@ mod tests {
             "/models/digits-mlp/model.perch"
         ))
         .unwrap();
-        let loaded = Loaded::from_bytes(&bytes).unwrap();
+        let loaded = Loaded::from_bytes(&bytes, 1 << 30).unwrap();
         let reference = ModelRef {
             name: "digits".into(),
             version: "1".into(),
@@ -595,6 +726,241 @@ mod tests {
             let p = s.predict(&x, &[1, 64]).unwrap();
             s.feedback(p.ids[0], 3.0).unwrap();
         }
+    }
+
+    #[test]
+    fn a_shadow_is_timed_alternately_and_reports_the_paired_feedback_table() {
+        let mut s = serving(64);
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/digits-mlp/model.perch"
+        ))
+        .unwrap();
+        let reference = ModelRef {
+            name: "digits".into(),
+            version: "2".into(),
+            sha256: [9; 32],
+        };
+        s.set_shadow(Shadow::new(
+            Loaded::from_bytes(&bytes, 1 << 30).unwrap(),
+            reference,
+            7,
+        ));
+        let mut order = Vec::new();
+        for i in 0..6 {
+            let mut x = vec![0.0f32; 64];
+            x[i] = 16.0;
+            let p = s.predict(&x, &[1, 64]).unwrap();
+            order.push(s.shadow().unwrap().ran_first);
+            // The same model: both right on label `predicted`, both wrong on any other.
+            let predicted = match predicted_outcome(&p.outputs, s.active().unwrap().label_output, 0)
+            {
+                Outcome::Class(c) => c as f64,
+                Outcome::Value(_) => panic!("a classifier"),
+            };
+            let label = if i % 3 == 0 {
+                predicted
+            } else {
+                predicted + 1.0
+            };
+            s.feedback(p.ids[0], label).unwrap();
+        }
+        assert_eq!(order, [true, false, true, false, true, false]);
+        let r = s.close_window().unwrap().shadow.unwrap();
+        assert_eq!((r.requests, r.agreed, r.errors), (6, 6, 0));
+        assert_eq!(r.feedback, 6);
+        assert_eq!(
+            (
+                r.feedback_correct,
+                r.active_feedback_correct,
+                r.feedback_both_correct
+            ),
+            (2, 2, 2)
+        );
+        assert!(r.latency_us.p50 >= 1 && r.active_latency_us.p50 >= 1);
+    }
+
+    /// A model of `layers` identity dense layers of width `width`: every one computes the
+    /// same answer, in time proportional to `layers`.
+    #[cfg(feature = "host")]
+    fn identity_chain(width: usize, layers: usize) -> Loaded {
+        use crate::graph::{
+            DType, Graph, Layer, Metadata, Model, Node, Output, Tensor, TensorSpec,
+        };
+        let mut eye = vec![0.0f32; width * width];
+        for i in 0..width {
+            eye[i * width + i] = 1.0;
+        }
+        let nodes = (0..layers)
+            .map(|i| Node {
+                name: format!("d{i}"),
+                layer: Layer::Dense {
+                    weight: Tensor::f32(vec![width as u32; 2], eye.clone()),
+                    bias: None,
+                },
+                inputs: vec![i as u32],
+            })
+            .collect();
+        let graph = Graph {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: DType::F32,
+                shape: vec![width as u32],
+            }],
+            nodes,
+            outputs: vec![Output {
+                name: "y".into(),
+                value: layers as u32,
+            }],
+        };
+        let model = Model {
+            metadata: Metadata::default(),
+            graph,
+        };
+        Loaded::from_bytes(&crate::artifact::encode(&model).unwrap(), 1 << 30).unwrap()
+    }
+
+    /// The acceptance's real-timing half: two threads spin on this 2-core machine while the
+    /// agent's serving path times an active model and a shadow in 100 canary phases of 5
+    /// windows of 10 requests each. A shadow equal to the active model is promoted in at
+    /// least 99; one doing 5 times the work, at a latency 4 times the gate's margin above
+    /// the active one's, is rejected in at least 99. The models are sized at run time so
+    /// that the active one takes about 50 us whatever the build's optimization.
+    #[cfg(feature = "host")]
+    #[test]
+    fn shadow_timing_under_cpu_hogs_promotes_equals_and_rejects_5x() {
+        use crate::fleet::gates::{Gates, ShadowEvidence, Verdict, judge};
+        const WIDTH: usize = 64;
+        let reference = |v: &str| ModelRef {
+            name: "chain".into(),
+            version: v.into(),
+            sha256: [v.as_bytes()[0]; 32],
+        };
+        // Layers for about 50 us: time a 4-layer chain (best of 20).
+        let mut probe = identity_chain(WIDTH, 4).model;
+        let x = vec![0.5f32; WIDTH];
+        let best_us = (0..20).map(|_| timed(|| probe.run(&x, 1)).1).min().unwrap();
+        let layers = ((50.0 / (best_us as f64 / 4.0)).round() as usize).clamp(1, 2000);
+        let gates = Gates {
+            min_shadow_requests: 50,
+            max_latency_increase_us: 50,
+            max_error_rate: 0.1,
+            ..Gates::DEFAULT
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hogs: Vec<_> = (0..2)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut v = i as u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        v = std::hint::black_box(v.wrapping_mul(6_364_136_223_846_793_005) + 1);
+                    }
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for (slowdown, version) in [(1, "1"), (5, "5")] {
+            let mut s = Serving::new(RollbackPolicy {
+                min_requests: 100,
+                error_rate: 0.5,
+            });
+            s.replace(
+                Active::new(identity_chain(WIDTH, layers), reference("0"), 16),
+                false,
+            );
+            let mut shadow = Shadow::new(
+                identity_chain(WIDTH, layers * slowdown),
+                reference(version),
+                1,
+            );
+            let started = Instant::now();
+            let (mut promoted, mut rejected, mut medians) = (0, 0, Vec::new());
+            for _ in 0..100 {
+                s.set_shadow(shadow);
+                let mut evidence = ShadowEvidence::default();
+                for _ in 0..5 {
+                    for _ in 0..10 {
+                        s.predict(&x, &[1, WIDTH]).unwrap();
+                    }
+                    let r = s.close_window().unwrap().shadow.unwrap();
+                    medians.push(f64::from(r.latency_us.p50) / f64::from(r.active_latency_us.p50));
+                    evidence.add(&r);
+                }
+                match judge(&gates, &evidence) {
+                    Verdict::Promote(_) => promoted += 1,
+                    Verdict::Reject(_) => rejected += 1,
+                    Verdict::Wait(w) => panic!("5 windows of 10 requests decide: {w}"),
+                }
+                shadow = s.end_shadow(1).unwrap();
+            }
+            medians.sort_by(f64::total_cmp);
+            let spoilt = medians
+                .iter()
+                .filter(|r| (**r > 3.0) != (slowdown > 3))
+                .count();
+            eprintln!(
+                "shadow doing {slowdown}x the work ({layers} layers of {WIDTH}x{WIDTH} for the active model, {best_us} us per 4 at best): {promoted} promoted, {rejected} rejected of 100 in {:.1} s; window median ratio p1 {:.2}, p50 {:.2}, p99 {:.2}; {spoilt} of 500 windows on the wrong side of 3x",
+                started.elapsed().as_secs_f64(),
+                medians[5],
+                medians[250],
+                medians[495]
+            );
+            outcomes.push((promoted, rejected));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in hogs {
+            h.join().unwrap();
+        }
+        assert!(outcomes[0].0 >= 99, "equal models: {outcomes:?}");
+        assert!(outcomes[1].1 >= 99, "5x the work: {outcomes:?}");
+    }
+
+    #[test]
+    fn a_model_whose_samples_are_too_large_to_keep_serves_without_feedback() {
+        use crate::graph::{Graph, Layer, Metadata, Model, Node, Output, TensorSpec};
+        let n = crate::metrics::MAX_RECENT_VALUES + 1;
+        let graph = Graph {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: DType::F32,
+                shape: vec![n as u32],
+            }],
+            nodes: vec![Node {
+                name: "relu".into(),
+                layer: Layer::Relu,
+                inputs: vec![0],
+            }],
+            outputs: vec![Output {
+                name: "y".into(),
+                value: 1,
+            }],
+        };
+        let model = runtime::Model::from_native(&Model {
+            metadata: Metadata::default(),
+            graph,
+        })
+        .unwrap();
+        let loaded = Loaded {
+            model,
+            memory_kib: 0,
+        };
+        let reference = ModelRef {
+            name: "wide".into(),
+            version: "1".into(),
+            sha256: [0; 32],
+        };
+        let mut s = Serving::new(RollbackPolicy {
+            min_requests: 100,
+            error_rate: 0.5,
+        });
+        // This used to hit `unreachable!` (and did at every agent start).
+        s.replace(Active::new(loaded, reference, 256), false);
+        let p = s.predict(&vec![-1.0; n], &[1, n]).unwrap();
+        assert_eq!(p.ids.len(), 1);
+        let e = s.feedback(p.ids[0], 1.0).unwrap_err();
+        assert!(e.contains("too large to keep"), "{e}");
+        assert!(s.close_window().unwrap().samples.is_empty());
     }
 
     #[test]

@@ -28,12 +28,12 @@ const REFUSED_KEPT: usize = 16;
 #[non_exhaustive]
 pub enum StoreError {
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `state.json` does not parse.
     #[error("{path}: damaged state file ({reason}); move it away to start without a model")]
@@ -82,9 +82,9 @@ pub struct ModelStore {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |error| StoreError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -103,13 +103,13 @@ pub enum ArtifactError {
     #[error(
         "payload does not decode as a perch model ({0}); the file is damaged or uses layers from a newer perch"
     )]
-    Payload(#[source] postcard::Error),
+    Payload(postcard::Error),
     /// The model decodes but its graph is inconsistent.
     #[error("model graph is invalid: {0}")]
-    Graph(#[from] GraphError),
+    Graph(GraphError),
     /// Encoding failed.
     #[error("encoding model: {0}")]
-    Encode(#[source] postcard::Error),
+    Encode(postcard::Error),
     /// A signature was required and the artifact has none.
     #[error("artifact is not signed (the device accepts only models signed by its host)")]
     Unsigned,
@@ -122,14 +122,21 @@ pub enum ArtifactError {
         key: String,
     },
     /// Reading or writing the file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// File path.
         path: String,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+// Not `#[from]`: that would also make the inner error the `source()`, and `{:#}` would print
+// it twice (the message already holds it).
+impl From<GraphError> for ArtifactError {
+    fn from(e: GraphError) -> Self {
+        ArtifactError::Graph(e)
+    }
 }
 
 /// A decoded artifact.
@@ -313,9 +320,9 @@ pub fn verify_signed(
 /// # Errors
 /// [`ArtifactError::Io`] if the file cannot be read, else as [`decode`].
 pub fn read(path: &Path) -> Result<Artifact, ArtifactError> {
-    let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
+    let bytes = std::fs::read(path).map_err(|error| ArtifactError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     decode(&bytes)
 }
@@ -327,9 +334,9 @@ pub fn read(path: &Path) -> Result<Artifact, ArtifactError> {
 /// As [`encode`], or [`ArtifactError::Io`].
 pub fn write(path: &Path, model: &Model) -> Result<usize, ArtifactError> {
     let bytes = encode(model)?;
-    let io = |source| ArtifactError::Io {
+    let io = |error| ArtifactError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

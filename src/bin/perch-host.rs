@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use perch::cli::{UsageError, exit};
 use perch::host_cli::{self, TrainOptions, fleet};
 use perch::registry::{ModelRef, Registry};
 use std::path::PathBuf;
@@ -11,7 +12,10 @@ use std::process::ExitCode;
 #[command(
     name = "perch-host",
     version,
-    about = "perch host companion: prepare models for perch devices"
+    about = "perch host companion: prepare models for perch devices",
+    after_help = "Exit status: 0 done, 1 failed (the error says why), 2 usage error (unknown \
+                  command or flag, a missing or bad argument), 3 push --wait / rollout --wait \
+                  ended with a device pending or refusing, or the rollout not complete."
 )]
 struct Cli {
     /// Registry database (default: $PERCH_REGISTRY, else perch-registry.db here).
@@ -30,7 +34,8 @@ enum Command {
         /// Where to write the artifact (default: MODEL with the .perch extension).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Model name stored in the artifact (default: the file stem).
+        /// Model name stored in the artifact (default: the folder's name for a file called
+        /// model.onnx, else the file's stem).
         #[arg(long)]
         name: Option<String>,
         /// Version string stored in the artifact.
@@ -39,6 +44,9 @@ enum Command {
         /// Free-text description stored in the artifact.
         #[arg(long)]
         description: Option<String>,
+        /// Print one JSON object (output, size_bytes, layers) on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Train a model on a CSV file and register it as a new version.
     Train {
@@ -143,44 +151,15 @@ enum Command {
         /// Canary devices.
         #[arg(long, default_value_t = 1)]
         canary: u32,
-        /// Shadow requests (all canaries) before the gate is judged [default: 200].
-        #[arg(long)]
-        min_shadow_requests: Option<u32>,
-        /// Share of shadow answers equal to the current model's, at least (judged when the
-        /// canaries have fewer labelled answers than --min-feedback) [default: 0.9].
-        #[arg(long)]
-        min_agreement: Option<f64>,
-        /// Labelled answers on the canaries from which the candidate is judged on feedback
-        /// accuracy instead of agreement, and after promotion on the group's [default: 20].
-        #[arg(long)]
-        min_feedback: Option<u32>,
-        /// How much lower than the current model's the feedback accuracy may be, on the
-        /// canaries and after promotion [default: 0.1].
-        #[arg(long)]
-        max_accuracy_drop: Option<f64>,
-        /// Shadow p95 latency over the current model's, at most [default: 3].
-        #[arg(long)]
-        max_latency_ratio: Option<f64>,
-        /// Shadow model heap over the current model's, at most [default: 3].
-        #[arg(long)]
-        max_memory_ratio: Option<f64>,
-        /// Error rate of the shadow, and of the group after promotion, at most [default:
-        /// 0.02].
-        #[arg(long)]
-        max_error_rate: Option<f64>,
-        /// Seconds the canaries get to reach --min-shadow-requests before the rollout is
-        /// aborted [default: 600].
-        #[arg(long)]
-        canary_timeout: Option<u64>,
-        /// Seconds the group's quality is watched after promotion [default: 120].
-        #[arg(long)]
-        watch: Option<u64>,
         /// Wait up to SECONDS for the rollout to finish (the server drives it).
         #[arg(long, value_name = "SECONDS")]
         wait: Option<f64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The gates: the keys of the rules file's [rollout] table, as flags.
+        #[command(flatten)]
+        gates: perch::fleet::gates::Gates,
     },
     /// Rollouts under way (every rollout with --all).
     Rollouts {
@@ -213,7 +192,8 @@ enum Command {
     Import {
         /// The ONNX model.
         model: PathBuf,
-        /// Registry name (default: the file stem).
+        /// Registry name (default: the folder's name for a file called model.onnx, else the
+        /// file's stem).
         #[arg(long)]
         name: Option<String>,
         /// Print one JSON object on stdout.
@@ -280,6 +260,9 @@ enum Models {
         /// Where to write it.
         #[arg(short, long)]
         output: PathBuf,
+        /// Print one JSON object (output, size_bytes, sha256) on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -299,6 +282,9 @@ enum Devices {
         /// Where to write the agent configuration (default: NAME.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Every device (the default).
     List {
@@ -358,11 +344,12 @@ fn open_registry(path: Option<&std::path::Path>) -> Result<Registry> {
     Registry::open(&path).with_context(|| format!("opening the registry {}", path.display()))
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs one command; the exit status when it did not fail.
+fn run(cli: Cli) -> Result<u8> {
     let registry = cli.registry.as_deref();
     match cli.command {
         Command::Train { options, json } => {
-            host_cli::spec_from_options(&options)?;
+            host_cli::spec_from_options(&options).map_err(|e| UsageError(format!("{e:#}")))?;
             let mut reg = open_registry(registry)?;
             let report = host_cli::train(&mut reg, &options)?;
             print(&report, json, |r| host_cli::render_report(r) + "\n");
@@ -393,6 +380,7 @@ fn run(cli: Cli) -> Result<()> {
                     group,
                     host,
                     config,
+                    json: add_json,
                 } => {
                     let config = config.unwrap_or_else(|| PathBuf::from(format!("{name}.toml")));
                     let host = host.unwrap_or_else(default_host);
@@ -405,7 +393,7 @@ fn run(cli: Cli) -> Result<()> {
                             .file_name()
                             .map_or(String::new(), |f| f.to_string_lossy().into_owned())
                     );
-                    print(&v, json, |_| String::new());
+                    print(&v, json || add_json, |_| String::new());
                 }
                 Devices::Show { name, json } => {
                     print(&fleet::device_show(&db, &name)?, json, fleet::render_device)
@@ -432,8 +420,19 @@ fn run(cli: Cli) -> Result<()> {
                     push,
                     std::time::Duration::from_secs_f64(secs.max(0.0)),
                 )?;
+                let missing = fleet::push_not_installed(&v["states"]);
+                v["complete"] = serde_json::json!(missing.is_empty());
+                print(&v, json, fleet::render_push);
+                if !missing.is_empty() {
+                    eprintln!(
+                        "perch-host: push {push} is not installed everywhere after {secs} s: {}",
+                        missing.join(", ")
+                    );
+                    return Ok(exit::INCOMPLETE);
+                }
+            } else {
+                print(&v, json, fleet::render_push);
             }
-            print(&v, json, fleet::render_push);
         }
         Command::Alerts { all, limit, json } => {
             let db = perch::registry::resolve_path(registry);
@@ -465,12 +464,15 @@ fn run(cli: Cli) -> Result<()> {
                 )),
                 ..config
             };
+            let shutdown = perch::sync::server::Shutdown::new();
+            perch::signals::stop_on_termination(shutdown.clone())
+                .context("installing the SIGTERM/SIGINT handlers")?;
             fleet::serve_with_dashboard(
                 &db,
                 &listen,
                 (http != "off").then_some(http.as_str()),
                 config,
-                perch::sync::server::Shutdown::new(),
+                shutdown,
                 |addr| {
                     eprintln!(
                         "perch-host: listening on {addr} (registry {})",
@@ -484,39 +486,21 @@ fn run(cli: Cli) -> Result<()> {
                     )
                 },
             )?;
+            eprintln!("perch-host: stopped");
         }
         Command::Rollout {
             model,
             group,
             canary,
-            min_shadow_requests,
-            min_agreement,
-            min_feedback,
-            max_accuracy_drop,
-            max_latency_ratio,
-            max_memory_ratio,
-            max_error_rate,
-            canary_timeout,
-            watch,
+            gates,
             wait,
             json,
         } => {
             let reg = open_registry(registry)?;
-            let d = perch::fleet::rollout::Gates::default();
-            let gates = perch::fleet::rollout::Gates {
-                min_shadow_requests: min_shadow_requests.unwrap_or(d.min_shadow_requests),
-                min_agreement: min_agreement.unwrap_or(d.min_agreement),
-                min_feedback: min_feedback.unwrap_or(d.min_feedback),
-                max_accuracy_drop: max_accuracy_drop.unwrap_or(d.max_accuracy_drop),
-                max_latency_ratio: max_latency_ratio.unwrap_or(d.max_latency_ratio),
-                max_memory_ratio: max_memory_ratio.unwrap_or(d.max_memory_ratio),
-                max_error_rate: max_error_rate.unwrap_or(d.max_error_rate),
-                canary_timeout_s: canary_timeout.unwrap_or(d.canary_timeout_s),
-                watch_s: watch.unwrap_or(d.watch_s),
-            };
             let mut v = perch::host_cli::lifecycle::start_rollout(
                 &reg, &model, &group, canary, &gates, "operator",
             )?;
+            let mut status = exit::SUCCESS;
             if let Some(secs) = wait {
                 let id = v["rollout"].as_i64().unwrap_or(0);
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
@@ -526,6 +510,9 @@ fn run(cli: Cli) -> Result<()> {
                     if !matches!(r.state.as_str(), "canary" | "promoted")
                         || std::time::Instant::now() >= deadline
                     {
+                        if r.state != "complete" {
+                            status = exit::INCOMPLETE;
+                        }
                         v = serde_json::to_value(&r)?;
                         break;
                     }
@@ -554,6 +541,18 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 )
             });
+            if status != exit::SUCCESS {
+                eprintln!(
+                    "perch-host: rollout {} is {}, not complete, after the wait{}",
+                    v["id"],
+                    v["state"].as_str().unwrap_or("?"),
+                    v["reason"]
+                        .as_str()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+                return Ok(status);
+            }
         }
         Command::Rollouts { all, json } => {
             let reg = open_registry(registry)?;
@@ -608,9 +607,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Models::Delete { model, all } => {
                     if model.selector == perch::registry::Selector::Latest && !all {
-                        anyhow::bail!(
+                        return Err(UsageError(format!(
                             "`models delete {model}` names no version: write {model}@N or {model}@ALIAS, or add --all to delete every version of {model}"
-                        );
+                        ))
+                        .into());
                     }
                     for v in reg.delete(&model)? {
                         eprintln!("deleted {}@{}", v.name, v.number);
@@ -620,9 +620,14 @@ fn run(cli: Cli) -> Result<()> {
                     model,
                     format,
                     output,
+                    json,
                 } => {
                     let r = host_cli::export(&reg, &model, &format, &output)?;
-                    eprintln!("wrote {} ({} bytes)", output.display(), r["size_bytes"]);
+                    if json {
+                        print(&r, true, |_| String::new());
+                    } else {
+                        eprintln!("wrote {} ({} bytes)", output.display(), r["size_bytes"]);
+                    }
                 }
             }
         }
@@ -632,17 +637,14 @@ fn run(cli: Cli) -> Result<()> {
             name,
             version,
             description,
+            json,
         } => {
             let output = output.unwrap_or_else(|| model.with_extension("perch"));
             let bytes =
                 std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
             let mut native = perch::convert::onnx_bytes_to_native(&bytes)
                 .with_context(|| format!("converting {}", model.display()))?;
-            let stem = model
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            native.metadata.name = name.unwrap_or(stem);
+            native.metadata.name = name.unwrap_or_else(|| host_cli::model_name_of_file(&model));
             native.metadata.version = version;
             if let Some(d) = description {
                 native.metadata.description = d;
@@ -655,19 +657,32 @@ fn run(cli: Cli) -> Result<()> {
                 "source_sha256".into(),
                 perch::artifact::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
             );
+            native
+                .stamp_requirements()
+                .context("computing the model's requirements")?;
             let size = perch::artifact::write(&output, &native)
                 .with_context(|| format!("writing {}", output.display()))?;
             let layers: Vec<&str> = native.graph.nodes.iter().map(|n| n.layer.kind()).collect();
-            eprintln!(
-                "wrote {} ({} bytes, {} layers: {})",
-                output.display(),
-                size,
-                layers.len(),
-                layers.join(" → ")
-            );
+            if json {
+                let v = serde_json::json!({
+                    "name": native.metadata.name,
+                    "output": output.display().to_string(),
+                    "size_bytes": size,
+                    "layers": layers,
+                });
+                print(&v, true, |_| String::new());
+            } else {
+                eprintln!(
+                    "wrote {} ({} bytes, {} layers: {})",
+                    output.display(),
+                    size,
+                    layers.len(),
+                    layers.join(" → ")
+                );
+            }
         }
     }
-    Ok(())
+    Ok(exit::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -682,10 +697,14 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("perch-host: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(if UsageError::is_in(&e) {
+                exit::USAGE
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }

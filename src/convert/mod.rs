@@ -37,7 +37,15 @@ pub enum ConvertError {
     },
     /// The translated graph does not validate (a converter bug or an inconsistent model).
     #[error("translated graph is invalid: {0}")]
-    Graph(#[from] crate::graph::GraphError),
+    Graph(crate::graph::GraphError),
+}
+
+// Not `#[from]`: that would also make the inner error the `source()`, and `{:#}` would print
+// it twice (the message already holds it).
+impl From<crate::graph::GraphError> for ConvertError {
+    fn from(e: crate::graph::GraphError) -> Self {
+        ConvertError::Graph(e)
+    }
 }
 
 /// Converts the ONNX model in `bytes`.

@@ -63,6 +63,23 @@ pub enum EngineError {
     /// Batch of zero samples.
     #[error("batch size must be at least 1")]
     EmptyBatch,
+    /// Buffers could not be allocated.
+    #[error("out of memory: cannot allocate {bytes} bytes of buffers for this batch")]
+    OutOfMemory {
+        /// The allocation that failed.
+        bytes: u128,
+    },
+}
+
+/// `n` zeroed values, or [`EngineError::OutOfMemory`] instead of an abort.
+fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, EngineError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| EngineError::OutOfMemory {
+            bytes: n as u128 * std::mem::size_of::<T>() as u128,
+        })?;
+    v.resize(n, T::default());
+    Ok(v)
 }
 
 enum Buffer {
@@ -519,34 +536,53 @@ impl Engine {
             capacity: 0,
             batch: 0,
         };
-        engine.reserve(batch_capacity.max(1));
+        engine.reserve(batch_capacity.max(1))?;
         Ok(engine)
     }
 
     /// Grows the buffers to hold `batch` samples (allocates; `run` calls it when needed).
-    pub fn reserve(&mut self, batch: usize) {
+    ///
+    /// # Errors
+    /// [`EngineError::OutOfMemory`] when the buffers cannot be allocated (the engine keeps
+    /// none then, and grows them again at the next run).
+    pub fn reserve(&mut self, batch: usize) -> Result<(), EngineError> {
         if batch <= self.capacity && !self.buffers.is_empty() {
-            return;
+            return Ok(());
         }
-        self.buffers = self
-            .shapes
-            .values
-            .iter()
-            .enumerate()
-            .map(|(v, (dtype, _))| {
-                let n = if self.alias[v] != v {
-                    0
-                } else {
-                    batch * self.sample_lens[v]
-                };
-                match dtype {
-                    DType::F32 => Buffer::F32(vec![0.0; n]),
-                    DType::I64 => Buffer::I64(vec![0; n]),
-                    DType::U8 | DType::I8 => Buffer::U8(vec![0; n]),
-                }
-            })
-            .collect();
+        // Free the old buffers first, and allocate fallibly: a batch or a model too large
+        // for this machine is an error to report, not an abort.
+        self.buffers = Vec::new();
+        self.capacity = 0;
+        let mut buffers = Vec::with_capacity(self.shapes.values.len());
+        for (v, (dtype, _)) in self.shapes.values.iter().enumerate() {
+            let n = if self.alias[v] != v {
+                0
+            } else {
+                batch.saturating_mul(self.sample_lens[v])
+            };
+            let buffer = match dtype {
+                DType::F32 => Buffer::F32(zeroed(n)?),
+                DType::I64 => Buffer::I64(zeroed(n)?),
+                DType::U8 | DType::I8 => Buffer::U8(zeroed(n)?),
+            };
+            buffers.push(buffer);
+        }
+        self.buffers = buffers;
         self.capacity = batch;
+        Ok(())
+    }
+
+    /// Gives back the buffers grown for a large batch, keeping room for one sample.
+    ///
+    /// # Errors
+    /// As [`Engine::reserve`].
+    pub fn release(&mut self) -> Result<(), EngineError> {
+        if self.capacity > 1 {
+            self.buffers = Vec::new();
+            self.capacity = 0;
+            self.reserve(1)?;
+        }
+        Ok(())
     }
 
     /// The kernel chosen for each dense layer stored sparsely, in node order, with the
@@ -594,7 +630,7 @@ impl Engine {
             }
             check_finite(index, &self.input_names[index], data, sample_len)?;
         }
-        self.reserve(batch);
+        self.reserve(batch)?;
         self.batch = batch;
         for (index, data) in inputs.iter().enumerate() {
             if let Buffer::F32(buf) = &mut self.buffers[index] {

@@ -982,9 +982,9 @@ fn apply(
     now: i64,
 ) -> Result<Vec<AlertChange>, FleetError> {
     let path = fleet.path.clone();
-    let sql = |source| FleetError::Sqlite {
+    let sql = |error| FleetError::Sqlite {
         path: path.clone(),
-        source,
+        error,
     };
     let tx = fleet.conn.transaction().map_err(sql)?;
     let mut changes = Vec::new();

@@ -24,9 +24,9 @@ pub fn key_path(db: &Path) -> PathBuf {
 /// cannot be written.
 pub fn load_or_create(db: &Path) -> Result<SigningKey, FleetError> {
     let path = key_path(db);
-    let io = |source| FleetError::Io {
+    let io = |error| FleetError::Io {
         path: path.clone(),
-        source,
+        error,
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => {

@@ -1,13 +1,14 @@
 //! The fleet (feature `host`): devices, pushes of models to them, their metrics and
 //! events, in the registry's SQLite database (layout 3): the sync server's store
 //! ([`store`]), alert rules over the stored reports ([`alerts`]), quality-gated rollouts
-//! ([`rollout`]), the host signing key ([`keys`]), and the web dashboard and Prometheus
-//! endpoint ([`web`]).
+//! ([`rollout`], judged by [`gates`]), the host signing key ([`keys`]), and the web
+//! dashboard and Prometheus endpoint ([`web`]).
 //!
 //! Pushed artifacts (signed, so their bytes differ from the registry's) are kept
 //! content-addressed beside the database in `pushes/<sha256>.perch`.
 
 pub mod alerts;
+pub mod gates;
 pub mod keys;
 pub mod rollout;
 pub mod store;
@@ -29,23 +30,23 @@ pub const SILENT_AFTER_S: i64 = 90;
 #[non_exhaustive]
 pub enum FleetError {
     /// The database failed.
-    #[error("fleet database {path:?}: {source}")]
+    #[error("fleet database {path:?}: {error}")]
     Sqlite {
         /// Database file.
         path: PathBuf,
         /// The cause.
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     /// Opening or migrating the database through the registry failed.
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
     /// A pushed artifact could not be written or read.
-    #[error("{path:?}: {source}")]
+    #[error("{path:?}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// No device of that name.
     #[error("unknown device {name:?} (known devices: {known:?})")]
@@ -256,9 +257,9 @@ impl Fleet {
     pub fn open(path: impl AsRef<Path>) -> Result<Fleet, FleetError> {
         let path = path.as_ref().to_path_buf();
         drop(Registry::open(&path)?);
-        let sql = |source| FleetError::Sqlite {
+        let sql = |error| FleetError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let conn = Connection::open(&path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -295,9 +296,9 @@ impl Fleet {
     }
 
     fn sql(&self) -> impl Fn(rusqlite::Error) -> FleetError + '_ {
-        move |source| FleetError::Sqlite {
+        move |error| FleetError::Sqlite {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 
@@ -548,7 +549,7 @@ impl Fleet {
         let hex = sync::auth::to_hex(&sha);
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| FleetError::Io { path, source }
+            move |error| FleetError::Io { path, error }
         };
         std::fs::create_dir_all(&self.pushes_dir).map_err(io(&self.pushes_dir))?;
         let path = self.pushes_dir.join(format!("{hex}.perch"));
@@ -601,9 +602,9 @@ impl Fleet {
         role: Role,
     ) -> Result<(), FleetError> {
         let path = self.path.clone();
-        let sql = |source| FleetError::Sqlite {
+        let sql = |error| FleetError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let tx = self.conn.transaction().map_err(sql)?;
         for d in devices {
@@ -635,9 +636,9 @@ impl Fleet {
     /// Database failures.
     pub fn clear_shadow(&mut self, devices: &[Device]) -> Result<(), FleetError> {
         let path = self.path.clone();
-        let sql = |source| FleetError::Sqlite {
+        let sql = |error| FleetError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let tx = self.conn.transaction().map_err(sql)?;
         for d in devices {
@@ -920,9 +921,9 @@ impl Fleet {
     /// Database failures (nothing of the batch is stored then).
     pub fn store_reports(&mut self, batch: &[(i64, u64, &Report)]) -> Result<usize, FleetError> {
         let path = self.path.clone();
-        let sql = |source| FleetError::Sqlite {
+        let sql = |error| FleetError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let tx = self.conn.transaction().map_err(sql)?;
         let mut new = 0;

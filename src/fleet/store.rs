@@ -64,9 +64,9 @@ impl FleetStore {
         let worker = std::thread::Builder::new()
             .name("fleet store".into())
             .spawn(move || run(fleet, &rx, &g))
-            .map_err(|source| FleetError::Io {
+            .map_err(|error| FleetError::Io {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         Ok(FleetStore {
             jobs: Mutex::new(tx),

@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub mod budget;
 pub mod sections;
 mod validate;
 
@@ -623,6 +624,58 @@ pub struct Metadata {
     /// Optional tagged sections (training metrics, drift baselines, canary input…). A
     /// reader skips kinds it does not know, so sections can be added without a format break.
     pub sections: Vec<Section>,
+}
+
+/// Property holding the names of the model's input features, in input order, as one CSV
+/// record (`perch-host train` writes it; see `docs/artifact.md`).
+pub const FEATURES_PROPERTY: &str = "train.features";
+/// Property holding the name of the column the model was trained to predict.
+pub const TARGET_PROPERTY: &str = "train.target";
+
+impl Metadata {
+    /// The recorded names of the input features, in input order: the `train.features`
+    /// property (or `onnx.train.features`, for a perch model that went through ONNX and was
+    /// converted back). `None` when not recorded or not one CSV record of names.
+    pub fn feature_names(&self) -> Option<Vec<String>> {
+        let text = self
+            .properties
+            .get(FEATURES_PROPERTY)
+            .or_else(|| self.properties.get(&format!("onnx.{FEATURES_PROPERTY}")))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes());
+        let record = reader.records().next()?.ok()?;
+        let names: Vec<String> = record.iter().map(str::to_string).collect();
+        (!names.is_empty() && names.iter().all(|n| !n.is_empty())).then_some(names)
+    }
+
+    /// The recorded name of the training target column (`train.target`), if any.
+    pub fn target_name(&self) -> Option<&str> {
+        self.properties
+            .get(TARGET_PROPERTY)
+            .or_else(|| self.properties.get(&format!("onnx.{TARGET_PROPERTY}")))
+            .map(String::as_str)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Records the feature names (as one CSV record, so that names holding commas or
+    /// quotes survive) and the target column's name.
+    pub fn set_feature_names(&mut self, features: &[String], target: &str) {
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(Vec::new());
+        let text = writer
+            .write_record(features)
+            .ok()
+            .and_then(|()| writer.into_inner().ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(|t| t.trim_end_matches('\n').to_string())
+            .unwrap_or_else(|| features.join(","));
+        self.properties.insert(FEATURES_PROPERTY.into(), text);
+        self.properties
+            .insert(TARGET_PROPERTY.into(), target.to_string());
+    }
 }
 
 /// An opaque, tagged block of metadata; `kind` says how to read `bytes`.

@@ -5,6 +5,7 @@
 //! | 1 | reserved (training metrics) | | |
 //! | 2 | [`DriftBaseline`] | `perch-host train`, `push` | the agent's drift figures (PSI) |
 //! | 3 | [`Canary`] | `perch-host train`, `push` | the agent, before it installs a model |
+//! | 4 | [`super::budget::Requirements`] | the host, for every artifact it writes | `perch info`, the agent's budget check |
 //!
 //! Each section's bytes are the postcard encoding of its type. A reader skips kinds it does
 //! not know; a known kind that fails to decode or validate is an error naming the kind.

@@ -521,6 +521,20 @@ fn infer_layer(
                     return Err(err(format!("bias has {b} values for {oc} channels")));
                 }
             }
+            // Padding beyond the kernel's reach only adds outputs that see nothing but
+            // padding; bounding it keeps a few bytes of file from describing a huge output.
+            let reach = |k: usize, d: u32| (d as usize).saturating_mul(k.saturating_sub(1)) + 1;
+            let (reach_h, reach_w) = (reach(kh, dilation[0]), reach(kw, dilation[1]));
+            if padding[0] as usize >= reach_h
+                || padding[2] as usize >= reach_h
+                || padding[1] as usize >= reach_w
+                || padding[3] as usize >= reach_w
+            {
+                return Err(err(format!(
+                    "padding {padding:?} (top, left, bottom, right) reaches beyond the kernel's \
+                     extent {reach_h}×{reach_w}: each pad must be smaller than it"
+                )));
+            }
             let oh = window_out(
                 h,
                 kh,

@@ -38,8 +38,9 @@ pub fn devices_add(
             config_out.display()
         );
     }
-    let key = fleet::keys::load_or_create(db)?;
+    // The fleet first: opening it makes the registry's directory, where the key goes.
     let mut f = open_fleet(db)?;
+    let key = fleet::keys::load_or_create(db)?;
     let device = f.add_device(name, group)?;
     let text = crate::agent::config::render(
         &device.name,
@@ -104,7 +105,7 @@ pub fn render_devices(v: &Value) -> String {
         };
         let seen = r["last_seen_unix_s"]
             .as_i64()
-            .map_or("never".into(), |t| format!("{}s ago", (now - t).max(0)));
+            .map_or("never".into(), |t| when(now, t));
         table.push([
             s("name"),
             s("group"),
@@ -198,11 +199,11 @@ pub fn render_device(v: &Value) -> String {
         "reports stored: {}\n",
         v["reports_stored"].as_u64().unwrap_or(0)
     ));
-    out.push_str("events:\n");
+    out.push_str("events (UTC):\n");
     for e in v["events"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "  {}  {:<16} {}\n",
-            e["unix_s"].as_i64().unwrap_or(0),
+            crate::cli::utc_time(e["unix_s"].as_i64().unwrap_or(0)),
             e["kind"].as_str().unwrap_or(""),
             e["detail"].as_str().unwrap_or("")
         ));
@@ -274,7 +275,10 @@ pub fn push(
     group: Option<&str>,
 ) -> Result<Value> {
     if to.is_empty() && group.is_none() {
-        bail!("say where to push: --to DEVICE (repeatable) or --group GROUP");
+        return Err(crate::cli::UsageError(
+            "say where to push: --to DEVICE (repeatable) or --group GROUP".into(),
+        )
+        .into());
     }
     let devices = open_fleet(registry.path())?.select(to, group)?;
     push_to(registry, r, &devices, Role::Active)
@@ -306,6 +310,9 @@ pub fn push_to(
         .with_context(|| format!("reading the artifact of {shown}"))?
         .model;
     let added = complete_sections(&mut model, &version)?;
+    // What the device checks against its budget before it installs (recomputed: the
+    // stored artifact may predate the section).
+    model.stamp_requirements()?;
     let key = fleet::keys::load_or_create(&db)?;
     let signed = artifact::sign(&artifact::encode(&model)?, &key)?;
     let p = f.create_push(&version.name, &version.number.to_string(), &signed, None)?;
@@ -341,6 +348,28 @@ pub fn wait_for_push(db: &Path, push: u64, timeout: Duration) -> Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The devices of a waited push that did not install it, as `NAME (STATE[: REASON])`:
+/// empty when every device installed it.
+pub fn push_not_installed(states: &Value) -> Vec<String> {
+    states
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["state"] != "installed")
+        .map(|s| {
+            format!(
+                "{} ({}{})",
+                s["device"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?"),
+                s["reason"]
+                    .as_str()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 /// Text of `perch-host push`.
@@ -409,6 +438,11 @@ fn compared(rule: &str, subject: &str, value: Option<f64>, threshold: Option<f64
     }
 }
 
+/// A time as a UTC date with how long ago it was: `2026-12-06 09:14:02 UTC (5m ago)`.
+fn when(now: i64, t: i64) -> String {
+    format!("{} UTC ({})", crate::cli::utc_time(t), ago(now, t))
+}
+
 fn ago(now: i64, t: i64) -> String {
     let s = (now - t).max(0);
     match s {
@@ -455,11 +489,11 @@ pub fn render_alerts(v: &Value, all: bool) -> String {
             ),
             r["opened_unix_s"]
                 .as_i64()
-                .map_or("-".into(), |t| ago(now, t)),
+                .map_or("-".into(), |t| when(now, t)),
         ];
         if all {
             row.push(match r["resolved_unix_s"].as_i64() {
-                Some(t) => format!("resolved {}", ago(now, t)),
+                Some(t) => format!("resolved {}", when(now, t)),
                 None => s("state"),
             });
         }
@@ -551,8 +585,8 @@ pub fn serve(
     shutdown: Shutdown,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
-    fleet::keys::load_or_create(db)?;
     let store = Arc::new(FleetStore::open(db)?);
+    fleet::keys::load_or_create(db)?;
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let monitor = match config.automation {
         Some(a) => {

@@ -10,7 +10,8 @@
 use super::TrainOptions;
 use super::fleet::push_to;
 use super::optimize::OptimizeOptions;
-use crate::fleet::rollout::{Gates, Rollout, judge};
+use crate::fleet::gates::{Baseline, Gates, Verdict, judge, watch};
+use crate::fleet::rollout::Rollout;
 use crate::fleet::{self, Fleet, SILENT_AFTER_S};
 use crate::registry::{ModelRef, Registry, Version};
 use crate::sync::Role;
@@ -131,19 +132,21 @@ pub fn start_rollout(
     let recent_ms = now_ms().saturating_sub(BASELINE_WINDOW_MS);
     let q = f.quality_totals(&members, prev_name, prev_version, recent_ms)?;
     let (fb, ok) = (q.feedback, q.correct);
-    let baseline = if fb >= u64::from(gates.min_feedback) {
-        Some(ok as f64 / fb as f64)
+    let (baseline, baseline_labels) = if fb >= u64::from(gates.min_feedback) {
+        (Some(ok as f64 / fb as f64), Some(fb))
     } else {
-        registry
+        let tested = registry
             .resolve(&previous.parse()?)
             .ok()
-            .and_then(|v| v.metrics["accuracy"].as_f64())
+            .and_then(|v| v.metrics["accuracy"].as_f64());
+        (tested, None)
     };
     let shadow = push_to(registry, &candidate.parse()?, &canaries, Role::Shadow)?;
     let shadow_push = shadow["push"].as_u64().unwrap_or(0);
     let results = json!({
         "canaries": canaries.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
         "baseline_accuracy": baseline,
+        "baseline_labels": baseline_labels,
         "started_ms": now_ms(),
     });
     let id = f.create_rollout(
@@ -201,9 +204,9 @@ fn step_canary(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Option
     let canary_names = names(&r.results["canaries"]);
     let canaries = f.select(&canary_names, None)?;
     let since = r.results["started_ms"].as_u64().unwrap_or(0);
-    let totals = f.shadow_totals(&canaries, &r.name, &r.version, since)?;
+    let evidence = f.shadow_evidence(&canaries, &r.name, &r.version, since)?;
     let mut results = r.results.clone();
-    results["shadow"] = serde_json::to_value(totals)?;
+    results["shadow"] = evidence.summary();
     let candidate = format!("{}@{}", r.name, r.version);
     if let Some(push) = r.shadow_push {
         let refused: Vec<String> = f
@@ -222,72 +225,58 @@ fn step_canary(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Option
             )));
         }
     }
-    if totals.requests >= u64::from(r.gates.min_shadow_requests) {
-        return match judge(&r.gates, &totals) {
-            Ok(()) => {
-                let group = f.group_devices(&r.group)?;
-                let active = push_to(registry, &candidate.parse()?, &group, Role::Active)?;
-                f.clear_shadow(&canaries)?;
-                results["promoted_ms"] = json!(now_ms());
-                if let Some((shadow_acc, _)) = totals.accuracies()
-                    && totals.feedback >= u64::from(r.gates.min_feedback)
-                {
-                    results["baseline_accuracy"] = json!(shadow_acc);
-                }
-                results["active_push"] = active["push"].clone();
-                let judged = match totals.accuracies() {
-                    Some((a, b)) if totals.feedback >= u64::from(r.gates.min_feedback) => format!(
-                        "feedback accuracy {a:.3} vs the current model's {b:.3} on {} labels, agreement",
-                        totals.feedback
-                    ),
-                    _ => "agreement".to_string(),
-                };
-                let detail = format!(
-                    "gates passed: {judged} {:.3}, p95 {:.0} vs {:.0} us, memory {} vs {} KiB over {} shadow requests",
-                    totals.agreement(),
-                    totals.p95_us,
-                    totals.active_p95_us,
-                    totals.memory_kib,
-                    totals.active_memory_kib,
-                    totals.requests
-                );
-                f.update_rollout(
-                    r.id,
-                    "promoted",
-                    Some(&detail),
-                    &results,
-                    active["push"].as_u64(),
-                )?;
-                Ok(Some(format!(
-                    "rollout {} of {candidate} promoted to group {}: {detail}",
-                    r.id, r.group
-                )))
+    match judge(&r.gates, &evidence) {
+        Verdict::Promote(detail) => {
+            let group = f.group_devices(&r.group)?;
+            let active = push_to(registry, &candidate.parse()?, &group, Role::Active)?;
+            f.clear_shadow(&canaries)?;
+            results["promoted_ms"] = json!(now_ms());
+            if let Some((shadow_acc, _)) = evidence.accuracies()
+                && evidence.feedback >= u64::from(r.gates.min_feedback)
+            {
+                results["baseline_accuracy"] = json!(shadow_acc);
+                results["baseline_labels"] = json!(evidence.feedback);
             }
-            Err(reason) => {
-                f.clear_shadow(&canaries)?;
-                let reason = format!("canary gate failed: {reason}");
-                f.update_rollout(r.id, "aborted", Some(&reason), &results, None)?;
-                Ok(Some(format!(
-                    "rollout {} of {candidate} aborted: {reason}",
-                    r.id
-                )))
+            results["active_push"] = active["push"].clone();
+            let detail = format!(
+                "gates passed over {} shadow requests: {detail}",
+                evidence.requests
+            );
+            f.update_rollout(
+                r.id,
+                "promoted",
+                Some(&detail),
+                &results,
+                active["push"].as_u64(),
+            )?;
+            Ok(Some(format!(
+                "rollout {} of {candidate} promoted to group {}: {detail}",
+                r.id, r.group
+            )))
+        }
+        Verdict::Reject(reason) => {
+            f.clear_shadow(&canaries)?;
+            let reason = format!("canary gate failed: {reason}");
+            f.update_rollout(r.id, "aborted", Some(&reason), &results, None)?;
+            Ok(Some(format!(
+                "rollout {} of {candidate} aborted: {reason}",
+                r.id
+            )))
+        }
+        Verdict::Wait(missing) => {
+            let age_s = fleet::now_unix_s() - r.created_unix_s;
+            if age_s <= r.gates.canary_timeout_s as i64 {
+                return Ok(None);
             }
-        };
+            f.clear_shadow(&canaries)?;
+            let reason = format!("no decision after {age_s} s: {missing}");
+            f.update_rollout(r.id, "aborted", Some(&reason), &results, None)?;
+            Ok(Some(format!(
+                "rollout {} of {candidate} aborted: {reason}",
+                r.id
+            )))
+        }
     }
-    let age_s = fleet::now_unix_s() - r.created_unix_s;
-    if age_s > r.gates.canary_timeout_s as i64 {
-        f.clear_shadow(&canaries)?;
-        let reason = format!(
-            "only {} shadow requests in {age_s} s (the gate needs {})",
-            totals.requests, r.gates.min_shadow_requests
-        );
-        f.update_rollout(r.id, "aborted", Some(&reason), &results, None)?;
-        return Ok(Some(format!(
-            "rollout {} of {candidate} aborted: {reason}",
-            r.id
-        )));
-    }
-    Ok(None)
 }
 
 fn step_promoted(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Option<String>> {
@@ -299,27 +288,13 @@ fn step_promoted(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Opti
     results["after"] =
         json!({"feedback": fb, "feedback_correct": ok, "requests": req, "errors": err});
     let candidate = format!("{}@{}", r.name, r.version);
-    let mut reason = None;
-    if fb >= u64::from(r.gates.min_feedback)
-        && let Some(base) = r.results["baseline_accuracy"].as_f64()
-    {
-        let acc = ok as f64 / fb as f64;
-        if acc < base - r.gates.max_accuracy_drop {
-            reason = Some(format!(
-                "feedback accuracy {acc:.3} over {fb} labels fell below {base:.3} - {:.3}",
-                r.gates.max_accuracy_drop
-            ));
-        }
-    }
-    if reason.is_none() && req >= 50 {
-        let rate = err as f64 / req as f64;
-        if rate > r.gates.max_error_rate {
-            reason = Some(format!(
-                "error rate {rate:.3} over {req} requests is above {:.3}",
-                r.gates.max_error_rate
-            ));
-        }
-    }
+    let baseline = r.results["baseline_accuracy"]
+        .as_f64()
+        .map(|accuracy| Baseline {
+            accuracy,
+            labels: r.results["baseline_labels"].as_u64(),
+        });
+    let reason = watch(&r.gates, baseline, &q);
     if let Some(reason) = reason {
         let previous = r
             .previous

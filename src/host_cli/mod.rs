@@ -249,7 +249,17 @@ pub fn spec_from_options(opts: &TrainOptions) -> Result<(ModelSpec, Task)> {
         if !matches!(spec.kind, ModelKind::Mlp { .. }) {
             bail!("--hidden applies to --model mlp only");
         }
-        spec.set("hidden", &h.replace(',', "x"))?;
+        // Layers are comma-separated here, as --help says (`x` in --grid, where commas
+        // separate the values tried); either is accepted.
+        let widths = h
+            .split([',', 'x'])
+            .map(|w| w.trim().parse::<usize>().ok().filter(|&w| w > 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                anyhow!("bad --hidden {h:?}: expected layer widths such as 64 or 64,32")
+            })?;
+        let widths: Vec<String> = widths.iter().map(usize::to_string).collect();
+        spec.set("hidden", &widths.join("x"))?;
     }
     if let Some(a) = &opts.activation {
         spec.set("activation", a)?;
@@ -586,12 +596,9 @@ fn feature_stats_json(data: &Dataset) -> Value {
     )
 }
 
-fn default_name(data: &Path, kind: &str) -> String {
-    let stem: String = data
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-        .chars()
+/// `text` with every character a registry name does not allow replaced by `_`.
+fn name_chars(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
                 c
@@ -599,7 +606,42 @@ fn default_name(data: &Path, kind: &str) -> String {
                 '_'
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The name an imported or converted model file gets without `--name`: its folder's name
+/// when the file is called `model.onnx` (the usual export layout,
+/// `…/sk_mlp_digits/model.onnx` → `sk_mlp_digits`), else the file's stem.
+pub fn model_name_of_file(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let folder = (stem == "model")
+        .then(|| {
+            std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .parent()
+                .and_then(Path::file_name)
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .flatten();
+    let name = name_chars(folder.as_deref().unwrap_or(&stem));
+    let name = name.trim_matches('.');
+    if name.is_empty() {
+        "imported".into()
+    } else {
+        name.to_string()
+    }
+}
+
+fn default_name(data: &Path, kind: &str) -> String {
+    let stem = name_chars(
+        &data
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
     let stem = stem.strip_suffix("_train").unwrap_or(&stem).to_string();
     if stem.is_empty() {
         kind.to_string()
@@ -673,13 +715,9 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
         .name
         .clone()
         .unwrap_or_else(|| default_name(&opts.data, &opts.model.to_ascii_lowercase()));
-    let data = Dataset::load(&opts.data, &opts.target, task)
-        .with_context(|| format!("loading training data {}", opts.data.display()))?;
+    let data = Dataset::load(&opts.data, &opts.target, task).context("training data")?;
     let test = match &opts.test {
-        Some(path) => Some(
-            Dataset::load_with_schema(path, &data.schema)
-                .with_context(|| format!("loading test data {}", path.display()))?,
-        ),
+        Some(path) => Some(Dataset::load_with_schema(path, &data.schema).context("test data")?),
         None => None,
     };
     let mut report = Map::new();
@@ -762,12 +800,12 @@ pub fn train(registry: &mut Registry, opts: &TrainOptions) -> Result<Value> {
         for (k, v) in t {
             m.insert(format!("train_{k}"), v.clone());
         }
+        m.insert("evaluated_on".into(), json!(evaluated_on));
     }
     let baseline = match &opts.baseline {
-        Some(path) => Some(
-            Dataset::load_with_schema(path, &data.schema)
-                .with_context(|| format!("loading drift baseline data {}", path.display()))?,
-        ),
+        Some(path) => {
+            Some(Dataset::load_with_schema(path, &data.schema).context("drift baseline data")?)
+        }
         None => None,
     };
     let mut model = fitted.to_model(&name);
@@ -982,10 +1020,7 @@ fn load_runtime(registry: &Registry, version: &Version) -> Result<runtime::Model
 pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>) -> Result<Value> {
     let version = registry.resolve(r)?;
     let mut model = load_runtime(registry, &version)?;
-    let load = |schema: &Schema| {
-        Dataset::load_with_schema(data, schema)
-            .with_context(|| format!("loading evaluation data {}", data.display()))
-    };
+    let load = |schema: &Schema| Dataset::load_with_schema(data, schema).context("evaluation data");
     let (dataset, schema) = match (&version.data_schema, target) {
         (Some(schema), _) => {
             let schema = schema_from_json(schema)?;
@@ -998,8 +1033,7 @@ pub fn eval(registry: &Registry, r: &ModelRef, data: &Path, target: Option<&str>
             } else {
                 Task::Regression
             };
-            let dataset = Dataset::load(data, target, task)
-                .with_context(|| format!("loading evaluation data {}", data.display()))?;
+            let dataset = Dataset::load(data, target, task).context("evaluation data")?;
             let schema = dataset.schema.clone();
             (dataset, schema)
         }
@@ -1090,6 +1124,16 @@ pub fn score_runtime(
     Ok(())
 }
 
+/// A version's metrics as JSON, with `evaluated_on` (`"train"` or `"test"`) saying which data
+/// they were measured on (derived for versions registered before it was stored).
+pub fn metrics_with_origin(v: &Version) -> Value {
+    let mut metrics = v.metrics.clone();
+    if let (Some(on), Some(m)) = (v.metrics_evaluated_on(), metrics.as_object_mut()) {
+        m.insert("evaluated_on".into(), json!(on));
+    }
+    metrics
+}
+
 /// A version as JSON (everything the registry keeps but the data schema).
 pub fn version_json(v: &Version) -> Value {
     json!({
@@ -1100,9 +1144,10 @@ pub fn version_json(v: &Version) -> Value {
         "artifact_sha256": v.artifact_sha256,
         "size_bytes": v.size_bytes,
         "params": v.params,
-        "metrics": v.metrics,
+        "metrics": metrics_with_origin(v),
         "fit_seconds": v.fit_seconds,
         "created_unix_s": v.created_unix_s,
+        "created": crate::cli::utc_time(v.created_unix_s),
         "dataset": v.dataset.as_ref().map(|d| json!({
             "sha256": d.sha256, "rows": d.rows, "columns": d.columns,
             "feature_stats": d.feature_stats,
@@ -1221,11 +1266,9 @@ pub fn export(registry: &Registry, r: &ModelRef, format: &str, output: &Path) ->
 /// Unreadable files, models neither path can load, registry failures.
 pub fn import(registry: &mut Registry, model: &Path, name: Option<&str>) -> Result<Value> {
     let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
-    let stem = model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "imported".into());
-    let name = name.map(str::to_string).unwrap_or(stem);
+    let name = name
+        .map(str::to_string)
+        .unwrap_or_else(|| model_name_of_file(model));
     let source_sha = sha256_hex(&bytes);
     let (payload, note) = match crate::convert::onnx_bytes_to_native(&bytes) {
         Ok(mut native) => {
@@ -1256,19 +1299,25 @@ pub fn import(registry: &mut Registry, model: &Path, name: Option<&str>) -> Resu
     Ok(v)
 }
 
+/// Metrics as `name=value` pairs, then `(on the training data)` when they were measured
+/// there: a training-set figure must never pass for a test one.
 fn fmt_metrics(m: &Value) -> String {
-    m.as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(k, _)| !k.starts_with("train_"))
-                .map(|(k, v)| match v.as_f64() {
-                    Some(x) => format!("{k}={x:.4}"),
-                    None => format!("{k}={v}"),
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
+    let Some(map) = m.as_object() else {
+        return String::new();
+    };
+    let mut text = map
+        .iter()
+        .filter(|(k, _)| !k.starts_with("train_") && k.as_str() != "evaluated_on")
+        .map(|(k, v)| match v.as_f64() {
+            Some(x) => format!("{k}={x:.4}"),
+            None => format!("{k}={v}"),
         })
-        .unwrap_or_default()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if map.get("evaluated_on").and_then(Value::as_str) == Some("train") && !text.is_empty() {
+        text.push_str(" (on the training data)");
+    }
+    text
 }
 
 /// Human-readable text for a `train` or `eval` report.
@@ -1279,8 +1328,12 @@ pub fn render_report(r: &Value) -> String {
         r["version"],
         fmt_metrics(&r["metrics"])
     );
-    if let Some(on) = r["evaluated_on"].as_str() {
-        s.push_str(&format!(" (on {on} data)"));
+    match r["evaluated_on"].as_str() {
+        Some("train") => {
+            s.push_str(" (on the training data: give --test FILE for held-out figures)")
+        }
+        Some(on) => s.push_str(&format!(" (on the {on} data)")),
+        None => {}
     }
     if let Some(f) = r["fit_seconds"].as_f64() {
         s.push_str(&format!(", fit {f:.3} s"));
@@ -1323,6 +1376,9 @@ pub fn render_version(v: &Value) -> String {
         fmt_metrics(&v["metrics"]),
         v["params"]
     );
+    if let Some(c) = v["created"].as_str() {
+        s.push_str(&format!("  created: {c} UTC\n"));
+    }
     if let Some(f) = v["fit_seconds"].as_f64() {
         s.push_str(&format!("  fit:     {f:.3} s\n"));
     }
@@ -1497,6 +1553,11 @@ mod tests {
     #[test]
     fn bad_options_are_named() {
         assert!(spec_error(&["--model", "forest", "--hidden", "8"]).contains("--hidden"));
+        // The message gives the form --help gives.
+        assert_eq!(
+            spec_error(&["--model", "mlp", "--hidden", "64,x"]),
+            "bad --hidden \"64,x\": expected layer widths such as 64 or 64,32"
+        );
         assert!(spec_error(&["--model", "knn"]).contains("unknown model kind \"knn\""));
         assert!(spec_error(&["--model", "logistic", "--hidden", "8"]).contains("--hidden"));
         assert!(spec_error(&["--model", "linear", "--alpha", "1"]).contains("alpha"));
@@ -1522,6 +1583,23 @@ mod tests {
             ModelKind::LinearSvm { config, .. }
                 if config.early_stopping.map(|e| e.validation_fraction) == Some(0.2)
         ));
+    }
+
+    #[test]
+    fn imported_files_are_named_after_their_folder_or_stem() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("sk_mlp_digits");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("model.onnx"), b"x").unwrap();
+        assert_eq!(
+            model_name_of_file(&folder.join("model.onnx")),
+            "sk_mlp_digits"
+        );
+        assert_eq!(
+            model_name_of_file(&folder.join("digits v2.onnx")),
+            "digits_v2"
+        );
+        assert!(!model_name_of_file(Path::new("model.onnx")).is_empty());
     }
 
     #[test]

@@ -110,7 +110,11 @@ fn measure(bytes: &[u8], data: Option<(&Dataset, &Schema)>) -> Result<Figures> {
         Some((d, schema)) => {
             let mut report = Map::new();
             score_runtime(&mut model, d, schema, &mut report)?;
-            report.remove("metrics").unwrap_or(Value::Null)
+            let mut metrics = report.remove("metrics").unwrap_or(Value::Null);
+            if let Some(m) = metrics.as_object_mut() {
+                m.insert("evaluated_on".into(), json!("test"));
+            }
+            metrics
         }
         None => json!({}),
     };
@@ -140,16 +144,26 @@ fn calibration_method(spec: &str) -> Result<Calibration> {
 }
 
 /// Features of a CSV encoded as the model's training data was, when there is a schema;
-/// else the file read as plain numeric rows.
-fn feature_rows(path: &Path, schema: Option<&Schema>) -> Result<Vec<f32>> {
+/// else the file read as numeric rows, its columns matched by name to the features the
+/// model records (the training target dropped), in file order when it records none.
+fn feature_rows(
+    path: &Path,
+    schema: Option<&Schema>,
+    model: &crate::graph::Model,
+) -> Result<Vec<f32>> {
     if let Some(schema) = schema
         && let Ok(d) = Dataset::load_with_schema(path, schema)
     {
         return Ok(d.features_f32().iter().copied().collect());
     }
-    Ok(crate::io::read_input(path)
-        .with_context(|| format!("reading calibration data {}", path.display()))?
-        .data)
+    let array = crate::io::read_input(path).context("calibration data")?;
+    let names = crate::io::InputNames::of(
+        Some(&model.metadata),
+        model.graph.inputs.first().map_or(0, |i| i.sample_len()),
+    );
+    let (array, _) = crate::io::arrange(array, names.as_ref(), None, &path.display().to_string())
+        .context("calibration data")?;
+    Ok(array.data)
 }
 
 /// What `optimize` starts from.
@@ -167,11 +181,11 @@ fn load_input(
     opts: &OptimizeOptions,
 ) -> Result<(Input, crate::graph::Model, Vec<u8>, String)> {
     let path = Path::new(&opts.model);
-    if path
+    let names_a_file = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
-        && path.is_file()
-    {
+        || opts.model.contains('/');
+    if names_a_file && path.is_file() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let model = crate::convert::onnx_bytes_to_native(&bytes).with_context(|| {
             format!(
@@ -183,8 +197,18 @@ fn load_input(
         let shown = path.display().to_string();
         return Ok((Input::External(path.to_path_buf()), model, artifact, shown));
     }
-    let r: ModelRef = opts.model.parse()?;
-    let version = registry.resolve(&r)?;
+    let version = match opts.model.parse::<ModelRef>() {
+        Ok(r) => registry.resolve(&r),
+        Err(e) => Err(e),
+    };
+    let version = match version {
+        Ok(v) => v,
+        Err(_) if names_a_file => bail!(
+            "{}: no such file (and no registered model of that name)",
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let shown = format!("{}@{}", version.name, version.number);
     if version.format != ArtifactFormat::Perch {
         bail!(
@@ -239,8 +263,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
     };
     let test = match (&test_path, &schema, &opts.target) {
         (Some(p), Some(s), _) => Some((
-            Dataset::load_with_schema(p, s)
-                .with_context(|| format!("loading test data {}", p.display()))?,
+            Dataset::load_with_schema(p, s).context("test data")?,
             s.clone(),
         )),
         (Some(p), None, Some(target)) => {
@@ -254,8 +277,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
             } else {
                 Task::Regression
             };
-            let d = Dataset::load(p, target, task)
-                .with_context(|| format!("loading test data {}", p.display()))?;
+            let d = Dataset::load(p, target, task).context("test data")?;
             let s = d.schema.clone();
             Some((d, s))
         }
@@ -289,8 +311,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
                 let s = schema
                     .as_ref()
                     .ok_or_else(|| anyhow!("{parent_shown} has no recorded schema to fine-tune"))?;
-                let train = Dataset::load_with_schema(&train_path, s)
-                    .with_context(|| format!("loading {}", train_path.display()))?;
+                let train = Dataset::load_with_schema(&train_path, s).context("training data")?;
                 let (m, report) = finetune(
                     &out,
                     &train,
@@ -340,7 +361,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
                     "static int8 needs calibration data: give --calibrate FILE, or use --quantize dynamic",
                 )?,
             };
-            let rows = feature_rows(&source, schema.as_ref())?;
+            let rows = feature_rows(&source, schema.as_ref(), &model)?;
             let width = model.graph.inputs[0].sample_len();
             if width == 0 || rows.is_empty() || rows.len() % width != 0 {
                 bail!(
@@ -415,6 +436,10 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
         r.insert("optimizations".into(), Value::Object(steps));
         r.insert(
             "evaluated_on".into(),
+            json!(test_path.as_ref().map(|_| "test")),
+        );
+        r.insert(
+            "test_data".into(),
             json!(test_path.map(|p| p.display().to_string())),
         );
         let mut p = before.json();
@@ -504,8 +529,8 @@ pub fn render(r: &Value) -> String {
     for (k, a, b, c) in rows {
         s.push_str(&format!("{k:<24} {a:>16} {b:>16} {c:>12}\n"));
     }
-    if let Some(on) = r["evaluated_on"].as_str() {
-        s.push_str(&format!("metrics on {on}\n"));
+    if let Some(on) = r["test_data"].as_str() {
+        s.push_str(&format!("metrics on the test data {on}\n"));
     } else {
         s.push_str("no test data recorded or given (--test): metrics not measured\n");
     }

@@ -59,14 +59,14 @@ pub enum MetricsError {
     #[error("drift baseline unusable: {0}")]
     Baseline(String),
     /// A file operation of the [`ReportQueue`] failed.
-    #[error("report queue: {op} {path:?}: {source}")]
+    #[error("report queue: {op} {path:?}: {error}")]
     Io {
         /// What was being done.
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// [`ReportQueue::open`] was given a capacity of 0 or above the maximum.
     #[error("report queue capacity {capacity} is out of range (1 ..= {max})")]

@@ -53,7 +53,7 @@ pub struct ReportQueue {
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> MetricsError {
     let path = path.to_path_buf();
-    move |source| MetricsError::Io { op, path, source }
+    move |error| MetricsError::Io { op, path, error }
 }
 
 /// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync of `dir`.

@@ -83,9 +83,10 @@ pub struct ShadowReport {
     /// Of the rest, how many gave the active model's answer (same label; regressors within
     /// 1 % or 1e-6).
     pub agreed: u32,
-    /// Its latency per request.
+    /// Its latency per request. The agent times both models on the same thread and input,
+    /// one right after the other, the order alternating from request to request.
     pub latency_us: Percentiles,
-    /// The active model's latency per request over the same requests.
+    /// The active model's latency per request over the same requests, timed alike.
     pub active_latency_us: Percentiles,
     /// Heap the shadow model holds (parameters and buffers), KiB.
     pub memory_kib: u32,
@@ -97,6 +98,9 @@ pub struct ShadowReport {
     pub feedback_correct: u32,
     /// And how many the active model got right.
     pub active_feedback_correct: u32,
+    /// And how many both got right: with the two counts above, the whole 2×2 table of a
+    /// paired comparison (which labels only one of the two models got right).
+    pub feedback_both_correct: u32,
 }
 
 /// One labelled feedback sample: the input that was predicted and its true label (a class

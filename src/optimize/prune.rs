@@ -76,10 +76,18 @@ pub enum PruneError {
     },
     /// The model (before or after) fails validation.
     #[error("pruned graph is invalid: {0}")]
-    Graph(#[from] GraphError),
+    Graph(GraphError),
     /// Training data that does not fit the model (fine-tuning).
     #[error("training data: {0}")]
     Data(String),
+}
+
+// Not `#[from]`: that would also make the inner error the `source()`, and `{:#}` would print
+// it twice (the message already holds it).
+impl From<GraphError> for PruneError {
+    fn from(e: GraphError) -> Self {
+        PruneError::Graph(e)
+    }
 }
 
 /// Prunes `model` as `options` say and returns the pruned model with a report.

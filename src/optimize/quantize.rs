@@ -77,10 +77,24 @@ pub enum QuantizeError {
     NothingToQuantize,
     /// The input model (or the result) does not validate.
     #[error("invalid graph: {0}")]
-    Graph(#[from] GraphError),
+    Graph(GraphError),
     /// The calibration run failed.
     #[error("calibration run: {0}")]
-    Engine(#[from] EngineError),
+    Engine(EngineError),
+}
+
+// Not `#[from]`: that would also make the inner error the `source()`, and `{:#}` would print
+// it twice (the message already holds it).
+impl From<EngineError> for QuantizeError {
+    fn from(e: EngineError) -> Self {
+        QuantizeError::Engine(e)
+    }
+}
+
+impl From<GraphError> for QuantizeError {
+    fn from(e: GraphError) -> Self {
+        QuantizeError::Graph(e)
+    }
 }
 
 /// Rows the calibration run feeds the engine at a time.

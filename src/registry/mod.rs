@@ -39,20 +39,20 @@ pub const SCHEMA_VERSION: i64 = 3;
 #[non_exhaustive]
 pub enum RegistryError {
     /// SQLite failed.
-    #[error("registry database {path:?}: {source}")]
+    #[error("registry database {path:?}: {error}")]
     Sqlite {
         /// Database file.
         path: PathBuf,
         /// The cause.
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     /// A file beside the database could not be read or written.
-    #[error("registry file {path:?}: {source}")]
+    #[error("registry file {path:?}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The database was written by a newer perch.
     #[error(
@@ -126,9 +126,9 @@ pub enum RegistryError {
     },
     /// A model could not be encoded as an artifact.
     #[error("encoding the artifact: {0}")]
-    Artifact(#[from] artifact::ArtifactError),
+    Artifact(artifact::ArtifactError),
     /// A JSON column holds something that does not parse.
-    #[error("registry column {column} of {name}@{number} is not valid JSON: {source}")]
+    #[error("registry column {column} of {name}@{number} is not valid JSON: {error}")]
     Json {
         /// Model name.
         name: String,
@@ -137,8 +137,16 @@ pub enum RegistryError {
         /// Column.
         column: &'static str,
         /// The cause.
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
+}
+
+// Not `#[from]`: that would also make the inner error the `source()`, and `{:#}` would print
+// it twice (the message already holds it).
+impl From<artifact::ArtifactError> for RegistryError {
+    fn from(e: artifact::ArtifactError) -> Self {
+        RegistryError::Artifact(e)
+    }
 }
 
 /// Which version of a name a reference means.
@@ -333,6 +341,30 @@ pub struct Version {
     pub tags: Vec<String>,
     /// Aliases pointing here, sorted.
     pub aliases: Vec<String>,
+}
+
+impl Version {
+    /// Which data the version's `metrics` were measured on: `"test"` (held-out data) or
+    /// `"train"` (the training data, when it was trained without `--test`); `None` when it
+    /// has no metrics. Read from `metrics.evaluated_on`; versions registered before that
+    /// field existed are judged by their training-set figures (`train_*`) and recorded
+    /// test file.
+    pub fn metrics_evaluated_on(&self) -> Option<&str> {
+        let metrics = self.metrics.as_object().filter(|m| !m.is_empty())?;
+        if let Some(on) = metrics.get("evaluated_on").and_then(|v| v.as_str()) {
+            return Some(on);
+        }
+        let has_test_file = self
+            .data_files
+            .as_ref()
+            .is_some_and(|f| f.get("test").is_some());
+        let train_figures = metrics.keys().any(|k| k.starts_with("train_"));
+        Some(if train_figures && !has_test_file {
+            "train"
+        } else {
+            "test"
+        })
+    }
 }
 
 /// An open registry: the database and the artifact store beside it.
@@ -530,13 +562,13 @@ impl Registry {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
+        std::fs::create_dir_all(&dir).map_err(|error| RegistryError::Io {
             path: dir.clone(),
-            source,
+            error,
         })?;
-        let sql = |source| RegistryError::Sqlite {
+        let sql = |error| RegistryError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let mut conn = Connection::open(&path).map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", true)
@@ -584,9 +616,9 @@ impl Registry {
     }
 
     fn sql(&self) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
-        |source| RegistryError::Sqlite {
+        |error| RegistryError::Sqlite {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 
@@ -626,9 +658,9 @@ impl Registry {
     ) -> Result<Version, RegistryError> {
         check_name("model name", name)?;
         let path = self.path.clone();
-        let sql = |source| RegistryError::Sqlite {
+        let sql = |error| RegistryError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         // Immediate: take the write lock before reading the numbers it writes.
         let tx = self
@@ -656,6 +688,9 @@ impl Registry {
             Payload::Native(mut model) => {
                 model.metadata.name = name.to_string();
                 model.metadata.version = number.to_string();
+                model
+                    .stamp_requirements()
+                    .map_err(artifact::ArtifactError::from)?;
                 (ArtifactFormat::Perch, artifact::encode(&model)?)
             }
             Payload::Onnx(bytes) => (ArtifactFormat::Onnx, bytes),
@@ -760,11 +795,11 @@ impl Registry {
             row;
         let (ds_sha, ds_rows, ds_cols, stats, schema, parent, files) = rest;
         let json = |column: &'static str, text: &str| {
-            serde_json::from_str(text).map_err(|source| RegistryError::Json {
+            serde_json::from_str(text).map_err(|error| RegistryError::Json {
                 name: name.clone(),
                 number,
                 column,
-                source,
+                error,
             })
         };
         let dataset = match ds_sha {
@@ -917,9 +952,9 @@ impl Registry {
             return Err(unknown_model(&self.conn, &r.name).map_err(|e| with_path(e, &self.path))?);
         }
         let path = self.path.clone();
-        let sql = |source| RegistryError::Sqlite {
+        let sql = |error| RegistryError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         // Immediate: take the write lock before reading the numbers it writes.
         let tx = self
@@ -966,7 +1001,7 @@ fn store_file(
 ) -> Result<(), RegistryError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| RegistryError::Io { path, source }
+        move |error| RegistryError::Io { path, error }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let target = dir.join(format!("{sha}.{}", format.name()));
@@ -992,9 +1027,9 @@ impl From<rusqlite::Error> for Lookup {
 
 fn with_path(e: Lookup, path: &Path) -> RegistryError {
     match e {
-        Lookup::Sql(source) => RegistryError::Sqlite {
+        Lookup::Sql(error) => RegistryError::Sqlite {
             path: path.to_path_buf(),
-            source,
+            error,
         },
         Lookup::Registry(e) => e,
     }

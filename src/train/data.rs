@@ -20,12 +20,12 @@ use std::path::{Path, PathBuf};
 #[non_exhaustive]
 pub enum DataError {
     /// The file cannot be read.
-    #[error("reading {path:?}: {source}")]
+    #[error("reading {path:?}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The CSV is malformed (bad quoting, invalid UTF-8).
     #[error("{path:?} line {row}: {message}")]
@@ -324,9 +324,9 @@ struct RawCsv {
 }
 
 fn read_raw(path: &Path) -> Result<RawCsv, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+    let bytes = std::fs::read(path).map_err(|error| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let sha256 = Sha256::digest(&bytes)
         .iter()

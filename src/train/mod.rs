@@ -966,15 +966,12 @@ impl Fitted {
             class_labels,
             ..Metadata::default()
         };
+        metadata.set_feature_names(&self.schema.feature_names(), &self.schema.target);
         let props = &mut metadata.properties;
         props.insert("train.model".into(), self.spec.kind.name().into());
         props.insert(
             "train.scaling".into(),
             format!("{:?}", self.spec.scaling).to_lowercase(),
-        );
-        props.insert(
-            "train.features".into(),
-            self.schema.feature_names().join(","),
         );
         props.insert("train.epochs".into(), self.summary.epochs.to_string());
         if let Some(fp) = &self.fingerprint {

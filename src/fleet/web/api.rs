@@ -225,7 +225,7 @@ fn version_json(v: &Version, running: &[String]) -> Value {
         "parent": v.parent,
         "tags": v.tags,
         "aliases": v.aliases,
-        "metrics": v.metrics,
+        "metrics": crate::host_cli::metrics_with_origin(v),
         "params": v.params,
         "fit_seconds": v.fit_seconds,
         "dataset": v.dataset.as_ref().map(|ds| json!({

@@ -65,7 +65,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: 
 HERE = Path(__file__).resolve().parent
 SEED = 20261206
 VARIANTS = ["float", "tflite_int8", "qdq_s8s8_pc", "qop_u8s8", "nchw"]
-CLASSES = ["kws_dscnn", "vww_mobilenet", "ic_resnet8", "ad_autoencoder"]
+CLASSES = ["kws_dscnn", "vww_mobilenet", "ic_resnet8", "ad_autoencoder", "kws_tinyconv"]
 SCRIPT = "tests/data/edge/make_corpus.py"
 
 
@@ -108,6 +108,26 @@ def kws_data(rng, n):
     x = x * rng.uniform(0.6, 1.4, (n, 1, 1)) + rng.normal(0, 7.0, x.shape)
     x[:, :, 0] += -25 + rng.normal(0, 4, (n, 1))
     return x[..., None].astype(np.float32), y.astype(np.int64)
+
+
+def spectrogram_data(rng, n):
+    """micro_speech-like 49 frames x 40 log-mel channels, non-negative (0..~26, the range of
+    TFLM micro_speech's features): 4 classes, each a few time-frequency blobs, shifted in
+    time, plus background noise."""
+    prng = np.random.default_rng(SEED + 5)
+    t, f = np.arange(49)[:, None], np.arange(40)[None, :]
+    protos = []
+    for _ in range(4):
+        p = np.zeros((49, 40))
+        for _ in range(4):
+            t0, f0 = prng.uniform(12, 37), prng.uniform(3, 37)
+            p += prng.uniform(6, 14) * np.exp(-(((t - t0) / prng.uniform(2, 6)) ** 2) - ((f - f0) / prng.uniform(2, 8)) ** 2)
+        protos.append(p)
+    y = rng.integers(0, 4, n)
+    shift = rng.integers(-6, 7, n)
+    x = np.stack([np.roll(protos[c], s, axis=0) for c, s in zip(y, shift)])
+    x = x * rng.uniform(0.6, 1.4, (n, 1, 1)) + np.abs(rng.normal(2, 3.0, x.shape))
+    return np.clip(x, 0, 26)[..., None].astype(np.float32), y.astype(np.int64)
 
 
 def vww_data(rng, n):
@@ -183,6 +203,17 @@ def ad_data(rng, n, anomalous=None):
 # Keras models (MLPerf Tiny reference shapes).
 
 L = keras.layers
+
+
+def tinyconv_model():
+    """TFLM micro_speech's tiny_conv: Conv 8 filters 10x8 stride 2, ReLU, Dropout, Flatten of
+    the 25x20x8 map, Dense 4 softmax, on a 49x40x1 spectrogram."""
+    inputs = keras.Input((49, 40, 1), name="input")
+    x = L.Conv2D(8, (10, 8), strides=(2, 2), padding="same", activation="relu")(inputs)
+    x = L.Dropout(0.5)(x)
+    x = L.Flatten()(x)
+    outputs = L.Dense(4, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="kws_tinyconv")
 
 
 def kws_model():
@@ -270,6 +301,22 @@ def macs_of(model):
 
 
 CLASS_CONFIG = {
+    "kws_tinyconv": dict(
+        what="keyword spotting, small: TFLM micro_speech's tiny_conv (Conv 10x8/2 x8 with ReLU, "
+        "Flatten of the 25x20x8 map, Dense 4 softmax) on a 49x40x1 spectrogram: Keras Flatten of a "
+        "spatial map, which tf2onnx exports with a dynamic batch as Shape -> Gather -> Slice -> Concat -> Reshape",
+        build=tinyconv_model,
+        data=spectrogram_data,
+        n_train=2000,
+        n_calib=100,
+        n_test=200,
+        epochs=4,
+        batch=32,
+        label_noise=0.2,
+        loss="sparse_categorical_crossentropy",
+        output="probs",
+        task="classification",
+    ),
     "kws_dscnn": dict(
         what="keyword spotting: MLPerf Tiny DS-CNN (Conv 10x4/2 64, 4 x [depthwise 3x3, BN, ReLU, "
         "1x1 conv 64, BN, ReLU], AveragePooling 24x5, Flatten, Dense 12 softmax) on a 49x10x1 MFCC",
@@ -534,6 +581,7 @@ def same_pads(in_size, k, s, d=1):
 def nchw_graph(model, cls, out_name):
     g = TorchStyleGraph()
     values = {}  # keras tensor id -> (onnx name, NHWC shape without batch)
+    flattened_from = {}  # keras tensor id of a Flatten output -> the (H, W, C) map it flattened
     inp = model.inputs[0]
     shape = tuple(inp.shape[1:])
     if len(shape) == 3:
@@ -625,10 +673,18 @@ def nchw_graph(model, cls, out_name):
                 y = g.node("Flatten", [y], scope, axis=1)
         elif isinstance(layer, (L.Flatten, L.Reshape)):
             if len(shp) == 3 and not (shp[0] == 1 and shp[1] == 1):
-                raise ValueError(f"{layer.name}: flatten of a {shp} feature map needs a permute")
+                if not isinstance(layer, L.Flatten):
+                    raise ValueError(f"{layer.name}: reshape of a {shp} feature map")
+                # torch flattens (C, H, W); Keras flattened (H, W, C): the next Linear's
+                # weight columns are permuted to match, as a PyTorch port of the model would be.
+                flattened_from[id(layer.output)] = shp
             y = g.node("Flatten", [x], scope, axis=1)
         elif isinstance(layer, L.Dense):
-            y = g.node("Gemm", [x, g.const(f"{scope}.weight", w[0].T.copy()), g.const(f"{scope}.bias", w[1])], scope, alpha=1.0, beta=1.0, transB=1)
+            kernel = w[0]
+            if id(layer.input) in flattened_from:
+                h, wd, c = flattened_from[id(layer.input)]
+                kernel = kernel.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(h * wd * c, -1)
+            y = g.node("Gemm", [x, g.const(f"{scope}.weight", kernel.T.copy()), g.const(f"{scope}.bias", w[1])], scope, alpha=1.0, beta=1.0, transB=1)
             y = activation(g, y, layer.activation, scope)
         elif isinstance(layer, L.Add):
             y = g.node("Add", [s[0] for s in srcs], scope)
@@ -647,7 +703,7 @@ def nchw_graph(model, cls, out_name):
         [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["batch_size"] + out_dims[1:])],
         g.inits,
     )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch", producer_version="2.5.0")
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="perch tests/data/edge/make_corpus.py", producer_version="torch.onnx.export form")
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
     return m
@@ -1051,8 +1107,7 @@ def auc(score, label):
 def write_model(d, cls, variant, model, common, x, y, ort_out, how, ref_out, checks, source, float_out=None):
     name = d.name
     save_npy(d / "input.npy", x)
-    if common["task"] == "classification":
-        save_npy(d / "labels.npy", y)
+    save_npy(d / "labels.npy", y)
     info = graph_info(model)
     outputs = {}
     follows = {}
@@ -1117,8 +1172,8 @@ def write_model(d, cls, variant, model, common, x, y, ort_out, how, ref_out, che
     if ref_out is not None:
         meta["reference"]["spec_reference"] = follows
         meta["reference"]["spec_reference_how"] = REFERENCE_NOTE
+    meta["reference"]["labels"] = "labels.npy: the synthetic class of each row" if common["task"] == "classification" else "labels.npy: 1 for the anomalous rows (a tone added), 0 for the normal ones"
     if common["task"] == "classification":
-        meta["reference"]["labels"] = "labels.npy: the synthetic class of each row"
         meta["keras_test_accuracy"] = common["keras_test_accuracy"]
     (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"   {name}: {meta['file']['bytes']} bytes, ops {info['op_types']}", flush=True)
@@ -1211,7 +1266,7 @@ def readme_table(manifest):
         o = next(iter(meta["reference"]["outputs"].values()))
         ovr = o.get("ort_vs_onnx_reference")
         spec = f"{ovr.get('max_diff_in_quantization_steps', ovr['max_abs_diff']):.0f}, {ovr['elements_differing']} of {ovr['of']}" if ovr else ""
-        lite = f"{c['max_abs_diff_ort_vs_litert_codes']:.0f}, {c['rows_ort_equal_litert']:.0%}" if "max_abs_diff_ort_vs_litert_codes" in c else ""
+        lite = f"{c['max_abs_diff_ort_vs_litert_codes']:.0f}, {c['rows_ort_equal_litert']:.1%}" if "max_abs_diff_ort_vs_litert_codes" in c else ""
         k = c.get("max_abs_diff_vs_keras")
         t = c.get("max_abs_diff_vs_float_tflite_litert")
         met = meta["metrics"]

@@ -1,0 +1,1054 @@
+//! The canary gate: what a candidate must show in shadow before it is promoted ([`Gates`]),
+//! the evidence the canaries' reports add up to ([`ShadowEvidence`]), and the decision
+//! ([`judge`]): promote, reject, or keep running because the evidence is not yet enough.
+//! After promotion, [`watch`] decides whether the group goes back to its previous model.
+//!
+//! Each gate names the effect it rejects and decides only on enough evidence:
+//! - **quality**, on labels: the candidate's feedback accuracy more than
+//!   `max_accuracy_drop` below the current model's on the same labels. Decided by a
+//!   confidence interval of the paired difference (Newcombe's hybrid score interval, built on
+//!   Wilson intervals): rejected when even its upper bound is below `-max_accuracy_drop`,
+//!   passed when its lower bound is above.
+//! - **quality**, without labels: agreement with the current model below `min_agreement`,
+//!   decided by the Wilson interval of the agreement the same way.
+//! - **errors**: an error rate above `max_error_rate` (Wilson interval).
+//! - **latency**: a median latency both `max_latency_ratio` times and
+//!   `max_latency_increase_us` above the current model's. Each report window with enough
+//!   shadow requests votes with its two medians (both models timed on the same requests),
+//!   slower or not; the gate decides when one side leads by `latency_lead_windows` votes (a
+//!   sequential probability ratio test on the votes), so windows that a burst of
+//!   preemptions spoilt only make it wait for more.
+//! - **memory**: a heap more than `max_memory_ratio` times the current model's (measured
+//!   once, when the model loads: no noise to wait out).
+//!
+//! Every interval has one-sided confidence `confidence`. docs/alerts.md gives the rules with
+//! the error rates of their defaults; `cargo bench --bench canary_gates` measures them.
+
+use crate::metrics::ShadowReport;
+use serde::{Deserialize, Serialize};
+
+/// What a candidate must show on the canaries before it is promoted, and how it is watched
+/// afterwards: the `[rollout]` table of the alert rules, and `perch-host rollout`'s flags.
+/// Every field has a default ([`Gates::DEFAULT`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+#[command(next_help_heading = "Gates (the keys of the rules file's [rollout] table)")]
+pub struct Gates {
+    /// Shadow requests (all canaries together) before any gate is judged.
+    #[arg(long, value_name = "N", default_value_t = Gates::DEFAULT.min_shadow_requests)]
+    pub min_shadow_requests: u32,
+    /// One-sided confidence of the bounds the gates decide with, in [0.5, 1): higher waits
+    /// for more evidence and is wrong less often.
+    #[arg(long, value_name = "P", default_value_t = Gates::DEFAULT.confidence)]
+    pub confidence: f64,
+    /// Without labels, the candidate must give the current model's answer on at least this
+    /// share of requests (a fraction in [0, 1]).
+    #[arg(long, value_name = "FRACTION", default_value_t = Gates::DEFAULT.min_agreement)]
+    pub min_agreement: f64,
+    /// Labelled shadow answers from which the candidate is judged on feedback accuracy
+    /// instead of agreement (at least 1).
+    #[arg(long, value_name = "N", default_value_t = Gates::DEFAULT.min_feedback)]
+    pub min_feedback: u32,
+    /// How far the feedback accuracy may fall below the current model's, on the canaries
+    /// and after promotion (a fraction in [0, 1]).
+    #[arg(long, value_name = "FRACTION", default_value_t = Gates::DEFAULT.max_accuracy_drop)]
+    pub max_accuracy_drop: f64,
+    /// The candidate fails on latency when its median is both more than this many times the
+    /// current model's and more than max_latency_increase_us above it (above 0).
+    #[arg(long, value_name = "RATIO", default_value_t = Gates::DEFAULT.max_latency_ratio)]
+    pub max_latency_ratio: f64,
+    /// Microseconds of median latency the candidate may add whatever the ratio: a slowdown
+    /// smaller than this never fails the latency gate.
+    #[arg(long, value_name = "US", default_value_t = Gates::DEFAULT.max_latency_increase_us)]
+    pub max_latency_increase_us: u32,
+    /// Each report window with at least 10 shadow requests votes on latency, slower or not;
+    /// the gate decides when one side has this many votes more than the other (at least 1).
+    #[arg(long, value_name = "N", default_value_t = Gates::DEFAULT.latency_lead_windows)]
+    pub latency_lead_windows: u32,
+    /// Shadow model heap over the current model's, at most (above 0).
+    #[arg(long, value_name = "RATIO", default_value_t = Gates::DEFAULT.max_memory_ratio)]
+    pub max_memory_ratio: f64,
+    /// Error rate of the shadow, and of the group after promotion, at most (a fraction in
+    /// [0, 1)).
+    #[arg(long, value_name = "FRACTION", default_value_t = Gates::DEFAULT.max_error_rate)]
+    pub max_error_rate: f64,
+    /// Seconds a canary phase may run without a decision before the rollout is aborted
+    /// (at least 1).
+    #[arg(
+        long = "canary-timeout",
+        value_name = "SECONDS",
+        default_value_t = Gates::DEFAULT.canary_timeout_s
+    )]
+    pub canary_timeout_s: u64,
+    /// Seconds the group's quality is watched after promotion.
+    #[arg(long = "watch", value_name = "SECONDS", default_value_t = Gates::DEFAULT.watch_s)]
+    pub watch_s: u64,
+}
+
+/// Windows with fewer shadow requests than this do not vote on latency: a median of a
+/// handful of timings is one unlucky request away from any value.
+pub const MIN_WINDOW_REQUESTS: u32 = 10;
+
+impl Gates {
+    /// The defaults; docs/alerts.md derives them.
+    pub const DEFAULT: Gates = Gates {
+        min_shadow_requests: 200,
+        confidence: 0.99,
+        min_agreement: 0.9,
+        min_feedback: 20,
+        max_accuracy_drop: 0.02,
+        max_latency_ratio: 3.0,
+        max_latency_increase_us: 500,
+        latency_lead_windows: 5,
+        max_memory_ratio: 3.0,
+        max_error_rate: 0.02,
+        canary_timeout_s: 1200,
+        watch_s: 120,
+    };
+
+    /// Checks every value's range.
+    ///
+    /// # Errors
+    /// The first gate out of range: its key (as in the `[rollout]` table), its value, and
+    /// what it must be.
+    pub fn check(&self) -> Result<(), (&'static str, String, &'static str)> {
+        for (key, v) in [
+            ("min_agreement", self.min_agreement),
+            ("max_accuracy_drop", self.max_accuracy_drop),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err((key, v.to_string(), "a fraction in [0, 1]"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.max_error_rate) {
+            return Err((
+                "max_error_rate",
+                self.max_error_rate.to_string(),
+                "a fraction in [0, 1)",
+            ));
+        }
+        if !(0.5..1.0).contains(&self.confidence) {
+            return Err((
+                "confidence",
+                self.confidence.to_string(),
+                "in [0.5, 1) (0.99 is 99 %)",
+            ));
+        }
+        for (key, v) in [
+            ("max_latency_ratio", self.max_latency_ratio),
+            ("max_memory_ratio", self.max_memory_ratio),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err((key, v.to_string(), "a positive ratio"));
+            }
+        }
+        for (key, v) in [
+            ("min_feedback", u64::from(self.min_feedback)),
+            ("latency_lead_windows", u64::from(self.latency_lead_windows)),
+            ("canary_timeout_s", self.canary_timeout_s),
+        ] {
+            if v == 0 {
+                return Err((key, v.to_string(), "at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The normal quantile of [`Gates::confidence`]: how many standard errors a bound lies
+    /// from its estimate.
+    pub fn z(&self) -> f64 {
+        normal_quantile(self.confidence.clamp(0.5, 0.999_999))
+    }
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates::DEFAULT
+    }
+}
+
+/// One report window's latency medians, both models on the same requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WindowLatency {
+    /// Shadow requests in the window.
+    pub requests: u32,
+    /// The candidate's median latency, µs.
+    pub p50_us: u32,
+    /// The current model's median latency on the same requests, µs.
+    pub active_p50_us: u32,
+}
+
+/// What the canaries' shadow runs reported since a rollout started: the sums of their
+/// reports, and each window's latency medians.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ShadowEvidence {
+    /// Shadow requests.
+    pub requests: u64,
+    /// Failed shadow requests.
+    pub errors: u64,
+    /// Shadow answers equal to the active model's.
+    pub agreed: u64,
+    /// Largest shadow heap reported, KiB.
+    pub memory_kib: u32,
+    /// Largest active-model heap reported, KiB.
+    pub active_memory_kib: u32,
+    /// Labelled feedback on requests the shadow also answered.
+    pub feedback: u64,
+    /// Of those, right according to the shadow.
+    pub feedback_correct: u64,
+    /// Of those, right according to the active model.
+    pub active_feedback_correct: u64,
+    /// Of those, right according to both.
+    pub feedback_both_correct: u64,
+    /// The latency medians of each window with at least [`MIN_WINDOW_REQUESTS`] shadow
+    /// requests, in the order added.
+    #[serde(skip)]
+    pub windows: Vec<WindowLatency>,
+}
+
+impl ShadowEvidence {
+    /// The evidence of `reports`.
+    pub fn from_reports<'a>(reports: impl IntoIterator<Item = &'a ShadowReport>) -> Self {
+        let mut e = ShadowEvidence::default();
+        for r in reports {
+            e.add(r);
+        }
+        e
+    }
+
+    /// Adds one window's report. Counts that contradict each other (a hostile or broken
+    /// device) are clamped to what is possible.
+    pub fn add(&mut self, r: &ShadowReport) {
+        let errors = r.errors.min(r.requests);
+        let answered = r.requests - errors;
+        self.requests += u64::from(r.requests);
+        self.errors += u64::from(errors);
+        self.agreed += u64::from(r.agreed.min(answered));
+        self.memory_kib = self.memory_kib.max(r.memory_kib);
+        self.active_memory_kib = self.active_memory_kib.max(r.active_memory_kib);
+        let n = r.feedback;
+        let (s, a) = (r.feedback_correct.min(n), r.active_feedback_correct.min(n));
+        // Both right: at least what the two counts force to overlap, at most the smaller.
+        let both = r
+            .feedback_both_correct
+            .clamp((s + a).saturating_sub(n), s.min(a));
+        self.feedback += u64::from(n);
+        self.feedback_correct += u64::from(s);
+        self.active_feedback_correct += u64::from(a);
+        self.feedback_both_correct += u64::from(both);
+        if r.requests >= MIN_WINDOW_REQUESTS && r.latency_us.p50 > 0 && r.active_latency_us.p50 > 0
+        {
+            self.windows.push(WindowLatency {
+                requests: r.requests,
+                p50_us: r.latency_us.p50,
+                active_p50_us: r.active_latency_us.p50,
+            });
+        }
+    }
+
+    /// Agreement among the shadow answers that did not fail.
+    pub fn agreement(&self) -> f64 {
+        ratio(self.agreed, self.requests.saturating_sub(self.errors))
+    }
+
+    /// Shadow and active feedback accuracy on the same labels.
+    pub fn accuracies(&self) -> Option<(f64, f64)> {
+        (self.feedback > 0).then(|| {
+            (
+                ratio(self.feedback_correct, self.feedback),
+                ratio(self.active_feedback_correct, self.feedback),
+            )
+        })
+    }
+
+    /// The medians over the voting windows of the candidate's and the current model's
+    /// per-window median latency, µs.
+    pub fn latency_medians(&self) -> Option<(f64, f64)> {
+        let med = |f: fn(&WindowLatency) -> u32| {
+            let mut v: Vec<u32> = self.windows.iter().map(f).collect();
+            median(&mut v)
+        };
+        Some((med(|w| w.p50_us)?, med(|w| w.active_p50_us)?))
+    }
+
+    /// The figures a rollout records (`results.shadow`): the sums, and the latency medians.
+    pub fn summary(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        let medians = self.latency_medians();
+        v["latency_windows"] = self.windows.len().into();
+        v["p50_us"] = medians.map(|m| m.0).into();
+        v["active_p50_us"] = medians.map(|m| m.1).into();
+        v
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+fn median(v: &mut [u32]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        f64::from(v[n / 2])
+    } else {
+        (f64::from(v[n / 2 - 1]) + f64::from(v[n / 2])) / 2.0
+    })
+}
+
+/// The outcome of [`judge`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Every gate passed: promote. Says what each showed.
+    Promote(String),
+    /// At least one gate failed beyond its bound: reject. Names each that failed.
+    Reject(String),
+    /// No gate failed, but at least one lacks the evidence to pass: keep the canaries
+    /// running (up to the timeout). Says what is missing.
+    Wait(String),
+}
+
+/// One gate's finding.
+enum Finding {
+    Pass(String),
+    Fail(String),
+    Wait(String),
+}
+
+/// Judges a canary phase on its evidence. Pure: the same evidence gives the same verdict.
+pub fn judge(gates: &Gates, e: &ShadowEvidence) -> Verdict {
+    if e.requests < u64::from(gates.min_shadow_requests) {
+        return Verdict::Wait(format!(
+            "{} of the {} shadow requests needed before the gates are judged",
+            e.requests, gates.min_shadow_requests
+        ));
+    }
+    let z = gates.z();
+    let findings = [
+        quality(gates, e, z),
+        errors(gates, e, z),
+        latency(gates, e),
+        memory(gates, e),
+    ];
+    let pick = |f: fn(&Finding) -> Option<&String>| -> Vec<String> {
+        findings.iter().filter_map(f).cloned().collect()
+    };
+    let failed = pick(|f| match f {
+        Finding::Fail(s) => Some(s),
+        _ => None,
+    });
+    if !failed.is_empty() {
+        return Verdict::Reject(failed.join("; "));
+    }
+    let waiting = pick(|f| match f {
+        Finding::Wait(s) => Some(s),
+        _ => None,
+    });
+    if !waiting.is_empty() {
+        return Verdict::Wait(waiting.join("; "));
+    }
+    Verdict::Promote(
+        pick(|f| match f {
+            Finding::Pass(s) => Some(s),
+            _ => None,
+        })
+        .join("; "),
+    )
+}
+
+fn pct(c: f64) -> String {
+    format!("{:.0} %", c * 100.0)
+}
+
+/// Labels when there are `min_feedback` of them, else agreement.
+fn quality(g: &Gates, e: &ShadowEvidence, z: f64) -> Finding {
+    if e.feedback >= u64::from(g.min_feedback) {
+        let (shadow, active) = e.accuracies().unwrap_or((0.0, 0.0));
+        let (lo, hi) = paired_difference_bounds(
+            e.feedback,
+            e.feedback_correct,
+            e.active_feedback_correct,
+            e.feedback_both_correct,
+            z,
+        );
+        let text = format!(
+            "feedback accuracy {shadow:.3} vs the current model's {active:.3} on the same {} labels: difference {:+.3}, {} bounds [{lo:+.3}, {hi:+.3}]",
+            e.feedback,
+            shadow - active,
+            pct(g.confidence)
+        );
+        let floor = -g.max_accuracy_drop;
+        return if hi < floor {
+            Finding::Fail(format!("{text}, all below -{:.3}", g.max_accuracy_drop))
+        } else if lo > floor {
+            Finding::Pass(text)
+        } else {
+            Finding::Wait(format!(
+                "{text}, not yet all above or all below -{:.3}: more labels needed",
+                g.max_accuracy_drop
+            ))
+        };
+    }
+    let answered = e.requests.saturating_sub(e.errors);
+    let (lo, hi) = wilson_bounds(e.agreed, answered, z);
+    let text = format!(
+        "agreement {:.3} over {answered} answers, {} bounds [{lo:.3}, {hi:.3}]",
+        e.agreement(),
+        pct(g.confidence)
+    );
+    if lo >= g.min_agreement {
+        Finding::Pass(text)
+    } else if hi < g.min_agreement && e.feedback == 0 {
+        Finding::Fail(format!("{text}, all below {:.3}", g.min_agreement))
+    } else if hi < g.min_agreement {
+        // Labels are coming: a candidate retrained for new inputs is meant to disagree
+        // where the current model is wrong, and the labels will say which is right.
+        Finding::Wait(format!(
+            "{text}, below {:.3}; {} of the {} labels that judge accuracy instead",
+            g.min_agreement, e.feedback, g.min_feedback
+        ))
+    } else {
+        Finding::Wait(format!(
+            "{text}, not yet all above or all below {:.3}: more requests needed",
+            g.min_agreement
+        ))
+    }
+}
+
+fn errors(g: &Gates, e: &ShadowEvidence, z: f64) -> Finding {
+    let (lo, hi) = wilson_bounds(e.errors, e.requests, z);
+    let text = format!(
+        "error rate {:.3} over {} requests, {} bounds [{lo:.3}, {hi:.3}]",
+        ratio(e.errors, e.requests),
+        e.requests,
+        pct(g.confidence)
+    );
+    if lo > g.max_error_rate {
+        Finding::Fail(format!("shadow {text}, all above {:.3}", g.max_error_rate))
+    } else if hi <= g.max_error_rate {
+        Finding::Pass(text)
+    } else {
+        Finding::Wait(format!(
+            "{text}, not yet all below or all above {:.3}: more requests needed",
+            g.max_error_rate
+        ))
+    }
+}
+
+fn latency(g: &Gates, e: &ShadowEvidence) -> Finding {
+    let n = e.windows.len();
+    let slow = e
+        .windows
+        .iter()
+        .filter(|w| {
+            let (s, a) = (f64::from(w.p50_us), f64::from(w.active_p50_us));
+            s > g.max_latency_ratio * a && s - a > f64::from(g.max_latency_increase_us)
+        })
+        .count();
+    let fast = n - slow;
+    let lead = g.latency_lead_windows as usize;
+    let text = match e.latency_medians() {
+        Some((s, a)) => format!(
+            "median latency {s:.0} us vs the current model's {a:.0} us ({:.2}x, {:+.0} us; medians over {n} windows), {slow} of {n} windows more than {:.2}x and {} us slower",
+            if a > 0.0 { s / a } else { 0.0 },
+            s - a,
+            g.max_latency_ratio,
+            g.max_latency_increase_us
+        ),
+        None => format!("latency: no report window with {MIN_WINDOW_REQUESTS} shadow requests yet"),
+    };
+    if slow >= fast + lead {
+        Finding::Fail(text)
+    } else if fast >= slow + lead {
+        Finding::Pass(text)
+    } else {
+        Finding::Wait(format!("{text}: one side must lead by {lead} windows"))
+    }
+}
+
+fn memory(g: &Gates, e: &ShadowEvidence) -> Finding {
+    if e.active_memory_kib == 0 {
+        return Finding::Pass("memory not measured".into());
+    }
+    let r = f64::from(e.memory_kib) / f64::from(e.active_memory_kib);
+    let text = format!(
+        "memory {} KiB vs the current model's {} KiB ({r:.2}x)",
+        e.memory_kib, e.active_memory_kib
+    );
+    if r > g.max_memory_ratio {
+        Finding::Fail(format!("{text}, above {:.2}x", g.max_memory_ratio))
+    } else {
+        Finding::Pass(text)
+    }
+}
+
+/// The quality a promoted candidate is held to: the accuracy it showed in shadow (or the
+/// previous model's recent accuracy), and how many labels that figure rests on (`None` when
+/// it is a recorded test accuracy, taken as exact).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Baseline {
+    /// Accuracy, 0..=1.
+    pub accuracy: f64,
+    /// Labels behind it.
+    pub labels: Option<u64>,
+}
+
+/// What the group reported after promotion: labelled feedback and requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QualityTotals {
+    /// Labels received.
+    pub feedback: u64,
+    /// Labels that matched the prediction.
+    pub correct: u64,
+    /// Requests served.
+    pub requests: u64,
+    /// Requests that failed.
+    pub errors: u64,
+}
+
+/// Whether a promoted candidate must be rolled back, and why: its feedback accuracy is
+/// more than `max_accuracy_drop` below the baseline beyond the confidence bound (Newcombe's
+/// interval of the difference of two independent proportions; Wilson's when the baseline is
+/// exact), or its error rate is above `max_error_rate` beyond the bound. `None` while neither
+/// is shown.
+pub fn watch(gates: &Gates, baseline: Option<Baseline>, q: &QualityTotals) -> Option<String> {
+    let z = gates.z();
+    if let Some(base) = baseline
+        && q.feedback > 0
+    {
+        let acc = ratio(q.correct.min(q.feedback), q.feedback);
+        let hi = match base.labels {
+            Some(n0) if n0 > 0 => {
+                let k0 = (base.accuracy.clamp(0.0, 1.0) * n0 as f64).round() as u64;
+                difference_bounds(q.correct.min(q.feedback), q.feedback, k0, n0, z).1
+            }
+            _ => wilson_bounds(q.correct.min(q.feedback), q.feedback, z).1 - base.accuracy,
+        };
+        if hi < -gates.max_accuracy_drop {
+            return Some(format!(
+                "feedback accuracy {acc:.3} over {} labels is more than {:.3} below {:.3} ({} upper bound of the difference {hi:+.3})",
+                q.feedback,
+                gates.max_accuracy_drop,
+                base.accuracy,
+                pct(gates.confidence)
+            ));
+        }
+    }
+    let (lo, _) = wilson_bounds(q.errors.min(q.requests), q.requests, z);
+    if lo > gates.max_error_rate {
+        return Some(format!(
+            "error rate {:.3} over {} requests is above {:.3} ({} lower bound {lo:.3})",
+            ratio(q.errors, q.requests),
+            q.requests,
+            gates.max_error_rate,
+            pct(gates.confidence)
+        ));
+    }
+    None
+}
+
+/// Wilson's score interval of a proportion `k / n` with `z` standard errors each side;
+/// `(0, 1)` when `n` is 0.
+pub fn wilson_bounds(k: u64, n: u64, z: f64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let n = n as f64;
+    let p = (k as f64 / n).clamp(0.0, 1.0);
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// Newcombe's hybrid score interval (1998, method 10) of `p1 - p2` for two proportions
+/// with correlation `phi`, from the Wilson intervals of each.
+fn newcombe(p1: f64, (l1, u1): (f64, f64), p2: f64, (l2, u2): (f64, f64), phi: f64) -> (f64, f64) {
+    let d = p1 - p2;
+    let below = ((p1 - l1).powi(2) - 2.0 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2).powi(2))
+        .max(0.0)
+        .sqrt();
+    let above = ((u1 - p1).powi(2) - 2.0 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2).powi(2))
+        .max(0.0)
+        .sqrt();
+    ((d - below).max(-1.0), (d + above).min(1.0))
+}
+
+/// Interval of `shadow - active` accuracy on the same `n` labels, of which the shadow got
+/// `shadow` right, the active model `active`, and both `both`: Newcombe's interval for
+/// paired proportions (the 2×2 table's correlation narrows it when the two models mostly
+/// agree). `(-1, 1)` without labels.
+pub fn paired_difference_bounds(n: u64, shadow: u64, active: u64, both: u64, z: f64) -> (f64, f64) {
+    if n == 0 {
+        return (-1.0, 1.0);
+    }
+    let (s, a) = (shadow.min(n), active.min(n));
+    let both = both.clamp((s + a).saturating_sub(n), s.min(a));
+    // Cells: both right, only the shadow, only the active model, neither.
+    let (c11, c10, c01) = (both as f64, (s - both) as f64, (a - both) as f64);
+    let c00 = n as f64 - c11 - c10 - c01;
+    let nf = n as f64;
+    let margins = (c11 + c10) * (c01 + c00) * (c11 + c01) * (c10 + c00);
+    // The correlation of the two answers, with Newcombe's correction that shrinks a positive
+    // one by n/2 (Altman et al., Statistics with Confidence, 2000, p. 52).
+    let cross = c11 * c00 - c10 * c01;
+    let cross = if cross > nf / 2.0 {
+        cross - nf / 2.0
+    } else {
+        cross.min(0.0)
+    };
+    let phi = if margins > 0.0 {
+        cross / margins.sqrt()
+    } else {
+        0.0
+    };
+    newcombe(
+        s as f64 / nf,
+        wilson_bounds(s, n, z),
+        a as f64 / nf,
+        wilson_bounds(a, n, z),
+        phi,
+    )
+}
+
+/// Interval of `k1 / n1 - k2 / n2` for independent samples (Newcombe's method 10).
+pub fn difference_bounds(k1: u64, n1: u64, k2: u64, n2: u64, z: f64) -> (f64, f64) {
+    if n1 == 0 || n2 == 0 {
+        return (-1.0, 1.0);
+    }
+    let (k1, k2) = (k1.min(n1), k2.min(n2));
+    newcombe(
+        k1 as f64 / n1 as f64,
+        wilson_bounds(k1, n1, z),
+        k2 as f64 / n2 as f64,
+        wilson_bounds(k2, n2, z),
+        0.0,
+    )
+}
+
+/// The standard normal quantile of `p` in (0, 1) (Acklam's rational approximation, relative
+/// error below 1.2e-9).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    const LOW: f64 = 0.024_25;
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p <= 0.0 {
+        f64::NEG_INFINITY
+    } else if p >= 1.0 {
+        f64::INFINITY
+    } else if p < LOW {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p <= 1.0 - LOW {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    } else {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Percentiles;
+
+    const Z95: f64 = 1.959_963_984_540_054;
+
+    fn close(a: (f64, f64), b: (f64, f64)) -> bool {
+        (a.0 - b.0).abs() < 1e-4 && (a.1 - b.1).abs() < 1e-4
+    }
+
+    #[test]
+    fn normal_quantiles_match_the_tables() {
+        for (p, z) in [
+            (0.5, 0.0),
+            (0.975, Z95),
+            (0.99, 2.326_347_874),
+            (0.995, 2.575_829_304),
+            (0.999, 3.090_232_306),
+            (0.01, -2.326_347_874),
+        ] {
+            assert!((normal_quantile(p) - z).abs() < 1e-8, "{p}");
+        }
+        assert!((Gates::DEFAULT.z() - 2.326_347_874).abs() < 1e-8);
+    }
+
+    #[test]
+    fn intervals_match_newcombes_published_examples() {
+        // Newcombe, Stat. Med. 17 (1998) 857-872: Wilson intervals.
+        assert!(close(wilson_bounds(81, 263, Z95), (0.2553, 0.3662)));
+        assert!(close(wilson_bounds(0, 10, Z95), (0.0, 0.2775)));
+        // Newcombe, Stat. Med. 17 (1998) 873-890, method 10: 56/70 - 48/80.
+        assert!(close(
+            difference_bounds(56, 70, 48, 80, Z95),
+            (0.0524, 0.3339)
+        ));
+        // Altman et al., Statistics with Confidence (2000), table 6.2: paired cells 14, 5,
+        // 0, 22 (both, first only, second only, neither).
+        let (lo, hi) = paired_difference_bounds(41, 19, 14, 14, Z95);
+        assert!(close((lo, hi), (0.0115, 0.2265)), "{lo} {hi}");
+        assert_eq!(wilson_bounds(3, 0, Z95), (0.0, 1.0));
+        assert_eq!(paired_difference_bounds(0, 0, 0, 0, Z95), (-1.0, 1.0));
+    }
+
+    /// A small deterministic generator for the coverage checks.
+    struct SplitMix(u64);
+    impl SplitMix {
+        fn next(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[test]
+    fn the_paired_interval_covers_the_true_difference_as_often_as_it_says() {
+        // Two classifiers that mostly agree, 90 % and 87 % accurate, on n labels: each bound
+        // may miss on its side at most about 1 % of the time (99 % one-sided).
+        let mut rng = SplitMix(7);
+        let z = Gates::DEFAULT.z();
+        for n in [30u64, 200, 2000] {
+            let (mut low_misses, mut high_misses) = (0, 0);
+            let trials = 2000;
+            for _ in 0..trials {
+                let (mut s, mut a, mut both) = (0, 0, 0);
+                for _ in 0..n {
+                    // Cells: both right 0.85, active only 0.05, shadow only 0.02, none 0.08.
+                    let u = rng.next();
+                    let (sr, ar) = if u < 0.85 {
+                        (true, true)
+                    } else if u < 0.90 {
+                        (false, true)
+                    } else if u < 0.92 {
+                        (true, false)
+                    } else {
+                        (false, false)
+                    };
+                    s += u64::from(sr);
+                    a += u64::from(ar);
+                    both += u64::from(sr && ar);
+                }
+                let (lo, hi) = paired_difference_bounds(n, s, a, both, z);
+                let truth = 0.87 - 0.90;
+                low_misses += u32::from(lo > truth);
+                high_misses += u32::from(hi < truth);
+            }
+            // 1 % of 2000 is 20; allow sampling noise (the binomial's sd is 4.5).
+            assert!(
+                low_misses <= 35,
+                "n {n}: lower bound above the truth {low_misses} times"
+            );
+            assert!(
+                high_misses <= 35,
+                "n {n}: upper bound below the truth {high_misses} times"
+            );
+        }
+    }
+
+    fn window(requests: u32, p50: u32, active_p50: u32) -> ShadowReport {
+        ShadowReport {
+            requests,
+            agreed: requests,
+            latency_us: Percentiles {
+                p50,
+                p95: p50 * 3,
+                p99: p50 * 9,
+            },
+            active_latency_us: Percentiles {
+                p50: active_p50,
+                p95: active_p50 * 3,
+                p99: active_p50 * 9,
+            },
+            memory_kib: 100,
+            active_memory_kib: 100,
+            ..ShadowReport::default()
+        }
+    }
+
+    fn evidence(windows: &[ShadowReport]) -> ShadowEvidence {
+        ShadowEvidence::from_reports(windows)
+    }
+
+    #[test]
+    fn too_few_requests_or_windows_wait() {
+        let g = Gates::DEFAULT;
+        let e = evidence(&[window(150, 100, 100)]);
+        assert!(matches!(judge(&g, &e), Verdict::Wait(w) if w.contains("150 of the 200")));
+        let e = evidence(&vec![window(400, 100, 100); 4]);
+        match judge(&g, &e) {
+            Verdict::Wait(w) => assert!(w.contains("must lead by 5 windows"), "{w}"),
+            v => panic!("{v:?}"),
+        }
+        // Windows under 10 requests do not vote.
+        let mut w: Vec<ShadowReport> = vec![window(400, 100, 100); 4];
+        w.push(window(9, 100, 100));
+        assert!(matches!(judge(&g, &evidence(&w)), Verdict::Wait(_)));
+        w.push(window(10, 100, 100));
+        assert!(
+            matches!(judge(&g, &evidence(&w)), Verdict::Promote(_)),
+            "{:?}",
+            judge(&g, &evidence(&w))
+        );
+    }
+
+    #[test]
+    fn latency_decides_when_slow_or_fast_windows_lead_by_five() {
+        let g = Gates::DEFAULT;
+        // 5 ms against 1 ms in seven windows of nine: rejected, whatever the other two say.
+        let mut w = vec![window(100, 5000, 1000); 7];
+        w.extend([window(100, 900, 1000), window(100, 40, 60_000)]);
+        match judge(&g, &evidence(&w)) {
+            Verdict::Reject(r) => assert!(r.contains("7 of 9 windows"), "{r}"),
+            v => panic!("{v:?}"),
+        }
+        // Two spoilt windows: the lead is 3 of 5 needed, it waits; two more good ones pass.
+        let mut w = vec![window(100, 1000, 1000); 5];
+        w.extend([window(100, 9000, 1000), window(100, 20_000, 1000)]);
+        assert!(matches!(judge(&g, &evidence(&w)), Verdict::Wait(t) if t.contains("lead by 5")));
+        w.extend(vec![window(100, 1000, 1000); 2]);
+        assert!(matches!(judge(&g, &evidence(&w)), Verdict::Promote(_)));
+        // Five times slower at 5 us is 20 us more: below the margin, it passes.
+        let w = vec![window(100, 25, 5); 5];
+        assert!(matches!(judge(&g, &evidence(&w)), Verdict::Promote(_)));
+        // Five times slower at 1 ms in five windows: rejected.
+        let w = vec![window(100, 5000, 1000); 5];
+        assert!(matches!(judge(&g, &evidence(&w)), Verdict::Reject(_)));
+    }
+
+    fn labelled(n: u32, shadow: u32, active: u32, both: u32) -> ShadowReport {
+        ShadowReport {
+            feedback: n,
+            feedback_correct: shadow,
+            active_feedback_correct: active,
+            feedback_both_correct: both,
+            ..window(400, 100, 100)
+        }
+    }
+
+    #[test]
+    fn accuracy_needs_its_bound_beyond_the_allowed_drop() {
+        let g = Gates::DEFAULT;
+        // 20 labels: 16 right against 18 can neither pass nor fail.
+        let mut w = vec![labelled(20, 16, 18, 16)];
+        w.extend(vec![window(400, 100, 100); 4]);
+        match judge(&g, &evidence(&w)) {
+            Verdict::Wait(t) => assert!(t.contains("more labels needed"), "{t}"),
+            v => panic!("{v:?}"),
+        }
+        // 20 labels, 20 against 2 right: a retrained model, promoted although it disagrees.
+        let mut w = vec![ShadowReport {
+            agreed: 2,
+            ..labelled(20, 20, 2, 2)
+        }];
+        w.extend(vec![window(400, 100, 100); 4]);
+        assert!(matches!(judge(&g, &evidence(&w)), Verdict::Promote(_)));
+        // 5000 labels, 85 % against 90 %: rejected.
+        let mut w = vec![labelled(5000, 4250, 4500, 4000)];
+        w.extend(vec![window(400, 100, 100); 4]);
+        match judge(&g, &evidence(&w)) {
+            Verdict::Reject(r) => assert!(r.contains("0.850 vs the current model's 0.900"), "{r}"),
+            v => panic!("{v:?}"),
+        }
+        // The same accuracies with the same answers everywhere but 1 %: passed.
+        let mut w = vec![labelled(5000, 4500, 4500, 4480)];
+        w.extend(vec![window(400, 100, 100); 4]);
+        assert!(matches!(judge(&g, &evidence(&w)), Verdict::Promote(_)));
+    }
+
+    #[test]
+    fn agreement_and_errors_decide_on_their_bounds() {
+        let g = Gates::DEFAULT;
+        let mut w = vec![window(100, 100, 100); 5];
+        for r in &mut w {
+            r.agreed = 50;
+        }
+        match judge(&g, &evidence(&w)) {
+            Verdict::Reject(r) => assert!(r.contains("agreement 0.500"), "{r}"),
+            v => panic!("{v:?}"),
+        }
+        // Some labels arrived: they will judge instead; wait for them.
+        w[0].feedback = 3;
+        w[0].feedback_correct = 3;
+        assert!(
+            matches!(judge(&g, &evidence(&w)), Verdict::Wait(t) if t.contains("3 of the 20 labels"))
+        );
+        // 2 errors in 250 requests: the rate's bounds straddle 2 %; 30 in 250 fail.
+        let mut w = vec![window(50, 100, 100); 5];
+        w[0].errors = 2;
+        w[0].agreed = 48;
+        assert!(matches!(judge(&g, &evidence(&w)), Verdict::Wait(t) if t.contains("error rate")));
+        w[0].errors = 30;
+        w[0].agreed = 20;
+        w[1].errors = 0;
+        match judge(&g, &evidence(&w)) {
+            Verdict::Reject(r) => assert!(r.contains("shadow error rate 0.120"), "{r}"),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_and_every_failure_are_named() {
+        let g = Gates::DEFAULT;
+        let mut w = vec![window(100, 9000, 1000); 5];
+        for r in &mut w {
+            r.memory_kib = 400;
+            r.agreed = 10;
+        }
+        match judge(&g, &evidence(&w)) {
+            Verdict::Reject(r) => {
+                for part in ["agreement", "median latency", "memory 400 KiB"] {
+                    assert!(r.contains(part), "{part} in {r}");
+                }
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn contradictory_counts_are_clamped() {
+        let r = ShadowReport {
+            requests: 10,
+            errors: 50,
+            agreed: 99,
+            feedback: 5,
+            feedback_correct: 9,
+            active_feedback_correct: 1,
+            feedback_both_correct: 4,
+            ..ShadowReport::default()
+        };
+        let e = evidence(&[r]);
+        assert_eq!((e.requests, e.errors, e.agreed), (10, 10, 0));
+        assert_eq!(
+            (
+                e.feedback_correct,
+                e.active_feedback_correct,
+                e.feedback_both_correct
+            ),
+            (5, 1, 1)
+        );
+        assert!(e.windows.is_empty());
+    }
+
+    #[test]
+    fn a_promoted_model_is_rolled_back_only_when_shown_worse() {
+        let g = Gates::DEFAULT;
+        let base = Some(Baseline {
+            accuracy: 0.95,
+            labels: Some(400),
+        });
+        let q = |feedback, correct| QualityTotals {
+            feedback,
+            correct,
+            requests: 1000,
+            errors: 0,
+        };
+        // 18 of 20 right against 95 %: could be luck.
+        assert_eq!(watch(&g, base, &q(20, 18)), None);
+        // Every label wrong: shown.
+        let why = watch(&g, base, &q(20, 0)).unwrap();
+        assert!(
+            why.contains("feedback accuracy 0.000 over 20 labels"),
+            "{why}"
+        );
+        // 80 % over 1000 labels against an exact 95 %: shown.
+        let exact = Some(Baseline {
+            accuracy: 0.95,
+            labels: None,
+        });
+        assert!(watch(&g, exact, &q(1000, 800)).is_some());
+        assert_eq!(watch(&g, exact, &q(1000, 945)), None);
+        // Errors: 5 of 100 could be 2 %; 50 of 100 cannot.
+        let errs = |errors| QualityTotals {
+            requests: 100,
+            errors,
+            ..QualityTotals::default()
+        };
+        assert_eq!(watch(&g, None, &errs(5)), None);
+        assert!(
+            watch(&g, None, &errs(50))
+                .unwrap()
+                .contains("error rate 0.500")
+        );
+    }
+
+    #[test]
+    fn gates_parse_with_defaults_check_ranges_and_refuse_unknown_keys() {
+        let g: Gates = toml::from_str("min_agreement = 0.99").unwrap();
+        assert_eq!(g.min_agreement, 0.99);
+        assert_eq!(g.watch_s, Gates::DEFAULT.watch_s);
+        assert!(toml::from_str::<Gates>("min_agreemnt = 0.99").is_err());
+        assert_eq!(Gates::DEFAULT.check(), Ok(()));
+        for (text, key) in [
+            ("confidence = 1.0", "confidence"),
+            ("confidence = 0.4", "confidence"),
+            ("max_error_rate = 1.0", "max_error_rate"),
+            ("min_agreement = 1.5", "min_agreement"),
+            ("max_latency_ratio = 0.0", "max_latency_ratio"),
+            ("latency_lead_windows = 0", "latency_lead_windows"),
+            ("min_feedback = 0", "min_feedback"),
+            ("canary_timeout_s = 0", "canary_timeout_s"),
+        ] {
+            let g: Gates = toml::from_str(text).unwrap();
+            assert_eq!(g.check().unwrap_err().0, key, "{text}");
+        }
+    }
+
+    /// docs/alerts.md's `[rollout]` rows give each key's default: the same as the code's.
+    #[test]
+    fn the_documented_defaults_are_the_codes() {
+        let doc = include_str!("../../docs/alerts.md");
+        let documented: Vec<(String, String)> = doc
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("| `rollout.")?;
+                let (key, rest) = rest.split_once("` | `")?;
+                let (value, _) = rest.split_once('`')?;
+                Some((key.to_string(), value.to_string()))
+            })
+            .collect();
+        let code = serde_json::to_value(Gates::DEFAULT).unwrap();
+        let code = code.as_object().unwrap();
+        assert_eq!(documented.len(), code.len(), "{documented:?}");
+        for (key, value) in documented {
+            let want: f64 = value.parse().unwrap();
+            assert_eq!(code[&key].as_f64(), Some(want), "rollout.{key}");
+        }
+    }
+}
