@@ -533,13 +533,17 @@ impl Model {
         &self.info
     }
 
-    /// Gives back the memory a large batch made the native engine grow (tract allocates
-    /// per run and keeps nothing).
+    /// Gives back the memory a large batch made the native engine grow, or the plans tract
+    /// built for batch sizes other than the one built at load.
     pub fn release_buffers(&mut self) {
-        if let Backend::Native(engine) = &mut self.backend
-            && let Err(e) = engine.release()
-        {
-            log::warn!("{e}");
+        match &mut self.backend {
+            Backend::Native(engine) => {
+                if let Err(e) = engine.release() {
+                    log::warn!("{e}");
+                }
+            }
+            #[cfg(feature = "onnx")]
+            Backend::Tract(model) => model.release_plans(),
         }
     }
 

@@ -180,6 +180,10 @@ fn plans_are_built_per_batch_size_and_bounded() {
         let planned = model.planned_batches();
         assert!(planned.len() <= MAX_PLANS, "{planned:?}");
         assert_eq!(planned.last(), Some(&batch), "the plan just used is kept");
+        assert!(
+            planned.contains(&1),
+            "the load-time plan stays: {planned:?}"
+        );
     }
     // More than the largest plan: chunks of MAX_PLAN_BATCH and the remainder.
     let rows = 2 * MAX_PLAN_BATCH + 22;
@@ -194,6 +198,8 @@ fn plans_are_built_per_batch_size_and_bounded() {
         "{planned:?}"
     );
     assert!(!planned.contains(&rows));
+    model.release_plans();
+    assert_eq!(model.planned_batches(), vec![1]);
 }
 
 #[test]

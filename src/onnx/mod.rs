@@ -8,10 +8,12 @@
 //! and a symbolic batch cannot type the `Shape → Slice → Concat → Reshape` chain tf2onnx
 //! emits for a Keras `Flatten`. So an [`OnnxModel`] keeps the parsed graph and builds one
 //! optimized plan per batch size it is run with: batch 1 at load (what the agent and `perch
-//! bench` use, and what the model's output shapes come from), others on first use, at most
-//! [`MAX_PLANS`] kept (least recently used dropped). Batches over [`MAX_PLAN_BATCH`] run in
-//! chunks of that size, so the cache and each plan's buffers stay bounded. A model whose file
-//! fixes its batch axis (TFLite exports fix it at 1) runs in chunks of that size.
+//! bench` use, and what the model's output shapes come from; always kept), others on first
+//! use, at most [`MAX_PLANS`] kept (least recently used dropped). Batches over
+//! [`MAX_PLAN_BATCH`] run in chunks of that size, so the cache and each plan's buffers stay
+//! bounded. A model whose file fixes its batch axis runs in chunks of that size. No plan is
+//! built with a symbolic batch, so nothing here needs tract to fold a shape computation it
+//! cannot.
 //!
 //! # Element types
 //! Graph inputs keep the element type the file declares: float32, int8 and uint8 are fed
@@ -155,10 +157,14 @@ impl Plans {
         Some(plan)
     }
 
-    fn insert(&mut self, batch: usize, plan: Arc<Plan>) {
+    /// Adds `batch`'s plan, dropping the least recently used one other than `keep` (the
+    /// plan built at load) when the cache is full.
+    fn insert(&mut self, batch: usize, plan: Arc<Plan>, keep: usize) {
         self.entries.retain(|(b, _)| *b != batch);
-        if self.entries.len() >= MAX_PLANS {
-            self.entries.remove(0);
+        if self.entries.len() >= MAX_PLANS
+            && let Some(at) = self.entries.iter().position(|(b, _)| *b != keep)
+        {
+            self.entries.remove(at);
         }
         self.entries.push((batch, plan));
     }
@@ -496,7 +502,7 @@ impl OnnxModel {
         let first = model.fixed_batch.unwrap_or(1);
         let plan = model.build_plan(first)?;
         model.outputs = output_specs(&plan)?;
-        model.plans_lock().insert(first, Plan::new(plan));
+        model.plans_lock().insert(first, Plan::new(plan), first);
         Ok(model)
     }
 
@@ -537,8 +543,16 @@ impl OnnxModel {
         }
         // Built outside the lock: other batch sizes keep running meanwhile.
         let plan = Plan::new(self.build_plan(batch)?);
-        self.plans_lock().insert(batch, plan.clone());
+        self.plans_lock()
+            .insert(batch, plan.clone(), self.fixed_batch.unwrap_or(1));
         Ok(plan)
+    }
+
+    /// Drops every plan but the one built at load (batch 1, or the batch the file fixes),
+    /// with their run states: what a large run left behind.
+    pub fn release_plans(&self) {
+        let first = self.fixed_batch.unwrap_or(1);
+        self.plans_lock().entries.retain(|(b, _)| *b == first);
     }
 
     /// The batch sizes that have an optimized plan now, least recently used first.
