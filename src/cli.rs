@@ -1,8 +1,11 @@
 //! The device commands behind `perch run | info | bench`, as library functions that write to
 //! any `Write`, so the binary stays thin and tests call them directly.
 
+use crate::graph::DType;
 use crate::io::{Arranged, InputArray, InputNames, arrange, read_input};
-use crate::runtime::{EngineChoice, Format, Model, ModelInfo, Output, OutputValues, RuntimeError};
+use crate::runtime::{
+    EngineChoice, Format, InputValues, Model, ModelInfo, Output, OutputValues, RuntimeError,
+};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -119,6 +122,9 @@ pub fn load_model_within(
 ) -> Result<Model> {
     Model::load_within(path, engine, max_memory_bytes).map_err(|e| match e {
         RuntimeError::Io { .. } | RuntimeError::UnknownFormat { .. } => e.into(),
+        // A caught tract panic names the file already.
+        #[cfg(feature = "onnx")]
+        RuntimeError::Onnx(crate::onnx::OnnxError::Panic { .. }) => e.into(),
         RuntimeError::Budget(_) => anyhow::Error::new(e).context(format!(
             "loading model {} (memory limit {max_memory_bytes} bytes; --max-memory sets it)",
             path.display()
@@ -284,12 +290,18 @@ pub fn predict_array(
         return Err(UsageError("--batch must be at least 1".into()).into());
     }
     let sample_len = array.data.len() / total;
+    let spec = model.info().inputs[0].clone();
     let mut merged: Vec<Output> = Vec::new();
     for (k, rows) in array.data.chunks(chunk * sample_len).enumerate() {
         let n = rows.len() / sample_len;
-        let outs = model
-            .run(rows, n)
-            .with_context(|| format!("batch starting at sample {}", k * chunk))?;
+        let outs = if spec.dtype == DType::F32 {
+            model.run(rows, n)
+        } else {
+            // Converted here so that a value's error names its row in the whole file.
+            let values = InputValues::from_f32(&spec, rows, k * chunk)?;
+            model.run_values(std::slice::from_ref(&values), n)
+        }
+        .with_context(|| format!("batch starting at sample {}", k * chunk))?;
         if merged.is_empty() {
             merged = outs;
             continue;

@@ -880,6 +880,7 @@ fn value_info(name: &str, dtype: DType, shape: &[usize]) -> ValueInfoProto {
         DType::F32 => DataType::Float,
         DType::I64 => DataType::Int64,
         DType::U8 => DataType::Uint8,
+        DType::I8 => DataType::Int8,
     } as i32;
     let dim = std::iter::once(dimension::Value::DimParam("N".into()))
         .chain(shape.iter().map(|&d| dimension::Value::DimValue(d as i64)))

@@ -58,6 +58,24 @@ pub enum RuntimeError {
     /// A canary cannot be recorded as asked.
     #[error("cannot record a canary: {0}")]
     Canary(String),
+    /// An input value cannot be given to an input of the model's declared element type
+    /// (not a whole number, or out of range, for an integer input).
+    #[error("input {name:?}, row {row}, column {column}: {value} {reason}")]
+    InputValue {
+        /// Model input name.
+        name: String,
+        /// 1-based sample (row) number, counted from the first row of the call.
+        row: usize,
+        /// 1-based position within the sample.
+        column: usize,
+        /// The value as given.
+        value: f32,
+        /// Why it does not fit, naming the input's element type.
+        reason: String,
+    },
+    /// Inputs of a run that do not fit the model (count, element type or length).
+    #[error("{0}")]
+    Inputs(String),
     /// Reading the model file failed.
     #[error("reading model {path}: {reason}")]
     Io {
@@ -153,6 +171,117 @@ pub enum OutputValues {
     I64(Vec<i64>),
 }
 
+/// One input's values for a run, in the element type the model declares for that input:
+/// `batch × sample_len` values, row-major. Build it with [`InputValues::from_f32`] from
+/// numbers read from a file, or directly from typed data.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum InputValues {
+    /// Float input.
+    F32(Vec<f32>),
+    /// Signed 8-bit input (quantized codes of a full-integer model).
+    I8(Vec<i8>),
+    /// Unsigned 8-bit input (quantized codes, or raw image bytes).
+    U8(Vec<u8>),
+    /// 64-bit integer input.
+    I64(Vec<i64>),
+}
+
+impl InputValues {
+    /// The element type held.
+    pub fn dtype(&self) -> DType {
+        match self {
+            InputValues::F32(_) => DType::F32,
+            InputValues::I8(_) => DType::I8,
+            InputValues::U8(_) => DType::U8,
+            InputValues::I64(_) => DType::I64,
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            InputValues::F32(v) => v.len(),
+            InputValues::I8(v) => v.len(),
+            InputValues::U8(v) => v.len(),
+            InputValues::I64(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Converts numbers as read from a file (CSV, JSON, `.npy` all give `f32`) to the element
+    /// type of `spec`. Float values must be finite; values for an integer input must be
+    /// whole numbers within the type's range (no rounding, no saturation: a value that does
+    /// not fit is almost always a wrong file, e.g. floats given to an int8 model).
+    ///
+    /// # Errors
+    /// [`RuntimeError::InputValue`] for the first value that does not fit, naming its row
+    /// (`first_row` + 1 for the first sample of `values`) and column within the sample.
+    pub fn from_f32(
+        spec: &TensorSpec,
+        values: &[f32],
+        first_row: usize,
+    ) -> Result<InputValues, RuntimeError> {
+        fn ints<T: TryFrom<i64>>(
+            spec: &TensorSpec,
+            values: &[f32],
+            first_row: usize,
+            (lo, hi): (i64, i64),
+        ) -> Result<Vec<T>, RuntimeError> {
+            let sample_len = spec.sample_len().max(1);
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let whole = v.is_finite() && v.fract() == 0.0;
+                    let reason = if !whole {
+                        format!(
+                            "is not a whole number; input {:?} takes {} values",
+                            spec.name,
+                            spec.dtype.name()
+                        )
+                    } else if (v as f64) < lo as f64 || (v as f64) > hi as f64 {
+                        format!("is out of range for {} ({lo} to {hi})", spec.dtype.name())
+                    } else if let Ok(x) = T::try_from(v as i64) {
+                        return Ok(x);
+                    } else {
+                        format!("does not fit {}", spec.dtype.name())
+                    };
+                    Err(RuntimeError::InputValue {
+                        name: spec.name.clone(),
+                        row: first_row + i / sample_len + 1,
+                        column: i % sample_len + 1,
+                        value: v,
+                        reason,
+                    })
+                })
+                .collect()
+        }
+        Ok(match spec.dtype {
+            DType::F32 => {
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    let sample_len = spec.sample_len().max(1);
+                    return Err(RuntimeError::InputValue {
+                        name: spec.name.clone(),
+                        row: first_row + i / sample_len + 1,
+                        column: i % sample_len + 1,
+                        value: values[i],
+                        reason: "is not a finite number".into(),
+                    });
+                }
+                InputValues::F32(values.to_vec())
+            }
+            DType::I8 => InputValues::I8(ints(spec, values, first_row, (-128, 127))?),
+            DType::U8 => InputValues::U8(ints(spec, values, first_row, (0, 255))?),
+            DType::I64 => InputValues::I64(ints(spec, values, first_row, (i64::MIN, i64::MAX))?),
+        })
+    }
+}
+
 enum Backend {
     Native(Box<Engine>),
     #[cfg(feature = "onnx")]
@@ -230,7 +359,12 @@ impl Model {
                 path: path.display().to_string(),
             });
         }
-        Self::onnx_within(&bytes, choice, max_memory_bytes)
+        Self::onnx_within(
+            &bytes,
+            choice,
+            max_memory_bytes,
+            &path.display().to_string(),
+        )
     }
 
     /// Loads a native artifact from memory (within the default memory budget,
@@ -315,7 +449,12 @@ impl Model {
     /// # Errors
     /// [`RuntimeError::OnnxNotCompiled`] without the `onnx` feature; else the backend's.
     pub fn from_onnx_bytes(bytes: &[u8], choice: EngineChoice) -> Result<Model, RuntimeError> {
-        Self::onnx_within(bytes, choice, budget::DEFAULT_MAX_MEMORY_BYTES)
+        Self::onnx_within(
+            bytes,
+            choice,
+            budget::DEFAULT_MAX_MEMORY_BYTES,
+            "ONNX model",
+        )
     }
 
     #[cfg(not(feature = "onnx"))]
@@ -323,17 +462,20 @@ impl Model {
         _bytes: &[u8],
         _choice: EngineChoice,
         _max_memory_bytes: u64,
+        _label: &str,
     ) -> Result<Model, RuntimeError> {
         Err(RuntimeError::OnnxNotCompiled)
     }
 
     /// An ONNX model from memory; the native engine's memory plan checked against
-    /// `max_memory_bytes` (tract plans its own and is not bounded here).
+    /// `max_memory_bytes` (tract plans its own and is not bounded here); `label` names it
+    /// (its file) in tract's errors.
     #[cfg(feature = "onnx")]
     fn onnx_within(
         bytes: &[u8],
         choice: EngineChoice,
         max_memory_bytes: u64,
+        label: &str,
     ) -> Result<Model, RuntimeError> {
         let proto = crate::onnx::parse(bytes)?;
         let mut notes = Vec::new();
@@ -366,7 +508,7 @@ impl Model {
                 Err(e) => notes.push(format!("runs on tract: {e}")),
             }
         }
-        let onnx = crate::onnx::OnnxModel::from_proto(&proto)?;
+        let onnx = crate::onnx::OnnxModel::from_proto_named(&proto, label)?;
         notes.extend(onnx.notes().iter().cloned());
         let info = ModelInfo {
             format: Format::Onnx,
@@ -391,13 +533,17 @@ impl Model {
         &self.info
     }
 
-    /// Gives back the memory a large batch made the native engine grow (tract allocates
-    /// per run and keeps nothing).
+    /// Gives back the memory a large batch made the native engine grow, or the plans tract
+    /// built for batch sizes other than the one built at load.
     pub fn release_buffers(&mut self) {
-        if let Backend::Native(engine) = &mut self.backend
-            && let Err(e) = engine.release()
-        {
-            log::warn!("{e}");
+        match &mut self.backend {
+            Backend::Native(engine) => {
+                if let Err(e) = engine.release() {
+                    log::warn!("{e}");
+                }
+            }
+            #[cfg(feature = "onnx")]
+            Backend::Tract(model) => model.release_plans(),
         }
     }
 
@@ -427,58 +573,109 @@ impl Model {
         Ok(len / sample_len)
     }
 
-    /// Runs a batch; `input` holds `batch × sample_len` values of the (single) input.
+    /// Runs a batch; `input` holds `batch × sample_len` values of the (single) input, as
+    /// read from a file. For an input declared with an integer element type, the values
+    /// are converted as [`InputValues::from_f32`] says.
     ///
     /// # Errors
-    /// Wrong lengths, non-finite values, backend failures.
+    /// Wrong lengths, non-finite values, values that do not fit the input's element type,
+    /// backend failures.
     pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<Output>, RuntimeError> {
-        let specs = &self.info.outputs;
-        match &mut self.backend {
-            Backend::Native(engine) => {
-                engine.run(&[input], batch)?;
-                Ok(specs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, spec)| {
-                        let mut shape = vec![batch];
-                        shape.extend(spec.shape.iter().map(|&d| d as usize));
-                        let values = match spec.dtype {
-                            DType::F32 => {
-                                OutputValues::F32(engine.output_f32(i).unwrap_or(&[]).to_vec())
-                            }
-                            // Validation refuses uint8 graph outputs.
-                            DType::I64 | DType::U8 => {
-                                OutputValues::I64(engine.output_i64(i).unwrap_or(&[]).to_vec())
-                            }
-                        };
-                        Output {
-                            name: spec.name.clone(),
-                            shape,
-                            values,
-                        }
-                    })
-                    .collect())
+        let Some(spec) = self.info.inputs.first() else {
+            return Err(RuntimeError::Inputs("the model has no inputs".into()));
+        };
+        if spec.dtype == DType::F32
+            && let Backend::Native(engine) = &mut self.backend
+        {
+            engine.run(&[input], batch)?;
+            return Ok(native_outputs(engine, &self.info.outputs, batch));
+        }
+        let values = InputValues::from_f32(spec, input, 0)?;
+        self.run_values(std::slice::from_ref(&values), batch)
+    }
+
+    /// Runs a batch with one [`InputValues`] per model input, in the order of
+    /// [`ModelInfo::inputs`], each in the element type that input declares.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Inputs`] for a wrong number of inputs or an element type other than
+    /// the declared one; [`RuntimeError::InputShape`] for a length that is not `batch`
+    /// samples; backend failures.
+    pub fn run_values(
+        &mut self,
+        inputs: &[InputValues],
+        batch: usize,
+    ) -> Result<Vec<Output>, RuntimeError> {
+        let specs = &self.info.inputs;
+        if inputs.len() != specs.len() {
+            return Err(RuntimeError::Inputs(format!(
+                "the model takes {} inputs, {} given",
+                specs.len(),
+                inputs.len()
+            )));
+        }
+        for (spec, values) in specs.iter().zip(inputs) {
+            if values.dtype() != spec.dtype {
+                return Err(RuntimeError::Inputs(format!(
+                    "input {:?} takes {} values, {} given",
+                    spec.name,
+                    spec.dtype.name(),
+                    values.dtype().name()
+                )));
             }
-            #[cfg(feature = "onnx")]
-            Backend::Tract(model) => {
-                let spec = &self.info.inputs[0];
-                crate::engine::check_finite(0, &spec.name, input, spec.sample_len())?;
-                let mut shape = vec![batch];
-                shape.extend(spec.shape.iter().map(|&d| d as usize));
-                let array = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(
-                    shape.clone(),
-                    input.to_vec(),
-                )
-                .map_err(|_| RuntimeError::InputShape {
+            if batch == 0 || values.len() != batch * spec.sample_len() {
+                return Err(RuntimeError::InputShape {
                     name: spec.name.clone(),
                     expected: spec.shape.clone(),
                     sample_len: spec.sample_len(),
-                    got: vec![input.len()],
-                })?;
-                let outs = model.run(vec![array])?;
+                    got: vec![values.len()],
+                });
+            }
+        }
+        match &mut self.backend {
+            Backend::Native(engine) => {
+                let mut floats = Vec::with_capacity(inputs.len());
+                for (spec, values) in specs.iter().zip(inputs) {
+                    match values {
+                        InputValues::F32(v) => floats.push(&v[..]),
+                        other => {
+                            return Err(RuntimeError::Inputs(format!(
+                                "input {:?}: the native engine takes float32 inputs, not {}",
+                                spec.name,
+                                other.dtype().name()
+                            )));
+                        }
+                    }
+                }
+                engine.run(&floats, batch)?;
+                Ok(native_outputs(engine, &self.info.outputs, batch))
+            }
+            #[cfg(feature = "onnx")]
+            Backend::Tract(model) => {
+                use tract_onnx::prelude::{Tensor, tract_ndarray::ArrayD};
+                fn tensor<T: tract_onnx::prelude::Datum>(
+                    shape: Vec<usize>,
+                    v: &[T],
+                ) -> Result<Tensor, RuntimeError> {
+                    ArrayD::from_shape_vec(shape, v.to_vec())
+                        .map(Tensor::from)
+                        .map_err(|e| RuntimeError::Inputs(e.to_string()))
+                }
+                let mut tensors = Vec::with_capacity(inputs.len());
+                for (spec, values) in specs.iter().zip(inputs) {
+                    let mut shape = vec![batch];
+                    shape.extend(spec.shape.iter().map(|&d| d as usize));
+                    tensors.push(match values {
+                        InputValues::F32(v) => tensor(shape, v)?,
+                        InputValues::I8(v) => tensor(shape, v)?,
+                        InputValues::U8(v) => tensor(shape, v)?,
+                        InputValues::I64(v) => tensor(shape, v)?,
+                    });
+                }
+                let outs = model.run(tensors)?;
                 Ok(outs
                     .into_iter()
-                    .zip(specs)
+                    .zip(&self.info.outputs)
                     .map(|(v, spec)| match v {
                         crate::onnx::OnnxValue::F32(a) => Output {
                             name: spec.name.clone(),
@@ -495,6 +692,29 @@ impl Model {
             }
         }
     }
+}
+
+fn native_outputs(engine: &Engine, specs: &[TensorSpec], batch: usize) -> Vec<Output> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let mut shape = vec![batch];
+            shape.extend(spec.shape.iter().map(|&d| d as usize));
+            let values = match spec.dtype {
+                DType::F32 => OutputValues::F32(engine.output_f32(i).unwrap_or(&[]).to_vec()),
+                // Validation refuses 8-bit graph outputs.
+                DType::I64 | DType::U8 | DType::I8 => {
+                    OutputValues::I64(engine.output_i64(i).unwrap_or(&[]).to_vec())
+                }
+            };
+            Output {
+                name: spec.name.clone(),
+                shape,
+                values,
+            }
+        })
+        .collect()
 }
 
 /// ONNX files are protobuf messages whose first field is usually `ir_version` (tag 0x08).
@@ -633,6 +853,61 @@ mod tests {
             Err(RuntimeError::Canary(_))
         ));
         assert!(record_canary(&mut m, &[1.0, f32::INFINITY], 1e-4).is_err());
+    }
+
+    #[test]
+    fn file_numbers_convert_to_the_declared_element_type_or_name_the_bad_value() {
+        let spec = |dtype| TensorSpec {
+            name: "x".into(),
+            dtype,
+            shape: vec![3],
+        };
+        assert_eq!(
+            InputValues::from_f32(&spec(DType::I8), &[-128.0, 0.0, 127.0], 0).unwrap(),
+            InputValues::I8(vec![-128, 0, 127])
+        );
+        assert_eq!(
+            InputValues::from_f32(&spec(DType::U8), &[0.0, 255.0, 7.0], 0).unwrap(),
+            InputValues::U8(vec![0, 255, 7])
+        );
+        let text = |dtype, values: &[f32], first_row| {
+            InputValues::from_f32(&spec(dtype), values, first_row)
+                .unwrap_err()
+                .to_string()
+        };
+        // Row and column are 1-based; rows count from the call's first row.
+        assert_eq!(
+            text(DType::I8, &[1.0, 2.0, 3.0, 4.0, 128.0, 6.0], 10),
+            "input \"x\", row 12, column 2: 128 is out of range for int8 (-128 to 127)"
+        );
+        assert_eq!(
+            text(DType::U8, &[1.0, -1.0, 3.0], 0),
+            "input \"x\", row 1, column 2: -1 is out of range for uint8 (0 to 255)"
+        );
+        assert_eq!(
+            text(DType::I8, &[1.0, 2.0, 0.5], 0),
+            "input \"x\", row 1, column 3: 0.5 is not a whole number; input \"x\" takes int8 values"
+        );
+        assert!(text(DType::F32, &[1.0, f32::NAN, 0.0], 0).contains("row 1, column 2"));
+        assert!(text(DType::I64, &[1.0, 2.0, f32::INFINITY], 0).contains("column 3"));
+
+        // run_values checks the count, element type and length before the backend.
+        let mut m = Model::from_native(&classifier(vec![1.0; 6])).unwrap();
+        let err = m.run_values(&[InputValues::I8(vec![1, 2])], 1).unwrap_err();
+        assert!(
+            err.to_string().contains("takes float32 values, int8 given"),
+            "{err}"
+        );
+        assert!(m.run_values(&[], 1).is_err());
+        assert!(matches!(
+            m.run_values(&[InputValues::F32(vec![1.0; 3])], 1),
+            Err(RuntimeError::InputShape { .. })
+        ));
+        assert_eq!(
+            m.run_values(&[InputValues::F32(vec![0.3, 0.7])], 1)
+                .unwrap(),
+            m.run(&[0.3, 0.7], 1).unwrap()
+        );
     }
 
     #[test]

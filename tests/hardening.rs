@@ -200,7 +200,6 @@ fn perch_run_splits_its_input_into_batches_that_fit_max_memory() {
 const ONNX_PANICS: [usize; 2] = [329, 451];
 
 #[test]
-#[ignore = "needs the edge-loader branch's catch_unwind at the load/run boundary (tract panics inside its own code): un-ignore on merge"]
 fn mutated_onnx_files_exit_1_with_a_message_under_a_2_gib_cap() {
     let dir = tempfile::tempdir().unwrap();
     let original =

@@ -67,7 +67,7 @@ fn check_model_with(dir: &Path, ref_dir: &Path, refs: &[(&str, Check)]) -> Vec<f
     let (shape, data) = npy(&dir.join("input.npy"));
     let input = ndarray::ArrayD::from_shape_vec(shape, data).expect("input shape");
     let outputs = model
-        .run(vec![input])
+        .run(vec![input.into()])
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     assert_eq!(outputs.len(), refs.len(), "{}: output count", dir.display());
     let values: Vec<Vec<f32>> = outputs

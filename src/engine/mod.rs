@@ -563,7 +563,7 @@ impl Engine {
             let buffer = match dtype {
                 DType::F32 => Buffer::F32(zeroed(n)?),
                 DType::I64 => Buffer::I64(zeroed(n)?),
-                DType::U8 => Buffer::U8(zeroed(n)?),
+                DType::U8 | DType::I8 => Buffer::U8(zeroed(n)?),
             };
             buffers.push(buffer);
         }

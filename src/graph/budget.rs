@@ -220,7 +220,7 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
             n.saturating_mul(match dtype {
                 DType::F32 => 4,
                 DType::I64 => 8,
-                DType::U8 => 1,
+                DType::U8 | DType::I8 => 1,
             })
         })
         .fold(0u64, u64::saturating_add);

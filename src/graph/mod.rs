@@ -30,8 +30,14 @@ pub enum DType {
     /// 64-bit signed integer (class indices and labels).
     I64,
     /// Unsigned 8-bit quantized activations (with the [`QuantParams`] of the layer that
-    /// makes them). Only between layers: graph inputs and outputs are never `U8`.
+    /// makes them). Between layers, and since revision 1.3 as a graph input or output
+    /// (the codes themselves, as an ONNX `uint8` tensor holds them).
     U8,
+    /// Signed 8-bit quantized codes: only as a graph input or output (TFLite full-integer
+    /// exports). Inside the graph they become `U8` through [`Layer::ToU8`] (`q + 128`, the
+    /// zero point moving with them) and come back through [`Layer::ToI8`]. New in
+    /// revision 1.3.
+    I8,
 }
 
 impl DType {
@@ -41,6 +47,7 @@ impl DType {
             DType::F32 => "float32",
             DType::I64 => "int64",
             DType::U8 => "uint8",
+            DType::I8 => "int8",
         }
     }
 }
