@@ -5,7 +5,7 @@
 #
 # aarch64-unknown-linux-gnu, aarch64-unknown-linux-musl, armv7-unknown-linux-gnueabihf: the
 # crate's capability tests (`cargo test --target T --all-features`: unit tests, conformance,
-# CLI, ONNX ops, allocation count) through the qemu runner in cross/cargo-config.toml, with
+# the edge CNNs against x86's results, CLI, ONNX ops, allocation count) through the qemu runner in cross/cargo-config.toml, with
 # the binaries they spawn run under qemu too (PERCH_TEST_RUNNER); then the shipped binary on
 # the sample model, whose labels must equal the reference's.
 # arm-unknown-linux-musleabihf (ARMv6): the binary cross/build.sh made (built if missing) under
@@ -42,9 +42,12 @@ if [[ "$target" != arm-unknown-linux-musleabihf ]]; then
     # The capability tests: conformance on the corpus, the CLI contracts, perch's ONNX ops,
     # the allocation count, and the unit tests. (Training accuracy tests stay on x86: the
     # same code, minutes under emulation.)
-    echo "test.sh: cargo test --target $target --all-features (conformance, cli, onnx_ops, alloc, lib)"
-    (cd "$root" && cargo test --config "$root/cross/cargo-config.toml" --target "$target" \
-        --all-features --lib --test conformance --test cli --test onnx_ops --test alloc)
+    # The edge CNNs: four rows per model, int8 codes bit for bit and floats within 1e-5 of
+    # what x86 computed (tests/data/edge_native), and within the issue's tolerances of the
+    # references.
+    echo "test.sh: cargo test --target $target --all-features (conformance, edge_conformance, cli, onnx_ops, alloc, lib)"
+    (cd "$root" && PERCH_EDGE_ROWS=4 cargo test --config "$root/cross/cargo-config.toml" --target "$target" \
+        --all-features --lib --test conformance --test edge_conformance --test cli --test onnx_ops --test alloc)
 fi
 
 bin="$root/dist/$target/perch"

@@ -459,6 +459,7 @@ pub fn info_json(info: &ModelInfo, name: &str) -> Value {
         })),
         "metadata": meta,
         "notes": info.notes,
+        "arena_bytes": info.arena_bytes,
     })
 }
 
@@ -550,6 +551,9 @@ pub fn write_info(out: &mut dyn Write, info: &ModelInfo, name: &str) -> Result<(
     writeln!(out, "model:   {name}")?;
     writeln!(out, "format:  {format}, {} bytes", info.size_bytes)?;
     writeln!(out, "engine:  {}", info.engine.name())?;
+    if let Some(a) = info.arena_bytes {
+        writeln!(out, "arena:   {a} bytes per sample")?;
+    }
     if let Some(h) = &info.sha256 {
         writeln!(out, "sha256:  {h}")?;
     }

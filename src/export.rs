@@ -718,6 +718,92 @@ impl Writer {
                 n.attribute = attrs;
                 self.nodes.push(n);
             }
+            // Int8 pools, adds and clamps in QDQ form: dequantize, the float op, quantize.
+            Layer::QAvgPool2d { .. }
+            | Layer::QGlobalAvgPool { .. }
+            | Layer::QAdd { .. }
+            | Layer::QClamp { .. } => {
+                let (pin, pout) = match &node.layer {
+                    Layer::QAvgPool2d { input, output, .. }
+                    | Layer::QGlobalAvgPool { input, output }
+                    | Layer::QAdd {
+                        a: input, output, ..
+                    } => (*input, *output),
+                    _ => {
+                        // A clamp of codes: the codes' own parameters do not matter, any
+                        // exact ones will do.
+                        let unit = QuantParams {
+                            scale: 1.0,
+                            zero_point: 0,
+                        };
+                        (unit, unit)
+                    }
+                };
+                let mut floats = Vec::new();
+                for (i, &v) in node.inputs.iter().enumerate() {
+                    let p = match (&node.layer, i) {
+                        (Layer::QAdd { b, .. }, 1) => *b,
+                        _ => pin,
+                    };
+                    let xf = format!("{out}/in{i}_dq");
+                    let (sc, zp) = self.quant_params(&format!("{out}/in{i}"), &p);
+                    self.nodes.push(op(
+                        "DequantizeLinear",
+                        &format!("{nm}/in{i}_dq"),
+                        vec![self.names[v as usize].clone(), sc, zp],
+                        vec![xf.clone()],
+                    ));
+                    floats.push(xf);
+                }
+                let yf = format!("{out}/float");
+                let mut n = match &node.layer {
+                    Layer::QAvgPool2d {
+                        kernel,
+                        stride,
+                        padding,
+                        count_include_pad,
+                        ..
+                    } => {
+                        let mut n = op("AveragePool", nm, floats, vec![yf.clone()]);
+                        n.attribute.extend([
+                            attr_ints("kernel_shape", kernel),
+                            attr_ints("strides", stride),
+                            attr_ints("pads", padding),
+                            attr_i("count_include_pad", i64::from(*count_include_pad)),
+                        ]);
+                        n
+                    }
+                    Layer::QGlobalAvgPool { .. } => {
+                        op("GlobalAveragePool", nm, floats, vec![yf.clone()])
+                    }
+                    Layer::QAdd { .. } => op("Add", nm, floats, vec![yf.clone()]),
+                    _ => {
+                        let Layer::QClamp { min, max } = node.layer else {
+                            unreachable!("matched above")
+                        };
+                        let lo = self.konst_f32(format!("{out}/min"), &[], &[f32::from(min)]);
+                        let hi = self.konst_f32(format!("{out}/max"), &[], &[f32::from(max)]);
+                        let mut inputs = floats;
+                        inputs.extend([lo, hi]);
+                        op("Clip", nm, inputs, vec![yf.clone()])
+                    }
+                };
+                n.name = nm.to_string();
+                self.nodes.push(n);
+                let (sc, zp) = self.quant_params(&out, &pout);
+                self.nodes.push(op(
+                    "QuantizeLinear",
+                    &format!("{nm}/quantize"),
+                    vec![yf, sc, zp],
+                    vec![out],
+                ));
+            }
+            other => {
+                return Err(ExportError::Unsupported {
+                    node: nm.to_string(),
+                    reason: format!("{} layers have no ONNX export yet", other.kind()),
+                });
+            }
         }
         Ok(())
     }

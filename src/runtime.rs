@@ -149,6 +149,9 @@ pub struct ModelInfo {
     pub sha256: Option<String>,
     /// Memory the native engine plans for it (`None` on tract).
     pub memory: Option<MemoryPlan>,
+    /// Bytes of the native engine's memory plan per sample (arena and kernel scratch);
+    /// none on tract.
+    pub arena_bytes: Option<usize>,
 }
 
 /// One output of a run, `[batch, ...]` row-major.
@@ -437,6 +440,7 @@ impl Model {
                 .collect(),
             sha256,
             memory: Some(plan),
+            arena_bytes: Some(engine.arena_bytes()),
         };
         Ok(Model {
             backend: Backend::Native(Box::new(engine)),
@@ -496,6 +500,7 @@ impl Model {
                         notes,
                         sha256: None,
                         memory: Some(plan),
+                        arena_bytes: Some(engine.arena_bytes()),
                     };
                     return Ok(Model {
                         backend: Backend::Native(Box::new(engine)),
@@ -521,6 +526,7 @@ impl Model {
             notes,
             sha256: None,
             memory: None,
+            arena_bytes: None,
         };
         Ok(Model {
             backend: Backend::Tract(Box::new(onnx)),
@@ -634,20 +640,21 @@ impl Model {
         }
         match &mut self.backend {
             Backend::Native(engine) => {
-                let mut floats = Vec::with_capacity(inputs.len());
+                let mut typed = Vec::with_capacity(inputs.len());
                 for (spec, values) in specs.iter().zip(inputs) {
-                    match values {
-                        InputValues::F32(v) => floats.push(&v[..]),
-                        other => {
+                    typed.push(match values {
+                        InputValues::F32(v) => crate::engine::InputData::F32(v),
+                        InputValues::I8(v) => crate::engine::InputData::I8(v),
+                        InputValues::U8(v) => crate::engine::InputData::U8(v),
+                        InputValues::I64(_) => {
                             return Err(RuntimeError::Inputs(format!(
-                                "input {:?}: the native engine takes float32 inputs, not {}",
-                                spec.name,
-                                other.dtype().name()
+                                "input {:?}: the native engine takes float32, int8 or uint8 inputs, not int64",
+                                spec.name
                             )));
                         }
-                    }
+                    });
                 }
-                engine.run(&floats, batch)?;
+                engine.run_inputs(&typed, batch)?;
                 Ok(native_outputs(engine, &self.info.outputs, batch))
             }
             #[cfg(feature = "onnx")]
@@ -703,10 +710,24 @@ fn native_outputs(engine: &Engine, specs: &[TensorSpec], batch: usize) -> Vec<Ou
             shape.extend(spec.shape.iter().map(|&d| d as usize));
             let values = match spec.dtype {
                 DType::F32 => OutputValues::F32(engine.output_f32(i).unwrap_or(&[]).to_vec()),
-                // Validation refuses 8-bit graph outputs.
-                DType::I64 | DType::U8 | DType::I8 => {
-                    OutputValues::I64(engine.output_i64(i).unwrap_or(&[]).to_vec())
-                }
+                DType::I64 => OutputValues::I64(engine.output_i64(i).unwrap_or(&[]).to_vec()),
+                // Quantized codes, as the integers they are.
+                DType::U8 => OutputValues::I64(
+                    engine
+                        .output_u8(i)
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|&q| i64::from(q))
+                        .collect(),
+                ),
+                DType::I8 => OutputValues::I64(
+                    engine
+                        .output_i8_bits(i)
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|&q| i64::from(q as i8))
+                        .collect(),
+                ),
             };
             Output {
                 name: spec.name.clone(),

@@ -143,6 +143,51 @@ fn no_allocation_per_inference() {
         assert_eq!(allocations_during(&mut engine, &x, 1, 1000), 0);
     }
 
+    // Edge CNNs of every kind of export, converted: float NHWC with free transposes, NCHW
+    // with a transpose on entry, residual adds, QDQ and QOperator int8, int8 graph inputs.
+    #[cfg(feature = "onnx")]
+    for name in [
+        "kws_dscnn_float",
+        "kws_dscnn_nchw",
+        "kws_dscnn_qop_u8s8",
+        "ic_resnet8_qdq_s8s8_pc",
+        "ic_resnet8_tflite_int8",
+    ] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/edge");
+        let bytes = std::fs::read(dir.join(name).join("model.onnx")).expect("edge model");
+        let model = perch::convert::onnx_bytes_to_native(&bytes).expect("converts");
+        let mut engine = Engine::new(&model.graph, 2).expect("plans");
+        let spec = &model.graph.inputs[0];
+        let n = spec.sample_len() * 2;
+        let codes: Vec<i8> = (0..n).map(|i| (i % 37) as i8 - 18).collect();
+        let floats: Vec<f32> = codes.iter().map(|&c| f32::from(c) / 20.0).collect();
+        let input = match spec.dtype {
+            DType::I8 => perch::engine::InputData::I8(&codes),
+            _ => perch::engine::InputData::F32(&floats),
+        };
+        for batch in [1, 2] {
+            let x = match input {
+                perch::engine::InputData::I8(c) => {
+                    perch::engine::InputData::I8(&c[..batch * n / 2])
+                }
+                perch::engine::InputData::F32(f) => {
+                    perch::engine::InputData::F32(&f[..batch * n / 2])
+                }
+                other => other,
+            };
+            engine.run_inputs(&[x], batch).expect("warm-up run");
+            let before = ALLOCATIONS.load(Ordering::SeqCst);
+            for _ in 0..20 {
+                engine.run_inputs(&[x], batch).expect("run");
+            }
+            assert_eq!(
+                ALLOCATIONS.load(Ordering::SeqCst) - before,
+                0,
+                "{name} at batch {batch}"
+            );
+        }
+    }
+
     // The int8 digits MLP (static: quantize, two quantized dense layers) at batch 1 and 4.
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models/digits-mlp-trained/model-int8.perch");

@@ -256,6 +256,8 @@ fn info_reports_engine_schema_and_ops() {
     assert_eq!(v["outputs"][0]["name"], "label");
     assert_eq!(v["ops"]["MatMul"], 2);
 
+    // A QDQ int8 model runs natively now (issue 12); a dynamically quantized one, whose
+    // DynamicQuantizeLinear has no native equivalent, runs on tract and says why.
     let text = run_ok(
         perch_bin(),
         &[
@@ -265,12 +267,17 @@ fn info_reports_engine_schema_and_ops() {
         ],
     );
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["engine"], "native");
+    let dynamic = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/corpus/models/sk_mlp_digits_dyn_u8s8_pc/model.onnx");
+    let text = run_ok(perch_bin(), &["info", dynamic.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert_eq!(v["engine"], "tract");
     assert!(
         v["notes"][0]
             .as_str()
             .unwrap_or("")
-            .contains("DequantizeLinear"),
+            .contains("DynamicQuantizeLinear"),
         "{v}"
     );
 
@@ -287,12 +294,7 @@ fn info_reports_engine_schema_and_ops() {
 
     let e = run_err(
         perch_bin(),
-        &[
-            "info",
-            sample("digits-mlp/model-int8.onnx").to_str().unwrap(),
-            "--engine",
-            "native",
-        ],
+        &["info", dynamic.to_str().unwrap(), "--engine", "native"],
     );
     assert!(e.contains("native engine cannot run this model"), "{e}");
 }
@@ -343,7 +345,7 @@ fn convert_writes_an_artifact_and_names_unsupported_nodes() {
     assert_eq!(art.model.metadata.class_labels.len(), 10);
 
     let qdq = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/corpus/models/sk_mlp_digits_qdq_s8s8_pc/model.onnx");
+        .join("tests/data/corpus/models/sk_mlp_digits_dyn_u8s8_pc/model.onnx");
     let e = run_err(
         host_bin(),
         &[
@@ -354,7 +356,7 @@ fn convert_writes_an_artifact_and_names_unsupported_nodes() {
         ],
     );
     assert!(
-        e.contains("DequantizeLinear") && e.contains("no native equivalent"),
+        e.contains("DynamicQuantizeLinear") && e.contains("no native equivalent"),
         "{e}"
     );
     // The failed conversion left the earlier artifact intact.

@@ -73,11 +73,14 @@ fn write_raw(path: &Path, model: &Model) -> usize {
 
 /// Runs `perch ARGS` under the 2 GiB address-space cap: exit code and stderr.
 fn perch_capped(args: &[&str]) -> (Option<i32>, String) {
+    perch_capped_at(ADDRESS_SPACE_KIB, args)
+}
+
+/// Runs `perch ARGS` under an address-space cap of `cap_kib` KiB: exit code and stderr.
+fn perch_capped_at(cap_kib: u64, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "ulimit -v {ADDRESS_SPACE_KIB} && exec \"$0\" \"$@\""
-        ))
+        .arg(format!("ulimit -v {cap_kib} && exec \"$0\" \"$@\""))
         .arg(harness::perch_bin())
         .args(args)
         .env("RUST_BACKTRACE", "0")
@@ -90,7 +93,11 @@ fn perch_capped(args: &[&str]) -> (Option<i32>, String) {
 }
 
 fn assert_refused(args: &[&str], reason: &str) {
-    let (code, err) = perch_capped(args);
+    assert_refused_at(ADDRESS_SPACE_KIB, args, reason)
+}
+
+fn assert_refused_at(cap_kib: u64, args: &[&str], reason: &str) {
+    let (code, err) = perch_capped_at(cap_kib, args);
     assert_eq!(code, Some(1), "perch {args:?}: {err}");
     assert!(err.contains("perch: error:"), "{err}");
     assert!(err.contains(reason), "expected {reason:?} in: {err}");
@@ -105,19 +112,20 @@ fn model_bombs_exit_1_with_a_message_under_a_2_gib_cap() {
     std::fs::write(&input, "1\n").unwrap();
     let input = input.to_str().unwrap();
 
-    // Every value at the per-value cap (2^28 floats, 1 GiB): 21 GiB in all.
+    // Every value at the per-value cap (2^28 floats, 1 GiB): 21 GiB in all. Refused when the
+    // graph is read, before any budget: the sum of a graph's values is capped at 2^28
+    // elements per sample whatever --max-memory says.
     let total = dir.path().join("total.perch");
     let size = write_raw(&total, &graph(vec![1, 16384, 16384], vec![Layer::Relu; 20]));
     assert!(size < 400, "{size} bytes");
     let total = total.to_str().unwrap();
-    for verb in [&["run", total, "--input", input][..], &["info", total]] {
-        assert_refused(verb, "the limit is 1073741824 bytes");
-    }
-    // Above the budget, the engine's buffers are allocated fallibly: still an error.
-    assert_refused(
+    for verb in [
+        &["run", total, "--input", input][..],
+        &["info", total],
         &["run", total, "--input", input, "--max-memory", "64G"],
-        "out of memory: cannot allocate 1073741824 bytes",
-    );
+    ] {
+        assert_refused(verb, "elements per sample (limit 268435456)");
+    }
 
     // Padding far beyond a 1×1 kernel: a tiny input padded to 16383×16383.
     let padded = dir.path().join("padded.perch");
@@ -137,13 +145,21 @@ fn model_bombs_exit_1_with_a_message_under_a_2_gib_cap() {
         "reaches beyond the kernel's extent",
     );
 
-    // One input of 268,402,689 floats (1,073,610,756 bytes), the size that aborted.
+    // One input of 268,402,689 floats (1,073,610,756 bytes), the size that aborted: over the
+    // graph cap with its output.
     let wide = dir.path().join("wide.perch");
     write_raw(&wide, &graph(vec![268_402_689], vec![Layer::Sigmoid]));
     let wide = wide.to_str().unwrap();
-    assert_refused(&["info", wide], "the limit is 1073741824 bytes");
-    assert_refused(
-        &["info", wide, "--max-memory", "8G"],
+    assert_refused(&["info", wide], "elements per sample (limit 268435456)");
+    // Half of it (input and output 537 MB each) passes the graph cap and the default
+    // budget's arithmetic when raised; under a 1 GiB address space its arena cannot be
+    // allocated, which is an error, not an abort.
+    let half = dir.path().join("half.perch");
+    write_raw(&half, &graph(vec![134_000_000], vec![Layer::Sigmoid]));
+    let half = half.to_str().unwrap();
+    assert_refused_at(
+        1 << 20,
+        &["info", half, "--max-memory", "8G"],
         "out of memory: cannot allocate",
     );
 }

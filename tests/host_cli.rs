@@ -472,8 +472,9 @@ fn import_registers_onnx_models_native_or_as_onnx_and_eval_scores_them() {
         eval["metrics"]["accuracy"].as_f64().unwrap() >= 0.9,
         "{eval}"
     );
-    // A model with ops the native engine lacks (int8 QDQ) is kept as ONNX and exported as is.
-    let qdq = models.join("sk_mlp_digits_qdq_s8s8_pc/model.onnx");
+    // A model with ops the native engine lacks (dynamic int8: DynamicQuantizeLinear) is kept
+    // as ONNX and exported as is.
+    let qdq = models.join("sk_mlp_digits_dyn_u8s8_pc/model.onnx");
     let v = host.json(&["import", qdq.to_str().unwrap(), "--name", "q", "--json"]);
     assert_eq!(v["format"], "onnx", "{v}");
     let digits = models.join("../datasets/digits/digits_test.csv");

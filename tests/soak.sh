@@ -145,7 +145,10 @@ while (($(date +%s) - started < seconds - 5)); do
     start_host
     restarts=$((restarts + 1))
     if (($(date +%s) >= next_push)); then
-        "$PERCH_HOST" --registry "$reg" push "wine@$version" --group soak >/dev/null
+        # wine@1 after wine@2 is a step back, which a push makes only when asked to.
+        back=()
+        ((version == 1)) && back=(--rollback)
+        "$PERCH_HOST" --registry "$reg" push "wine@$version" --group soak "${back[@]}" >/dev/null
         version=$((3 - version))
         pushes=$((pushes + 1))
         next_push=$(($(date +%s) + 15))

@@ -44,8 +44,14 @@ fn a_v1_artifact_written_before_trees_decodes_and_runs_identically() {
         .map(|v| v.as_f64().expect("float") as f32)
         .collect();
     assert_eq!(engine.output_i64(0), Some(&labels[..]));
-    // Bit-identical: the JSON holds each f32 in its shortest round-tripping form.
-    assert_eq!(engine.output_f32(1), Some(&probs[..]));
+    // The JSON holds each f32 in its shortest round-tripping form, as the engine of the day
+    // computed it; the dense layers now run on packed GEMM kernels (issue 12) that sum in
+    // another order, so the last bits may move: within 1e-6, labels identical.
+    let got = engine.output_f32(1).expect("probabilities");
+    assert_eq!(got.len(), probs.len());
+    for (g, w) in got.iter().zip(&probs) {
+        assert!((g - w).abs() <= 1e-6, "{g} vs {w}");
+    }
 }
 
 /// `x[1] <= 0.5 ? (x[0] <= 2 ? [1, 0] : [0, 1]) : [0.25, 0.75]`.

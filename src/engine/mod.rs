@@ -1,13 +1,29 @@
-//! Executes a native graph. Shapes are inferred and buffers sized once, when the engine is
-//! built for a batch capacity; [`Engine::run`] then performs no heap allocation for any
-//! batch up to that capacity (a larger batch grows the buffers once).
+//! Executes a native graph. Everything is decided once, when the engine is built for a
+//! batch capacity: shapes, each value's memory layout (feature maps channels-innermost),
+//! fusion, kernels with their packed weights, and one memory plan (an arena per element
+//! type, sized from the graph; `arena.rs`). [`Engine::run`] then performs no heap
+//! allocation for any batch up to that capacity (a larger batch grows the arena once).
+//!
+//! # Layout
+//! - `lower.rs`: lowering, layout planning (`layout.rs`), fusion, kernel choice.
+//! - `arena.rs`: the memory plan.
+//! - `exec.rs`: the steps and their execution; `ops.rs`: the engine's own small loops.
+//! - `quant.rs`: the int8 dense layer and the dynamically quantized convolution.
+//! - `kernels/`: the compute kernels.
 
-use crate::graph::{DType, Graph, GraphError, Layer, QuantParams, Tensor, TensorData, ValueShapes};
+use crate::graph::{DType, Graph, GraphError, ValueShapes};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+mod arena;
+mod exec;
 pub mod kernels;
+mod layout;
+mod lower;
+mod ops;
 mod quant;
+
+use lower::DenseWeight;
 
 /// Why a graph cannot be executed.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -69,81 +85,27 @@ pub enum EngineError {
         /// The allocation that failed.
         bytes: u128,
     },
-}
-
-/// `n` zeroed values, or [`EngineError::OutOfMemory`] instead of an abort.
-fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, EngineError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| EngineError::OutOfMemory {
-            bytes: n as u128 * std::mem::size_of::<T>() as u128,
-        })?;
-    v.resize(n, T::default());
-    Ok(v)
-}
-
-enum Buffer {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-    U8(Vec<u8>),
-}
-
-/// A layer prepared for execution: parameters copied into the layout its kernel wants.
-enum Step {
-    Standardize {
-        offset: Vec<f32>,
-        scale: Vec<f32>,
+    /// An input of another element type than the model's.
+    #[error("input {index} ({name:?}): the model takes {} values, got {}", expected.name(), got.name())]
+    InputType {
+        /// Input position.
+        index: usize,
+        /// Input name.
+        name: String,
+        /// The model's element type.
+        expected: DType,
+        /// Given.
+        got: DType,
     },
-    Dense {
-        weight: DenseWeight,
-        bias: Vec<f32>,
-        inputs: usize,
-        outputs: usize,
-        act: kernels::Activation,
-    },
-    Conv2d(kernels::Conv2dParams, Vec<f32>, Vec<f32>),
-    MaxPool(kernels::Pool2dParams),
-    AvgPool(kernels::Pool2dParams, bool),
-    GlobalAvgPool {
-        channels: usize,
-        spatial: usize,
-    },
-    Copy,
-    Activation(kernels::Activation),
-    Softmax {
-        axis_len: usize,
-    },
-    ArgMax {
-        axis_len: usize,
-        labels: Option<Vec<i64>>,
-    },
-    TreeEnsemble(Box<kernels::TreeEnsemble>),
-    Quantize(QuantParams),
-    /// A standardize whose only reader is a quantize, fused (same operations, one pass).
-    StandardizeQuantize {
-        offset: Vec<f32>,
-        scale: Vec<f32>,
-        params: QuantParams,
-    },
-    Dequantize(QuantParams),
-    QDense(Box<quant::QDense>),
-    QConv2d(Box<quant::QConv2d>),
-    /// Fused into the previous step.
-    Skip,
-}
-
-/// A dense layer's weight in the layout its chosen kernel reads.
-enum DenseWeight {
-    /// Row-major `[outputs, inputs]`.
-    Dense(Vec<f32>),
-    /// Compressed sparse rows, used for batches below [`kernels::CSR_TILE`] samples when
-    /// `single`, for larger ones when `batched`; `dense` (empty unless one of them is
-    /// false) serves the other batches.
-    Csr {
-        csr: kernels::CsrMatrix,
-        dense: Vec<f32>,
-        single: bool,
-        batched: bool,
+    /// A layer this engine cannot plan.
+    #[error("{node}: the engine cannot run a {layer} layer here: {reason}")]
+    Unsupported {
+        /// Node name.
+        node: String,
+        /// Layer kind.
+        layer: &'static str,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -196,26 +158,44 @@ impl std::fmt::Display for KernelChoice {
     }
 }
 
-struct PlannedNode {
-    step: Step,
-    input: usize,
-    output: usize,
+/// One input of a run: float numbers, or quantized codes for a model whose input is
+/// int8 / uint8.
+#[derive(Debug, Clone, Copy)]
+pub enum InputData<'a> {
+    /// float32 values.
+    F32(&'a [f32]),
+    /// int8 codes.
+    I8(&'a [i8]),
+    /// uint8 codes.
+    U8(&'a [u8]),
+}
+
+impl InputData<'_> {
+    fn len(&self) -> usize {
+        match self {
+            InputData::F32(v) => v.len(),
+            InputData::I8(v) => v.len(),
+            InputData::U8(v) => v.len(),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            InputData::F32(_) => DType::F32,
+            InputData::I8(_) => DType::I8,
+            InputData::U8(_) => DType::U8,
+        }
+    }
 }
 
 /// A graph ready to run. Not `Sync`: give each thread its own engine.
 pub struct Engine {
-    nodes: Vec<PlannedNode>,
-    choices: Vec<KernelChoice>,
-    /// Transposed inputs of the batched sparse kernel.
-    scratch: Vec<f32>,
+    program: lower::Program,
+    arenas: exec::Arenas,
+    scratch: exec::Scratch,
     shapes: ValueShapes,
-    /// Elements per sample of each value (the product of its shape), computed once.
-    sample_lens: Vec<usize>,
-    buffers: Vec<Buffer>,
-    /// Value each buffer slot currently backs (fused-away values share their producer's).
-    alias: Vec<usize>,
     input_names: Vec<String>,
-    outputs: Vec<usize>,
+    input_dtypes: Vec<DType>,
     capacity: usize,
     batch: usize,
 }
@@ -223,316 +203,32 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("nodes", &self.nodes.len())
+            .field("steps", &self.program.steps.len())
             .field("capacity", &self.capacity)
             .finish()
     }
 }
 
 impl Engine {
-    /// Validates `graph`, prepares every layer and sizes buffers for `batch_capacity`
-    /// samples.
+    /// Validates `graph`, plans layouts and memory, prepares every layer's kernel and sizes
+    /// the arena for `batch_capacity` samples.
     ///
     /// # Errors
-    /// [`EngineError::Graph`] when the graph is inconsistent.
+    /// [`EngineError::Graph`] when the graph is inconsistent or its memory plan too large.
     pub fn new(graph: &Graph, batch_capacity: usize) -> Result<Engine, EngineError> {
         let shapes = graph.infer_shapes()?;
-        let n_in = graph.inputs.len();
-        let n_values = shapes.values.len();
-        let mut consumers = vec![0usize; n_values];
-        for node in &graph.nodes {
-            for &i in &node.inputs {
-                consumers[i as usize] += 1;
-            }
-        }
-        let mut is_output = vec![false; n_values];
-        for o in &graph.outputs {
-            is_output[o.value as usize] = true;
-        }
-        let mut alias: Vec<usize> = (0..n_values).collect();
-        let mut nodes: Vec<PlannedNode> = Vec::with_capacity(graph.nodes.len());
-        let mut choices = Vec::new();
-        for (k, node) in graph.nodes.iter().enumerate() {
-            let out = n_in + k;
-            let input = node.inputs[0] as usize;
-            let x = &shapes.values[input].1;
-            let step = match &node.layer {
-                Layer::Standardize { offset, scale } => {
-                    let n = x.last().copied().unwrap_or(1);
-                    let widen = |v: &Vec<f32>| {
-                        if v.len() == 1 {
-                            vec![v[0]; n]
-                        } else {
-                            v.clone()
-                        }
-                    };
-                    Step::Standardize {
-                        offset: widen(offset),
-                        scale: widen(scale),
-                    }
-                }
-                Layer::Dense { weight, bias } => {
-                    let outputs = weight.shape[0] as usize;
-                    let inputs = weight.shape[1] as usize;
-                    let b = bias
-                        .as_ref()
-                        .and_then(|b| b.as_f32())
-                        .map_or_else(|| vec![0.0; outputs], <[f32]>::to_vec);
-                    let w = match &weight.data {
-                        TensorData::Csr {
-                            row_ptr,
-                            col_idx,
-                            values,
-                        } => {
-                            let csr = kernels::CsrMatrix::new(
-                                outputs,
-                                inputs,
-                                row_ptr.clone(),
-                                col_idx.clone(),
-                                values.clone(),
-                            )
-                            .ok_or_else(|| GraphError::Shape {
-                                node: node.name.clone(),
-                                layer: "dense",
-                                reason: "inconsistent sparse weight".into(),
-                            })?;
-                            let (w, choice) = choose_dense_kernel(&node.name, csr, &b);
-                            choices.push(choice);
-                            w
-                        }
-                        _ => DenseWeight::Dense(weight.as_f32().unwrap_or(&[]).to_vec()),
-                    };
-                    Step::Dense {
-                        weight: w,
-                        bias: b,
-                        inputs,
-                        outputs,
-                        act: kernels::Activation::Identity,
-                    }
-                }
-                Layer::Conv2d {
-                    weight,
-                    bias,
-                    stride,
-                    padding,
-                    dilation,
-                    groups,
-                } => {
-                    let w = weight.as_f32().unwrap_or(&[]).to_vec();
-                    let p = conv_params(
-                        x,
-                        &shapes.values[out].1,
-                        weight,
-                        *stride,
-                        *padding,
-                        *dilation,
-                        *groups,
-                    );
-                    let b = bias
-                        .as_ref()
-                        .and_then(|b| b.as_f32())
-                        .map_or_else(|| vec![0.0; p.out_c], <[f32]>::to_vec);
-                    Step::Conv2d(p, w, b)
-                }
-                Layer::MaxPool2d {
-                    kernel,
-                    stride,
-                    padding,
-                }
-                | Layer::AvgPool2d {
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                } => {
-                    let y = &shapes.values[out].1;
-                    let p = kernels::Pool2dParams {
-                        c: x[0],
-                        in_h: x[1],
-                        in_w: x[2],
-                        out_h: y[1],
-                        out_w: y[2],
-                        k: [kernel[0] as usize, kernel[1] as usize],
-                        stride: [stride[0] as usize, stride[1] as usize],
-                        pad: [padding[0] as usize, padding[1] as usize],
-                    };
-                    match &node.layer {
-                        Layer::AvgPool2d {
-                            count_include_pad, ..
-                        } => Step::AvgPool(p, *count_include_pad),
-                        _ => Step::MaxPool(p),
-                    }
-                }
-                Layer::GlobalAvgPool => Step::GlobalAvgPool {
-                    channels: x[0],
-                    spatial: x[1] * x[2],
-                },
-                Layer::Flatten | Layer::Reshape { .. } => Step::Copy,
-                Layer::Relu => Step::Activation(kernels::Activation::Relu),
-                Layer::LeakyRelu { alpha } => {
-                    Step::Activation(kernels::Activation::LeakyRelu(*alpha))
-                }
-                Layer::Sigmoid => Step::Activation(kernels::Activation::Sigmoid),
-                Layer::Tanh => Step::Activation(kernels::Activation::Tanh),
-                Layer::Softmax => Step::Softmax {
-                    axis_len: x.last().copied().unwrap_or(1),
-                },
-                Layer::ArgMax { labels } => Step::ArgMax {
-                    axis_len: x.last().copied().unwrap_or(1),
-                    labels: labels.clone(),
-                },
-                Layer::TreeEnsemble {
-                    trees,
-                    n_outputs,
-                    aggregate,
-                    base_values,
-                    post_transform,
-                } => {
-                    let features = x.iter().product();
-                    let e = kernels::TreeEnsemble::new(
-                        trees,
-                        features,
-                        *n_outputs as usize,
-                        *aggregate,
-                        base_values,
-                        *post_transform,
-                    )
-                    .ok_or_else(|| GraphError::Shape {
-                        node: node.name.clone(),
-                        layer: "tree_ensemble",
-                        reason: "more nodes than 32-bit indices address".into(),
-                    })?;
-                    Step::TreeEnsemble(Box::new(e))
-                }
-                Layer::Quantize(p) => Step::Quantize(*p),
-                Layer::Dequantize(p) => Step::Dequantize(*p),
-                Layer::QDense {
-                    weight,
-                    bias,
-                    input,
-                    output,
-                    relu,
-                } => {
-                    let core = quant::QCore::new(
-                        &node.name,
-                        "qdense",
-                        weight,
-                        bias.as_ref(),
-                        *input,
-                        *output,
-                        *relu,
-                    )?;
-                    Step::QDense(Box::new(quant::QDense::new(&node.name, core)?))
-                }
-                Layer::QConv2d {
-                    weight,
-                    bias,
-                    stride,
-                    padding,
-                    dilation,
-                    groups,
-                    input,
-                    output,
-                    relu,
-                } => {
-                    let core = quant::QCore::new(
-                        &node.name,
-                        "qconv2d",
-                        weight,
-                        bias.as_ref(),
-                        *input,
-                        *output,
-                        *relu,
-                    )?;
-                    let p = conv_params(
-                        x,
-                        &shapes.values[out].1,
-                        weight,
-                        *stride,
-                        *padding,
-                        *dilation,
-                        *groups,
-                    );
-                    Step::QConv2d(Box::new(quant::QConv2d::new(core, p)))
-                }
-            };
-            // Fuse a standardize into the quantize that alone reads it.
-            if let Step::Quantize(params) = &step
-                && input >= n_in
-                && consumers[input] == 1
-                && !is_output[input]
-                && let Some(prev) = nodes.last_mut()
-                && prev.output == input
-                && let Step::Standardize { offset, scale } = &mut prev.step
-            {
-                let fused = Step::StandardizeQuantize {
-                    offset: std::mem::take(offset),
-                    scale: std::mem::take(scale),
-                    params: *params,
-                };
-                prev.step = Step::Skip;
-                let src = prev.input;
-                nodes.push(PlannedNode {
-                    step: fused,
-                    input: src,
-                    output: out,
-                });
-                continue;
-            }
-            // Fuse an activation into the dense layer that alone feeds it.
-            if let Step::Activation(act) = &step
-                && input >= n_in
-                && consumers[input] == 1
-                && !is_output[input]
-                && let Some(prev) = nodes.last_mut()
-                && prev.output == input
-                && let Step::Dense {
-                    act: prev_act @ kernels::Activation::Identity,
-                    ..
-                } = &mut prev.step
-            {
-                *prev_act = *act;
-                alias[out] = alias[input];
-                nodes.push(PlannedNode {
-                    step: Step::Skip,
-                    input,
-                    output: out,
-                });
-                continue;
-            }
-            nodes.push(PlannedNode {
-                step,
-                input,
-                output: out,
-            });
-        }
-        // Fused-away nodes need no turn in `run`.
-        nodes.retain(|n| !matches!(n.step, Step::Skip));
-        let scratch = nodes
-            .iter()
-            .map(|n| match &n.step {
-                Step::Dense {
-                    weight: DenseWeight::Csr { csr, .. },
-                    ..
-                } => csr.cols() * kernels::CSR_TILE,
-                _ => 0,
-            })
-            .max()
-            .unwrap_or(0);
+        let program = lower::lower(graph, &shapes)?;
+        let scratch = exec::Scratch {
+            f32: zeroed(program.scratch_f32)?,
+            u8: zeroed(program.scratch_u8)?,
+        };
         let mut engine = Engine {
-            nodes,
-            choices,
-            scratch: vec![0.0; scratch],
-            buffers: Vec::new(),
-            alias,
-            input_names: graph.inputs.iter().map(|s| s.name.clone()).collect(),
-            outputs: graph.outputs.iter().map(|o| o.value as usize).collect(),
-            sample_lens: shapes
-                .values
-                .iter()
-                .map(|(_, s)| s.iter().product())
-                .collect(),
+            program,
+            arenas: exec::Arenas::default(),
+            scratch,
             shapes,
+            input_names: graph.inputs.iter().map(|s| s.name.clone()).collect(),
+            input_dtypes: graph.inputs.iter().map(|s| s.dtype).collect(),
             capacity: 0,
             batch: 0,
         };
@@ -540,34 +236,25 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Grows the buffers to hold `batch` samples (allocates; `run` calls it when needed).
+    /// Grows the arena to hold `batch` samples (allocates; `run` calls it when needed).
     ///
     /// # Errors
-    /// [`EngineError::OutOfMemory`] when the buffers cannot be allocated (the engine keeps
-    /// none then, and grows them again at the next run).
+    /// [`EngineError::OutOfMemory`] when the arena cannot be allocated (the engine keeps
+    /// none then, and grows it again at the next run).
     pub fn reserve(&mut self, batch: usize) -> Result<(), EngineError> {
-        if batch <= self.capacity && !self.buffers.is_empty() {
+        if batch <= self.capacity {
             return Ok(());
         }
-        // Free the old buffers first, and allocate fallibly: a batch or a model too large
+        // Free the old arena first, and allocate fallibly: a batch or a model too large
         // for this machine is an error to report, not an abort.
-        self.buffers = Vec::new();
+        self.arenas = exec::Arenas::default();
         self.capacity = 0;
-        let mut buffers = Vec::with_capacity(self.shapes.values.len());
-        for (v, (dtype, _)) in self.shapes.values.iter().enumerate() {
-            let n = if self.alias[v] != v {
-                0
-            } else {
-                batch.saturating_mul(self.sample_lens[v])
-            };
-            let buffer = match dtype {
-                DType::F32 => Buffer::F32(zeroed(n)?),
-                DType::I64 => Buffer::I64(zeroed(n)?),
-                DType::U8 | DType::I8 => Buffer::U8(zeroed(n)?),
-            };
-            buffers.push(buffer);
-        }
-        self.buffers = buffers;
+        let [f, b, i] = self.program.arena_len;
+        self.arenas = exec::Arenas {
+            f32: zeroed(f.saturating_mul(batch))?,
+            u8: zeroed(b.saturating_mul(batch))?,
+            i64: zeroed(i.saturating_mul(batch))?,
+        };
         self.capacity = batch;
         Ok(())
     }
@@ -578,17 +265,29 @@ impl Engine {
     /// As [`Engine::reserve`].
     pub fn release(&mut self) -> Result<(), EngineError> {
         if self.capacity > 1 {
-            self.buffers = Vec::new();
+            self.arenas = exec::Arenas::default();
             self.capacity = 0;
             self.reserve(1)?;
         }
         Ok(())
     }
 
+    /// Bytes of the arena per sample (every tensor, sharing memory where lifetimes allow)
+    /// plus the kernels' scratch.
+    pub fn arena_bytes(&self) -> usize {
+        let [f, b, i] = self.program.arena_len;
+        f * 4 + b + i * 8 + self.program.scratch_f32 * 4 + self.program.scratch_u8
+    }
+
+    /// Number of steps a run executes (after fusion; views of memory need none).
+    pub fn steps(&self) -> usize {
+        self.program.steps.len()
+    }
+
     /// The kernel chosen for each dense layer stored sparsely, in node order, with the
     /// timings that decided it.
     pub fn kernel_choices(&self) -> &[KernelChoice] {
-        &self.choices
+        &self.program.choices
     }
 
     /// Largest batch that runs without allocating.
@@ -601,15 +300,43 @@ impl Engine {
         &self.shapes
     }
 
-    /// Runs `batch` samples; `inputs[i]` holds `batch × sample_len` values of graph input
-    /// `i`, row-major. Results are read with [`Engine::output_f32`] / [`Engine::output_i64`].
+    /// Runs `batch` samples of float inputs; `inputs[i]` holds `batch × sample_len` values
+    /// of graph input `i`, row-major. Results are read with [`Engine::output_f32`] and its
+    /// siblings.
     ///
     /// # Errors
-    /// Wrong input count or length, non-finite inputs, an empty batch. Nothing is run then.
+    /// Wrong input count, dtype or length, non-finite inputs, an empty batch. Nothing is
+    /// run then.
     pub fn run(&mut self, inputs: &[&[f32]], batch: usize) -> Result<(), EngineError> {
-        if batch == 0 {
-            return Err(EngineError::EmptyBatch);
+        match inputs {
+            [x] => self.run_inputs(&[InputData::F32(x)], batch),
+            _ => {
+                if inputs.len() != self.input_names.len() {
+                    return Err(EngineError::InputCount {
+                        expected: self.input_names.len(),
+                        got: inputs.len(),
+                    });
+                }
+                // Graphs have one input (validation of converted models); several float
+                // inputs are checked the same way.
+                for (index, data) in inputs.iter().enumerate() {
+                    self.check_input(index, InputData::F32(data), batch)?;
+                }
+                self.write_and_run(inputs.iter().map(|d| InputData::F32(d)), batch)
+            }
         }
+    }
+
+    /// [`Engine::run`] for inputs of any supported element type.
+    ///
+    /// # Errors
+    /// As [`Engine::run`], and [`EngineError::InputType`] when an input's element type is
+    /// not the model's.
+    pub fn run_inputs(
+        &mut self,
+        inputs: &[InputData<'_>],
+        batch: usize,
+    ) -> Result<(), EngineError> {
         if inputs.len() != self.input_names.len() {
             return Err(EngineError::InputCount {
                 expected: self.input_names.len(),
@@ -617,119 +344,121 @@ impl Engine {
             });
         }
         for (index, data) in inputs.iter().enumerate() {
-            let sample_len = self.sample_lens[index];
-            if data.len() != batch * sample_len {
-                return Err(EngineError::InputLength {
-                    index,
-                    name: self.input_names[index].clone(),
-                    batch,
-                    sample_len,
-                    expected: batch * sample_len,
-                    got: data.len(),
-                });
-            }
-            check_finite(index, &self.input_names[index], data, sample_len)?;
+            self.check_input(index, *data, batch)?;
         }
-        self.reserve(batch)?;
-        self.batch = batch;
-        for (index, data) in inputs.iter().enumerate() {
-            if let Buffer::F32(buf) = &mut self.buffers[index] {
-                buf[..data.len()].copy_from_slice(data);
-            }
+        self.write_and_run(inputs.iter().copied(), batch)
+    }
+
+    fn check_input(
+        &self,
+        index: usize,
+        data: InputData<'_>,
+        batch: usize,
+    ) -> Result<(), EngineError> {
+        if batch == 0 {
+            return Err(EngineError::EmptyBatch);
         }
-        for node in &self.nodes {
-            let in_slot = self.alias[node.input];
-            let out_slot = self.alias[node.output];
-            let in_len = batch * self.sample_lens[node.input];
-            let out_len = batch * self.sample_lens[node.output];
-            let (before, after) = self.buffers.split_at_mut(out_slot);
-            // Validation fixed every value's dtype, so each step meets the buffers it expects.
-            match (&node.step, &before[in_slot], &mut after[0]) {
-                (Step::ArgMax { axis_len, labels }, Buffer::F32(x), Buffer::I64(y)) => {
-                    kernels::argmax(
-                        &x[..in_len],
-                        *axis_len,
-                        labels.as_deref(),
-                        &mut y[..out_len],
-                    );
-                }
-                (Step::Quantize(p), Buffer::F32(x), Buffer::U8(y)) => {
-                    kernels::quantize_u8(&x[..in_len], p.scale, p.zero_point, &mut y[..out_len]);
-                }
-                (
-                    Step::StandardizeQuantize {
-                        offset,
-                        scale,
-                        params,
-                    },
-                    Buffer::F32(x),
-                    Buffer::U8(y),
-                ) => {
-                    kernels::standardize_quantize_u8(
-                        &x[..in_len],
-                        offset,
-                        scale,
-                        params.scale,
-                        params.zero_point,
-                        &mut y[..out_len],
-                    );
-                }
-                (Step::Dequantize(p), Buffer::U8(x), Buffer::F32(y)) => {
-                    kernels::int8::dequantize(
-                        &x[..in_len],
-                        p.scale,
-                        p.zero_point,
-                        &mut y[..out_len],
-                    );
-                }
-                (Step::Copy, Buffer::U8(x), Buffer::U8(y)) => {
-                    y[..out_len].copy_from_slice(&x[..in_len]);
-                }
-                (Step::QDense(q), x, y) => {
-                    if let (Some(x), Some(y)) = (qin(x, in_len), qout(y, out_len)) {
-                        q.run(x, y);
-                    }
-                }
-                (Step::QConv2d(q), x, y) => {
-                    if let (Some(x), Some(y)) = (qin(x, in_len), qout(y, out_len)) {
-                        q.run(x, y, batch);
-                    }
-                }
-                (step, Buffer::F32(x), Buffer::F32(y)) => run_step(
-                    step,
-                    &x[..in_len],
-                    &mut y[..out_len],
-                    batch,
-                    &mut self.scratch,
-                ),
-                _ => {}
-            }
+        let want = self.input_dtypes[index];
+        if data.dtype() != want {
+            return Err(EngineError::InputType {
+                index,
+                name: self.input_names[index].clone(),
+                expected: want,
+                got: data.dtype(),
+            });
+        }
+        let sample_len = self.program.tensors[self.program.inputs[index]].len;
+        if data.len() != batch * sample_len {
+            return Err(EngineError::InputLength {
+                index,
+                name: self.input_names[index].clone(),
+                batch,
+                sample_len,
+                expected: batch * sample_len,
+                got: data.len(),
+            });
+        }
+        if let InputData::F32(x) = data {
+            check_finite(index, &self.input_names[index], x, sample_len)?;
         }
         Ok(())
     }
 
-    fn output_slot(&self, index: usize) -> Option<(usize, usize)> {
-        let v = *self.outputs.get(index)?;
-        Some((self.alias[v], self.batch * self.sample_lens[v]))
+    fn write_and_run<'a>(
+        &mut self,
+        inputs: impl Iterator<Item = InputData<'a>>,
+        batch: usize,
+    ) -> Result<(), EngineError> {
+        self.reserve(batch)?;
+        self.batch = batch;
+        let p = &self.program;
+        for (index, data) in inputs.enumerate() {
+            let t = p.inputs[index];
+            let off = p.offsets[p.tensors[t].root] * batch;
+            match data {
+                InputData::F32(x) => self.arenas.f32[off..off + x.len()].copy_from_slice(x),
+                InputData::U8(x) => self.arenas.u8[off..off + x.len()].copy_from_slice(x),
+                InputData::I8(x) => {
+                    for (d, &s) in self.arenas.u8[off..off + x.len()].iter_mut().zip(x) {
+                        *d = s as u8;
+                    }
+                }
+            }
+        }
+        self.program
+            .execute(&mut self.arenas, &mut self.scratch, batch);
+        Ok(())
+    }
+
+    fn output_range(&self, index: usize, class: usize) -> Option<std::ops::Range<usize>> {
+        let p = &self.program;
+        let t = *p.outputs.get(index)?;
+        let info = &p.tensors[t];
+        if lower::dtype_class(info.dtype) != class {
+            return None;
+        }
+        let off = p.offsets[info.root] * self.batch;
+        Some(off..off + info.len * self.batch)
     }
 
     /// Output `index` of the last run if it is float (`batch × sample` values).
     pub fn output_f32(&self, index: usize) -> Option<&[f32]> {
-        let (slot, len) = self.output_slot(index)?;
-        match &self.buffers[slot] {
-            Buffer::F32(v) => v.get(..len),
-            _ => None,
-        }
+        self.arenas.f32.get(self.output_range(index, 0)?)
     }
 
     /// Output `index` of the last run if it is an integer output.
     pub fn output_i64(&self, index: usize) -> Option<&[i64]> {
-        let (slot, len) = self.output_slot(index)?;
-        match &self.buffers[slot] {
-            Buffer::I64(v) => v.get(..len),
-            _ => None,
-        }
+        self.arenas.i64.get(self.output_range(index, 2)?)
     }
+
+    /// Output `index` of the last run if it holds uint8 codes.
+    pub fn output_u8(&self, index: usize) -> Option<&[u8]> {
+        let t = *self.program.outputs.get(index)?;
+        if self.program.tensors[t].dtype != DType::U8 {
+            return None;
+        }
+        self.arenas.u8.get(self.output_range(index, 1)?)
+    }
+
+    /// Output `index` of the last run if it holds int8 codes (as their bits).
+    pub fn output_i8_bits(&self, index: usize) -> Option<&[u8]> {
+        let t = *self.program.outputs.get(index)?;
+        if self.program.tensors[t].dtype != DType::I8 {
+            return None;
+        }
+        self.arenas.u8.get(self.output_range(index, 1)?)
+    }
+}
+
+/// `n` zeroed values, or [`EngineError::OutOfMemory`] instead of an abort.
+fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, EngineError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| EngineError::OutOfMemory {
+            bytes: n as u128 * std::mem::size_of::<T>() as u128,
+        })?;
+    v.resize(n, T::default());
+    Ok(v)
 }
 
 /// Largest dense copy (elements) made of a sparse weight to time the dense kernel on it.
@@ -860,101 +589,10 @@ pub fn check_finite(
     }
 }
 
-fn qin(b: &Buffer, len: usize) -> Option<quant::QIn<'_>> {
-    match b {
-        Buffer::U8(v) => Some(quant::QIn::U8(&v[..len])),
-        Buffer::F32(v) => Some(quant::QIn::F32(&v[..len])),
-        Buffer::I64(_) => None,
-    }
-}
-
-fn qout(b: &mut Buffer, len: usize) -> Option<quant::QOut<'_>> {
-    match b {
-        Buffer::U8(v) => Some(quant::QOut::U8(&mut v[..len])),
-        Buffer::F32(v) => Some(quant::QOut::F32(&mut v[..len])),
-        Buffer::I64(_) => None,
-    }
-}
-
-/// Geometry of a (quantized or float) convolution whose validated input and output
-/// per-sample shapes are `x` and `y`.
-fn conv_params(
-    x: &[usize],
-    y: &[usize],
-    weight: &Tensor,
-    stride: [u32; 2],
-    padding: [u32; 4],
-    dilation: [u32; 2],
-    groups: u32,
-) -> kernels::Conv2dParams {
-    kernels::Conv2dParams {
-        in_c: x[0],
-        in_h: x[1],
-        in_w: x[2],
-        out_c: y[0],
-        out_h: y[1],
-        out_w: y[2],
-        k_h: weight.shape[2] as usize,
-        k_w: weight.shape[3] as usize,
-        stride: [stride[0] as usize, stride[1] as usize],
-        pad: [padding[0] as usize, padding[1] as usize],
-        dilation: [dilation[0] as usize, dilation[1] as usize],
-        groups: groups as usize,
-    }
-}
-
-fn run_step(step: &Step, x: &[f32], y: &mut [f32], batch: usize, scratch: &mut [f32]) {
-    match step {
-        Step::Standardize { offset, scale } => kernels::standardize(x, offset, scale, y),
-        Step::Dense {
-            weight,
-            bias,
-            inputs,
-            outputs,
-            act,
-        } => {
-            match weight {
-                DenseWeight::Csr {
-                    csr, single: true, ..
-                } if batch < kernels::CSR_TILE => kernels::csr_dense(x, csr, bias, y),
-                DenseWeight::Csr {
-                    csr, batched: true, ..
-                } if batch >= kernels::CSR_TILE => {
-                    kernels::csr_dense_batched(x, csr, bias, y, scratch)
-                }
-                DenseWeight::Dense(w) | DenseWeight::Csr { dense: w, .. } => {
-                    kernels::dense(x, w, bias, *inputs, *outputs, y)
-                }
-            }
-            kernels::activate(*act, y);
-        }
-        Step::Conv2d(p, w, b) => kernels::conv2d(p, x, w, b, y, batch),
-        Step::MaxPool(p) => kernels::max_pool2d(p, x, y, batch),
-        Step::AvgPool(p, include_pad) => kernels::avg_pool2d(p, *include_pad, x, y, batch),
-        Step::GlobalAvgPool { channels, spatial } => {
-            kernels::global_avg_pool(x, *channels, *spatial, y, batch)
-        }
-        Step::Copy => y.copy_from_slice(x),
-        Step::Activation(act) => {
-            y.copy_from_slice(x);
-            kernels::activate(*act, y);
-        }
-        Step::Softmax { axis_len } => kernels::softmax(x, *axis_len, y),
-        Step::TreeEnsemble(e) => e.run(x, y),
-        Step::ArgMax { .. }
-        | Step::Quantize(_)
-        | Step::StandardizeQuantize { .. }
-        | Step::Dequantize(_)
-        | Step::QDense(_)
-        | Step::QConv2d(_)
-        | Step::Skip => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Node, Output, Tensor, TensorSpec};
+    use crate::graph::{Layer, Node, Output, QuantParams, Tensor, TensorSpec};
 
     fn graph(input: Vec<u32>, layers: Vec<Layer>) -> Graph {
         let n = layers.len() as u32;
@@ -1347,9 +985,12 @@ mod tests {
                 "{layer:?}"
             );
         }
-        // A u8 graph output needs a dequantize.
+        // A u8 graph output gives the codes themselves (revision 1.3).
         let g = graph(vec![2], vec![Layer::Quantize(p)]);
-        assert!(matches!(Engine::new(&g, 1), Err(EngineError::Graph(_))));
+        let mut e = Engine::new(&g, 1).expect("plans");
+        e.run(&[&[0.25, -1.0]], 1).expect("runs");
+        assert_eq!(e.output_u8(0), Some(&[2u8, 0][..]));
+        assert_eq!(e.output_f32(0), None);
         // A requantization multiplier out of range is refused when the engine is built.
         let tiny = QuantParams {
             scale: 1e-30,
@@ -1412,6 +1053,192 @@ mod tests {
                 assert!((p - q).abs() < 1e-5, "batch {batch}: {p} vs {q}");
             }
         }
+    }
+
+    /// A graph of explicit nodes: `(layer, inputs)`; the last node is the output.
+    fn dag(input: (DType, Vec<u32>), nodes: Vec<(Layer, Vec<u32>)>) -> Graph {
+        let n = nodes.len() as u32;
+        Graph {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: input.0,
+                shape: input.1,
+            }],
+            nodes: nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (layer, inputs))| Node {
+                    name: format!("n{i}"),
+                    layer,
+                    inputs,
+                })
+                .collect(),
+            outputs: vec![Output {
+                name: "y".into(),
+                value: n,
+            }],
+        }
+    }
+
+    fn ramp(n: usize, k: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * k % 17) as f32 - 8.0) / 9.0).collect()
+    }
+
+    #[test]
+    fn layouts_change_no_result() {
+        // The same network written NCHW (PyTorch) and NHWC with transposes (tf2onnx): conv,
+        // a residual add, a channel concat, padding, a per-channel affine, then a flatten in
+        // each framework's order into a dense layer.
+        let (c, h, w) = (3usize, 5usize, 4usize);
+        let conv = |oc: u32, ic: u32, k: usize| Layer::Conv2d {
+            weight: Tensor::f32(vec![oc, ic, 3, 3], ramp((oc * ic * 9) as usize, k)),
+            bias: Some(Tensor::f32(vec![oc], ramp(oc as usize, k + 1))),
+            stride: [1, 1],
+            padding: [1, 1, 1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let body = |first: u32| -> Vec<(Layer, Vec<u32>)> {
+            let f = first;
+            vec![
+                (conv(3, 3, 5), vec![f]),                    // f+1
+                (Layer::Relu, vec![f + 1]),                  // f+2
+                (Layer::Add, vec![f + 2, f]),                // f+3
+                (Layer::Concat { axis: 0 }, vec![f + 3, f]), // f+4: 6×5×4
+                (
+                    Layer::Pad {
+                        begin: vec![0, 1, 0],
+                        end: vec![0, 0, 2],
+                        value: 0.5,
+                    },
+                    vec![f + 4],
+                ), // f+5: 6×6×6
+                (
+                    Layer::ChannelAffine {
+                        scale: ramp(6, 3),
+                        offset: ramp(6, 7),
+                    },
+                    vec![f + 5],
+                ), // f+6
+                (
+                    Layer::Clip {
+                        min: -0.5,
+                        max: 0.75,
+                    },
+                    vec![f + 6],
+                ), // f+7
+            ]
+        };
+        let dense = |perm_hwc: bool| {
+            // Both graphs flatten differently; the same logical weight per framework order.
+            let wl = ramp(4 * 216, 11);
+            let mut w = vec![0.0f32; 4 * 216];
+            for o in 0..4 {
+                for ch in 0..6 {
+                    for y in 0..6 {
+                        for x in 0..6 {
+                            let chw = (ch * 6 + y) * 6 + x;
+                            let hwc = (y * 6 + x) * 6 + ch;
+                            let src = o * 216 + chw;
+                            w[o * 216 + if perm_hwc { hwc } else { chw }] = wl[src];
+                        }
+                    }
+                }
+            }
+            Layer::Dense {
+                weight: Tensor::f32(vec![4, 216], w),
+                bias: None,
+            }
+        };
+        let mut nchw = body(0);
+        nchw.push((Layer::Flatten, vec![7]));
+        nchw.push((dense(false), vec![8]));
+        let mut nhwc = vec![(
+            Layer::Transpose {
+                perm: vec![2, 0, 1],
+            },
+            vec![0],
+        )];
+        nhwc.extend(body(1));
+        nhwc.push((
+            Layer::Transpose {
+                perm: vec![1, 2, 0],
+            },
+            vec![8],
+        ));
+        nhwc.push((Layer::Flatten, vec![9]));
+        nhwc.push((dense(true), vec![10]));
+        let x_chw = ramp(2 * c * h * w, 13);
+        let mut x_hwc = vec![0.0f32; x_chw.len()];
+        for n in 0..2 {
+            for ch in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        x_hwc[n * 60 + (y * w + xx) * c + ch] =
+                            x_chw[n * 60 + (ch * h + y) * w + xx];
+                    }
+                }
+            }
+        }
+        let mut a = Engine::new(&dag((DType::F32, vec![3, 5, 4]), nchw), 2).expect("plans");
+        let mut b = Engine::new(&dag((DType::F32, vec![5, 4, 3]), nhwc), 2).expect("plans");
+        a.run(&[&x_chw], 2).expect("runs");
+        b.run(&[&x_hwc], 2).expect("runs");
+        let (ya, yb) = (a.output_f32(0).expect("y"), b.output_f32(0).expect("y"));
+        assert_eq!(ya.len(), 8);
+        for (p, q) in ya.iter().zip(yb) {
+            assert!((p - q).abs() < 1e-4, "{ya:?} vs {yb:?}");
+        }
+        // The NHWC graph's transposes are free: one gather for the NCHW input of `a` only.
+        assert!(b.steps() < a.steps() + 1, "{} vs {}", b.steps(), a.steps());
+        assert!(a.arena_bytes() > 0);
+    }
+
+    #[test]
+    fn int8_codes_flow_through_inputs_adds_and_outputs() {
+        let p = QuantParams {
+            scale: 0.5,
+            zero_point: 128,
+        };
+        let g = dag(
+            (DType::I8, vec![2, 2, 2]),
+            vec![
+                (Layer::ToU8, vec![0]),
+                (
+                    Layer::QAdd {
+                        a: p,
+                        b: p,
+                        output: p,
+                    },
+                    vec![1, 1],
+                ),
+                (Layer::QClamp { min: 120, max: 140 }, vec![2]),
+                (
+                    Layer::QGlobalAvgPool {
+                        input: p,
+                        output: p,
+                    },
+                    vec![3],
+                ),
+                (Layer::ToI8, vec![4]),
+            ],
+        );
+        let mut e = Engine::new(&g, 1).expect("plans");
+        let x: [i8; 8] = [1, 2, 3, 4, -1, -2, -3, -20];
+        e.run_inputs(&[InputData::I8(&x)], 1).expect("runs");
+        // Channel 0: 2x clamped to [-8, 12] → 2, 4, 6, 8 → mean 5; channel 1: -2, -4, -6,
+        // -8 (clamped) → mean -5.
+        let y: Vec<i8> = e
+            .output_i8_bits(0)
+            .expect("int8 output")
+            .iter()
+            .map(|&b| b as i8)
+            .collect();
+        assert_eq!(y, vec![5, -5]);
+        assert!(matches!(
+            e.run(&[&[0.0; 8]], 1),
+            Err(EngineError::InputType { .. })
+        ));
     }
 
     #[test]

@@ -46,6 +46,21 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "dequantize",
     "qdense",
     "qconv2d",
+    "add",
+    "clip",
+    "hard_sigmoid",
+    "hard_swish",
+    "channel_affine",
+    "concat",
+    "pad",
+    "transpose",
+    "qadd",
+    "qclamp",
+    "qlookup",
+    "qavg_pool2d",
+    "qglobal_avg_pool",
+    "to_u8",
+    "to_i8",
 ];
 
 /// Kernel families this build has (see [`Requirements::kernels`]).
@@ -286,7 +301,14 @@ impl Requirements {
                 Layer::QDense { .. }
                 | Layer::QConv2d { .. }
                 | Layer::Quantize(_)
-                | Layer::Dequantize(_) => add("int8"),
+                | Layer::Dequantize(_)
+                | Layer::QAdd { .. }
+                | Layer::QClamp { .. }
+                | Layer::QLookup { .. }
+                | Layer::QAvgPool2d { .. }
+                | Layer::QGlobalAvgPool { .. }
+                | Layer::ToU8
+                | Layer::ToI8 => add("int8"),
                 Layer::TreeEnsemble { .. } => add("tree"),
                 Layer::Dense { weight, .. } if weight.is_sparse() => add("sparse"),
                 _ => add("f32"),
@@ -531,10 +553,14 @@ mod tests {
             Layer::GlobalAvgPool.kind(),
             Layer::Sigmoid.kind(),
             Layer::Tanh.kind(),
+            Layer::Add.kind(),
+            Layer::HardSwish.kind(),
+            Layer::ToU8.kind(),
+            Layer::ToI8.kind(),
         ];
         for k in kinds {
             assert!(SUPPORTED_OPS.contains(&k), "{k}");
         }
-        assert_eq!(SUPPORTED_OPS.len(), 19, "one entry per Layer variant");
+        assert_eq!(SUPPORTED_OPS.len(), 34, "one entry per Layer variant");
     }
 }

@@ -4,6 +4,8 @@
 //! A [`Graph`] is a list of [`Node`]s in topological order. Every value carries a leading
 //! batch axis that the IR does not store: shapes here are *per sample*. Value ids number
 //! the graph inputs first (`0..inputs.len()`), then each node's single output in node order.
+//! Most layers read one value; [`Layer::Add`], [`Layer::QAdd`] and [`Layer::Concat`] read
+//! several.
 //!
 //! # Compatibility
 //! The artifact stores these types with postcard, which is not self-describing. New layer
@@ -309,7 +311,8 @@ pub type Padding2d = [u32; 4];
 
 /// One operation of the graph. Layers work on the last axis (dense, softmax, argmax,
 /// standardize), on NCHW feature maps (conv and pooling) or on flat feature vectors (tree
-/// ensembles). Append-only.
+/// ensembles). Shapes and axes are *logical* (ONNX semantics, per sample): the engine picks
+/// each value's memory layout when it loads the graph. Append-only.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Layer {
     /// `y[..., j] = (x[..., j] - offset[j]) * scale[j]` on the last axis; `offset` and
@@ -446,6 +449,105 @@ pub enum Layer {
         /// Fused `max(y, 0)`.
         relu: bool,
     },
+    /// `y = a + b` element by element; both inputs float32 with the same shape (residual
+    /// connections). New in revision 1.3, as are all the variants after it.
+    Add,
+    /// `min(max(x, min), max)` (Relu6 is `Clip { min: 0, max: 6 }`).
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound, `>= min`.
+        max: f32,
+    },
+    /// `max(0, min(1, alpha · x + beta))`.
+    HardSigmoid {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
+    /// `x · min(max(x + 3, 0), 6) / 6`.
+    HardSwish,
+    /// `y[c, ...] = x[c, ...] · scale[c] + offset[c]` along the sample's first axis (the
+    /// channels of a C×H×W map; each element of a flat vector). `scale` and `offset` have
+    /// that axis' length (a batch normalization with no layer to fold into).
+    ChannelAffine {
+        /// Multiplied first.
+        scale: Vec<f32>,
+        /// Added second.
+        offset: Vec<f32>,
+    },
+    /// Joins its inputs along a sample axis; every other axis must agree. The inputs are
+    /// all float32 or all `U8` (then with the same quantization parameters).
+    Concat {
+        /// Sample axis (0 is the first axis after the batch).
+        axis: u32,
+    },
+    /// Constant padding: `begin[i]` values before and `end[i]` after sample axis `i`. For a
+    /// `U8` input, `value` is the code written (an integer in 0..=255).
+    Pad {
+        /// Values added before each sample axis.
+        begin: Vec<u32>,
+        /// Values added after each sample axis.
+        end: Vec<u32>,
+        /// The padding value.
+        value: f32,
+    },
+    /// Permutes the sample axes: output axis `i` is input axis `perm[i]` (float32 or `U8`).
+    Transpose {
+        /// A permutation of `0..rank`.
+        perm: Vec<u32>,
+    },
+    /// `U8 + U8 → U8`: `y = clamp(round(out.zp + ((a - a.zp)·a.scale + (b - b.zp)·b.scale)
+    /// / out.scale), 0, 255)` in fixed point (see docs/artifact.md).
+    QAdd {
+        /// First input's parameters.
+        a: QuantParams,
+        /// Second input's parameters.
+        b: QuantParams,
+        /// Output parameters.
+        output: QuantParams,
+    },
+    /// `U8 → U8`: clamps the codes to `[min, max]` (Relu6 or Clip after a quantized layer).
+    QClamp {
+        /// Lowest code kept.
+        min: u8,
+        /// Highest code kept, `>= min`.
+        max: u8,
+    },
+    /// `U8 → U8`: `y = table[x]` (an activation, or a change of quantization parameters,
+    /// computed once when the graph was made). Exactly 256 entries.
+    QLookup {
+        /// Output code for each input code.
+        table: Vec<u8>,
+    },
+    /// Int8 [`Layer::AvgPool2d`]: sums of codes requantized from `input` to `output`
+    /// parameters in fixed point.
+    QAvgPool2d {
+        /// Window height, width.
+        kernel: [u32; 2],
+        /// Vertical, horizontal stride.
+        stride: [u32; 2],
+        /// Top, left, bottom, right padding.
+        padding: Padding2d,
+        /// Whether padded cells count in the divisor.
+        count_include_pad: bool,
+        /// Input parameters.
+        input: QuantParams,
+        /// Output parameters.
+        output: QuantParams,
+    },
+    /// Int8 [`Layer::GlobalAvgPool`].
+    QGlobalAvgPool {
+        /// Input parameters.
+        input: QuantParams,
+        /// Output parameters.
+        output: QuantParams,
+    },
+    /// `I8 → U8`: `q + 128` (the same real values, zero point moved by 128).
+    ToU8,
+    /// `U8 → I8`: `q - 128`.
+    ToI8,
 }
 
 /// One decision tree in flat arrays, indexed by node id; node 0 is the root.
@@ -546,6 +648,21 @@ impl Layer {
             Layer::Dequantize(_) => "dequantize",
             Layer::QDense { .. } => "qdense",
             Layer::QConv2d { .. } => "qconv2d",
+            Layer::Add => "add",
+            Layer::Clip { .. } => "clip",
+            Layer::HardSigmoid { .. } => "hard_sigmoid",
+            Layer::HardSwish => "hard_swish",
+            Layer::ChannelAffine { .. } => "channel_affine",
+            Layer::Concat { .. } => "concat",
+            Layer::Pad { .. } => "pad",
+            Layer::Transpose { .. } => "transpose",
+            Layer::QAdd { .. } => "qadd",
+            Layer::QClamp { .. } => "qclamp",
+            Layer::QLookup { .. } => "qlookup",
+            Layer::QAvgPool2d { .. } => "qavg_pool2d",
+            Layer::QGlobalAvgPool { .. } => "qglobal_avg_pool",
+            Layer::ToU8 => "to_u8",
+            Layer::ToI8 => "to_i8",
         }
     }
 
@@ -564,6 +681,8 @@ impl Layer {
                 trees, base_values, ..
             } => trees.iter().map(Tree::size_bytes).sum::<usize>() + base_values.len() * 4,
             Layer::Quantize(_) | Layer::Dequantize(_) => 5,
+            Layer::ChannelAffine { scale, offset } => (scale.len() + offset.len()) * 4,
+            Layer::QLookup { table } => table.len(),
             _ => 0,
         }
     }
@@ -595,7 +714,7 @@ pub struct Output {
 /// A model's computation: inputs, nodes in topological order, outputs.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct Graph {
-    /// Graph inputs (f32).
+    /// Graph inputs: float32, or (revision 1.3) int8 / uint8 codes.
     pub inputs: Vec<TensorSpec>,
     /// Nodes, each after the values it reads.
     pub nodes: Vec<Node>,

@@ -54,6 +54,18 @@ pub enum GraphError {
         /// The limit.
         limit: usize,
     },
+    /// All the values of a graph together are larger than this build plans.
+    #[error(
+        "{node}: the graph's values up to this node hold {elements} elements per sample (limit {limit})"
+    )]
+    GraphTooLarge {
+        /// Node where the total passed the limit.
+        node: String,
+        /// Total elements per sample so far.
+        elements: u128,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// Largest per-sample value the engine plans (elements).
@@ -289,40 +301,36 @@ impl Graph {
         let mut values: Vec<(DType, Vec<usize>)> =
             Vec::with_capacity(self.inputs.len() + self.nodes.len());
         for spec in &self.inputs {
-            if spec.dtype != DType::F32 {
+            if !matches!(spec.dtype, DType::F32 | DType::I8 | DType::U8) {
                 return Err(GraphError::Shape {
                     node: spec.name.clone(),
                     layer: "input",
-                    reason: format!("inputs must be float32, found {}", spec.dtype.name()),
+                    reason: format!(
+                        "inputs must be float32, int8 or uint8, found {}",
+                        spec.dtype.name()
+                    ),
                 });
             }
             let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
             check_size(&spec.name, &shape)?;
-            values.push((DType::F32, shape));
+            values.push((spec.dtype, shape));
+        }
+        let mut budget = GraphBudget::default();
+        for (spec, (_, shape)) in self.inputs.iter().zip(&values) {
+            budget.add(&spec.name, shape)?;
         }
         for node in &self.nodes {
             let out = infer_node(node, &values)?;
+            budget.add(&node.name, &out.1)?;
             values.push(out);
         }
         for out in &self.outputs {
-            match values.get(out.value as usize) {
-                None => {
-                    return Err(GraphError::UnknownValue {
-                        node: format!("output {:?}", out.name),
-                        value: out.value,
-                        available: values.len(),
-                    });
-                }
-                Some((DType::U8, _)) => {
-                    return Err(GraphError::Shape {
-                        node: format!("output {:?}", out.name),
-                        layer: "output",
-                        reason:
-                            "graph outputs must be float32 or int64, found uint8 (add a dequantize)"
-                                .into(),
-                    });
-                }
-                Some(_) => {}
+            if values.get(out.value as usize).is_none() {
+                return Err(GraphError::UnknownValue {
+                    node: format!("output {:?}", out.name),
+                    value: out.value,
+                    available: values.len(),
+                });
             }
         }
         Ok(ValueShapes { values })
@@ -339,23 +347,49 @@ pub(crate) fn infer_node(
     values: &[(DType, Vec<usize>)],
 ) -> Result<(DType, Vec<usize>), GraphError> {
     let kind = node.layer.kind();
-    let expected = 1;
-    if node.inputs.len() != expected {
-        return Err(GraphError::Arity {
-            node: node.name.clone(),
-            layer: kind,
-            expected,
-            got: node.inputs.len(),
-        });
+    let arity_err = |expected: usize| GraphError::Arity {
+        node: node.name.clone(),
+        layer: kind,
+        expected,
+        got: node.inputs.len(),
+    };
+    match &node.layer {
+        Layer::Add | Layer::QAdd { .. } => {
+            if node.inputs.len() != 2 {
+                return Err(arity_err(2));
+            }
+        }
+        Layer::Concat { .. } => {
+            if node.inputs.is_empty() || node.inputs.len() > MAX_CONCAT_INPUTS {
+                return Err(GraphError::Shape {
+                    node: node.name.clone(),
+                    layer: kind,
+                    reason: format!(
+                        "takes 1 to {MAX_CONCAT_INPUTS} inputs, got {}",
+                        node.inputs.len()
+                    ),
+                });
+            }
+        }
+        _ => {
+            if node.inputs.len() != 1 {
+                return Err(arity_err(1));
+            }
+        }
     }
-    let id = node.inputs[0];
-    let (dtype, x) = values
-        .get(id as usize)
-        .ok_or_else(|| GraphError::UnknownValue {
-            node: node.name.clone(),
-            value: id,
-            available: values.len(),
-        })?;
+    let mut ins: Vec<&(DType, Vec<usize>)> = Vec::with_capacity(node.inputs.len());
+    for &id in &node.inputs {
+        ins.push(
+            values
+                .get(id as usize)
+                .ok_or_else(|| GraphError::UnknownValue {
+                    node: node.name.clone(),
+                    value: id,
+                    available: values.len(),
+                })?,
+        );
+    }
+    let (dtype, x) = (&ins[0].0, &ins[0].1);
     let err = |reason: String| GraphError::Shape {
         node: node.name.clone(),
         layer: kind,
@@ -370,23 +404,143 @@ pub(crate) fn infer_node(
         | Layer::QConv2d {
             input: QuantInput::Static(_),
             ..
-        } => &[DType::U8],
-        Layer::Flatten | Layer::Reshape { .. } => &[DType::F32, DType::U8],
+        }
+        | Layer::QAdd { .. }
+        | Layer::QClamp { .. }
+        | Layer::QLookup { .. }
+        | Layer::QAvgPool2d { .. }
+        | Layer::QGlobalAvgPool { .. }
+        | Layer::ToI8 => &[DType::U8],
+        Layer::ToU8 => &[DType::I8],
+        Layer::Flatten
+        | Layer::Reshape { .. }
+        | Layer::Transpose { .. }
+        | Layer::Concat { .. }
+        | Layer::Pad { .. }
+        | Layer::MaxPool2d { .. } => &[DType::F32, DType::U8],
         _ => &[DType::F32],
     };
-    if !accepts.contains(dtype) {
-        return Err(err(format!(
-            "input must be {}, found {}",
-            accepts[0].name(),
-            dtype.name()
-        )));
+    for (d, _) in &ins {
+        if !accepts.contains(d) || d != dtype {
+            return Err(err(format!(
+                "input must be {}, found {}",
+                if accepts.contains(dtype) {
+                    dtype.name()
+                } else {
+                    accepts[0].name()
+                },
+                d.name()
+            )));
+        }
     }
-    let mut out = infer_layer(&node.layer, &node.name, x, &err)?;
-    if matches!(node.layer, Layer::Flatten | Layer::Reshape { .. }) {
+    let mut out = match &node.layer {
+        Layer::Add | Layer::QAdd { .. } | Layer::Concat { .. } => {
+            infer_multi(&node.layer, &ins, &err)?
+        }
+        _ => infer_layer(&node.layer, &node.name, x, &err)?,
+    };
+    if matches!(
+        node.layer,
+        Layer::Flatten
+            | Layer::Reshape { .. }
+            | Layer::Transpose { .. }
+            | Layer::Concat { .. }
+            | Layer::Pad { .. }
+            | Layer::MaxPool2d { .. }
+    ) {
         out.0 = *dtype;
     }
     check_size(&node.name, &out.1)?;
     Ok(out)
+}
+
+/// Most inputs a [`Layer::Concat`] may join.
+pub const MAX_CONCAT_INPUTS: usize = 1024;
+
+/// Output of the layers that read several values: [`Layer::Add`], [`Layer::QAdd`] (equal
+/// shapes) and [`Layer::Concat`] (equal ranks, equal shapes off the axis).
+fn infer_multi(
+    layer: &Layer,
+    ins: &[&(DType, Vec<usize>)],
+    err: &dyn Fn(String) -> GraphError,
+) -> Result<(DType, Vec<usize>), GraphError> {
+    let x = &ins[0].1;
+    match layer {
+        Layer::Add | Layer::QAdd { .. } => {
+            if let Layer::QAdd { a, b, output } = layer {
+                check_params(a, "first input").map_err(err)?;
+                check_params(b, "second input").map_err(err)?;
+                check_params(output, "output").map_err(err)?;
+            }
+            if ins[1].1 != *x {
+                return Err(err(format!(
+                    "inputs have shapes {x:?} and {:?}; they must be equal",
+                    ins[1].1
+                )));
+            }
+            let dtype = if matches!(layer, Layer::QAdd { .. }) {
+                DType::U8
+            } else {
+                DType::F32
+            };
+            Ok((dtype, x.clone()))
+        }
+        Layer::Concat { axis } => {
+            let axis = *axis as usize;
+            if axis >= x.len() {
+                return Err(err(format!(
+                    "axis {axis} is out of range for samples of shape {x:?}"
+                )));
+            }
+            let mut total: usize = 0;
+            for (i, (_, s)) in ins.iter().enumerate() {
+                let same_rank = s.len() == x.len();
+                let same_off_axis = same_rank
+                    && s.iter()
+                        .zip(x)
+                        .enumerate()
+                        .all(|(k, (a, b))| k == axis || a == b);
+                if !same_off_axis {
+                    return Err(err(format!(
+                        "input {i} has shape {s:?}, which does not join {x:?} along axis {axis}"
+                    )));
+                }
+                total = total
+                    .checked_add(s[axis])
+                    .ok_or_else(|| err("joined axis overflows".into()))?;
+            }
+            let mut y = x.clone();
+            y[axis] = total;
+            Ok((ins[0].0, y))
+        }
+        _ => Err(err("not a multi-input layer".into())),
+    }
+}
+
+/// Largest sum of per-sample elements over all of a graph's values: bounds what a model
+/// file can make the engine allocate (its arena is at most this many elements per sample,
+/// before values that do not live at the same time share memory).
+pub const MAX_GRAPH_ELEMENTS: usize = 1 << 28;
+
+/// Running total of the per-sample elements of a graph's values, against
+/// [`MAX_GRAPH_ELEMENTS`].
+#[derive(Default)]
+struct GraphBudget {
+    elements: u128,
+}
+
+impl GraphBudget {
+    fn add(&mut self, node: &str, shape: &[usize]) -> Result<(), GraphError> {
+        self.elements += shape.iter().map(|&d| d as u128).product::<u128>();
+        if self.elements > MAX_GRAPH_ELEMENTS as u128 {
+            return Err(GraphError::GraphTooLarge {
+                node: node.to_string(),
+                elements: self.elements,
+                limit: MAX_GRAPH_ELEMENTS,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn check_size(node: &str, shape: &[usize]) -> Result<(), GraphError> {
@@ -672,6 +826,132 @@ fn infer_layer(
             }
             Ok((DType::F32, vec![n_outputs]))
         }
+        Layer::Clip { min, max } => {
+            if min.is_nan() || max.is_nan() || min > max {
+                return Err(err(format!(
+                    "bounds [{min}, {max}] are not ordered numbers"
+                )));
+            }
+            Ok((DType::F32, x.to_vec()))
+        }
+        Layer::HardSigmoid { alpha, beta } => {
+            if !(alpha.is_finite() && beta.is_finite()) {
+                return Err(err(format!("alpha {alpha} and beta {beta} must be finite")));
+            }
+            Ok((DType::F32, x.to_vec()))
+        }
+        Layer::HardSwish => Ok((DType::F32, x.to_vec())),
+        Layer::ChannelAffine { scale, offset } => {
+            let n = x
+                .first()
+                .copied()
+                .ok_or_else(|| err("input has no axis".into()))?;
+            if scale.len() != n || offset.len() != n {
+                return Err(err(format!(
+                    "{} scales and {} offsets for a first axis of {n}",
+                    scale.len(),
+                    offset.len()
+                )));
+            }
+            Ok((DType::F32, x.to_vec()))
+        }
+        Layer::Pad { begin, end, value } => {
+            if begin.len() != x.len() || end.len() != x.len() {
+                return Err(err(format!(
+                    "{} begin and {} end pads for samples of rank {}",
+                    begin.len(),
+                    end.len(),
+                    x.len()
+                )));
+            }
+            if !value.is_finite() {
+                return Err(err(format!("pad value {value} is not finite")));
+            }
+            let mut y = Vec::with_capacity(x.len());
+            for ((&d, &b), &e) in x.iter().zip(begin).zip(end) {
+                let n = (d as u128) + (b as u128) + (e as u128);
+                if n > MAX_VALUE_ELEMENTS as u128 {
+                    return Err(err(format!("padded axis of {n} values is too large")));
+                }
+                y.push(n as usize);
+            }
+            Ok((DType::F32, y))
+        }
+        Layer::Transpose { perm } => {
+            let mut seen = vec![false; x.len()];
+            if perm.len() != x.len()
+                || !perm.iter().all(|&p| {
+                    let fresh = seen.get(p as usize).is_some_and(|s| !s);
+                    if fresh {
+                        seen[p as usize] = true;
+                    }
+                    fresh
+                })
+            {
+                return Err(err(format!(
+                    "perm {perm:?} is not a permutation of the {} sample axes",
+                    x.len()
+                )));
+            }
+            Ok((DType::F32, perm.iter().map(|&p| x[p as usize]).collect()))
+        }
+        Layer::QClamp { min, max } => {
+            if min > max {
+                return Err(err(format!("clamp [{min}, {max}] is empty")));
+            }
+            Ok((DType::U8, x.to_vec()))
+        }
+        Layer::QLookup { table } => {
+            if table.len() != 256 {
+                return Err(err(format!(
+                    "lookup table has {} entries, not 256",
+                    table.len()
+                )));
+            }
+            Ok((DType::U8, x.to_vec()))
+        }
+        Layer::QAvgPool2d {
+            kernel,
+            stride,
+            padding,
+            count_include_pad,
+            input,
+            output,
+        } => {
+            check_params(input, "input").map_err(err)?;
+            check_params(output, "output").map_err(err)?;
+            let window = kernel[0] as u128 * kernel[1] as u128;
+            if window > MAX_QUANT_DEPTH as u128 {
+                return Err(err(format!(
+                    "a {}×{} window sums more than {MAX_QUANT_DEPTH} codes",
+                    kernel[0], kernel[1]
+                )));
+            }
+            let float = Layer::AvgPool2d {
+                kernel: *kernel,
+                stride: *stride,
+                padding: *padding,
+                count_include_pad: *count_include_pad,
+            };
+            let (_, y) = infer_layer(&float, name, x, err)?;
+            Ok((DType::U8, y))
+        }
+        Layer::QGlobalAvgPool { input, output } => {
+            check_params(input, "input").map_err(err)?;
+            check_params(output, "output").map_err(err)?;
+            if x.iter().skip(1).product::<usize>() > MAX_QUANT_DEPTH {
+                return Err(err(format!(
+                    "a {x:?} map sums more than {MAX_QUANT_DEPTH} codes per channel"
+                )));
+            }
+            let (_, y) = infer_layer(&Layer::GlobalAvgPool, name, x, err)?;
+            Ok((DType::U8, y))
+        }
+        Layer::ToU8 => Ok((DType::U8, x.to_vec())),
+        Layer::ToI8 => Ok((DType::I8, x.to_vec())),
+        Layer::Add | Layer::QAdd { .. } | Layer::Concat { .. } => {
+            Err(err("reads several values".into()))
+        }
         Layer::Quantize(p) => {
             check_params(p, "quantize").map_err(err)?;
             Ok((DType::U8, x.to_vec()))
@@ -877,6 +1157,317 @@ mod tests {
             assert!(err.to_string().contains(want), "{t:?}: {err}");
             let _ = t.to_f32_vec();
         }
+    }
+
+    fn chain(input: (DType, Vec<u32>), nodes: Vec<(Layer, Vec<u32>)>) -> Graph {
+        let n = nodes.len() as u32;
+        Graph {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: input.0,
+                shape: input.1,
+            }],
+            nodes: nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (layer, inputs))| Node {
+                    name: format!("n{i}"),
+                    layer,
+                    inputs,
+                })
+                .collect(),
+            outputs: vec![Output {
+                name: "y".into(),
+                value: n,
+            }],
+        }
+    }
+
+    #[test]
+    fn cnn_layers_infer_their_shapes() {
+        let q = QuantParams {
+            scale: 0.1,
+            zero_point: 3,
+        };
+        let g = chain(
+            (DType::I8, vec![4, 5, 2]),
+            vec![
+                (Layer::ToU8, vec![0]),
+                (
+                    Layer::Transpose {
+                        perm: vec![2, 0, 1],
+                    },
+                    vec![1],
+                ),
+                (
+                    Layer::QAdd {
+                        a: q,
+                        b: q,
+                        output: q,
+                    },
+                    vec![2, 2],
+                ),
+                (Layer::QClamp { min: 3, max: 60 }, vec![3]),
+                (
+                    Layer::QLookup {
+                        table: (0..=255).collect(),
+                    },
+                    vec![4],
+                ),
+                (Layer::Concat { axis: 0 }, vec![5, 2, 5]),
+                (
+                    Layer::Pad {
+                        begin: vec![0, 1, 0],
+                        end: vec![0, 1, 2],
+                        value: 3.0,
+                    },
+                    vec![6],
+                ),
+                (
+                    Layer::QGlobalAvgPool {
+                        input: q,
+                        output: q,
+                    },
+                    vec![7],
+                ),
+                (Layer::ToI8, vec![8]),
+            ],
+        );
+        let shapes = g.infer_shapes().expect("valid");
+        assert_eq!(shapes.values[2], (DType::U8, vec![2, 4, 5]));
+        assert_eq!(shapes.values[6], (DType::U8, vec![6, 4, 5]));
+        assert_eq!(shapes.values[7], (DType::U8, vec![6, 6, 7]));
+        assert_eq!(shapes.values[9], (DType::I8, vec![6, 1, 1]));
+
+        let f = chain(
+            (DType::F32, vec![3, 2, 2]),
+            vec![
+                (Layer::Add, vec![0, 0]),
+                (Layer::Clip { min: 0.0, max: 6.0 }, vec![1]),
+                (Layer::HardSwish, vec![2]),
+                (
+                    Layer::HardSigmoid {
+                        alpha: 0.2,
+                        beta: 0.5,
+                    },
+                    vec![3],
+                ),
+                (
+                    Layer::ChannelAffine {
+                        scale: vec![1.0; 3],
+                        offset: vec![0.0; 3],
+                    },
+                    vec![4],
+                ),
+            ],
+        );
+        assert_eq!(
+            f.infer_shapes().expect("valid").values[5],
+            (DType::F32, vec![3, 2, 2])
+        );
+    }
+
+    #[test]
+    fn damaged_cnn_layers_are_refused_with_the_reason() {
+        let q = QuantParams {
+            scale: 0.1,
+            zero_point: 3,
+        };
+        let f32_in = (DType::F32, vec![3, 2, 2]);
+        let cases: Vec<(Graph, &str)> = vec![
+            (
+                chain(f32_in.clone(), vec![(Layer::Add, vec![0])]),
+                "takes 2",
+            ),
+            (
+                chain(
+                    f32_in.clone(),
+                    vec![(Layer::Flatten, vec![0]), (Layer::Add, vec![0, 1])],
+                ),
+                "must be equal",
+            ),
+            (
+                chain(
+                    f32_in.clone(),
+                    vec![(Layer::Concat { axis: 3 }, vec![0, 0])],
+                ),
+                "out of range",
+            ),
+            (
+                chain(
+                    f32_in.clone(),
+                    vec![
+                        (
+                            Layer::Transpose {
+                                perm: vec![1, 2, 0],
+                            },
+                            vec![0],
+                        ),
+                        (Layer::Concat { axis: 0 }, vec![0, 1]),
+                    ],
+                ),
+                "does not join",
+            ),
+            (
+                chain(f32_in.clone(), vec![(Layer::Concat { axis: 0 }, vec![])]),
+                "inputs, got 0",
+            ),
+            (
+                chain(
+                    f32_in.clone(),
+                    vec![(
+                        Layer::Transpose {
+                            perm: vec![0, 0, 1],
+                        },
+                        vec![0],
+                    )],
+                ),
+                "not a permutation",
+            ),
+            (
+                chain(
+                    f32_in.clone(),
+                    vec![(
+                        Layer::Transpose {
+                            perm: vec![0, 1, 7],
+                        },
+                        vec![0],
+                    )],
+                ),
+                "not a permutation",
+            ),
+            (
+                chain(
+                    f32_in.clone(),
+                    vec![(
+                        Layer::Pad {
+                            begin: vec![0, 1],
+                            end: vec![0, 1, 0],
+                            value: 0.0,
+                        },
+                        vec![0],
+                    )],
+                ),
+                "begin and",
+            ),
+            (
+                chain(
+                    f32_in.clone(),
+                    vec![(
+                        Layer::Pad {
+                            begin: vec![0, u32::MAX, 0],
+                            end: vec![0, u32::MAX, 0],
+                            value: 0.0,
+                        },
+                        vec![0],
+                    )],
+                ),
+                "too large",
+            ),
+            (
+                chain(
+                    f32_in.clone(),
+                    vec![(
+                        Layer::Clip {
+                            min: 1.0,
+                            max: f32::NAN,
+                        },
+                        vec![0],
+                    )],
+                ),
+                "not ordered",
+            ),
+            (
+                chain(
+                    f32_in.clone(),
+                    vec![(
+                        Layer::ChannelAffine {
+                            scale: vec![1.0; 2],
+                            offset: vec![0.0; 3],
+                        },
+                        vec![0],
+                    )],
+                ),
+                "2 scales",
+            ),
+            (chain(f32_in.clone(), vec![(Layer::ToU8, vec![0])]), "int8"),
+            (
+                chain(
+                    (DType::U8, vec![4]),
+                    vec![(
+                        Layer::QLookup {
+                            table: vec![0; 255],
+                        },
+                        vec![0],
+                    )],
+                ),
+                "255 entries",
+            ),
+            (
+                chain(
+                    (DType::U8, vec![4]),
+                    vec![(Layer::QClamp { min: 9, max: 3 }, vec![0])],
+                ),
+                "empty",
+            ),
+            (
+                chain(
+                    (DType::U8, vec![4]),
+                    vec![(
+                        Layer::QAdd {
+                            a: q,
+                            b: QuantParams {
+                                scale: 0.0,
+                                zero_point: 0,
+                            },
+                            output: q,
+                        },
+                        vec![0, 0],
+                    )],
+                ),
+                "second input scale",
+            ),
+            (
+                chain((DType::U8, vec![4]), vec![(Layer::Add, vec![0, 0])]),
+                "float32",
+            ),
+            (
+                chain(
+                    (DType::U8, vec![1, 300, 300]),
+                    vec![(
+                        Layer::QGlobalAvgPool {
+                            input: q,
+                            output: q,
+                        },
+                        vec![0],
+                    )],
+                ),
+                "sums more than",
+            ),
+            (
+                chain((DType::I64, vec![4]), vec![(Layer::Relu, vec![0])]),
+                "inputs must be",
+            ),
+        ];
+        for (g, want) in cases {
+            let err = g.infer_shapes().expect_err(want);
+            assert!(err.to_string().contains(want), "{want}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_graph_as_a_whole_is_bounded() {
+        // Each value is within the per-value limit; together they are not.
+        let big = (MAX_VALUE_ELEMENTS / 4) as u32;
+        let g = chain(
+            (DType::F32, vec![big]),
+            (0..5).map(|i| (Layer::Relu, vec![i])).collect(),
+        );
+        let err = g.infer_shapes().expect_err("too large");
+        assert!(
+            matches!(err, GraphError::GraphTooLarge { ref node, .. } if node == "n3"),
+            "{err}"
+        );
     }
 
     #[test]

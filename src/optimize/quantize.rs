@@ -136,11 +136,11 @@ pub fn quantize(
     let shapes = graph.infer_shapes()?;
     let n_in = graph.inputs.len();
     let n_values = shapes.values.len();
-    let quantizable = |l: &Layer| match l {
+    let is_compute = |l: &Layer| match l {
         Layer::Dense { weight, .. } | Layer::Conv2d { weight, .. } => weight.as_f32().is_some(),
         _ => false,
     };
-    if !graph.nodes.iter().any(|n| quantizable(&n.layer)) {
+    if !graph.nodes.iter().any(|n| is_compute(&n.layer)) {
         return Err(QuantizeError::NothingToQuantize);
     }
     let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n_values];
@@ -157,37 +157,76 @@ pub fn quantize(
         QuantizeMode::Static { calibration } => Some(calibration),
         QuantizeMode::Dynamic => None,
     };
+    let role = |l: &Layer| -> Role {
+        match l {
+            _ if is_compute(l) => Role::Compute,
+            _ if static_cal.is_none() => Role::Float,
+            Layer::Add => Role::Add,
+            Layer::AvgPool2d { .. } | Layer::GlobalAvgPool => Role::Pool,
+            Layer::MaxPool2d { .. }
+            | Layer::Flatten
+            | Layer::Reshape { .. }
+            | Layer::Transpose { .. } => Role::Transparent,
+            Layer::Pad { value, .. } if *value == 0.0 => Role::Transparent,
+            _ => Role::Float,
+        }
+    };
+    let roles: Vec<Role> = graph.nodes.iter().map(|n| role(&n.layer)).collect();
 
-    // The plan: for each quantized node, whether it absorbs the ReLU after it, the value
-    // its result stands for, and whether that value stays u8.
-    struct Plan {
-        relu: bool,
-        out: usize,
-        u8_out: bool,
-    }
-    let mut plans: Vec<Option<Plan>> = Vec::with_capacity(graph.nodes.len());
-    for (k, node) in graph.nodes.iter().enumerate() {
-        if !quantizable(&node.layer) {
-            plans.push(None);
+    // A Relu (or, when the result stays u8, a Clip) that alone reads a quantized layer's
+    // result is absorbed: the layer's result then stands for the activation's output.
+    let mut result = vec![0usize; graph.nodes.len()];
+    let mut absorbed: Vec<Option<usize>> = vec![None; graph.nodes.len()];
+    let mut skip = vec![false; graph.nodes.len()];
+    for k in 0..graph.nodes.len() {
+        let v = n_in + k;
+        result[k] = v;
+        if roles[k] == Role::Float || roles[k] == Role::Transparent {
             continue;
         }
-        let v = n_in + k;
-        let relu = !is_output[v]
-            && consumers[v].len() == 1
-            && consumers[v][0] == k + 1
-            && matches!(graph.nodes[k + 1].layer, Layer::Relu);
-        let out = if relu { v + 1 } else { v };
-        let u8_out = static_cal.is_some()
-            && !is_output[out]
-            && !consumers[out].is_empty()
-            && consumers[out]
-                .iter()
-                .all(|&c| quantizable(&graph.nodes[c].layer));
-        plans.push(Some(Plan { relu, out, u8_out }));
+        let absorbable = |l: &Layer| match l {
+            Layer::Relu => true,
+            Layer::Clip { min, .. } => *min == 0.0 && static_cal.is_some(),
+            _ => false,
+        };
+        if let [c] = consumers[v][..]
+            && !is_output[v]
+            && absorbable(&graph.nodes[c].layer)
+        {
+            absorbed[k] = Some(c);
+            skip[c] = true;
+            result[k] = n_in + c;
+        }
+    }
+    // Which results stay u8: every reader takes u8 (quantized layers, and transparent ones
+    // whose own results stay u8), none is a graph output. Readers come later in node
+    // order, so one backward pass decides.
+    let mut u8_value = vec![false; n_values];
+    let mut takes_u8 = vec![false; graph.nodes.len()];
+    for k in (0..graph.nodes.len()).rev() {
+        if skip[k] {
+            continue;
+        }
+        let v = result[k];
+        let readers_take =
+            !is_output[v] && !consumers[v].is_empty() && consumers[v].iter().all(|&c| takes_u8[c]);
+        u8_value[v] = static_cal.is_some()
+            && match roles[k] {
+                // Int8 adds and pools always write u8 (dequantized where read as float).
+                Role::Add | Role::Pool => true,
+                Role::Compute | Role::Transparent => readers_take,
+                Role::Float => false,
+            };
+        takes_u8[k] = static_cal.is_some()
+            && match roles[k] {
+                Role::Compute | Role::Add | Role::Pool => true,
+                Role::Transparent => u8_value[v],
+                Role::Float => false,
+            };
     }
 
-    // Calibration: the ranges of every value a quantized layer reads, and of the u8 ones
-    // it writes.
+    // Calibration: ranges of every value a quantized layer reads and of every u8 result
+    // (a transparent layer's result shares its input's parameters).
     let mut params: Vec<Option<QuantParams>> = vec![None; n_values];
     let mut rows_used = 0usize;
     if let Some(calibration) = static_cal {
@@ -209,12 +248,15 @@ pub fn quantize(
         }
         rows_used = rows.len() / sample_len;
         let mut tracked: Vec<usize> = Vec::new();
-        for (k, plan) in plans.iter().enumerate() {
-            if let Some(plan) = plan {
-                tracked.push(graph.nodes[k].inputs[0] as usize);
-                if plan.u8_out {
-                    tracked.push(plan.out);
-                }
+        for (k, node) in graph.nodes.iter().enumerate() {
+            if skip[k] || !takes_u8[k] {
+                continue;
+            }
+            if roles[k] != Role::Transparent {
+                tracked.extend(node.inputs.iter().map(|&i| i as usize));
+            }
+            if u8_value[result[k]] && roles[k] != Role::Transparent {
+                tracked.push(result[k]);
             }
         }
         tracked.sort_unstable();
@@ -235,65 +277,159 @@ pub fn quantize(
     for v in 0..n_in {
         out.f32_of[v] = Some(v as ValueId);
     }
-    let mut skip = vec![false; graph.nodes.len()];
     for (k, node) in graph.nodes.iter().enumerate() {
         if skip[k] {
             continue;
         }
-        let Some(plan) = &plans[k] else {
-            let inputs = node
-                .inputs
-                .iter()
-                .map(|&i| out.f32(i as usize, &graph.nodes))
-                .collect();
-            let id = out.push(node.name.clone(), node.layer.clone(), inputs);
-            out.f32_of[n_in + k] = Some(id);
-            continue;
+        let v_out = result[k];
+        // The u8 form of input `i`: its own, or quantized with its calibrated parameters.
+        let u8_input = |out: &mut Rewriter, i: ValueId| -> Option<(ValueId, QuantParams)> {
+            let i = i as usize;
+            if let Some(have) = out.u8_of[i] {
+                return Some(have);
+            }
+            let p = params[i]?;
+            Some((out.u8(i, p, &graph.nodes), p))
         };
-        if plan.relu {
-            skip[k + 1] = true;
-        }
-        let u = node.inputs[0] as usize;
-        let (input, x) = match params[u] {
-            Some(p) if static_cal.is_some() => (QuantInput::Static(p), out.u8(u, p, &graph.nodes)),
-            _ => (QuantInput::Dynamic, out.f32(u, &graph.nodes)),
-        };
-        let output = match params[plan.out] {
-            Some(p) if plan.u8_out => QuantOutput::U8(p),
-            _ => QuantOutput::F32,
-        };
-        let layer = match &node.layer {
-            Layer::Dense { weight, bias } => Layer::QDense {
-                weight: quantize_weight(weight),
-                bias: bias.clone(),
-                input,
-                output,
-                relu: plan.relu,
+        match roles[k] {
+            Role::Float => {
+                let inputs = node
+                    .inputs
+                    .iter()
+                    .map(|&i| out.f32(i as usize, &graph.nodes))
+                    .collect();
+                let id = out.push(node.name.clone(), node.layer.clone(), inputs);
+                out.f32_of[v_out] = Some(id);
+            }
+            Role::Transparent => match out.u8_of[node.inputs[0] as usize] {
+                Some((x, p)) if u8_value[v_out] => {
+                    let layer = match &node.layer {
+                        Layer::Pad { begin, end, .. } => Layer::Pad {
+                            begin: begin.clone(),
+                            end: end.clone(),
+                            value: f32::from(p.zero_point),
+                        },
+                        other => other.clone(),
+                    };
+                    let id = out.push(node.name.clone(), layer, vec![x]);
+                    out.u8_of[v_out] = Some((id, p));
+                }
+                _ => {
+                    let x = out.f32(node.inputs[0] as usize, &graph.nodes);
+                    let id = out.push(node.name.clone(), node.layer.clone(), vec![x]);
+                    out.f32_of[v_out] = Some(id);
+                }
             },
-            Layer::Conv2d {
-                weight,
-                bias,
-                stride,
-                padding,
-                dilation,
-                groups,
-            } => Layer::QConv2d {
-                weight: quantize_weight(weight),
-                bias: bias.clone(),
-                stride: *stride,
-                padding: *padding,
-                dilation: *dilation,
-                groups: *groups,
-                input,
-                output,
-                relu: plan.relu,
-            },
-            other => other.clone(),
-        };
-        let id = out.push(node.name.clone(), layer, vec![x]);
-        match output {
-            QuantOutput::U8(p) => out.u8_of[plan.out] = Some((id, p)),
-            QuantOutput::F32 => out.f32_of[plan.out] = Some(id),
+            Role::Add | Role::Pool => {
+                let ins: Option<Vec<(ValueId, QuantParams)>> =
+                    node.inputs.iter().map(|&i| u8_input(&mut out, i)).collect();
+                let (Some(ins), Some(po)) = (ins, params[v_out]) else {
+                    let inputs = node
+                        .inputs
+                        .iter()
+                        .map(|&i| out.f32(i as usize, &graph.nodes))
+                        .collect();
+                    let id = out.push(node.name.clone(), node.layer.clone(), inputs);
+                    out.f32_of[n_in + k] = Some(id);
+                    if let Some(c) = absorbed[k] {
+                        let layer = graph.nodes[c].layer.clone();
+                        let id = out.push(graph.nodes[c].name.clone(), layer, vec![id]);
+                        out.f32_of[v_out] = Some(id);
+                    }
+                    continue;
+                };
+                let layer = match &node.layer {
+                    Layer::Add => Layer::QAdd {
+                        a: ins[0].1,
+                        b: ins[1].1,
+                        output: po,
+                    },
+                    Layer::AvgPool2d {
+                        kernel,
+                        stride,
+                        padding,
+                        count_include_pad,
+                    } => Layer::QAvgPool2d {
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: *padding,
+                        count_include_pad: *count_include_pad,
+                        input: ins[0].1,
+                        output: po,
+                    },
+                    _ => Layer::QGlobalAvgPool {
+                        input: ins[0].1,
+                        output: po,
+                    },
+                };
+                let inputs = ins.iter().map(|(id, _)| *id).collect();
+                let mut id = out.push(node.name.clone(), layer, inputs);
+                // The calibrated range of an absorbed Relu/Clip output starts at 0 or
+                // above, so saturation is the activation; a clamp keeps it exact.
+                if let Some(c) = absorbed[k] {
+                    id = out.push(
+                        graph.nodes[c].name.clone(),
+                        clamp_for(&graph.nodes[c].layer, po),
+                        vec![id],
+                    );
+                }
+                out.u8_of[v_out] = Some((id, po));
+            }
+            Role::Compute => {
+                let u = node.inputs[0];
+                let (input, x) = match static_cal.and_then(|_| u8_input(&mut out, u)) {
+                    Some((x, p)) => (QuantInput::Static(p), x),
+                    None => (QuantInput::Dynamic, out.f32(u as usize, &graph.nodes)),
+                };
+                let u8_out = u8_value[v_out] && matches!(input, QuantInput::Static(_));
+                let output = match params[v_out] {
+                    Some(p) if u8_out => QuantOutput::U8(p),
+                    _ => QuantOutput::F32,
+                };
+                let act = absorbed[k].map(|c| &graph.nodes[c].layer);
+                let relu = matches!(act, Some(Layer::Relu));
+                let layer = match &node.layer {
+                    Layer::Dense { weight, bias } => Layer::QDense {
+                        weight: quantize_weight(weight),
+                        bias: bias.clone(),
+                        input,
+                        output,
+                        relu,
+                    },
+                    Layer::Conv2d {
+                        weight,
+                        bias,
+                        stride,
+                        padding,
+                        dilation,
+                        groups,
+                    } => Layer::QConv2d {
+                        weight: quantize_weight(weight),
+                        bias: bias.clone(),
+                        stride: *stride,
+                        padding: *padding,
+                        dilation: *dilation,
+                        groups: *groups,
+                        input,
+                        output,
+                        relu,
+                    },
+                    other => other.clone(),
+                };
+                let mut id = out.push(node.name.clone(), layer, vec![x]);
+                match (output, act) {
+                    (QuantOutput::U8(p), Some(a @ Layer::Clip { .. })) => {
+                        id = out.push(format!("{}/clamp", node.name), clamp_for(a, p), vec![id]);
+                        out.u8_of[v_out] = Some((id, p));
+                    }
+                    (QuantOutput::U8(p), _) => out.u8_of[v_out] = Some((id, p)),
+                    (QuantOutput::F32, Some(a @ Layer::Clip { .. })) => {
+                        let id = out.push(format!("{}/clip", node.name), a.clone(), vec![id]);
+                        out.f32_of[v_out] = Some(id);
+                    }
+                    (QuantOutput::F32, _) => out.f32_of[v_out] = Some(id),
+                }
+            }
         }
     }
     let outputs = graph
@@ -333,6 +469,36 @@ pub fn quantize(
         metadata,
         graph: quantized,
     })
+}
+
+/// What the quantizer makes of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Dense or conv2d: int8 weights, u8 (static) or float (dynamic) input.
+    Compute,
+    /// A residual add of two u8 values (static only).
+    Add,
+    /// Average pooling of u8 codes (static only).
+    Pool,
+    /// Moves codes without changing them (max pooling, reshapes, transposes, zero padding).
+    Transparent,
+    /// Stays float32.
+    Float,
+}
+
+/// The code clamp of a Relu / Clip on a value quantized with `p`.
+fn clamp_for(act: &Layer, p: QuantParams) -> Layer {
+    let code = |v: f32| crate::engine::kernels::int8::quantize_one(v, p.scale, p.zero_point);
+    match *act {
+        Layer::Clip { min, max } => Layer::QClamp {
+            min: code(min),
+            max: code(max).max(code(min)),
+        },
+        _ => Layer::QClamp {
+            min: p.zero_point,
+            max: 255,
+        },
+    }
 }
 
 /// Builds the new node list; old value ids map to new ones lazily, adding a quantize or

@@ -52,10 +52,14 @@ pub fn activate(act: Activation, y: &mut [f32]) {
         }),
         Activation::Sigmoid => y.iter_mut().for_each(|v| *v = sigmoid(*v)),
         Activation::Tanh => y.iter_mut().for_each(|v| *v = v.tanh()),
+        Activation::Clip { .. } | Activation::HardSwish => {
+            y.iter_mut().for_each(|v| *v = act.apply(*v))
+        }
     }
 }
 
-fn sigmoid(v: f32) -> f32 {
+/// The logistic function with perch's own [`exp`] (the same bits everywhere).
+pub fn sigmoid(v: f32) -> f32 {
     if v >= 0.0 {
         1.0 / (1.0 + exp(-v))
     } else {

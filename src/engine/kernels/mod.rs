@@ -1,6 +1,19 @@
 //! Compute kernels. One dispatch function per op: it picks the fastest implementation the
 //! CPU supports at run time and falls back to the portable one in [`generic`].
 //! `unsafe` lives only in the architecture files, each block with a `SAFETY:` line.
+//!
+//! # Layout
+//! - [`generic`], [`int8`], `tree`: the portable kernels of the MLP and tree layers (NCHW
+//!   convolution and pooling for the older engine path).
+//! - `conv`, `qconv`: NHWC convolution, f32 ([`ConvF32`]) and u8 × i8 ([`ConvU8`]), weights
+//!   packed at load into panels the micro-kernels read; depthwise kernels of their own.
+//! - `gemm`: the GEMM micro-kernels behind 1×1 / im2col convolution and dense layers, and
+//!   the packing of weight panels.
+//! - `dense`: [`DenseF32`] and [`DenseU8`] (GEMV at batch 1, GEMM above).
+//! - `eltwise`, `pool`: element-wise add (f32 and requantized u8), pad, channel concat;
+//!   max / average / global-average pooling over NHWC.
+//! - `x86`, `neon`: the SIMD implementations, chosen once per CPU ([`F32Path`],
+//!   [`I8Path`]).
 
 pub mod generic;
 pub mod int8;
@@ -10,7 +23,67 @@ mod tree;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// Element-wise activation applied in place.
+#[cfg(test)]
+mod battery;
+mod conv;
+mod dense;
+mod eltwise;
+mod gemm;
+mod paths;
+mod pool;
+mod qconv;
+
+pub use conv::conv_out_size;
+pub use conv::{ConvF32, ConvGeometry};
+pub use dense::{DenseF32, DenseU8};
+pub use eltwise::{AddU8, add_f32, concat_channels, pad_nhwc};
+pub use paths::{F32Path, I8Path};
+pub use pool::{
+    AvgPoolU8, GlobalAvgPoolU8, PoolGeometry, avg_pool_f32, global_avg_pool_f32, max_pool_f32,
+    max_pool_u8,
+};
+pub use qconv::{ConvU8, MAX_I8_DEPTH, OutputQuant, U8Quant};
+
+/// Why a kernel could not be built from the parameters it was given. Running a built
+/// kernel does not fail (its slices are checked against the geometry and a mismatch is a
+/// programming error that panics, as the `# Panics` sections say).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// The geometry is inconsistent (zero sizes, an output size that does not follow from
+    /// the input, padding, stride and dilation, channels not divisible by the groups…).
+    #[error("{op}: {reason}")]
+    Geometry {
+        /// The kernel, e.g. `"conv2d"`.
+        op: &'static str,
+        /// What is wrong, with the values.
+        reason: String,
+    },
+    /// A parameter slice has the wrong length.
+    #[error("{op}: {what} holds {got} values, expected {want}")]
+    Length {
+        /// The kernel.
+        op: &'static str,
+        /// Which parameter, e.g. `"weights"`.
+        what: &'static str,
+        /// Its length.
+        got: usize,
+        /// The length the geometry implies.
+        want: usize,
+    },
+    /// Quantization parameters the integer kernels cannot represent (a scale that is not a
+    /// positive finite number, a requantization multiplier outside `[2^-32, 2^30)`…).
+    #[error("{op}: {reason}")]
+    Quant {
+        /// The kernel.
+        op: &'static str,
+        /// What is wrong, with the values.
+        reason: String,
+    },
+}
+
+/// Element-wise activation, applied in place or fused into a kernel's epilogue (after the
+/// bias).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     /// No-op.
@@ -23,6 +96,39 @@ pub enum Activation {
     Sigmoid,
     /// Hyperbolic tangent.
     Tanh,
+    /// `min(max(x, min), max)`; Relu6 is `Clip { min: 0.0, max: 6.0 }`.
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// `x · min(max(x / 6 + 1/2, 0), 1)` (ONNX HardSwish).
+    HardSwish,
+}
+
+impl Activation {
+    /// The activation of one value (the portable definition every path follows: Relu,
+    /// Clip, LeakyRelu and HardSwish exactly; Sigmoid with perch's own [`generic::exp`];
+    /// Tanh with the platform's `tanh`).
+    #[inline]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::LeakyRelu(a) => {
+                if v < 0.0 {
+                    v * a
+                } else {
+                    v
+                }
+            }
+            Activation::Sigmoid => generic::sigmoid(v),
+            Activation::Tanh => v.tanh(),
+            Activation::Clip { min, max } => v.max(min).min(max),
+            Activation::HardSwish => v * (v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0),
+        }
+    }
 }
 
 /// Geometry of a 2-D convolution over one NCHW sample.
@@ -379,6 +485,60 @@ pub use generic::CSR_TILE;
 pub use tree::{TreeEnsemble, TreeNode};
 
 pub use generic::{activate, argmax, avg_pool2d, conv2d, global_avg_pool, max_pool2d, standardize};
+
+/// Channels a depthwise kernel's packed weights are padded to (whole SIMD vectors).
+pub(crate) fn dw_channels_padded(c: usize) -> usize {
+    c.div_ceil(64) * 64
+}
+
+/// Depthwise f32 convolution (weights `[tap][c_pad]`, bias `[c_pad]`).
+#[allow(clippy::too_many_arguments)]
+fn depthwise_f32(
+    path: F32Path,
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    c_pad: usize,
+    act: Activation,
+    y: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    use x86::depthwise as dw;
+    match path {
+        F32Path::Portable => conv::depthwise_f32_portable(g, x, w, bias, c_pad, act, y),
+        #[cfg(target_arch = "x86_64")]
+        F32Path::Avx512 => dw::depthwise_f32_avx512(g, x, w, bias, c_pad, act, y),
+        #[cfg(target_arch = "x86_64")]
+        F32Path::Avx2 => dw::depthwise_f32_avx2(g, x, w, bias, c_pad, act, y),
+    }
+}
+
+/// Depthwise int8 convolution (weights `[tap][c_pad]`).
+#[allow(clippy::too_many_arguments)]
+fn depthwise_u8(
+    path: I8Path,
+    g: &ConvGeometry,
+    x: &[u8],
+    zp: u8,
+    w: &[i8],
+    c_pad: usize,
+    epi: &qconv::QEpilogue,
+    y: gemm::QDst<'_>,
+) {
+    let _ = path;
+    qconv::depthwise_u8_portable(g, x, zp, w, c_pad, epi, y)
+}
+
+/// [`add_f32`] on the fastest path.
+fn add_f32_dispatch(a: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
+    eltwise::add_f32_portable(a, b, act, y)
+}
+
+/// [`AddU8::run`] on the fastest path.
+fn add_u8_dispatch(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
+    eltwise::add_u8_portable(add, a, b, y)
+}
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,28 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
+pub(super) mod depthwise;
+pub(super) mod gemm;
+pub(super) mod qgemm;
+mod simd;
+
+/// Whether the CPU has AVX-512 F, BW, VL and VNNI (cached).
+pub(super) fn has_avx512_vnni() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        has_avx512f()
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    })
+}
+
+/// Whether the CPU has AVX-512 F (cached after the first call).
+pub(super) fn has_avx512f() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f") && has_avx2_fma())
+}
+
 /// Whether the CPU has AVX2 and FMA (cached after the first call).
 pub(super) fn has_avx2_fma() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
@@ -44,13 +66,21 @@ unsafe fn dense_avx2(
     let yp = y.as_mut_ptr();
     let main = inputs / 8 * 8;
     for r in 0..rows {
+        // SAFETY: r < rows, and the caller checked x holds rows × inputs values and y
+        // rows × outputs, so both offsets stay inside their slices.
         let xr = unsafe { xp.add(r * inputs) };
+        // SAFETY: as above.
         let yr = unsafe { yp.add(r * outputs) };
         let mut o = 0;
         while o + 4 <= outputs {
+            // SAFETY: o + 4 <= outputs and w holds outputs × inputs values, so rows o..o+4
+            // of w start inside it.
             let w0 = unsafe { wp.add(o * inputs) };
+            // SAFETY: as above (row o + 1).
             let w1 = unsafe { w0.add(inputs) };
+            // SAFETY: as above (row o + 2).
             let w2 = unsafe { w1.add(inputs) };
+            // SAFETY: as above (row o + 3).
             let w3 = unsafe { w2.add(inputs) };
             let (mut a0, mut a1, mut a2, mut a3) = (
                 _mm256_setzero_ps(),
@@ -71,6 +101,7 @@ unsafe fn dense_avx2(
                 }
                 i += 8;
             }
+            // SAFETY: hsum needs AVX2, which this function's callers checked.
             let mut s = unsafe { [hsum(a0), hsum(a1), hsum(a2), hsum(a3)] };
             while i < inputs {
                 // SAFETY: i < inputs.
@@ -90,6 +121,7 @@ unsafe fn dense_avx2(
             o += 4;
         }
         while o < outputs {
+            // SAFETY: o < outputs, so row o of w starts inside it.
             let wo = unsafe { wp.add(o * inputs) };
             let mut a = _mm256_setzero_ps();
             let mut i = 0;
@@ -100,6 +132,7 @@ unsafe fn dense_avx2(
                 };
                 i += 8;
             }
+            // SAFETY: as for the four-row hsum above.
             let mut s = unsafe { hsum(a) };
             while i < inputs {
                 // SAFETY: i < inputs.

@@ -1,0 +1,523 @@
+//! NHWC f32 convolution over one sample: 1×1 convolution as a GEMM over the pixels read in
+//! place, k×k through an im2col of a tile of pixels into scratch, depthwise with a kernel
+//! of its own; bias and activation fused.
+
+use super::gemm::{self, PanelsF32};
+use super::{Activation, F32Path, KernelError};
+
+/// Geometry of a 2-D convolution over one NHWC sample (`[in_h, in_w, in_c]` in,
+/// `[out_h, out_w, out_c]` out). Weights are given in the IR's order, `[out_c, in_c /
+/// groups, k_h, k_w]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Input channels.
+    pub in_c: usize,
+    /// Output height.
+    pub out_h: usize,
+    /// Output width.
+    pub out_w: usize,
+    /// Output channels.
+    pub out_c: usize,
+    /// Kernel height.
+    pub k_h: usize,
+    /// Kernel width.
+    pub k_w: usize,
+    /// Vertical, horizontal stride.
+    pub stride: [usize; 2],
+    /// Padding: top, left, bottom, right.
+    pub pad: [usize; 4],
+    /// Vertical, horizontal dilation.
+    pub dilation: [usize; 2],
+    /// Channel groups (`in_c` for a depthwise convolution).
+    pub groups: usize,
+}
+
+/// `(input + pad_before + pad_after - dilation · (k - 1) - 1) / stride + 1`, or none when
+/// the dilated kernel does not fit the padded input (or a value is zero or overflows).
+pub fn conv_out_size(
+    input: usize,
+    k: usize,
+    stride: usize,
+    pad_before: usize,
+    pad_after: usize,
+    dilation: usize,
+) -> Option<usize> {
+    if input == 0 || k == 0 || stride == 0 || dilation == 0 {
+        return None;
+    }
+    let span = dilation.checked_mul(k - 1)?.checked_add(1)?;
+    let padded = input.checked_add(pad_before)?.checked_add(pad_after)?;
+    Some(padded.checked_sub(span)? / stride + 1)
+}
+
+impl ConvGeometry {
+    /// A geometry with the output size that follows from the rest.
+    ///
+    /// # Errors
+    /// [`KernelError::Geometry`] if [`ConvGeometry::validate`] refuses it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        input: [usize; 3],
+        out_c: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 4],
+        dilation: [usize; 2],
+        groups: usize,
+    ) -> Result<ConvGeometry, KernelError> {
+        let [in_h, in_w, in_c] = input;
+        let bad = || KernelError::Geometry {
+            op: "conv2d",
+            reason: format!(
+                "kernel {kernel:?} (dilation {dilation:?}, stride {stride:?}) does not fit the {in_h}×{in_w} input with padding {pad:?}"
+            ),
+        };
+        let out_h = conv_out_size(in_h, kernel[0], stride[0], pad[0], pad[2], dilation[0])
+            .ok_or_else(bad)?;
+        let out_w = conv_out_size(in_w, kernel[1], stride[1], pad[1], pad[3], dilation[1])
+            .ok_or_else(bad)?;
+        let g = ConvGeometry {
+            in_h,
+            in_w,
+            in_c,
+            out_h,
+            out_w,
+            out_c,
+            k_h: kernel[0],
+            k_w: kernel[1],
+            stride,
+            pad,
+            dilation,
+            groups,
+        };
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Checks that every size is positive, the groups divide both channel counts, the
+    /// output size follows from the input, kernel, stride, padding and dilation, and the
+    /// sizes of the input, output and weights fit a `usize`.
+    ///
+    /// # Errors
+    /// [`KernelError::Geometry`] naming the first inconsistency.
+    pub fn validate(&self) -> Result<(), KernelError> {
+        let err = |reason: String| {
+            Err(KernelError::Geometry {
+                op: "conv2d",
+                reason,
+            })
+        };
+        let g = self;
+        let sizes = [
+            ("in_h", g.in_h),
+            ("in_w", g.in_w),
+            ("in_c", g.in_c),
+            ("out_h", g.out_h),
+            ("out_w", g.out_w),
+            ("out_c", g.out_c),
+            ("k_h", g.k_h),
+            ("k_w", g.k_w),
+            ("stride[0]", g.stride[0]),
+            ("stride[1]", g.stride[1]),
+            ("dilation[0]", g.dilation[0]),
+            ("dilation[1]", g.dilation[1]),
+            ("groups", g.groups),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return err(format!("{name} is 0"));
+        }
+        if !g.in_c.is_multiple_of(g.groups) || !g.out_c.is_multiple_of(g.groups) {
+            return err(format!(
+                "{} groups do not divide {} input and {} output channels",
+                g.groups, g.in_c, g.out_c
+            ));
+        }
+        let want_h = conv_out_size(
+            g.in_h,
+            g.k_h,
+            g.stride[0],
+            g.pad[0],
+            g.pad[2],
+            g.dilation[0],
+        );
+        let want_w = conv_out_size(
+            g.in_w,
+            g.k_w,
+            g.stride[1],
+            g.pad[1],
+            g.pad[3],
+            g.dilation[1],
+        );
+        if want_h != Some(g.out_h) || want_w != Some(g.out_w) {
+            return err(format!(
+                "output {}×{} does not follow from input {}×{}, kernel {}×{}, stride {:?}, padding {:?}, dilation {:?} (expected {want_h:?}×{want_w:?})",
+                g.out_h, g.out_w, g.in_h, g.in_w, g.k_h, g.k_w, g.stride, g.pad, g.dilation
+            ));
+        }
+        let fits = [
+            g.in_h
+                .checked_mul(g.in_w)
+                .and_then(|v| v.checked_mul(g.in_c)),
+            g.out_h
+                .checked_mul(g.out_w)
+                .and_then(|v| v.checked_mul(g.out_c)),
+            g.k_h
+                .checked_mul(g.k_w)
+                .and_then(|v| v.checked_mul(g.in_c))
+                .and_then(|v| v.checked_mul(g.out_c)),
+        ];
+        if fits.iter().any(Option::is_none) {
+            return err("sizes overflow usize".into());
+        }
+        Ok(())
+    }
+
+    /// Values in one input sample.
+    pub fn input_len(&self) -> usize {
+        self.in_h * self.in_w * self.in_c
+    }
+
+    /// Values in one output sample.
+    pub fn output_len(&self) -> usize {
+        self.out_h * self.out_w * self.out_c
+    }
+
+    /// Weight values, `out_c · in_c / groups · k_h · k_w`.
+    pub fn weight_len(&self) -> usize {
+        self.out_c * (self.in_c / self.groups) * self.k_h * self.k_w
+    }
+
+    /// Multiply-accumulates per sample.
+    pub fn macs(&self) -> u64 {
+        (self.out_h * self.out_w) as u64 * self.weight_len() as u64
+    }
+
+    /// Whether this is a depthwise convolution with one output channel per input channel.
+    pub fn is_depthwise(&self) -> bool {
+        self.groups == self.in_c && self.out_c == self.in_c
+    }
+
+    /// Whether the input is the GEMM's left operand as it is (1×1, stride 1, no padding).
+    pub(super) fn is_pointwise(&self) -> bool {
+        self.k_h == 1 && self.k_w == 1 && self.stride == [1, 1] && self.pad == [0; 4]
+    }
+
+    /// Input channels per group.
+    pub(super) fn icg(&self) -> usize {
+        self.in_c / self.groups
+    }
+
+    /// Output channels per group.
+    pub(super) fn ocg(&self) -> usize {
+        self.out_c / self.groups
+    }
+
+    /// Kernel taps.
+    pub(super) fn taps(&self) -> usize {
+        self.k_h * self.k_w
+    }
+
+    /// The input row and column of tap `(ky, kx)` for output `(oy, ox)`, or none in the
+    /// padding.
+    #[inline]
+    pub(super) fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
+        let iy = (oy * self.stride[0] + ky * self.dilation[0]).checked_sub(self.pad[0])?;
+        let ix = (ox * self.stride[1] + kx * self.dilation[1]).checked_sub(self.pad[1])?;
+        (iy < self.in_h && ix < self.in_w).then_some(iy * self.in_w + ix)
+    }
+
+    /// The weight index of `(oc, ic within its group, ky, kx)` in the IR's order.
+    #[inline]
+    pub(super) fn weight_index(&self, oc: usize, ic: usize, ky: usize, kx: usize) -> usize {
+        ((oc * self.icg() + ic) * self.k_h + ky) * self.k_w + kx
+    }
+
+    /// Checks the weight and bias lengths against the geometry.
+    pub(super) fn check_params(
+        &self,
+        op: &'static str,
+        weights: usize,
+        bias: usize,
+    ) -> Result<(), KernelError> {
+        self.validate()?;
+        if weights != self.weight_len() {
+            return Err(KernelError::Length {
+                op,
+                what: "weights",
+                got: weights,
+                want: self.weight_len(),
+            });
+        }
+        if bias != self.out_c {
+            return Err(KernelError::Length {
+                op,
+                what: "bias",
+                got: bias,
+                want: self.out_c,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Pixels per im2col tile: a multiple of the kernel's rows whose patches fill about 32 KiB
+/// (at least one row of tiles), no more than the output has.
+pub(super) fn im2col_tile(k_bytes: usize, mr: usize, pixels: usize) -> usize {
+    let fit = (32 * 1024 / k_bytes.max(1) / mr).max(1) * mr;
+    fit.min(pixels.div_ceil(mr) * mr)
+}
+
+/// Copies the patches of output pixels `p0..p0 + rows.len() / k_pad` (group `g`) into
+/// `rows`, `k_pad` values each (tap-major, then channel), `fill` in the padding and past
+/// the patch.
+pub(super) fn im2col<T: Copy>(
+    geom: &ConvGeometry,
+    x: &[T],
+    g: usize,
+    p0: usize,
+    k_pad: usize,
+    fill: T,
+    rows: &mut [T],
+) {
+    let icg = geom.icg();
+    for (r, row) in rows.chunks_exact_mut(k_pad).enumerate() {
+        let p = p0 + r;
+        let (oy, ox) = (p / geom.out_w, p % geom.out_w);
+        let mut at = 0;
+        for ky in 0..geom.k_h {
+            for kx in 0..geom.k_w {
+                let dst = &mut row[at..at + icg];
+                match geom.source(oy, ox, ky, kx) {
+                    Some(s) => dst.copy_from_slice(&x[s * geom.in_c + g * icg..][..icg]),
+                    None => dst.fill(fill),
+                }
+                at += icg;
+            }
+        }
+        row[at..].fill(fill);
+    }
+}
+
+/// An f32 NHWC convolution with its weights packed for this CPU, bias and activation
+/// fused. Build once at load ([`ConvF32::new`]); [`ConvF32::run`] allocates nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvF32 {
+    geom: ConvGeometry,
+    act: Activation,
+    path: F32Path,
+    plan: Plan,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Plan {
+    /// One GEMM per group with the input pixels as rows (1×1, stride 1, no padding), or
+    /// im2col tiles of `tile` pixels.
+    Gemm {
+        im2col: bool,
+        tile: usize,
+        panels: Vec<PanelsF32>,
+    },
+    /// Weights `[tap][c]` (channels padded to `c_pad`), bias padded likewise.
+    Depthwise {
+        c_pad: usize,
+        w: Vec<f32>,
+        bias: Vec<f32>,
+    },
+}
+
+impl ConvF32 {
+    /// Packs `weights` (`[out_c, in_c / groups, k_h, k_w]`) and `bias` (`[out_c]`) for
+    /// the fastest kernel this CPU runs.
+    ///
+    /// # Errors
+    /// [`KernelError`] if the geometry is inconsistent or a length does not match it.
+    pub fn new(
+        geom: ConvGeometry,
+        weights: &[f32],
+        bias: &[f32],
+        act: Activation,
+    ) -> Result<ConvF32, KernelError> {
+        ConvF32::with_path(geom, weights, bias, act, F32Path::detect())
+    }
+
+    /// [`ConvF32::new`] for a given implementation family (one of
+    /// [`F32Path::available`]; the tests and benches compare them).
+    ///
+    /// # Errors
+    /// As [`ConvF32::new`], and [`KernelError::Geometry`] if this CPU cannot run `path`.
+    pub fn with_path(
+        geom: ConvGeometry,
+        weights: &[f32],
+        bias: &[f32],
+        act: Activation,
+        path: F32Path,
+    ) -> Result<ConvF32, KernelError> {
+        geom.check_params("conv2d", weights.len(), bias.len())?;
+        if !F32Path::available().contains(&path) {
+            return Err(KernelError::Geometry {
+                op: "conv2d",
+                reason: format!("this CPU cannot run the {} kernels", path.name()),
+            });
+        }
+        let plan = if geom.is_depthwise() {
+            let c = geom.in_c;
+            let c_pad = super::dw_channels_padded(c);
+            let mut w = vec![0.0; geom.taps() * c_pad];
+            for ch in 0..c {
+                for ky in 0..geom.k_h {
+                    for kx in 0..geom.k_w {
+                        w[(ky * geom.k_w + kx) * c_pad + ch] =
+                            weights[geom.weight_index(ch, 0, ky, kx)];
+                    }
+                }
+            }
+            let mut b = vec![0.0; c_pad];
+            b[..c].copy_from_slice(bias);
+            Plan::Depthwise { c_pad, w, bias: b }
+        } else {
+            let (icg, ocg) = (geom.icg(), geom.ocg());
+            let k = geom.taps() * icg;
+            let nr = gemm::f32_nr(path, ocg, false);
+            let panels = (0..geom.groups)
+                .map(|g| {
+                    PanelsF32::pack(k, ocg, nr, &bias[g * ocg..(g + 1) * ocg], |kk, j| {
+                        let (tap, ic) = (kk / icg, kk % icg);
+                        weights[geom.weight_index(g * ocg + j, ic, tap / geom.k_w, tap % geom.k_w)]
+                    })
+                })
+                .collect();
+            let im2col = !geom.is_pointwise();
+            let pixels = geom.out_h * geom.out_w;
+            let tile = if im2col {
+                im2col_tile(k * 4, gemm::f32_mr(path), pixels)
+            } else {
+                0
+            };
+            Plan::Gemm {
+                im2col,
+                tile,
+                panels,
+            }
+        };
+        Ok(ConvF32 {
+            geom,
+            act,
+            path,
+            plan,
+        })
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.geom
+    }
+
+    /// The fused activation.
+    pub fn activation(&self) -> Activation {
+        self.act
+    }
+
+    /// The implementation family the weights were packed for.
+    pub fn path(&self) -> F32Path {
+        self.path
+    }
+
+    /// Scratch values [`ConvF32::run`] needs (0 for 1×1 and depthwise convolutions).
+    pub fn scratch_len(&self) -> usize {
+        match &self.plan {
+            Plan::Gemm {
+                im2col: true,
+                tile,
+                panels,
+            } => tile * panels[0].k,
+            _ => 0,
+        }
+    }
+
+    /// `y = act(conv(x) + bias)` for one NHWC sample.
+    ///
+    /// # Panics
+    /// If `x` is not [`ConvGeometry::input_len`] long, `y` not
+    /// [`ConvGeometry::output_len`], or `scratch` shorter than [`ConvF32::scratch_len`].
+    pub fn run(&self, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+        let g = &self.geom;
+        assert_eq!(x.len(), g.input_len(), "conv2d input length");
+        assert_eq!(y.len(), g.output_len(), "conv2d output length");
+        assert!(scratch.len() >= self.scratch_len(), "conv2d scratch length");
+        let pixels = g.out_h * g.out_w;
+        match &self.plan {
+            Plan::Depthwise { c_pad, w, bias } => {
+                super::depthwise_f32(self.path, g, x, w, bias, *c_pad, self.act, y)
+            }
+            Plan::Gemm {
+                im2col: false,
+                panels,
+                ..
+            } => {
+                let icg = g.icg();
+                for (gi, pn) in panels.iter().enumerate() {
+                    let a = &x[gi * icg..];
+                    let yo = &mut y[gi * pn.n..];
+                    gemm::gemm_f32(self.path, a, g.in_c, pixels, pn, self.act, yo, g.out_c);
+                }
+            }
+            Plan::Gemm {
+                im2col: true,
+                tile,
+                panels,
+            } => {
+                for (gi, pn) in panels.iter().enumerate() {
+                    let mut p0 = 0;
+                    while p0 < pixels {
+                        let m = (*tile).min(pixels - p0);
+                        let rows = &mut scratch[..m * pn.k];
+                        im2col(g, x, gi, p0, pn.k, 0.0, rows);
+                        let yo = &mut y[p0 * g.out_c + gi * pn.n..];
+                        gemm::gemm_f32(self.path, rows, pn.k, m, pn, self.act, yo, g.out_c);
+                        p0 += m;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Portable depthwise f32 convolution: for each output pixel, the bias, then every tap's
+/// input row times its weights, channels innermost.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn depthwise_f32_portable(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    c_pad: usize,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let c = g.in_c;
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            let out = &mut y[(oy * g.out_w + ox) * c..][..c];
+            out.copy_from_slice(&bias[..c]);
+            for ky in 0..g.k_h {
+                for kx in 0..g.k_w {
+                    let Some(s) = g.source(oy, ox, ky, kx) else {
+                        continue;
+                    };
+                    let xr = &x[s * c..(s + 1) * c];
+                    let wr = &w[(ky * g.k_w + kx) * c_pad..][..c];
+                    for ((o, &xv), &wv) in out.iter_mut().zip(xr).zip(wr) {
+                        *o += xv * wv;
+                    }
+                }
+            }
+            if act != Activation::Identity {
+                out.iter_mut().for_each(|v| *v = act.apply(*v));
+            }
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! NHWC int8 convolution over one sample: u8 activations with a zero point × i8 weights
+//! with one scale per output channel, exact i32 sums, then requantization to u8 with
+//! [`FixedMultiplier`] (the same bits on every path) or dequantization to f32.
+
+use super::conv::{ConvGeometry, im2col, im2col_tile};
+use super::gemm::{self, PanelsI8, QDst};
+use super::int8::FixedMultiplier;
+use super::{Activation, I8Path, KernelError};
+
+/// The quantization of a u8 tensor: `real = scale · (code - zero_point)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct U8Quant {
+    /// Positive, finite.
+    pub scale: f32,
+    /// The code of 0.0.
+    pub zero_point: u8,
+}
+
+impl U8Quant {
+    fn check(self, op: &'static str, what: &str) -> Result<(), KernelError> {
+        if self.scale.is_finite() && self.scale > 0.0 {
+            Ok(())
+        } else {
+            Err(KernelError::Quant {
+                op,
+                reason: format!(
+                    "{what} scale {} is not a positive finite number",
+                    self.scale
+                ),
+            })
+        }
+    }
+}
+
+/// What an int8 convolution or dense layer writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutputQuant {
+    /// u8 codes of `quant`, clamped to `[min, max]` (the fused activation: Relu is
+    /// `[zero_point, 255]`; see [`OutputQuant::u8_with`]).
+    U8 {
+        /// Output scale and zero point.
+        quant: U8Quant,
+        /// Lowest code.
+        min: u8,
+        /// Highest code.
+        max: u8,
+    },
+    /// Dequantized f32, then the activation.
+    F32(Activation),
+}
+
+impl OutputQuant {
+    /// A u8 output with `act` as a clamp of the codes: Identity `[0, 255]`, Relu
+    /// `[zp, 255]`, Clip `[zp + round(min / scale), zp + round(max / scale)]` within
+    /// `0..=255`.
+    ///
+    /// # Errors
+    /// [`KernelError::Quant`] for an activation that is not a clamp (Sigmoid, Tanh,
+    /// LeakyRelu, HardSwish) or a bad scale.
+    pub fn u8_with(quant: U8Quant, act: Activation) -> Result<OutputQuant, KernelError> {
+        quant.check("requantize", "output")?;
+        let code = |v: f32| {
+            (quant.zero_point as f64 + (v as f64 / quant.scale as f64).round_ties_even())
+                .clamp(0.0, 255.0) as u8
+        };
+        let (min, max) = match act {
+            Activation::Identity => (0, 255),
+            Activation::Relu => (quant.zero_point, 255),
+            Activation::Clip { min, max } if min <= max => (code(min), code(max)),
+            other => {
+                return Err(KernelError::Quant {
+                    op: "requantize",
+                    reason: format!(
+                        "activation {other:?} is not a clamp of the output codes; keep an f32 output"
+                    ),
+                });
+            }
+        };
+        Ok(OutputQuant::U8 { quant, min, max })
+    }
+}
+
+/// Per output channel: the bias on the accumulator's scale with `-zp_in · Σw` folded in,
+/// and the output transform. The portable kernels compute in i64 as written here; the
+/// SIMD kernels in i32 when [`QEpilogue::exact32`] says no sum can leave the i32 range.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct QEpilogue {
+    /// `bias[c] - zp_in · Σw[c]`.
+    pub(super) bias: Vec<i64>,
+    /// Whether `acc + bias[c]` fits an i32 for every u8 input.
+    pub(super) exact32: bool,
+    pub(super) out: QOut,
+    /// The constants in the layout of a SIMD epilogue of `lanes.width` channels, when
+    /// [`QEpilogue::exact32`] holds and a SIMD family runs the layer.
+    pub(super) lanes: Option<Lanes>,
+}
+
+/// Per-channel constants for SIMD epilogues: i32 bias and mantissa, f32 scale, and for
+/// the 64-bit steps of the u8 requantization `2^(shift-1)` and `shift` as i64, arranged
+/// per block of `width` channels as the family's widening multiply produces its products
+/// (x86 `vpmuldq`: the even channels, then the odd ones; NEON `smull`/`smull2`: in
+/// order). Each group's channels start a block (a group of `group` channels takes
+/// `group_pad` slots); the arrays run 128 zero slots past the last group, so a kernel may
+/// read whole panels there.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Lanes {
+    pub(super) width: usize,
+    pub(super) group: usize,
+    pub(super) group_pad: usize,
+    pub(super) bias: Vec<i32>,
+    pub(super) mult: Vec<i32>,
+    pub(super) round: Vec<i64>,
+    pub(super) shift: Vec<i64>,
+    pub(super) scale: Vec<f32>,
+    pub(super) zero_point: i32,
+    pub(super) min: i32,
+    pub(super) max: i32,
+    /// Whether some channel's multiplier is 1/2 or more, so `M(t)` may leave the i32
+    /// range and must be clamped in 64 bits.
+    pub(super) wide: bool,
+    pub(super) act: Activation,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum QOut {
+    U8 {
+        /// Per channel `s_in · s_w[c] / s_out`.
+        mult: Vec<FixedMultiplier>,
+        zero_point: u8,
+        min: u8,
+        max: u8,
+    },
+    F32 {
+        /// Per channel `s_in · s_w[c]`.
+        scale: Vec<f32>,
+        act: Activation,
+    },
+}
+
+/// `clamp(zero_point + M(saturate_i32(a)), min, max)`: the u8 requantization every path
+/// gives.
+#[inline]
+pub(super) fn requant_one(a: i64, m: FixedMultiplier, zero_point: u8, min: u8, max: u8) -> u8 {
+    (zero_point as i64 + m.apply(a)).clamp(min as i64, max as i64) as u8
+}
+
+impl QEpilogue {
+    /// The epilogue of channels whose i8 weights are `w(c, kk)` for `kk < depth`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        op: &'static str,
+        channels: usize,
+        depth: usize,
+        w: impl Fn(usize, usize) -> i8,
+        weight_scales: &[f32],
+        bias: &[i32],
+        input: U8Quant,
+        output: OutputQuant,
+    ) -> Result<QEpilogue, KernelError> {
+        input.check(op, "input")?;
+        if weight_scales.len() != channels && weight_scales.len() != 1 {
+            return Err(KernelError::Length {
+                op,
+                what: "weight scales",
+                got: weight_scales.len(),
+                want: channels,
+            });
+        }
+        if bias.len() != channels {
+            return Err(KernelError::Length {
+                op,
+                what: "bias",
+                got: bias.len(),
+                want: channels,
+            });
+        }
+        let s_w = |c: usize| weight_scales[if weight_scales.len() == 1 { 0 } else { c }];
+        for c in 0..channels {
+            let s = s_w(c);
+            if !(s.is_finite() && s > 0.0) {
+                return Err(KernelError::Quant {
+                    op,
+                    reason: format!(
+                        "channel {c}: weight scale {s} is not a positive finite number"
+                    ),
+                });
+            }
+        }
+        let mut folded = Vec::with_capacity(channels);
+        let mut exact32 = true;
+        let i32_range = i32::MIN as i64..=i32::MAX as i64;
+        for (c, &b) in bias.iter().enumerate() {
+            let (mut lo, mut hi, mut sum) = (0i64, 0i64, 0i64);
+            for kk in 0..depth {
+                let v = w(c, kk) as i64;
+                sum += v;
+                if v < 0 {
+                    lo += 255 * v;
+                } else {
+                    hi += 255 * v;
+                }
+            }
+            let f = b as i64 - input.zero_point as i64 * sum;
+            exact32 &= i32_range.contains(&(lo + f)) && i32_range.contains(&(hi + f));
+            folded.push(f);
+        }
+        let out = match output {
+            OutputQuant::U8 { quant, min, max } => {
+                quant.check(op, "output")?;
+                if min > max {
+                    return Err(KernelError::Quant {
+                        op,
+                        reason: format!("output clamp [{min}, {max}] is empty"),
+                    });
+                }
+                let mut mult = Vec::with_capacity(channels);
+                for c in 0..channels {
+                    let real = input.scale as f64 * s_w(c) as f64 / quant.scale as f64;
+                    mult.push(FixedMultiplier::new(real).ok_or_else(|| KernelError::Quant {
+                        op,
+                        reason: format!(
+                            "channel {c}: requantization multiplier {real:e} (input scale × weight scale / output scale) is outside [2^-32, 2^30)"
+                        ),
+                    })?);
+                }
+                QOut::U8 {
+                    mult,
+                    zero_point: quant.zero_point,
+                    min,
+                    max,
+                }
+            }
+            OutputQuant::F32(act) => QOut::F32 {
+                scale: (0..channels).map(|c| input.scale * s_w(c)).collect(),
+                act,
+            },
+        };
+        Ok(QEpilogue {
+            bias: folded,
+            exact32,
+            out,
+            lanes: None,
+        })
+    }
+
+    /// Prepares [`QEpilogue::lanes`] for SIMD epilogues `width` channels wide
+    /// (`even_odd`: x86's arrangement). Without [`QEpilogue::exact32`] nothing is
+    /// prepared and the layer must run the portable epilogue.
+    pub(super) fn prepare_lanes(&mut self, width: usize, even_odd: bool, group: usize) {
+        if !self.exact32 {
+            return;
+        }
+        let channels = self.bias.len();
+        let group_pad = group.div_ceil(width) * width;
+        let slot = |c: usize| c / group * group_pad + c % group;
+        let padded = (channels / group * group_pad).div_ceil(64) * 64 + 128;
+        let mut l = Lanes {
+            width,
+            group,
+            group_pad,
+            bias: vec![0; padded],
+            mult: vec![0; padded],
+            round: vec![0; padded],
+            // Padding channels shift by 1 (never stored; any valid shift would do).
+            shift: vec![1; padded],
+            scale: vec![0.0; padded],
+            zero_point: 0,
+            min: 0,
+            max: 0,
+            wide: false,
+            act: Activation::Identity,
+        };
+        match &self.out {
+            QOut::U8 {
+                mult,
+                zero_point,
+                min,
+                max,
+            } => {
+                for (c, m) in mult.iter().enumerate() {
+                    let s = slot(c);
+                    let at = if even_odd {
+                        let (block, j) = (s / width * width, s % width);
+                        block + if j % 2 == 0 { j / 2 } else { width / 2 + j / 2 }
+                    } else {
+                        s
+                    };
+                    l.mult[s] = m.m;
+                    l.round[at] = 1i64 << (m.shift - 1);
+                    l.shift[at] = m.shift as i64;
+                    l.wide |= m.shift < 32;
+                }
+                (l.zero_point, l.min, l.max) = (*zero_point as i32, *min as i32, *max as i32);
+            }
+            QOut::F32 { scale, act } => {
+                for (c, &v) in scale.iter().enumerate() {
+                    l.scale[slot(c)] = v;
+                }
+                l.act = *act;
+            }
+        }
+        for (c, &b) in self.bias.iter().enumerate() {
+            l.bias[slot(c)] = b as i32;
+        }
+        self.lanes = Some(l);
+    }
+
+    /// `path` with the lane constants prepared for it, or the portable family when some
+    /// sum could leave the i32 range (the SIMD epilogues add in 32 bits).
+    /// `group`: channels per group (all of them for one group).
+    pub(super) fn simd_path(&mut self, path: I8Path, group: usize) -> I8Path {
+        match path.epilogue_lanes() {
+            Some((width, even_odd)) if self.exact32 => {
+                self.prepare_lanes(width, even_odd, group);
+                path
+            }
+            _ => I8Path::Portable,
+        }
+    }
+
+    /// The epilogue channel a kernel's `c0` names for the first channel of group `g`
+    /// (the SIMD layouts start each group on a block).
+    pub(super) fn group_base(&self, g: usize, group: usize) -> usize {
+        match &self.lanes {
+            Some(l) => g * l.group_pad,
+            None => g * group,
+        }
+    }
+
+    pub(super) fn channels(&self) -> usize {
+        self.bias.len()
+    }
+
+    pub(super) fn is_u8(&self) -> bool {
+        matches!(self.out, QOut::U8 { .. })
+    }
+
+    /// u8 outputs of channels `c0..c0 + acc.len()`.
+    #[inline]
+    pub(super) fn u8_row(&self, c0: usize, acc: &[i32], y: &mut [u8]) {
+        let QOut::U8 {
+            mult,
+            zero_point,
+            min,
+            max,
+        } = &self.out
+        else {
+            unreachable!("a u8 destination for an f32 epilogue")
+        };
+        for (i, (y, &a)) in y.iter_mut().zip(acc).enumerate() {
+            let c = c0 + i;
+            *y = requant_one(a as i64 + self.bias[c], mult[c], *zero_point, *min, *max);
+        }
+    }
+
+    /// f32 outputs of channels `c0..c0 + acc.len()`.
+    #[inline]
+    pub(super) fn f32_row(&self, c0: usize, acc: &[i32], y: &mut [f32]) {
+        let QOut::F32 { scale, act } = &self.out else {
+            unreachable!("an f32 destination for a u8 epilogue")
+        };
+        for (i, (y, &a)) in y.iter_mut().zip(acc).enumerate() {
+            let c = c0 + i;
+            *y = act.apply((a as i64 + self.bias[c]) as f32 * scale[c]);
+        }
+    }
+}
+
+/// An int8 NHWC convolution: u8 input with a zero point, i8 weights with per-channel
+/// scales, i32 sums, u8 or f32 output. Build once at load ([`ConvU8::new`]);
+/// [`ConvU8::run_u8`] / [`ConvU8::run_f32`] allocate nothing. Every implementation family
+/// gives the same bits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvU8 {
+    geom: ConvGeometry,
+    path: I8Path,
+    input: U8Quant,
+    epi: QEpilogue,
+    plan: QPlan,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum QPlan {
+    /// One GEMM per group, over the input pixels in place (1×1, stride 1, no padding,
+    /// channels per group a multiple of 4) or over im2col tiles of `tile` pixels whose
+    /// patches are padded to a multiple of 4 with the input zero point.
+    Gemm {
+        im2col: bool,
+        tile: usize,
+        panels: Vec<PanelsI8>,
+    },
+    /// Weights `[tap][c]` (channels padded to `c_pad`).
+    Depthwise { c_pad: usize, w: Vec<i8> },
+}
+
+impl ConvU8 {
+    /// Packs `weights` (`[out_c, in_c / groups, k_h, k_w]`, i8) for the fastest kernel this
+    /// CPU runs. `weight_scales` holds one scale per output channel (or one for all),
+    /// `bias` one i32 per output channel on the scale `input.scale · weight_scale[c]`.
+    ///
+    /// # Errors
+    /// [`KernelError`] if the geometry is inconsistent, a length does not match it, or the
+    /// quantization parameters cannot be represented.
+    pub fn new(
+        geom: ConvGeometry,
+        weights: &[i8],
+        weight_scales: &[f32],
+        bias: &[i32],
+        input: U8Quant,
+        output: OutputQuant,
+    ) -> Result<ConvU8, KernelError> {
+        ConvU8::with_path(
+            geom,
+            weights,
+            weight_scales,
+            bias,
+            input,
+            output,
+            I8Path::detect(),
+        )
+    }
+
+    /// [`ConvU8::new`] for a given implementation family (one of [`I8Path::available`]).
+    ///
+    /// # Errors
+    /// As [`ConvU8::new`], and [`KernelError::Geometry`] if this CPU cannot run `path`.
+    pub fn with_path(
+        geom: ConvGeometry,
+        weights: &[i8],
+        weight_scales: &[f32],
+        bias: &[i32],
+        input: U8Quant,
+        output: OutputQuant,
+        path: I8Path,
+    ) -> Result<ConvU8, KernelError> {
+        const OP: &str = "qconv2d";
+        geom.check_params(OP, weights.len(), bias.len())?;
+        if !I8Path::available().contains(&path) {
+            return Err(KernelError::Geometry {
+                op: OP,
+                reason: format!("this CPU cannot run the {} kernels", path.name()),
+            });
+        }
+        let (icg, ocg, taps) = (geom.icg(), geom.ocg(), geom.taps());
+        let depth = taps * icg;
+        check_depth(OP, depth)?;
+        // Channel c's weight kk in (tap, input channel) order.
+        let w_at = |c: usize, kk: usize| {
+            let (tap, ic) = (kk / icg, kk % icg);
+            weights[geom.weight_index(c, ic, tap / geom.k_w, tap % geom.k_w)]
+        };
+        let mut epi = QEpilogue::new(
+            OP,
+            geom.out_c,
+            depth,
+            w_at,
+            weight_scales,
+            bias,
+            input,
+            output,
+        )?;
+        let path = epi.simd_path(path, ocg);
+        let plan = if geom.is_depthwise() {
+            let c = geom.in_c;
+            let c_pad = super::dw_channels_padded(c);
+            let mut w = vec![0; taps * c_pad];
+            for ch in 0..c {
+                for tap in 0..taps {
+                    w[tap * c_pad + ch] = w_at(ch, tap);
+                }
+            }
+            QPlan::Depthwise { c_pad, w }
+        } else {
+            let nr = gemm::i8_nr(path, ocg, false);
+            let panels: Vec<PanelsI8> = (0..geom.groups)
+                .map(|g| PanelsI8::pack(depth, ocg, nr, |kk, j| w_at(g * ocg + j, kk)))
+                .collect();
+            let im2col = !(geom.is_pointwise() && icg.is_multiple_of(4));
+            let k4 = panels[0].k4;
+            let tile = if im2col {
+                im2col_tile(k4, gemm::i8_mr(path), geom.out_h * geom.out_w)
+            } else {
+                0
+            };
+            QPlan::Gemm {
+                im2col,
+                tile,
+                panels,
+            }
+        };
+        Ok(ConvU8 {
+            geom,
+            path,
+            input,
+            epi,
+            plan,
+        })
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.geom
+    }
+
+    /// The implementation family the weights were packed for.
+    pub fn path(&self) -> I8Path {
+        self.path
+    }
+
+    /// Whether the output is u8 ([`ConvU8::run_u8`]) rather than f32 ([`ConvU8::run_f32`]).
+    pub fn output_is_u8(&self) -> bool {
+        self.epi.is_u8()
+    }
+
+    /// Scratch bytes a run needs (0 for 1×1 and depthwise convolutions).
+    pub fn scratch_len(&self) -> usize {
+        match &self.plan {
+            QPlan::Gemm {
+                im2col: true,
+                tile,
+                panels,
+            } => tile * panels[0].k4,
+            _ => 0,
+        }
+    }
+
+    /// The convolution of one NHWC sample into u8 codes.
+    ///
+    /// # Panics
+    /// If the output is f32, `x` is not [`ConvGeometry::input_len`] long, `y` not
+    /// [`ConvGeometry::output_len`], or `scratch` shorter than [`ConvU8::scratch_len`].
+    pub fn run_u8(&self, x: &[u8], y: &mut [u8], scratch: &mut [u8]) {
+        assert!(self.epi.is_u8(), "qconv2d: this layer writes f32");
+        assert_eq!(y.len(), self.geom.output_len(), "qconv2d output length");
+        self.run(x, QDst::U8(y), scratch)
+    }
+
+    /// The convolution of one NHWC sample, dequantized to f32.
+    ///
+    /// # Panics
+    /// If the output is u8, or a length is wrong as for [`ConvU8::run_u8`].
+    pub fn run_f32(&self, x: &[u8], y: &mut [f32], scratch: &mut [u8]) {
+        assert!(!self.epi.is_u8(), "qconv2d: this layer writes u8");
+        assert_eq!(y.len(), self.geom.output_len(), "qconv2d output length");
+        self.run(x, QDst::F32(y), scratch)
+    }
+
+    fn run(&self, x: &[u8], mut y: QDst<'_>, scratch: &mut [u8]) {
+        let g = &self.geom;
+        assert_eq!(x.len(), g.input_len(), "qconv2d input length");
+        assert!(
+            scratch.len() >= self.scratch_len(),
+            "qconv2d scratch length"
+        );
+        let pixels = g.out_h * g.out_w;
+        let zp = self.input.zero_point;
+        match &self.plan {
+            QPlan::Depthwise { c_pad, w } => {
+                super::depthwise_u8(self.path, g, x, zp, w, *c_pad, &self.epi, y)
+            }
+            QPlan::Gemm {
+                im2col: false,
+                panels,
+                ..
+            } => {
+                let icg = g.icg();
+                for (gi, pn) in panels.iter().enumerate() {
+                    let (a, c0) = (&x[gi * icg..], self.epi.group_base(gi, pn.n));
+                    let dst = sub_dst(&mut y, gi * pn.n);
+                    gemm::gemm_u8i8(
+                        self.path, a, g.in_c, pixels, pn, &self.epi, c0, dst, g.out_c,
+                    );
+                }
+            }
+            QPlan::Gemm {
+                im2col: true,
+                tile,
+                panels,
+            } => {
+                for (gi, pn) in panels.iter().enumerate() {
+                    let mut p0 = 0;
+                    while p0 < pixels {
+                        let m = (*tile).min(pixels - p0);
+                        let rows = &mut scratch[..m * pn.k4];
+                        im2col(g, x, gi, p0, pn.k4, zp, rows);
+                        let c0 = self.epi.group_base(gi, pn.n);
+                        let dst = sub_dst(&mut y, p0 * g.out_c + gi * pn.n);
+                        gemm::gemm_u8i8(self.path, rows, pn.k4, m, pn, &self.epi, c0, dst, g.out_c);
+                        p0 += m;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Products per output the int8 kernels accept: `255 · 128 · depth` fits an i32, so the
+/// raw sums never overflow.
+pub const MAX_I8_DEPTH: usize = 65536;
+
+pub(super) fn check_depth(op: &'static str, depth: usize) -> Result<(), KernelError> {
+    if depth > MAX_I8_DEPTH {
+        return Err(KernelError::Geometry {
+            op,
+            reason: format!(
+                "each output sums {depth} products; int8 kernels allow at most {MAX_I8_DEPTH}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `y[at..]`.
+pub(super) fn sub_dst<'a>(y: &'a mut QDst<'_>, at: usize) -> QDst<'a> {
+    match y {
+        QDst::U8(y) => QDst::U8(&mut y[at..]),
+        QDst::F32(y) => QDst::F32(&mut y[at..]),
+    }
+}
+
+/// Portable depthwise int8 convolution: per output pixel and block of 64 channels, the
+/// exact i32 sum over every tap (the input zero point in the padding), then the epilogue.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn depthwise_u8_portable(
+    g: &ConvGeometry,
+    x: &[u8],
+    zp: u8,
+    w: &[i8],
+    c_pad: usize,
+    epi: &QEpilogue,
+    mut y: QDst<'_>,
+) {
+    const BLOCK: usize = 64;
+    let c = g.in_c;
+    let zp_row = [zp; BLOCK];
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            let p = oy * g.out_w + ox;
+            let mut c0 = 0;
+            while c0 < c {
+                let n = BLOCK.min(c - c0);
+                let mut acc = [0i32; BLOCK];
+                for ky in 0..g.k_h {
+                    for kx in 0..g.k_w {
+                        let xr = match g.source(oy, ox, ky, kx) {
+                            Some(s) => &x[s * c + c0..s * c + c0 + n],
+                            None => &zp_row[..n],
+                        };
+                        let wr = &w[(ky * g.k_w + kx) * c_pad + c0..][..n];
+                        for ((a, &xv), &wv) in acc.iter_mut().zip(xr).zip(wr) {
+                            *a += xv as i32 * wv as i32;
+                        }
+                    }
+                }
+                let at = p * c + c0;
+                match &mut y {
+                    QDst::U8(y) => epi.u8_row(c0, &acc[..n], &mut y[at..at + n]),
+                    QDst::F32(y) => epi.f32_row(c0, &acc[..n], &mut y[at..at + n]),
+                }
+                c0 += n;
+            }
+        }
+    }
+}

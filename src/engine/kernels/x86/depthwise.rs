@@ -1,0 +1,238 @@
+//! Depthwise f32 convolution over NHWC for AVX-512 and AVX2: per output row and vector of
+//! channels, the tap weights are loaded once (held in registers for 3×3) and every output
+//! pixel of the row sums its valid taps' input vectors (padding taps are skipped).
+
+use super::gemm::{activate, finish_row, scalar_act};
+use super::simd::{Avx2, Avx512, F32Simd};
+use crate::engine::kernels::{Activation, ConvGeometry};
+
+/// The input vector of a tap, the first `n` lanes.
+#[inline(always)]
+unsafe fn load_n<S: F32Simd>(p: *const f32, n: usize) -> S::V {
+    // SAFETY: `n` values readable at `p` (the callers' contract).
+    unsafe {
+        if n == S::LANES {
+            S::load(p)
+        } else {
+            S::load_first(p, n)
+        }
+    }
+}
+
+/// One output row for channels `cv..cv + n`, taps `KH × KW` known at compile time.
+///
+/// # Safety
+/// S's features are present; `x`, `w`, `bias`, `y` are as checked by
+/// [`depthwise_f32_avx512`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn row_fixed<S: F32Simd, const KH: usize, const KW: usize>(
+    g: &ConvGeometry,
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    c_pad: usize,
+    act: Activation,
+    y: *mut f32,
+    oy: usize,
+    cv: usize,
+    n: usize,
+) {
+    // SAFETY: taps are read only inside the input (row and column checked), weights and
+    // bias inside their padded arrays, outputs inside row `oy`.
+    unsafe {
+        let c = g.in_c;
+        let mut wr = [[S::zero(); KW]; KH];
+        for ky in 0..KH {
+            for kx in 0..KW {
+                wr[ky][kx] = S::load(w.add((ky * KW + kx) * c_pad + cv));
+            }
+        }
+        let b = S::load(bias.add(cv));
+        let mut rows = [None; KH];
+        for ky in 0..KH {
+            let iy = (oy * g.stride[0] + ky * g.dilation[0]).wrapping_sub(g.pad[0]);
+            if iy < g.in_h {
+                rows[ky] = Some(x.add(iy * g.in_w * c + cv));
+            }
+        }
+        for ox in 0..g.out_w {
+            let mut acc = b;
+            let ix0 = (ox * g.stride[1]).wrapping_sub(g.pad[1]);
+            for ky in 0..KH {
+                let Some(row) = rows[ky] else { continue };
+                for kx in 0..KW {
+                    let ix = ix0.wrapping_add(kx * g.dilation[1]);
+                    if ix < g.in_w {
+                        acc = S::fmadd(load_n::<S>(row.add(ix * c), n), wr[ky][kx], acc);
+                    }
+                }
+            }
+            let out = activate::<S>(acc, act);
+            let yp = y.add((oy * g.out_w + ox) * c + cv);
+            if n == S::LANES {
+                S::store(yp, out);
+            } else {
+                S::store_first(yp, out, n);
+            }
+            if scalar_act(act) {
+                finish_row(yp, n, act);
+            }
+        }
+    }
+}
+
+/// One output row for channels `cv..cv + n`, any kernel size.
+///
+/// # Safety
+/// As [`row_fixed`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_any<S: F32Simd>(
+    g: &ConvGeometry,
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    c_pad: usize,
+    act: Activation,
+    y: *mut f32,
+    oy: usize,
+    cv: usize,
+    n: usize,
+) {
+    // SAFETY: as in `row_fixed`.
+    unsafe {
+        let c = g.in_c;
+        let b = S::load(bias.add(cv));
+        for ox in 0..g.out_w {
+            let mut acc = b;
+            for ky in 0..g.k_h {
+                let iy = (oy * g.stride[0] + ky * g.dilation[0]).wrapping_sub(g.pad[0]);
+                if iy >= g.in_h {
+                    continue;
+                }
+                for kx in 0..g.k_w {
+                    let ix = (ox * g.stride[1] + kx * g.dilation[1]).wrapping_sub(g.pad[1]);
+                    if ix < g.in_w {
+                        let xv = load_n::<S>(x.add((iy * g.in_w + ix) * c + cv), n);
+                        let wv = S::load(w.add((ky * g.k_w + kx) * c_pad + cv));
+                        acc = S::fmadd(xv, wv, acc);
+                    }
+                }
+            }
+            let out = activate::<S>(acc, act);
+            let yp = y.add((oy * g.out_w + ox) * c + cv);
+            if n == S::LANES {
+                S::store(yp, out);
+            } else {
+                S::store_first(yp, out, n);
+            }
+            if scalar_act(act) {
+                finish_row(yp, n, act);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// S's features are present; the checks of [`check`] hold.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise<S: F32Simd>(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    c_pad: usize,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let (xp, wp, bp, yp) = (x.as_ptr(), w.as_ptr(), bias.as_ptr(), y.as_mut_ptr());
+    for oy in 0..g.out_h {
+        let mut cv = 0;
+        while cv < g.in_c {
+            let n = S::LANES.min(g.in_c - cv);
+            // SAFETY: forwarded checks.
+            unsafe {
+                if g.k_h == 3 && g.k_w == 3 {
+                    row_fixed::<S, 3, 3>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n);
+                } else {
+                    row_any::<S>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n);
+                }
+            }
+            cv += S::LANES;
+        }
+    }
+}
+
+fn check(g: &ConvGeometry, x: &[f32], w: &[f32], bias: &[f32], c_pad: usize, y: &[f32]) {
+    assert!(g.validate().is_ok() && g.is_depthwise());
+    assert!(c_pad >= g.in_c.div_ceil(16) * 16);
+    assert!(x.len() >= g.input_len() && y.len() >= g.output_len());
+    assert!(w.len() >= g.k_h * g.k_w * c_pad && bias.len() >= c_pad);
+}
+
+/// AVX-512 depthwise f32 convolution (weights `[tap][c_pad]`).
+#[allow(clippy::too_many_arguments)]
+pub(in crate::engine::kernels) fn depthwise_f32_avx512(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    c_pad: usize,
+    act: Activation,
+    y: &mut [f32],
+) {
+    check(g, x, w, bias, c_pad, y);
+    assert!(super::has_avx512f());
+    // SAFETY: AVX-512 F present (asserted); `check` bounds every access (taps inside the
+    // input by the row and column tests, weights and bias inside `c_pad`).
+    unsafe { dw_avx512(g, x, w, bias, c_pad, act, y) }
+}
+
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_avx512(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    c_pad: usize,
+    act: Activation,
+    y: &mut [f32],
+) {
+    // SAFETY: the caller's checks; AVX-512 F enabled here.
+    unsafe { depthwise::<Avx512>(g, x, w, bias, c_pad, act, y) }
+}
+
+/// AVX2 + FMA depthwise f32 convolution.
+#[allow(clippy::too_many_arguments)]
+pub(in crate::engine::kernels) fn depthwise_f32_avx2(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    c_pad: usize,
+    act: Activation,
+    y: &mut [f32],
+) {
+    check(g, x, w, bias, c_pad, y);
+    assert!(super::has_avx2_fma());
+    // SAFETY: AVX2 and FMA present (asserted); `check` bounds every access.
+    unsafe { dw_avx2(g, x, w, bias, c_pad, act, y) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_avx2(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    c_pad: usize,
+    act: Activation,
+    y: &mut [f32],
+) {
+    // SAFETY: the caller's checks; AVX2 and FMA enabled here.
+    unsafe { depthwise::<Avx2>(g, x, w, bias, c_pad, act, y) }
+}

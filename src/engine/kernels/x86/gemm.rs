@@ -1,0 +1,261 @@
+//! f32 GEMM micro-kernels for AVX-512 and AVX2 + FMA: a tile of `MR` rows × `NV` vectors
+//! of columns held in registers across the whole depth; each step loads the panel's `NV`
+//! weight vectors once and broadcasts one value of each row (folded into the FMA).
+
+use super::simd::{Avx2, Avx512, F32Simd};
+use crate::engine::kernels::Activation;
+use crate::engine::kernels::gemm::PanelsF32;
+
+/// The activation on one vector (Sigmoid and Tanh pass through: [`finish_row`] applies
+/// them in scalar code after the store).
+#[inline(always)]
+pub(super) unsafe fn activate<S: F32Simd>(v: S::V, act: Activation) -> S::V {
+    // SAFETY: the caller runs with S's features (the trait's contract).
+    unsafe {
+        match act {
+            Activation::Identity | Activation::Sigmoid | Activation::Tanh => v,
+            Activation::Relu => S::max(v, S::zero()),
+            Activation::Clip { min, max } => S::min(S::max(v, S::splat(min)), S::splat(max)),
+            Activation::LeakyRelu(a) => S::leaky(v, S::splat(a)),
+            Activation::HardSwish => {
+                let t = S::add(S::mul(v, S::splat(1.0 / 6.0)), S::splat(0.5));
+                S::mul(v, S::min(S::max(t, S::zero()), S::splat(1.0)))
+            }
+        }
+    }
+}
+
+/// Whether `act` needs the scalar pass after the vector store.
+#[inline(always)]
+pub(super) fn scalar_act(act: Activation) -> bool {
+    matches!(act, Activation::Sigmoid | Activation::Tanh)
+}
+
+/// Applies a scalar-only activation to `n` stored values.
+///
+/// # Safety
+/// `y` is valid for `n` values.
+#[inline(always)]
+pub(super) unsafe fn finish_row(y: *mut f32, n: usize, act: Activation) {
+    for j in 0..n {
+        // SAFETY: j < n (the caller's contract).
+        unsafe { *y.add(j) = act.apply(*y.add(j)) };
+    }
+}
+
+/// One tile: rows `0..m` (`m <= MR`; rows past `m` repeat row `m - 1` and are not
+/// stored) of `a` times one panel, columns `0..ncols` stored.
+///
+/// # Safety
+/// S's features are present; `a` holds `m` rows of `k` values `lda` apart, `w` the
+/// panel's `k · NV · LANES` values, `bias` `NV · LANES`, `y` `m` rows of `ncols` values
+/// `ldy` apart.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    ncols: usize,
+    act: Activation,
+) {
+    // SAFETY: every access below stays inside the ranges of the function's contract.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; MR];
+        for v in 0..NV {
+            let b = S::load(bias.add(v * S::LANES));
+            for r in 0..MR {
+                acc[r][v] = b;
+            }
+        }
+        let mut rows = [a; MR];
+        for r in 0..MR {
+            rows[r] = a.add(r.min(m - 1) * lda);
+        }
+        let mut wp = w;
+        for kk in 0..k {
+            let mut wv = [S::zero(); NV];
+            for v in 0..NV {
+                wv[v] = S::load(wp.add(v * S::LANES));
+            }
+            for r in 0..MR {
+                let av = S::splat(*rows[r].add(kk));
+                for v in 0..NV {
+                    acc[r][v] = S::fmadd(av, wv[v], acc[r][v]);
+                }
+            }
+            wp = wp.add(NV * S::LANES);
+        }
+        for r in 0..MR {
+            if r >= m {
+                break;
+            }
+            let yr = y.add(r * ldy);
+            for v in 0..NV {
+                let c0 = v * S::LANES;
+                if c0 >= ncols {
+                    break;
+                }
+                let out = activate::<S>(acc[r][v], act);
+                if ncols - c0 >= S::LANES {
+                    S::store(yr.add(c0), out);
+                } else {
+                    S::store_first(yr.add(c0), out, ncols - c0);
+                }
+            }
+            if scalar_act(act) {
+                finish_row(yr, ncols, act);
+            }
+        }
+    }
+}
+
+/// Every panel over every tile of `MR` rows; shorter tails in tiles of 4, 2, 1 rows (or
+/// one padded `MR` tile when over half full).
+///
+/// # Safety
+/// S's features are present; the checks of [`gemm_f32_avx512`] hold.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize>(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PanelsF32,
+    act: Activation,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let (k, n, nr) = (w.k, w.n, NV * S::LANES);
+    let (ap, yp) = (a.as_ptr(), y.as_mut_ptr());
+    for p in 0..w.panels() {
+        let ncols = nr.min(n - p * nr);
+        // SAFETY: panel p exists (checked by the caller); rows i.. < m of `a` and `y`
+        // exist; tile reads and writes only those.
+        unsafe {
+            let wp = w.data.as_ptr().add(p * k * nr);
+            let bp = w.bias.as_ptr().add(p * nr);
+            let yc = yp.add(p * nr);
+            let mut i = 0;
+            while m - i >= MR {
+                let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
+                tile::<S, MR, NV>(k, ai, lda, MR, wp, bp, yi, ldy, ncols, act);
+                i += MR;
+            }
+            while i < m {
+                let rest = m - i;
+                let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
+                if rest * 2 > MR {
+                    tile::<S, MR, NV>(k, ai, lda, rest, wp, bp, yi, ldy, ncols, act);
+                    i = m;
+                } else if rest >= 4 {
+                    tile::<S, 4, NV>(k, ai, lda, 4, wp, bp, yi, ldy, ncols, act);
+                    i += 4;
+                } else if rest >= 2 {
+                    tile::<S, 2, NV>(k, ai, lda, 2, wp, bp, yi, ldy, ncols, act);
+                    i += 2;
+                } else {
+                    tile::<S, 1, NV>(k, ai, lda, 1, wp, bp, yi, ldy, ncols, act);
+                    i += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Panel widths the AVX-512 kernel has tiles for.
+pub(in crate::engine::kernels) const AVX512_NR: [usize; 5] = [16, 32, 48, 64, 128];
+/// Panel widths the AVX2 kernel has tiles for.
+pub(in crate::engine::kernels) const AVX2_NR: [usize; 4] = [8, 16, 32, 64];
+
+fn check(a: &[f32], lda: usize, m: usize, w: &PanelsF32, y: &[f32], ldy: usize) {
+    assert!(m > 0 && w.k > 0 && w.n > 0);
+    assert!(a.len() >= (m - 1) * lda + w.k && y.len() >= (m - 1) * ldy + w.n);
+    assert!(w.data.len() >= w.panels() * w.k * w.nr && w.bias.len() >= w.panels() * w.nr);
+    assert!(lda >= w.k && ldy >= w.n);
+}
+
+/// AVX-512 [`crate::engine::kernels::gemm::gemm_f32`].
+#[allow(clippy::too_many_arguments)]
+pub(in crate::engine::kernels) fn gemm_f32_avx512(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PanelsF32,
+    act: Activation,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check(a, lda, m, w, y, ldy);
+    assert!(AVX512_NR.contains(&w.nr) && super::has_avx512f());
+    // SAFETY: AVX-512 F is present (asserted); `check` bounds every row, panel and bias
+    // the kernel touches.
+    unsafe { gemm_avx512(a, lda, m, w, act, y, ldy) }
+}
+
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx512(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PanelsF32,
+    act: Activation,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    // SAFETY: the caller's checks; AVX-512 F is enabled here.
+    unsafe {
+        match w.nr {
+            16 => gemm::<Avx512, 12, 1>(a, lda, m, w, act, y, ldy),
+            32 => gemm::<Avx512, 12, 2>(a, lda, m, w, act, y, ldy),
+            48 => gemm::<Avx512, 8, 3>(a, lda, m, w, act, y, ldy),
+            64 => gemm::<Avx512, 6, 4>(a, lda, m, w, act, y, ldy),
+            _ => gemm::<Avx512, 3, 8>(a, lda, m, w, act, y, ldy),
+        }
+    }
+}
+
+/// AVX2 + FMA [`crate::engine::kernels::gemm::gemm_f32`].
+#[allow(clippy::too_many_arguments)]
+pub(in crate::engine::kernels) fn gemm_f32_avx2(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PanelsF32,
+    act: Activation,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    check(a, lda, m, w, y, ldy);
+    assert!(AVX2_NR.contains(&w.nr) && super::has_avx2_fma());
+    // SAFETY: AVX2 and FMA are present (asserted); `check` bounds every access.
+    unsafe { gemm_avx2(a, lda, m, w, act, y, ldy) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx2(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PanelsF32,
+    act: Activation,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    // SAFETY: the caller's checks; AVX2 and FMA are enabled here.
+    unsafe {
+        match w.nr {
+            8 => gemm::<Avx2, 8, 1>(a, lda, m, w, act, y, ldy),
+            16 => gemm::<Avx2, 6, 2>(a, lda, m, w, act, y, ldy),
+            32 => gemm::<Avx2, 3, 4>(a, lda, m, w, act, y, ldy),
+            _ => gemm::<Avx2, 1, 8>(a, lda, m, w, act, y, ldy),
+        }
+    }
+}

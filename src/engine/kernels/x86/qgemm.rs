@@ -1,0 +1,646 @@
+//! u8 × i8 GEMM micro-kernels: AVX-512 VNNI (`vpdpbusd zmm`, 16 channels per vector),
+//! VNNI at 256 bits (`vpdpbusd ymm`, AVX-VNNI), and AVX2 without VNNI (u8 and i8 widened
+//! to i16, `vpmaddwd` on pairs: `vpmaddubsw` would saturate). Weights are in the K4
+//! panel layout (each channel's four consecutive depths side by side); each step
+//! broadcasts four bytes of a row and multiplies them into every channel of the panel.
+//! The epilogues requantize exactly as [`crate::engine::kernels::qconv::requant_one`]
+//! (64-bit products, arithmetic shifts), or dequantize to f32, then store.
+
+use super::gemm::{activate, finish_row, scalar_act};
+use super::simd::{Avx2 as F256, Avx512 as F512, F32Simd};
+use crate::engine::kernels::gemm::{PanelsI8, QDst};
+use crate::engine::kernels::qconv::{Lanes, QEpilogue};
+use std::arch::x86_64::*;
+
+/// One x86 int8 family: how a step multiplies, and how a vector of i32 sums is stored.
+pub(super) trait I8Dot {
+    /// A broadcast quad of the row (as the family's multiply reads it).
+    type A: Copy;
+    /// One panel vector of weights.
+    type W: Copy;
+    /// The running sums of one vector of channels.
+    type Acc: Copy;
+    /// The finished i32 sums, one lane per channel.
+    type V: Copy;
+    /// Channels per vector.
+    const LANES: usize;
+    /// # Safety (every method)
+    /// The family's features are present; pointers are valid for what they touch.
+    unsafe fn zero() -> Self::Acc;
+    /// Four bytes at `p`, broadcast.
+    unsafe fn quad(p: *const u8) -> Self::A;
+    /// `LANES · 4` weights at `p`.
+    unsafe fn weights(p: *const i8) -> Self::W;
+    unsafe fn dot(acc: Self::Acc, a: Self::A, w: Self::W) -> Self::Acc;
+    unsafe fn finish(acc: Self::Acc) -> Self::V;
+    /// Requantizes channels `c..c + n` (`n <= LANES`, `c` a multiple of `LANES`) into
+    /// `y`.
+    unsafe fn store_u8(v: Self::V, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize);
+    /// Dequantizes channels `c..c + n` into `y`.
+    unsafe fn store_f32(v: Self::V, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize);
+}
+
+/// AVX-512 F, BW, VL and VNNI.
+pub(super) struct Vnni512;
+/// AVX2 and AVX-VNNI.
+pub(super) struct Vnni256;
+/// AVX2 alone.
+pub(super) struct Avx2I8;
+
+impl I8Dot for Vnni512 {
+    type A = __m512i;
+    type W = __m512i;
+    type Acc = __m512i;
+    type V = __m512i;
+    const LANES: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> __m512i {
+        // SAFETY: the trait's contract.
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    unsafe fn quad(p: *const u8) -> __m512i {
+        // SAFETY: four readable bytes at `p` (the trait's contract).
+        unsafe { _mm512_set1_epi32(p.cast::<i32>().read_unaligned()) }
+    }
+    #[inline(always)]
+    unsafe fn weights(p: *const i8) -> __m512i {
+        // SAFETY: 64 readable bytes at `p`.
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m512i, a: __m512i, w: __m512i) -> __m512i {
+        // SAFETY: the trait's contract (AVX-512 VNNI present).
+        unsafe { _mm512_dpbusd_epi32(acc, a, w) }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: __m512i) -> __m512i {
+        acc
+    }
+    #[inline(always)]
+    unsafe fn store_u8(v: __m512i, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize) {
+        // SAFETY: the lane arrays hold whole blocks of 16 from `c` (padded to 64 channels);
+        // the store writes `n` bytes.
+        unsafe {
+            let t = _mm512_add_epi32(v, _mm512_loadu_si512(bias.add(c).cast()));
+            let m = _mm512_loadu_si512(l.mult.as_ptr().add(c).cast());
+            let pe = _mm512_mul_epi32(t, m);
+            let po = _mm512_mul_epi32(_mm512_srli_epi64::<32>(t), _mm512_srli_epi64::<32>(m));
+            let r = l.round.as_ptr().add(c);
+            let s = l.shift.as_ptr().add(c);
+            let qe = _mm512_srav_epi64(
+                _mm512_add_epi64(pe, _mm512_loadu_si512(r.cast())),
+                _mm512_loadu_si512(s.cast()),
+            );
+            let qo = _mm512_srav_epi64(
+                _mm512_add_epi64(po, _mm512_loadu_si512(r.add(8).cast())),
+                _mm512_loadu_si512(s.add(8).cast()),
+            );
+            let zp = _mm512_set1_epi32(l.zero_point);
+            let q = if l.wide {
+                let lo = _mm512_set1_epi64((l.min - l.zero_point) as i64);
+                let hi = _mm512_set1_epi64((l.max - l.zero_point) as i64);
+                let qe = _mm512_min_epi64(_mm512_max_epi64(qe, lo), hi);
+                let qo = _mm512_min_epi64(_mm512_max_epi64(qo, lo), hi);
+                _mm512_add_epi32(
+                    _mm512_mask_blend_epi32(0xaaaa, qe, _mm512_slli_epi64::<32>(qo)),
+                    zp,
+                )
+            } else {
+                let q = _mm512_mask_blend_epi32(0xaaaa, qe, _mm512_slli_epi64::<32>(qo));
+                let q = _mm512_add_epi32(q, zp);
+                _mm512_min_epi32(
+                    _mm512_max_epi32(q, _mm512_set1_epi32(l.min)),
+                    _mm512_set1_epi32(l.max),
+                )
+            };
+            let b = _mm512_cvtepi32_epi8(q);
+            if n == 16 {
+                _mm_storeu_si128(y.cast(), b);
+            } else {
+                _mm_mask_storeu_epi8(y.cast(), ((1u32 << n) - 1) as u16, b);
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_f32(v: __m512i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
+        // SAFETY: as for `store_u8`; the store writes `n` values.
+        unsafe {
+            let t = _mm512_add_epi32(v, _mm512_loadu_si512(bias.add(c).cast()));
+            let f = _mm512_mul_ps(
+                _mm512_cvtepi32_ps(t),
+                _mm512_loadu_ps(l.scale.as_ptr().add(c)),
+            );
+            let f = activate::<F512>(f, l.act);
+            if n == 16 {
+                F512::store(y, f);
+            } else {
+                F512::store_first(y, f, n);
+            }
+            if scalar_act(l.act) {
+                finish_row(y, n, l.act);
+            }
+        }
+    }
+}
+
+/// AVX2 epilogue of eight channels (shared by both 256-bit families): 64-bit products
+/// with `vpmuldq`; the arithmetic shift AVX2 lacks is a logical one of `p + 2^62`
+/// (positive, below 2^64) minus `2^62 >> shift`, the same floor division.
+#[inline(always)]
+unsafe fn store_u8_256(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize) {
+    // SAFETY: the lane arrays hold whole blocks of 8 from `c`; at most `n` bytes are
+    // written.
+    unsafe {
+        let t = _mm256_add_epi32(v, _mm256_loadu_si256(bias.add(c).cast()));
+        let m = _mm256_loadu_si256(l.mult.as_ptr().add(c).cast());
+        let pe = _mm256_mul_epi32(t, m);
+        let po = _mm256_mul_epi32(_mm256_srli_epi64::<32>(t), _mm256_srli_epi64::<32>(m));
+        let r = l.round.as_ptr().add(c);
+        let s = l.shift.as_ptr().add(c);
+        let big = _mm256_set1_epi64x(1 << 62);
+        let (se, so) = (
+            _mm256_loadu_si256(s.cast()),
+            _mm256_loadu_si256(s.add(4).cast()),
+        );
+        let pe = _mm256_add_epi64(_mm256_add_epi64(pe, _mm256_loadu_si256(r.cast())), big);
+        let po = _mm256_add_epi64(
+            _mm256_add_epi64(po, _mm256_loadu_si256(r.add(4).cast())),
+            big,
+        );
+        let qe = _mm256_sub_epi64(_mm256_srlv_epi64(pe, se), _mm256_srlv_epi64(big, se));
+        let qo = _mm256_sub_epi64(_mm256_srlv_epi64(po, so), _mm256_srlv_epi64(big, so));
+        let (qe, qo) = if l.wide {
+            let lo = _mm256_set1_epi64x((l.min - l.zero_point) as i64);
+            let hi = _mm256_set1_epi64x((l.max - l.zero_point) as i64);
+            (clamp64(qe, lo, hi), clamp64(qo, lo, hi))
+        } else {
+            (qe, qo)
+        };
+        let q = _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo));
+        let q = _mm256_add_epi32(q, _mm256_set1_epi32(l.zero_point));
+        let q = _mm256_min_epi32(
+            _mm256_max_epi32(q, _mm256_set1_epi32(l.min)),
+            _mm256_set1_epi32(l.max),
+        );
+        let w = _mm256_packs_epi32(q, q);
+        let b = _mm256_packus_epi16(w, w);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        let bytes = _mm_cvtsi128_si64(_mm256_castsi256_si128(b)) as u64;
+        if n == 8 {
+            y.cast::<u64>().write_unaligned(bytes);
+        } else {
+            for k in 0..n {
+                *y.add(k) = (bytes >> (8 * k)) as u8;
+            }
+        }
+    }
+}
+
+/// `min(max(q, lo), hi)` in 64-bit lanes (AVX2 has no 64-bit min and max).
+#[inline(always)]
+unsafe fn clamp64(q: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
+    // SAFETY: AVX2 present (the callers' contract).
+    unsafe {
+        let q = _mm256_blendv_epi8(q, lo, _mm256_cmpgt_epi64(lo, q));
+        _mm256_blendv_epi8(q, hi, _mm256_cmpgt_epi64(q, hi))
+    }
+}
+
+#[inline(always)]
+unsafe fn store_f32_256(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
+    // SAFETY: as for `store_u8_256`; at most `n` values are written.
+    unsafe {
+        let t = _mm256_add_epi32(v, _mm256_loadu_si256(bias.add(c).cast()));
+        let f = _mm256_mul_ps(
+            _mm256_cvtepi32_ps(t),
+            _mm256_loadu_ps(l.scale.as_ptr().add(c)),
+        );
+        let f = activate::<F256>(f, l.act);
+        if n == 8 {
+            F256::store(y, f);
+        } else {
+            F256::store_first(y, f, n);
+        }
+        if scalar_act(l.act) {
+            finish_row(y, n, l.act);
+        }
+    }
+}
+
+impl I8Dot for Vnni256 {
+    type A = __m256i;
+    type W = __m256i;
+    type Acc = __m256i;
+    type V = __m256i;
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> __m256i {
+        // SAFETY: the trait's contract.
+        unsafe { _mm256_setzero_si256() }
+    }
+    #[inline(always)]
+    unsafe fn quad(p: *const u8) -> __m256i {
+        // SAFETY: four readable bytes at `p`.
+        unsafe { _mm256_set1_epi32(p.cast::<i32>().read_unaligned()) }
+    }
+    #[inline(always)]
+    unsafe fn weights(p: *const i8) -> __m256i {
+        // SAFETY: 32 readable bytes at `p`.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
+        // SAFETY: the trait's contract (AVX-VNNI present).
+        unsafe { _mm256_dpbusd_avx_epi32(acc, a, w) }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: __m256i) -> __m256i {
+        acc
+    }
+    #[inline(always)]
+    unsafe fn store_u8(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { store_u8_256(v, l, bias, c, y, n) }
+    }
+    #[inline(always)]
+    unsafe fn store_f32(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { store_f32_256(v, l, bias, c, y, n) }
+    }
+}
+
+impl I8Dot for Avx2I8 {
+    /// The quad widened to i16 and repeated four times.
+    type A = __m256i;
+    /// Channels 0-3 and 4-7, widened to i16.
+    type W = (__m256i, __m256i);
+    /// Per channel two partial sums (depths 0-1 and 2-3), for channels 0-3 and 4-7.
+    type Acc = (__m256i, __m256i);
+    type V = __m256i;
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract.
+        unsafe { (_mm256_setzero_si256(), _mm256_setzero_si256()) }
+    }
+    #[inline(always)]
+    unsafe fn quad(p: *const u8) -> __m256i {
+        // SAFETY: four readable bytes at `p`.
+        unsafe { _mm256_cvtepu8_epi16(_mm_set1_epi32(p.cast::<i32>().read_unaligned())) }
+    }
+    #[inline(always)]
+    unsafe fn weights(p: *const i8) -> (__m256i, __m256i) {
+        // SAFETY: 32 readable bytes at `p`.
+        unsafe {
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16).cast())),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot(
+        acc: (__m256i, __m256i),
+        a: __m256i,
+        w: (__m256i, __m256i),
+    ) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract (AVX2). |2 · 255 · 128| fits the i32 lanes exactly.
+        unsafe {
+            (
+                _mm256_add_epi32(acc.0, _mm256_madd_epi16(a, w.0)),
+                _mm256_add_epi32(acc.1, _mm256_madd_epi16(a, w.1)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: (__m256i, __m256i)) -> __m256i {
+        // SAFETY: the trait's contract. `vphaddd` gives channels 0 1 4 5 | 2 3 6 7.
+        unsafe { _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc.0, acc.1)) }
+    }
+    #[inline(always)]
+    unsafe fn store_u8(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { store_u8_256(v, l, bias, c, y, n) }
+    }
+    #[inline(always)]
+    unsafe fn store_f32(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { store_f32_256(v, l, bias, c, y, n) }
+    }
+}
+
+/// Where a tile stores: u8 or f32 rows `ldy` apart.
+#[derive(Clone, Copy)]
+enum Out {
+    U8(*mut u8),
+    F32(*mut f32),
+}
+
+impl Out {
+    #[inline(always)]
+    unsafe fn add(self, n: usize) -> Out {
+        // SAFETY: the caller stays inside the destination.
+        unsafe {
+            match self {
+                Out::U8(p) => Out::U8(p.add(n)),
+                Out::F32(p) => Out::F32(p.add(n)),
+            }
+        }
+    }
+}
+
+/// One tile: rows `0..m` (`m <= MR`) times one panel (`k4 / 4` quads), channels
+/// `c0..c0 + ncols` of the epilogue stored.
+///
+/// # Safety
+/// D's features are present; `a` holds `m` rows of `k4` bytes `lda` apart, `w` the
+/// panel's `k4 · NV · LANES` bytes, `y` `m` rows of `ncols` values `ldy` apart; the lane
+/// arrays and `bias` hold the panel's channels.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize>(
+    k4: usize,
+    a: *const u8,
+    lda: usize,
+    m: usize,
+    w: *const i8,
+    l: &Lanes,
+    bias: *const i32,
+    c0: usize,
+    y: Out,
+    ldy: usize,
+    ncols: usize,
+) {
+    // SAFETY: every access stays inside the ranges of the function's contract.
+    unsafe {
+        let mut acc = [[D::zero(); NV]; MR];
+        let mut rows = [a; MR];
+        for r in 0..MR {
+            rows[r] = a.add(r.min(m - 1) * lda);
+        }
+        let mut wp = w;
+        let mut q = 0;
+        while q < k4 {
+            let mut wv = [D::weights(wp); NV];
+            for v in 1..NV {
+                wv[v] = D::weights(wp.add(v * D::LANES * 4));
+            }
+            for r in 0..MR {
+                let av = D::quad(rows[r].add(q));
+                for v in 0..NV {
+                    acc[r][v] = D::dot(acc[r][v], av, wv[v]);
+                }
+            }
+            wp = wp.add(NV * D::LANES * 4);
+            q += 4;
+        }
+        for r in 0..MR {
+            if r >= m {
+                break;
+            }
+            let yr = y.add(r * ldy);
+            for v in 0..NV {
+                let j = v * D::LANES;
+                if j >= ncols {
+                    break;
+                }
+                let n = (ncols - j).min(D::LANES);
+                let sums = D::finish(acc[r][v]);
+                match yr.add(j) {
+                    Out::U8(p) => D::store_u8(sums, l, bias, c0 + j, p, n),
+                    Out::F32(p) => D::store_f32(sums, l, bias, c0 + j, p, n),
+                }
+            }
+        }
+    }
+}
+
+/// Every panel over every tile of rows (tails as in the f32 kernel).
+///
+/// # Safety
+/// D's features are present; the checks of [`check`] hold.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize>(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8,
+    l: &Lanes,
+    bias: &[i32],
+    c0: usize,
+    y: Out,
+    ldy: usize,
+) {
+    let (k4, n, nr) = (w.k4, w.n, NV * D::LANES);
+    let ap = a.as_ptr();
+    for p in 0..w.panels() {
+        let ncols = nr.min(n - p * nr);
+        // SAFETY: panel p exists and rows i.. < m of `a` and `y` exist (the caller's
+        // checks); the epilogue arrays cover channel c0 + p · nr + nr.
+        unsafe {
+            let wp = w.data.as_ptr().add(p * k4 * nr);
+            let yc = y.add(p * nr);
+            let cp = c0 + p * nr;
+            let bp = bias.as_ptr();
+            let mut i = 0;
+            while m - i >= MR {
+                let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
+                tile::<D, MR, NV>(k4, ai, lda, MR, wp, l, bp, cp, yi, ldy, ncols);
+                i += MR;
+            }
+            while i < m {
+                let rest = m - i;
+                let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
+                let step = if rest * 2 > MR {
+                    tile::<D, MR, NV>(k4, ai, lda, rest, wp, l, bp, cp, yi, ldy, ncols);
+                    rest
+                } else if rest >= 4 {
+                    tile::<D, 4, NV>(k4, ai, lda, 4, wp, l, bp, cp, yi, ldy, ncols);
+                    4
+                } else if rest >= 2 {
+                    tile::<D, 2, NV>(k4, ai, lda, 2, wp, l, bp, cp, yi, ldy, ncols);
+                    2
+                } else {
+                    tile::<D, 1, NV>(k4, ai, lda, 1, wp, l, bp, cp, yi, ldy, ncols);
+                    1
+                };
+                i += step;
+            }
+        }
+    }
+}
+
+/// Panel widths the VNNI-512 kernel has tiles for.
+pub(in crate::engine::kernels) const VNNI512_NR: [usize; 5] = [16, 32, 48, 64, 128];
+/// Panel widths the 256-bit VNNI kernel has tiles for.
+pub(in crate::engine::kernels) const VNNI256_NR: [usize; 4] = [8, 16, 32, 64];
+/// Panel widths the AVX2 kernel has tiles for.
+pub(in crate::engine::kernels) const AVX2_I8_NR: [usize; 3] = [8, 16, 32];
+
+/// Bounds every access of the kernels; returns the destination and its lane layout.
+#[allow(clippy::too_many_arguments)]
+fn check<'a>(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8,
+    epi: &'a QEpilogue,
+    c0: usize,
+    y: &mut QDst<'_>,
+    ldy: usize,
+    lanes: usize,
+) -> (&'a Lanes, Out) {
+    assert!(m > 0 && w.k4 > 0 && w.n > 0 && w.k4.is_multiple_of(4));
+    assert!(a.len() >= (m - 1) * lda + w.k4 && lda >= w.k4);
+    assert!(w.data.len() >= w.panels() * w.k4 * w.nr);
+    let l = epi.lanes.as_ref().expect("lane constants prepared");
+    assert!(l.width == lanes && epi.exact32 && c0.is_multiple_of(lanes));
+    let reach = c0 + w.panels() * w.nr;
+    assert!(
+        l.bias.len() >= reach
+            && l.mult.len() >= reach
+            && l.round.len() >= reach
+            && l.shift.len() >= reach
+            && l.scale.len() >= reach
+    );
+    let out = match y {
+        QDst::U8(y) => {
+            assert!(epi.is_u8() && y.len() >= (m - 1) * ldy + w.n);
+            Out::U8(y.as_mut_ptr())
+        }
+        QDst::F32(y) => {
+            assert!(!epi.is_u8() && y.len() >= (m - 1) * ldy + w.n);
+            Out::F32(y.as_mut_ptr())
+        }
+    };
+    assert!(ldy >= w.n);
+    (l, out)
+}
+
+/// VNNI-512 [`crate::engine::kernels::gemm::gemm_u8i8`].
+#[allow(clippy::too_many_arguments)]
+pub(in crate::engine::kernels) fn gemm_vnni512(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8,
+    epi: &QEpilogue,
+    c0: usize,
+    mut y: QDst<'_>,
+    ldy: usize,
+) {
+    let (l, out) = check(a, lda, m, w, epi, c0, &mut y, ldy, 16);
+    assert!(VNNI512_NR.contains(&w.nr) && super::has_avx512_vnni());
+    // SAFETY: the features are present (asserted); `check` bounds every access.
+    unsafe { gemm_vnni512_impl(a, lda, m, w, l, &l.bias, c0, out, ldy) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_vnni512_impl(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8,
+    l: &Lanes,
+    bias: &[i32],
+    c0: usize,
+    y: Out,
+    ldy: usize,
+) {
+    // SAFETY: the caller's checks; the features are enabled here.
+    unsafe {
+        match w.nr {
+            16 => gemm::<Vnni512, 12, 1>(a, lda, m, w, l, bias, c0, y, ldy),
+            32 => gemm::<Vnni512, 12, 2>(a, lda, m, w, l, bias, c0, y, ldy),
+            48 => gemm::<Vnni512, 8, 3>(a, lda, m, w, l, bias, c0, y, ldy),
+            64 => gemm::<Vnni512, 6, 4>(a, lda, m, w, l, bias, c0, y, ldy),
+            _ => gemm::<Vnni512, 3, 8>(a, lda, m, w, l, bias, c0, y, ldy),
+        }
+    }
+}
+
+/// 256-bit VNNI [`crate::engine::kernels::gemm::gemm_u8i8`].
+#[allow(clippy::too_many_arguments)]
+pub(in crate::engine::kernels) fn gemm_vnni256(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8,
+    epi: &QEpilogue,
+    c0: usize,
+    mut y: QDst<'_>,
+    ldy: usize,
+) {
+    let (l, out) = check(a, lda, m, w, epi, c0, &mut y, ldy, 8);
+    assert!(VNNI256_NR.contains(&w.nr) && super::has_avx_vnni());
+    // SAFETY: the features are present (asserted); `check` bounds every access.
+    unsafe { gemm_vnni256_impl(a, lda, m, w, l, &l.bias, c0, out, ldy) }
+}
+
+#[target_feature(enable = "avx2,fma,avxvnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_vnni256_impl(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8,
+    l: &Lanes,
+    bias: &[i32],
+    c0: usize,
+    y: Out,
+    ldy: usize,
+) {
+    // SAFETY: the caller's checks; the features are enabled here.
+    unsafe {
+        match w.nr {
+            8 => gemm::<Vnni256, 8, 1>(a, lda, m, w, l, bias, c0, y, ldy),
+            16 => gemm::<Vnni256, 6, 2>(a, lda, m, w, l, bias, c0, y, ldy),
+            32 => gemm::<Vnni256, 3, 4>(a, lda, m, w, l, bias, c0, y, ldy),
+            _ => gemm::<Vnni256, 1, 8>(a, lda, m, w, l, bias, c0, y, ldy),
+        }
+    }
+}
+
+/// AVX2 [`crate::engine::kernels::gemm::gemm_u8i8`].
+#[allow(clippy::too_many_arguments)]
+pub(in crate::engine::kernels) fn gemm_avx2_i8(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8,
+    epi: &QEpilogue,
+    c0: usize,
+    mut y: QDst<'_>,
+    ldy: usize,
+) {
+    let (l, out) = check(a, lda, m, w, epi, c0, &mut y, ldy, 8);
+    assert!(AVX2_I8_NR.contains(&w.nr) && super::has_avx2_fma());
+    // SAFETY: the features are present (asserted); `check` bounds every access.
+    unsafe { gemm_avx2_i8_impl(a, lda, m, w, l, &l.bias, c0, out, ldy) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx2_i8_impl(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8,
+    l: &Lanes,
+    bias: &[i32],
+    c0: usize,
+    y: Out,
+    ldy: usize,
+) {
+    // SAFETY: the caller's checks; the features are enabled here.
+    unsafe {
+        match w.nr {
+            8 => gemm::<Avx2I8, 4, 1>(a, lda, m, w, l, bias, c0, y, ldy),
+            16 => gemm::<Avx2I8, 2, 2>(a, lda, m, w, l, bias, c0, y, ldy),
+            _ => gemm::<Avx2I8, 1, 4>(a, lda, m, w, l, bias, c0, y, ldy),
+        }
+    }
+}
