@@ -342,6 +342,7 @@ conv_battery! {
     depthwise3x3_stride2: geom([9, 8, 24], 24, [3, 3], 2, [0, 0, 1, 1], 1, 24);
     depthwise3x3_stride2_pad_all: geom([9, 9, 8], 8, [3, 3], 2, [1; 4], 1, 8);
     depthwise_odd_channels: geom([5, 6, 13], 13, [3, 3], 1, [1; 4], 1, 13);
+    depthwise_40_channels: geom([5, 5, 40], 40, [3, 3], 1, [1; 4], 1, 40);
     depthwise5x5_dilated: geom([9, 9, 8], 8, [5, 5], 1, [4; 4], 2, 8);
     depthwise_wide: geom([4, 4, 80], 80, [3, 3], 1, [1; 4], 1, 80);
     depthwise_one_channel: geom([6, 5, 1], 1, [3, 3], 1, [1; 4], 1, 1);
@@ -488,6 +489,11 @@ fn add_battery() {
                 OutputQuant::u8_with(qy, Activation::Identity).expect("u8"),
             )
             .expect("builds");
+            for a in 0..=255u8 {
+                for b in 0..=255u8 {
+                    assert_eq!(add.one(a, b), add.one_direct(a, b), "qadd {a} + {b}");
+                }
+            }
             for (xa, xb) in [
                 (bytes(n, 1), bytes(n, 2)),
                 (vec![0; n], vec![255; n]),

@@ -40,6 +40,9 @@ pub struct AddU8 {
     pub(super) zp_y: u8,
     pub(super) min: u8,
     pub(super) max: u8,
+    /// `M_a((a - zp_a) << 20)` for every code `a` (within ±2^27), then the same for `b`:
+    /// the two rescales become lookups, with the same bits.
+    rescaled: Box<[i32; 512]>,
 }
 
 impl AddU8 {
@@ -72,7 +75,7 @@ impl AddU8 {
                 reason: format!("{what} multiplier {real:e} is outside [2^-32, 2^30)"),
             })
         };
-        Ok(AddU8 {
+        let mut add = AddU8 {
             zp_a: a.zero_point,
             zp_b: b.zero_point,
             m_a: mult(a.scale as f64 / twice, "first input")?,
@@ -84,19 +87,39 @@ impl AddU8 {
             zp_y: y.zero_point,
             min,
             max,
-        })
+            rescaled: Box::new([0; 512]),
+        };
+        for code in 0..=255u8 {
+            let i = code as usize;
+            add.rescaled[i] = add.rescale_a(code) as i32;
+            add.rescaled[256 + i] = add.rescale_b(code) as i32;
+        }
+        Ok(add)
+    }
+
+    fn rescale_a(&self, a: u8) -> i64 {
+        self.m_a
+            .apply((a as i64 - self.zp_a as i64) << ADD_LEFT_SHIFT)
+    }
+
+    fn rescale_b(&self, b: u8) -> i64 {
+        self.m_b
+            .apply((b as i64 - self.zp_b as i64) << ADD_LEFT_SHIFT)
     }
 
     /// One output code.
     #[inline]
     pub(super) fn one(&self, a: u8, b: u8) -> u8 {
-        let ra = self
-            .m_a
-            .apply((a as i64 - self.zp_a as i64) << ADD_LEFT_SHIFT);
-        let rb = self
-            .m_b
-            .apply((b as i64 - self.zp_b as i64) << ADD_LEFT_SHIFT);
+        let ra = self.rescaled[a as usize] as i64;
+        let rb = self.rescaled[256 + b as usize] as i64;
         (self.zp_y as i64 + self.m_y.apply(ra + rb)).clamp(self.min as i64, self.max as i64) as u8
+    }
+
+    /// [`AddU8::one`] without the lookup tables, as the formula is written.
+    #[cfg(test)]
+    pub(super) fn one_direct(&self, a: u8, b: u8) -> u8 {
+        let r = self.rescale_a(a) + self.rescale_b(b);
+        (self.zp_y as i64 + self.m_y.apply(r)).clamp(self.min as i64, self.max as i64) as u8
     }
 
     /// `y = a + b` element-wise, requantized.

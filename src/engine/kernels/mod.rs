@@ -526,6 +526,10 @@ fn depthwise_u8(
     epi: &qconv::QEpilogue,
     y: gemm::QDst<'_>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if path != I8Path::Portable && x86::qdepthwise::supports(g, epi) {
+        return x86::qdepthwise::depthwise_u8_avx2(g, x, zp, w, c_pad, epi, y);
+    }
     let _ = path;
     qconv::depthwise_u8_portable(g, x, zp, w, c_pad, epi, y)
 }

@@ -459,7 +459,19 @@ impl ConvU8 {
             input,
             output,
         )?;
-        let path = epi.simd_path(path, ocg);
+        let path = if geom.is_depthwise() {
+            // The depthwise kernels store 8 channels at a time with the 256-bit
+            // epilogues, over all channels as one group.
+            match path.epilogue_lanes() {
+                Some(_) if epi.exact32 => {
+                    epi.prepare_lanes(8, true, geom.out_c);
+                    path
+                }
+                _ => I8Path::Portable,
+            }
+        } else {
+            epi.simd_path(path, ocg)
+        };
         let plan = if geom.is_depthwise() {
             let c = geom.in_c;
             let c_pad = super::dw_channels_padded(c);

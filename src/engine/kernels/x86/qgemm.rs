@@ -148,7 +148,14 @@ impl I8Dot for Vnni512 {
 /// with `vpmuldq`; the arithmetic shift AVX2 lacks is a logical one of `p + 2^62`
 /// (positive, below 2^64) minus `2^62 >> shift`, the same floor division.
 #[inline(always)]
-unsafe fn store_u8_256(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize) {
+pub(super) unsafe fn store_u8_256(
+    v: __m256i,
+    l: &Lanes,
+    bias: *const i32,
+    c: usize,
+    y: *mut u8,
+    n: usize,
+) {
     // SAFETY: the lane arrays hold whole blocks of 8 from `c`; at most `n` bytes are
     // written.
     unsafe {
@@ -208,7 +215,14 @@ unsafe fn clamp64(q: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
 }
 
 #[inline(always)]
-unsafe fn store_f32_256(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
+pub(super) unsafe fn store_f32_256(
+    v: __m256i,
+    l: &Lanes,
+    bias: *const i32,
+    c: usize,
+    y: *mut f32,
+    n: usize,
+) {
     // SAFETY: as for `store_u8_256`; at most `n` values are written.
     unsafe {
         let t = _mm256_add_epi32(v, _mm256_loadu_si256(bias.add(c).cast()));
