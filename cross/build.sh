@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Builds a stripped device binary for an ARM target into dist/<target>/perch.
 #
-#   cross/build.sh TARGET [--native-only] [--features F] [--profile P] [--bin B] [--example E]
-#                  [-- CARGO_ARGS...]
+#   cross/build.sh TARGET [--native-only] [--small-std | --prebuilt-std] [--features F]
+#                  [--profile P] [--bin B] [--example E] [-- CARGO_ARGS...]
 #
 # TARGET: aarch64-unknown-linux-gnu, aarch64-unknown-linux-musl (static),
 #         armv7-unknown-linux-gnueabihf, arm-unknown-linux-musleabihf (ARMv6, static).
 # Defaults: --bin perch, --features device,onnx, --profile compact. --native-only builds
-# the device binary without ONNX (--features device). Arguments after -- go to cargo, e.g.
-# --config 'profile.compact.opt-level="z"'.
+# the device binary without ONNX (--features device), with --small-std. --small-std
+# rebuilds std for size (-Zbuild-std, std's optimize_for_size, no backtrace symbolizer;
+# panics keep their message but not their file and line: -Zlocation-detail=none), on the
+# stable toolchain in bootstrap mode with rust-src: about 200 KB less. Arguments after --
+# go to cargo, e.g. --config 'profile.compact.opt-level="z"'.
 # Honours CARGO_TARGET_DIR (default target/); build-std builds (ARMv6) use a subdirectory of
 # it, since sharing one directory with ordinary builds made each rebuild everything.
 set -euo pipefail
 
-usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; exit 2; }
+usage() { sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 2; }
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=""
@@ -24,7 +27,9 @@ name="perch"
 extra=()
 while (($#)); do
     case "$1" in
-        --native-only) features="device" ;;
+        --native-only) features="device"; small_std=${small_std:-yes} ;;
+        --small-std) small_std=yes ;;
+        --prebuilt-std) small_std=no ;;
         --features) features="$2"; shift ;;
         --profile) profile="$2"; shift ;;
         --bin) kind="bin"; name="$2"; shift ;;
@@ -38,6 +43,7 @@ while (($#)); do
 done
 [[ -n "$target" ]] || usage
 
+small_std=${small_std:-no}
 base_dir=${CARGO_TARGET_DIR:-$root/target}
 cargo_args=(build --config "$root/cross/cargo-config.toml" --target "$target"
     --profile "$profile" --no-default-features --features "$features" "--$kind" "$name" "${extra[@]}")
@@ -55,6 +61,16 @@ case "$target" in
         cargo_args+=(-Zbuild-std=std,panic_abort) ;;
     *) echo "build.sh: unsupported target $target" >&2; usage ;;
 esac
+if [[ $small_std == yes ]]; then
+    # A std built for size; its own directory, like every build-std build.
+    [[ $target == arm-unknown-linux-musleabihf ]] || base_dir="$base_dir/build-std"
+    base_dir="$base_dir/small"
+    env_args=(RUSTC_BOOTSTRAP=1)
+    kept=()
+    for a in "${cargo_args[@]}"; do [[ $a == -Zbuild-std=* ]] || kept+=("$a"); done
+    cargo_args=("${kept[@]}" -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
+        --config "target.$target.rustflags=['-Zlocation-detail=none']")
+fi
 
 echo "build.sh: cargo ${cargo_args[*]} (target dir $base_dir)"
 (cd "$root" && env "${env_args[@]}" CARGO_TARGET_DIR="$base_dir" cargo "${cargo_args[@]}")

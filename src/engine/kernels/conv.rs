@@ -284,21 +284,58 @@ pub(super) fn im2col<T: Copy>(
     rows: &mut [T],
 ) {
     let icg = geom.icg();
+    // One group and no horizontal dilation: a kernel row's taps are one run of the input
+    // row wherever the kernel does not overhang it, copied at once.
+    let whole_rows = geom.dilation[1] == 1 && icg == geom.in_c;
+    let run = geom.k_w * icg;
     for (r, row) in rows.chunks_exact_mut(k_pad).enumerate() {
         let p = p0 + r;
         let (oy, ox) = (p / geom.out_w, p % geom.out_w);
         let mut at = 0;
         for ky in 0..geom.k_h {
+            let iy = (oy * geom.stride[0] + ky * geom.dilation[0])
+                .checked_sub(geom.pad[0])
+                .filter(|&iy| iy < geom.in_h);
+            let Some(iy) = iy else {
+                row[at..at + run].fill(fill);
+                at += run;
+                continue;
+            };
+            if whole_rows
+                && let Some(ix0) = (ox * geom.stride[1]).checked_sub(geom.pad[1])
+                && ix0 + geom.k_w <= geom.in_w
+            {
+                let s = (iy * geom.in_w + ix0) * geom.in_c;
+                copy_short(&mut row[at..at + run], &x[s..s + run]);
+                at += run;
+                continue;
+            }
             for kx in 0..geom.k_w {
                 let dst = &mut row[at..at + icg];
                 match geom.source(oy, ox, ky, kx) {
-                    Some(s) => dst.copy_from_slice(&x[s * geom.in_c + g * icg..][..icg]),
+                    Some(s) if icg == 1 => dst[0] = x[s * geom.in_c + g],
+                    Some(s) => copy_short(dst, &x[s * geom.in_c + g * icg..][..icg]),
                     None => dst.fill(fill),
                 }
                 at += icg;
             }
         }
         row[at..].fill(fill);
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of im2col (a few to a few dozen values),
+/// in fixed-size pieces the compiler inlines instead of calling `memcpy` for each.
+#[inline(always)]
+fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+    let src = &src[..dst.len()];
+    let mut d = dst.chunks_exact_mut(4);
+    let mut s = src.chunks_exact(4);
+    for (d4, s4) in (&mut d).zip(&mut s) {
+        d4.copy_from_slice(s4);
+    }
+    for (d1, s1) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d1 = *s1;
     }
 }
 

@@ -87,8 +87,10 @@ unsafe fn dw_avx2(
                 let mut tail = [zp; 16];
                 let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                 for (tap, s) in src[..taps].iter().enumerate() {
+                    // Past the last channel a block reads the next pixel's codes (or the
+                    // zero point at the end of the map): those lanes are never stored.
                     let xp: *const u8 = match s {
-                        Some(s) if n == 16 => x[s * c + c0..][..16].as_ptr(),
+                        Some(s) if s * c + c0 + 16 <= x.len() => x[s * c + c0..][..16].as_ptr(),
                         Some(s) => {
                             tail[..n].copy_from_slice(&x[s * c + c0..][..n]);
                             tail.as_ptr()
