@@ -1,8 +1,7 @@
-//! Depthwise int8 convolution with AVX2 (every x86 int8 family has it): per output pixel
-//! and block of 16 channels, each tap's u8 inputs and i8 weights widened to i16 and
-//! multiplied exactly (`|255 · 128|` fits an i16), the products widened to i32 and summed;
-//! then the 256-bit epilogues of the GEMM kernels, 8 channels at a time. Same bits as
-//! [`crate::engine::kernels::qconv::depthwise_u8_portable`].
+//! Depthwise int8 convolution with AVX2 (every x86 int8 family has it): per block of 16
+//! channels and output pixel, the taps' `x - zp` and weights as i16, pairs of taps through
+//! `vpmaddwd` (exact), then the 256-bit epilogues of the GEMM kernels, 8 channels at a
+//! time. Same bits as [`crate::engine::kernels::qconv::depthwise_u8_portable`].
 
 use super::qgemm::{store_f32_256, store_u8_256};
 use crate::engine::kernels::conv::ConvGeometry;
@@ -71,47 +70,79 @@ unsafe fn dw_avx2(
     };
     let c = g.in_c;
     let taps = g.k_h * g.k_w;
-    let zp_row = [zp; 16];
-    let mut src = [None::<usize>; MAX_TAPS];
-    for oy in 0..g.out_h {
-        for ox in 0..g.out_w {
-            for ky in 0..g.k_h {
-                for kx in 0..g.k_w {
-                    src[ky * g.k_w + kx] = g.source(oy, ox, ky, kx);
-                }
-            }
-            let at = (oy * g.out_w + ox) * c;
-            let mut c0 = 0;
-            while c0 < c {
-                let n = 16.min(c - c0);
-                let mut tail = [zp; 16];
-                let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                for (tap, s) in src[..taps].iter().enumerate() {
-                    // Past the last channel a block reads the next pixel's codes (or the
-                    // zero point at the end of the map): those lanes are never stored.
-                    let xp: *const u8 = match s {
-                        Some(s) if s * c + c0 + 16 <= x.len() => x[s * c + c0..][..16].as_ptr(),
-                        Some(s) => {
-                            tail[..n].copy_from_slice(&x[s * c + c0..][..n]);
-                            tail.as_ptr()
-                        }
-                        None => zp_row.as_ptr(),
-                    };
-                    let wp = w[tap * c_pad + c0..][..16].as_ptr();
-                    // SAFETY: both pointers address 16 readable bytes (the slices above).
-                    unsafe {
-                        let xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(xp.cast()));
-                        let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.cast()));
-                        let p = _mm256_mullo_epi16(xv, wv);
-                        lo = _mm256_add_epi32(lo, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)));
-                        hi = _mm256_add_epi32(
-                            hi,
-                            _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(p)),
-                        );
+    let pairs = taps.div_ceil(2);
+    let zp16 = _mm256_set1_epi16(zp as i16);
+    let bias = l.bias.as_ptr();
+    // The sum over every tap of `x · w`, the padding reading the zero point, is
+    // `zp · Σw + Σ over the taps inside the input of (x - zp) · w`: padding taps add
+    // nothing, and `|x - zp| ≤ 255` times `|w| ≤ 128` fits an i16. Taps go in pairs through
+    // `vpmaddwd` (two exact products summed into an i32), 16 channels a block, the block's
+    // weights held for all its pixels. `vpunpck*wd` interleave within 128-bit lanes, so
+    // the low sums hold channels 0-3 and 8-11 and the high ones 4-7 and 12-15 until the
+    // final permutes.
+    // Where each tap reads, relative to the kernel's top-left input pixel.
+    let mut offs = [0usize; MAX_TAPS];
+    for (tap, o) in offs[..taps].iter_mut().enumerate() {
+        let (ky, kx) = (tap / g.k_w, tap % g.k_w);
+        *o = (ky * g.dilation[0] * g.in_w + kx * g.dilation[1]) * c;
+    }
+    let (span_h, span_w) = ((g.k_h - 1) * g.dilation[0], (g.k_w - 1) * g.dilation[1]);
+    let mut wl = [_mm256_setzero_si256(); MAX_TAPS / 2];
+    let mut wh = [_mm256_setzero_si256(); MAX_TAPS / 2];
+    let mut c0 = 0;
+    while c0 < c {
+        let n = 16.min(c - c0);
+        let (mut zl, mut zh) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for k in 0..pairs {
+            // SAFETY: AVX2 (this function's feature); `w` holds `taps · c_pad` weights.
+            let (a, b) = unsafe {
+                (
+                    tap_w(w, taps, c_pad, c0, 2 * k),
+                    tap_w(w, taps, c_pad, c0, 2 * k + 1),
+                )
+            };
+            wl[k] = _mm256_unpacklo_epi16(a, b);
+            wh[k] = _mm256_unpackhi_epi16(a, b);
+            zl = _mm256_add_epi32(zl, _mm256_madd_epi16(zp16, wl[k]));
+            zh = _mm256_add_epi32(zh, _mm256_madd_epi16(zp16, wh[k]));
+        }
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                // Inside the input for every tap: where the top-left tap reads.
+                let iy0 = (oy * g.stride[0]).checked_sub(g.pad[0]);
+                let ix0 = (ox * g.stride[1]).checked_sub(g.pad[1]);
+                let base = match (iy0, ix0) {
+                    (Some(iy), Some(ix)) if iy + span_h < g.in_h && ix + span_w < g.in_w => {
+                        Some((iy * g.in_w + ix) * c + c0)
                     }
+                    _ => None,
+                };
+                let (mut lo, mut hi) = (zl, zh);
+                for k in 0..pairs {
+                    let at = |tap| Tap {
+                        g,
+                        x,
+                        zp,
+                        c0,
+                        n,
+                        oy,
+                        ox,
+                        tap,
+                        taps,
+                        base,
+                        offs: &offs,
+                    };
+                    // SAFETY: AVX2 (this function's feature).
+                    let (a, b) = unsafe { (at(2 * k).load(zp16), at(2 * k + 1).load(zp16)) };
+                    lo =
+                        _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl[k]));
+                    hi =
+                        _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh[k]));
                 }
-                let bias = l.bias.as_ptr();
-                for (half, v) in [(0, lo), (8, hi)] {
+                let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
+                let second = _mm256_permute2x128_si256::<0x31>(lo, hi);
+                let at = (oy * g.out_w + ox) * c;
+                for (half, v) in [(0, first), (8, second)] {
                     if half >= n {
                         break;
                     }
@@ -130,8 +161,76 @@ unsafe fn dw_avx2(
                         }
                     }
                 }
-                c0 += n;
             }
+        }
+        c0 += n;
+    }
+}
+
+/// The i8 weights of `tap` for channels `c0..c0 + 16`, as i16 (zero past the last tap).
+///
+/// # Safety
+/// AVX2 present; `w` holds `taps · c_pad` values with `c0 + 16 <= c_pad` (checked by
+/// slicing).
+#[inline(always)]
+unsafe fn tap_w(w: &[i8], taps: usize, c_pad: usize, c0: usize, tap: usize) -> __m256i {
+    if tap >= taps {
+        // SAFETY: AVX2 by the caller's contract.
+        return unsafe { _mm256_setzero_si256() };
+    }
+    let wp = w[tap * c_pad + c0..][..16].as_ptr();
+    // SAFETY: 16 readable bytes (the slice above); AVX2 by the caller's contract.
+    unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.cast())) }
+}
+
+/// One tap of one output pixel, for a block of channels.
+struct Tap<'a> {
+    g: &'a ConvGeometry,
+    x: &'a [u8],
+    zp: u8,
+    c0: usize,
+    n: usize,
+    oy: usize,
+    ox: usize,
+    tap: usize,
+    taps: usize,
+    /// Where the top-left tap reads, when every tap is inside the input.
+    base: Option<usize>,
+    offs: &'a [usize; MAX_TAPS],
+}
+
+impl Tap<'_> {
+    /// `x - zp` of channels `c0..c0 + 16` as i16, 0 outside the input or past the last
+    /// tap. Past the last channel a block reads the next pixel's codes (or copies, at the
+    /// end of the map): those lanes are never stored.
+    ///
+    /// # Safety
+    /// AVX2 present.
+    #[inline(always)]
+    unsafe fn load(&self, zp16: __m256i) -> __m256i {
+        let (g, x, c) = (self.g, self.x, self.g.in_c);
+        // SAFETY (both returns): AVX2 by the caller's contract.
+        if self.tap >= self.taps {
+            return unsafe { _mm256_setzero_si256() };
+        }
+        let at = match self.base {
+            Some(base) => base + self.offs[self.tap],
+            None => match g.source(self.oy, self.ox, self.tap / g.k_w, self.tap % g.k_w) {
+                Some(s) => s * c + self.c0,
+                None => return unsafe { _mm256_setzero_si256() },
+            },
+        };
+        // SAFETY: each load reads 16 bytes of a slice at least that long; AVX2 by the
+        // caller's contract.
+        unsafe {
+            let v = if at + 16 <= x.len() {
+                _mm_loadu_si128(x[at..][..16].as_ptr().cast())
+            } else {
+                let mut tail = [self.zp; 16];
+                tail[..self.n].copy_from_slice(&x[at..][..self.n]);
+                _mm_loadu_si128(tail.as_ptr().cast())
+            };
+            _mm256_sub_epi16(_mm256_cvtepu8_epi16(v), zp16)
         }
     }
 }
