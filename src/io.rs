@@ -548,6 +548,7 @@ impl NestedNumbers {
     }
 
     /// As [`NestedNumbers::finish`], for one sample: the shape read gets a batch axis of 1.
+    #[cfg(feature = "device")]
     pub(crate) fn finish_one(
         self,
         parsed: Result<(), serde_json::Error>,

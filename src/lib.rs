@@ -100,7 +100,6 @@ pub mod train;
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it: every shared
 /// state in perch is changed by whole assignments, so it stays consistent.
-#[cfg(any(feature = "device", feature = "host"))]
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

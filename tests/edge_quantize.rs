@@ -10,7 +10,7 @@
 //!
 //! A debug build checks the first 100 held-back rows, a release build all of them.
 
-#![cfg(feature = "onnx")]
+#![cfg(feature = "host")]
 
 use perch::engine::Engine;
 use perch::graph::{Layer, Model};
