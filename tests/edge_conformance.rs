@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 
 /// Models whose int8 outputs are known to miss the one-step bound on more than 1 % of the
 /// values, with what was measured: they may have up to 5 % beyond one step (still within
-/// four). The test fails when one of them meets the 1 % bound again, so the list stays
-/// true.
+/// four). The test fails when one of them meets the 1 % bound again over all its rows, so
+/// the list stays true (a run on fewer rows, such as qemu's few, may miss the gap's rows).
 const ONE_STEP_GAPS: &[(&str, &str)] = &[
     (
         "vww_mobilenet_tflite_int8",
@@ -164,6 +164,7 @@ fn check_output(
     refs: &[Vec<f64>],
     classes: Option<usize>,
     known_gap: bool,
+    every_row: bool,
 ) -> Result<String, String> {
     let want = &refs[0];
     if got.len() != want.len() {
@@ -213,7 +214,7 @@ fn check_output(
             got.len()
         ));
     }
-    if known_gap && over * 100 <= got.len() {
+    if known_gap && every_row && over * 100 <= got.len() {
         return Err(format!(
             "{name}: listed in ONE_STEP_GAPS but now within one step on 99 % of values ({over} of {} beyond): remove it from the list",
             got.len()
@@ -364,6 +365,7 @@ fn every_edge_model_runs_natively_and_matches_its_reference() {
                     &refs,
                     classes.filter(|_| classifier),
                     gap.is_some(),
+                    rows == all_rows,
                 ) {
                     Ok(s) => table.push(format!("{name:<28} {label:<5} ok   {s}")),
                     Err(e) => {
