@@ -41,6 +41,9 @@
 //!   local API and the dashboard.
 //! - [`signals`]: SIGTERM / SIGINT stop `perch agent` and `perch-host serve` cleanly.
 //!
+//! Shared by all of them:
+//! - [`util`]: lower-case hex.
+//!
 //! # Example
 //! ```
 //! use perch::graph::{DType, Graph, Layer, Metadata, Model, Node, Output, Tensor, TensorSpec};
@@ -97,6 +100,7 @@ pub mod signals;
 pub mod sync;
 #[cfg(feature = "host")]
 pub mod train;
+pub mod util;
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it: every shared
 /// state in perch is changed by whole assignments, so it stays consistent.

@@ -392,7 +392,7 @@ impl Model {
         Self::native(
             &art.model,
             bytes.len() as u64,
-            Some(artifact::hex(&art.sha256)),
+            Some(crate::util::to_hex(&art.sha256)),
             max_memory_bytes,
         )
     }

@@ -16,6 +16,7 @@
 //! ```
 
 use crate::sync::auth;
+use crate::util::{from_hex, to_hex};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -180,9 +181,8 @@ impl Config {
             field,
             reason,
         };
-        let key = auth::from_hex::<{ auth::KEY_LEN }>(&f.key).map_err(|r| invalid("key", r))?;
-        let pk =
-            auth::from_hex::<32>(&f.host_public_key).map_err(|r| invalid("host_public_key", r))?;
+        let key = from_hex::<{ auth::KEY_LEN }>(&f.key).map_err(|r| invalid("key", r))?;
+        let pk = from_hex::<32>(&f.host_public_key).map_err(|r| invalid("host_public_key", r))?;
         let host_public_key = ed25519_dalek::VerifyingKey::from_bytes(&pk)
             .map_err(|_| invalid("host_public_key", "not an Ed25519 public key".into()))?;
         if f.device.is_empty() {
@@ -322,8 +322,8 @@ pub fn render(
          state_dir = \"perch-state\"\n\
          http = \"{DEFAULT_HTTP}\"\n\
          report_interval_s = 60\n",
-        auth::to_hex(key),
-        auth::to_hex(host_public_key),
+        to_hex(key),
+        to_hex(host_public_key),
     )
 }
 
@@ -363,7 +363,7 @@ mod tests {
             let e = Config::parse(&text, "t.toml", Path::new(".")).unwrap_err();
             assert!(e.to_string().contains(field), "{e}");
         }
-        let short_key = good.replace(&auth::to_hex(&[9; 32]), "abcd");
+        let short_key = good.replace(&to_hex(&[9; 32]), "abcd");
         let e = Config::parse(&short_key, "t.toml", Path::new(".")).unwrap_err();
         assert!(e.to_string().contains("`key`"), "{e}");
         let e = Config::parse("device = 3", "t.toml", Path::new(".")).unwrap_err();

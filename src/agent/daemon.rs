@@ -161,8 +161,8 @@ impl Shared {
         if digest != model.sha256 {
             return Err(Refusal::permanent(format!(
                 "downloaded artifact has SHA-256 {}, the offer said {}",
-                crate::artifact::hex(&digest),
-                crate::artifact::hex(&model.sha256)
+                crate::util::to_hex(&digest),
+                crate::util::to_hex(&model.sha256)
             )));
         }
         let artifact = crate::artifact::verify_signed(&bytes, &self.config.host_public_key)
@@ -245,7 +245,7 @@ impl Shared {
             "installed {}@{} ({})",
             model.name,
             model.version,
-            crate::artifact::hex(&model.sha256[..8])
+            crate::util::to_hex(&model.sha256[..8])
         );
         Ok(())
     }

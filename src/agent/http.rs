@@ -366,12 +366,12 @@ fn health(shared: &Shared) -> Response {
         "model": model.as_ref().map(|m| json!({
             "name": m.name,
             "version": m.version,
-            "sha256": crate::artifact::hex(&m.sha256),
+            "sha256": crate::util::to_hex(&m.sha256),
         })),
         "shadow": shadow.as_ref().map(|m| json!({
             "name": m.name,
             "version": m.version,
-            "sha256": crate::artifact::hex(&m.sha256),
+            "sha256": crate::util::to_hex(&m.sha256),
         })),
         "connected": link.connected,
         "sessions": link.sessions,
@@ -404,7 +404,7 @@ fn metrics(shared: &Shared) -> Response {
                 "# HELP perch_agent_model_info The active model.\n# TYPE perch_agent_model_info gauge\nperch_agent_model_info{{name=\"{}\",version=\"{}\",sha256=\"{}\"}} 1",
                 escape(&m.name),
                 escape(&m.version),
-                crate::artifact::hex(&m.sha256)
+                crate::util::to_hex(&m.sha256)
             );
         }
         serving.write_prometheus(&mut out);

@@ -19,7 +19,8 @@
 //! activates the model) → the directory is fsynced. Before that last rename the old model
 //! is the active one; after it, the new one.
 
-use crate::sync::{ModelRef, auth};
+use crate::sync::ModelRef;
+use crate::util::to_hex;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -189,7 +190,7 @@ impl ModelStore {
     pub fn model_path(&self, model: &ModelRef) -> PathBuf {
         self.dir
             .join("models")
-            .join(format!("{}.perch", auth::to_hex(&model.sha256)))
+            .join(format!("{}.perch", to_hex(&model.sha256)))
     }
 
     /// Whether the artifact with this digest is already in `models/` (installed, or moved
@@ -197,7 +198,7 @@ impl ModelStore {
     pub fn has_model_file(&self, sha256: &[u8; 32]) -> bool {
         self.dir
             .join("models")
-            .join(format!("{}.perch", auth::to_hex(sha256)))
+            .join(format!("{}.perch", to_hex(sha256)))
             .is_file()
     }
 
@@ -226,7 +227,7 @@ impl ModelStore {
     fn part_path(&self, sha256: &[u8; 32]) -> PathBuf {
         self.dir
             .join("incoming")
-            .join(format!("{}.part", auth::to_hex(sha256)))
+            .join(format!("{}.part", to_hex(sha256)))
     }
 
     /// Bytes of this artifact downloaded so far.
@@ -266,7 +267,7 @@ impl ModelStore {
         let installed = self
             .dir
             .join("models")
-            .join(format!("{}.perch", auth::to_hex(sha256)));
+            .join(format!("{}.perch", to_hex(sha256)));
         let path = if installed.is_file() {
             installed
         } else {
@@ -410,7 +411,7 @@ impl ModelStore {
         let keep: Vec<String> = [&self.state.active, &self.state.previous]
             .into_iter()
             .flatten()
-            .map(|m| format!("{}.perch", auth::to_hex(&m.sha256)))
+            .map(|m| format!("{}.perch", to_hex(&m.sha256)))
             .collect();
         if let Ok(entries) = fs::read_dir(self.dir.join("models")) {
             for e in entries.flatten() {

@@ -153,7 +153,7 @@ impl Manifest {
             &ed25519_dalek::Signature::from_bytes(&raw),
         )
         .map_err(|_| ManifestError::BadSignature {
-            key: super::hex(key.as_bytes()),
+            key: crate::util::to_hex(key.as_bytes()),
         })?;
         let (manifest, rest): (Manifest, &[u8]) =
             postcard::take_from_bytes(body).map_err(|e| ManifestError::Decode(e.to_string()))?;
@@ -188,7 +188,11 @@ impl Manifest {
             ));
         }
         if sha256 != &self.sha256 {
-            return Some(("sha256", super::hex(sha256), super::hex(&self.sha256)));
+            return Some((
+                "sha256",
+                crate::util::to_hex(sha256),
+                crate::util::to_hex(&self.sha256),
+            ));
         }
         if size_bytes != self.size_bytes {
             return Some(("size", size_bytes.to_string(), self.size_bytes.to_string()));

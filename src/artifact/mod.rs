@@ -15,6 +15,7 @@
 //! [`ArtifactError`] variant. The full specification is `docs/artifact.md`.
 
 use crate::graph::{GraphError, Model};
+use crate::util::to_hex;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -159,11 +160,6 @@ pub struct Artifact {
     pub size_bytes: usize,
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Serializes `model` as an unsigned `.perch` artifact.
 ///
 /// # Errors
@@ -239,8 +235,8 @@ pub fn decode(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
     let computed: [u8; 32] = Sha256::digest(payload).into();
     if stored != computed {
         return Err(ArtifactError::ChecksumMismatch {
-            expected: hex(&stored),
-            computed: hex(&computed),
+            expected: to_hex(&stored),
+            computed: to_hex(&computed),
         });
     }
     let mut sig = [0u8; SIGNATURE_LEN];
@@ -313,7 +309,7 @@ pub fn verify_signed(
     let signature = ed25519_dalek::Signature::from_bytes(&raw);
     key.verify_strict(region, &signature)
         .map_err(|_| ArtifactError::BadSignature {
-            key: hex(key.as_bytes()),
+            key: to_hex(key.as_bytes()),
         })?;
     decode(bytes)
 }

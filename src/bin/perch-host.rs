@@ -660,7 +660,7 @@ fn run(cli: Cli) -> Result<u8> {
                 .map_or(0, |d| d.as_secs());
             native.metadata.properties.insert(
                 "source_sha256".into(),
-                perch::artifact::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+                perch::util::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
             );
             native
                 .stamp_requirements()

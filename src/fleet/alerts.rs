@@ -807,7 +807,7 @@ impl Fleet {
                 version: None,
             });
         }
-        let hex = crate::sync::auth::to_hex(hash);
+        let hex = crate::util::to_hex(hash);
         if device
             .model_sha256
             .as_deref()

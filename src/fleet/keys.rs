@@ -3,6 +3,7 @@
 
 use super::FleetError;
 use crate::sync::auth;
+use crate::util::{from_hex, to_hex};
 use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
 
@@ -30,7 +31,7 @@ pub fn load_or_create(db: &Path) -> Result<SigningKey, FleetError> {
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let secret = auth::from_hex::<32>(&text).map_err(|reason| FleetError::DamagedKey {
+            let secret = from_hex::<32>(&text).map_err(|reason| FleetError::DamagedKey {
                 path: path.clone(),
                 reason,
             })?;
@@ -38,7 +39,7 @@ pub fn load_or_create(db: &Path) -> Result<SigningKey, FleetError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret: [u8; 32] = auth::random().map_err(|e| FleetError::Random(e.to_string()))?;
-            write_private(&path, format!("{}\n", auth::to_hex(&secret)).as_bytes()).map_err(io)?;
+            write_private(&path, format!("{}\n", to_hex(&secret)).as_bytes()).map_err(io)?;
             log::info!("made the host signing key {}", path.display());
             Ok(SigningKey::from_bytes(&secret))
         }

@@ -20,6 +20,7 @@ use crate::artifact::Manifest;
 use crate::metrics::Report;
 use crate::registry::Registry;
 use crate::sync::{self, ModelRef, Role};
+use crate::util::{from_hex, to_hex};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 
@@ -708,7 +709,7 @@ impl Fleet {
                 reason: format!("its manifest says {field} {signed}, the bytes have {offered}"),
             });
         }
-        let hex = sync::auth::to_hex(&sha);
+        let hex = to_hex(&sha);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |error| FleetError::Io { path, error }
@@ -880,7 +881,7 @@ impl Fleet {
                         model: ModelRef {
                             name,
                             version,
-                            sha256: sync::auth::from_hex(&hex).ok()?,
+                            sha256: from_hex(&hex).ok()?,
                         },
                         size: size as u64,
                         path: self.pushes_dir.join(format!("{hex}.perch")),
@@ -928,7 +929,7 @@ impl Fleet {
                     model: ModelRef {
                         name,
                         version,
-                        sha256: sync::auth::from_hex(&hex).ok()?,
+                        sha256: from_hex(&hex).ok()?,
                     },
                     size: size as u64,
                     path: self.pushes_dir.join(format!("{hex}.perch")),
@@ -1076,12 +1077,7 @@ impl Fleet {
             .execute(
                 "UPDATE assignments SET state = 'rolled-back', reason = ?1, updated_unix_s = ?2
                  WHERE device_id = ?3 AND push_id IN (SELECT id FROM pushes WHERE sha256 = ?4)",
-                params![
-                    reason,
-                    now_unix_s(),
-                    device.id,
-                    sync::auth::to_hex(&from.sha256)
-                ],
+                params![reason, now_unix_s(), device.id, to_hex(&from.sha256)],
             )
             .map_err(self.sql())?;
         let detail = format!(
@@ -1117,7 +1113,7 @@ impl Fleet {
                     params![
                         model.map(|m| m.name.as_str()),
                         model.map(|m| m.version.as_str()),
-                        model.map(|m| sync::auth::to_hex(&m.sha256)),
+                        model.map(|m| to_hex(&m.sha256)),
                         device.id
                     ],
                 )
@@ -1288,7 +1284,7 @@ impl Fleet {
                         now,
                         r.window_start_ms as i64,
                         r.window_ms,
-                        sync::auth::to_hex(&r.model),
+                        to_hex(&r.model),
                         r.requests,
                         r.errors,
                         r.latency_us.p50,
@@ -1300,7 +1296,7 @@ impl Fleet {
                     ])
                     .map_err(sql)?;
                 if inserted == 1 {
-                    let model = sync::auth::to_hex(&r.model);
+                    let model = to_hex(&r.model);
                     for l in &r.samples {
                         let input: Vec<u8> = l.input.iter().flat_map(|v| v.to_le_bytes()).collect();
                         samples
@@ -1444,7 +1440,7 @@ impl Fleet {
             .map_err(self.sql())?;
         for m in models {
             let rows = stmt
-                .query_map([sync::auth::to_hex(m)], |r| {
+                .query_map([to_hex(m)], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, Vec<u8>>(1)?,
@@ -1489,9 +1485,7 @@ impl Fleet {
         for m in models {
             for d in devices {
                 let c: i64 = stmt
-                    .query_row(params![sync::auth::to_hex(m), d, since_unix_s], |r| {
-                        r.get(0)
-                    })
+                    .query_row(params![to_hex(m), d, since_unix_s], |r| r.get(0))
                     .map_err(self.sql())?;
                 n += c as u64;
             }

@@ -97,7 +97,7 @@ impl Fleet {
             .map_err(self.sql())?;
         Ok(hexes
             .iter()
-            .filter_map(|h| crate::sync::auth::from_hex::<8>(h.get(..16)?).ok())
+            .filter_map(|h| crate::util::from_hex::<8>(h.get(..16)?).ok())
             .collect())
     }
 

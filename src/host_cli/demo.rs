@@ -609,7 +609,7 @@ impl Drop for TempDir {
 
 fn tempdir() -> Result<TempDir> {
     let r: [u8; 8] = crate::sync::auth::random().map_err(|e| anyhow!("no randomness: {e}"))?;
-    let p = std::env::temp_dir().join(format!("perch-demo-{}", crate::artifact::hex(&r)));
+    let p = std::env::temp_dir().join(format!("perch-demo-{}", crate::util::to_hex(&r)));
     std::fs::create_dir_all(&p)?;
     Ok(TempDir(p))
 }

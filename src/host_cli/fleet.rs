@@ -390,7 +390,7 @@ pub fn push_with(
         "release": p.release,
         "rollback": rollback,
         "size_bytes": p.size,
-        "sha256": artifact::hex(&p.model.sha256),
+        "sha256": crate::util::to_hex(&p.model.sha256),
         "devices": devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
         "added_sections": added,
     }))

@@ -1459,7 +1459,7 @@ pub fn render_diff(d: &Value) -> String {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    crate::artifact::hex(&sha2::Digest::finalize(sha2::Digest::chain_update(
+    crate::util::to_hex(&sha2::Digest::finalize(sha2::Digest::chain_update(
         sha2::Sha256::default(),
         bytes,
     )))

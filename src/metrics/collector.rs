@@ -41,15 +41,11 @@ impl ModelFacts {
     pub fn of(model: &crate::runtime::Model) -> ModelFacts {
         let info = model.info();
         let sample_len = info.inputs.first().map_or(0, |s| s.sample_len());
-        let mut id = [0u8; 8];
-        if let Some(hex) = &info.sha256 {
-            for (i, b) in id.iter_mut().enumerate() {
-                *b = hex
-                    .get(2 * i..2 * i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .unwrap_or(0);
-            }
-        }
+        let id = info
+            .sha256
+            .as_ref()
+            .and_then(|hex| crate::util::from_hex::<8>(hex.get(..16)?).ok())
+            .unwrap_or([0; 8]);
         let has_label = info.outputs.iter().any(|o| o.dtype == DType::I64);
         let probabilities = info.outputs.iter().find(|o| o.dtype == DType::F32);
         let labels = info.metadata.as_ref().map_or(0, |m| m.class_labels.len());
@@ -466,11 +462,8 @@ impl Collector {
             "gauge",
             "The model served: first 8 bytes of its artifact's SHA-256.",
         );
-        let _ = write!(out, "perch_model_info{{model=\"");
-        for b in self.model {
-            let _ = write!(out, "{b:02x}");
-        }
-        let _ = writeln!(out, "\"}} 1");
+        let model = crate::util::to_hex(&self.model);
+        let _ = writeln!(out, "perch_model_info{{model=\"{model}\"}} 1");
         if let Some(kib) = system.rss_kib {
             header(
                 out,

@@ -778,7 +778,7 @@ impl Registry {
             }
             Payload::Onnx(bytes) => (ArtifactFormat::Onnx, bytes),
         };
-        let sha = artifact::hex(&Sha256::digest(&bytes));
+        let sha = crate::util::to_hex(&Sha256::digest(&bytes));
         store_file(&self.artifacts, &sha, format, &bytes)?;
         let to_text = |v: &serde_json::Value| v.to_string();
         let created = now_unix_s();
@@ -965,7 +965,7 @@ impl Registry {
             reason,
         };
         let bytes = std::fs::read(&path).map_err(|e| damaged(e.to_string()))?;
-        let sha = artifact::hex(&Sha256::digest(&bytes));
+        let sha = crate::util::to_hex(&Sha256::digest(&bytes));
         if sha != version.artifact_sha256 {
             return Err(damaged(format!(
                 "its SHA-256 is {sha}, the registry recorded {}",

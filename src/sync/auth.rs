@@ -66,7 +66,7 @@ pub struct Ephemeral {
 impl std::fmt::Debug for Ephemeral {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ephemeral")
-            .field("public", &to_hex(&self.public))
+            .field("public", &crate::util::to_hex(&self.public))
             .finish_non_exhaustive()
     }
 }
@@ -308,32 +308,6 @@ pub fn random<const N: usize>() -> Result<[u8; N], getrandom::Error> {
     Ok(out)
 }
 
-/// Lower-case hex.
-pub fn to_hex(bytes: &[u8]) -> String {
-    crate::artifact::hex(bytes)
-}
-
-/// Parses exactly `N` bytes of hex.
-///
-/// # Errors
-/// A message naming what is wrong (length, a non-hex character).
-pub fn from_hex<const N: usize>(text: &str) -> Result<[u8; N], String> {
-    let text = text.trim();
-    if text.len() != 2 * N {
-        return Err(format!(
-            "expected {} hex digits, found {}",
-            2 * N,
-            text.len()
-        ));
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).map_err(|_| "not hex".to_string())?;
-        out[i] = u8::from_str_radix(s, 16).map_err(|_| format!("{s:?} is not a hex byte"))?;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,14 +398,6 @@ mod tests {
             device(key, 1).answer(2, &[0; 32], &[0; 32]).unwrap_err(),
             AuthError::WeakEphemeral
         );
-    }
-
-    #[test]
-    fn hex_round_trip_and_errors() {
-        let k: [u8; 4] = from_hex("00ff10a0").unwrap();
-        assert_eq!(to_hex(&k), "00ff10a0");
-        assert!(from_hex::<4>("00ff10").is_err());
-        assert!(from_hex::<2>("zz00").is_err());
     }
 }
 

@@ -328,10 +328,7 @@ fn read_raw(path: &Path) -> Result<RawCsv, DataError> {
         path: path.to_path_buf(),
         error,
     })?;
-    let sha256 = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+    let sha256 = crate::util::to_hex(&Sha256::digest(&bytes));
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)

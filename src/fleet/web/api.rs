@@ -76,10 +76,6 @@ fn model_labels(d: &Dashboard) -> Result<HashMap<String, String>, ApiError> {
     Ok(out)
 }
 
-fn hex8(model: &[u8; 8]) -> String {
-    crate::sync::auth::to_hex(model)
-}
-
 /// Requests per second of a window (0 for an empty window).
 pub(crate) fn per_second(count: u32, window_ms: u32) -> f64 {
     if window_ms == 0 {
@@ -102,7 +98,7 @@ pub(crate) fn accuracy(r: &Report) -> Option<f64> {
 fn point(s: &StoredReport, labels: &HashMap<String, String>) -> Value {
     let r = &s.report;
     let label = |m: &[u8; 8]| {
-        let hex = hex8(m);
+        let hex = crate::util::to_hex(m);
         if m.iter().all(|&b| b == 0) {
             Value::Null
         } else {
