@@ -1,4 +1,4 @@
-//! Small pieces every area needs: lower-case hex.
+//! Small pieces every area needs: lower-case hex and the Unix clock.
 
 /// Lower-case hex of `bytes`, two digits a byte.
 pub fn to_hex(bytes: &[u8]) -> String {
@@ -31,6 +31,29 @@ pub fn from_hex<const N: usize>(text: &str) -> Result<[u8; N], String> {
     Ok(out)
 }
 
+fn since_epoch() -> Option<std::time::Duration> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix_s() -> i64 {
+    since_epoch().map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it, `u64::MAX` past 584
+/// million years).
+pub fn now_unix_ms() -> u64 {
+    since_epoch().map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The low 64 bits of the nanoseconds since the Unix epoch (0 if the clock is before it):
+/// a seed when the OS has no randomness, not a time.
+pub(crate) fn now_unix_ns() -> u64 {
+    since_epoch().map_or(0, |d| d.as_nanos() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +73,12 @@ mod tests {
             Err("\"zz\" is not a hex byte".into())
         );
         assert_eq!(from_hex::<2>("0é0"), Err("not hex".into()));
+    }
+
+    #[test]
+    fn clock_is_after_2020() {
+        assert!(now_unix_s() > 1_577_836_800);
+        assert!(now_unix_ms() / 1000 >= 1_577_836_800);
+        assert_ne!(now_unix_ns(), 0);
     }
 }

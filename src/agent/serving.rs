@@ -9,6 +9,7 @@ use crate::metrics::{
 };
 use crate::runtime::{self, Output, OutputValues};
 use crate::sync::ModelRef;
+use crate::util::now_unix_ms;
 use std::time::Instant;
 
 /// A model ready to serve, with the facts the metrics need.
@@ -278,12 +279,6 @@ pub(crate) struct Serving {
     window_start_ms: u64,
     watch: Option<Watch>,
     policy: RollbackPolicy,
-}
-
-pub(crate) fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Serving {

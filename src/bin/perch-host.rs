@@ -655,9 +655,7 @@ fn run(cli: Cli) -> Result<u8> {
                 native.metadata.description = d;
             }
             native.metadata.producer = format!("perch-host {} convert", env!("CARGO_PKG_VERSION"));
-            native.metadata.created_unix_s = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            native.metadata.created_unix_s = perch::util::now_unix_s() as u64;
             native.metadata.properties.insert(
                 "source_sha256".into(),
                 perch::util::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),

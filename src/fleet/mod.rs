@@ -14,6 +14,7 @@ pub mod rollout;
 pub mod store;
 pub mod web;
 
+pub use crate::util::now_unix_s;
 pub use store::FleetStore;
 
 use crate::artifact::Manifest;
@@ -288,13 +289,6 @@ pub struct StoredReport {
     pub received_unix_s: i64,
     /// The report.
     pub report: Report,
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn now_unix_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The database's name of a role.

@@ -13,6 +13,7 @@ use crate::fleet::rollout::Gates;
 use crate::fleet::{Fleet, FleetStore};
 use crate::registry::Registry;
 use crate::sync::server::{self, ServerConfig, Shutdown};
+use crate::util::now_unix_ms;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -430,7 +431,7 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
         Ok((q.feedback > 0).then(|| q.correct as f64 / q.feedback as f64))
     };
     let (model_name, model_version) = model.split_once('@').unwrap_or(("wine", "2"));
-    let before_ms = now_ms();
+    let before_ms = now_unix_ms();
     let acc_north = accuracy(&fleet, "north", model_name, model_version, 0)?;
     let acc_south = accuracy(&fleet, "south", model_name, model_version, 0)?;
     step(
@@ -445,7 +446,7 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
     // 6. Drift on the south group.
     drifting.store(true, Ordering::SeqCst);
     let drift_at = Instant::now();
-    let drift_ms = now_ms();
+    let drift_ms = now_unix_ms();
     step(
         &mut steps,
         say,
@@ -590,12 +591,6 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
         "steps": steps,
         "monitor": monitor_log,
     }))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A temporary directory removed when dropped.

@@ -15,6 +15,7 @@ use crate::fleet::rollout::Rollout;
 use crate::fleet::{self, Fleet, SILENT_AFTER_S};
 use crate::registry::{ModelRef, Registry, Version};
 use crate::sync::Role;
+use crate::util::now_unix_ms;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
@@ -25,12 +26,6 @@ const BASELINE_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 fn open_fleet(db: &Path) -> Result<Fleet> {
     Fleet::open(db).with_context(|| format!("opening the fleet database {}", db.display()))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Starts a rollout of `r` to `group`: the candidate goes in shadow to `canary` devices of
@@ -129,7 +124,7 @@ pub fn start_rollout(
     let (prev_name, prev_version) = previous
         .split_once('@')
         .ok_or_else(|| anyhow!("bad model reference {previous}"))?;
-    let recent_ms = now_ms().saturating_sub(BASELINE_WINDOW_MS);
+    let recent_ms = now_unix_ms().saturating_sub(BASELINE_WINDOW_MS);
     let q = f.quality_totals(&members, prev_name, prev_version, recent_ms)?;
     let (fb, ok) = (q.feedback, q.correct);
     let (baseline, baseline_labels) = if fb >= u64::from(gates.min_feedback) {
@@ -147,7 +142,7 @@ pub fn start_rollout(
         "canaries": canaries.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
         "baseline_accuracy": baseline,
         "baseline_labels": baseline_labels,
-        "started_ms": now_ms(),
+        "started_ms": now_unix_ms(),
     });
     let id = f.create_rollout(
         &version.name,
@@ -230,7 +225,7 @@ fn step_canary(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Option
             let group = f.group_devices(&r.group)?;
             let active = push_to(registry, &candidate.parse()?, &group, Role::Active)?;
             f.clear_shadow(&canaries)?;
-            results["promoted_ms"] = json!(now_ms());
+            results["promoted_ms"] = json!(now_unix_ms());
             if let Some((shadow_acc, _)) = evidence.accuracies()
                 && evidence.feedback >= u64::from(r.gates.min_feedback)
             {
@@ -313,7 +308,7 @@ fn step_promoted(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Opti
         Some(p) => f.push_states(p)?.iter().all(|(_, s, _)| s != "pending"),
         None => true,
     };
-    let watched_ms = now_ms().saturating_sub(since);
+    let watched_ms = now_unix_ms().saturating_sub(since);
     if installed && watched_ms >= r.gates.watch_s * 1000 {
         f.update_rollout(r.id, "complete", None, &results, None)?;
         return Ok(Some(format!(

@@ -65,11 +65,7 @@ pub struct ReportQueue {
 fn new_epoch() -> u64 {
     let mut b = [0u8; 8];
     let random = getrandom::fill(&mut b).map(|()| u64::from_le_bytes(b));
-    let e = random.unwrap_or_else(|_| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
+    let e = random.unwrap_or_else(|_| crate::util::now_unix_ns());
     e.max(1)
 }
 

@@ -73,11 +73,7 @@ impl RecentPredictions {
     /// [`MetricsError::RecentCapacity`] when `capacity` is 0 or `capacity × sample_len`
     /// exceeds [`MAX_RECENT_VALUES`].
     pub fn new(capacity: usize, sample_len: usize) -> Result<RecentPredictions, MetricsError> {
-        let start = getrandom::u64().unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
+        let start = getrandom::u64().unwrap_or_else(|_| crate::util::now_unix_ns());
         // Leave room below 2^53 so the ids do not wrap in practice.
         Self::with_first_id(capacity, sample_len, start & (ID_MASK >> 1))
     }

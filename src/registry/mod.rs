@@ -21,6 +21,7 @@
 //! ```
 
 use crate::artifact;
+use crate::util::now_unix_s;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -617,12 +618,6 @@ fn make_private(path: &Path) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn make_private(_path: &Path) -> std::io::Result<()> {
     Ok(())
-}
-
-fn now_unix_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Registry {

@@ -954,9 +954,7 @@ impl Fitted {
         let mut metadata = Metadata {
             name: name.to_string(),
             version: "1".into(),
-            created_unix_s: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created_unix_s: crate::util::now_unix_s() as u64,
             producer: format!("perch-host {} train", env!("CARGO_PKG_VERSION")),
             description: format!(
                 "{} trained on {:?}",
