@@ -42,7 +42,7 @@
 //! - [`signals`]: SIGTERM / SIGINT stop `perch agent` and `perch-host serve` cleanly.
 //!
 //! Shared by all of them:
-//! - [`util`]: lower-case hex, the Unix clock.
+//! - [`util`]: lower-case hex, the Unix clock, SQLite errors mapped to an area's error.
 //!
 //! # Example
 //! ```

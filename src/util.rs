@@ -1,4 +1,5 @@
-//! Small pieces every area needs: lower-case hex and the Unix clock.
+//! Small pieces every area needs: lower-case hex, the Unix clock and (feature `host`) the
+//! mapping of SQLite errors to an area's error type.
 
 /// Lower-case hex of `bytes`, two digits a byte.
 pub fn to_hex(bytes: &[u8]) -> String {
@@ -52,6 +53,24 @@ pub fn now_unix_ms() -> u64 {
 /// a seed when the OS has no randomness, not a time.
 pub(crate) fn now_unix_ns() -> u64 {
     since_epoch().map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// An error type with a variant for a failure of the SQLite database at a path.
+#[cfg(feature = "host")]
+pub(crate) trait SqliteError {
+    /// The error for `error` from the database file `path`.
+    fn sqlite(path: std::path::PathBuf, error: rusqlite::Error) -> Self;
+}
+
+/// Maps SQLite errors of the database at `path` to `E`, for `map_err`.
+///
+/// It borrows only `path`, so a method can map the errors of a transaction that holds its
+/// connection mutably: `let sql = sqlite_error::<E>(&self.path);`.
+#[cfg(feature = "host")]
+pub(crate) fn sqlite_error<E: SqliteError>(
+    path: &std::path::Path,
+) -> impl Fn(rusqlite::Error) -> E + Copy + '_ {
+    move |error| E::sqlite(path.to_path_buf(), error)
 }
 
 #[cfg(test)]

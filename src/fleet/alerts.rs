@@ -987,11 +987,7 @@ fn apply(
     actions: Vec<Action>,
     now: i64,
 ) -> Result<Vec<AlertChange>, FleetError> {
-    let path = fleet.path.clone();
-    let sql = |error| FleetError::Sqlite {
-        path: path.clone(),
-        error,
-    };
+    let sql = crate::util::sqlite_error::<FleetError>(&fleet.path);
     let tx = fleet.conn.transaction().map_err(sql)?;
     let mut changes = Vec::new();
     {

@@ -21,7 +21,7 @@ use crate::artifact::Manifest;
 use crate::metrics::Report;
 use crate::registry::Registry;
 use crate::sync::{self, ModelRef, Role};
-use crate::util::{from_hex, to_hex};
+use crate::util::{SqliteError, from_hex, sqlite_error, to_hex};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 
@@ -135,6 +135,12 @@ pub enum FleetError {
         /// Decoder message.
         reason: String,
     },
+}
+
+impl SqliteError for FleetError {
+    fn sqlite(path: PathBuf, error: rusqlite::Error) -> FleetError {
+        FleetError::Sqlite { path, error }
+    }
 }
 
 /// A registered device.
@@ -333,10 +339,7 @@ impl Fleet {
     pub fn open(path: impl AsRef<Path>) -> Result<Fleet, FleetError> {
         let path = path.as_ref().to_path_buf();
         drop(Registry::open(&path)?);
-        let sql = |error| FleetError::Sqlite {
-            path: path.clone(),
-            error,
-        };
+        let sql = sqlite_error::<FleetError>(&path);
         let conn = Connection::open(&path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sql)?;
@@ -373,10 +376,7 @@ impl Fleet {
     }
 
     fn sql(&self) -> impl Fn(rusqlite::Error) -> FleetError + '_ {
-        move |error| FleetError::Sqlite {
-            path: self.path.clone(),
-            error,
-        }
+        sqlite_error(&self.path)
     }
 
     /// Registers a device with a fresh random key.
@@ -764,11 +764,7 @@ impl Fleet {
         devices: &[Device],
         role: Role,
     ) -> Result<(), FleetError> {
-        let path = self.path.clone();
-        let sql = |error| FleetError::Sqlite {
-            path: path.clone(),
-            error,
-        };
+        let sql = sqlite_error::<FleetError>(&self.path);
         let tx = self.conn.transaction().map_err(sql)?;
         for d in devices {
             tx.execute(
@@ -798,11 +794,7 @@ impl Fleet {
     /// # Errors
     /// Database failures.
     pub fn clear_shadow(&mut self, devices: &[Device]) -> Result<(), FleetError> {
-        let path = self.path.clone();
-        let sql = |error| FleetError::Sqlite {
-            path: path.clone(),
-            error,
-        };
+        let sql = sqlite_error::<FleetError>(&self.path);
         let tx = self.conn.transaction().map_err(sql)?;
         for d in devices {
             tx.execute(
@@ -1030,11 +1022,7 @@ impl Fleet {
         if !due {
             return Ok(0);
         }
-        let path = self.path.clone();
-        let sql = |error| FleetError::Sqlite {
-            path: path.clone(),
-            error,
-        };
+        let sql = sqlite_error::<FleetError>(&self.path);
         let tx = self.conn.transaction().map_err(sql)?;
         let n = tx
             .execute(
@@ -1237,11 +1225,7 @@ impl Fleet {
         &mut self,
         batch: &[(i64, u64, u64, &Report)],
     ) -> Result<usize, FleetError> {
-        let path = self.path.clone();
-        let sql = |error| FleetError::Sqlite {
-            path: path.clone(),
-            error,
-        };
+        let sql = sqlite_error::<FleetError>(&self.path);
         let tx = self.conn.transaction().map_err(sql)?;
         let mut new = 0;
         {

@@ -21,7 +21,7 @@
 //! ```
 
 use crate::artifact;
-use crate::util::now_unix_s;
+use crate::util::{SqliteError, now_unix_s, sqlite_error};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -140,6 +140,12 @@ pub enum RegistryError {
         /// The cause.
         error: serde_json::Error,
     },
+}
+
+impl SqliteError for RegistryError {
+    fn sqlite(path: PathBuf, error: rusqlite::Error) -> RegistryError {
+        RegistryError::Sqlite { path, error }
+    }
 }
 
 // Not `#[from]`: that would also make the inner error the `source()`, and `{:#}` would print
@@ -637,10 +643,7 @@ impl Registry {
             path: dir.clone(),
             error,
         })?;
-        let sql = |error| RegistryError::Sqlite {
-            path: path.clone(),
-            error,
-        };
+        let sql = sqlite_error::<RegistryError>(&path);
         make_private(&path).map_err(|error| RegistryError::Io {
             path: path.clone(),
             error,
@@ -694,10 +697,7 @@ impl Registry {
     }
 
     fn sql(&self) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
-        |error| RegistryError::Sqlite {
-            path: self.path.clone(),
-            error,
-        }
+        sqlite_error(&self.path)
     }
 
     /// Where the artifact with `sha256` in `format` lives.
@@ -735,18 +735,14 @@ impl Registry {
         info: VersionInfo,
     ) -> Result<Version, RegistryError> {
         check_name("model name", name)?;
-        let path = self.path.clone();
-        let sql = |error| RegistryError::Sqlite {
-            path: path.clone(),
-            error,
-        };
+        let sql = sqlite_error::<RegistryError>(&self.path);
         // Immediate: take the write lock before reading the numbers it writes.
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         let parent_id = match &info.parent {
-            Some(r) => Some(resolve_id(&tx, r).map_err(|e| with_path(e, &path))?.0),
+            Some(r) => Some(resolve_id(&tx, r).map_err(|e| with_path(e, &self.path))?.0),
             None => None,
         };
         tx.execute(
@@ -1029,11 +1025,7 @@ impl Registry {
         if victims.is_empty() {
             return Err(unknown_model(&self.conn, &r.name).map_err(|e| with_path(e, &self.path))?);
         }
-        let path = self.path.clone();
-        let sql = |error| RegistryError::Sqlite {
-            path: path.clone(),
-            error,
-        };
+        let sql = sqlite_error::<RegistryError>(&self.path);
         // Immediate: take the write lock before reading the numbers it writes.
         let tx = self
             .conn
@@ -1142,10 +1134,7 @@ impl From<rusqlite::Error> for Lookup {
 
 fn with_path(e: Lookup, path: &Path) -> RegistryError {
     match e {
-        Lookup::Sql(error) => RegistryError::Sqlite {
-            path: path.to_path_buf(),
-            error,
-        },
+        Lookup::Sql(error) => RegistryError::sqlite(path.to_path_buf(), error),
         Lookup::Registry(e) => e,
     }
 }
