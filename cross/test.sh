@@ -46,8 +46,13 @@ if [[ "$target" != arm-unknown-linux-musleabihf ]]; then
     # what x86 computed (tests/data/edge_native), and within the issue's tolerances of the
     # references.
     echo "test.sh: cargo test --target $target --all-features (conformance, edge_conformance, cli, onnx_ops, alloc, lib)"
+    # One test is left to x86: the canary gate's shadow timing under CPU hogs measures
+    # wall-clock latency, and under an emulator with two hog threads it measures qemu's
+    # scheduling (armv7, 2026-12-06: both models' window medians 15,104 us, no decision).
+    echo "test.sh: skipping agent::serving::tests::shadow_timing_under_cpu_hogs_promotes_equals_and_rejects_5x (timing; runs on x86)"
     (cd "$root" && PERCH_EDGE_ROWS=4 cargo test --config "$root/cross/cargo-config.toml" --target "$target" \
-        --all-features --lib --test conformance --test edge_conformance --test cli --test onnx_ops --test alloc)
+        --all-features --lib --test conformance --test edge_conformance --test cli --test onnx_ops --test alloc \
+        -- --skip shadow_timing_under_cpu_hogs_promotes_equals_and_rejects_5x)
 fi
 
 bin="$root/dist/$target/perch"
