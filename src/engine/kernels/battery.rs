@@ -338,6 +338,10 @@ conv_battery! {
     conv_asymmetric_pad: geom([8, 6, 4], 5, [3, 2], 1, [2, 0, 0, 1], 1, 1);
     conv_pad_beyond_kernel: geom([4, 4, 4], 6, [3, 3], 1, [3; 4], 1, 1);
     conv_row_of_pixels: geom([1, 13, 4], 9, [1, 3], 1, [0, 1, 0, 1], 1, 1);
+    conv3x3_long_rows: geom([5, 30, 16], 64, [3, 3], 1, [1; 4], 1, 1);
+    conv3x3_many_panels: geom([6, 9, 8], 136, [3, 3], 1, [1; 4], 1, 1);
+    conv5x5_stride2_interior: geom([15, 17, 12], 20, [5, 5], 2, [2; 4], 1, 1);
+    conv_dilated_c8: geom([11, 12, 8], 12, [3, 3], 1, [2; 4], 2, 1);
     depthwise3x3: geom([7, 9, 16], 16, [3, 3], 1, [1; 4], 1, 16);
     depthwise3x3_stride2: geom([9, 8, 24], 24, [3, 3], 2, [0, 0, 1, 1], 1, 24);
     depthwise3x3_stride2_pad_all: geom([9, 9, 8], 8, [3, 3], 2, [1; 4], 1, 8);
@@ -351,6 +355,36 @@ conv_battery! {
 }
 
 /// Dense layers: f32 within the depth bound, int8 bit for bit, for every family.
+/// The interior rows and columns ([`ConvGeometry::row_is_interior`],
+/// [`ConvGeometry::interior_cols`]) are exactly the outputs whose every tap has a source.
+#[test]
+fn interior_pixels_are_those_without_padding() {
+    for (input, k, stride, pad, dilation) in [
+        ([9, 11, 4], [3, 3], 1, [1; 4], 1),
+        ([10, 9, 4], [3, 3], 2, [0, 0, 1, 1], 1),
+        ([13, 10, 4], [10, 4], 2, [4, 1, 5, 2], 1),
+        ([11, 11, 4], [3, 3], 1, [2; 4], 2),
+        ([4, 4, 4], [3, 3], 1, [3; 4], 1),
+        ([8, 6, 4], [3, 2], 1, [2, 0, 0, 1], 1),
+        ([15, 17, 4], [5, 5], 2, [2; 4], 1),
+        ([3, 3, 4], [3, 3], 1, [0; 4], 1),
+    ] {
+        let g = geom(input, 4, k, stride, pad, dilation, 1);
+        let cols = g.interior_cols();
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                let inside =
+                    (0..g.k_h).all(|ky| (0..g.k_w).all(|kx| g.source(oy, ox, ky, kx).is_some()));
+                assert_eq!(
+                    inside,
+                    g.row_is_interior(oy) && cols.contains(&ox),
+                    "{g:?} pixel ({oy}, {ox})"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn dense_battery() {
     for (inputs, outputs, rows) in [
@@ -492,6 +526,19 @@ fn add_battery() {
             for a in 0..=255u8 {
                 for b in 0..=255u8 {
                     assert_eq!(add.one(a, b), add.one_direct(a, b), "qadd {a} + {b}");
+                }
+            }
+            // Every pair through this CPU's kernel, with and without a clamp.
+            let (xa, xb): (Vec<u8>, Vec<u8>) =
+                (0..65536u32).map(|i| ((i >> 8) as u8, i as u8)).unzip();
+            let clip = Activation::Clip { min: 0.0, max: 6.0 };
+            for act in [Activation::Identity, Activation::Relu, clip] {
+                let add =
+                    AddU8::new(qa, qb, OutputQuant::u8_with(qy, act).expect("u8")).expect("builds");
+                let mut y = vec![0; xa.len()];
+                add.run(&xa, &xb, &mut y);
+                for i in 0..y.len() {
+                    assert_eq!(y[i], add.one_direct(xa[i], xb[i]), "qadd {act:?} {i}");
                 }
             }
             for (xa, xb) in [

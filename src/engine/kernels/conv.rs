@@ -230,6 +230,26 @@ impl ConvGeometry {
         (iy < self.in_h && ix < self.in_w).then_some(iy * self.in_w + ix)
     }
 
+    /// Whether every kernel row of output row `oy` lies inside the input.
+    #[cfg(any(test, target_arch = "x86_64"))]
+    pub(super) fn row_is_interior(&self, oy: usize) -> bool {
+        let top = oy * self.stride[0];
+        top >= self.pad[0] && top - self.pad[0] + (self.k_h - 1) * self.dilation[0] < self.in_h
+    }
+
+    /// The output columns whose kernel lies inside the input's width.
+    #[cfg(any(test, target_arch = "x86_64"))]
+    pub(super) fn interior_cols(&self) -> std::ops::Range<usize> {
+        let lo = self.pad[1].div_ceil(self.stride[1]);
+        let span = (self.k_w - 1) * self.dilation[1];
+        // ox · stride - pad + span < in_w.
+        let hi = match (self.in_w + self.pad[1]).checked_sub(span + 1) {
+            Some(last) => last / self.stride[1] + 1,
+            None => 0,
+        };
+        lo..hi.min(self.out_w).max(lo)
+    }
+
     /// The weight index of `(oc, ic within its group, ky, kx)` in the IR's order.
     #[inline]
     pub(super) fn weight_index(&self, oc: usize, ic: usize, ky: usize, kx: usize) -> usize {
@@ -328,9 +348,11 @@ pub(super) fn im2col<T: Copy>(
 /// in fixed-size pieces the compiler inlines instead of calling `memcpy` for each.
 #[inline(always)]
 fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+    // 16 bytes a piece (4 f32, 16 u8): a constant once monomorphized.
+    let piece = (16 / std::mem::size_of::<T>().max(1)).max(1);
     let src = &src[..dst.len()];
-    let mut d = dst.chunks_exact_mut(4);
-    let mut s = src.chunks_exact(4);
+    let mut d = dst.chunks_exact_mut(piece);
+    let mut s = src.chunks_exact(piece);
     for (d4, s4) in (&mut d).zip(&mut s) {
         d4.copy_from_slice(s4);
     }

@@ -383,11 +383,17 @@ pub struct ConvU8 {
 enum QPlan {
     /// One GEMM per group, over the input pixels in place (1×1, stride 1, no padding,
     /// channels per group a multiple of 4) or over im2col tiles of `tile` pixels whose
-    /// patches are padded to a multiple of 4 with the input zero point.
+    /// patches are padded to a multiple of 4 with the input zero point. `in_place_rows`
+    /// (x86 SIMD families, one group, channels a multiple of 4): the pixels whose kernel
+    /// lies inside the input are read in place, tap by tap, a row of them at a time, and
+    /// only the border goes through im2col.
     Gemm {
         im2col: bool,
         tile: usize,
         panels: Vec<PanelsI8>,
+        in_place_rows: bool,
+        /// The patch's quad offsets for the rows in place (else empty).
+        offsets: Vec<u32>,
     },
     /// Weights `[tap][c]` (channels padded to `c_pad`).
     Depthwise { c_pad: usize, w: Vec<i8> },
@@ -488,6 +494,19 @@ impl ConvU8 {
                 .map(|g| PanelsI8::pack(depth, ocg, nr, |kk, j| w_at(g * ocg + j, kk)))
                 .collect();
             let im2col = !(geom.is_pointwise() && icg.is_multiple_of(4));
+            #[cfg(target_arch = "x86_64")]
+            let in_place_rows =
+                im2col && path != I8Path::Portable && super::x86::qgemm::conv_rows_fit(&geom);
+            #[cfg(not(target_arch = "x86_64"))]
+            let in_place_rows = false;
+            #[cfg(target_arch = "x86_64")]
+            let offsets = if in_place_rows {
+                super::x86::qgemm::conv_row_offsets(&geom)
+            } else {
+                Vec::new()
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let offsets = Vec::new();
             let k4 = panels[0].k4;
             let tile = if im2col {
                 im2col_tile(k4, gemm::i8_mr(path), geom.out_h * geom.out_w)
@@ -498,6 +517,8 @@ impl ConvU8 {
                 im2col,
                 tile,
                 panels,
+                in_place_rows,
+                offsets,
             }
         };
         Ok(ConvU8 {
@@ -531,6 +552,7 @@ impl ConvU8 {
                 im2col: true,
                 tile,
                 panels,
+                ..
             } => tile * panels[0].k4,
             _ => 0,
         }
@@ -584,10 +606,19 @@ impl ConvU8 {
                     );
                 }
             }
+            #[cfg(target_arch = "x86_64")]
             QPlan::Gemm {
                 im2col: true,
                 tile,
                 panels,
+                in_place_rows: true,
+                offsets,
+            } => self.run_rows(x, y, scratch, &panels[0], *tile, offsets),
+            QPlan::Gemm {
+                im2col: true,
+                tile,
+                panels,
+                ..
             } => {
                 for (gi, pn) in panels.iter().enumerate() {
                     let mut p0 = 0;
@@ -602,6 +633,71 @@ impl ConvU8 {
                     }
                 }
             }
+        }
+    }
+}
+
+impl ConvU8 {
+    /// One group: each output row's interior pixels in place ([`QPlan::Gemm`]'s
+    /// `in_place_rows`), the pixels between them (borders, rows whose kernel overhangs
+    /// the input) through im2col tiles.
+    #[cfg(target_arch = "x86_64")]
+    fn run_rows(
+        &self,
+        x: &[u8],
+        mut y: QDst<'_>,
+        scratch: &mut [u8],
+        pn: &PanelsI8,
+        tile: usize,
+        offsets: &[u32],
+    ) {
+        let g = &self.geom;
+        let cols = g.interior_cols();
+        let mut pending = 0;
+        for oy in 0..g.out_h {
+            if cols.is_empty() || !g.row_is_interior(oy) {
+                continue;
+            }
+            let start = oy * g.out_w + cols.start;
+            self.run_im2col(x, &mut y, scratch, pn, tile, pending..start);
+            let dst = sub_dst(&mut y, start * g.out_c);
+            super::x86::qgemm::conv_row_u8i8(
+                self.path,
+                g,
+                x,
+                offsets,
+                oy,
+                cols.start,
+                cols.len(),
+                pn,
+                &self.epi,
+                dst,
+            );
+            pending = oy * g.out_w + cols.end;
+        }
+        self.run_im2col(x, &mut y, scratch, pn, tile, pending..g.out_h * g.out_w);
+    }
+
+    /// Output pixels `pixels` of one group through im2col tiles.
+    #[cfg(target_arch = "x86_64")]
+    fn run_im2col(
+        &self,
+        x: &[u8],
+        y: &mut QDst<'_>,
+        scratch: &mut [u8],
+        pn: &PanelsI8,
+        tile: usize,
+        pixels: std::ops::Range<usize>,
+    ) {
+        let g = &self.geom;
+        let mut p0 = pixels.start;
+        while p0 < pixels.end {
+            let m = tile.min(pixels.end - p0);
+            let rows = &mut scratch[..m * pn.k4];
+            im2col(g, x, 0, p0, pn.k4, self.input.zero_point, rows);
+            let dst = sub_dst(y, p0 * g.out_c);
+            gemm::gemm_u8i8(self.path, rows, pn.k4, m, pn, &self.epi, 0, dst, g.out_c);
+            p0 += m;
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 pub(super) mod depthwise;
 pub(super) mod gemm;
+pub(super) mod qadd;
 pub(super) mod qdepthwise;
 pub(super) mod qgemm;
 mod simd;

@@ -8,6 +8,8 @@
 
 use super::gemm::{activate, finish_row, scalar_act};
 use super::simd::{Avx2 as F256, Avx512 as F512, F32Simd};
+use crate::engine::kernels::I8Path;
+use crate::engine::kernels::conv::ConvGeometry;
 use crate::engine::kernels::gemm::{PanelsI8, QDst};
 use crate::engine::kernels::qconv::{Lanes, QEpilogue};
 use std::arch::x86_64::*;
@@ -364,19 +366,30 @@ impl Out {
     }
 }
 
-/// One tile: rows `0..m` (`m <= MR`) times one panel (`k4 / 4` quads), channels
+/// Rows of the left operand a tile reads: row `r` starts at `base + r · lda` and holds
+/// `len` bytes (a multiple of 4) — contiguous for a GEMM, or, for a convolution over
+/// interior pixels of one output row, quad `q` at `offs[q]` (each tap's channels where the
+/// input holds them, `lda` the horizontal stride's bytes).
+#[derive(Clone, Copy)]
+struct Rows {
+    base: *const u8,
+    lda: usize,
+    len: usize,
+    /// Null for contiguous rows.
+    offs: *const u32,
+}
+
+/// One tile: rows `0..m` (`m <= MR`) times one panel (`Σ seg_len / 4` quads), channels
 /// `c0..c0 + ncols` of the epilogue stored.
 ///
 /// # Safety
-/// D's features are present; `a` holds `m` rows of `k4` bytes `lda` apart, `w` the
-/// panel's `k4 · NV · LANES` bytes, `y` `m` rows of `ncols` values `ldy` apart; the lane
-/// arrays and `bias` hold the panel's channels.
+/// D's features are present; `a` names `m` rows of readable segments, `w` the panel's
+/// `segs · seg_len · NV · LANES` bytes, `y` `m` rows of `ncols` values `ldy` apart; the
+/// lane arrays and `bias` hold the panel's channels.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize>(
-    k4: usize,
-    a: *const u8,
-    lda: usize,
+    a: Rows,
     m: usize,
     w: *const i8,
     l: &Lanes,
@@ -389,25 +402,42 @@ unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize>(
     // SAFETY: every access stays inside the ranges of the function's contract.
     unsafe {
         let mut acc = [[D::zero(); NV]; MR];
-        let mut rows = [a; MR];
-        for r in 0..MR {
-            rows[r] = a.add(r.min(m - 1) * lda);
-        }
         let mut wp = w;
-        let mut q = 0;
-        while q < k4 {
-            let mut wv = [D::weights(wp); NV];
-            for v in 1..NV {
-                wv[v] = D::weights(wp.add(v * D::LANES * 4));
-            }
-            for r in 0..MR {
-                let av = D::quad(rows[r].add(q));
-                for v in 0..NV {
-                    acc[r][v] = D::dot(acc[r][v], av, wv[v]);
+        let mut rows = [a.base; MR];
+        for r in 0..MR {
+            rows[r] = a.base.add(r.min(m - 1) * a.lda);
+        }
+        if a.offs.is_null() {
+            let mut q = 0;
+            while q < a.len {
+                let mut wv = [D::weights(wp); NV];
+                for v in 1..NV {
+                    wv[v] = D::weights(wp.add(v * D::LANES * 4));
                 }
+                for r in 0..MR {
+                    let av = D::quad(rows[r].add(q));
+                    for v in 0..NV {
+                        acc[r][v] = D::dot(acc[r][v], av, wv[v]);
+                    }
+                }
+                wp = wp.add(NV * D::LANES * 4);
+                q += 4;
             }
-            wp = wp.add(NV * D::LANES * 4);
-            q += 4;
+        } else {
+            for q in 0..a.len / 4 {
+                let o = *a.offs.add(q) as usize;
+                let mut wv = [D::weights(wp); NV];
+                for v in 1..NV {
+                    wv[v] = D::weights(wp.add(v * D::LANES * 4));
+                }
+                for r in 0..MR {
+                    let av = D::quad(rows[r].add(o));
+                    for v in 0..NV {
+                        acc[r][v] = D::dot(acc[r][v], av, wv[v]);
+                    }
+                }
+                wp = wp.add(NV * D::LANES * 4);
+            }
         }
         for r in 0..MR {
             if r >= m {
@@ -430,25 +460,68 @@ unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize>(
     }
 }
 
+/// Rows per tile of `MR`-row kernels: whole tiles, then a tail as one tile when it fills
+/// more than half of one, else tiles of 4, 2, 1 rows.
+#[inline(always)]
+fn tile_rows(rest: usize, mr: usize) -> usize {
+    if rest >= mr || rest * 2 > mr {
+        rest.min(mr)
+    } else if rest >= 4 {
+        4
+    } else if rest >= 2 {
+        2
+    } else {
+        1
+    }
+}
+
+/// [`tile`] for `mt` rows (as [`tile_rows`] gives) with the matching kernel height.
+///
+/// # Safety
+/// As for [`tile`] with `m = mt`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tile<D: I8Dot, const MR: usize, const NV: usize>(
+    mt: usize,
+    rows: Rows,
+    wp: *const i8,
+    l: &Lanes,
+    bp: *const i32,
+    cp: usize,
+    yi: Out,
+    ldy: usize,
+    ncols: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if mt * 2 > MR {
+            tile::<D, MR, NV>(rows, mt, wp, l, bp, cp, yi, ldy, ncols)
+        } else if mt == 4 {
+            tile::<D, 4, NV>(rows, 4, wp, l, bp, cp, yi, ldy, ncols)
+        } else if mt == 2 {
+            tile::<D, 2, NV>(rows, 2, wp, l, bp, cp, yi, ldy, ncols)
+        } else {
+            tile::<D, 1, NV>(rows, 1, wp, l, bp, cp, yi, ldy, ncols)
+        }
+    }
+}
+
 /// Every panel over every tile of rows (tails as in the f32 kernel).
 ///
 /// # Safety
-/// D's features are present; the checks of [`check`] hold.
+/// D's features are present; the checks of [`check`] (or [`conv_row_u8i8`]'s) hold.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize>(
-    a: &[u8],
-    lda: usize,
+    a: Rows,
     m: usize,
     w: &PanelsI8,
     l: &Lanes,
-    bias: &[i32],
     c0: usize,
     y: Out,
     ldy: usize,
 ) {
     let (k4, n, nr) = (w.k4, w.n, NV * D::LANES);
-    let ap = a.as_ptr();
     for p in 0..w.panels() {
         let ncols = nr.min(n - p * nr);
         // SAFETY: panel p exists and rows i.. < m of `a` and `y` exist (the caller's
@@ -457,32 +530,103 @@ unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize>(
             let wp = w.data.as_ptr().add(p * k4 * nr);
             let yc = y.add(p * nr);
             let cp = c0 + p * nr;
-            let bp = bias.as_ptr();
+            let bp = l.bias.as_ptr();
             let mut i = 0;
-            while m - i >= MR {
-                let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
-                tile::<D, MR, NV>(k4, ai, lda, MR, wp, l, bp, cp, yi, ldy, ncols);
-                i += MR;
-            }
             while i < m {
-                let rest = m - i;
-                let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
-                let step = if rest * 2 > MR {
-                    tile::<D, MR, NV>(k4, ai, lda, rest, wp, l, bp, cp, yi, ldy, ncols);
-                    rest
-                } else if rest >= 4 {
-                    tile::<D, 4, NV>(k4, ai, lda, 4, wp, l, bp, cp, yi, ldy, ncols);
-                    4
-                } else if rest >= 2 {
-                    tile::<D, 2, NV>(k4, ai, lda, 2, wp, l, bp, cp, yi, ldy, ncols);
-                    2
-                } else {
-                    tile::<D, 1, NV>(k4, ai, lda, 1, wp, l, bp, cp, yi, ldy, ncols);
-                    1
+                let mt = tile_rows(m - i, MR);
+                let rows = Rows {
+                    base: a.base.add(i * a.lda),
+                    ..a
                 };
-                i += step;
+                let yi = yc.add(i * ldy);
+                run_tile::<D, MR, NV>(mt, rows, wp, l, bp, cp, yi, ldy, ncols);
+                i += mt;
             }
         }
+    }
+}
+
+/// Whether [`conv_row_u8i8`] runs `geom`: one group, channels a multiple of 4 (each tap's
+/// channels whole quads), offsets within the input that fit a u32.
+pub(in crate::engine::kernels) fn conv_rows_fit(geom: &ConvGeometry) -> bool {
+    geom.groups == 1 && geom.in_c.is_multiple_of(4) && u32::try_from(geom.input_len()).is_ok()
+}
+
+/// For each quad of a patch (tap-major, then channel, as the weights are packed), its
+/// byte offset in the input from the patch's first tap: what [`conv_row_u8i8`] reads.
+pub(in crate::engine::kernels) fn conv_row_offsets(geom: &ConvGeometry) -> Vec<u32> {
+    let mut offs = Vec::with_capacity(geom.taps() * geom.in_c / 4);
+    for ky in 0..geom.k_h {
+        for kx in 0..geom.k_w {
+            let tap = (ky * geom.dilation[0] * geom.in_w + kx * geom.dilation[1]) * geom.in_c;
+            offs.extend((0..geom.in_c).step_by(4).map(|c| (tap + c) as u32));
+        }
+    }
+    offs
+}
+
+/// The convolution of output pixels `ox0..ox0 + m` of output row `oy`, every tap of which
+/// lies inside the input (no padding), read from `x` in place: a GEMM whose rows are the
+/// pixels, each patch's quads at `offs` ([`conv_row_offsets`]) from its first tap. `y`
+/// starts at pixel `(oy, ox0)`, rows `out_c` apart.
+///
+/// # Panics
+/// If [`conv_rows_fit`] does not hold, `offs` is not the geometry's, a pixel's kernel
+/// leaves the input, a length does not match the geometry, `w` was packed for another
+/// path, or the CPU lacks `path`'s features.
+#[allow(clippy::too_many_arguments)]
+pub(in crate::engine::kernels) fn conv_row_u8i8(
+    path: I8Path,
+    g: &ConvGeometry,
+    x: &[u8],
+    offs: &[u32],
+    oy: usize,
+    ox0: usize,
+    m: usize,
+    w: &PanelsI8,
+    epi: &QEpilogue,
+    mut y: QDst<'_>,
+) {
+    assert!(conv_rows_fit(g) && m > 0 && x.len() == g.input_len());
+    assert!(g.row_is_interior(oy) && g.interior_cols().contains(&ox0));
+    assert!(g.interior_cols().contains(&(ox0 + m - 1)));
+    assert!(w.k4 == g.taps() * g.in_c && w.n == g.out_c && offs.len() * 4 == w.k4);
+    // Every quad lies within the patch's span from its first tap; the last pixel's patch
+    // is inside the input (interior), hence every pixel's.
+    let span = ((g.k_h - 1) * g.dilation[0] * g.in_w + (g.k_w - 1) * g.dilation[1] + 1) * g.in_c;
+    assert!(offs.iter().all(|&o| o as usize + 4 <= span));
+    let first = g
+        .source(oy, ox0, 0, 0)
+        .expect("an interior pixel's first tap");
+    let rows = Rows {
+        base: x[first * g.in_c..].as_ptr(),
+        lda: g.stride[1] * g.in_c,
+        len: w.k4,
+        offs: offs.as_ptr(),
+    };
+    let ldy = g.out_c;
+    match path {
+        I8Path::Vnni512 => {
+            let (l, out) = check_out(w, epi, 0, &mut y, m, ldy, 16);
+            assert!(VNNI512_NR.contains(&w.nr) && super::has_avx512_vnni());
+            // SAFETY: the features are present (asserted); every pixel's taps lie in `x`
+            // (interior pixels, offsets checked against the geometry), and `check_out`
+            // bounds the rest.
+            unsafe { gemm_vnni512_impl(rows, m, w, l, 0, out, ldy) }
+        }
+        I8Path::Vnni256 => {
+            let (l, out) = check_out(w, epi, 0, &mut y, m, ldy, 8);
+            assert!(VNNI256_NR.contains(&w.nr) && super::has_avx_vnni());
+            // SAFETY: as above.
+            unsafe { gemm_vnni256_impl(rows, m, w, l, 0, out, ldy) }
+        }
+        I8Path::Avx2 => {
+            let (l, out) = check_out(w, epi, 0, &mut y, m, ldy, 8);
+            assert!(AVX2_I8_NR.contains(&w.nr) && super::has_avx2_fma());
+            // SAFETY: as above.
+            unsafe { gemm_avx2_i8_impl(rows, m, w, l, 0, out, ldy) }
+        }
+        I8Path::Portable => panic!("conv_row_u8i8 has no portable kernel"),
     }
 }
 
@@ -493,7 +637,8 @@ pub(in crate::engine::kernels) const VNNI256_NR: [usize; 4] = [8, 16, 32, 64];
 /// Panel widths the AVX2 kernel has tiles for.
 pub(in crate::engine::kernels) const AVX2_I8_NR: [usize; 3] = [8, 16, 32];
 
-/// Bounds every access of the kernels; returns the destination and its lane layout.
+/// Bounds every access of the kernels to `a`; returns the destination and its lane
+/// layout.
 #[allow(clippy::too_many_arguments)]
 fn check<'a>(
     a: &[u8],
@@ -508,6 +653,20 @@ fn check<'a>(
 ) -> (&'a Lanes, Out) {
     assert!(m > 0 && w.k4 > 0 && w.n > 0 && w.k4.is_multiple_of(4));
     assert!(a.len() >= (m - 1) * lda + w.k4 && lda >= w.k4);
+    check_out(w, epi, c0, y, m, ldy, lanes)
+}
+
+/// Bounds the panels, the lane arrays and `m` rows of the destination.
+fn check_out<'a>(
+    w: &PanelsI8,
+    epi: &'a QEpilogue,
+    c0: usize,
+    y: &mut QDst<'_>,
+    m: usize,
+    ldy: usize,
+    lanes: usize,
+) -> (&'a Lanes, Out) {
+    assert!(m > 0 && w.n > 0 && w.k4.is_multiple_of(4));
     assert!(w.data.len() >= w.panels() * w.k4 * w.nr);
     let l = epi.lanes.as_ref().expect("lane constants prepared");
     assert!(l.width == lanes && epi.exact32 && c0.is_multiple_of(lanes));
@@ -548,18 +707,23 @@ pub(in crate::engine::kernels) fn gemm_vnni512(
     let (l, out) = check(a, lda, m, w, epi, c0, &mut y, ldy, 16);
     assert!(VNNI512_NR.contains(&w.nr) && super::has_avx512_vnni());
     // SAFETY: the features are present (asserted); `check` bounds every access.
-    unsafe { gemm_vnni512_impl(a, lda, m, w, l, &l.bias, c0, out, ldy) }
+    let rows = Rows {
+        base: a.as_ptr(),
+        lda,
+        len: w.k4,
+        offs: std::ptr::null(),
+    };
+    // SAFETY: the features are present (asserted); `check` bounds every access.
+    unsafe { gemm_vnni512_impl(rows, m, w, l, c0, out, ldy) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_vnni512_impl(
-    a: &[u8],
-    lda: usize,
+    a: Rows,
     m: usize,
     w: &PanelsI8,
     l: &Lanes,
-    bias: &[i32],
     c0: usize,
     y: Out,
     ldy: usize,
@@ -567,11 +731,11 @@ unsafe fn gemm_vnni512_impl(
     // SAFETY: the caller's checks; the features are enabled here.
     unsafe {
         match w.nr {
-            16 => gemm::<Vnni512, 12, 1>(a, lda, m, w, l, bias, c0, y, ldy),
-            32 => gemm::<Vnni512, 12, 2>(a, lda, m, w, l, bias, c0, y, ldy),
-            48 => gemm::<Vnni512, 8, 3>(a, lda, m, w, l, bias, c0, y, ldy),
-            64 => gemm::<Vnni512, 6, 4>(a, lda, m, w, l, bias, c0, y, ldy),
-            _ => gemm::<Vnni512, 3, 8>(a, lda, m, w, l, bias, c0, y, ldy),
+            16 => gemm::<Vnni512, 12, 1>(a, m, w, l, c0, y, ldy),
+            32 => gemm::<Vnni512, 12, 2>(a, m, w, l, c0, y, ldy),
+            48 => gemm::<Vnni512, 8, 3>(a, m, w, l, c0, y, ldy),
+            64 => gemm::<Vnni512, 6, 4>(a, m, w, l, c0, y, ldy),
+            _ => gemm::<Vnni512, 3, 8>(a, m, w, l, c0, y, ldy),
         }
     }
 }
@@ -591,18 +755,23 @@ pub(in crate::engine::kernels) fn gemm_vnni256(
     let (l, out) = check(a, lda, m, w, epi, c0, &mut y, ldy, 8);
     assert!(VNNI256_NR.contains(&w.nr) && super::has_avx_vnni());
     // SAFETY: the features are present (asserted); `check` bounds every access.
-    unsafe { gemm_vnni256_impl(a, lda, m, w, l, &l.bias, c0, out, ldy) }
+    let rows = Rows {
+        base: a.as_ptr(),
+        lda,
+        len: w.k4,
+        offs: std::ptr::null(),
+    };
+    // SAFETY: the features are present (asserted); `check` bounds every access.
+    unsafe { gemm_vnni256_impl(rows, m, w, l, c0, out, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma,avxvnni")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_vnni256_impl(
-    a: &[u8],
-    lda: usize,
+    a: Rows,
     m: usize,
     w: &PanelsI8,
     l: &Lanes,
-    bias: &[i32],
     c0: usize,
     y: Out,
     ldy: usize,
@@ -610,10 +779,10 @@ unsafe fn gemm_vnni256_impl(
     // SAFETY: the caller's checks; the features are enabled here.
     unsafe {
         match w.nr {
-            8 => gemm::<Vnni256, 8, 1>(a, lda, m, w, l, bias, c0, y, ldy),
-            16 => gemm::<Vnni256, 6, 2>(a, lda, m, w, l, bias, c0, y, ldy),
-            32 => gemm::<Vnni256, 3, 4>(a, lda, m, w, l, bias, c0, y, ldy),
-            _ => gemm::<Vnni256, 1, 8>(a, lda, m, w, l, bias, c0, y, ldy),
+            8 => gemm::<Vnni256, 8, 1>(a, m, w, l, c0, y, ldy),
+            16 => gemm::<Vnni256, 6, 2>(a, m, w, l, c0, y, ldy),
+            32 => gemm::<Vnni256, 3, 4>(a, m, w, l, c0, y, ldy),
+            _ => gemm::<Vnni256, 1, 8>(a, m, w, l, c0, y, ldy),
         }
     }
 }
@@ -633,18 +802,23 @@ pub(in crate::engine::kernels) fn gemm_avx2_i8(
     let (l, out) = check(a, lda, m, w, epi, c0, &mut y, ldy, 8);
     assert!(AVX2_I8_NR.contains(&w.nr) && super::has_avx2_fma());
     // SAFETY: the features are present (asserted); `check` bounds every access.
-    unsafe { gemm_avx2_i8_impl(a, lda, m, w, l, &l.bias, c0, out, ldy) }
+    let rows = Rows {
+        base: a.as_ptr(),
+        lda,
+        len: w.k4,
+        offs: std::ptr::null(),
+    };
+    // SAFETY: the features are present (asserted); `check` bounds every access.
+    unsafe { gemm_avx2_i8_impl(rows, m, w, l, c0, out, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx2_i8_impl(
-    a: &[u8],
-    lda: usize,
+    a: Rows,
     m: usize,
     w: &PanelsI8,
     l: &Lanes,
-    bias: &[i32],
     c0: usize,
     y: Out,
     ldy: usize,
@@ -652,9 +826,9 @@ unsafe fn gemm_avx2_i8_impl(
     // SAFETY: the caller's checks; the features are enabled here.
     unsafe {
         match w.nr {
-            8 => gemm::<Avx2I8, 4, 1>(a, lda, m, w, l, bias, c0, y, ldy),
-            16 => gemm::<Avx2I8, 2, 2>(a, lda, m, w, l, bias, c0, y, ldy),
-            _ => gemm::<Avx2I8, 1, 4>(a, lda, m, w, l, bias, c0, y, ldy),
+            8 => gemm::<Avx2I8, 4, 1>(a, m, w, l, c0, y, ldy),
+            16 => gemm::<Avx2I8, 2, 2>(a, m, w, l, c0, y, ldy),
+            _ => gemm::<Avx2I8, 1, 4>(a, m, w, l, c0, y, ldy),
         }
     }
 }

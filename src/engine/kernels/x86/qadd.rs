@@ -1,0 +1,138 @@
+//! The u8 residual add with AVX2, eight elements a step: the three fixed-point
+//! multipliers (each input's rescale, then the output's) are 64-bit `vpmuldq` products
+//! shifted as [`super::qgemm`]'s epilogues shift (a logical shift of `p + 2^62`, minus
+//! `2^62 >> shift`), the output clamped in 64 bits: the same bits as [`AddU8::one`].
+//! (Table gathers were slower: `vpgatherdd` is microcoded on CPUs with the GDS
+//! mitigation.)
+
+use crate::engine::kernels::eltwise::{ADD_LEFT_SHIFT, AddU8};
+use std::arch::x86_64::*;
+
+/// [`AddU8::run`] with AVX2.
+///
+/// # Panics
+/// If the three slices differ in length, or the CPU lacks AVX2.
+pub(in crate::engine::kernels) fn add_u8_avx2(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
+    assert!(a.len() == y.len() && b.len() == y.len(), "qadd lengths");
+    assert!(super::has_avx2(), "qadd: AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 is present (checked above); the lengths are equal.
+    unsafe { add_u8_avx2_impl(add, a, b, y) }
+}
+
+/// One [`FixedMultiplier`](crate::engine::kernels::int8::FixedMultiplier) in the form the
+/// AVX2 steps use: the mantissa in every lane, `2^(shift-1) + 2^62`, the shift count and
+/// `2^62 >> shift`.
+#[derive(Clone, Copy)]
+struct Mul {
+    m: __m256i,
+    round: __m256i,
+    count: __m128i,
+    unbig: __m256i,
+}
+
+impl Mul {
+    #[inline(always)]
+    unsafe fn new(m: crate::engine::kernels::int8::FixedMultiplier) -> Mul {
+        let shift = m.shift as i64;
+        // SAFETY: AVX2 present (the caller's target feature).
+        unsafe {
+            Mul {
+                m: _mm256_set1_epi32(m.m),
+                round: _mm256_set1_epi64x((1i64 << (shift - 1)) + (1 << 62)),
+                count: _mm_set_epi64x(0, shift),
+                unbig: _mm256_set1_epi64x((1i64 << 62) >> shift),
+            }
+        }
+    }
+
+    /// The products of the even and the odd i32 lanes of `v`, rounded and shifted, as
+    /// i64 lanes: `|v · m| < 2^61` keeps `p + 2^(shift-1) + 2^62` positive.
+    #[inline(always)]
+    unsafe fn apply(self, v: __m256i) -> (__m256i, __m256i) {
+        // SAFETY: AVX2 present (the caller's target feature).
+        unsafe {
+            let pe = _mm256_mul_epi32(v, self.m);
+            let po = _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), self.m);
+            (
+                _mm256_sub_epi64(
+                    _mm256_srl_epi64(_mm256_add_epi64(pe, self.round), self.count),
+                    self.unbig,
+                ),
+                _mm256_sub_epi64(
+                    _mm256_srl_epi64(_mm256_add_epi64(po, self.round), self.count),
+                    self.unbig,
+                ),
+            )
+        }
+    }
+
+    /// [`Mul::apply`] back in i32 lanes, for results known to fit one.
+    #[inline(always)]
+    unsafe fn apply32(self, v: __m256i) -> __m256i {
+        // SAFETY: AVX2 present (the caller's target feature).
+        unsafe {
+            let (qe, qo) = self.apply(v);
+            _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo))
+        }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn add_u8_avx2_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
+    let n = y.len();
+    let full = n / 8 * 8;
+    // SAFETY (the `Mul` methods): AVX2 is this function's target feature.
+    let (ma, mb, my) = unsafe { (Mul::new(add.m_a), Mul::new(add.m_b), Mul::new(add.m_y)) };
+    let (zp_a, zp_b) = (
+        _mm256_set1_epi32(add.zp_a as i32),
+        _mm256_set1_epi32(add.zp_b as i32),
+    );
+    let zp = add.zp_y as i64;
+    let lo = _mm256_set1_epi64x(add.min as i64 - zp);
+    let hi = _mm256_set1_epi64x(add.max as i64 - zp);
+    let zp32 = _mm256_set1_epi32(zp as i32);
+    let mut i = 0;
+    while i < full {
+        // SAFETY: `i + 8 <= n` for all three slices.
+        unsafe {
+            let va = _mm_loadl_epi64(a.as_ptr().add(i).cast());
+            let vb = _mm_loadl_epi64(b.as_ptr().add(i).cast());
+            // (code - zp) << 20 is within ±2^28; each rescale (a multiplier below 1) within
+            // ±2^27, so the sum fits an i32 and needs no saturation.
+            let xa = _mm256_slli_epi32::<{ ADD_LEFT_SHIFT as i32 }>(_mm256_sub_epi32(
+                _mm256_cvtepu8_epi32(va),
+                zp_a,
+            ));
+            let xb = _mm256_slli_epi32::<{ ADD_LEFT_SHIFT as i32 }>(_mm256_sub_epi32(
+                _mm256_cvtepu8_epi32(vb),
+                zp_b,
+            ));
+            let s = _mm256_add_epi32(ma.apply32(xa), mb.apply32(xb));
+            let (qe, qo) = my.apply(s);
+            let qe = clamp64(qe, lo, hi);
+            let qo = clamp64(qo, lo, hi);
+            let q = _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo));
+            let q = _mm256_add_epi32(q, zp32);
+            let w = _mm256_packs_epi32(q, q);
+            let bytes = _mm256_packus_epi16(w, w);
+            let bytes =
+                _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+            let v = _mm_cvtsi128_si64(_mm256_castsi256_si128(bytes)) as u64;
+            y.as_mut_ptr().add(i).cast::<u64>().write_unaligned(v);
+        }
+        i += 8;
+    }
+    for k in full..n {
+        y[k] = add.one(a[k], b[k]);
+    }
+}
+
+/// `min(max(q, lo), hi)` in 64-bit lanes.
+#[inline(always)]
+unsafe fn clamp64(q: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
+    // SAFETY: AVX2 present (the caller's target feature).
+    unsafe {
+        let q = _mm256_blendv_epi8(q, lo, _mm256_cmpgt_epi64(lo, q));
+        _mm256_blendv_epi8(q, hi, _mm256_cmpgt_epi64(q, hi))
+    }
+}
