@@ -63,6 +63,33 @@ unsafe fn dw_avx2(
     w: &[i8],
     c_pad: usize,
     epi: &QEpilogue,
+    y: QDst<'_>,
+) {
+    // SAFETY: AVX2 (this function's feature); the caller's checks.
+    unsafe {
+        // 3×3 kernels (nearly every depthwise layer) get a loop the compiler unrolls, the
+        // weights held in registers.
+        if g.k_h * g.k_w == 9 {
+            dw::<5>(g, x, zp, w, c_pad, epi, y)
+        } else {
+            dw::<0>(g, x, zp, w, c_pad, epi, y)
+        }
+    }
+}
+
+/// The kernel; `P` tap pairs when nonzero, else as many as the geometry has.
+///
+/// # Safety
+/// AVX2 present; the checks of [`depthwise_u8_avx2`] hold.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw<const P: usize>(
+    g: &ConvGeometry,
+    x: &[u8],
+    zp: u8,
+    w: &[i8],
+    c_pad: usize,
+    epi: &QEpilogue,
     mut y: QDst<'_>,
 ) {
     let Some(l) = epi.lanes.as_ref() else {
@@ -70,8 +97,10 @@ unsafe fn dw_avx2(
     };
     let c = g.in_c;
     let taps = g.k_h * g.k_w;
-    let pairs = taps.div_ceil(2);
-    let zp16 = _mm256_set1_epi16(zp as i16);
+    let pairs = if P > 0 { P } else { taps.div_ceil(2) };
+    debug_assert!(P == 0 || taps.div_ceil(2) == P);
+    // SAFETY (every intrinsic below): AVX2, the caller's contract.
+    let zp16 = unsafe { _mm256_set1_epi16(zp as i16) };
     let bias = l.bias.as_ptr();
     // The sum over every tap of `x · w`, the padding reading the zero point, is
     // `zp · Σw + Σ over the taps inside the input of (x - zp) · w`: padding taps add
@@ -79,7 +108,9 @@ unsafe fn dw_avx2(
     // `vpmaddwd` (two exact products summed into an i32), 16 channels a block, the block's
     // weights held for all its pixels. `vpunpck*wd` interleave within 128-bit lanes, so
     // the low sums hold channels 0-3 and 8-11 and the high ones 4-7 and 12-15 until the
-    // final permutes.
+    // final permutes. Each tap reads 16 codes through a pointer: into `x`, or, for a tap
+    // in the padding (and the odd tap past the last), a row of the zero point (`x - zp`
+    // = 0); a block that would read past the end of `x` reads a copy.
     // Where each tap reads, relative to the kernel's top-left input pixel.
     let mut offs = [0usize; MAX_TAPS];
     for (tap, o) in offs[..taps].iter_mut().enumerate() {
@@ -87,60 +118,97 @@ unsafe fn dw_avx2(
         *o = (ky * g.dilation[0] * g.in_w + kx * g.dilation[1]) * c;
     }
     let (span_h, span_w) = ((g.k_h - 1) * g.dilation[0], (g.k_w - 1) * g.dilation[1]);
-    let mut wl = [_mm256_setzero_si256(); MAX_TAPS / 2];
-    let mut wh = [_mm256_setzero_si256(); MAX_TAPS / 2];
+    let zp_row = [zp; 16];
+    let mut tails = [[zp; 16]; MAX_TAPS];
+    let mut ptrs = [zp_row.as_ptr(); MAX_TAPS];
+    let mut wl = [unsafe { _mm256_setzero_si256() }; MAX_TAPS / 2];
+    let mut wh = wl;
     let mut c0 = 0;
     while c0 < c {
         let n = 16.min(c - c0);
-        let (mut zl, mut zh) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let (mut zl, mut zh) = unsafe { (_mm256_setzero_si256(), _mm256_setzero_si256()) };
         for k in 0..pairs {
-            // SAFETY: AVX2 (this function's feature); `w` holds `taps · c_pad` weights.
-            let (a, b) = unsafe {
-                (
+            // SAFETY: AVX2; `w` holds `taps · c_pad` weights.
+            unsafe {
+                let (a, b) = (
                     tap_w(w, taps, c_pad, c0, 2 * k),
                     tap_w(w, taps, c_pad, c0, 2 * k + 1),
-                )
-            };
-            wl[k] = _mm256_unpacklo_epi16(a, b);
-            wh[k] = _mm256_unpackhi_epi16(a, b);
-            zl = _mm256_add_epi32(zl, _mm256_madd_epi16(zp16, wl[k]));
-            zh = _mm256_add_epi32(zh, _mm256_madd_epi16(zp16, wh[k]));
+                );
+                wl[k] = _mm256_unpacklo_epi16(a, b);
+                wh[k] = _mm256_unpackhi_epi16(a, b);
+                zl = _mm256_add_epi32(zl, _mm256_madd_epi16(zp16, wl[k]));
+                zh = _mm256_add_epi32(zh, _mm256_madd_epi16(zp16, wh[k]));
+            }
         }
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
                 // Inside the input for every tap: where the top-left tap reads.
                 let iy0 = (oy * g.stride[0]).checked_sub(g.pad[0]);
                 let ix0 = (ox * g.stride[1]).checked_sub(g.pad[1]);
-                let base = match (iy0, ix0) {
-                    (Some(iy), Some(ix)) if iy + span_h < g.in_h && ix + span_w < g.in_w => {
-                        Some((iy * g.in_w + ix) * c + c0)
-                    }
-                    _ => None,
-                };
                 let (mut lo, mut hi) = (zl, zh);
-                for k in 0..pairs {
-                    let at = |tap| Tap {
-                        g,
-                        x,
-                        zp,
-                        c0,
-                        n,
-                        oy,
-                        ox,
-                        tap,
-                        taps,
-                        base,
-                        offs: &offs,
-                    };
-                    // SAFETY: AVX2 (this function's feature).
-                    let (a, b) = unsafe { (at(2 * k).load(zp16), at(2 * k + 1).load(zp16)) };
-                    lo =
-                        _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl[k]));
-                    hi =
-                        _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh[k]));
+                match (iy0, ix0) {
+                    (Some(iy), Some(ix))
+                        if iy + span_h < g.in_h
+                            && ix + span_w < g.in_w
+                            && (iy * g.in_w + ix) * c + c0 + offs[taps - 1] + 16 <= x.len() =>
+                    {
+                        // Every tap inside the input and 16 codes readable at the last:
+                        // the loads go straight from the input.
+                        let base = x[(iy * g.in_w + ix) * c + c0..].as_ptr();
+                        for k in 0..pairs {
+                            let (t0, t1) = (2 * k, 2 * k + 1);
+                            // SAFETY: AVX2; taps t0 and t1 (when below `taps`) lie at most
+                            // `offs[taps - 1]` past `base`, with 16 bytes readable there.
+                            unsafe {
+                                let a = load_centered(base.add(offs[t0]), zp16);
+                                let b = if t1 < taps {
+                                    load_centered(base.add(offs[t1]), zp16)
+                                } else {
+                                    _mm256_setzero_si256()
+                                };
+                                lo = _mm256_add_epi32(
+                                    lo,
+                                    _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl[k]),
+                                );
+                                hi = _mm256_add_epi32(
+                                    hi,
+                                    _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh[k]),
+                                );
+                            }
+                        }
+                    }
+                    _ => {
+                        for t in 0..taps {
+                            ptrs[t] = match g.source(oy, ox, t / g.k_w, t % g.k_w) {
+                                Some(s) => read_at(x, s * c + c0, n, &mut tails[t]),
+                                None => zp_row.as_ptr(),
+                            };
+                        }
+                        for k in 0..pairs {
+                            // SAFETY: AVX2; every pointer names 16 readable bytes
+                            // (`read_at`; the entry past the last tap stays the zero
+                            // point's row).
+                            unsafe {
+                                let a = load_centered(ptrs[2 * k], zp16);
+                                let b = load_centered(ptrs[2 * k + 1], zp16);
+                                lo = _mm256_add_epi32(
+                                    lo,
+                                    _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl[k]),
+                                );
+                                hi = _mm256_add_epi32(
+                                    hi,
+                                    _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh[k]),
+                                );
+                            }
+                        }
+                    }
                 }
-                let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
-                let second = _mm256_permute2x128_si256::<0x31>(lo, hi);
+                let (first, second) = unsafe {
+                    (
+                        _mm256_permute2x128_si256::<0x20>(lo, hi),
+                        _mm256_permute2x128_si256::<0x31>(lo, hi),
+                    )
+                };
                 let at = (oy * g.out_w + ox) * c;
                 for (half, v) in [(0, first), (8, second)] {
                     if half >= n {
@@ -167,6 +235,29 @@ unsafe fn dw_avx2(
     }
 }
 
+/// A pointer to 16 readable codes starting with `x[at..at + n]`: into `x` when 16 bytes
+/// remain there (lanes past `n` read the next pixel's codes and are never stored), else
+/// into `tail`, a copy (its lanes past `n` are never stored either).
+#[inline(always)]
+fn read_at(x: &[u8], at: usize, n: usize, tail: &mut [u8; 16]) -> *const u8 {
+    if at + 16 <= x.len() {
+        x[at..at + 16].as_ptr()
+    } else {
+        tail[..n].copy_from_slice(&x[at..at + n]);
+        tail.as_ptr()
+    }
+}
+
+/// `x - zp` of the 16 codes at `p`, as i16.
+///
+/// # Safety
+/// AVX2 present; 16 readable bytes at `p`.
+#[inline(always)]
+unsafe fn load_centered(p: *const u8, zp16: __m256i) -> __m256i {
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(p.cast())), zp16) }
+}
+
 /// The i8 weights of `tap` for channels `c0..c0 + 16`, as i16 (zero past the last tap).
 ///
 /// # Safety
@@ -181,56 +272,4 @@ unsafe fn tap_w(w: &[i8], taps: usize, c_pad: usize, c0: usize, tap: usize) -> _
     let wp = w[tap * c_pad + c0..][..16].as_ptr();
     // SAFETY: 16 readable bytes (the slice above); AVX2 by the caller's contract.
     unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.cast())) }
-}
-
-/// One tap of one output pixel, for a block of channels.
-struct Tap<'a> {
-    g: &'a ConvGeometry,
-    x: &'a [u8],
-    zp: u8,
-    c0: usize,
-    n: usize,
-    oy: usize,
-    ox: usize,
-    tap: usize,
-    taps: usize,
-    /// Where the top-left tap reads, when every tap is inside the input.
-    base: Option<usize>,
-    offs: &'a [usize; MAX_TAPS],
-}
-
-impl Tap<'_> {
-    /// `x - zp` of channels `c0..c0 + 16` as i16, 0 outside the input or past the last
-    /// tap. Past the last channel a block reads the next pixel's codes (or copies, at the
-    /// end of the map): those lanes are never stored.
-    ///
-    /// # Safety
-    /// AVX2 present.
-    #[inline(always)]
-    unsafe fn load(&self, zp16: __m256i) -> __m256i {
-        let (g, x, c) = (self.g, self.x, self.g.in_c);
-        // SAFETY (both returns): AVX2 by the caller's contract.
-        if self.tap >= self.taps {
-            return unsafe { _mm256_setzero_si256() };
-        }
-        let at = match self.base {
-            Some(base) => base + self.offs[self.tap],
-            None => match g.source(self.oy, self.ox, self.tap / g.k_w, self.tap % g.k_w) {
-                Some(s) => s * c + self.c0,
-                None => return unsafe { _mm256_setzero_si256() },
-            },
-        };
-        // SAFETY: each load reads 16 bytes of a slice at least that long; AVX2 by the
-        // caller's contract.
-        unsafe {
-            let v = if at + 16 <= x.len() {
-                _mm_loadu_si128(x[at..][..16].as_ptr().cast())
-            } else {
-                let mut tail = [self.zp; 16];
-                tail[..self.n].copy_from_slice(&x[at..][..self.n]);
-                _mm_loadu_si128(tail.as_ptr().cast())
-            };
-            _mm256_sub_epi16(_mm256_cvtepu8_epi16(v), zp16)
-        }
-    }
 }
