@@ -466,11 +466,12 @@ impl ConvU8 {
             output,
         )?;
         let path = if geom.is_depthwise() {
-            // The depthwise kernels store 8 channels at a time with the 256-bit
-            // epilogues, over all channels as one group.
+            // The depthwise kernels store 16 channels at a time with the VNNI-512
+            // epilogue, else 8 with the 256-bit ones, over all channels as one group.
             match path.epilogue_lanes() {
-                Some(_) if epi.exact32 => {
-                    epi.prepare_lanes(8, true, geom.out_c);
+                Some((width, _)) if epi.exact32 => {
+                    // 16 wide where the VNNI-512 family's epilogue can store a block.
+                    epi.prepare_lanes(if width == 16 { 16 } else { 8 }, true, geom.out_c);
                     path
                 }
                 _ => I8Path::Portable,

@@ -3,7 +3,7 @@
 //! `vpmaddwd` (exact), then the 256-bit epilogues of the GEMM kernels, 8 channels at a
 //! time. Same bits as [`crate::engine::kernels::qconv::depthwise_u8_portable`].
 
-use super::qgemm::{store_f32_256, store_u8_256};
+use super::qgemm::{I8Dot, Vnni512, store_f32_256, store_u8_256};
 use crate::engine::kernels::conv::ConvGeometry;
 use crate::engine::kernels::gemm::QDst;
 use crate::engine::kernels::qconv::QEpilogue;
@@ -13,14 +13,14 @@ use std::arch::x86_64::*;
 pub(in crate::engine::kernels) const MAX_TAPS: usize = 64;
 
 /// Whether [`depthwise_u8_avx2`] runs this layer: AVX2 present, at most [`MAX_TAPS`]
-/// taps, and the epilogue's lane constants laid out 8 wide over all channels.
+/// taps, and the epilogue's lane constants laid out over all channels 8 wide, or 16 wide
+/// with AVX-512 (the VNNI-512 family's epilogue then stores each block at once).
 pub(in crate::engine::kernels) fn supports(g: &ConvGeometry, epi: &QEpilogue) -> bool {
     super::has_avx2_fma()
         && g.k_h * g.k_w <= MAX_TAPS
-        && epi
-            .lanes
-            .as_ref()
-            .is_some_and(|l| l.width == 8 && l.group >= g.out_c)
+        && epi.lanes.as_ref().is_some_and(|l| {
+            l.group >= g.out_c && (l.width == 8 || (l.width == 16 && super::has_avx512_vnni()))
+        })
 }
 
 /// Depthwise convolution of one NHWC sample; weights `[tap][c_pad]`.
@@ -49,9 +49,36 @@ pub(in crate::engine::kernels) fn depthwise_u8_avx2(
         QDst::U8(y) => assert_eq!(y.len(), out_len, "qconv2d output length"),
         QDst::F32(y) => assert_eq!(y.len(), out_len, "qconv2d output length"),
     }
-    // SAFETY: AVX2 checked by `supports`; the lengths just checked bound every access
-    // (see the kernel).
-    unsafe { dw_avx2(g, x, zp, w, c_pad, epi, y) }
+    // SAFETY: AVX2 (and AVX-512 for 16-wide lanes) checked by `supports`; the lengths
+    // just checked bound every access (see the kernel).
+    unsafe {
+        if epi.lanes.as_ref().is_some_and(|l| l.width == 16) {
+            dw_avx512(g, x, zp, w, c_pad, epi, y)
+        } else {
+            dw_avx2(g, x, zp, w, c_pad, epi, y)
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_avx512(
+    g: &ConvGeometry,
+    x: &[u8],
+    zp: u8,
+    w: &[i8],
+    c_pad: usize,
+    epi: &QEpilogue,
+    y: QDst<'_>,
+) {
+    // SAFETY: the features (this function's); the caller's checks.
+    unsafe {
+        if g.k_h * g.k_w == 9 {
+            dw::<5, true>(g, x, zp, w, c_pad, epi, y)
+        } else {
+            dw::<0, true>(g, x, zp, w, c_pad, epi, y)
+        }
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -70,20 +97,22 @@ unsafe fn dw_avx2(
         // 3×3 kernels (nearly every depthwise layer) get a loop the compiler unrolls, the
         // weights held in registers.
         if g.k_h * g.k_w == 9 {
-            dw::<5>(g, x, zp, w, c_pad, epi, y)
+            dw::<5, false>(g, x, zp, w, c_pad, epi, y)
         } else {
-            dw::<0>(g, x, zp, w, c_pad, epi, y)
+            dw::<0, false>(g, x, zp, w, c_pad, epi, y)
         }
     }
 }
 
-/// The kernel; `P` tap pairs when nonzero, else as many as the geometry has.
+/// The kernel; `P` tap pairs when nonzero, else as many as the geometry has; `WIDE`: the
+/// 16-wide VNNI-512 epilogue (lanes prepared 16 wide, AVX-512 present) stores each block
+/// at once, else two 8-wide AVX2 ones.
 ///
 /// # Safety
 /// AVX2 present; the checks of [`depthwise_u8_avx2`] hold.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw<const P: usize>(
+unsafe fn dw<const P: usize, const WIDE: bool>(
     g: &ConvGeometry,
     x: &[u8],
     zp: u8,
@@ -210,6 +239,28 @@ unsafe fn dw<const P: usize>(
                     )
                 };
                 let at = (oy * g.out_w + ox) * c;
+                if WIDE {
+                    // SAFETY: AVX-512 (WIDE's contract); the lane arrays hold whole blocks
+                    // of 16 from c0 (a multiple of 16; 128 slots past the last channel); n
+                    // outputs are written from position at + c0, inside y.
+                    unsafe {
+                        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
+                        match &mut y {
+                            QDst::U8(y) => {
+                                Vnni512::store_u8(v, l, bias, c0, y[at + c0..][..n].as_mut_ptr(), n)
+                            }
+                            QDst::F32(y) => Vnni512::store_f32(
+                                v,
+                                l,
+                                bias,
+                                c0,
+                                y[at + c0..][..n].as_mut_ptr(),
+                                n,
+                            ),
+                        }
+                    }
+                    continue;
+                }
                 for (half, v) in [(0, first), (8, second)] {
                     if half >= n {
                         break;
