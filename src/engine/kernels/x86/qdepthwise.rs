@@ -182,16 +182,19 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                             && (iy * g.in_w + ix) * c + c0 + offs[taps - 1] + 16 <= x.len() =>
                     {
                         // Every tap inside the input and 16 codes readable at the last:
-                        // the loads go straight from the input.
+                        // the loads go straight from the input, and with no padding the
+                        // sum is `Σ x · w` itself (codes as they are, no zero point).
                         let base = x[(iy * g.in_w + ix) * c + c0..].as_ptr();
+                        // SAFETY: AVX2.
+                        (lo, hi) = unsafe { (_mm256_setzero_si256(), _mm256_setzero_si256()) };
                         for k in 0..pairs {
                             let (t0, t1) = (2 * k, 2 * k + 1);
                             // SAFETY: AVX2; taps t0 and t1 (when below `taps`) lie at most
                             // `offs[taps - 1]` past `base`, with 16 bytes readable there.
                             unsafe {
-                                let a = load_centered(base.add(offs[t0]), zp16);
+                                let a = load_codes(base.add(offs[t0]));
                                 let b = if t1 < taps {
-                                    load_centered(base.add(offs[t1]), zp16)
+                                    load_codes(base.add(offs[t1]))
                                 } else {
                                     _mm256_setzero_si256()
                                 };
@@ -297,6 +300,16 @@ fn read_at(x: &[u8], at: usize, n: usize, tail: &mut [u8; 16]) -> *const u8 {
         tail[..n].copy_from_slice(&x[at..at + n]);
         tail.as_ptr()
     }
+}
+
+/// The 16 codes at `p`, as i16.
+///
+/// # Safety
+/// AVX2 present; 16 readable bytes at `p`.
+#[inline(always)]
+unsafe fn load_codes(p: *const u8) -> __m256i {
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_cvtepu8_epi16(_mm_loadu_si128(p.cast())) }
 }
 
 /// `x - zp` of the 16 codes at `p`, as i16.
