@@ -3,7 +3,7 @@
 //! `vpmaddwd` (exact), then the 256-bit epilogues of the GEMM kernels, 8 channels at a
 //! time. Same bits as [`crate::engine::kernels::qconv::depthwise_u8_portable`].
 
-use super::qgemm::{I8Dot, Vnni512, store_f32_256, store_u8_256};
+use super::qgemm::{I8Dot, Requant512, Vnni512, store_f32_256, store_u8_256};
 use crate::engine::kernels::conv::ConvGeometry;
 use crate::engine::kernels::gemm::QDst;
 use crate::engine::kernels::qconv::QEpilogue;
@@ -147,6 +147,7 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
         *o = (ky * g.dilation[0] * g.in_w + kx * g.dilation[1]) * c;
     }
     let (span_h, span_w) = ((g.k_h - 1) * g.dilation[0], (g.k_w - 1) * g.dilation[1]);
+    let cols = g.interior_cols();
     let zp_row = [zp; 16];
     let mut tails = [[zp; 16]; MAX_TAPS];
     let mut ptrs = [zp_row.as_ptr(); MAX_TAPS];
@@ -169,8 +170,49 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                 zh = _mm256_add_epi32(zh, _mm256_madd_epi16(zp16, wh[k]));
             }
         }
+        // SAFETY (the constants): AVX-512 under WIDE; the lane arrays hold whole blocks of
+        // 16 from c0 (a multiple of 16; 128 slots past the last channel).
+        let requant = (WIDE && P > 0).then(|| unsafe { Requant512::load(l, bias, c0) });
         for oy in 0..g.out_h {
-            for ox in 0..g.out_w {
+            let mut ox = 0;
+            while ox < g.out_w {
+                // A row's interior pixels at once (3×3, AVX-512, u8 output): pointers step
+                // along the row, the epilogue's constants stay loaded.
+                if let (Some(rq), QDst::U8(yv)) = (&requant, &mut y)
+                    && ox == cols.start
+                    && !cols.is_empty()
+                    && taps == 2 * P - 1
+                    && g.row_is_interior(oy)
+                {
+                    let first = g.source(oy, ox, 0, 0).map(|s| s * c + c0);
+                    let last = g.source(oy, cols.end - 1, 0, 0).map(|s| s * c + c0);
+                    if let (Some(first), Some(last)) = (first, last)
+                        && last + offs[taps - 1] + 16 <= x.len()
+                    {
+                        let count = cols.len();
+                        let y0 = (oy * g.out_w + ox) * c + c0;
+                        let ylen = (count - 1) * c + n;
+                        // SAFETY: AVX-512 (WIDE); every pixel's taps lie between `first`
+                        // and `last + offs[taps - 1] + 16`, inside `x`; the outputs in
+                        // `yv[y0..y0 + ylen]`.
+                        unsafe {
+                            interior_row::<P>(
+                                x[first..].as_ptr(),
+                                g.stride[1] * c,
+                                &offs,
+                                count,
+                                &wl,
+                                &wh,
+                                rq,
+                                yv[y0..y0 + ylen].as_mut_ptr(),
+                                c,
+                                n,
+                            );
+                        }
+                        ox = cols.end;
+                        continue;
+                    }
+                }
                 // Inside the input for every tap: where the top-left tap reads.
                 let iy0 = (oy * g.stride[0]).checked_sub(g.pad[0]);
                 let ix0 = (ox * g.stride[1]).checked_sub(g.pad[1]);
@@ -262,6 +304,7 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                             ),
                         }
                     }
+                    ox += 1;
                     continue;
                 }
                 for (half, v) in [(0, first), (8, second)] {
@@ -283,9 +326,61 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                         }
                     }
                 }
+                ox += 1;
             }
         }
         c0 += n;
+    }
+}
+
+/// `count` pixels of a row whose every tap lies inside the input: pixel `i`'s tap `t` at
+/// `x + i · step + offs[t]`, its `n` outputs at `y + i · ldy`; sums of the codes as they are
+/// (no padding, so no zero point), requantized by `rq`.
+///
+/// # Safety
+/// AVX-512 F, BW, VL and AVX2 present; 16 bytes readable at every tap of every pixel;
+/// `n <= 16` writable bytes at every pixel's output; `P` pairs cover the taps (the odd
+/// tap past the last reads nothing).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn interior_row<const P: usize>(
+    x: *const u8,
+    step: usize,
+    offs: &[usize; MAX_TAPS],
+    count: usize,
+    wl: &[__m256i; MAX_TAPS / 2],
+    wh: &[__m256i; MAX_TAPS / 2],
+    rq: &Requant512,
+    y: *mut u8,
+    ldy: usize,
+    n: usize,
+) {
+    let taps = 2 * P - 1;
+    let mut o = [0usize; MAX_TAPS];
+    o[..2 * P].copy_from_slice(&offs[..2 * P]);
+    let (mut xp, mut yp) = (x, y);
+    for _ in 0..count {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for k in 0..P {
+                let a = load_codes(xp.add(o[2 * k]));
+                let b = if 2 * k + 1 < taps {
+                    load_codes(xp.add(o[2 * k + 1]))
+                } else {
+                    _mm256_setzero_si256()
+                };
+                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl[k]));
+                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh[k]));
+            }
+            let v = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_permute2x128_si256::<0x20>(lo, hi)),
+                _mm256_permute2x128_si256::<0x31>(lo, hi),
+            );
+            rq.store(v, yp, n);
+            xp = xp.add(step);
+            yp = yp.add(ldy);
+        }
     }
 }
 

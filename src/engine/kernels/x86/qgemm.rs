@@ -83,46 +83,7 @@ impl I8Dot for Vnni512 {
     unsafe fn store_u8(v: __m512i, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize) {
         // SAFETY: the lane arrays hold whole blocks of 16 from `c` (padded to 64 channels);
         // the store writes `n` bytes.
-        unsafe {
-            let t = _mm512_add_epi32(v, _mm512_loadu_si512(bias.add(c).cast()));
-            let m = _mm512_loadu_si512(l.mult.as_ptr().add(c).cast());
-            let pe = _mm512_mul_epi32(t, m);
-            let po = _mm512_mul_epi32(_mm512_srli_epi64::<32>(t), _mm512_srli_epi64::<32>(m));
-            let r = l.round.as_ptr().add(c);
-            let s = l.shift.as_ptr().add(c);
-            let qe = _mm512_srav_epi64(
-                _mm512_add_epi64(pe, _mm512_loadu_si512(r.cast())),
-                _mm512_loadu_si512(s.cast()),
-            );
-            let qo = _mm512_srav_epi64(
-                _mm512_add_epi64(po, _mm512_loadu_si512(r.add(8).cast())),
-                _mm512_loadu_si512(s.add(8).cast()),
-            );
-            let zp = _mm512_set1_epi32(l.zero_point);
-            let q = if l.wide {
-                let lo = _mm512_set1_epi64((l.min - l.zero_point) as i64);
-                let hi = _mm512_set1_epi64((l.max - l.zero_point) as i64);
-                let qe = _mm512_min_epi64(_mm512_max_epi64(qe, lo), hi);
-                let qo = _mm512_min_epi64(_mm512_max_epi64(qo, lo), hi);
-                _mm512_add_epi32(
-                    _mm512_mask_blend_epi32(0xaaaa, qe, _mm512_slli_epi64::<32>(qo)),
-                    zp,
-                )
-            } else {
-                let q = _mm512_mask_blend_epi32(0xaaaa, qe, _mm512_slli_epi64::<32>(qo));
-                let q = _mm512_add_epi32(q, zp);
-                _mm512_min_epi32(
-                    _mm512_max_epi32(q, _mm512_set1_epi32(l.min)),
-                    _mm512_set1_epi32(l.max),
-                )
-            };
-            let b = _mm512_cvtepi32_epi8(q);
-            if n == 16 {
-                _mm_storeu_si128(y.cast(), b);
-            } else {
-                _mm_mask_storeu_epi8(y.cast(), ((1u32 << n) - 1) as u16, b);
-            }
-        }
+        unsafe { Requant512::load(l, bias, c).store(v, y, n) }
     }
     #[inline(always)]
     unsafe fn store_f32(v: __m512i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
@@ -141,6 +102,109 @@ impl I8Dot for Vnni512 {
             }
             if scalar_act(l.act) {
                 finish_row(y, n, l.act);
+            }
+        }
+    }
+}
+
+/// The u8 requantization of one block of 16 channels with AVX-512, its constants loaded
+/// once (a depthwise kernel keeps them across a row of pixels): 64-bit products of the
+/// even and odd channels (`vpmuldq`), arithmetic shifts (`vpsravq`), the clamp in 64 bits
+/// when a multiplier may leave the i32 range. The bits of
+/// [`crate::engine::kernels::qconv::requant_one`].
+#[derive(Clone, Copy)]
+pub(super) struct Requant512 {
+    bias: __m512i,
+    mult: __m512i,
+    mult_odd: __m512i,
+    round_even: __m512i,
+    round_odd: __m512i,
+    shift_even: __m512i,
+    shift_odd: __m512i,
+    zero_point: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+    wide: bool,
+}
+
+impl Requant512 {
+    /// The constants of channels `c..c + 16`.
+    ///
+    /// # Safety
+    /// AVX-512 F present; the lane arrays (and `bias`) hold a whole block of 16 from `c`, a
+    /// multiple of 16 (the even/odd layout of [`Lanes`]).
+    #[inline(always)]
+    pub(super) unsafe fn load(l: &Lanes, bias: *const i32, c: usize) -> Requant512 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let mult = _mm512_loadu_si512(l.mult.as_ptr().add(c).cast());
+            let (r, s) = (l.round.as_ptr().add(c), l.shift.as_ptr().add(c));
+            let (lo, hi) = if l.wide {
+                (
+                    _mm512_set1_epi64((l.min - l.zero_point) as i64),
+                    _mm512_set1_epi64((l.max - l.zero_point) as i64),
+                )
+            } else {
+                (_mm512_set1_epi32(l.min), _mm512_set1_epi32(l.max))
+            };
+            Requant512 {
+                bias: _mm512_loadu_si512(bias.add(c).cast()),
+                mult,
+                mult_odd: _mm512_srli_epi64::<32>(mult),
+                round_even: _mm512_loadu_si512(r.cast()),
+                round_odd: _mm512_loadu_si512(r.add(8).cast()),
+                shift_even: _mm512_loadu_si512(s.cast()),
+                shift_odd: _mm512_loadu_si512(s.add(8).cast()),
+                zero_point: _mm512_set1_epi32(l.zero_point),
+                lo,
+                hi,
+                wide: l.wide,
+            }
+        }
+    }
+
+    /// The 16 codes of the i32 sums `v` (bias not yet added).
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VL present.
+    #[inline(always)]
+    pub(super) unsafe fn codes(&self, v: __m512i) -> __m128i {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let t = _mm512_add_epi32(v, self.bias);
+            let pe = _mm512_mul_epi32(t, self.mult);
+            let po = _mm512_mul_epi32(_mm512_srli_epi64::<32>(t), self.mult_odd);
+            let qe = _mm512_srav_epi64(_mm512_add_epi64(pe, self.round_even), self.shift_even);
+            let qo = _mm512_srav_epi64(_mm512_add_epi64(po, self.round_odd), self.shift_odd);
+            let q = if self.wide {
+                let qe = _mm512_min_epi64(_mm512_max_epi64(qe, self.lo), self.hi);
+                let qo = _mm512_min_epi64(_mm512_max_epi64(qo, self.lo), self.hi);
+                _mm512_add_epi32(
+                    _mm512_mask_blend_epi32(0xaaaa, qe, _mm512_slli_epi64::<32>(qo)),
+                    self.zero_point,
+                )
+            } else {
+                let q = _mm512_mask_blend_epi32(0xaaaa, qe, _mm512_slli_epi64::<32>(qo));
+                let q = _mm512_add_epi32(q, self.zero_point);
+                _mm512_min_epi32(_mm512_max_epi32(q, self.lo), self.hi)
+            };
+            _mm512_cvtepi32_epi8(q)
+        }
+    }
+
+    /// [`Requant512::codes`] stored: `n <= 16` bytes at `y`.
+    ///
+    /// # Safety
+    /// As for [`Requant512::codes`]; `n` writable bytes at `y`.
+    #[inline(always)]
+    pub(super) unsafe fn store(&self, v: __m512i, y: *mut u8, n: usize) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let b = self.codes(v);
+            if n == 16 {
+                _mm_storeu_si128(y.cast(), b);
+            } else {
+                _mm_mask_storeu_epi8(y.cast(), ((1u32 << n) - 1) as u16, b);
             }
         }
     }
