@@ -252,10 +252,32 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                         }
                     }
                     _ => {
+                        // The input row of each kernel row and column of each kernel
+                        // column (`usize::MAX` in the padding), then each tap's pointer.
+                        let mut rows = [usize::MAX; MAX_TAPS];
+                        let mut cols_x = [usize::MAX; MAX_TAPS];
+                        for (ky, r) in rows[..g.k_h].iter_mut().enumerate() {
+                            if let Some(iy) = (oy * g.stride[0] + ky * g.dilation[0])
+                                .checked_sub(g.pad[0])
+                                .filter(|&iy| iy < g.in_h)
+                            {
+                                *r = iy * g.in_w;
+                            }
+                        }
+                        for (kx, cx) in cols_x[..g.k_w].iter_mut().enumerate() {
+                            if let Some(ix) = (ox * g.stride[1] + kx * g.dilation[1])
+                                .checked_sub(g.pad[1])
+                                .filter(|&ix| ix < g.in_w)
+                            {
+                                *cx = ix;
+                            }
+                        }
                         for t in 0..taps {
-                            ptrs[t] = match g.source(oy, ox, t / g.k_w, t % g.k_w) {
-                                Some(s) => read_at(x, s * c + c0, n, &mut tails[t]),
-                                None => zp_row.as_ptr(),
+                            let (r, cx) = (rows[t / g.k_w], cols_x[t % g.k_w]);
+                            ptrs[t] = if r == usize::MAX || cx == usize::MAX {
+                                zp_row.as_ptr()
+                            } else {
+                                read_at(x, (r + cx) * c + c0, n, &mut tails[t])
                             };
                         }
                         for k in 0..pairs {
