@@ -172,7 +172,7 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
         }
         // SAFETY (the constants): AVX-512 under WIDE; the lane arrays hold whole blocks of
         // 16 from c0 (a multiple of 16; 128 slots past the last channel).
-        let requant = (WIDE && P > 0).then(|| unsafe { Requant512::load(l, bias, c0) });
+        let requant = WIDE.then(|| unsafe { Requant512::load(l, bias, c0) });
         for oy in 0..g.out_h {
             let mut ox = 0;
             while ox < g.out_w {
@@ -181,7 +181,8 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                 if let (Some(rq), QDst::U8(yv)) = (&requant, &mut y)
                     && ox == cols.start
                     && !cols.is_empty()
-                    && taps == 2 * P - 1
+                    && P > 0
+                    && taps + 1 == 2 * P
                     && g.row_is_interior(oy)
                 {
                     let first = g.source(oy, ox, 0, 0).map(|s| s * c + c0);
@@ -314,7 +315,11 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                         let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
                         match &mut y {
                             QDst::U8(y) => {
-                                Vnni512::store_u8(v, l, bias, c0, y[at + c0..][..n].as_mut_ptr(), n)
+                                let out = y[at + c0..][..n].as_mut_ptr();
+                                match &requant {
+                                    Some(rq) => rq.store(v, out, n),
+                                    None => Vnni512::store_u8(v, l, bias, c0, out, n),
+                                }
                             }
                             QDst::F32(y) => Vnni512::store_f32(
                                 v,
