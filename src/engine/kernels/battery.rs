@@ -540,6 +540,22 @@ fn add_battery() {
                 for i in 0..y.len() {
                     assert_eq!(y[i], add.one_direct(xa[i], xb[i]), "qadd {act:?} {i}");
                 }
+                // Each x86 kernel this CPU runs, whichever `run` picked.
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let mut kernels: Vec<(&str, fn(&AddU8, &[u8], &[u8], &mut [u8]))> = Vec::new();
+                    if super::x86::has_avx2() {
+                        kernels.push(("avx2", super::x86::qadd::add_u8_avx2));
+                    }
+                    if super::x86::has_avx512_vnni() {
+                        kernels.push(("avx512", super::x86::qadd::add_u8_avx512));
+                    }
+                    for (name, kernel) in kernels {
+                        let mut z = vec![0; xa.len()];
+                        kernel(&add, &xa, &xb, &mut z);
+                        assert!(y == z, "qadd {name} {act:?} differs from run");
+                    }
+                }
             }
             for (xa, xb) in [
                 (bytes(n, 1), bytes(n, 2)),

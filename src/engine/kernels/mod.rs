@@ -542,6 +542,10 @@ fn add_f32_dispatch(a: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
 /// [`AddU8::run`] on the fastest path.
 fn add_u8_dispatch(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
+    if x86::has_avx512_vnni() {
+        return x86::qadd::add_u8_avx512(add, a, b, y);
+    }
+    #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
         return x86::qadd::add_u8_avx2(add, a, b, y);
     }

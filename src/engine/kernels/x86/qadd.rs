@@ -136,3 +136,91 @@ unsafe fn clamp64(q: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
         _mm256_blendv_epi8(q, hi, _mm256_cmpgt_epi64(q, hi))
     }
 }
+
+/// [`AddU8::run`] with AVX-512 (F, BW, VL): sixteen elements a step, the 64-bit steps
+/// with `vpsravq` and `vpminsq`/`vpmaxsq`; the same bits as [`add_u8_avx2`].
+///
+/// # Panics
+/// If the three slices differ in length, or the CPU lacks AVX-512 F, BW and VL.
+pub(in crate::engine::kernels) fn add_u8_avx512(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
+    assert!(a.len() == y.len() && b.len() == y.len(), "qadd lengths");
+    assert!(
+        super::has_avx512_vnni(),
+        "qadd: AVX-512 kernel on a CPU without AVX-512"
+    );
+    // SAFETY: AVX-512 F, BW and VL are present (the VNNI-512 check implies them); the
+    // lengths are equal.
+    unsafe { add_u8_avx512_impl(add, a, b, y) }
+}
+
+/// `round(v · m / 2^shift)` of the even and odd i32 lanes of `v`, as i64 lanes.
+#[inline(always)]
+unsafe fn mul512(v: __m512i, m: __m512i, round: __m512i, shift: __m512i) -> (__m512i, __m512i) {
+    // SAFETY: AVX-512 F (the caller's target feature).
+    unsafe {
+        let pe = _mm512_mul_epi32(v, m);
+        let po = _mm512_mul_epi32(_mm512_srli_epi64::<32>(v), m);
+        (
+            _mm512_srav_epi64(_mm512_add_epi64(pe, round), shift),
+            _mm512_srav_epi64(_mm512_add_epi64(po, round), shift),
+        )
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn add_u8_avx512_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
+    let n = y.len();
+    let full = n / 16 * 16;
+    let consts = |m: crate::engine::kernels::int8::FixedMultiplier| {
+        (
+            _mm512_set1_epi32(m.m),
+            _mm512_set1_epi64(1i64 << (m.shift - 1)),
+            _mm512_set1_epi64(m.shift as i64),
+        )
+    };
+    let (ma, ra, sa) = consts(add.m_a);
+    let (mb, rb, sb) = consts(add.m_b);
+    let (my, ry, sy) = consts(add.m_y);
+    let (zp_a, zp_b) = (
+        _mm512_set1_epi32(add.zp_a as i32),
+        _mm512_set1_epi32(add.zp_b as i32),
+    );
+    let zp = add.zp_y as i64;
+    let lo = _mm512_set1_epi64(add.min as i64 - zp);
+    let hi = _mm512_set1_epi64(add.max as i64 - zp);
+    let zp32 = _mm512_set1_epi32(zp as i32);
+    let mut i = 0;
+    while i < full {
+        // SAFETY: `i + 16 <= n` for all three slices; AVX-512 F, BW, VL (this function's
+        // target features).
+        unsafe {
+            let va = _mm_loadu_si128(a.as_ptr().add(i).cast());
+            let vb = _mm_loadu_si128(b.as_ptr().add(i).cast());
+            // (code - zp) << 20 within ±2^28; each rescale (a multiplier below 1) within
+            // ±2^27, so their sum fits an i32.
+            let xa = _mm512_slli_epi32::<{ ADD_LEFT_SHIFT }>(_mm512_sub_epi32(
+                _mm512_cvtepu8_epi32(va),
+                zp_a,
+            ));
+            let xb = _mm512_slli_epi32::<{ ADD_LEFT_SHIFT }>(_mm512_sub_epi32(
+                _mm512_cvtepu8_epi32(vb),
+                zp_b,
+            ));
+            let (ae, ao) = mul512(xa, ma, ra, sa);
+            let (be, bo) = mul512(xb, mb, rb, sb);
+            let join = |e: __m512i, o: __m512i| {
+                _mm512_mask_blend_epi32(0xaaaa, e, _mm512_slli_epi64::<32>(o))
+            };
+            let s = _mm512_add_epi32(join(ae, ao), join(be, bo));
+            let (qe, qo) = mul512(s, my, ry, sy);
+            let qe = _mm512_min_epi64(_mm512_max_epi64(qe, lo), hi);
+            let qo = _mm512_min_epi64(_mm512_max_epi64(qo, lo), hi);
+            let q = _mm512_add_epi32(join(qe, qo), zp32);
+            _mm_storeu_si128(y.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi8(q));
+        }
+        i += 16;
+    }
+    for k in full..n {
+        y[k] = add.one(a[k], b[k]);
+    }
+}
