@@ -235,6 +235,21 @@ impl InputValues {
             first_row: usize,
             (lo, hi): (i64, i64),
         ) -> Result<Vec<T>, RuntimeError> {
+            // The common case first: every value whole and in range, checked by a
+            // round trip through i64 (no `fract`, a libm call per value); anything else
+            // goes through the loop below, which names the first value that does not fit.
+            // Both accept the same values.
+            let mut fast = Vec::with_capacity(values.len());
+            for &v in values {
+                let i = v as i64;
+                match T::try_from(i) {
+                    Ok(x) if i as f32 == v && (lo..=hi).contains(&i) => fast.push(x),
+                    _ => break,
+                }
+            }
+            if fast.len() == values.len() {
+                return Ok(fast);
+            }
             let sample_len = spec.sample_len().max(1);
             values
                 .iter()
@@ -795,6 +810,52 @@ pub fn check_canary(model: &mut Model, canary: &Canary) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::graph::{Graph, Layer, Node, Output as GraphOutput, Tensor};
+
+    /// Integer inputs take whole numbers within the type's range, and the first value that
+    /// does not fit is named (the fast path and the checking loop agree).
+    #[test]
+    fn integer_inputs_take_whole_numbers_in_range() {
+        let spec = |dtype| TensorSpec {
+            name: "x".into(),
+            dtype,
+            shape: vec![2],
+        };
+        let i8s = InputValues::from_f32(&spec(DType::I8), &[-128.0, 127.0, 0.0, -0.0], 0);
+        assert!(matches!(i8s, Ok(InputValues::I8(v)) if v == [-128, 127, 0, 0]));
+        let u8s = InputValues::from_f32(&spec(DType::U8), &[0.0, 255.0], 0);
+        assert!(matches!(u8s, Ok(InputValues::U8(v)) if v == [0, 255]));
+        for (dtype, bad, at, why) in [
+            (DType::I8, vec![1.0, 2.0, 128.0, 0.0], 3, "out of range"),
+            (DType::I8, vec![1.0, -129.0], 2, "out of range"),
+            (DType::I8, vec![0.5, 1.0], 1, "not a whole number"),
+            (
+                DType::U8,
+                vec![3.0, 1.0, f32::NAN, 1.0],
+                3,
+                "not a whole number",
+            ),
+            (DType::U8, vec![-1.0, 1.0], 1, "out of range"),
+            (
+                DType::I64,
+                vec![1.0, f32::INFINITY],
+                2,
+                "not a whole number",
+            ),
+        ] {
+            match InputValues::from_f32(&spec(dtype), &bad, 0) {
+                Err(RuntimeError::InputValue {
+                    row,
+                    column,
+                    reason,
+                    ..
+                }) => {
+                    assert_eq!((row - 1) * 2 + column, at, "{dtype:?} {bad:?}");
+                    assert!(reason.contains(why), "{dtype:?} {bad:?}: {reason}");
+                }
+                other => panic!("{dtype:?} {bad:?}: {other:?}"),
+            }
+        }
+    }
 
     /// Two inputs → dense 3 → softmax (probabilities) and argmax (label).
     fn classifier(weight: Vec<f32>) -> crate::graph::Model {
