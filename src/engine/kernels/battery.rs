@@ -342,6 +342,8 @@ conv_battery! {
     conv3x3_many_panels: geom([6, 9, 8], 136, [3, 3], 1, [1; 4], 1, 1);
     conv5x5_stride2_interior: geom([15, 17, 12], 20, [5, 5], 2, [2; 4], 1, 1);
     conv_dilated_c8: geom([11, 12, 8], 12, [3, 3], 1, [2; 4], 2, 1);
+    conv_rgb_same: geom([10, 11, 3], 16, [3, 3], 1, [1; 4], 1, 1);
+    conv_rgb_no_pad: geom([6, 7, 3], 8, [3, 3], 1, [0; 4], 1, 1);
     depthwise3x3: geom([7, 9, 16], 16, [3, 3], 1, [1; 4], 1, 16);
     depthwise3x3_stride2: geom([9, 8, 24], 24, [3, 3], 2, [0, 0, 1, 1], 1, 24);
     depthwise3x3_stride2_pad_all: geom([9, 9, 8], 8, [3, 3], 2, [1; 4], 1, 8);

@@ -303,11 +303,27 @@ pub(super) fn im2col<T: Copy>(
     fill: T,
     rows: &mut [T],
 ) {
+    im2col_taps(geom, x, g, p0, k_pad, geom.icg(), fill, rows)
+}
+
+/// [`im2col`] with each tap taking `tap_len` values (its channels, then `fill`): the
+/// layout of weights packed with every tap padded to whole quads.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn im2col_taps<T: Copy>(
+    geom: &ConvGeometry,
+    x: &[T],
+    g: usize,
+    p0: usize,
+    k_pad: usize,
+    tap_len: usize,
+    fill: T,
+    rows: &mut [T],
+) {
     let icg = geom.icg();
-    // One group and no horizontal dilation: a kernel row's taps are one run of the input
-    // row wherever the kernel does not overhang it, copied at once.
-    let whole_rows = geom.dilation[1] == 1 && icg == geom.in_c;
-    let run = geom.k_w * icg;
+    // One group, no horizontal dilation and taps unpadded: a kernel row's taps are one run
+    // of the input row wherever the kernel does not overhang it, copied at once.
+    let whole_rows = geom.dilation[1] == 1 && icg == geom.in_c && tap_len == icg;
+    let run = geom.k_w * tap_len;
     for (r, row) in rows.chunks_exact_mut(k_pad).enumerate() {
         let p = p0 + r;
         let (oy, ox) = (p / geom.out_w, p % geom.out_w);
@@ -336,7 +352,8 @@ pub(super) fn im2col<T: Copy>(
                     Some(s) => copy_run(row, at, x, s * geom.in_c + g * icg, icg),
                     None => row[at..at + icg].fill(fill),
                 }
-                at += icg;
+                row[at + icg..at + tap_len].fill(fill);
+                at += tap_len;
             }
         }
         row[at..].fill(fill);

@@ -2,6 +2,8 @@
 //! with one scale per output channel, exact i32 sums, then requantization to u8 with
 //! [`FixedMultiplier`] (the same bits on every path) or dequantization to f32.
 
+#[cfg(target_arch = "x86_64")]
+use super::conv::im2col_taps;
 use super::conv::{ConvGeometry, im2col, im2col_tile};
 use super::gemm::{self, PanelsI8, QDst};
 use super::int8::FixedMultiplier;
@@ -491,15 +493,31 @@ impl ConvU8 {
             QPlan::Depthwise { c_pad, w }
         } else {
             let nr = gemm::i8_nr(path, ocg, false);
-            let panels: Vec<PanelsI8> = (0..geom.groups)
-                .map(|g| PanelsI8::pack(depth, ocg, nr, |kk, j| w_at(g * ocg + j, kk)))
-                .collect();
             let im2col = !(geom.is_pointwise() && icg.is_multiple_of(4));
             #[cfg(target_arch = "x86_64")]
             let in_place_rows =
                 im2col && path != I8Path::Portable && super::x86::qgemm::conv_rows_fit(&geom);
             #[cfg(not(target_arch = "x86_64"))]
             let in_place_rows = false;
+            // Rows read in place take whole quads per tap: 3 channels (RGB) are packed with
+            // a zero weight after them, so that each tap is one 4-byte read.
+            let tap_len = if in_place_rows {
+                icg.next_multiple_of(4)
+            } else {
+                icg
+            };
+            let panels: Vec<PanelsI8> = (0..geom.groups)
+                .map(|g| {
+                    PanelsI8::pack(taps * tap_len, ocg, nr, |kk, j| {
+                        let (tap, ic) = (kk / tap_len, kk % tap_len);
+                        if ic < icg {
+                            w_at(g * ocg + j, tap * icg + ic)
+                        } else {
+                            0
+                        }
+                    })
+                })
+                .collect();
             #[cfg(target_arch = "x86_64")]
             let offsets = if in_place_rows {
                 super::x86::qgemm::conv_row_offsets(&geom)
@@ -659,6 +677,13 @@ impl ConvU8 {
             if cols.is_empty() || !g.row_is_interior(oy) {
                 continue;
             }
+            // The last pixel's last read (a 4-byte quad: one past the pixel for RGB)
+            // must lie inside the input; else the row goes through im2col.
+            let last = g.source(oy, cols.end - 1, 0, 0).map(|s| s * g.in_c);
+            let max_off = offsets.iter().max().map_or(0, |&o| o as usize);
+            if last.is_none_or(|l| l + max_off + 4 > x.len()) {
+                continue;
+            }
             let start = oy * g.out_w + cols.start;
             self.run_im2col(x, &mut y, scratch, pn, tile, pending..start);
             let dst = sub_dst(&mut y, start * g.out_c);
@@ -695,7 +720,8 @@ impl ConvU8 {
         while p0 < pixels.end {
             let m = tile.min(pixels.end - p0);
             let rows = &mut scratch[..m * pn.k4];
-            im2col(g, x, 0, p0, pn.k4, self.input.zero_point, rows);
+            let tap_len = pn.k4 / g.taps();
+            im2col_taps(g, x, 0, p0, pn.k4, tap_len, self.input.zero_point, rows);
             let dst = sub_dst(y, p0 * g.out_c);
             gemm::gemm_u8i8(self.path, rows, pn.k4, m, pn, &self.epi, 0, dst, g.out_c);
             p0 += m;

@@ -611,15 +611,18 @@ unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize>(
 }
 
 /// Whether [`conv_row_u8i8`] runs `geom`: one group, channels a multiple of 4 (each tap's
-/// channels whole quads), offsets within the input that fit a u32.
+/// channels whole quads) or 3 (RGB: each tap one quad, its fourth byte the next pixel's,
+/// met by a zero weight), offsets within the input that fit a u32.
 pub(in crate::engine::kernels) fn conv_rows_fit(geom: &ConvGeometry) -> bool {
-    geom.groups == 1 && geom.in_c.is_multiple_of(4) && u32::try_from(geom.input_len()).is_ok()
+    geom.groups == 1
+        && (geom.in_c.is_multiple_of(4) || geom.in_c == 3)
+        && u32::try_from(geom.input_len()).is_ok()
 }
 
 /// For each quad of a patch (tap-major, then channel, as the weights are packed), its
 /// byte offset in the input from the patch's first tap: what [`conv_row_u8i8`] reads.
 pub(in crate::engine::kernels) fn conv_row_offsets(geom: &ConvGeometry) -> Vec<u32> {
-    let mut offs = Vec::with_capacity(geom.taps() * geom.in_c / 4);
+    let mut offs = Vec::with_capacity(geom.taps() * geom.in_c.div_ceil(4));
     for ky in 0..geom.k_h {
         for kx in 0..geom.k_w {
             let tap = (ky * geom.dilation[0] * geom.in_w + kx * geom.dilation[1]) * geom.in_c;
@@ -654,14 +657,21 @@ pub(in crate::engine::kernels) fn conv_row_u8i8(
     assert!(conv_rows_fit(g) && m > 0 && x.len() == g.input_len());
     assert!(g.row_is_interior(oy) && g.interior_cols().contains(&ox0));
     assert!(g.interior_cols().contains(&(ox0 + m - 1)));
-    assert!(w.k4 == g.taps() * g.in_c && w.n == g.out_c && offs.len() * 4 == w.k4);
-    // Every quad lies within the patch's span from its first tap; the last pixel's patch
-    // is inside the input (interior), hence every pixel's.
-    let span = ((g.k_h - 1) * g.dilation[0] * g.in_w + (g.k_w - 1) * g.dilation[1] + 1) * g.in_c;
-    assert!(offs.iter().all(|&o| o as usize + 4 <= span));
+    assert!(w.k4 == g.taps() * g.in_c.next_multiple_of(4) && w.n == g.out_c);
+    assert!(offs.len() * 4 == w.k4);
+    // Every quad lies within 4 bytes past the last pixel's first tap plus the largest
+    // offset: inside the input (checked), hence every pixel's.
     let first = g
         .source(oy, ox0, 0, 0)
         .expect("an interior pixel's first tap");
+    let last = g
+        .source(oy, ox0 + m - 1, 0, 0)
+        .expect("an interior pixel's first tap");
+    let max_off = offs.iter().max().map_or(0, |&o| o as usize);
+    assert!(
+        last * g.in_c + max_off + 4 <= x.len(),
+        "the row's reads leave the input"
+    );
     let rows = Rows {
         base: x[first * g.in_c..].as_ptr(),
         lda: g.stride[1] * g.in_c,
