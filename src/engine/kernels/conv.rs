@@ -409,6 +409,10 @@ enum Plan {
         im2col: bool,
         tile: usize,
         panels: Vec<PanelsF32>,
+        /// x86 SIMD families, one group: each output row's pixels whose kernel lies
+        /// inside the input are read in place at these offsets ([`Plan::Gemm`]'s im2col
+        /// only for the rest); empty otherwise.
+        offsets: Vec<u32>,
     },
     /// Weights `[tap][c]` (channels padded to `c_pad`), bias padded likewise.
     Depthwise {
@@ -486,10 +490,20 @@ impl ConvF32 {
             } else {
                 0
             };
+            #[cfg(target_arch = "x86_64")]
+            let offsets =
+                if im2col && path != F32Path::Portable && super::x86::gemm::conv_rows_fit(&geom) {
+                    super::x86::gemm::conv_row_offsets(&geom)
+                } else {
+                    Vec::new()
+                };
+            #[cfg(not(target_arch = "x86_64"))]
+            let offsets = Vec::new();
             Plan::Gemm {
                 im2col,
                 tile,
                 panels,
+                offsets,
             }
         };
         Ok(ConvF32 {
@@ -522,6 +536,7 @@ impl ConvF32 {
                 im2col: true,
                 tile,
                 panels,
+                ..
             } => tile * panels[0].k,
             _ => 0,
         }
@@ -554,10 +569,42 @@ impl ConvF32 {
                     gemm::gemm_f32(self.path, a, g.in_c, pixels, pn, self.act, yo, g.out_c);
                 }
             }
+            #[cfg(target_arch = "x86_64")]
             Plan::Gemm {
                 im2col: true,
                 tile,
                 panels,
+                offsets,
+            } if !offsets.is_empty() => {
+                let (pn, cols) = (&panels[0], g.interior_cols());
+                let mut pending = 0;
+                for oy in 0..g.out_h {
+                    if cols.is_empty() || !g.row_is_interior(oy) {
+                        continue;
+                    }
+                    let start = oy * g.out_w + cols.start;
+                    self.run_im2col(x, y, scratch, pn, *tile, pending..start);
+                    super::x86::gemm::conv_row_f32(
+                        self.path,
+                        g,
+                        x,
+                        offsets,
+                        oy,
+                        cols.start,
+                        cols.len(),
+                        pn,
+                        self.act,
+                        &mut y[start * g.out_c..],
+                    );
+                    pending = oy * g.out_w + cols.end;
+                }
+                self.run_im2col(x, y, scratch, pn, *tile, pending..pixels);
+            }
+            Plan::Gemm {
+                im2col: true,
+                tile,
+                panels,
+                ..
             } => {
                 for (gi, pn) in panels.iter().enumerate() {
                     let mut p0 = 0;
@@ -571,6 +618,31 @@ impl ConvF32 {
                     }
                 }
             }
+        }
+    }
+}
+
+impl ConvF32 {
+    /// Output pixels `pixels` of a one-group convolution through im2col tiles.
+    #[cfg(target_arch = "x86_64")]
+    fn run_im2col(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        scratch: &mut [f32],
+        pn: &PanelsF32,
+        tile: usize,
+        pixels: std::ops::Range<usize>,
+    ) {
+        let g = &self.geom;
+        let mut p0 = pixels.start;
+        while p0 < pixels.end {
+            let m = tile.min(pixels.end - p0);
+            let rows = &mut scratch[..m * pn.k];
+            im2col(g, x, 0, p0, pn.k, 0.0, rows);
+            let yo = &mut y[p0 * g.out_c..];
+            gemm::gemm_f32(self.path, rows, pn.k, m, pn, self.act, yo, g.out_c);
+            p0 += m;
         }
     }
 }

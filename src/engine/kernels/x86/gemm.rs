@@ -3,8 +3,9 @@
 //! weight vectors once and broadcasts one value of each row (folded into the FMA).
 
 use super::simd::{Avx2, Avx512, F32Simd};
-use crate::engine::kernels::Activation;
+use crate::engine::kernels::conv::ConvGeometry;
 use crate::engine::kernels::gemm::PanelsF32;
+use crate::engine::kernels::{Activation, F32Path};
 
 /// The activation on one vector (Sigmoid and Tanh pass through: [`finish_row`] applies
 /// them in scalar code after the store).
@@ -47,15 +48,17 @@ pub(super) unsafe fn finish_row(y: *mut f32, n: usize, act: Activation) {
 /// stored) of `a` times one panel, columns `0..ncols` stored.
 ///
 /// # Safety
-/// S's features are present; `a` holds `m` rows of `k` values `lda` apart, `w` the
+/// S's features are present; `a` holds `m` rows of `k` values `lda` apart (or, with
+/// `offs` not null, row `r`'s value `kk` at `a + r · lda + offs[kk]`), `w` the
 /// panel's `k · NV · LANES` values, `bias` `NV · LANES`, `y` `m` rows of `ncols` values
 /// `ldy` apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize>(
+unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: bool>(
     k: usize,
     a: *const f32,
     lda: usize,
+    offs: *const u32,
     m: usize,
     w: *const f32,
     bias: *const f32,
@@ -78,18 +81,36 @@ unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize>(
             rows[r] = a.add(r.min(m - 1) * lda);
         }
         let mut wp = w;
-        for kk in 0..k {
-            let mut wv = [S::zero(); NV];
-            for v in 0..NV {
-                wv[v] = S::load(wp.add(v * S::LANES));
-            }
-            for r in 0..MR {
-                let av = S::splat(*rows[r].add(kk));
+        if !IN_PLACE {
+            for kk in 0..k {
+                let mut wv = [S::zero(); NV];
                 for v in 0..NV {
-                    acc[r][v] = S::fmadd(av, wv[v], acc[r][v]);
+                    wv[v] = S::load(wp.add(v * S::LANES));
                 }
+                for r in 0..MR {
+                    let av = S::splat(*rows[r].add(kk));
+                    for v in 0..NV {
+                        acc[r][v] = S::fmadd(av, wv[v], acc[r][v]);
+                    }
+                }
+                wp = wp.add(NV * S::LANES);
             }
-            wp = wp.add(NV * S::LANES);
+        } else {
+            // A convolution's interior pixels read in place: depth `kk` at `offs[kk]`.
+            for kk in 0..k {
+                let o = *offs.add(kk) as usize;
+                let mut wv = [S::zero(); NV];
+                for v in 0..NV {
+                    wv[v] = S::load(wp.add(v * S::LANES));
+                }
+                for r in 0..MR {
+                    let av = S::splat(*rows[r].add(o));
+                    for v in 0..NV {
+                        acc[r][v] = S::fmadd(av, wv[v], acc[r][v]);
+                    }
+                }
+                wp = wp.add(NV * S::LANES);
+            }
         }
         for r in 0..MR {
             if r >= m {
@@ -115,16 +136,17 @@ unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Every panel over every tile of `MR` rows; shorter tails in tiles of 4, 2, 1 rows (or
+/// Every panel over every tile of `MR` rows (`offs` as for [`tile`]); shorter tails in tiles of 4, 2, 1 rows (or
 /// one padded `MR` tile when over half full).
 ///
 /// # Safety
 /// S's features are present; the checks of [`gemm_f32_avx512`] hold.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize>(
-    a: &[f32],
+unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: bool>(
+    a: *const f32,
     lda: usize,
+    offs: *const u32,
     m: usize,
     w: &PanelsF32,
     act: Activation,
@@ -132,7 +154,7 @@ unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize>(
     ldy: usize,
 ) {
     let (k, n, nr) = (w.k, w.n, NV * S::LANES);
-    let (ap, yp) = (a.as_ptr(), y.as_mut_ptr());
+    let (ap, yp) = (a, y.as_mut_ptr());
     for p in 0..w.panels() {
         let ncols = nr.min(n - p * nr);
         // SAFETY: panel p exists (checked by the caller); rows i.. < m of `a` and `y`
@@ -144,23 +166,25 @@ unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize>(
             let mut i = 0;
             while m - i >= MR {
                 let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
-                tile::<S, MR, NV>(k, ai, lda, MR, wp, bp, yi, ldy, ncols, act);
+                tile::<S, MR, NV, IN_PLACE>(k, ai, lda, offs, MR, wp, bp, yi, ldy, ncols, act);
                 i += MR;
             }
             while i < m {
                 let rest = m - i;
                 let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
                 if rest * 2 > MR {
-                    tile::<S, MR, NV>(k, ai, lda, rest, wp, bp, yi, ldy, ncols, act);
+                    tile::<S, MR, NV, IN_PLACE>(
+                        k, ai, lda, offs, rest, wp, bp, yi, ldy, ncols, act,
+                    );
                     i = m;
                 } else if rest >= 4 {
-                    tile::<S, 4, NV>(k, ai, lda, 4, wp, bp, yi, ldy, ncols, act);
+                    tile::<S, 4, NV, IN_PLACE>(k, ai, lda, offs, 4, wp, bp, yi, ldy, ncols, act);
                     i += 4;
                 } else if rest >= 2 {
-                    tile::<S, 2, NV>(k, ai, lda, 2, wp, bp, yi, ldy, ncols, act);
+                    tile::<S, 2, NV, IN_PLACE>(k, ai, lda, offs, 2, wp, bp, yi, ldy, ncols, act);
                     i += 2;
                 } else {
-                    tile::<S, 1, NV>(k, ai, lda, 1, wp, bp, yi, ldy, ncols, act);
+                    tile::<S, 1, NV, IN_PLACE>(k, ai, lda, offs, 1, wp, bp, yi, ldy, ncols, act);
                     i += 1;
                 }
             }
@@ -195,14 +219,15 @@ pub(in crate::engine::kernels) fn gemm_f32_avx512(
     assert!(AVX512_NR.contains(&w.nr) && super::has_avx512f());
     // SAFETY: AVX-512 F is present (asserted); `check` bounds every row, panel and bias
     // the kernel touches.
-    unsafe { gemm_avx512(a, lda, m, w, act, y, ldy) }
+    unsafe { gemm_avx512(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
 }
 
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx512(
-    a: &[f32],
+    a: *const f32,
     lda: usize,
+    offs: *const u32,
     m: usize,
     w: &PanelsF32,
     act: Activation,
@@ -212,11 +237,41 @@ unsafe fn gemm_avx512(
     // SAFETY: the caller's checks; AVX-512 F is enabled here.
     unsafe {
         match w.nr {
-            16 => gemm::<Avx512, 12, 1>(a, lda, m, w, act, y, ldy),
-            32 => gemm::<Avx512, 12, 2>(a, lda, m, w, act, y, ldy),
-            48 => gemm::<Avx512, 8, 3>(a, lda, m, w, act, y, ldy),
-            64 => gemm::<Avx512, 6, 4>(a, lda, m, w, act, y, ldy),
-            _ => gemm::<Avx512, 3, 8>(a, lda, m, w, act, y, ldy),
+            16 => {
+                if offs.is_null() {
+                    gemm::<Avx512, 12, 1, false>(a, lda, offs, m, w, act, y, ldy)
+                } else {
+                    gemm::<Avx512, 12, 1, true>(a, lda, offs, m, w, act, y, ldy)
+                }
+            }
+            32 => {
+                if offs.is_null() {
+                    gemm::<Avx512, 12, 2, false>(a, lda, offs, m, w, act, y, ldy)
+                } else {
+                    gemm::<Avx512, 12, 2, true>(a, lda, offs, m, w, act, y, ldy)
+                }
+            }
+            48 => {
+                if offs.is_null() {
+                    gemm::<Avx512, 8, 3, false>(a, lda, offs, m, w, act, y, ldy)
+                } else {
+                    gemm::<Avx512, 8, 3, true>(a, lda, offs, m, w, act, y, ldy)
+                }
+            }
+            64 => {
+                if offs.is_null() {
+                    gemm::<Avx512, 6, 4, false>(a, lda, offs, m, w, act, y, ldy)
+                } else {
+                    gemm::<Avx512, 6, 4, true>(a, lda, offs, m, w, act, y, ldy)
+                }
+            }
+            _ => {
+                if offs.is_null() {
+                    gemm::<Avx512, 3, 8, false>(a, lda, offs, m, w, act, y, ldy)
+                } else {
+                    gemm::<Avx512, 3, 8, true>(a, lda, offs, m, w, act, y, ldy)
+                }
+            }
         }
     }
 }
@@ -235,14 +290,15 @@ pub(in crate::engine::kernels) fn gemm_f32_avx2(
     check(a, lda, m, w, y, ldy);
     assert!(AVX2_NR.contains(&w.nr) && super::has_avx2_fma());
     // SAFETY: AVX2 and FMA are present (asserted); `check` bounds every access.
-    unsafe { gemm_avx2(a, lda, m, w, act, y, ldy) }
+    unsafe { gemm_avx2(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx2(
-    a: &[f32],
+    a: *const f32,
     lda: usize,
+    offs: *const u32,
     m: usize,
     w: &PanelsF32,
     act: Activation,
@@ -252,10 +308,106 @@ unsafe fn gemm_avx2(
     // SAFETY: the caller's checks; AVX2 and FMA are enabled here.
     unsafe {
         match w.nr {
-            8 => gemm::<Avx2, 8, 1>(a, lda, m, w, act, y, ldy),
-            16 => gemm::<Avx2, 6, 2>(a, lda, m, w, act, y, ldy),
-            32 => gemm::<Avx2, 3, 4>(a, lda, m, w, act, y, ldy),
-            _ => gemm::<Avx2, 1, 8>(a, lda, m, w, act, y, ldy),
+            8 => {
+                if offs.is_null() {
+                    gemm::<Avx2, 8, 1, false>(a, lda, offs, m, w, act, y, ldy)
+                } else {
+                    gemm::<Avx2, 8, 1, true>(a, lda, offs, m, w, act, y, ldy)
+                }
+            }
+            16 => {
+                if offs.is_null() {
+                    gemm::<Avx2, 6, 2, false>(a, lda, offs, m, w, act, y, ldy)
+                } else {
+                    gemm::<Avx2, 6, 2, true>(a, lda, offs, m, w, act, y, ldy)
+                }
+            }
+            32 => {
+                if offs.is_null() {
+                    gemm::<Avx2, 3, 4, false>(a, lda, offs, m, w, act, y, ldy)
+                } else {
+                    gemm::<Avx2, 3, 4, true>(a, lda, offs, m, w, act, y, ldy)
+                }
+            }
+            _ => {
+                if offs.is_null() {
+                    gemm::<Avx2, 1, 8, false>(a, lda, offs, m, w, act, y, ldy)
+                } else {
+                    gemm::<Avx2, 1, 8, true>(a, lda, offs, m, w, act, y, ldy)
+                }
+            }
         }
+    }
+}
+
+/// For each depth of a patch (tap-major, then channel, as the weights are packed), its
+/// offset in the input from the patch's first tap: what [`conv_row_f32`] reads.
+pub(in crate::engine::kernels) fn conv_row_offsets(g: &ConvGeometry) -> Vec<u32> {
+    let mut offs = Vec::with_capacity(g.taps() * g.in_c);
+    for ky in 0..g.k_h {
+        for kx in 0..g.k_w {
+            let tap = (ky * g.dilation[0] * g.in_w + kx * g.dilation[1]) * g.in_c;
+            offs.extend((0..g.in_c).map(|c| (tap + c) as u32));
+        }
+    }
+    offs
+}
+
+/// Whether [`conv_row_f32`] runs `g`: one group, offsets within the input that fit a u32.
+pub(in crate::engine::kernels) fn conv_rows_fit(g: &ConvGeometry) -> bool {
+    g.groups == 1 && u32::try_from(g.input_len()).is_ok()
+}
+
+/// The convolution of output pixels `ox0..ox0 + m` of output row `oy`, every tap of which
+/// lies inside the input, read from `x` in place (no im2col): a GEMM whose rows are the
+/// pixels, each patch's values at `offs` ([`conv_row_offsets`]) from its first tap. `y`
+/// starts at pixel `(oy, ox0)`, rows `out_c` apart.
+///
+/// # Panics
+/// If [`conv_rows_fit`] does not hold, an offset leaves the patch, a pixel's kernel leaves
+/// the input, a length does not match, `w` was packed for another path, or the CPU lacks
+/// `path`'s features.
+#[allow(clippy::too_many_arguments)]
+pub(in crate::engine::kernels) fn conv_row_f32(
+    path: F32Path,
+    g: &ConvGeometry,
+    x: &[f32],
+    offs: &[u32],
+    oy: usize,
+    ox0: usize,
+    m: usize,
+    w: &PanelsF32,
+    act: Activation,
+    y: &mut [f32],
+) {
+    assert!(conv_rows_fit(g) && m > 0 && x.len() == g.input_len());
+    assert!(g.row_is_interior(oy) && g.interior_cols().contains(&ox0));
+    assert!(g.interior_cols().contains(&(ox0 + m - 1)));
+    assert!(w.k == g.taps() * g.in_c && w.n == g.out_c && offs.len() == w.k);
+    // Every value lies within the patch's span from its first tap; the last pixel's patch
+    // is inside the input (interior), hence every pixel's.
+    let span = ((g.k_h - 1) * g.dilation[0] * g.in_w + (g.k_w - 1) * g.dilation[1] + 1) * g.in_c;
+    assert!(offs.iter().all(|&o| (o as usize) < span));
+    let ldy = g.out_c;
+    assert!(y.len() >= (m - 1) * ldy + w.n);
+    assert!(w.data.len() >= w.panels() * w.k * w.nr && w.bias.len() >= w.panels() * w.nr);
+    let first = g
+        .source(oy, ox0, 0, 0)
+        .expect("an interior pixel's first tap");
+    let a = x[first * g.in_c..].as_ptr();
+    let lda = g.stride[1] * g.in_c;
+    match path {
+        F32Path::Avx512 => {
+            assert!(AVX512_NR.contains(&w.nr) && super::has_avx512f());
+            // SAFETY: AVX-512 F is present (asserted); every pixel's patch lies in `x`
+            // (interior, offsets within the span) and the rest is bounded above.
+            unsafe { gemm_avx512(a, lda, offs.as_ptr(), m, w, act, y, ldy) }
+        }
+        F32Path::Avx2 => {
+            assert!(AVX2_NR.contains(&w.nr) && super::has_avx2_fma());
+            // SAFETY: as above, with AVX2 and FMA.
+            unsafe { gemm_avx2(a, lda, offs.as_ptr(), m, w, act, y, ldy) }
+        }
+        F32Path::Portable => panic!("conv_row_f32 has no portable kernel"),
     }
 }
