@@ -545,7 +545,8 @@ fn add_battery() {
                 // Each x86 kernel this CPU runs, whichever `run` picked.
                 #[cfg(target_arch = "x86_64")]
                 {
-                    let mut kernels: Vec<(&str, fn(&AddU8, &[u8], &[u8], &mut [u8]))> = Vec::new();
+                    type AddKernel = fn(&AddU8, &[u8], &[u8], &mut [u8]);
+                    let mut kernels: Vec<(&str, AddKernel)> = Vec::new();
                     if super::x86::has_avx2() {
                         kernels.push(("avx2", super::x86::qadd::add_u8_avx2));
                     }
