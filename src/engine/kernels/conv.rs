@@ -352,7 +352,9 @@ pub(super) fn im2col_taps<T: Copy>(
                     Some(s) => copy_run(row, at, x, s * geom.in_c + g * icg, icg),
                     None => row[at..at + icg].fill(fill),
                 }
-                row[at + icg..at + tap_len].fill(fill);
+                if tap_len > icg {
+                    row[at + icg..at + tap_len].fill(fill);
+                }
                 at += tap_len;
             }
         }
