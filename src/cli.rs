@@ -320,38 +320,6 @@ pub fn predict_array(
     Ok(merged)
 }
 
-fn nested(shape: &[usize], values: &OutputValues) -> Value {
-    fn build<T: Copy>(shape: &[usize], data: &[T], f: &dyn Fn(T) -> Value) -> Value {
-        match shape.split_first() {
-            None => data.first().map_or(Value::Null, |&v| f(v)),
-            Some((&n, rest)) => {
-                let stride: usize = rest.iter().product();
-                Value::Array(
-                    (0..n)
-                        .map(|i| build(rest, &data[i * stride..(i + 1) * stride], f))
-                        .collect(),
-                )
-            }
-        }
-    }
-    match values {
-        // Through f32's shortest decimal form, so JSON shows 0.1 rather than 0.10000000149011612.
-        OutputValues::F32(v) => build(shape, v, &|x: f32| {
-            json!(x.to_string().parse::<f64>().unwrap_or(f64::NAN))
-        }),
-        OutputValues::I64(v) => build(shape, v, &|x: i64| json!(x)),
-    }
-}
-
-/// Outputs as JSON, by name: nested arrays of the outputs' shapes (what `perch run
-/// --format json` prints under `outputs`, and the agent's `POST /predict` answers).
-pub fn outputs_json(outputs: &[Output]) -> serde_json::Map<String, Value> {
-    outputs
-        .iter()
-        .map(|o| (o.name.clone(), nested(&o.shape, &o.values)))
-        .collect()
-}
-
 /// Writes outputs as `format`.
 ///
 /// # Errors
@@ -364,7 +332,7 @@ pub fn write_outputs(
 ) -> Result<()> {
     match format {
         OutputFormat::Json => {
-            let map = outputs_json(outputs);
+            let map = crate::io::outputs_json(outputs);
             serde_json::to_writer(&mut *out, &json!({ "model": model_name, "outputs": map }))?;
             writeln!(out)?;
         }

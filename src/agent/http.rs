@@ -284,7 +284,7 @@ fn predict(body: &[u8], shared: &Shared) -> Response {
                 "model": p.model.name,
                 "version": p.model.version,
                 "ids": p.ids,
-                "outputs": crate::cli::outputs_json(&p.outputs),
+                "outputs": crate::io::outputs_json(&p.outputs),
             });
             if let Some(note) = note {
                 body["note"] = json!(note);
