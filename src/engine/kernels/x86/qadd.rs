@@ -5,6 +5,7 @@
 //! (Table gathers were slower: `vpgatherdd` is microcoded on CPUs with the GDS
 //! mitigation.)
 
+use super::qgemm::{clamp64, pack8};
 use crate::engine::kernels::eltwise::{ADD_LEFT_SHIFT, AddU8};
 use std::arch::x86_64::*;
 
@@ -113,27 +114,15 @@ unsafe fn add_u8_avx2_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
             let qo = clamp64(qo, lo, hi);
             let q = _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo));
             let q = _mm256_add_epi32(q, zp32);
-            let w = _mm256_packs_epi32(q, q);
-            let bytes = _mm256_packus_epi16(w, w);
-            let bytes =
-                _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
-            let v = _mm_cvtsi128_si64(_mm256_castsi256_si128(bytes)) as u64;
-            y.as_mut_ptr().add(i).cast::<u64>().write_unaligned(v);
+            y.as_mut_ptr()
+                .add(i)
+                .cast::<u64>()
+                .write_unaligned(pack8(q));
         }
         i += 8;
     }
     for k in full..n {
         y[k] = add.one(a[k], b[k]);
-    }
-}
-
-/// `min(max(q, lo), hi)` in 64-bit lanes.
-#[inline(always)]
-unsafe fn clamp64(q: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
-    // SAFETY: AVX2 present (the caller's target feature).
-    unsafe {
-        let q = _mm256_blendv_epi8(q, lo, _mm256_cmpgt_epi64(lo, q));
-        _mm256_blendv_epi8(q, hi, _mm256_cmpgt_epi64(q, hi))
     }
 }
 

@@ -256,10 +256,7 @@ pub(super) unsafe fn store_u8_256(
             _mm256_max_epi32(q, _mm256_set1_epi32(l.min)),
             _mm256_set1_epi32(l.max),
         );
-        let w = _mm256_packs_epi32(q, q);
-        let b = _mm256_packus_epi16(w, w);
-        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
-        let bytes = _mm_cvtsi128_si64(_mm256_castsi256_si128(b)) as u64;
+        let bytes = pack8(q);
         if n == 8 {
             y.cast::<u64>().write_unaligned(bytes);
         } else {
@@ -270,9 +267,21 @@ pub(super) unsafe fn store_u8_256(
     }
 }
 
+/// Eight i32 lanes holding codes `0..=255`, as the eight bytes of a u64 (lane 0 lowest).
+#[inline(always)]
+pub(super) unsafe fn pack8(q: __m256i) -> u64 {
+    // SAFETY: AVX2 present (the callers' contract).
+    unsafe {
+        let w = _mm256_packs_epi32(q, q);
+        let b = _mm256_packus_epi16(w, w);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        _mm_cvtsi128_si64(_mm256_castsi256_si128(b)) as u64
+    }
+}
+
 /// `min(max(q, lo), hi)` in 64-bit lanes (AVX2 has no 64-bit min and max).
 #[inline(always)]
-unsafe fn clamp64(q: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
+pub(super) unsafe fn clamp64(q: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
     // SAFETY: AVX2 present (the callers' contract).
     unsafe {
         let q = _mm256_blendv_epi8(q, lo, _mm256_cmpgt_epi64(lo, q));
