@@ -528,7 +528,7 @@ fn depthwise_u8(
 ) {
     #[cfg(target_arch = "x86_64")]
     if path != I8Path::Portable && x86::qdepthwise::supports(g, epi) {
-        return x86::qdepthwise::depthwise_u8_avx2(g, x, zp, w, c_pad, epi, y);
+        return x86::qdepthwise::depthwise_u8_x86(g, x, zp, w, c_pad, epi, y);
     }
     let _ = path;
     qconv::depthwise_u8_portable(g, x, zp, w, c_pad, epi, y)

@@ -1,7 +1,7 @@
 //! Depthwise int8 convolution with AVX2 (every x86 int8 family has it): per block of 16
-//! channels and output pixel, the taps' `x - zp` and weights as i16, pairs of taps through
-//! `vpmaddwd` (exact), then the 256-bit epilogues of the GEMM kernels, 8 channels at a
-//! time. Same bits as [`crate::engine::kernels::qconv::depthwise_u8_portable`].
+//! channels and output pixel, the taps' codes and weights as i16, pairs of taps through
+//! `vpmaddwd` (exact), then the GEMM kernels' epilogues (two 256-bit ones, or one 512-bit
+//! one on VNNI-512). Same bits as [`crate::engine::kernels::qconv::depthwise_u8_portable`].
 
 use super::qgemm::{I8Dot, Requant512, Vnni512, store_f32_256, store_u8_256};
 use crate::engine::kernels::conv::ConvGeometry;
@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 /// Taps the kernel plans on the stack; larger kernels take the portable path.
 pub(in crate::engine::kernels) const MAX_TAPS: usize = 64;
 
-/// Whether [`depthwise_u8_avx2`] runs this layer: AVX2 present, at most [`MAX_TAPS`]
+/// Whether [`depthwise_u8_x86`] runs this layer: AVX2 present, at most [`MAX_TAPS`]
 /// taps, and the epilogue's lane constants laid out over all channels 8 wide, or 16 wide
 /// with AVX-512 (the VNNI-512 family's epilogue then stores each block at once).
 pub(in crate::engine::kernels) fn supports(g: &ConvGeometry, epi: &QEpilogue) -> bool {
@@ -28,7 +28,7 @@ pub(in crate::engine::kernels) fn supports(g: &ConvGeometry, epi: &QEpilogue) ->
 /// # Panics
 /// If [`supports`] is false, or a length does not match the geometry.
 #[allow(clippy::too_many_arguments)]
-pub(in crate::engine::kernels) fn depthwise_u8_avx2(
+pub(in crate::engine::kernels) fn depthwise_u8_x86(
     g: &ConvGeometry,
     x: &[u8],
     zp: u8,
@@ -72,13 +72,7 @@ unsafe fn dw_avx512(
     y: QDst<'_>,
 ) {
     // SAFETY: the features (this function's); the caller's checks.
-    unsafe {
-        if g.k_h * g.k_w == 9 {
-            dw::<5, true>(g, x, zp, w, c_pad, epi, y)
-        } else {
-            dw::<0, true>(g, x, zp, w, c_pad, epi, y)
-        }
-    }
+    unsafe { by_taps::<true>(g, x, zp, w, c_pad, epi, y) }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -93,13 +87,31 @@ unsafe fn dw_avx2(
     y: QDst<'_>,
 ) {
     // SAFETY: AVX2 (this function's feature); the caller's checks.
+    unsafe { by_taps::<false>(g, x, zp, w, c_pad, epi, y) }
+}
+
+/// [`dw`] with 3×3 kernels (nearly every depthwise layer) in a loop the compiler unrolls,
+/// the weights held in registers.
+///
+/// # Safety
+/// As for [`dw`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn by_taps<const WIDE: bool>(
+    g: &ConvGeometry,
+    x: &[u8],
+    zp: u8,
+    w: &[i8],
+    c_pad: usize,
+    epi: &QEpilogue,
+    y: QDst<'_>,
+) {
+    // SAFETY: the caller's contract.
     unsafe {
-        // 3×3 kernels (nearly every depthwise layer) get a loop the compiler unrolls, the
-        // weights held in registers.
         if g.k_h * g.k_w == 9 {
-            dw::<5, false>(g, x, zp, w, c_pad, epi, y)
+            dw::<5, WIDE>(g, x, zp, w, c_pad, epi, y)
         } else {
-            dw::<0, false>(g, x, zp, w, c_pad, epi, y)
+            dw::<0, WIDE>(g, x, zp, w, c_pad, epi, y)
         }
     }
 }
@@ -109,7 +121,7 @@ unsafe fn dw_avx2(
 /// at once, else two 8-wide AVX2 ones.
 ///
 /// # Safety
-/// AVX2 present; the checks of [`depthwise_u8_avx2`] hold.
+/// AVX2 present; the checks of [`depthwise_u8_x86`] hold.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw<const P: usize, const WIDE: bool>(
@@ -182,7 +194,6 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                     && ox == cols.start
                     && !cols.is_empty()
                     && P > 0
-                    && taps + 1 == 2 * P
                     && g.row_is_interior(oy)
                 {
                     let first = g.source(oy, ox, 0, 0).map(|s| s * c + c0);
@@ -228,29 +239,9 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                         // the loads go straight from the input, and with no padding the
                         // sum is `Σ x · w` itself (codes as they are, no zero point).
                         let base = x[(iy * g.in_w + ix) * c + c0..].as_ptr();
-                        // SAFETY: AVX2.
-                        (lo, hi) = unsafe { (_mm256_setzero_si256(), _mm256_setzero_si256()) };
-                        for k in 0..pairs {
-                            let (t0, t1) = (2 * k, 2 * k + 1);
-                            // SAFETY: AVX2; taps t0 and t1 (when below `taps`) lie at most
-                            // `offs[taps - 1]` past `base`, with 16 bytes readable there.
-                            unsafe {
-                                let a = load_codes(base.add(offs[t0]));
-                                let b = if t1 < taps {
-                                    load_codes(base.add(offs[t1]))
-                                } else {
-                                    _mm256_setzero_si256()
-                                };
-                                lo = _mm256_add_epi32(
-                                    lo,
-                                    _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl[k]),
-                                );
-                                hi = _mm256_add_epi32(
-                                    hi,
-                                    _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh[k]),
-                                );
-                            }
-                        }
+                        // SAFETY: AVX2; every tap lies at most `offs[taps - 1]` past
+                        // `base`, with 16 bytes readable there.
+                        (lo, hi) = unsafe { sum_inside(base, &offs, pairs, taps, &wl, &wh) };
                     }
                     _ => {
                         // The input row of each kernel row and column of each kernel
@@ -288,24 +279,13 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                             unsafe {
                                 let a = load_centered(ptrs[2 * k], zp16);
                                 let b = load_centered(ptrs[2 * k + 1], zp16);
-                                lo = _mm256_add_epi32(
-                                    lo,
-                                    _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl[k]),
-                                );
-                                hi = _mm256_add_epi32(
-                                    hi,
-                                    _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh[k]),
-                                );
+                                (lo, hi) = pair_sum(lo, hi, a, b, wl[k], wh[k]);
                             }
                         }
                     }
                 }
-                let (first, second) = unsafe {
-                    (
-                        _mm256_permute2x128_si256::<0x20>(lo, hi),
-                        _mm256_permute2x128_si256::<0x31>(lo, hi),
-                    )
-                };
+                // SAFETY: AVX2.
+                let (first, second) = unsafe { in_order(lo, hi) };
                 let at = (oy * g.out_w + ox) * c;
                 if WIDE {
                     // SAFETY: AVX-512 (WIDE's contract); the lane arrays hold whole blocks
@@ -315,11 +295,7 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                         let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
                         match &mut y {
                             QDst::U8(y) => {
-                                let out = y[at + c0..][..n].as_mut_ptr();
-                                match &requant {
-                                    Some(rq) => rq.store(v, out, n),
-                                    None => Vnni512::store_u8(v, l, bias, c0, out, n),
-                                }
+                                Vnni512::store_u8(v, l, bias, c0, y[at + c0..][..n].as_mut_ptr(), n)
                             }
                             QDst::F32(y) => Vnni512::store_f32(
                                 v,
@@ -389,25 +365,82 @@ unsafe fn interior_row<const P: usize>(
     for _ in 0..count {
         // SAFETY: the caller's contract.
         unsafe {
-            let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for k in 0..P {
-                let a = load_codes(xp.add(o[2 * k]));
-                let b = if 2 * k + 1 < taps {
-                    load_codes(xp.add(o[2 * k + 1]))
-                } else {
-                    _mm256_setzero_si256()
-                };
-                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl[k]));
-                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh[k]));
-            }
-            let v = _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_permute2x128_si256::<0x20>(lo, hi)),
-                _mm256_permute2x128_si256::<0x31>(lo, hi),
-            );
+            let (lo, hi) = sum_inside(xp, &o, P, taps, wl, wh);
+            let (first, second) = in_order(lo, hi);
+            let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
             rq.store(v, yp, n);
             xp = xp.add(step);
             yp = yp.add(ldy);
         }
+    }
+}
+
+/// The pair sums of one pixel whose every tap lies inside the input: `Σ x · w` of the
+/// codes as they are (no padding, so no zero point), tap `t` at `base + offs[t]`.
+///
+/// # Safety
+/// AVX2 present; 16 bytes readable at every tap.
+#[inline(always)]
+unsafe fn sum_inside(
+    base: *const u8,
+    offs: &[usize; MAX_TAPS],
+    pairs: usize,
+    taps: usize,
+    wl: &[__m256i; MAX_TAPS / 2],
+    wh: &[__m256i; MAX_TAPS / 2],
+) -> (__m256i, __m256i) {
+    // SAFETY: the caller's contract; the odd tap past the last reads nothing.
+    unsafe {
+        let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for k in 0..pairs {
+            let a = load_codes(base.add(offs[2 * k]));
+            let b = if 2 * k + 1 < taps {
+                load_codes(base.add(offs[2 * k + 1]))
+            } else {
+                _mm256_setzero_si256()
+            };
+            (lo, hi) = pair_sum(lo, hi, a, b, wl[k], wh[k]);
+        }
+        (lo, hi)
+    }
+}
+
+/// `lo`, `hi` plus the products of two taps' i16 values `a`, `b` with their interleaved
+/// weights (`vpmaddwd`: each i32 lane sums one channel's two exact products).
+///
+/// # Safety
+/// AVX2 present.
+#[inline(always)]
+unsafe fn pair_sum(
+    lo: __m256i,
+    hi: __m256i,
+    a: __m256i,
+    b: __m256i,
+    wl: __m256i,
+    wh: __m256i,
+) -> (__m256i, __m256i) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (
+            _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl)),
+            _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh)),
+        )
+    }
+}
+
+/// Channels 0-7 and 8-15 of a block from the pair sums, whose 128-bit lanes hold channels
+/// 0-3 and 8-11 (`lo`), 4-7 and 12-15 (`hi`).
+///
+/// # Safety
+/// AVX2 present.
+#[inline(always)]
+unsafe fn in_order(lo: __m256i, hi: __m256i) -> (__m256i, __m256i) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (
+            _mm256_permute2x128_si256::<0x20>(lo, hi),
+            _mm256_permute2x128_si256::<0x31>(lo, hi),
+        )
     }
 }
 
