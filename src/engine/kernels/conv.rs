@@ -250,6 +250,38 @@ impl ConvGeometry {
         lo..hi.min(self.out_w).max(lo)
     }
 
+    /// Calls `f` with the output pixels in order, as runs: each output row's interior
+    /// pixels ([`ConvGeometry::interior_cols`] of a [`ConvGeometry::row_is_interior`] row)
+    /// in place, when the row's furthest read, `reach` values past its last pixel's first
+    /// tap, lies inside the input too; every other pixel through im2col.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn pixel_runs(&self, reach: usize, mut f: impl FnMut(PixelRun)) {
+        let cols = self.interior_cols();
+        let mut pending = 0;
+        for oy in 0..self.out_h {
+            if cols.is_empty() || !self.row_is_interior(oy) {
+                continue;
+            }
+            let last = self.source(oy, cols.end - 1, 0, 0).map(|s| s * self.in_c);
+            if last.is_none_or(|l| l + reach > self.input_len()) {
+                continue;
+            }
+            let start = oy * self.out_w + cols.start;
+            if pending < start {
+                f(PixelRun::Im2col(pending..start));
+            }
+            f(PixelRun::InPlace {
+                oy,
+                cols: cols.clone(),
+            });
+            pending = oy * self.out_w + cols.end;
+        }
+        let end = self.out_h * self.out_w;
+        if pending < end {
+            f(PixelRun::Im2col(pending..end));
+        }
+    }
+
     /// The weight index of `(oc, ic within its group, ky, kx)` in the IR's order.
     #[inline]
     pub(super) fn weight_index(&self, oc: usize, ic: usize, ky: usize, kx: usize) -> usize {
@@ -289,6 +321,18 @@ impl ConvGeometry {
 pub(super) fn im2col_tile(k_bytes: usize, mr: usize, pixels: usize) -> usize {
     let fit = (32 * 1024 / k_bytes.max(1) / mr).max(1) * mr;
     fit.min(pixels.div_ceil(mr) * mr)
+}
+
+/// A run of output pixels of [`ConvGeometry::pixel_runs`].
+#[cfg(target_arch = "x86_64")]
+pub(super) enum PixelRun {
+    /// These pixels (row-major indices) through im2col.
+    Im2col(std::ops::Range<usize>),
+    /// Pixels `cols` of output row `oy`, read in place.
+    InPlace {
+        oy: usize,
+        cols: std::ops::Range<usize>,
+    },
 }
 
 /// Copies the patches of output pixels `p0..p0 + rows.len() / k_pad` (group `g`) into
@@ -578,29 +622,29 @@ impl ConvF32 {
                 panels,
                 offsets,
             } if !offsets.is_empty() => {
-                let (pn, cols) = (&panels[0], g.interior_cols());
-                let mut pending = 0;
-                for oy in 0..g.out_h {
-                    if cols.is_empty() || !g.row_is_interior(oy) {
-                        continue;
+                let pn = &panels[0];
+                // One value read per offset: the furthest is the largest offset.
+                let reach = offsets.iter().max().map_or(0, |&o| o as usize) + 1;
+                g.pixel_runs(reach, |run| match run {
+                    PixelRun::Im2col(pixels) => {
+                        self.run_im2col(x, y, scratch, pn, 0, *tile, pixels)
                     }
-                    let start = oy * g.out_w + cols.start;
-                    self.run_im2col(x, y, scratch, pn, *tile, pending..start);
-                    super::x86::gemm::conv_row_f32(
-                        self.path,
-                        g,
-                        x,
-                        offsets,
-                        oy,
-                        cols.start,
-                        cols.len(),
-                        pn,
-                        self.act,
-                        &mut y[start * g.out_c..],
-                    );
-                    pending = oy * g.out_w + cols.end;
-                }
-                self.run_im2col(x, y, scratch, pn, *tile, pending..pixels);
+                    PixelRun::InPlace { oy, cols } => {
+                        let start = oy * g.out_w + cols.start;
+                        super::x86::gemm::conv_row_f32(
+                            self.path,
+                            g,
+                            x,
+                            offsets,
+                            oy,
+                            cols.start,
+                            cols.len(),
+                            pn,
+                            self.act,
+                            &mut y[start * g.out_c..],
+                        );
+                    }
+                });
             }
             Plan::Gemm {
                 im2col: true,
@@ -609,30 +653,21 @@ impl ConvF32 {
                 ..
             } => {
                 for (gi, pn) in panels.iter().enumerate() {
-                    let mut p0 = 0;
-                    while p0 < pixels {
-                        let m = (*tile).min(pixels - p0);
-                        let rows = &mut scratch[..m * pn.k];
-                        im2col(g, x, gi, p0, pn.k, 0.0, rows);
-                        let yo = &mut y[p0 * g.out_c + gi * pn.n..];
-                        gemm::gemm_f32(self.path, rows, pn.k, m, pn, self.act, yo, g.out_c);
-                        p0 += m;
-                    }
+                    self.run_im2col(x, y, scratch, pn, gi, *tile, 0..pixels);
                 }
             }
         }
     }
-}
 
-impl ConvF32 {
-    /// Output pixels `pixels` of a one-group convolution through im2col tiles.
-    #[cfg(target_arch = "x86_64")]
+    /// Output pixels `pixels` of group `gi` through im2col tiles of `tile` pixels.
+    #[allow(clippy::too_many_arguments)]
     fn run_im2col(
         &self,
         x: &[f32],
         y: &mut [f32],
         scratch: &mut [f32],
         pn: &PanelsF32,
+        gi: usize,
         tile: usize,
         pixels: std::ops::Range<usize>,
     ) {
@@ -641,8 +676,8 @@ impl ConvF32 {
         while p0 < pixels.end {
             let m = tile.min(pixels.end - p0);
             let rows = &mut scratch[..m * pn.k];
-            im2col(g, x, 0, p0, pn.k, 0.0, rows);
-            let yo = &mut y[p0 * g.out_c..];
+            im2col(g, x, gi, p0, pn.k, 0.0, rows);
+            let yo = &mut y[p0 * g.out_c + gi * pn.n..];
             gemm::gemm_f32(self.path, rows, pn.k, m, pn, self.act, yo, g.out_c);
             p0 += m;
         }

@@ -3,8 +3,8 @@
 //! [`FixedMultiplier`] (the same bits on every path) or dequantization to f32.
 
 #[cfg(target_arch = "x86_64")]
-use super::conv::im2col_taps;
-use super::conv::{ConvGeometry, im2col, im2col_tile};
+use super::conv::PixelRun;
+use super::conv::{ConvGeometry, im2col_taps, im2col_tile};
 use super::gemm::{self, PanelsI8, QDst};
 use super::int8::FixedMultiplier;
 use super::{Activation, I8Path, KernelError};
@@ -385,16 +385,18 @@ pub struct ConvU8 {
 enum QPlan {
     /// One GEMM per group, over the input pixels in place (1×1, stride 1, no padding,
     /// channels per group a multiple of 4) or over im2col tiles of `tile` pixels whose
-    /// patches are padded to a multiple of 4 with the input zero point. `in_place_rows`
-    /// (x86 SIMD families, one group, channels a multiple of 4): the pixels whose kernel
-    /// lies inside the input are read in place, tap by tap, a row of them at a time, and
-    /// only the border goes through im2col.
+    /// patches (each tap `tap_len` values) are padded to a multiple of 4 with the input
+    /// zero point. With `offsets` (x86 SIMD families, one group, channels a multiple of 4
+    /// or RGB): the pixels whose kernel lies inside the input are read in place, a row of
+    /// them at a time, each patch's quads at these offsets, and only the border goes
+    /// through im2col.
     Gemm {
         im2col: bool,
         tile: usize,
         panels: Vec<PanelsI8>,
-        in_place_rows: bool,
-        /// The patch's quad offsets for the rows in place (else empty).
+        /// Values per tap in a patch: the channels per group, or 4 for RGB read in place
+        /// (a zero weight after the 3 channels).
+        tap_len: usize,
         offsets: Vec<u32>,
     },
     /// Weights `[tap][c]` (channels padded to `c_pad`).
@@ -536,7 +538,7 @@ impl ConvU8 {
                 im2col,
                 tile,
                 panels,
-                in_place_rows,
+                tap_len,
                 offsets,
             }
         };
@@ -630,100 +632,69 @@ impl ConvU8 {
                 im2col: true,
                 tile,
                 panels,
-                in_place_rows: true,
+                tap_len,
                 offsets,
-            } => self.run_rows(x, y, scratch, &panels[0], *tile, offsets),
+            } if !offsets.is_empty() => {
+                let pn = &panels[0];
+                // Each offset starts a 4-byte read.
+                let reach = offsets.iter().max().map_or(0, |&o| o as usize) + 4;
+                g.pixel_runs(reach, |run| match run {
+                    PixelRun::Im2col(pixels) => {
+                        self.run_im2col(x, &mut y, scratch, pn, 0, *tile, *tap_len, pixels)
+                    }
+                    PixelRun::InPlace { oy, cols } => {
+                        let dst = sub_dst(&mut y, (oy * g.out_w + cols.start) * g.out_c);
+                        super::x86::qgemm::conv_row_u8i8(
+                            self.path,
+                            g,
+                            x,
+                            offsets,
+                            oy,
+                            cols.start,
+                            cols.len(),
+                            pn,
+                            &self.epi,
+                            dst,
+                        );
+                    }
+                });
+            }
             QPlan::Gemm {
                 im2col: true,
                 tile,
                 panels,
+                tap_len,
                 ..
             } => {
                 for (gi, pn) in panels.iter().enumerate() {
-                    let mut p0 = 0;
-                    while p0 < pixels {
-                        let m = (*tile).min(pixels - p0);
-                        let rows = &mut scratch[..m * pn.k4];
-                        im2col(g, x, gi, p0, pn.k4, zp, rows);
-                        let c0 = self.epi.group_base(gi, pn.n);
-                        let dst = sub_dst(&mut y, p0 * g.out_c + gi * pn.n);
-                        gemm::gemm_u8i8(self.path, rows, pn.k4, m, pn, &self.epi, c0, dst, g.out_c);
-                        p0 += m;
-                    }
+                    self.run_im2col(x, &mut y, scratch, pn, gi, *tile, *tap_len, 0..pixels);
                 }
             }
         }
     }
-}
 
-impl ConvU8 {
-    /// One group: each output row's interior pixels in place ([`QPlan::Gemm`]'s
-    /// `in_place_rows`), the pixels between them (borders, rows whose kernel overhangs
-    /// the input) through im2col tiles.
-    #[cfg(target_arch = "x86_64")]
-    fn run_rows(
-        &self,
-        x: &[u8],
-        mut y: QDst<'_>,
-        scratch: &mut [u8],
-        pn: &PanelsI8,
-        tile: usize,
-        offsets: &[u32],
-    ) {
-        let g = &self.geom;
-        let cols = g.interior_cols();
-        let mut pending = 0;
-        for oy in 0..g.out_h {
-            if cols.is_empty() || !g.row_is_interior(oy) {
-                continue;
-            }
-            // The last pixel's last read (a 4-byte quad: one past the pixel for RGB)
-            // must lie inside the input; else the row goes through im2col.
-            let last = g.source(oy, cols.end - 1, 0, 0).map(|s| s * g.in_c);
-            let max_off = offsets.iter().max().map_or(0, |&o| o as usize);
-            if last.is_none_or(|l| l + max_off + 4 > x.len()) {
-                continue;
-            }
-            let start = oy * g.out_w + cols.start;
-            self.run_im2col(x, &mut y, scratch, pn, tile, pending..start);
-            let dst = sub_dst(&mut y, start * g.out_c);
-            super::x86::qgemm::conv_row_u8i8(
-                self.path,
-                g,
-                x,
-                offsets,
-                oy,
-                cols.start,
-                cols.len(),
-                pn,
-                &self.epi,
-                dst,
-            );
-            pending = oy * g.out_w + cols.end;
-        }
-        self.run_im2col(x, &mut y, scratch, pn, tile, pending..g.out_h * g.out_w);
-    }
-
-    /// Output pixels `pixels` of one group through im2col tiles.
-    #[cfg(target_arch = "x86_64")]
+    /// Output pixels `pixels` of group `gi` through im2col tiles of `tile` pixels.
+    #[allow(clippy::too_many_arguments)]
     fn run_im2col(
         &self,
         x: &[u8],
         y: &mut QDst<'_>,
         scratch: &mut [u8],
         pn: &PanelsI8,
+        gi: usize,
         tile: usize,
+        tap_len: usize,
         pixels: std::ops::Range<usize>,
     ) {
         let g = &self.geom;
+        let c0 = self.epi.group_base(gi, pn.n);
         let mut p0 = pixels.start;
         while p0 < pixels.end {
             let m = tile.min(pixels.end - p0);
             let rows = &mut scratch[..m * pn.k4];
-            let tap_len = pn.k4 / g.taps();
-            im2col_taps(g, x, 0, p0, pn.k4, tap_len, self.input.zero_point, rows);
-            let dst = sub_dst(y, p0 * g.out_c);
-            gemm::gemm_u8i8(self.path, rows, pn.k4, m, pn, &self.epi, 0, dst, g.out_c);
+            im2col_taps(g, x, gi, p0, pn.k4, tap_len, self.input.zero_point, rows);
+            let dst = sub_dst(y, p0 * g.out_c + gi * pn.n);
+            gemm::gemm_u8i8(self.path, rows, pn.k4, m, pn, &self.epi, c0, dst, g.out_c);
             p0 += m;
         }
     }
