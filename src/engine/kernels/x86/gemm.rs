@@ -81,36 +81,20 @@ unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
             rows[r] = a.add(r.min(m - 1) * lda);
         }
         let mut wp = w;
-        if !IN_PLACE {
-            for kk in 0..k {
-                let mut wv = [S::zero(); NV];
-                for v in 0..NV {
-                    wv[v] = S::load(wp.add(v * S::LANES));
-                }
-                for r in 0..MR {
-                    let av = S::splat(*rows[r].add(kk));
-                    for v in 0..NV {
-                        acc[r][v] = S::fmadd(av, wv[v], acc[r][v]);
-                    }
-                }
-                wp = wp.add(NV * S::LANES);
+        for kk in 0..k {
+            // In place, a convolution's interior pixels: depth `kk` at `offs[kk]`.
+            let o = if IN_PLACE { *offs.add(kk) as usize } else { kk };
+            let mut wv = [S::zero(); NV];
+            for v in 0..NV {
+                wv[v] = S::load(wp.add(v * S::LANES));
             }
-        } else {
-            // A convolution's interior pixels read in place: depth `kk` at `offs[kk]`.
-            for kk in 0..k {
-                let o = *offs.add(kk) as usize;
-                let mut wv = [S::zero(); NV];
+            for r in 0..MR {
+                let av = S::splat(*rows[r].add(o));
                 for v in 0..NV {
-                    wv[v] = S::load(wp.add(v * S::LANES));
+                    acc[r][v] = S::fmadd(av, wv[v], acc[r][v]);
                 }
-                for r in 0..MR {
-                    let av = S::splat(*rows[r].add(o));
-                    for v in 0..NV {
-                        acc[r][v] = S::fmadd(av, wv[v], acc[r][v]);
-                    }
-                }
-                wp = wp.add(NV * S::LANES);
             }
+            wp = wp.add(NV * S::LANES);
         }
         for r in 0..MR {
             if r >= m {
@@ -219,12 +203,12 @@ pub(in crate::engine::kernels) fn gemm_f32_avx512(
     assert!(AVX512_NR.contains(&w.nr) && super::has_avx512f());
     // SAFETY: AVX-512 F is present (asserted); `check` bounds every row, panel and bias
     // the kernel touches.
-    unsafe { gemm_avx512(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
+    unsafe { gemm_avx512::<false>(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
 }
 
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx512(
+unsafe fn gemm_avx512<const IN_PLACE: bool>(
     a: *const f32,
     lda: usize,
     offs: *const u32,
@@ -237,41 +221,11 @@ unsafe fn gemm_avx512(
     // SAFETY: the caller's checks; AVX-512 F is enabled here.
     unsafe {
         match w.nr {
-            16 => {
-                if offs.is_null() {
-                    gemm::<Avx512, 12, 1, false>(a, lda, offs, m, w, act, y, ldy)
-                } else {
-                    gemm::<Avx512, 12, 1, true>(a, lda, offs, m, w, act, y, ldy)
-                }
-            }
-            32 => {
-                if offs.is_null() {
-                    gemm::<Avx512, 12, 2, false>(a, lda, offs, m, w, act, y, ldy)
-                } else {
-                    gemm::<Avx512, 12, 2, true>(a, lda, offs, m, w, act, y, ldy)
-                }
-            }
-            48 => {
-                if offs.is_null() {
-                    gemm::<Avx512, 8, 3, false>(a, lda, offs, m, w, act, y, ldy)
-                } else {
-                    gemm::<Avx512, 8, 3, true>(a, lda, offs, m, w, act, y, ldy)
-                }
-            }
-            64 => {
-                if offs.is_null() {
-                    gemm::<Avx512, 6, 4, false>(a, lda, offs, m, w, act, y, ldy)
-                } else {
-                    gemm::<Avx512, 6, 4, true>(a, lda, offs, m, w, act, y, ldy)
-                }
-            }
-            _ => {
-                if offs.is_null() {
-                    gemm::<Avx512, 3, 8, false>(a, lda, offs, m, w, act, y, ldy)
-                } else {
-                    gemm::<Avx512, 3, 8, true>(a, lda, offs, m, w, act, y, ldy)
-                }
-            }
+            16 => gemm::<Avx512, 12, 1, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
+            32 => gemm::<Avx512, 12, 2, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
+            48 => gemm::<Avx512, 8, 3, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
+            64 => gemm::<Avx512, 6, 4, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
+            _ => gemm::<Avx512, 3, 8, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
         }
     }
 }
@@ -290,12 +244,12 @@ pub(in crate::engine::kernels) fn gemm_f32_avx2(
     check(a, lda, m, w, y, ldy);
     assert!(AVX2_NR.contains(&w.nr) && super::has_avx2_fma());
     // SAFETY: AVX2 and FMA are present (asserted); `check` bounds every access.
-    unsafe { gemm_avx2(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
+    unsafe { gemm_avx2::<false>(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx2(
+unsafe fn gemm_avx2<const IN_PLACE: bool>(
     a: *const f32,
     lda: usize,
     offs: *const u32,
@@ -308,34 +262,10 @@ unsafe fn gemm_avx2(
     // SAFETY: the caller's checks; AVX2 and FMA are enabled here.
     unsafe {
         match w.nr {
-            8 => {
-                if offs.is_null() {
-                    gemm::<Avx2, 8, 1, false>(a, lda, offs, m, w, act, y, ldy)
-                } else {
-                    gemm::<Avx2, 8, 1, true>(a, lda, offs, m, w, act, y, ldy)
-                }
-            }
-            16 => {
-                if offs.is_null() {
-                    gemm::<Avx2, 6, 2, false>(a, lda, offs, m, w, act, y, ldy)
-                } else {
-                    gemm::<Avx2, 6, 2, true>(a, lda, offs, m, w, act, y, ldy)
-                }
-            }
-            32 => {
-                if offs.is_null() {
-                    gemm::<Avx2, 3, 4, false>(a, lda, offs, m, w, act, y, ldy)
-                } else {
-                    gemm::<Avx2, 3, 4, true>(a, lda, offs, m, w, act, y, ldy)
-                }
-            }
-            _ => {
-                if offs.is_null() {
-                    gemm::<Avx2, 1, 8, false>(a, lda, offs, m, w, act, y, ldy)
-                } else {
-                    gemm::<Avx2, 1, 8, true>(a, lda, offs, m, w, act, y, ldy)
-                }
-            }
+            8 => gemm::<Avx2, 8, 1, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
+            16 => gemm::<Avx2, 6, 2, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
+            32 => gemm::<Avx2, 3, 4, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
+            _ => gemm::<Avx2, 1, 8, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
         }
     }
 }
@@ -401,12 +331,12 @@ pub(in crate::engine::kernels) fn conv_row_f32(
             assert!(AVX512_NR.contains(&w.nr) && super::has_avx512f());
             // SAFETY: AVX-512 F is present (asserted); every pixel's patch lies in `x`
             // (interior, offsets within the span) and the rest is bounded above.
-            unsafe { gemm_avx512(a, lda, offs.as_ptr(), m, w, act, y, ldy) }
+            unsafe { gemm_avx512::<true>(a, lda, offs.as_ptr(), m, w, act, y, ldy) }
         }
         F32Path::Avx2 => {
             assert!(AVX2_NR.contains(&w.nr) && super::has_avx2_fma());
             // SAFETY: as above, with AVX2 and FMA.
-            unsafe { gemm_avx2(a, lda, offs.as_ptr(), m, w, act, y, ldy) }
+            unsafe { gemm_avx2::<true>(a, lda, offs.as_ptr(), m, w, act, y, ldy) }
         }
         F32Path::Portable => panic!("conv_row_f32 has no portable kernel"),
     }

@@ -461,7 +461,7 @@ struct Rows {
 /// lane arrays and `bias` hold the panel's channels.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize>(
+unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>(
     a: Rows,
     m: usize,
     w: *const i8,
@@ -480,37 +480,24 @@ unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize>(
         for r in 0..MR {
             rows[r] = a.base.add(r.min(m - 1) * a.lda);
         }
-        if a.offs.is_null() {
-            let mut q = 0;
-            while q < a.len {
-                let mut wv = [D::weights(wp); NV];
-                for v in 1..NV {
-                    wv[v] = D::weights(wp.add(v * D::LANES * 4));
-                }
-                for r in 0..MR {
-                    let av = D::quad(rows[r].add(q));
-                    for v in 0..NV {
-                        acc[r][v] = D::dot(acc[r][v], av, wv[v]);
-                    }
-                }
-                wp = wp.add(NV * D::LANES * 4);
-                q += 4;
+        for q in 0..a.len / 4 {
+            // In place, a convolution's interior pixels: quad `q` at `offs[q]`.
+            let o = if IN_PLACE {
+                *a.offs.add(q) as usize
+            } else {
+                4 * q
+            };
+            let mut wv = [D::weights(wp); NV];
+            for v in 1..NV {
+                wv[v] = D::weights(wp.add(v * D::LANES * 4));
             }
-        } else {
-            for q in 0..a.len / 4 {
-                let o = *a.offs.add(q) as usize;
-                let mut wv = [D::weights(wp); NV];
-                for v in 1..NV {
-                    wv[v] = D::weights(wp.add(v * D::LANES * 4));
+            for r in 0..MR {
+                let av = D::quad(rows[r].add(o));
+                for v in 0..NV {
+                    acc[r][v] = D::dot(acc[r][v], av, wv[v]);
                 }
-                for r in 0..MR {
-                    let av = D::quad(rows[r].add(o));
-                    for v in 0..NV {
-                        acc[r][v] = D::dot(acc[r][v], av, wv[v]);
-                    }
-                }
-                wp = wp.add(NV * D::LANES * 4);
             }
+            wp = wp.add(NV * D::LANES * 4);
         }
         for r in 0..MR {
             if r >= m {
@@ -554,7 +541,7 @@ fn tile_rows(rest: usize, mr: usize) -> usize {
 /// As for [`tile`] with `m = mt`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_tile<D: I8Dot, const MR: usize, const NV: usize>(
+unsafe fn run_tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>(
     mt: usize,
     rows: Rows,
     wp: *const i8,
@@ -568,13 +555,13 @@ unsafe fn run_tile<D: I8Dot, const MR: usize, const NV: usize>(
     // SAFETY: the caller's contract.
     unsafe {
         if mt * 2 > MR {
-            tile::<D, MR, NV>(rows, mt, wp, l, bp, cp, yi, ldy, ncols)
+            tile::<D, MR, NV, IN_PLACE>(rows, mt, wp, l, bp, cp, yi, ldy, ncols)
         } else if mt == 4 {
-            tile::<D, 4, NV>(rows, 4, wp, l, bp, cp, yi, ldy, ncols)
+            tile::<D, 4, NV, IN_PLACE>(rows, 4, wp, l, bp, cp, yi, ldy, ncols)
         } else if mt == 2 {
-            tile::<D, 2, NV>(rows, 2, wp, l, bp, cp, yi, ldy, ncols)
+            tile::<D, 2, NV, IN_PLACE>(rows, 2, wp, l, bp, cp, yi, ldy, ncols)
         } else {
-            tile::<D, 1, NV>(rows, 1, wp, l, bp, cp, yi, ldy, ncols)
+            tile::<D, 1, NV, IN_PLACE>(rows, 1, wp, l, bp, cp, yi, ldy, ncols)
         }
     }
 }
@@ -585,7 +572,7 @@ unsafe fn run_tile<D: I8Dot, const MR: usize, const NV: usize>(
 /// D's features are present; the checks of [`check`] (or [`conv_row_u8i8`]'s) hold.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize>(
+unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>(
     a: Rows,
     m: usize,
     w: &PanelsI8,
@@ -612,7 +599,7 @@ unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize>(
                     ..a
                 };
                 let yi = yc.add(i * ldy);
-                run_tile::<D, MR, NV>(mt, rows, wp, l, bp, cp, yi, ldy, ncols);
+                run_tile::<D, MR, NV, IN_PLACE>(mt, rows, wp, l, bp, cp, yi, ldy, ncols);
                 i += mt;
             }
         }
@@ -695,19 +682,19 @@ pub(in crate::engine::kernels) fn conv_row_u8i8(
             // SAFETY: the features are present (asserted); every pixel's taps lie in `x`
             // (interior pixels, offsets checked against the geometry), and `check_out`
             // bounds the rest.
-            unsafe { gemm_vnni512_impl(rows, m, w, l, 0, out, ldy) }
+            unsafe { gemm_vnni512_impl::<true>(rows, m, w, l, 0, out, ldy) }
         }
         I8Path::Vnni256 => {
             let (l, out) = check_out(w, epi, 0, &mut y, m, ldy, 8);
             assert!(VNNI256_NR.contains(&w.nr) && super::has_avx_vnni());
             // SAFETY: as above.
-            unsafe { gemm_vnni256_impl(rows, m, w, l, 0, out, ldy) }
+            unsafe { gemm_vnni256_impl::<true>(rows, m, w, l, 0, out, ldy) }
         }
         I8Path::Avx2 => {
             let (l, out) = check_out(w, epi, 0, &mut y, m, ldy, 8);
             assert!(AVX2_I8_NR.contains(&w.nr) && super::has_avx2_fma());
             // SAFETY: as above.
-            unsafe { gemm_avx2_i8_impl(rows, m, w, l, 0, out, ldy) }
+            unsafe { gemm_avx2_i8_impl::<true>(rows, m, w, l, 0, out, ldy) }
         }
         I8Path::Portable => panic!("conv_row_u8i8 has no portable kernel"),
     }
@@ -797,12 +784,12 @@ pub(in crate::engine::kernels) fn gemm_vnni512(
         offs: std::ptr::null(),
     };
     // SAFETY: the features are present (asserted); `check` bounds every access.
-    unsafe { gemm_vnni512_impl(rows, m, w, l, c0, out, ldy) }
+    unsafe { gemm_vnni512_impl::<false>(rows, m, w, l, c0, out, ldy) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_vnni512_impl(
+unsafe fn gemm_vnni512_impl<const IN_PLACE: bool>(
     a: Rows,
     m: usize,
     w: &PanelsI8,
@@ -814,11 +801,11 @@ unsafe fn gemm_vnni512_impl(
     // SAFETY: the caller's checks; the features are enabled here.
     unsafe {
         match w.nr {
-            16 => gemm::<Vnni512, 12, 1>(a, m, w, l, c0, y, ldy),
-            32 => gemm::<Vnni512, 12, 2>(a, m, w, l, c0, y, ldy),
-            48 => gemm::<Vnni512, 8, 3>(a, m, w, l, c0, y, ldy),
-            64 => gemm::<Vnni512, 6, 4>(a, m, w, l, c0, y, ldy),
-            _ => gemm::<Vnni512, 3, 8>(a, m, w, l, c0, y, ldy),
+            16 => gemm::<Vnni512, 12, 1, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            32 => gemm::<Vnni512, 12, 2, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            48 => gemm::<Vnni512, 8, 3, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            64 => gemm::<Vnni512, 6, 4, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            _ => gemm::<Vnni512, 3, 8, IN_PLACE>(a, m, w, l, c0, y, ldy),
         }
     }
 }
@@ -845,12 +832,12 @@ pub(in crate::engine::kernels) fn gemm_vnni256(
         offs: std::ptr::null(),
     };
     // SAFETY: the features are present (asserted); `check` bounds every access.
-    unsafe { gemm_vnni256_impl(rows, m, w, l, c0, out, ldy) }
+    unsafe { gemm_vnni256_impl::<false>(rows, m, w, l, c0, out, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma,avxvnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_vnni256_impl(
+unsafe fn gemm_vnni256_impl<const IN_PLACE: bool>(
     a: Rows,
     m: usize,
     w: &PanelsI8,
@@ -862,10 +849,10 @@ unsafe fn gemm_vnni256_impl(
     // SAFETY: the caller's checks; the features are enabled here.
     unsafe {
         match w.nr {
-            8 => gemm::<Vnni256, 8, 1>(a, m, w, l, c0, y, ldy),
-            16 => gemm::<Vnni256, 6, 2>(a, m, w, l, c0, y, ldy),
-            32 => gemm::<Vnni256, 3, 4>(a, m, w, l, c0, y, ldy),
-            _ => gemm::<Vnni256, 1, 8>(a, m, w, l, c0, y, ldy),
+            8 => gemm::<Vnni256, 8, 1, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            16 => gemm::<Vnni256, 6, 2, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            32 => gemm::<Vnni256, 3, 4, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            _ => gemm::<Vnni256, 1, 8, IN_PLACE>(a, m, w, l, c0, y, ldy),
         }
     }
 }
@@ -892,12 +879,12 @@ pub(in crate::engine::kernels) fn gemm_avx2_i8(
         offs: std::ptr::null(),
     };
     // SAFETY: the features are present (asserted); `check` bounds every access.
-    unsafe { gemm_avx2_i8_impl(rows, m, w, l, c0, out, ldy) }
+    unsafe { gemm_avx2_i8_impl::<false>(rows, m, w, l, c0, out, ldy) }
 }
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx2_i8_impl(
+unsafe fn gemm_avx2_i8_impl<const IN_PLACE: bool>(
     a: Rows,
     m: usize,
     w: &PanelsI8,
@@ -909,9 +896,9 @@ unsafe fn gemm_avx2_i8_impl(
     // SAFETY: the caller's checks; the features are enabled here.
     unsafe {
         match w.nr {
-            8 => gemm::<Avx2I8, 4, 1>(a, m, w, l, c0, y, ldy),
-            16 => gemm::<Avx2I8, 2, 2>(a, m, w, l, c0, y, ldy),
-            _ => gemm::<Avx2I8, 1, 4>(a, m, w, l, c0, y, ldy),
+            8 => gemm::<Avx2I8, 4, 1, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            16 => gemm::<Avx2I8, 2, 2, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            _ => gemm::<Avx2I8, 1, 4, IN_PLACE>(a, m, w, l, c0, y, ldy),
         }
     }
 }
