@@ -4,6 +4,7 @@
 //! reference's bits (hence every family's bits agree); f32 must lie within a bound that
 //! grows with the depth of each sum (`(depth + 2) · ε · Σ|terms|`, the worst case of any
 //! summation order).
+#![cfg(test)]
 
 use super::int8::FixedMultiplier;
 use super::qconv::requant_one;

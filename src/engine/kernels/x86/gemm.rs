@@ -321,9 +321,7 @@ pub(in crate::engine::kernels) fn conv_row_f32(
     let ldy = g.out_c;
     assert!(y.len() >= (m - 1) * ldy + w.n);
     assert!(w.data.len() >= w.panels() * w.k * w.nr && w.bias.len() >= w.panels() * w.nr);
-    let first = g
-        .source(oy, ox0, 0, 0)
-        .expect("an interior pixel's first tap");
+    let first = g.source(oy, ox0, 0, 0).expect("interior"); // ok: asserted interior
     let a = x[first * g.in_c..].as_ptr();
     let lda = g.stride[1] * g.in_c;
     match path {

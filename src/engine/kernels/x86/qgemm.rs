@@ -657,12 +657,8 @@ pub(in crate::engine::kernels) fn conv_row_u8i8(
     assert!(offs.len() * 4 == w.k4);
     // Every quad lies within 4 bytes past the last pixel's first tap plus the largest
     // offset: inside the input (checked), hence every pixel's.
-    let first = g
-        .source(oy, ox0, 0, 0)
-        .expect("an interior pixel's first tap");
-    let last = g
-        .source(oy, ox0 + m - 1, 0, 0)
-        .expect("an interior pixel's first tap");
+    let first = g.source(oy, ox0, 0, 0).expect("interior"); // ok: asserted interior
+    let last = g.source(oy, ox0 + m - 1, 0, 0).expect("interior"); // ok: asserted interior
     let max_off = offs.iter().max().map_or(0, |&o| o as usize);
     assert!(
         last * g.in_c + max_off + 4 <= x.len(),
@@ -738,7 +734,7 @@ fn check_out<'a>(
 ) -> (&'a Lanes, Out) {
     assert!(m > 0 && w.n > 0 && w.k4.is_multiple_of(4));
     assert!(w.data.len() >= w.panels() * w.k4 * w.nr);
-    let l = epi.lanes.as_ref().expect("lane constants prepared");
+    let l = epi.lanes.as_ref().expect("lanes"); // ok: SIMD paths are chosen with their lanes
     assert!(l.width == lanes && epi.exact32 && c0.is_multiple_of(lanes));
     let reach = c0 + w.panels() * w.nr;
     assert!(
