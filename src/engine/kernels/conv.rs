@@ -323,6 +323,42 @@ pub(super) fn im2col_tile(k_bytes: usize, mr: usize, pixels: usize) -> usize {
     fit.min(pixels.div_ceil(mr) * mr)
 }
 
+/// Where each value (`step` 1) or quad (`step` 4) of a patch lies in the input, from the
+/// patch's first tap, in the order the weights are packed (tap-major, then channel; each
+/// tap starts a new step), with the largest offset: what a convolution reading interior
+/// pixels in place ([`ConvGeometry::pixel_runs`]) needs, built once at load.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct PatchOffsets {
+    offs: Vec<u32>,
+    max: usize,
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl PatchOffsets {
+    /// The offsets of `g`'s patches; none when they do not fit a u32.
+    pub(super) fn new(g: &ConvGeometry, step: usize) -> Option<PatchOffsets> {
+        u32::try_from(g.input_len()).ok()?;
+        let mut offs = Vec::with_capacity(g.taps() * g.in_c.div_ceil(step));
+        for ky in 0..g.k_h {
+            for kx in 0..g.k_w {
+                let tap = (ky * g.dilation[0] * g.in_w + kx * g.dilation[1]) * g.in_c;
+                offs.extend((0..g.in_c).step_by(step).map(|c| (tap + c) as u32));
+            }
+        }
+        let max = offs.iter().max().map_or(0, |&o| o as usize);
+        Some(PatchOffsets { offs, max })
+    }
+
+    pub(super) fn as_slice(&self) -> &[u32] {
+        &self.offs
+    }
+
+    /// The largest offset.
+    pub(super) fn max(&self) -> usize {
+        self.max
+    }
+}
+
 /// A run of output pixels of [`ConvGeometry::pixel_runs`].
 #[cfg(target_arch = "x86_64")]
 pub(super) enum PixelRun {
@@ -458,7 +494,7 @@ enum Plan {
         /// x86 SIMD families, one group: each output row's pixels whose kernel lies
         /// inside the input are read in place at these offsets ([`Plan::Gemm`]'s im2col
         /// only for the rest); empty otherwise.
-        offsets: Vec<u32>,
+        offsets: Option<PatchOffsets>,
     },
     /// Weights `[tap][c]` (channels padded to `c_pad`), bias padded likewise.
     Depthwise {
@@ -536,15 +572,13 @@ impl ConvF32 {
             } else {
                 0
             };
-            #[cfg(target_arch = "x86_64")]
-            let offsets =
-                if im2col && path != F32Path::Portable && super::x86::gemm::conv_rows_fit(&geom) {
-                    super::x86::gemm::conv_row_offsets(&geom)
-                } else {
-                    Vec::new()
-                };
-            #[cfg(not(target_arch = "x86_64"))]
-            let offsets = Vec::new();
+            // x86 SIMD families, one group: interior pixels read in place.
+            let offsets = (cfg!(target_arch = "x86_64")
+                && im2col
+                && path != F32Path::Portable
+                && geom.groups == 1)
+                .then(|| PatchOffsets::new(&geom, 1))
+                .flatten();
             Plan::Gemm {
                 im2col,
                 tile,
@@ -620,12 +654,11 @@ impl ConvF32 {
                 im2col: true,
                 tile,
                 panels,
-                offsets,
-            } if !offsets.is_empty() => {
+                offsets: Some(offsets),
+            } => {
                 let pn = &panels[0];
-                // One value read per offset: the furthest is the largest offset.
-                let reach = offsets.iter().max().map_or(0, |&o| o as usize) + 1;
-                g.pixel_runs(reach, |run| match run {
+                // One value read per offset.
+                g.pixel_runs(offsets.max() + 1, |run| match run {
                     PixelRun::Im2col(pixels) => {
                         self.run_im2col(x, y, scratch, pn, 0, *tile, pixels)
                     }

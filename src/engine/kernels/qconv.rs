@@ -4,7 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::conv::PixelRun;
-use super::conv::{ConvGeometry, im2col_taps, im2col_tile};
+use super::conv::{ConvGeometry, PatchOffsets, im2col_taps, im2col_tile};
 use super::gemm::{self, PanelsI8, QDst};
 use super::int8::FixedMultiplier;
 use super::{Activation, I8Path, KernelError};
@@ -397,7 +397,7 @@ enum QPlan {
         /// Values per tap in a patch: the channels per group, or 4 for RGB read in place
         /// (a zero weight after the 3 channels).
         tap_len: usize,
-        offsets: Vec<u32>,
+        offsets: Option<PatchOffsets>,
     },
     /// Weights `[tap][c]` (channels padded to `c_pad`).
     Depthwise { c_pad: usize, w: Vec<i8> },
@@ -520,14 +520,8 @@ impl ConvU8 {
                     })
                 })
                 .collect();
-            #[cfg(target_arch = "x86_64")]
-            let offsets = if in_place_rows {
-                super::x86::qgemm::conv_row_offsets(&geom)
-            } else {
-                Vec::new()
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let offsets = Vec::new();
+            // Quads: each tap's channels, or for RGB one quad per tap.
+            let offsets = in_place_rows.then(|| PatchOffsets::new(&geom, 4)).flatten();
             let k4 = panels[0].k4;
             let tile = if im2col {
                 im2col_tile(k4, gemm::i8_mr(path), geom.out_h * geom.out_w)
@@ -633,12 +627,11 @@ impl ConvU8 {
                 tile,
                 panels,
                 tap_len,
-                offsets,
-            } if !offsets.is_empty() => {
+                offsets: Some(offsets),
+            } => {
                 let pn = &panels[0];
                 // Each offset starts a 4-byte read.
-                let reach = offsets.iter().max().map_or(0, |&o| o as usize) + 4;
-                g.pixel_runs(reach, |run| match run {
+                g.pixel_runs(offsets.max() + 4, |run| match run {
                     PixelRun::Im2col(pixels) => {
                         self.run_im2col(x, &mut y, scratch, pn, 0, *tile, *tap_len, pixels)
                     }

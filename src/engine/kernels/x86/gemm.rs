@@ -3,7 +3,7 @@
 //! weight vectors once and broadcasts one value of each row (folded into the FMA).
 
 use super::simd::{Avx2, Avx512, F32Simd};
-use crate::engine::kernels::conv::ConvGeometry;
+use crate::engine::kernels::conv::{ConvGeometry, PatchOffsets};
 use crate::engine::kernels::gemm::PanelsF32;
 use crate::engine::kernels::{Activation, F32Path};
 
@@ -270,31 +270,13 @@ unsafe fn gemm_avx2<const IN_PLACE: bool>(
     }
 }
 
-/// For each depth of a patch (tap-major, then channel, as the weights are packed), its
-/// offset in the input from the patch's first tap: what [`conv_row_f32`] reads.
-pub(in crate::engine::kernels) fn conv_row_offsets(g: &ConvGeometry) -> Vec<u32> {
-    let mut offs = Vec::with_capacity(g.taps() * g.in_c);
-    for ky in 0..g.k_h {
-        for kx in 0..g.k_w {
-            let tap = (ky * g.dilation[0] * g.in_w + kx * g.dilation[1]) * g.in_c;
-            offs.extend((0..g.in_c).map(|c| (tap + c) as u32));
-        }
-    }
-    offs
-}
-
-/// Whether [`conv_row_f32`] runs `g`: one group, offsets within the input that fit a u32.
-pub(in crate::engine::kernels) fn conv_rows_fit(g: &ConvGeometry) -> bool {
-    g.groups == 1 && u32::try_from(g.input_len()).is_ok()
-}
-
 /// The convolution of output pixels `ox0..ox0 + m` of output row `oy`, every tap of which
 /// lies inside the input, read from `x` in place (no im2col): a GEMM whose rows are the
-/// pixels, each patch's values at `offs` ([`conv_row_offsets`]) from its first tap. `y`
+/// pixels, each patch's values at `offs` (a step of 1) from its first tap. `y`
 /// starts at pixel `(oy, ox0)`, rows `out_c` apart.
 ///
 /// # Panics
-/// If [`conv_rows_fit`] does not hold, an offset leaves the patch, a pixel's kernel leaves
+/// If the convolution has groups, an offset leaves the patch, a pixel's kernel leaves
 /// the input, a length does not match, `w` was packed for another path, or the CPU lacks
 /// `path`'s features.
 #[allow(clippy::too_many_arguments)]
@@ -302,7 +284,7 @@ pub(in crate::engine::kernels) fn conv_row_f32(
     path: F32Path,
     g: &ConvGeometry,
     x: &[f32],
-    offs: &[u32],
+    offs: &PatchOffsets,
     oy: usize,
     ox0: usize,
     m: usize,
@@ -310,14 +292,14 @@ pub(in crate::engine::kernels) fn conv_row_f32(
     act: Activation,
     y: &mut [f32],
 ) {
-    assert!(conv_rows_fit(g) && m > 0 && x.len() == g.input_len());
+    assert!(g.groups == 1 && m > 0 && x.len() == g.input_len());
     assert!(g.row_is_interior(oy) && g.interior_cols().contains(&ox0));
     assert!(g.interior_cols().contains(&(ox0 + m - 1)));
-    assert!(w.k == g.taps() * g.in_c && w.n == g.out_c && offs.len() == w.k);
+    assert!(w.k == g.taps() * g.in_c && w.n == g.out_c && offs.as_slice().len() == w.k);
     // Every value lies within the patch's span from its first tap; the last pixel's patch
     // is inside the input (interior), hence every pixel's.
     let span = ((g.k_h - 1) * g.dilation[0] * g.in_w + (g.k_w - 1) * g.dilation[1] + 1) * g.in_c;
-    assert!(offs.iter().all(|&o| (o as usize) < span));
+    assert!(offs.max() < span);
     let ldy = g.out_c;
     assert!(y.len() >= (m - 1) * ldy + w.n);
     assert!(w.data.len() >= w.panels() * w.k * w.nr && w.bias.len() >= w.panels() * w.nr);
@@ -329,12 +311,12 @@ pub(in crate::engine::kernels) fn conv_row_f32(
             assert!(AVX512_NR.contains(&w.nr) && super::has_avx512f());
             // SAFETY: AVX-512 F is present (asserted); every pixel's patch lies in `x`
             // (interior, offsets within the span) and the rest is bounded above.
-            unsafe { gemm_avx512::<true>(a, lda, offs.as_ptr(), m, w, act, y, ldy) }
+            unsafe { gemm_avx512::<true>(a, lda, offs.as_slice().as_ptr(), m, w, act, y, ldy) }
         }
         F32Path::Avx2 => {
             assert!(AVX2_NR.contains(&w.nr) && super::has_avx2_fma());
             // SAFETY: as above, with AVX2 and FMA.
-            unsafe { gemm_avx2::<true>(a, lda, offs.as_ptr(), m, w, act, y, ldy) }
+            unsafe { gemm_avx2::<true>(a, lda, offs.as_slice().as_ptr(), m, w, act, y, ldy) }
         }
         F32Path::Portable => panic!("conv_row_f32 has no portable kernel"),
     }

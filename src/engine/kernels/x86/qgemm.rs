@@ -9,7 +9,7 @@
 use super::gemm::{activate, finish_row, scalar_act};
 use super::simd::{Avx2 as F256, Avx512 as F512, F32Simd};
 use crate::engine::kernels::I8Path;
-use crate::engine::kernels::conv::ConvGeometry;
+use crate::engine::kernels::conv::{ConvGeometry, PatchOffsets};
 use crate::engine::kernels::gemm::{PanelsI8, QDst};
 use crate::engine::kernels::qconv::{Lanes, QEpilogue};
 use std::arch::x86_64::*;
@@ -608,29 +608,14 @@ unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>
 
 /// Whether [`conv_row_u8i8`] runs `geom`: one group, channels a multiple of 4 (each tap's
 /// channels whole quads) or 3 (RGB: each tap one quad, its fourth byte the next pixel's,
-/// met by a zero weight), offsets within the input that fit a u32.
+/// met by a zero weight).
 pub(in crate::engine::kernels) fn conv_rows_fit(geom: &ConvGeometry) -> bool {
-    geom.groups == 1
-        && (geom.in_c.is_multiple_of(4) || geom.in_c == 3)
-        && u32::try_from(geom.input_len()).is_ok()
-}
-
-/// For each quad of a patch (tap-major, then channel, as the weights are packed), its
-/// byte offset in the input from the patch's first tap: what [`conv_row_u8i8`] reads.
-pub(in crate::engine::kernels) fn conv_row_offsets(geom: &ConvGeometry) -> Vec<u32> {
-    let mut offs = Vec::with_capacity(geom.taps() * geom.in_c.div_ceil(4));
-    for ky in 0..geom.k_h {
-        for kx in 0..geom.k_w {
-            let tap = (ky * geom.dilation[0] * geom.in_w + kx * geom.dilation[1]) * geom.in_c;
-            offs.extend((0..geom.in_c).step_by(4).map(|c| (tap + c) as u32));
-        }
-    }
-    offs
+    geom.groups == 1 && (geom.in_c.is_multiple_of(4) || geom.in_c == 3)
 }
 
 /// The convolution of output pixels `ox0..ox0 + m` of output row `oy`, every tap of which
 /// lies inside the input (no padding), read from `x` in place: a GEMM whose rows are the
-/// pixels, each patch's quads at `offs` ([`conv_row_offsets`]) from its first tap. `y`
+/// pixels, each patch's quads at `offs` (a step of 4) from its first tap. `y`
 /// starts at pixel `(oy, ox0)`, rows `out_c` apart.
 ///
 /// # Panics
@@ -642,7 +627,7 @@ pub(in crate::engine::kernels) fn conv_row_u8i8(
     path: I8Path,
     g: &ConvGeometry,
     x: &[u8],
-    offs: &[u32],
+    offs: &PatchOffsets,
     oy: usize,
     ox0: usize,
     m: usize,
@@ -654,21 +639,20 @@ pub(in crate::engine::kernels) fn conv_row_u8i8(
     assert!(g.row_is_interior(oy) && g.interior_cols().contains(&ox0));
     assert!(g.interior_cols().contains(&(ox0 + m - 1)));
     assert!(w.k4 == g.taps() * g.in_c.next_multiple_of(4) && w.n == g.out_c);
-    assert!(offs.len() * 4 == w.k4);
+    assert!(offs.as_slice().len() * 4 == w.k4);
     // Every quad lies within 4 bytes past the last pixel's first tap plus the largest
     // offset: inside the input (checked), hence every pixel's.
     let first = g.source(oy, ox0, 0, 0).expect("interior"); // ok: asserted interior
     let last = g.source(oy, ox0 + m - 1, 0, 0).expect("interior"); // ok: asserted interior
-    let max_off = offs.iter().max().map_or(0, |&o| o as usize);
     assert!(
-        last * g.in_c + max_off + 4 <= x.len(),
+        last * g.in_c + offs.max() + 4 <= x.len(),
         "the row's reads leave the input"
     );
     let rows = Rows {
         base: x[first * g.in_c..].as_ptr(),
         lda: g.stride[1] * g.in_c,
         len: w.k4,
-        offs: offs.as_ptr(),
+        offs: offs.as_slice().as_ptr(),
     };
     let ldy = g.out_c;
     match path {
