@@ -163,12 +163,13 @@ impl Requant512 {
         }
     }
 
-    /// The 16 codes of the i32 sums `v` (bias not yet added).
+    /// The 16 codes of the i32 sums `v` (bias not yet added), stored: `n <= 16` bytes at
+    /// `y`.
     ///
     /// # Safety
-    /// AVX-512 F, BW and VL present.
+    /// AVX-512 F, BW and VL present; `n` writable bytes at `y`.
     #[inline(always)]
-    pub(super) unsafe fn codes(&self, v: __m512i) -> __m128i {
+    pub(super) unsafe fn store(&self, v: __m512i, y: *mut u8, n: usize) {
         // SAFETY: the caller's contract.
         unsafe {
             let t = _mm512_add_epi32(v, self.bias);
@@ -188,19 +189,7 @@ impl Requant512 {
                 let q = _mm512_add_epi32(q, self.zero_point);
                 _mm512_min_epi32(_mm512_max_epi32(q, self.lo), self.hi)
             };
-            _mm512_cvtepi32_epi8(q)
-        }
-    }
-
-    /// [`Requant512::codes`] stored: `n <= 16` bytes at `y`.
-    ///
-    /// # Safety
-    /// As for [`Requant512::codes`]; `n` writable bytes at `y`.
-    #[inline(always)]
-    pub(super) unsafe fn store(&self, v: __m512i, y: *mut u8, n: usize) {
-        // SAFETY: the caller's contract.
-        unsafe {
-            let b = self.codes(v);
+            let b = _mm512_cvtepi32_epi8(q);
             if n == 16 {
                 _mm_storeu_si128(y.cast(), b);
             } else {
@@ -448,16 +437,16 @@ struct Rows {
     base: *const u8,
     lda: usize,
     len: usize,
-    /// Null for contiguous rows.
+    /// Read only by in-place tiles (null for a GEMM's contiguous rows).
     offs: *const u32,
 }
 
-/// One tile: rows `0..m` (`m <= MR`) times one panel (`Σ seg_len / 4` quads), channels
+/// One tile: rows `0..m` (`m <= MR`) times one panel (`len / 4` quads), channels
 /// `c0..c0 + ncols` of the epilogue stored.
 ///
 /// # Safety
-/// D's features are present; `a` names `m` rows of readable segments, `w` the panel's
-/// `segs · seg_len · NV · LANES` bytes, `y` `m` rows of `ncols` values `ldy` apart; the
+/// D's features are present; `a` names `m` rows whose quads are readable (at `offs` when
+/// `IN_PLACE`), `w` the panel's `len · NV · LANES` bytes, `y` `m` rows of `ncols` values `ldy` apart; the
 /// lane arrays and `bias` hold the panel's channels.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
