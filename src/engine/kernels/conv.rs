@@ -250,31 +250,36 @@ impl ConvGeometry {
         lo..hi.min(self.out_w).max(lo)
     }
 
+    /// The interior columns of output row `oy` when it is read in place: a
+    /// [`ConvGeometry::row_is_interior`] row with interior columns whose furthest read,
+    /// `reach` values past its last pixel's first tap, lies inside the input.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn in_place_cols(&self, oy: usize, reach: usize) -> Option<std::ops::Range<usize>> {
+        let cols = self.interior_cols();
+        if cols.is_empty() || !self.row_is_interior(oy) {
+            return None;
+        }
+        let last = self.source(oy, cols.end - 1, 0, 0)? * self.in_c;
+        (last + reach <= self.input_len()).then_some(cols)
+    }
+
     /// Calls `f` with the output pixels in order, as runs: each output row's interior
     /// pixels ([`ConvGeometry::interior_cols`] of a [`ConvGeometry::row_is_interior`] row)
     /// in place, when the row's furthest read, `reach` values past its last pixel's first
     /// tap, lies inside the input too; every other pixel through im2col.
     #[cfg(target_arch = "x86_64")]
     pub(super) fn pixel_runs(&self, reach: usize, mut f: impl FnMut(PixelRun)) {
-        let cols = self.interior_cols();
         let mut pending = 0;
         for oy in 0..self.out_h {
-            if cols.is_empty() || !self.row_is_interior(oy) {
+            let Some(cols) = self.in_place_cols(oy, reach) else {
                 continue;
-            }
-            let last = self.source(oy, cols.end - 1, 0, 0).map(|s| s * self.in_c);
-            if last.is_none_or(|l| l + reach > self.input_len()) {
-                continue;
-            }
+            };
             let start = oy * self.out_w + cols.start;
             if pending < start {
                 f(PixelRun::Im2col(pending..start));
             }
-            f(PixelRun::InPlace {
-                oy,
-                cols: cols.clone(),
-            });
             pending = oy * self.out_w + cols.end;
+            f(PixelRun::InPlace { oy, cols });
         }
         let end = self.out_h * self.out_w;
         if pending < end {

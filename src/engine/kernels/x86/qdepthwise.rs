@@ -191,22 +191,19 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                 // A row's interior pixels at once (3×3, AVX-512, u8 output): pointers step
                 // along the row, the epilogue's constants stay loaded.
                 if let (Some(rq), QDst::U8(yv)) = (&requant, &mut y)
-                    && ox == cols.start
-                    && !cols.is_empty()
                     && P > 0
-                    && g.row_is_interior(oy)
+                    && ox == cols.start
                 {
-                    let first = g.source(oy, ox, 0, 0).map(|s| s * c + c0);
-                    let last = g.source(oy, cols.end - 1, 0, 0).map(|s| s * c + c0);
-                    if let (Some(first), Some(last)) = (first, last)
-                        && last + offs[taps - 1] + 16 <= x.len()
+                    // 16 codes read at the last tap of the row's last pixel, block c0.
+                    if let Some(cols) = g.in_place_cols(oy, c0 + offs[taps - 1] + 16)
+                        && let Some(first) = g.source(oy, ox, 0, 0).map(|s| s * c + c0)
                     {
                         let count = cols.len();
                         let y0 = (oy * g.out_w + ox) * c + c0;
                         let ylen = (count - 1) * c + n;
-                        // SAFETY: AVX-512 (WIDE); every pixel's taps lie between `first`
-                        // and `last + offs[taps - 1] + 16`, inside `x`; the outputs in
-                        // `yv[y0..y0 + ylen]`.
+                        // SAFETY: AVX-512 (WIDE); every pixel's taps lie from `first` to
+                        // 16 bytes past the last pixel's last tap, inside `x`
+                        // (`in_place_cols`); the outputs in `yv[y0..y0 + ylen]`.
                         unsafe {
                             interior_row::<P>(
                                 x[first..].as_ptr(),
