@@ -6,7 +6,7 @@ use clap::Parser;
 use perch::cli::{UsageError, exit};
 use perch::host_cli::args::{Cli, Command, Devices, Models};
 use perch::host_cli::render::{Render, output};
-use perch::host_cli::{self, fleet, lifecycle, models};
+use perch::host_cli::{self, fleet, lifecycle, models, serve};
 use perch::registry::Registry;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -134,11 +134,11 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let db = perch::registry::resolve_path(registry);
             let rules = perch::fleet::alerts::load_rules(rules.as_deref())?;
-            let config = fleet::ServeConfig::with_monitor(heartbeat, max_connections, rules);
+            let config = serve::ServeConfig::with_monitor(heartbeat, max_connections, rules);
             let shutdown = perch::sync::server::Shutdown::new();
             perch::signals::stop_on_termination(shutdown.clone())
                 .context("installing the SIGTERM/SIGINT handlers")?;
-            fleet::serve_with_dashboard(
+            serve::serve_with_dashboard(
                 &db,
                 &listen,
                 (http != "off").then_some(http.as_str()),

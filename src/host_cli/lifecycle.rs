@@ -213,16 +213,20 @@ impl Render for RolloutOutcome {
                 r.rollout, r.model, r.group, r.state
             ),
             RolloutOutcome::Waited(r) => format!(
-                "rollout {}: {}@{} to group {} ({}{})\n",
+                "rollout {}: {}@{} to group {} ({})\n",
                 r.id,
                 r.name,
                 r.version,
                 r.group,
-                r.state,
-                reason_suffix(r.reason.as_deref())
+                state_text(r)
             ),
         }
     }
+}
+
+/// A rollout's state with the reason it is in it: `aborted: accuracy 0.71 < 0.80`.
+fn state_text(r: &Rollout) -> String {
+    format!("{}{}", r.state, reason_suffix(r.reason.as_deref()))
 }
 
 /// Starts a rollout as [`start_rollout`] does and, with `wait`, waits up to that long for the
@@ -767,13 +771,12 @@ impl Render for RolloutList {
         let mut out = String::new();
         for r in &self.0 {
             out.push_str(&format!(
-                "{:>4}  {}@{}  group {}  {}{}\n",
+                "{:>4}  {}@{}  group {}  {}\n",
                 r.id,
                 r.name,
                 r.version,
                 r.group,
-                r.state,
-                reason_suffix(r.reason.as_deref())
+                state_text(r)
             ));
         }
         if out.is_empty() {

@@ -1,13 +1,14 @@
 //! The `perch-host` commands as library functions (feature `host`), each returning a typed
 //! result that [`render`] turns into text or `--json`:
 //!
-//! - [`train`](mod@train): options, model specs, training into the
-//!   [`registry`](crate::registry);
+//! - [`spec`]: the training flags and the model spec they describe;
+//! - [`train`](mod@train): training into the [`registry`](crate::registry);
 //! - [`eval`](mod@eval): scoring a registered version on a CSV file, and the metrics every
 //!   command reports;
 //! - [`models`]: listing, showing, comparing, exporting, importing and converting;
 //! - [`optimize`](mod@optimize): quantization and pruning into a new version;
-//! - [`fleet`]: devices, pushes, alerts, the server;
+//! - [`fleet`]: devices, pushes, alerts;
+//! - [`serve`]: the sync server with the dashboard and the monitor beside it;
 //! - [`lifecycle`]: gated rollouts and automatic retraining;
 //! - [`demo`](mod@demo): the whole lifecycle on one machine;
 //! - [`render`]: the text and JSON forms of the results;
@@ -24,13 +25,16 @@ pub mod lifecycle;
 pub mod models;
 pub mod optimize;
 pub mod render;
+pub mod serve;
+pub mod spec;
 pub mod train;
 
 pub use eval::{EvalReport, eval};
 pub use models::{VersionView, convert, diff, export, import, list, metrics_with_origin};
+pub use spec::{MODEL_KINDS, TrainOptions, spec_from_options};
 #[doc(inline)]
 pub use train::train;
-pub use train::{CANARY_TOLERANCE, MODEL_KINDS, TrainOptions, TrainReport, spec_from_options};
+pub use train::{CANARY_TOLERANCE, TrainReport};
 
 use crate::registry::Version;
 use crate::train::data::Schema;
