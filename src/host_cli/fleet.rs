@@ -658,3 +658,70 @@ pub fn default_host() -> String {
         .unwrap_or_else(|| "127.0.0.1".into());
     format!("{name}:{}", crate::agent::config::DEFAULT_HOST_PORT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, model: Option<(&str, &str)>, last_seen: Option<i64>) -> DeviceStatus {
+        DeviceStatus {
+            name: name.into(),
+            group: "north".into(),
+            model: model.map(|(m, _)| m.to_string()),
+            version: model.map(|(_, v)| v.to_string()),
+            last_seen_unix_s: last_seen,
+            health: "ok".into(),
+            assignment: None,
+        }
+    }
+
+    #[test]
+    fn the_device_table_aligns_its_columns() {
+        let list = DeviceList(vec![
+            status("pi-kitchen-01", Some(("wine", "2")), None),
+            status("b", None, None),
+        ]);
+        assert_eq!(
+            list.text(),
+            "DEVICE         GROUP  MODEL   LAST SEEN  HEALTH  PUSH\n\
+             pi-kitchen-01  north  wine@2  never      ok      -\n\
+             b              north  -       never      ok      -\n"
+        );
+        assert!(DeviceList(Vec::new()).text().starts_with("no devices"));
+    }
+
+    #[test]
+    fn a_waited_push_names_the_devices_without_it() {
+        let mut push = PushReport {
+            push: 7,
+            model: "wine@2".into(),
+            role: "active",
+            release: 3,
+            rollback: false,
+            size_bytes: 1000,
+            sha256: "ab".repeat(32),
+            devices: vec!["a".into(), "b".into()],
+            added_sections: Vec::new(),
+            states: None,
+            complete: None,
+        };
+        assert!(push.not_installed().is_empty());
+        assert!(push.text().contains("on their next contact"));
+        push.states = Some(vec![
+            PushState {
+                device: "a".into(),
+                state: "installed".into(),
+                reason: None,
+            },
+            PushState {
+                device: "b".into(),
+                state: "refused".into(),
+                reason: Some("too big".into()),
+            },
+        ]);
+        assert_eq!(push.not_installed(), ["b (refused: too big)"]);
+        let json = serde_json::to_value(&push).unwrap();
+        assert_eq!(json["states"][1]["reason"], "too big");
+        assert_eq!(json["push"], 7);
+    }
+}
