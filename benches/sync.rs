@@ -360,12 +360,11 @@ fn push_throughput() {
         false,
     )
     .expect("push");
-    let push = v["push"].as_u64().expect("push id");
-    let size = v["size_bytes"].as_u64().expect("size");
+    let (push, size) = (v.push, v.size_bytes);
     let states =
         perch::host_cli::fleet::wait_for_push(&db, push, Duration::from_secs(120)).expect("wait");
     let secs = started.elapsed().as_secs_f64();
-    assert_eq!(states[0]["state"], "installed", "{states}");
+    assert_eq!(states[0].state, "installed", "{states:?}");
     println!(
         "3. push of a {:.1} MB artifact, perch-host push to installed (sign, transfer in 64 KiB chunks, SHA-256, signature, load, canary, rename): {:.2} s, {:.1} MB/s",
         size as f64 / 1e6,

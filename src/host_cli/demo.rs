@@ -7,6 +7,7 @@
 //! left alone. Every step is printed as it happens; the summary is the last thing printed.
 
 use super::optimize::OptimizeOptions;
+use super::render::Render;
 use super::{TrainOptions, lifecycle};
 use crate::fleet::alerts::{self, Rules};
 use crate::fleet::rollout::Gates;
@@ -15,7 +16,8 @@ use crate::registry::Registry;
 use crate::sync::server::{self, ServerConfig, Shutdown};
 use crate::util::now_unix_ms;
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -135,7 +137,7 @@ fn wait_for<T>(
 /// # Errors
 /// A step that fails or does not happen within the step timeout, an address that cannot
 /// be bound.
-pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
+pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoSummary> {
     let started = Instant::now();
     let t = |s: &Instant| format!("{:5.1}s", s.elapsed().as_secs_f64());
     let tmp;
@@ -156,17 +158,22 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
     std::fs::write(&test_csv, WINE_TEST)?;
     let db = dir.join("perch-registry.db");
     let mut steps = Vec::new();
-    let step = |steps: &mut Vec<Value>, say: &mut dyn FnMut(&str), name: &str, v: Value| {
-        let line = format!(
-            "[{}] {name}: {}",
-            t(&started),
-            v["text"].as_str().unwrap_or("")
-        );
-        say(&line);
-        let mut v = v;
-        v["step"] = json!(name);
-        v["at_s"] = json!(started.elapsed().as_secs_f64());
-        steps.push(v);
+    let step = |steps: &mut Vec<DemoStep>, say: &mut dyn FnMut(&str), name: &str, v: Value| {
+        let mut details = match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let text = match details.remove("text") {
+            Some(Value::String(text)) => text,
+            _ => String::new(),
+        };
+        say(&format!("[{}] {name}: {text}", t(&started)));
+        steps.push(DemoStep {
+            step: name.to_string(),
+            at_s: started.elapsed().as_secs_f64(),
+            text,
+            details,
+        });
     };
 
     // 1. Train and quantize.
@@ -181,23 +188,25 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
         &mut steps,
         say,
         "train",
-        json!({"model": "wine@1", "accuracy": trained["metrics"]["accuracy"],
-               "text": format!("trained wine@1, an MLP on 133 wine samples: test accuracy {:.3}", trained["metrics"]["accuracy"].as_f64().unwrap_or(0.0))}),
+        json!({"model": "wine@1", "accuracy": trained.metrics.get("accuracy"),
+               "text": format!("trained wine@1, an MLP on 133 wine samples: test accuracy {:.3}", trained.metrics.get("accuracy").copied().unwrap_or(0.0))}),
     );
     let quantize: OptimizeOptions = serde_json::from_value(json!({
         "model": "wine@1", "quantize": "int8", "calibration": "minmax",
         "structured": false, "per_layer": false, "seed": 0,
     }))?;
     let q = super::optimize::optimize(&mut registry, &quantize).context("quantizing")?;
-    let model = format!("wine@{}", q["version"]);
+    let model = q.version.reference.clone();
+    let accuracy = q.version.metrics.metrics.get("accuracy").copied();
+    let (size, parent_size) = (q.version.size_bytes, q.version.parent.figures.size_bytes);
     step(
         &mut steps,
         say,
         "optimize",
-        json!({"model": model, "accuracy": q["metrics"]["accuracy"], "size_bytes": q["size_bytes"],
-               "parent_size_bytes": q["parent"]["size_bytes"],
+        json!({"model": model, "accuracy": accuracy, "size_bytes": size,
+               "parent_size_bytes": parent_size,
                "text": format!("quantized to int8 as {model}: accuracy {:.3}, {} -> {} bytes",
-                   q["metrics"]["accuracy"].as_f64().unwrap_or(0.0), q["parent"]["size_bytes"], q["size_bytes"])}),
+                   accuracy.unwrap_or(0.0), parent_size, size)}),
     );
 
     // 2. The host: sync server, monitor (alerts, retraining, rollouts), dashboard.
@@ -348,7 +357,7 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
             .collect::<Vec<_>>(),
         crate::sync::Role::Active,
     )?;
-    let push_id = pushed["push"].as_u64().unwrap_or(0);
+    let push_id = pushed.push;
     wait_for(
         "every device to install the model",
         opts.step_timeout,
@@ -364,8 +373,8 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
         &mut steps,
         say,
         "push",
-        json!({"model": model, "size_bytes": pushed["size_bytes"],
-               "text": format!("pushed {model} (signed, {} bytes) to all devices; every one installed it", pushed["size_bytes"])}),
+        json!({"model": model, "size_bytes": pushed.size_bytes,
+               "text": format!("pushed {model} (signed, {} bytes) to all devices; every one installed it", pushed.size_bytes)}),
     );
 
     // 5. Traffic: every device answers requests and gets the true labels as feedback.
@@ -580,17 +589,17 @@ pub fn demo(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<Value> {
     let monitor_log = crate::lock(&log_lines).clone();
     drop(running);
     store.close();
-    Ok(json!({
-        "ok": done.state == "complete"
+    Ok(DemoSummary {
+        ok: done.state == "complete"
             && resolved.is_ok()
             && south.iter().all(|m| *m == candidate)
             && north.iter().all(|m| *m == model),
-        "seconds": started.elapsed().as_secs_f64(),
-        "dir": opts.dir.as_ref().map(|d| d.display().to_string()),
-        "dashboard": dashboard,
-        "steps": steps,
-        "monitor": monitor_log,
-    }))
+        seconds: started.elapsed().as_secs_f64(),
+        dir: opts.dir.as_ref().map(|d| d.display().to_string()),
+        dashboard,
+        steps,
+        monitor: monitor_log,
+    })
 }
 
 /// A temporary directory removed when dropped.
@@ -609,25 +618,53 @@ fn tempdir() -> Result<TempDir> {
     Ok(TempDir(p))
 }
 
-/// The summary `perch-host demo` prints at the end.
-pub fn render_summary(v: &Value) -> String {
-    let mut out = String::from("\nperch demo summary\n");
-    for s in v["steps"].as_array().into_iter().flatten() {
+/// One step of the demo: what happened, when, and its figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoStep {
+    /// The step's name (`train`, `optimize`, `push`, …).
+    pub step: String,
+    /// Seconds since the demo started.
+    pub at_s: f64,
+    /// What happened, in a sentence.
+    pub text: String,
+    /// The step's own figures (accuracy, sizes, states…).
+    #[serde(flatten)]
+    pub details: Map<String, Value>,
+}
+
+/// `perch-host demo`'s result.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoSummary {
+    /// Whether every lifecycle step ended as expected.
+    pub ok: bool,
+    /// Wall time of the whole demo.
+    pub seconds: f64,
+    /// The directory kept with `--dir`.
+    pub dir: Option<String>,
+    /// The dashboard's address while the demo ran.
+    pub dashboard: Option<String>,
+    /// The steps, in order.
+    pub steps: Vec<DemoStep>,
+    /// What the host's monitor logged.
+    pub monitor: Vec<String>,
+}
+
+impl Render for DemoSummary {
+    /// The summary printed at the end.
+    fn text(&self) -> String {
+        let mut out = String::from("\nperch demo summary\n");
+        for s in &self.steps {
+            out.push_str(&format!("  {:>5.1}s  {:<9} {}\n", s.at_s, s.step, s.text));
+        }
         out.push_str(&format!(
-            "  {:>5.1}s  {:<9} {}\n",
-            s["at_s"].as_f64().unwrap_or(0.0),
-            s["step"].as_str().unwrap_or(""),
-            s["text"].as_str().unwrap_or("")
+            "{} in {:.1} s\n",
+            if self.ok {
+                "every lifecycle step done"
+            } else {
+                "NOT every step ended as expected"
+            },
+            self.seconds
         ));
+        out
     }
-    out.push_str(&format!(
-        "{} in {:.1} s\n",
-        if v["ok"] == true {
-            "every lifecycle step done"
-        } else {
-            "NOT every step ended as expected"
-        },
-        v["seconds"].as_f64().unwrap_or(0.0)
-    ));
-    out
 }

@@ -1,22 +1,42 @@
 //! `perch-host devices | push | alerts | serve`: the fleet commands as library functions.
 
+use super::render::{Render, Table, reason_suffix, when};
 use crate::artifact;
-use crate::fleet::alerts::Rules;
-use crate::fleet::{self, Fleet, FleetStore};
+use crate::fleet::alerts::Alert;
+use crate::fleet::{self, Fleet};
+use crate::fleet::{DeviceStatus, Event};
 use crate::graph::sections::DriftBaseline;
+use crate::metrics::Percentiles;
 use crate::registry::{ArtifactFormat, ModelRef, Registry, Version};
 use crate::sync::Role;
-use crate::sync::server::{self, ServerConfig, Shutdown};
 use crate::train::data::Dataset;
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::{Value, json};
-use std::net::{SocketAddr, TcpListener};
+use serde::Serialize;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn open_fleet(db: &Path) -> Result<Fleet> {
     Fleet::open(db).with_context(|| format!("opening the fleet database {}", db.display()))
+}
+
+/// A registered device (`devices add`).
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceAdded {
+    /// Device name.
+    pub name: String,
+    /// Its group.
+    pub group: String,
+    /// Where its agent configuration was written.
+    pub config: String,
+    /// `HOST:PORT` the configuration points the agent at.
+    pub host: String,
+}
+
+impl Render for DeviceAdded {
+    /// Nothing: `devices add` tells stderr where the configuration went.
+    fn text(&self) -> String {
+        String::new()
+    }
 }
 
 /// Registers device `name` in `group` with a fresh key and writes its agent configuration
@@ -31,7 +51,7 @@ pub fn devices_add(
     group: &str,
     host: &str,
     config_out: &Path,
-) -> Result<Value> {
+) -> Result<DeviceAdded> {
     if config_out.exists() {
         bail!(
             "{} exists already; choose another --config path (it would hold the new key)",
@@ -56,12 +76,12 @@ pub fn devices_add(
             )
         });
     }
-    Ok(json!({
-        "name": device.name,
-        "group": device.group,
-        "config": config_out.display().to_string(),
-        "host": host,
-    }))
+    Ok(DeviceAdded {
+        name: device.name,
+        group: device.group,
+        config: config_out.display().to_string(),
+        host: host.to_string(),
+    })
 }
 
 /// Removes a device (its metrics and events go with it).
@@ -74,67 +94,47 @@ pub fn devices_remove(db: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every device (`devices list`).
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct DeviceList(pub Vec<DeviceStatus>);
+
 /// Every device with model, version, last contact and health.
 ///
 /// # Errors
 /// Database failures.
-pub fn devices_list(db: &Path) -> Result<Value> {
-    Ok(serde_json::to_value(open_fleet(db)?.devices()?)?)
+pub fn devices_list(db: &Path) -> Result<DeviceList> {
+    Ok(DeviceList(open_fleet(db)?.devices()?))
 }
 
-/// The table `perch-host devices` prints.
-pub fn render_devices(v: &Value) -> String {
-    let rows = v.as_array().cloned().unwrap_or_default();
-    if rows.is_empty() {
-        return "no devices (add one with `perch-host devices add NAME`)\n".into();
+/// `NAME@VERSION` of what a device runs or an alert is about, `-` when unknown.
+fn model_version(model: Option<&str>, version: Option<&str>) -> String {
+    match (model, version) {
+        (Some(m), Some(v)) => format!("{m}@{v}"),
+        _ => "-".into(),
     }
-    let now = fleet::now_unix_s();
-    let mut table = vec![[
-        "DEVICE".to_string(),
-        "GROUP".into(),
-        "MODEL".into(),
-        "LAST SEEN".into(),
-        "HEALTH".into(),
-        "PUSH".into(),
-    ]];
-    for r in rows {
-        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-        let model = match (r["model"].as_str(), r["version"].as_str()) {
-            (Some(m), Some(v)) => format!("{m}@{v}"),
-            _ => "-".into(),
-        };
-        let seen = r["last_seen_unix_s"]
-            .as_i64()
-            .map_or("never".into(), |t| when(now, t));
-        table.push([
-            s("name"),
-            s("group"),
-            model,
-            seen,
-            s("health"),
-            s("assignment"),
-        ]);
+}
+
+impl Render for DeviceList {
+    /// The table `perch-host devices` prints.
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "no devices (add one with `perch-host devices add NAME`)\n".into();
+        }
+        let now = fleet::now_unix_s();
+        let mut table = Table::fitted(["DEVICE", "GROUP", "MODEL", "LAST SEEN", "HEALTH", "PUSH"]);
+        for d in &self.0 {
+            table.row([
+                d.name.clone(),
+                d.group.clone(),
+                model_version(d.model.as_deref(), d.version.as_deref()),
+                d.last_seen_unix_s.map_or("never".into(), |t| when(now, t)),
+                d.health.clone(),
+                d.assignment.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        table.text()
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| r[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in &table {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// One device: its status, its latest events (refused connections, installs, rollbacks,
@@ -142,7 +142,7 @@ pub fn render_devices(v: &Value) -> String {
 ///
 /// # Errors
 /// An unknown device, database failures.
-pub fn device_show(db: &Path, name: &str) -> Result<Value> {
+pub fn device_show(db: &Path, name: &str) -> Result<DeviceReport> {
     let f = open_fleet(db)?;
     let status = f
         .devices()?
@@ -157,64 +157,98 @@ pub fn device_show(db: &Path, name: &str) -> Result<Value> {
         .ok_or_else(|| anyhow!("device {name} vanished"))?;
     let events = f.events(Some(name), 50)?;
     let reports = f.reports(&device)?;
-    let latest: Vec<Value> = reports
+    let latest_reports = reports
         .iter()
         .rev()
         .take(10)
-        .map(|r| {
-            json!({
-                "seq": r.seq,
-                "window_start_ms": r.report.window_start_ms,
-                "window_ms": r.report.window_ms,
-                "requests": r.report.requests,
-                "errors": r.report.errors,
-                "latency_us": {"p50": r.report.latency_us.p50, "p95": r.report.latency_us.p95, "p99": r.report.latency_us.p99},
-                "feedback": r.report.feedback,
-                "feedback_correct": r.report.feedback_correct,
-                "psi_milli": r.report.psi_milli,
-                "dropped": r.report.dropped,
-            })
+        .map(|r| ReportSummary {
+            seq: r.seq,
+            window_start_ms: r.report.window_start_ms,
+            window_ms: r.report.window_ms,
+            requests: r.report.requests,
+            errors: r.report.errors,
+            latency_us: r.report.latency_us,
+            feedback: r.report.feedback,
+            feedback_correct: r.report.feedback_correct,
+            psi_milli: r.report.psi_milli.clone(),
+            dropped: r.report.dropped,
         })
         .collect();
-    Ok(json!({
-        "device": serde_json::to_value(&status)?,
-        "reports_stored": reports.len(),
-        "latest_reports": latest,
-        "events": serde_json::to_value(&events)?,
-    }))
+    Ok(DeviceReport {
+        device: status,
+        reports_stored: reports.len(),
+        latest_reports,
+        events,
+    })
 }
 
-/// Text of `perch-host devices show`.
-pub fn render_device(v: &Value) -> String {
-    let d = &v["device"];
-    let mut out = format!(
-        "device {}  group {}  model {}@{}  health {}\n",
-        d["name"].as_str().unwrap_or("?"),
-        d["group"].as_str().unwrap_or("?"),
-        d["model"].as_str().unwrap_or("-"),
-        d["version"].as_str().unwrap_or("-"),
-        d["health"].as_str().unwrap_or("?"),
-    );
-    out.push_str(&format!(
-        "reports stored: {}\n",
-        v["reports_stored"].as_u64().unwrap_or(0)
-    ));
-    out.push_str("events (UTC):\n");
-    for e in v["events"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "  {}  {:<16} {}\n",
-            crate::cli::utc_time(e["unix_s"].as_i64().unwrap_or(0)),
-            e["kind"].as_str().unwrap_or(""),
-            e["detail"].as_str().unwrap_or("")
-        ));
+/// One metrics report of a device, as `devices show` lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportSummary {
+    /// The report's sequence number.
+    pub seq: u64,
+    /// Start of its window, Unix milliseconds.
+    pub window_start_ms: u64,
+    /// Length of its window.
+    pub window_ms: u32,
+    /// Predictions served in the window.
+    pub requests: u32,
+    /// Failed predictions.
+    pub errors: u32,
+    /// Latency percentiles, microseconds.
+    pub latency_us: Percentiles,
+    /// Labelled feedback received.
+    pub feedback: u32,
+    /// Feedback that matched the prediction.
+    pub feedback_correct: u32,
+    /// PSI per feature, thousandths.
+    pub psi_milli: Vec<u16>,
+    /// Reports the device dropped before this one (its queue was full).
+    pub dropped: u32,
+}
+
+/// One device, its events and its latest reports (`devices show`).
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceReport {
+    /// Its status.
+    pub device: DeviceStatus,
+    /// Reports the host keeps of it.
+    pub reports_stored: usize,
+    /// The latest ten, newest first.
+    pub latest_reports: Vec<ReportSummary>,
+    /// Its latest events (refusals with reasons, installs, rollbacks), newest first.
+    pub events: Vec<Event>,
+}
+
+impl Render for DeviceReport {
+    fn text(&self) -> String {
+        let d = &self.device;
+        let mut out = format!(
+            "device {}  group {}  model {}@{}  health {}\n",
+            d.name,
+            d.group,
+            d.model.as_deref().unwrap_or("-"),
+            d.version.as_deref().unwrap_or("-"),
+            d.health,
+        );
+        out.push_str(&format!("reports stored: {}\n", self.reports_stored));
+        out.push_str("events (UTC):\n");
+        for e in &self.events {
+            out.push_str(&format!(
+                "  {}  {:<16} {}\n",
+                crate::cli::utc_time(e.unix_s),
+                e.kind,
+                e.detail
+            ));
+        }
+        out
     }
-    out
 }
 
 /// The training rows of a version, encoded as it was trained, when they were recorded and
 /// are still the same file.
 fn training_data(version: &Version) -> Option<Dataset> {
-    let schema = super::schema_from_json(version.data_schema.as_ref()?).ok()?;
+    let schema = super::recorded_schema(version).ok()??;
     let path = super::recorded_data(version, "train").ok()?;
     Dataset::load_with_schema(&path, &schema).ok()
 }
@@ -275,7 +309,7 @@ pub fn push(
     to: &[String],
     group: Option<&str>,
     rollback: bool,
-) -> Result<Value> {
+) -> Result<PushReport> {
     if to.is_empty() && group.is_none() {
         return Err(crate::cli::UsageError(
             "say where to push: --to DEVICE (repeatable) or --group GROUP".into(),
@@ -295,7 +329,7 @@ pub fn push_to(
     r: &ModelRef,
     devices: &[fleet::Device],
     role: Role,
-) -> Result<Value> {
+) -> Result<PushReport> {
     push_with(registry, r, devices, role, false)
 }
 
@@ -304,7 +338,11 @@ pub fn push_to(
 ///
 /// # Errors
 /// As [`push`].
-pub fn push_back_to(registry: &Registry, r: &ModelRef, devices: &[fleet::Device]) -> Result<Value> {
+pub fn push_back_to(
+    registry: &Registry,
+    r: &ModelRef,
+    devices: &[fleet::Device],
+) -> Result<PushReport> {
     push_with(registry, r, devices, Role::Active, true)
 }
 
@@ -338,7 +376,7 @@ pub fn push_with(
     devices: &[fleet::Device],
     role: Role,
     rollback: bool,
-) -> Result<Value> {
+) -> Result<PushReport> {
     let db = registry.path().to_path_buf();
     let version = registry.resolve(r)?;
     let shown = format!("{}@{}", version.name, version.number);
@@ -383,26 +421,99 @@ pub fn push_with(
         rollback,
     )?;
     f.assign_role(p.id, devices, role)?;
-    Ok(json!({
-        "push": p.id,
-        "model": shown,
-        "role": fleet::role_name(role),
-        "release": p.release,
-        "rollback": rollback,
-        "size_bytes": p.size,
-        "sha256": crate::util::to_hex(&p.model.sha256),
-        "devices": devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
-        "added_sections": added,
-    }))
+    Ok(PushReport {
+        push: p.id,
+        model: shown,
+        role: fleet::role_name(role),
+        release: p.release,
+        rollback,
+        size_bytes: p.size,
+        sha256: crate::util::to_hex(&p.model.sha256),
+        devices: devices.iter().map(|d| d.name.clone()).collect(),
+        added_sections: added,
+        states: None,
+        complete: None,
+    })
+}
+
+/// Where one device of a push stands.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PushState {
+    /// The device.
+    pub device: String,
+    /// `pending`, `retrying`, `installed`, `refused`, `replaced`, …
+    pub state: String,
+    /// Why, for a refusal.
+    pub reason: Option<String>,
+}
+
+/// A signed and assigned version (`push`), with where its devices stand after `--wait`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushReport {
+    /// The push's id.
+    pub push: u64,
+    /// `NAME@VERSION`.
+    pub model: String,
+    /// `active` or `shadow`.
+    pub role: &'static str,
+    /// The release counter signed with it.
+    pub release: u64,
+    /// Whether it was signed as a deliberate step back.
+    pub rollback: bool,
+    /// Signed artifact size.
+    pub size_bytes: u64,
+    /// SHA-256 of the signed artifact, lower-case hex.
+    pub sha256: String,
+    /// The devices it was assigned to.
+    pub devices: Vec<String>,
+    /// Sections the host added to the artifact (canary, drift baseline).
+    pub added_sections: Vec<String>,
+    /// Each device's state, after [`PushReport::wait`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub states: Option<Vec<PushState>>,
+    /// Whether every device installed it, after [`PushReport::wait`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub complete: Option<bool>,
+}
+
+impl PushReport {
+    /// Waits until every device of the push installed or refused it for good, or `timeout`
+    /// passes, and records where each stands.
+    ///
+    /// # Errors
+    /// Database failures; a timeout is not an error (the states say who is still pending).
+    pub fn wait(&mut self, db: &Path, timeout: Duration) -> Result<()> {
+        let states = wait_for_push(db, self.push, timeout)?;
+        self.complete = Some(states.iter().all(|s| s.state == "installed"));
+        self.states = Some(states);
+        Ok(())
+    }
+
+    /// The devices of a waited push that did not install it, as `NAME (STATE[: REASON])`:
+    /// empty when every device installed it (or the push was not waited for).
+    pub fn not_installed(&self) -> Vec<String> {
+        self.states
+            .iter()
+            .flatten()
+            .filter(|s| s.state != "installed")
+            .map(|s| {
+                format!(
+                    "{} ({}{})",
+                    s.device,
+                    s.state,
+                    reason_suffix(s.reason.as_deref())
+                )
+            })
+            .collect()
+    }
 }
 
 /// Waits until every device of push `push` installed or refused it for good, or `timeout`
-/// passes.
-/// Returns the assignments' states.
+/// passes. Returns the assignments' states.
 ///
 /// # Errors
 /// Database failures; a timeout is not an error (the states say who is still pending).
-pub fn wait_for_push(db: &Path, push: u64, timeout: Duration) -> Result<Value> {
+pub fn wait_for_push(db: &Path, push: u64, timeout: Duration) -> Result<Vec<PushState>> {
     let f = open_fleet(db)?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -411,79 +522,63 @@ pub fn wait_for_push(db: &Path, push: u64, timeout: Duration) -> Result<Value> {
             .iter()
             .all(|(_, s, _)| s != "pending" && s != "retrying");
         if settled || Instant::now() >= deadline {
-            return Ok(json!(
-                states
-                    .into_iter()
-                    .map(|(d, s, r)| json!({"device": d, "state": s, "reason": r}))
-                    .collect::<Vec<_>>()
-            ));
+            return Ok(states
+                .into_iter()
+                .map(|(device, state, reason)| PushState {
+                    device,
+                    state,
+                    reason,
+                })
+                .collect());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// The devices of a waited push that did not install it, as `NAME (STATE[: REASON])`:
-/// empty when every device installed it.
-pub fn push_not_installed(states: &Value) -> Vec<String> {
-    states
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["state"] != "installed")
-        .map(|s| {
-            format!(
-                "{} ({}{})",
-                s["device"].as_str().unwrap_or("?"),
-                s["state"].as_str().unwrap_or("?"),
-                s["reason"]
-                    .as_str()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            )
-        })
-        .collect()
+impl Render for PushReport {
+    fn text(&self) -> String {
+        let mut out = format!(
+            "push {}: {} ({} bytes, sha256 {}) to {}\n",
+            self.push,
+            self.model,
+            self.size_bytes,
+            self.sha256.get(..16).unwrap_or(""),
+            self.devices.join(", ")
+        );
+        if !self.added_sections.is_empty() {
+            out.push_str(&format!(
+                "added to the artifact: {}\n",
+                self.added_sections.join(", ")
+            ));
+        }
+        match &self.states {
+            Some(states) => {
+                for s in states {
+                    out.push_str(&format!(
+                        "  {:<20} {}{}\n",
+                        s.device,
+                        s.state,
+                        reason_suffix(s.reason.as_deref())
+                    ));
+                }
+            }
+            None => out.push_str(
+                "devices install it on their next contact with `perch-host serve` (see `perch-host devices`)\n",
+            ),
+        }
+        out
+    }
 }
 
-/// Text of `perch-host push`.
-pub fn render_push(v: &Value) -> String {
-    let mut out = format!(
-        "push {}: {} ({} bytes, sha256 {}) to {}\n",
-        v["push"],
-        v["model"].as_str().unwrap_or("?"),
-        v["size_bytes"],
-        v["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or(""),
-        v["devices"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
-    );
-    if let Some(a) = v["added_sections"].as_array().filter(|a| !a.is_empty()) {
-        let names: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
-        out.push_str(&format!("added to the artifact: {}\n", names.join(", ")));
-    }
-    match v["states"].as_array() {
-        Some(states) => {
-            for s in states {
-                out.push_str(&format!(
-                    "  {:<20} {}{}\n",
-                    s["device"].as_str().unwrap_or("?"),
-                    s["state"].as_str().unwrap_or("?"),
-                    s["reason"]
-                        .as_str()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                ));
-            }
-        }
-        None => out.push_str(
-            "devices install it on their next contact with `perch-host serve` (see `perch-host devices`)\n",
-        ),
-    }
-    out
+/// The alerts `perch-host alerts` lists; its JSON form is the array of alerts.
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct AlertList {
+    /// The alerts, newest first.
+    pub alerts: Vec<Alert>,
+    /// Whether resolved alerts were asked for too (the table then shows each one's state).
+    #[serde(skip)]
+    pub all: bool,
 }
 
 /// The alerts `perch-host alerts` lists: the open ones, or the latest `limit` of all with
@@ -491,8 +586,11 @@ pub fn render_push(v: &Value) -> String {
 ///
 /// # Errors
 /// Database failures.
-pub fn alerts_list(db: &Path, all: bool, limit: usize) -> Result<Value> {
-    Ok(serde_json::to_value(open_fleet(db)?.alerts(!all, limit)?)?)
+pub fn alerts_list(db: &Path, all: bool, limit: usize) -> Result<AlertList> {
+    Ok(AlertList {
+        alerts: open_fleet(db)?.alerts(!all, limit)?,
+        all,
+    })
 }
 
 /// `value` against `threshold` in the unit of `rule`, e.g. `PSI 0.41 > 0.20`.
@@ -510,210 +608,120 @@ fn compared(rule: &str, subject: &str, value: Option<f64>, threshold: Option<f64
     }
 }
 
-/// A time as a UTC date with how long ago it was: `2026-12-06 09:14:02 UTC (5m ago)`.
-fn when(now: i64, t: i64) -> String {
-    format!("{} UTC ({})", crate::cli::utc_time(t), ago(now, t))
-}
-
-fn ago(now: i64, t: i64) -> String {
-    let s = (now - t).max(0);
-    match s {
-        0..120 => format!("{s}s ago"),
-        120..7200 => format!("{}m ago", s / 60),
-        7200..172_800 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
-    }
-}
-
-/// The table `perch-host alerts` prints; `all` adds the state and when it resolved.
-pub fn render_alerts(v: &Value, all: bool) -> String {
-    let rows = v.as_array().cloned().unwrap_or_default();
-    if rows.is_empty() {
-        return if all {
-            "no alerts\n".into()
-        } else {
-            "no open alerts (`perch-host alerts --all` lists resolved ones too)\n".into()
-        };
-    }
-    let now = fleet::now_unix_s();
-    let mut header = vec!["RULE", "DEVICE", "MODEL", "VALUE VS THRESHOLD", "SINCE"];
-    if all {
-        header.push("STATE");
-    }
-    let mut table = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
-    for r in rows {
-        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-        let model = match (r["model"].as_str(), r["version"].as_str()) {
-            (Some(m), Some(v)) => format!("{m}@{v}"),
-            (Some(m), None) => m.to_string(),
-            _ => "-".into(),
-        };
-        let rule = s("rule");
-        let mut row = vec![
-            rule.clone(),
-            s("device"),
-            model,
-            compared(
-                &rule,
-                r["subject"].as_str().unwrap_or(""),
-                r["value"].as_f64(),
-                r["threshold"].as_f64(),
-            ),
-            r["opened_unix_s"]
-                .as_i64()
-                .map_or("-".into(), |t| when(now, t)),
-        ];
-        if all {
-            row.push(match r["resolved_unix_s"].as_i64() {
-                Some(t) => format!("resolved {}", when(now, t)),
-                None => s("state"),
-            });
+impl Render for AlertList {
+    /// The table `perch-host alerts` prints; with `all`, the state and when it resolved.
+    fn text(&self) -> String {
+        if self.alerts.is_empty() {
+            return if self.all {
+                "no alerts\n".into()
+            } else {
+                "no open alerts (`perch-host alerts --all` lists resolved ones too)\n".into()
+            };
         }
-        table.push(row);
-    }
-    let columns = table[0].len();
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| r[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in &table {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// What `perch-host serve` runs with.
-#[derive(Debug, Clone, Default)]
-pub struct ServeConfig {
-    /// The sync server's settings.
-    pub server: ServerConfig,
-    /// Alert rules (checked when loaded, see [`fleet::alerts::load_rules`]).
-    pub rules: Rules,
-    /// What the monitor does by itself (rollouts, retraining); `None`: no monitor.
-    pub automation: Option<super::lifecycle::Automation>,
-}
-
-/// Runs the sync server on `listen` and, unless `http` is `None`, the dashboard and
-/// Prometheus endpoint on `http` beside it, until `shutdown` is triggered (which stops
-/// both). `dashboard_ready` is told the dashboard's bound address before the sync server
-/// starts, `ready` the sync server's.
-///
-/// # Errors
-/// The database cannot be opened, an address cannot be bound, the dashboard failed.
-pub fn serve_with_dashboard(
-    db: &Path,
-    listen: &str,
-    http: Option<&str>,
-    config: ServeConfig,
-    shutdown: Shutdown,
-    ready: impl FnOnce(SocketAddr),
-    dashboard_ready: impl FnOnce(SocketAddr),
-) -> Result<()> {
-    let Some(http) = http else {
-        return serve(db, listen, config, shutdown, ready);
-    };
-    let dashboard = fleet::web::Dashboard::open(db.to_path_buf())
-        .with_context(|| format!("opening {} for the dashboard", db.display()))?;
-    let listener = TcpListener::bind(http)
-        .with_context(|| format!("dashboard: listening on {http} (--http off disables it)"))?;
-    dashboard_ready(listener.local_addr()?);
-    let web = {
-        let shutdown = shutdown.clone();
-        std::thread::Builder::new()
-            .name("dashboard".into())
-            .spawn(move || dashboard.serve(listener, &shutdown))
-            .context("starting the dashboard thread")?
-    };
-    let result = serve(db, listen, config, shutdown.clone(), ready);
-    shutdown.trigger();
-    let web = match web.join() {
-        Ok(r) => r.context("dashboard"),
-        Err(_) => Err(anyhow!("the dashboard thread panicked")),
-    };
-    result.and(web)
-}
-
-/// Runs the sync server on `listen` until `shutdown` is triggered; `ready` is told the
-/// bound address (useful with port 0).
-///
-/// # Errors
-/// The database cannot be opened, the address cannot be bound.
-pub fn serve(
-    db: &Path,
-    listen: &str,
-    config: ServeConfig,
-    shutdown: Shutdown,
-    ready: impl FnOnce(SocketAddr),
-) -> Result<()> {
-    let store = Arc::new(FleetStore::open_with(db, config.rules.retention)?);
-    fleet::keys::load_or_create(db)?;
-    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
-    let monitor = match config.automation {
-        Some(a) => {
-            let mut m = super::lifecycle::Monitor::open(db, a)?;
-            let mut f = Fleet::open(db)?;
-            let (stop, rules) = (shutdown.clone(), config.rules.clone());
-            Some(
-                std::thread::Builder::new()
-                    .name("monitor".into())
-                    .spawn(move || {
-                        while !stop.is_triggered() {
-                            let opened = match fleet::alerts::evaluate(
-                                &mut f,
-                                &rules,
-                                fleet::now_unix_s(),
-                            ) {
-                                Ok(changes) => {
-                                    for c in &changes {
-                                        log::info!(
-                                            "alert {:?}: {} on {}: {}",
-                                            c.change,
-                                            c.rule,
-                                            c.device,
-                                            c.detail
-                                        );
-                                    }
-                                    super::lifecycle::opened(&changes)
-                                }
-                                Err(e) => {
-                                    log::error!("alerts: {e}");
-                                    Vec::new()
-                                }
-                            };
-                            match m.step(&opened) {
-                                Ok(lines) => lines.iter().for_each(|l| log::info!("{l}")),
-                                Err(e) => log::error!("monitor: {e:#}"),
-                            }
-                            std::thread::sleep(MONITOR_PERIOD);
-                        }
-                    })
-                    .context("starting the monitor thread")?,
-            )
+        let now = fleet::now_unix_s();
+        let mut header = vec!["RULE", "DEVICE", "MODEL", "VALUE VS THRESHOLD", "SINCE"];
+        if self.all {
+            header.push("STATE");
         }
-        None => None,
-    };
-    ready(listener.local_addr()?);
-    let served = server::serve(listener, store.clone(), config.server, shutdown.clone());
-    shutdown.trigger();
-    if let Some(m) = monitor {
-        let _ = m.join();
+        let mut table = Table::fitted(header);
+        for a in &self.alerts {
+            let model = match (&a.model, &a.version) {
+                (Some(m), None) => m.clone(),
+                (m, v) => model_version(m.as_deref(), v.as_deref()),
+            };
+            let mut row = vec![
+                a.rule.clone(),
+                a.device.clone().unwrap_or_else(|| "-".into()),
+                model,
+                compared(&a.rule, &a.subject, a.value, a.threshold),
+                when(now, a.opened_unix_s),
+            ];
+            if self.all {
+                row.push(match a.resolved_unix_s {
+                    Some(t) => format!("resolved {}", when(now, t)),
+                    None => a.state.clone(),
+                });
+            }
+            table.row(row);
+        }
+        table.text()
     }
-    store.close();
-    served?;
-    Ok(())
 }
 
-/// How often the monitor steps rollouts and evaluates alerts.
-pub const MONITOR_PERIOD: Duration = Duration::from_millis(500);
+/// `HOST:PORT` a new device's configuration points at when `devices add` is given no
+/// `--host`: this machine's hostname (127.0.0.1 when it has none) and the sync port.
+pub fn default_host() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    format!("{name}:{}", crate::agent::config::DEFAULT_HOST_PORT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, model: Option<(&str, &str)>, last_seen: Option<i64>) -> DeviceStatus {
+        DeviceStatus {
+            name: name.into(),
+            group: "north".into(),
+            model: model.map(|(m, _)| m.to_string()),
+            version: model.map(|(_, v)| v.to_string()),
+            last_seen_unix_s: last_seen,
+            health: "ok".into(),
+            assignment: None,
+        }
+    }
+
+    #[test]
+    fn the_device_table_aligns_its_columns() {
+        let list = DeviceList(vec![
+            status("pi-kitchen-01", Some(("wine", "2")), None),
+            status("b", None, None),
+        ]);
+        assert_eq!(
+            list.text(),
+            "DEVICE         GROUP  MODEL   LAST SEEN  HEALTH  PUSH\n\
+             pi-kitchen-01  north  wine@2  never      ok      -\n\
+             b              north  -       never      ok      -\n"
+        );
+        assert!(DeviceList(Vec::new()).text().starts_with("no devices"));
+    }
+
+    #[test]
+    fn a_waited_push_names_the_devices_without_it() {
+        let mut push = PushReport {
+            push: 7,
+            model: "wine@2".into(),
+            role: "active",
+            release: 3,
+            rollback: false,
+            size_bytes: 1000,
+            sha256: "ab".repeat(32),
+            devices: vec!["a".into(), "b".into()],
+            added_sections: Vec::new(),
+            states: None,
+            complete: None,
+        };
+        assert!(push.not_installed().is_empty());
+        assert!(push.text().contains("on their next contact"));
+        push.states = Some(vec![
+            PushState {
+                device: "a".into(),
+                state: "installed".into(),
+                reason: None,
+            },
+            PushState {
+                device: "b".into(),
+                state: "refused".into(),
+                reason: Some("too big".into()),
+            },
+        ]);
+        assert_eq!(push.not_installed(), ["b (refused: too big)"]);
+        let json = serde_json::to_value(&push).unwrap();
+        assert_eq!(json["states"][1]["reason"], "too big");
+        assert_eq!(json["push"], 7);
+    }
+}

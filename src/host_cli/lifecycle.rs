@@ -10,6 +10,7 @@
 use super::TrainOptions;
 use super::fleet::push_to;
 use super::optimize::OptimizeOptions;
+use super::render::{Render, reason_suffix};
 use crate::fleet::gates::{Baseline, Gates, Verdict, judge, watch};
 use crate::fleet::rollout::Rollout;
 use crate::fleet::{self, Fleet, SILENT_AFTER_S};
@@ -17,9 +18,11 @@ use crate::registry::{ModelRef, Registry, Version};
 use crate::sync::Role;
 use crate::util::now_unix_ms;
 use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// How far back the current model's feedback counts for a rollout's baseline accuracy.
 const BASELINE_WINDOW_MS: u64 = 10 * 60 * 1000;
@@ -41,7 +44,7 @@ pub fn start_rollout(
     canary: u32,
     gates: &Gates,
     origin: &str,
-) -> Result<Value> {
+) -> Result<RolloutStarted> {
     if let Err((key, value, reason)) = gates.check() {
         bail!("rollout gate {key} = {value}: must be {reason}");
     }
@@ -137,7 +140,7 @@ pub fn start_rollout(
         (tested, None)
     };
     let shadow = push_to(registry, &candidate.parse()?, &canaries, Role::Shadow)?;
-    let shadow_push = shadow["push"].as_u64().unwrap_or(0);
+    let shadow_push = shadow.push;
     let results = json!({
         "canaries": canaries.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
         "baseline_accuracy": baseline,
@@ -155,15 +158,117 @@ pub fn start_rollout(
         &results,
         origin,
     )?;
-    Ok(json!({
-        "rollout": id,
-        "model": candidate,
-        "group": group,
-        "previous": previous,
-        "canaries": results["canaries"],
-        "baseline_accuracy": baseline,
-        "state": "canary",
-    }))
+    Ok(RolloutStarted {
+        rollout: id,
+        model: candidate,
+        group: group.to_string(),
+        previous,
+        canaries: canaries.iter().map(|d| d.name.clone()).collect(),
+        baseline_accuracy: baseline,
+        state: "canary",
+    })
+}
+
+/// A rollout just started (`rollout` without `--wait`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RolloutStarted {
+    /// The rollout's id.
+    pub rollout: i64,
+    /// The candidate, `NAME@VERSION`.
+    pub model: String,
+    /// The group it rolls out to.
+    pub group: String,
+    /// What most of the group runs now, `NAME@VERSION`.
+    pub previous: String,
+    /// The devices that run the candidate in shadow.
+    pub canaries: Vec<String>,
+    /// The accuracy the candidate must keep, when known.
+    pub baseline_accuracy: Option<f64>,
+    /// `canary`.
+    pub state: &'static str,
+}
+
+/// `rollout`'s result: the rollout as started, or as it stands after `--wait`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum RolloutOutcome {
+    /// Started; the server drives it from here.
+    Started(RolloutStarted),
+    /// As it stood when the wait ended.
+    Waited(Box<Rollout>),
+}
+
+impl RolloutOutcome {
+    /// Whether the rollout completed (a started one has not yet).
+    pub fn is_complete(&self) -> bool {
+        matches!(self, RolloutOutcome::Waited(r) if r.state == "complete")
+    }
+}
+
+impl Render for RolloutOutcome {
+    fn text(&self) -> String {
+        match self {
+            RolloutOutcome::Started(r) => format!(
+                "rollout {}: {} to group {} ({})\n",
+                r.rollout, r.model, r.group, r.state
+            ),
+            RolloutOutcome::Waited(r) => format!(
+                "rollout {}: {}@{} to group {} ({})\n",
+                r.id,
+                r.name,
+                r.version,
+                r.group,
+                state_text(r)
+            ),
+        }
+    }
+}
+
+/// A rollout's state with the reason it is in it: `aborted: accuracy 0.71 < 0.80`.
+fn state_text(r: &Rollout) -> String {
+    format!("{}{}", r.state, reason_suffix(r.reason.as_deref()))
+}
+
+/// Starts a rollout as [`start_rollout`] does and, with `wait`, waits up to that long for the
+/// server to finish it (complete, aborted or rolled back).
+///
+/// # Errors
+/// As [`start_rollout`]; database failures while waiting (a timeout is not an error: the
+/// outcome says where the rollout stands).
+pub fn rollout(
+    registry: &Registry,
+    r: &ModelRef,
+    group: &str,
+    canary: u32,
+    gates: &Gates,
+    wait: Option<Duration>,
+) -> Result<RolloutOutcome> {
+    let started = start_rollout(registry, r, group, canary, gates, "operator")?;
+    match wait {
+        None => Ok(RolloutOutcome::Started(started)),
+        Some(timeout) => Ok(RolloutOutcome::Waited(Box::new(wait_for_rollout(
+            registry.path(),
+            started.rollout,
+            timeout,
+        )?))),
+    }
+}
+
+/// Waits until rollout `id` leaves its canary and promoted phases, or `timeout` passes;
+/// returns it as it then stands.
+///
+/// # Errors
+/// Database failures, a rollout that vanished.
+pub fn wait_for_rollout(db: &Path, id: i64, timeout: Duration) -> Result<Rollout> {
+    let f = open_fleet(db)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = f.rollout(id)?.context("the rollout vanished")?;
+        if !matches!(r.state.as_str(), "canary" | "promoted") || Instant::now() >= deadline {
+            return Ok(r);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Moves every rollout under way one step if it can: judges canaries that have enough
@@ -232,18 +337,12 @@ fn step_canary(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Option
                 results["baseline_accuracy"] = json!(shadow_acc);
                 results["baseline_labels"] = json!(evidence.feedback);
             }
-            results["active_push"] = active["push"].clone();
+            results["active_push"] = json!(active.push);
             let detail = format!(
                 "gates passed over {} shadow requests: {detail}",
                 evidence.requests
             );
-            f.update_rollout(
-                r.id,
-                "promoted",
-                Some(&detail),
-                &results,
-                active["push"].as_u64(),
-            )?;
+            f.update_rollout(r.id, "promoted", Some(&detail), &results, Some(active.push))?;
             Ok(Some(format!(
                 "rollout {} of {candidate} promoted to group {}: {detail}",
                 r.id, r.group
@@ -296,7 +395,7 @@ fn step_promoted(registry: &Registry, f: &mut Fleet, r: &Rollout) -> Result<Opti
             .clone()
             .ok_or_else(|| anyhow!("rollout {} has no previous version to restore", r.id))?;
         let back = super::fleet::push_back_to(registry, &previous.parse()?, &group)?;
-        results["rollback_push"] = back["push"].clone();
+        results["rollback_push"] = json!(back.push);
         let why = format!("{reason}; group {} back on {previous}", r.group);
         f.update_rollout(r.id, "rolled-back", Some(&why), &results, None)?;
         return Ok(Some(format!(
@@ -424,7 +523,7 @@ pub fn retrain(
     opts.baseline = baseline;
     let trained = super::train(registry, &opts)
         .with_context(|| format!("retraining {shown} on {}", data.display()))?;
-    let trained_ref = format!("{trained_name}@{}", trained["version"]);
+    let trained_ref = format!("{trained_name}@{}", trained.version);
     let Some(mut o) = optimized else {
         return Ok(trained_ref);
     };
@@ -432,7 +531,7 @@ pub fn retrain(
     o.name = Some(version.name.clone());
     let report = super::optimize::optimize(registry, &o)
         .with_context(|| format!("optimizing the retrained {trained_ref} as {shown} was"))?;
-    Ok(format!("{}@{}", version.name, report["version"]))
+    Ok(format!("{}@{}", version.name, report.version.version))
 }
 
 /// Appends labelled samples `(input, label, _)` as CSV rows, the label in column `target`.
@@ -643,7 +742,7 @@ impl Monitor {
         ) {
             Ok(v) => Ok(Retrain::Done(Some(format!(
                 "{rule} alert on {device}: retrained {} as {new}, rollout {} to group {}",
-                key.0, v["rollout"], status.group
+                key.0, v.rollout, status.group
             )))),
             Err(e) => {
                 let why = format!("rollout of {new} not started: {e:#}");
@@ -654,25 +753,37 @@ impl Monitor {
     }
 }
 
-/// Text of `perch-host rollouts`.
-pub fn render_rollouts(v: &Value) -> String {
-    let mut out = String::new();
-    for r in v.as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:>4}  {}@{}  group {}  {}{}\n",
-            r["id"],
-            r["name"].as_str().unwrap_or("?"),
-            r["version"].as_str().unwrap_or("?"),
-            r["group"].as_str().unwrap_or("?"),
-            r["state"].as_str().unwrap_or("?"),
-            r["reason"]
-                .as_str()
-                .map(|x| format!(": {x}"))
-                .unwrap_or_default()
-        ));
+/// Rollouts (`rollouts`): a JSON array, or a line each.
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct RolloutList(pub Vec<Rollout>);
+
+/// The rollouts under way, or every rollout (the latest 100) with `all`.
+///
+/// # Errors
+/// Database failures.
+pub fn rollouts(db: &Path, all: bool) -> Result<RolloutList> {
+    Ok(RolloutList(open_fleet(db)?.rollouts(!all, 100)?))
+}
+
+impl Render for RolloutList {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for r in &self.0 {
+            out.push_str(&format!(
+                "{:>4}  {}@{}  group {}  {}\n",
+                r.id,
+                r.name,
+                r.version,
+                r.group,
+                state_text(r)
+            ));
+        }
+        if out.is_empty() {
+            out.push_str(
+                "no rollouts (start one with `perch-host rollout NAME@VERSION --group G`)\n",
+            );
+        }
+        out
     }
-    if out.is_empty() {
-        out.push_str("no rollouts (start one with `perch-host rollout NAME@VERSION --group G`)\n");
-    }
-    out
 }

@@ -3,7 +3,10 @@
 //! the same data: metrics, artifact size, batch-1 latency and peak memory on the native
 //! engine.
 
-use super::{import, recorded_data, schema_from_json, score_runtime, version_json};
+use super::eval::{Metrics, score_runtime};
+use super::models::{VersionView, import};
+use super::render::{Align, Render, Table};
+use super::{recorded_data, recorded_schema};
 use crate::optimize::finetune::{FinetuneOptions, finetune};
 use crate::optimize::prune::{PruneOptions, PruneScope, prune};
 use crate::optimize::quantize::{Calibration, QuantizeMode, QuantizeOptions, quantize};
@@ -11,7 +14,7 @@ use crate::registry::{ArtifactFormat, ModelRef, Payload, Registry, Version, Vers
 use crate::runtime;
 use crate::train::data::{Dataset, Schema, Task};
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -57,24 +60,95 @@ pub struct OptimizeOptions {
     pub seed: u64,
 }
 
-/// What one version measures.
-#[derive(Debug, Clone)]
-struct Figures {
-    metrics: Value,
-    size_bytes: usize,
-    latency_us_p50: f64,
-    peak_memory_bytes: Option<usize>,
+/// Metrics of an optimize run, with the data they were measured on.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Scores {
+    /// The metrics (none without test data).
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    /// `test` when measured on test data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluated_on: Option<&'static str>,
 }
 
-impl Figures {
-    fn json(&self) -> Value {
-        json!({
-            "metrics": self.metrics,
-            "size_bytes": self.size_bytes,
-            "latency_us_p50": self.latency_us_p50,
-            "peak_memory_bytes": self.peak_memory_bytes,
-        })
-    }
+/// What one version measures.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figures {
+    /// Metrics on the test data, when there is some.
+    pub metrics: Scores,
+    /// Artifact size.
+    pub size_bytes: usize,
+    /// Median batch-1 latency on the native engine.
+    pub latency_us_p50: f64,
+    /// Peak heap while loading and running it once, when the allocator tracks it.
+    pub peak_memory_bytes: Option<usize>,
+}
+
+/// The input version of an optimize run and its figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParentFigures {
+    /// `NAME@VERSION`.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Its figures.
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// The pruning step of an optimize run.
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneStep {
+    /// The sparsity asked for.
+    pub sparsity: f64,
+    /// The sparsity reached.
+    pub achieved: f64,
+    /// `global` or `per_layer`.
+    pub scope: &'static str,
+    /// Whether whole neurons were removed.
+    pub structured: bool,
+    /// Epochs of fine-tuning while pruning (0: none).
+    pub finetune_epochs: usize,
+}
+
+/// The quantization step of an optimize run.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantizeStep {
+    /// `int8` or `dynamic`.
+    pub mode: String,
+    /// The activation range method, for `int8`.
+    pub calibration: Option<String>,
+    /// The calibration data, for `int8`.
+    pub calibration_data: Option<String>,
+}
+
+/// What an optimize run did, step by step (also stored in the new version's params).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Optimizations {
+    /// Pruning, with `--prune`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneStep>,
+    /// Quantization, with `--quantize`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<QuantizeStep>,
+}
+
+/// `perch-host optimize`'s result: the new version with its figures, and its parent's.
+#[derive(Clone, Debug, Serialize)]
+pub struct OptimizeReport {
+    /// The new version; its metrics and size are the ones measured, its parent the input's
+    /// figures.
+    #[serde(flatten)]
+    pub version: VersionView<Scores, ParentFigures>,
+    /// Median batch-1 latency of the new version.
+    pub latency_us_p50: f64,
+    /// Its peak heap.
+    pub peak_memory_bytes: Option<usize>,
+    /// What was done.
+    pub optimizations: Optimizations,
+    /// `test` when both were scored on test data.
+    pub evaluated_on: Option<&'static str>,
+    /// The test data both were scored on.
+    pub test_data: Option<String>,
 }
 
 /// Batch-1 runs timed for the latency figure (after as many warm-up runs).
@@ -107,16 +181,11 @@ fn measure(bytes: &[u8], data: Option<(&Dataset, &Schema)>) -> Result<Figures> {
     times.sort_by(f64::total_cmp);
     let latency_us_p50 = times[times.len() / 2];
     let metrics = match data {
-        Some((d, schema)) => {
-            let mut report = Map::new();
-            score_runtime(&mut model, d, schema, &mut report)?;
-            let mut metrics = report.remove("metrics").unwrap_or(Value::Null);
-            if let Some(m) = metrics.as_object_mut() {
-                m.insert("evaluated_on".into(), json!("test"));
-            }
-            metrics
-        }
-        None => json!({}),
+        Some((d, schema)) => Scores {
+            metrics: score_runtime(&mut model, d, schema)?.metrics,
+            evaluated_on: Some("test"),
+        },
+        None => Scores::default(),
     };
     Ok(Figures {
         metrics,
@@ -233,12 +302,11 @@ fn recorded(input: &Input, which: &str) -> Result<PathBuf> {
     }
 }
 
-/// Runs `perch-host optimize`. Returns the new version's figures with the parent's under
-/// `parent`.
+/// Runs `perch-host optimize`: the new version's figures with the parent's.
 ///
 /// # Errors
 /// Unknown models, models stored as ONNX, nothing to do, missing data, failed transforms.
-pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value> {
+pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<OptimizeReport> {
     if opts.quantize.is_none() && opts.prune.is_none() {
         bail!("nothing to do: give --quantize int8|dynamic and/or --prune SPARSITY");
     }
@@ -250,11 +318,9 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
     }
     let (input, model, parent_bytes, parent_shown) = load_input(registry, opts)?;
     let schema = match &input {
-        Input::Registered(v) => v.data_schema.as_ref(),
+        Input::Registered(v) => recorded_schema(v)?,
         Input::External(_) => None,
-    }
-    .map(schema_from_json)
-    .transpose()?;
+    };
 
     // The data both versions are scored on.
     let test_path = match &opts.test {
@@ -294,7 +360,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
 
     // Transform.
     let mut out = model.clone();
-    let mut steps = Map::new();
+    let mut steps = Optimizations::default();
     if let Some(sparsity) = opts.prune {
         if !(0.0..1.0).contains(&sparsity) {
             bail!("bad --prune {sparsity}: expected a fraction in [0, 1)");
@@ -340,16 +406,17 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
                 report
             }
         };
-        steps.insert(
-            "prune".into(),
-            json!({
-                "sparsity": sparsity,
-                "achieved": f64::from(report.sparsity),
-                "scope": if opts.per_layer { "per_layer" } else { "global" },
-                "structured": opts.structured,
-                "finetune_epochs": opts.finetune_epochs.unwrap_or(0),
-            }),
-        );
+        steps.prune = Some(PruneStep {
+            sparsity,
+            achieved: f64::from(report.sparsity),
+            scope: if opts.per_layer {
+                "per_layer"
+            } else {
+                "global"
+            },
+            structured: opts.structured,
+            finetune_epochs: opts.finetune_epochs.unwrap_or(0),
+        });
     }
     if let Some(q) = &opts.quantize {
         let (mode, rows, source) = if q == "dynamic" {
@@ -381,14 +448,11 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
             (mode, Some(rows), Some(source))
         };
         out = quantize(&out, &QuantizeOptions { mode }, rows.as_deref())?;
-        steps.insert(
-            "quantize".into(),
-            json!({
-                "mode": q,
-                "calibration": (q == "int8").then_some(opts.calibration.as_str()),
-                "calibration_data": source.map(|p| p.display().to_string()),
-            }),
-        );
+        steps.quantize = Some(QuantizeStep {
+            mode: q.clone(),
+            calibration: (q == "int8").then(|| opts.calibration.clone()),
+            calibration_data: source.map(|p| p.display().to_string()),
+        });
     }
     out.metadata.producer = format!("perch-host {} optimize", env!("CARGO_PKG_VERSION"));
     rerecord_canary(&mut out).context("recording the optimized model's canary")?;
@@ -399,19 +463,15 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
     let parent = match input {
         Input::Registered(v) => *v,
         Input::External(path) => {
-            let v = import(registry, &path, opts.name.as_deref())?;
-            let r: ModelRef = v["ref"]
-                .as_str()
-                .ok_or_else(|| anyhow!("import gave no reference"))?
-                .parse()?;
-            registry.resolve(&r)?
+            let imported = import(registry, &path, opts.name.as_deref())?;
+            registry.resolve(&imported.version.reference.parse()?)?
         }
     };
     let parent_ref = format!("{}@{}", parent.name, parent.number);
     let name = opts.name.clone().unwrap_or_else(|| parent.name.clone());
     let mut params = parent.params.clone();
     if let Some(p) = params.as_object_mut() {
-        p.insert("optimize".into(), Value::Object(steps.clone()));
+        p.insert("optimize".into(), serde_json::to_value(&steps)?);
         p.insert("optimize_recipe".into(), serde_json::to_value(opts)?);
     }
     let version = registry.register(
@@ -419,7 +479,7 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
         Payload::Native(Box::new(out)),
         VersionInfo {
             params,
-            metrics: after.metrics.clone(),
+            metrics: serde_json::to_value(&after.metrics)?,
             fit_seconds: None,
             dataset: parent.dataset.clone(),
             data_schema: parent.data_schema.clone(),
@@ -427,26 +487,23 @@ pub fn optimize(registry: &mut Registry, opts: &OptimizeOptions) -> Result<Value
             data_files: parent.data_files.clone(),
         },
     )?;
-    let mut report = version_json(&version);
-    if let Some(r) = report.as_object_mut() {
-        for (k, v) in after.json().as_object().into_iter().flatten() {
-            r.insert(k.clone(), v.clone());
-        }
-        // The registry's size is the stored file's; the figures measure the same bytes.
-        r.insert("optimizations".into(), Value::Object(steps));
-        r.insert(
-            "evaluated_on".into(),
-            json!(test_path.as_ref().map(|_| "test")),
-        );
-        r.insert(
-            "test_data".into(),
-            json!(test_path.map(|p| p.display().to_string())),
-        );
-        let mut p = before.json();
-        p["ref"] = json!(parent_ref);
-        r.insert("parent".into(), p);
-    }
-    Ok(report)
+    let mut new = VersionView::of(&version);
+    // The registry's size is the stored file's; the figures measure the same bytes.
+    new.size_bytes = after.size_bytes as u64;
+    Ok(OptimizeReport {
+        version: new.with(
+            after.metrics,
+            ParentFigures {
+                reference: parent_ref,
+                figures: before,
+            },
+        ),
+        latency_us_p50: after.latency_us_p50,
+        peak_memory_bytes: after.peak_memory_bytes,
+        optimizations: steps,
+        evaluated_on: test_path.as_ref().map(|_| "test"),
+        test_data: test_path.map(|p| p.display().to_string()),
+    })
 }
 
 /// Records the canary's expected outputs again for the transformed model, from the same
@@ -469,70 +526,71 @@ fn rerecord_canary(model: &mut crate::graph::Model) -> Result<()> {
     Ok(())
 }
 
-/// The before/after table `optimize` prints.
-pub fn render(r: &Value) -> String {
-    let parent = &r["parent"];
-    let name = |v: &Value| v["ref"].as_str().unwrap_or("?").to_string();
-    let mut rows: Vec<(String, String, String, String)> = Vec::new();
-    let ratio = |a: f64, b: f64| {
-        if a > 0.0 {
-            format!("{:.2}×", b / a)
-        } else {
-            "-".into()
-        }
-    };
-    if let (Some(a), Some(b)) = (parent["metrics"].as_object(), r["metrics"].as_object()) {
+impl Render for OptimizeReport {
+    /// The before/after table.
+    fn text(&self) -> String {
+        let parent = &self.version.parent;
+        let ratio = |a: f64, b: f64| {
+            if a > 0.0 {
+                format!("{:.2}×", b / a)
+            } else {
+                "-".into()
+            }
+        };
+        let mut table = Table::fixed(&[
+            (Align::Left, 24),
+            (Align::Right, 16),
+            (Align::Right, 16),
+            (Align::Right, 12),
+        ]);
+        table.row([
+            "",
+            parent.reference.as_str(),
+            self.version.reference.as_str(),
+            "change",
+        ]);
+        let (a, b) = (
+            &parent.figures.metrics.metrics,
+            &self.version.metrics.metrics,
+        );
         for key in ["accuracy", "f1_macro", "r2", "mse"] {
-            if let (Some(x), Some(y)) = (
-                a.get(key).and_then(Value::as_f64),
-                b.get(key).and_then(Value::as_f64),
-            ) {
+            if let (Some(&x), Some(&y)) = (a.get(key), b.get(key)) {
                 let change = if key == "accuracy" || key == "f1_macro" {
                     format!("{:+.2} pts", (y - x) * 100.0)
                 } else {
                     format!("{:+.4}", y - x)
                 };
-                rows.push((key.into(), format!("{x:.4}"), format!("{y:.4}"), change));
+                table.row([key.into(), format!("{x:.4}"), format!("{y:.4}"), change]);
             }
         }
+        let (size_a, size_b) = (parent.figures.size_bytes, self.version.size_bytes);
+        table.row([
+            "size".into(),
+            format!("{size_a} B"),
+            format!("{size_b} B"),
+            ratio(size_a as f64, size_b as f64),
+        ]);
+        let (lat_a, lat_b) = (parent.figures.latency_us_p50, self.latency_us_p50);
+        table.row([
+            "latency p50 (batch 1)".into(),
+            format!("{lat_a:.2} µs"),
+            format!("{lat_b:.2} µs"),
+            ratio(lat_a, lat_b),
+        ]);
+        if let (Some(a), Some(b)) = (parent.figures.peak_memory_bytes, self.peak_memory_bytes) {
+            let (a, b) = (a as f64, b as f64);
+            table.row([
+                "peak memory".into(),
+                format!("{:.1} KiB", a / 1024.0),
+                format!("{:.1} KiB", b / 1024.0),
+                ratio(a, b),
+            ]);
+        }
+        let mut s = table.text();
+        match &self.test_data {
+            Some(on) => s.push_str(&format!("metrics on the test data {on}\n")),
+            None => s.push_str("no test data recorded or given (--test): metrics not measured\n"),
+        }
+        s
     }
-    let size = |v: &Value| v["size_bytes"].as_f64().unwrap_or(0.0);
-    rows.push((
-        "size".into(),
-        format!("{} B", size(parent)),
-        format!("{} B", size(r)),
-        ratio(size(parent), size(r)),
-    ));
-    let lat = |v: &Value| v["latency_us_p50"].as_f64().unwrap_or(0.0);
-    rows.push((
-        "latency p50 (batch 1)".into(),
-        format!("{:.2} µs", lat(parent)),
-        format!("{:.2} µs", lat(r)),
-        ratio(lat(parent), lat(r)),
-    ));
-    let mem = |v: &Value| v["peak_memory_bytes"].as_f64();
-    if let (Some(a), Some(b)) = (mem(parent), mem(r)) {
-        rows.push((
-            "peak memory".into(),
-            format!("{:.1} KiB", a / 1024.0),
-            format!("{:.1} KiB", b / 1024.0),
-            ratio(a, b),
-        ));
-    }
-    let mut s = format!(
-        "{:<24} {:>16} {:>16} {:>12}\n",
-        "",
-        name(parent),
-        name(r),
-        "change"
-    );
-    for (k, a, b, c) in rows {
-        s.push_str(&format!("{k:<24} {a:>16} {b:>16} {c:>12}\n"));
-    }
-    if let Some(on) = r["test_data"].as_str() {
-        s.push_str(&format!("metrics on the test data {on}\n"));
-    } else {
-        s.push_str("no test data recorded or given (--test): metrics not measured\n");
-    }
-    s
 }

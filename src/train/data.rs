@@ -149,11 +149,17 @@ pub enum Task {
 }
 
 /// How a feature column is turned into model inputs.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Stored in the registry as `{"kind": "numeric", "fill": …}` or `{"kind": "categorical",
+/// "categories": […], "fill": …}`, inside the column's object.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ColumnEncoding {
     /// One input; a missing cell becomes `fill` (the training mean).
     Numeric {
-        /// Imputed value.
+        /// Imputed value. A non-finite fill is stored as `null` (JSON has no NaN) and reads
+        /// back as NaN, as does a missing one.
+        #[serde(default = "nan", deserialize_with = "fill_or_nan")]
         fill: f64,
     },
     /// One input per category (one-hot, in `categories` order); a missing cell becomes
@@ -166,19 +172,32 @@ pub enum ColumnEncoding {
     },
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
+fn fill_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// One feature column of the source file and its encoding.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Column {
     /// Header name.
     pub name: String,
     /// Encoding chosen on the training data.
+    #[serde(flatten)]
     pub encoding: ColumnEncoding,
-    /// Cells that were missing (empty or `NA`) in the file it was built from.
+    /// Cells that were missing (empty or `NA`) in the file it was built from (not stored:
+    /// it describes that file, not the encoding).
+    #[serde(skip)]
     pub missing: usize,
 }
 
-/// How the target was read.
-#[derive(Clone, Debug, PartialEq)]
+/// How the target was read. Stored as `{"kind": "classes", "labels": […], "numeric": […|null]}`
+/// or `{"kind": "values"}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum TargetEncoding {
     /// Class labels in index order. `numeric` holds the labels as integers when every label
     /// is one (then they are sorted numerically), for an `ArgMax { labels }` layer.
@@ -192,8 +211,10 @@ pub enum TargetEncoding {
     Values,
 }
 
-/// Everything needed to encode another file the way the training file was encoded.
-#[derive(Clone, Debug, PartialEq)]
+/// Everything needed to encode another file the way the training file was encoded. The
+/// registry keeps it with each trained version as JSON (`columns`, `target`,
+/// `target_encoding`), written and read by this derive.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Schema {
     /// Feature columns in file order (the target excluded).
     pub columns: Vec<Column>,
