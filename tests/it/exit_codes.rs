@@ -3,7 +3,6 @@
 //! rollout unfinished; each verb of `perch` takes only its own flags; `--json` prints JSON on
 //! every verb; an error names its file and its cause once.
 
-use crate::harness;
 use crate::harness::*;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -205,6 +204,7 @@ fn errors_name_the_file_and_the_cause_once() {
 #[cfg(feature = "host")]
 mod host {
     use super::*;
+    use crate::harness;
 
     /// A registry in a temp dir with one trained iris model and one device that never
     /// connects.
