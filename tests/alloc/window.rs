@@ -15,10 +15,12 @@ fn a_window_sees_its_own_peak_and_not_what_was_live_before() {
     let small: Vec<u8> = vec![4; 1 << 10];
     let peak = perch::memory::peak_since(window).expect("the allocator is installed");
     assert!(perch::memory::tracking());
-    // Both megabytes were live at once; the 4 MiB from before do not count. Other test
-    // threads may allocate a little meanwhile.
+    // Both megabytes were live at once (one alone would be 1 MiB); the 4 MiB from before do
+    // not count. Other threads may allocate or free a little meanwhile: the test harness's
+    // threads free what the test that ran before this one left (measured: 97 bytes less than
+    // 2 MiB, once the counting test shared this binary).
     assert!(
-        (2 << 20..(2 << 20) + (256 << 10)).contains(&peak),
+        ((2 << 20) - (64 << 10)..(2 << 20) + (256 << 10)).contains(&peak),
         "peak {peak}"
     );
     std::hint::black_box((&before, &small));
