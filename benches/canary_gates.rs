@@ -1,4 +1,4 @@
-//! The canary gate's error rates under the noise model of tests/canary_sim (what
+//! The canary gate's error rates under the noise model of tests/it/canary_sim.rs (what
 //! docs/alerts.md quotes): for each case, how many simulated canary phases end promoted,
 //! rejected, or timed out, and after how many report windows and shadow requests (a
 //! markdown table).
@@ -7,7 +7,7 @@
 //! case and the default gates; the simulation is deterministic, seeded per case).
 //! `--profile dev` skips building the dependencies optimized: the simulation is small.
 
-#[path = "../tests/canary_sim/mod.rs"]
+#[path = "../tests/it/canary_sim.rs"]
 mod canary_sim;
 
 use canary_sim::{Noise, cases, run};

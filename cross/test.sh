@@ -4,8 +4,9 @@
 #   cross/test.sh TARGET
 #
 # aarch64-unknown-linux-gnu, aarch64-unknown-linux-musl, armv7-unknown-linux-gnueabihf: the
-# crate's capability tests (`cargo test --target T --all-features`: unit tests, conformance,
-# the edge CNNs against x86's results, CLI, ONNX ops, allocation count) through the qemu runner in cross/cargo-config.toml, with
+# crate's capability tests (`cargo test --target T --all-features`: unit tests, the allocation
+# count, and the conformance, edge_conformance (the edge CNNs against x86's results), cli and
+# onnx_ops areas of tests/it) through the qemu runner in cross/cargo-config.toml, with
 # the binaries they spawn run under qemu too (PERCH_TEST_RUNNER); then the shipped binary on
 # the sample model, whose labels must equal the reference's.
 # arm-unknown-linux-musleabihf (ARMv6): the binary cross/build.sh made (built if missing) under
@@ -45,14 +46,20 @@ if [[ "$target" != arm-unknown-linux-musleabihf ]]; then
     # The edge CNNs: four rows per model, int8 codes bit for bit and floats within 1e-5 of
     # what x86 computed (tests/data/edge_native), and within the issue's tolerances of the
     # references.
-    echo "test.sh: cargo test --target $target --all-features (conformance, edge_conformance, cli, onnx_ops, alloc, lib)"
+    echo "test.sh: cargo test --target $target --all-features (lib, alloc; it: conformance, edge_conformance, cli, onnx_ops)"
     # One test is left to x86: the canary gate's shadow timing under CPU hogs measures
     # wall-clock latency, and under an emulator with two hog threads it measures qemu's
     # scheduling (armv7, 2026-12-06: both models' window medians 15,104 us, no decision).
     echo "test.sh: skipping agent::serving::tests::shadow_timing_under_cpu_hogs_promotes_equals_and_rejects_5x (timing; runs on x86)"
     (cd "$root" && PERCH_EDGE_ROWS=4 cargo test --config "$root/cross/cargo-config.toml" --target "$target" \
-        --all-features --lib --test conformance --test edge_conformance --test cli --test onnx_ops --test alloc \
+        --all-features --lib --test alloc \
         -- --skip shadow_timing_under_cpu_hogs_promotes_equals_and_rejects_5x)
+    # The integration tests are one binary (tests/it) with a module per area: name the areas
+    # (a filter matches any part of a test's path, so "cli::" also matches "host_cli::", and
+    # "conformance::" takes edge_conformance with it).
+    (cd "$root" && PERCH_EDGE_ROWS=4 cargo test --config "$root/cross/cargo-config.toml" --target "$target" \
+        --all-features --test it \
+        -- conformance:: cli:: onnx_ops:: --skip host_cli::)
 fi
 
 bin="$root/dist/$target/perch"

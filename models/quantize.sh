@@ -2,7 +2,7 @@
 # Remakes the int8 sample model: models/digits-mlp-trained/model-int8.perch, the float
 # model.perch quantized statically (min-max) with the digits training split as calibration
 # data, and expected-int8.json, what `perch run --format json` on this x86 machine printed
-# for the test split. tests/cli.rs demands exactly these outputs (tolerance 0), on x86 and
+# for the test split. tests/it/cli.rs demands exactly these outputs (tolerance 0), on x86 and
 # under qemu on aarch64 and armv7 (cross/test.sh).
 #
 #   bash models/quantize.sh

@@ -2,8 +2,8 @@
 # Remakes the models perch-host trained itself (models/wine-forest, models/digits-mlp-trained):
 # trains each on its corpus training split with a fixed seed, exports the native artifact
 # and its ONNX form, and records what `perch run` on this x86 machine predicts for the
-# test split (expected.json). tests/cli.rs checks the device binary predicts the same, on
-# x86 and under qemu on ARM (cross/test.sh); tests/host_cli.rs checks that training again
+# test split (expected.json). tests/it/cli.rs checks the device binary predicts the same, on
+# x86 and under qemu on ARM (cross/test.sh); tests/it/host_cli.rs checks that training again
 # here gives the same predictions.
 #
 #   bash models/train.sh
@@ -26,7 +26,7 @@ train() {
     shift 2
     local dir=models/$name
     mkdir -p "$dir"
-    # The dataset and flags, one per line, for tests/host_cli.rs to train the same way.
+    # The dataset and flags, one per line, for tests/it/host_cli.rs to train the same way.
     printf '%s\n' "$set" "$@" > "$dir/train.args"
     "$host" --registry "$registry/r.db" train "$corpus/datasets/$set/${set}_train.csv" \
         --target target --test "$corpus/datasets/$set/${set}_test.csv" --name "$name" --json "$@" \

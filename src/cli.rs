@@ -716,32 +716,11 @@ pub fn write_bench(out: &mut dyn Write, r: &BenchReport) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::Section;
     use crate::graph::sections::{CANARY, DRIFT_BASELINE, DriftBaseline};
-    use crate::graph::{DType, Graph, Layer, Metadata, Node, Output, Section, Tensor, TensorSpec};
 
     fn model_with_sections() -> crate::graph::Model {
-        let mut model = crate::graph::Model {
-            metadata: Metadata::default(),
-            graph: Graph {
-                inputs: vec![TensorSpec {
-                    name: "x".into(),
-                    dtype: DType::F32,
-                    shape: vec![2],
-                }],
-                nodes: vec![Node {
-                    name: "dense".into(),
-                    layer: Layer::Dense {
-                        weight: Tensor::f32(vec![1, 2], vec![1.0, 2.0]),
-                        bias: None,
-                    },
-                    inputs: vec![0],
-                }],
-                outputs: vec![Output {
-                    name: "y".into(),
-                    value: 1,
-                }],
-            },
-        };
+        let mut model = crate::test_fixtures::tiny_dense(None);
         let col = [1.0, 2.0, 3.0];
         let baseline = DriftBaseline::from_columns([&col[..], &col[..]]);
         model

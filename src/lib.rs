@@ -98,6 +98,8 @@ pub mod registry;
 pub mod runtime;
 pub mod signals;
 pub mod sync;
+#[cfg(test)]
+pub(crate) mod test_fixtures;
 #[cfg(feature = "host")]
 pub mod train;
 pub mod util;

@@ -809,48 +809,26 @@ pub fn check_canary(model: &mut Model, canary: &Canary) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Graph, Layer, Node, Output as GraphOutput, Tensor};
+    use crate::graph::{Layer, Tensor};
 
     /// Two inputs → dense 3 → softmax (probabilities) and argmax (label).
     fn classifier(weight: Vec<f32>) -> crate::graph::Model {
-        let spec = |name: &str, dtype, n| TensorSpec {
-            name: name.into(),
-            dtype,
-            shape: vec![n],
+        let dense = Layer::Dense {
+            weight: Tensor::f32(vec![3, 2], weight),
+            bias: None,
         };
-        let node = |name: &str, layer, input| Node {
-            name: name.into(),
-            layer,
-            inputs: vec![input],
-        };
-        crate::graph::Model {
-            metadata: Metadata::default(),
-            graph: Graph {
-                inputs: vec![spec("x", DType::F32, 2)],
-                nodes: vec![
-                    node(
-                        "dense",
-                        Layer::Dense {
-                            weight: Tensor::f32(vec![3, 2], weight),
-                            bias: None,
-                        },
-                        0,
-                    ),
-                    node("softmax", Layer::Softmax, 1),
-                    node("argmax", Layer::ArgMax { labels: None }, 1),
-                ],
-                outputs: vec![
-                    GraphOutput {
-                        name: "probabilities".into(),
-                        value: 2,
-                    },
-                    GraphOutput {
-                        name: "label".into(),
-                        value: 3,
-                    },
-                ],
-            },
-        }
+        let mut model = crate::test_fixtures::chain(
+            2,
+            [
+                ("dense", dense),
+                ("softmax", Layer::Softmax),
+                ("argmax", Layer::ArgMax { labels: None }),
+            ],
+            &[("probabilities", 2), ("label", 3)],
+        );
+        // The argmax reads the dense layer's scores, beside the softmax.
+        model.graph.nodes[2].inputs = vec![1];
+        model
     }
 
     #[test]

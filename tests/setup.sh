@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `cargo test --all-features` needs beyond a Rust toolchain on a fresh Debian
-# machine: Debian's Chromium, which the dashboard test drives headless (tests/demo.rs).
+# machine: Debian's Chromium, which the dashboard test drives headless (tests/it/demo.rs).
 # (The ONNX export test makes its own Python virtual environment with onnxruntime.)
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail

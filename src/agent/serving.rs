@@ -779,39 +779,23 @@ mod tests {
     /// same answer, in time proportional to `layers`.
     #[cfg(feature = "host")]
     fn identity_chain(width: usize, layers: usize) -> Loaded {
-        use crate::graph::{
-            DType, Graph, Layer, Metadata, Model, Node, Output, Tensor, TensorSpec,
-        };
+        use crate::graph::{Layer, Tensor};
         let mut eye = vec![0.0f32; width * width];
         for i in 0..width {
             eye[i * width + i] = 1.0;
         }
-        let nodes = (0..layers)
-            .map(|i| Node {
-                name: format!("d{i}"),
-                layer: Layer::Dense {
-                    weight: Tensor::f32(vec![width as u32; 2], eye.clone()),
-                    bias: None,
-                },
-                inputs: vec![i as u32],
-            })
-            .collect();
-        let graph = Graph {
-            inputs: vec![TensorSpec {
-                name: "x".into(),
-                dtype: DType::F32,
-                shape: vec![width as u32],
-            }],
-            nodes,
-            outputs: vec![Output {
-                name: "y".into(),
-                value: layers as u32,
-            }],
+        let dense = |i| {
+            let layer = Layer::Dense {
+                weight: Tensor::f32(vec![width as u32; 2], eye.clone()),
+                bias: None,
+            };
+            (format!("d{i}"), layer)
         };
-        let model = Model {
-            metadata: Metadata::default(),
-            graph,
-        };
+        let model = crate::test_fixtures::chain(
+            width as u32,
+            (0..layers).map(dense),
+            &[("y", layers as u32)],
+        );
         Loaded::from_bytes(&crate::artifact::encode(&model).unwrap(), 1 << 30).unwrap()
     }
 

@@ -348,32 +348,11 @@ pub fn write(path: &Path, model: &Model) -> Result<usize, ArtifactError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{DType, Graph, Layer, Metadata, Node, Output, Tensor, TensorSpec};
+    use crate::graph::{Layer, Tensor};
 
     /// The smallest useful model: `y = [1 2]·x + 0.5`.
-    pub(crate) fn tiny() -> Model {
-        Model {
-            metadata: Metadata::default(),
-            graph: Graph {
-                inputs: vec![TensorSpec {
-                    name: "x".into(),
-                    dtype: DType::F32,
-                    shape: vec![2],
-                }],
-                nodes: vec![Node {
-                    name: "d".into(),
-                    layer: Layer::Dense {
-                        weight: Tensor::f32(vec![1, 2], vec![1.0, 2.0]),
-                        bias: Some(Tensor::f32(vec![1], vec![0.5])),
-                    },
-                    inputs: vec![0],
-                }],
-                outputs: vec![Output {
-                    name: "y".into(),
-                    value: 1,
-                }],
-            },
-        }
+    fn tiny() -> Model {
+        crate::test_fixtures::tiny_dense(Some(0.5))
     }
 
     #[test]

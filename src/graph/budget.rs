@@ -442,38 +442,17 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Node, Output, TensorSpec};
 
     fn dense_graph(inputs: u32, outputs: u32) -> Graph {
-        Graph {
-            inputs: vec![TensorSpec {
-                name: "x".into(),
-                dtype: DType::F32,
-                shape: vec![inputs],
-            }],
-            nodes: vec![
-                Node {
-                    name: "d".into(),
-                    layer: Layer::Dense {
-                        weight: Tensor::f32(
-                            vec![outputs, inputs],
-                            vec![0.5; (inputs * outputs) as usize],
-                        ),
-                        bias: None,
-                    },
-                    inputs: vec![0],
-                },
-                Node {
-                    name: "s".into(),
-                    layer: Layer::Softmax,
-                    inputs: vec![1],
-                },
-            ],
-            outputs: vec![Output {
-                name: "y".into(),
-                value: 2,
-            }],
-        }
+        let dense = Layer::Dense {
+            weight: Tensor::f32(
+                vec![outputs, inputs],
+                vec![0.5; (inputs * outputs) as usize],
+            ),
+            bias: None,
+        };
+        let layers = [("d", dense), ("s", Layer::Softmax)];
+        crate::test_fixtures::chain(inputs, layers, &[("y", 2)]).graph
     }
 
     #[test]

@@ -623,41 +623,17 @@ mod tests {
 
     #[test]
     fn model_facts_come_from_the_loaded_artifact() {
-        use crate::graph::{Graph, Layer, Metadata, Node, Output, Tensor, TensorSpec, sections};
-        let dense = Node {
-            name: "dense".into(),
-            layer: Layer::Dense {
-                weight: Tensor::f32(vec![3, 2], vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0]),
-                bias: None,
-            },
-            inputs: vec![0],
+        use crate::graph::{Layer, Tensor, sections};
+        let dense = Layer::Dense {
+            weight: Tensor::f32(vec![3, 2], vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0]),
+            bias: None,
         };
-        let argmax = Node {
-            name: "argmax".into(),
-            layer: Layer::ArgMax { labels: None },
-            inputs: vec![1],
-        };
-        let mut model = crate::graph::Model {
-            metadata: Metadata::default(),
-            graph: Graph {
-                inputs: vec![TensorSpec {
-                    name: "x".into(),
-                    dtype: DType::F32,
-                    shape: vec![2],
-                }],
-                nodes: vec![dense, argmax],
-                outputs: vec![
-                    Output {
-                        name: "scores".into(),
-                        value: 1,
-                    },
-                    Output {
-                        name: "label".into(),
-                        value: 2,
-                    },
-                ],
-            },
-        };
+        let argmax = Layer::ArgMax { labels: None };
+        let mut model = crate::test_fixtures::chain(
+            2,
+            [("dense", dense), ("argmax", argmax)],
+            &[("scores", 1), ("label", 2)],
+        );
         model
             .metadata
             .set_section(sections::DRIFT_BASELINE, &baseline(2))

@@ -465,7 +465,7 @@ fn prune_structured(graph: &mut Graph, options: &PruneOptions) -> Result<PruneRe
 mod tests {
     use super::*;
     use crate::engine::Engine;
-    use crate::graph::{DType, Metadata, Node, Output, TensorSpec};
+    use crate::graph::Node;
 
     fn values(n: usize, k: u32) -> Vec<f32> {
         (0..n)
@@ -482,7 +482,7 @@ mod tests {
             weight: Tensor::f32(vec![o as u32, n as u32], values(o * n, k)),
             bias: Some(Tensor::f32(vec![o as u32], values(o, k + 1))),
         };
-        let layers = vec![
+        let layers = [
             dense(h, d, 1),
             Layer::Relu,
             dense(h, h, 3),
@@ -491,29 +491,11 @@ mod tests {
             Layer::Softmax,
         ];
         let n = layers.len() as u32;
-        Model {
-            metadata: Metadata::default(),
-            graph: Graph {
-                inputs: vec![TensorSpec {
-                    name: "x".into(),
-                    dtype: DType::F32,
-                    shape: vec![d as u32],
-                }],
-                nodes: layers
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, layer)| Node {
-                        name: format!("n{i}"),
-                        layer,
-                        inputs: vec![i as u32],
-                    })
-                    .collect(),
-                outputs: vec![Output {
-                    name: "p".into(),
-                    value: n,
-                }],
-            },
-        }
+        let named = layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (format!("n{i}"), l));
+        crate::test_fixtures::chain(d as u32, named, &[("p", n)])
     }
 
     fn run(model: &Model, x: &[f32]) -> Vec<f32> {

@@ -656,50 +656,25 @@ fn calibrate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Metadata, TensorSpec};
 
     fn mlp() -> Model {
         let w1: Vec<f32> = (0..24).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
         let w2: Vec<f32> = (0..12).map(|i| ((i * 5 % 7) as f32 - 3.0) / 3.0).collect();
-        let node = |name: &str, layer, input| Node {
-            name: name.into(),
-            layer,
-            inputs: vec![input],
+        let d1 = Layer::Dense {
+            weight: Tensor::f32(vec![6, 4], w1),
+            bias: Some(Tensor::f32(vec![6], vec![0.1; 6])),
         };
-        Model {
-            metadata: Metadata::default(),
-            graph: Graph {
-                inputs: vec![TensorSpec {
-                    name: "x".into(),
-                    dtype: DType::F32,
-                    shape: vec![4],
-                }],
-                nodes: vec![
-                    node(
-                        "d1",
-                        Layer::Dense {
-                            weight: Tensor::f32(vec![6, 4], w1),
-                            bias: Some(Tensor::f32(vec![6], vec![0.1; 6])),
-                        },
-                        0,
-                    ),
-                    node("r1", Layer::Relu, 1),
-                    node(
-                        "d2",
-                        Layer::Dense {
-                            weight: Tensor::f32(vec![2, 6], w2),
-                            bias: None,
-                        },
-                        2,
-                    ),
-                    node("s", Layer::Softmax, 3),
-                ],
-                outputs: vec![Output {
-                    name: "p".into(),
-                    value: 4,
-                }],
-            },
-        }
+        let d2 = Layer::Dense {
+            weight: Tensor::f32(vec![2, 6], w2),
+            bias: None,
+        };
+        let layers = [
+            ("d1", d1),
+            ("r1", Layer::Relu),
+            ("d2", d2),
+            ("s", Layer::Softmax),
+        ];
+        crate::test_fixtures::chain(4, layers, &[("p", 4)])
     }
 
     fn rows(n: usize) -> Vec<f32> {

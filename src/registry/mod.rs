@@ -1221,31 +1221,9 @@ fn resolve_id(conn: &Connection, r: &ModelRef) -> Result<(i64, i64), Lookup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{DType, Graph, Layer, Metadata, Model, Node, Output, Tensor, TensorSpec};
 
     fn model(bias: f32) -> Payload {
-        Payload::Native(Box::new(Model {
-            metadata: Metadata::default(),
-            graph: Graph {
-                inputs: vec![TensorSpec {
-                    name: "x".into(),
-                    dtype: DType::F32,
-                    shape: vec![2],
-                }],
-                nodes: vec![Node {
-                    name: "dense".into(),
-                    layer: Layer::Dense {
-                        weight: Tensor::f32(vec![1, 2], vec![1.0, 2.0]),
-                        bias: Some(Tensor::f32(vec![1], vec![bias])),
-                    },
-                    inputs: vec![0],
-                }],
-                outputs: vec![Output {
-                    name: "y".into(),
-                    value: 1,
-                }],
-            },
-        }))
+        Payload::Native(Box::new(crate::test_fixtures::tiny_dense(Some(bias))))
     }
 
     fn info(acc: f64) -> VersionInfo {
