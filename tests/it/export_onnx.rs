@@ -474,9 +474,9 @@ fn python_with_onnxruntime() -> Option<PathBuf> {
                 "pip",
                 "install",
                 "--quiet",
-                "onnx",
-                "onnxruntime",
-                "numpy",
+                "onnx==1.23.2",
+                "onnxruntime==1.32.0",
+                "numpy==2.4.6",
             ])
             .output()
             .expect("pip");
@@ -652,8 +652,11 @@ fn trained_models_export_to_onnx_that_onnxruntime_and_perch_run_with_the_native_
             Runtime::from_artifact_bytes(&perch::artifact::encode(&m).expect("encode"))
                 .expect("load");
         let ort_out = dir.path().join(format!("{name}.ort.json"));
-        jobs.push(serde_json::json!({"model": onnx_file, "input": input, "output": ort_out}));
-        quantized.push((name, run(&mut native, &x, batch), ort_out));
+        let ref_out = dir.path().join(format!("{name}.ref.json"));
+        jobs.push(serde_json::json!({
+            "model": onnx_file, "input": input, "output": ort_out, "reference_output": ref_out
+        }));
+        quantized.push((name, run(&mut native, &x, batch), ort_out, ref_out));
     }
 
     let Some(python) = python_with_onnxruntime() else {
@@ -685,15 +688,52 @@ fn trained_models_export_to_onnx_that_onnxruntime_and_perch_run_with_the_native_
             1e-5,
         );
     }
-    // onnxruntime requantizes in float where perch uses fixed point: within 1e-3.
-    for (name, want, ort_out) in quantized {
+    // The ONNX spec's evaluator and onnxruntime requantize in float where perch uses fixed
+    // point: within 1e-3. onnxruntime's u8s8 kernels on x86 without VNNI add pairs of products
+    // in saturating 16-bit lanes (its documented "saturation issue"), so there its int8
+    // results are not the spec's: they are compared, and the difference printed, only.
+    let ort_exact = ort_int8_is_exact();
+    for (name, want, ort_out, ref_out) in quantized {
         assert_outputs_match(
-            &format!("{name} (onnxruntime)"),
+            &format!("{name} (onnx.reference)"),
             &want,
-            &read_outputs_json(&ort_out),
+            &read_outputs_json(&ref_out),
             1e-3,
         );
+        let ort = read_outputs_json(&ort_out);
+        if ort_exact {
+            assert_outputs_match(&format!("{name} (onnxruntime)"), &want, &ort, 1e-3);
+        } else {
+            eprintln!(
+                "{name}: onnxruntime (u8s8 without VNNI, saturating) differs from perch by at most {:.2e}; not asserted",
+                largest_difference(&want, &ort)
+            );
+        }
     }
+}
+
+/// Whether onnxruntime's int8 GEMM is exact on this CPU: everywhere but x86 without VNNI.
+fn ort_int8_is_exact() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}
+
+/// The largest absolute difference between two sets of outputs, over the names both have.
+fn largest_difference(
+    a: &std::collections::HashMap<String, Vec<f64>>,
+    b: &std::collections::HashMap<String, Vec<f64>>,
+) -> f64 {
+    a.iter()
+        .filter_map(|(name, x)| b.get(name).map(|y| (x, y)))
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f64::max)
 }
 
 /// Every quantized layer gives each sample of a batch what it gives that sample alone (a
