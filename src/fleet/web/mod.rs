@@ -418,6 +418,133 @@ mod tests {
     }
 
     #[test]
+    fn feature_psi_is_labelled_by_the_names_the_registered_model_records() {
+        use crate::graph::{DType, Graph, Layer, Metadata, Node, Output, Tensor, TensorSpec};
+        let (dir, mut fleet, mut dash) = fixture();
+        let mut metadata = Metadata::default();
+        let names: Vec<String> = ["alcohol", "ash \"dry\"", "hue"].map(String::from).into();
+        metadata.set_feature_names(&names, "target");
+        let model = crate::graph::Model {
+            metadata,
+            graph: Graph {
+                inputs: vec![TensorSpec {
+                    name: "x".into(),
+                    dtype: DType::F32,
+                    shape: vec![3],
+                }],
+                nodes: vec![Node {
+                    name: "d".into(),
+                    layer: Layer::Dense {
+                        weight: Tensor::f32(vec![1, 3], vec![1.0, 2.0, 3.0]),
+                        bias: None,
+                    },
+                    inputs: vec![0],
+                }],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 1,
+                }],
+            },
+        };
+        let mut registry = Registry::open(dir.path().join("registry.db")).expect("registry");
+        let v = registry
+            .register(
+                "wine",
+                crate::registry::Payload::Native(Box::new(model)),
+                Default::default(),
+            )
+            .expect("register");
+        let mut r = report(1_200_000, 10);
+        r.model = crate::util::from_hex::<8>(&v.artifact_sha256[..16]).expect("hex");
+        let a = fleet.device("pi-1").expect("db").expect("pi-1");
+        fleet.store_reports(&[(a.id, 3, &r)]).expect("store");
+        let text = String::from_utf8(dash.route("/metrics").body).expect("utf-8");
+        let samples = crate::metrics::exposition::tests::check_exposition(&text);
+        let psi: Vec<(&str, f64)> = samples
+            .iter()
+            .filter(|(n, _, _)| n == "perch_device_feature_psi")
+            .filter_map(|(_, l, v)| Some((l.iter().find(|(k, _)| k == "feature")?.1.as_str(), *v)))
+            .collect();
+        assert_eq!(
+            psi,
+            [("alcohol", 0.012), ("ash \"dry\"", 0.34), ("hue", 0.055)]
+        );
+    }
+
+    #[test]
+    fn healthz_and_openmetrics() {
+        let (_dir, _fleet, mut dash) = fixture();
+        let health = dash.route("/healthz");
+        assert_eq!(health.status, 200);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&health.body).expect("JSON"),
+            json!({"status": "ok"})
+        );
+        let reply = dash.route_as("/metrics", Format::OpenMetrics);
+        assert_eq!(reply.content_type, Format::OpenMetrics.content_type());
+        let text = String::from_utf8(reply.body).expect("utf-8");
+        crate::metrics::exposition::tests::check(&text, Format::OpenMetrics);
+        assert!(
+            text.contains("# TYPE perch_device_requests counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE perch_device_model info\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Every series the Grafana dashboard in docs/ queries is one the host exports, with
+    /// the labels the dashboard groups by.
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_series() {
+        let (_dir, _fleet, mut dash) = fixture();
+        let text = String::from_utf8(dash.route("/metrics").body).expect("utf-8");
+        let samples = crate::metrics::exposition::tests::check_exposition(&text);
+        let board: Value =
+            serde_json::from_str(include_str!("../../../docs/grafana-dashboard.json"))
+                .expect("docs/grafana-dashboard.json is JSON");
+        let mut exprs = Vec::new();
+        for panel in board["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                exprs.push(target["expr"].as_str().expect("expr").to_string());
+            }
+        }
+        assert!(exprs.len() >= 6, "{exprs:?}");
+        let mut queried = 0;
+        for expr in &exprs {
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            let names: Vec<&str> = words.filter(|w| w.starts_with("perch_")).collect();
+            assert!(!names.is_empty(), "{expr} queries no perch series");
+            // A family the fixture has no rows for (rollouts) is still declared.
+            for name in &names {
+                queried += 1;
+                let declared = text.contains(&format!("# TYPE {name} "));
+                assert!(
+                    declared || samples.iter().any(|(n, _, _)| n == name),
+                    "{expr}: no series {name} in\n{text}"
+                );
+            }
+            let queried_samples: Vec<_> = samples
+                .iter()
+                .filter(|(n, _, _)| names.contains(&n.as_str()))
+                .collect();
+            // Labels grouped by (`by (a, b)`) are on the series.
+            for group in expr.split("by (").skip(1) {
+                let labels = group.split(')').next().unwrap_or("");
+                for label in labels.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+                    assert!(
+                        queried_samples.is_empty()
+                            || queried_samples
+                                .iter()
+                                .any(|(_, l, _)| l.iter().any(|(k, _)| k == label)),
+                        "{expr}: no series it queries has the label {label}"
+                    );
+                }
+            }
+        }
+        assert!(queried >= exprs.len(), "{exprs:?}");
+    }
+
+    #[test]
     fn api_answers_and_refusals() {
         let (_dir, _fleet, mut dash) = fixture();
         let json = |r: Response| -> Value { serde_json::from_slice(&r.body).expect("JSON body") };

@@ -7,7 +7,7 @@ use super::api::{self, is_up};
 use super::{Dashboard, Totals};
 use crate::fleet::{FleetError, now_unix_s};
 use crate::metrics::{Exposition, Format, Kind};
-use crate::registry::ArtifactFormat;
+use crate::registry::{ArtifactFormat, ModelRef};
 use rusqlite::{OptionalExtension, params};
 
 /// Brings the lifetime sums of device `id` up to date with the rows stored since the last
@@ -59,20 +59,21 @@ fn update_totals(d: &mut Dashboard, id: i64, name: &str) -> Result<Totals, Fleet
 }
 
 /// The feature names of the model whose artifact SHA-256 begins with `model` (how reports
-/// name it), from its metadata in the registry; cached, since an artifact never changes.
-/// Empty when the registry does not hold it, it is ONNX, or it records no names.
-fn feature_names(d: &mut Dashboard, model: [u8; 8]) -> Result<Vec<String>, FleetError> {
+/// name it): the registry version it is, or was pushed from (a push adds the drift
+/// baseline, so its artifact differs), read from that version's metadata. Cached, since an
+/// artifact never changes. Empty when neither the registry nor the pushes know it, it is
+/// ONNX, or it records no names; a registry failure costs the names, not the scrape.
+fn feature_names(d: &mut Dashboard, model: [u8; 8]) -> Vec<String> {
     if let Some(names) = d.feature_names.get(&model) {
-        return Ok(names.clone());
+        return names.clone();
     }
     let prefix = crate::util::to_hex(&model);
-    // A registry failure costs the names, not the scrape.
-    let Some(version) = d.registry.list().ok().and_then(|versions| {
-        versions
-            .into_iter()
-            .find(|v| v.artifact_sha256.starts_with(&prefix))
-    }) else {
-        return Ok(Vec::new());
+    let Some(version) = api::model_labels(d)
+        .ok()
+        .and_then(|labels| labels.get(&prefix)?.parse::<ModelRef>().ok())
+        .and_then(|r| d.registry.resolve(&r).ok())
+    else {
+        return Vec::new();
     };
     let names = match version.format {
         ArtifactFormat::Perch => d
@@ -85,7 +86,7 @@ fn feature_names(d: &mut Dashboard, model: [u8; 8]) -> Result<Vec<String>, Fleet
         ArtifactFormat::Onnx => Vec::new(),
     };
     d.feature_names.insert(model, names.clone());
-    Ok(names)
+    names
 }
 
 /// The whole `/metrics` text in `format`.
@@ -225,7 +226,7 @@ pub(super) fn render(d: &mut Dashboard, format: Format) -> Result<String, FleetE
         let names = if r.psi_milli.is_empty() {
             Vec::new()
         } else {
-            feature_names(d, r.model)?
+            feature_names(d, r.model)
         };
         for (i, &m) in r.psi_milli.iter().enumerate() {
             let feature = names.get(i).cloned().unwrap_or_else(|| i.to_string());
