@@ -5,7 +5,9 @@
 //! | `POST /predict` | `{"inputs": [[…], …]}` or `{"input": […]}`; rows may be objects of named values (`{"sepal_length_cm": 5.1, …}`) | `{"model", "version", "ids", "outputs": {NAME: nested array}}` (and `"note"` when the target column was dropped) |
 //! | `POST /feedback` | `{"id": N, "label": L}` or `{"feedback": [{"id", "label"}, …]}` | `{"matched", "correct", "refused": [{"id", "reason"}]}` |
 //! | `GET /health` | | `{"status", "model", "connected", "queued_reports", …}` (503 without a model) |
-//! | `GET /metrics` | | Prometheus text exposition format |
+//! | `GET /metrics` | | Prometheus text format 0.0.4, or OpenMetrics 1.0.0 when `Accept` asks for it ([`crate::metrics::exposition`]; the series are in `docs/dashboard.md`) |
+//!
+//! Another method on one of these paths is a 405 with `Allow` naming the one it takes.
 //!
 //! Errors are `{"error": "…"}` with 400 (bad request), 401 (token missing or wrong), 403
 //! (an `Origin` of another site), 404, 408 (a request not whole in time), 413 (body or
