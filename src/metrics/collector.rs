@@ -715,6 +715,10 @@ mod tests {
             51.0
         );
         assert_eq!(
+            get("perch_latency_seconds_bucket", Some(("le", "1.0"))),
+            51.0
+        );
+        assert_eq!(
             get("perch_latency_seconds_bucket", Some(("le", "2.5"))),
             52.0
         );

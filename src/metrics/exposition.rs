@@ -188,7 +188,7 @@ impl Exposition {
         for (&b, &c) in bounds.iter().zip(cumulative) {
             f.samples.push(Sample {
                 suffix: "_bucket",
-                labels: bucket(format_value(b)),
+                labels: bucket(format_le(b)),
                 value: c as f64,
             });
         }
@@ -277,6 +277,16 @@ fn escape_help(v: &str, format: Format) -> String {
     match format {
         Format::Prometheus => v.replace('\\', "\\\\").replace('\n', "\\n"),
         Format::OpenMetrics => escape_label(v),
+    }
+}
+
+/// A bucket bound as both formats read it: a whole number with `.0` (OpenMetrics wants
+/// `le` as a float, and Prometheus reads `1.0` and `1` alike), else as a value.
+fn format_le(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}.0", v as i64)
+    } else {
+        format_value(v)
     }
 }
 
@@ -814,5 +824,9 @@ pub(crate) mod tests {
         assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
         assert_eq!(format_value(1e20), "100000000000000000000");
         assert!(parse_value(&format_value(1e-9)).is_some());
+        assert_eq!(
+            (format_le(1.0), format_le(2.5), format_le(0.000025)),
+            ("1.0".into(), "2.5".into(), "0.000025".into())
+        );
     }
 }
