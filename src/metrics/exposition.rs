@@ -50,31 +50,33 @@ impl Format {
         let Some(accept) = accept else {
             return Format::Prometheus;
         };
-        let (mut open, mut text) = (0.0f64, 0.0f64);
+        // Qualities in thousandths, as RFC 9110 writes them (at most three decimals).
+        let (mut open, mut text) = (0u16, 0u16);
         for range in accept.split(',') {
             let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or("").to_ascii_lowercase();
-            let (mut q, mut version) = (1.0f64, None);
+            let media = parts.next().unwrap_or("");
+            let (mut q, mut version_1) = (1000u16, true);
             for p in parts {
-                if let Some((k, v)) = p.split_once('=') {
-                    match k.trim().to_ascii_lowercase().as_str() {
-                        "q" => q = v.trim().parse().unwrap_or(0.0),
-                        "version" => version = Some(v.trim().to_string()),
-                        _ => {}
-                    }
+                let Some((k, v)) = p.split_once('=') else {
+                    continue;
+                };
+                let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+                if k.eq_ignore_ascii_case("q") {
+                    q = quality(v);
+                } else if k.eq_ignore_ascii_case("version") {
+                    version_1 = v.starts_with("1.");
                 }
             }
-            match media.as_str() {
-                "application/openmetrics-text"
-                    if version.as_deref().is_none_or(|v| v.starts_with("1.")) =>
-                {
-                    open = open.max(q);
-                }
-                "text/plain" | "*/*" | "text/*" => text = text.max(q),
-                _ => {}
+            if media.eq_ignore_ascii_case("application/openmetrics-text") && version_1 {
+                open = open.max(q);
+            } else if ["text/plain", "text/*", "*/*"]
+                .iter()
+                .any(|m| media.eq_ignore_ascii_case(m))
+            {
+                text = text.max(q);
             }
         }
-        if open > 0.0 && open >= text {
+        if open > 0 && open >= text {
             Format::OpenMetrics
         } else {
             Format::Prometheus
@@ -87,6 +89,25 @@ impl Format {
             Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
         }
+    }
+}
+
+/// An RFC 9110 `qvalue` (`0`, `0.5`, `1.000`) in thousandths; anything else is 0, so a
+/// malformed range is never preferred.
+fn quality(v: &str) -> u16 {
+    let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    let thousandths = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
+    match whole {
+        "0" => thousandths,
+        "1" if thousandths == 0 => 1000,
+        _ => 0,
     }
 }
 
@@ -108,6 +129,9 @@ struct Family {
 
 /// A set of metric families being filled, rendered in the order they were declared with
 /// each family's samples together under its `# HELP` and `# TYPE` lines.
+///
+/// The methods are `#[inline(never)]`: a scrape calls them from some 40 places, and inlined
+/// at each they cost the size-budgeted device binary kilobytes for no speed that matters.
 #[derive(Debug, Default)]
 pub struct Exposition {
     families: Vec<Family>,
@@ -121,6 +145,7 @@ impl Exposition {
 
     /// Declares the family `name` (matching `[a-zA-Z_:][a-zA-Z0-9_:]*`; a counter's without
     /// `_total`, an info family's without `_info`). Declaring a name again is a no-op.
+    #[inline(never)]
     pub fn family(&mut self, name: &'static str, kind: Kind, help: &'static str) {
         if !self.families.iter().any(|f| f.name == name) {
             self.families.push(Family {
@@ -132,6 +157,7 @@ impl Exposition {
         }
     }
 
+    #[inline(never)]
     fn push(&mut self, name: &str, suffix: &'static str, labels: &[(&'static str, &str)], v: f64) {
         if let Some(f) = self.families.iter_mut().find(|f| f.name == name) {
             f.samples.push(Sample {
@@ -145,6 +171,7 @@ impl Exposition {
     /// Adds a sample to the counter or gauge family `name` (declared first with
     /// [`Exposition::family`]; samples of undeclared families are dropped). Label names
     /// must match `[a-zA-Z_][a-zA-Z0-9_]*`; values may hold any text.
+    #[inline(never)]
     pub fn sample(&mut self, name: &str, labels: &[(&'static str, &str)], value: f64) {
         let suffix = match self.kind_of(name) {
             Some(Kind::Counter) => "_total",
@@ -155,6 +182,7 @@ impl Exposition {
     }
 
     /// Adds the sample `NAME_info{labels} 1` to the info family `name`.
+    #[inline(never)]
     pub fn info(&mut self, name: &str, labels: &[(&'static str, &str)]) {
         if self.kind_of(name) == Some(Kind::Info) {
             self.push(name, "_info", labels, 1.0);
@@ -164,6 +192,7 @@ impl Exposition {
     /// Adds one histogram to the histogram family `name`: `cumulative[i]` values at most
     /// `bounds[i]` (both ascending, same length), `count` values in all (the `+Inf`
     /// bucket) summing to `sum`.
+    #[inline(never)]
     pub fn histogram(
         &mut self,
         name: &str,
@@ -209,6 +238,7 @@ impl Exposition {
     }
 
     /// The text in `format`.
+    #[inline(never)]
     pub fn render(&self, format: Format) -> String {
         let mut out = String::new();
         for f in &self.families {
@@ -814,6 +844,25 @@ pub(crate) mod tests {
                 .content_type()
                 .starts_with("application/openmetrics-text; version=1.0.0")
         );
+    }
+
+    #[test]
+    fn qualities_read_as_rfc_9110_writes_them() {
+        for (v, want) in [
+            ("1", 1000),
+            ("1.000", 1000),
+            ("0", 0),
+            ("0.5", 500),
+            ("0.75", 750),
+            ("0.001", 1),
+            ("1.5", 0),
+            ("0.0001", 0),
+            ("", 0),
+            ("abc", 0),
+            ("0.-1", 0),
+        ] {
+            assert_eq!(quality(v), want, "{v:?}");
+        }
     }
 
     #[test]
