@@ -57,6 +57,7 @@ fn digits_report() -> Report {
         classes: 10,
         sample_len: 64,
         baseline: Some(baseline),
+        ..ModelFacts::default()
     })
     .expect("collector");
     for (i, row) in csv_rows(&data.join("digits_test.csv")).iter().enumerate() {

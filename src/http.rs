@@ -98,6 +98,16 @@ impl Response {
         Response::json(status, &serde_json::json!({ "error": message.into() }))
     }
 
+    /// A 405 for `method` on `path`, with the `Allow` header listing the methods `path`
+    /// answers to (`allow`, e.g. `"GET, HEAD"`), as RFC 9110 requires.
+    pub fn method_not_allowed(method: &str, path: &str, allow: &str) -> Response {
+        Response::error(
+            405,
+            format!("{method} is not allowed on {path} (allowed: {allow})"),
+        )
+        .with_header("Allow", allow)
+    }
+
     /// Adds a header.
     #[must_use]
     pub fn with_header(mut self, name: &str, value: &str) -> Response {

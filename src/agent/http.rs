@@ -5,7 +5,9 @@
 //! | `POST /predict` | `{"inputs": [[…], …]}` or `{"input": […]}`; rows may be objects of named values (`{"sepal_length_cm": 5.1, …}`) | `{"model", "version", "ids", "outputs": {NAME: nested array}}` (and `"note"` when the target column was dropped) |
 //! | `POST /feedback` | `{"id": N, "label": L}` or `{"feedback": [{"id", "label"}, …]}` | `{"matched", "correct", "refused": [{"id", "reason"}]}` |
 //! | `GET /health` | | `{"status", "model", "connected", "queued_reports", …}` (503 without a model) |
-//! | `GET /metrics` | | Prometheus text exposition format |
+//! | `GET /metrics` | | Prometheus text format 0.0.4, or OpenMetrics 1.0.0 when `Accept` asks for it ([`crate::metrics::exposition`]; the series are in `docs/dashboard.md`) |
+//!
+//! Another method on one of these paths is a 405 with `Allow` naming the one it takes.
 //!
 //! Errors are `{"error": "…"}` with 400 (bad request), 401 (token missing or wrong), 403
 //! (an `Origin` of another site), 404, 408 (a request not whole in time), 413 (body or
@@ -24,6 +26,7 @@ use super::daemon::{Shared, lock};
 use super::serving::PredictError;
 use crate::http::{Request, Response, Server};
 use crate::io::NestedNumbers;
+use crate::metrics::{Exposition, Format, Kind};
 use crate::sync::server::Shutdown;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -133,10 +136,9 @@ fn handle(request: Request, shared: &Shared) {
         ("POST", "/predict") => predict(request.body(), shared),
         ("POST", "/feedback") => feedback(request.body(), shared),
         ("GET", "/health") => health(shared),
-        ("GET", "/metrics") => metrics(shared),
-        (_, "/predict" | "/feedback" | "/health" | "/metrics") => {
-            Response::error(405, format!("{} is not allowed on {url}", request.method()))
-        }
+        ("GET", "/metrics") => metrics(shared, Format::from_accept(request.header("accept"))),
+        (method, "/predict" | "/feedback") => Response::method_not_allowed(method, &url, "POST"),
+        (method, "/health" | "/metrics") => Response::method_not_allowed(method, &url, "GET"),
         _ => Response::error(
             404,
             format!("no endpoint {url} (POST /predict, POST /feedback, GET /health, GET /metrics)"),
@@ -382,39 +384,49 @@ fn health(shared: &Shared) -> Response {
     Response::json(if model.is_some() { 200 } else { 503 }, &body)
 }
 
-fn metrics(shared: &Shared) -> Response {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let connected = lock(&shared.link).connected;
-    let queued = lock(&shared.queue).len();
-    let _ = writeln!(
-        out,
-        "# HELP perch_agent_connected Whether the agent has a session with the host.\n# TYPE perch_agent_connected gauge\nperch_agent_connected {}",
-        u8::from(connected)
+/// `GET /metrics`: the agent's link and queue, the active model as `perch_model_info`, and
+/// the serving figures, in the format the `Accept` header asks for.
+fn metrics(shared: &Shared, format: Format) -> Response {
+    let mut e = Exposition::new();
+    e.family(
+        "perch_agent_connected",
+        Kind::Gauge,
+        "Whether the agent has a session with the host.",
     );
-    let _ = writeln!(
-        out,
-        "# HELP perch_agent_queued_reports Metrics reports waiting for the host's acknowledgement.\n# TYPE perch_agent_queued_reports gauge\nperch_agent_queued_reports {queued}"
+    e.sample(
+        "perch_agent_connected",
+        &[],
+        f64::from(u8::from(lock(&shared.link).connected)),
+    );
+    e.family(
+        "perch_agent_queued_reports",
+        Kind::Gauge,
+        "Metrics reports waiting for the host's acknowledgement.",
+    );
+    e.sample(
+        "perch_agent_queued_reports",
+        &[],
+        lock(&shared.queue).len() as f64,
+    );
+    e.family(
+        "perch_model",
+        Kind::Info,
+        "The active model: its name, version and artifact SHA-256.",
     );
     {
         let serving = lock(&shared.serving);
         if let Some(m) = serving.active_ref() {
-            let _ = writeln!(
-                out,
-                "# HELP perch_agent_model_info The active model.\n# TYPE perch_agent_model_info gauge\nperch_agent_model_info{{name=\"{}\",version=\"{}\",sha256=\"{}\"}} 1",
-                escape(&m.name),
-                escape(&m.version),
-                crate::util::to_hex(&m.sha256)
+            let sha256 = crate::util::to_hex(&m.sha256);
+            e.info(
+                "perch_model",
+                &[
+                    ("name", &m.name),
+                    ("version", &m.version),
+                    ("sha256", &sha256),
+                ],
             );
         }
-        serving.write_prometheus(&mut out);
+        serving.expose(&mut e);
     }
-    Response::new(200, "text/plain; version=0.0.4; charset=utf-8", out)
-}
-
-/// Escapes a Prometheus label value.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    Response::new(200, format.content_type(), e.render(format))
 }

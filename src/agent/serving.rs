@@ -594,16 +594,18 @@ impl Serving {
         Ok(correct)
     }
 
-    /// Prometheus text of the serving figures.
-    pub fn write_prometheus(&self, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(
-            out,
-            "# HELP perch_agent_bad_requests_total Requests refused because their input did not fit the model.\n# TYPE perch_agent_bad_requests_total counter\nperch_agent_bad_requests_total {}",
-            self.bad_requests
+    /// Adds the serving figures to `e`: `perch_agent_bad_requests_total` and the active
+    /// model's collector ([`Collector::expose`](crate::metrics::Collector::expose)).
+    pub fn expose(&self, e: &mut crate::metrics::Exposition) {
+        e.family(
+            "perch_agent_bad_requests",
+            crate::metrics::Kind::Counter,
+            "Requests refused because their input did not fit the model.",
         );
+        e.sample("perch_agent_bad_requests", &[], self.bad_requests as f64);
         if let Some(a) = &self.active {
-            a.collector.write_prometheus(out);
+            a.collector
+                .expose(e, &crate::metrics::SystemFigures::read());
         }
     }
 }

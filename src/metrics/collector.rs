@@ -2,12 +2,12 @@
 //! once per window, with lifetime totals for Prometheus.
 
 use super::drift::{FeatureDrift, RunningMoments, psi_milli};
-use super::histogram::LatencyHistogram;
+use super::exposition::{Exposition, Format, Kind};
+use super::histogram::{EXPOSED_BOUNDS_US, ExposedBuckets, LatencyHistogram};
 use super::system::SystemFigures;
 use super::{MetricsError, Percentiles, Report};
 use crate::graph::DType;
 use crate::graph::sections::DriftBaseline;
-use std::fmt::Write;
 
 /// Input features whose drift a collector tracks, at most: a model with more has its first
 /// `MAX_FEATURES` tracked (see [`Collector::tracked_features`]); the report's `psi_milli`
@@ -30,6 +30,9 @@ pub struct ModelFacts {
     pub sample_len: usize,
     /// The training baseline, if the artifact carries one.
     pub baseline: Option<DriftBaseline>,
+    /// Names of the input features, one per value of a sample, when the model's metadata
+    /// records them (empty otherwise: features are then labelled by index).
+    pub feature_names: Vec<String>,
 }
 
 impl ModelFacts {
@@ -61,6 +64,12 @@ impl ModelFacts {
                 .metadata
                 .as_ref()
                 .and_then(|m| m.drift_baseline(sample_len).ok().flatten()),
+            feature_names: info
+                .metadata
+                .as_ref()
+                .and_then(|m| m.feature_names())
+                .filter(|names| names.len() == sample_len)
+                .unwrap_or_default(),
         }
     }
 }
@@ -74,6 +83,7 @@ struct Counts {
     feedback_correct: u64,
     predictions: heapless::Vec<u64, MAX_CLASSES>,
     latency: LatencyHistogram,
+    exposed: ExposedBuckets,
 }
 
 impl Counts {
@@ -90,6 +100,7 @@ impl Counts {
     fn request(&mut self, latency_us: u64, class: Option<usize>) {
         self.requests = self.requests.saturating_add(1);
         self.latency.record(latency_us);
+        self.exposed.record(latency_us);
         if let Some(n) = class.and_then(|c| self.predictions.get_mut(c)) {
             *n = n.saturating_add(1);
         }
@@ -99,6 +110,7 @@ impl Counts {
         self.requests = self.requests.saturating_add(1);
         self.errors = self.errors.saturating_add(1);
         self.latency.record(latency_us);
+        self.exposed.record(latency_us);
     }
 
     fn feedback(&mut self, correct: bool) {
@@ -113,6 +125,7 @@ impl Counts {
         self.feedback_correct = 0;
         self.predictions.iter_mut().for_each(|n| *n = 0);
         self.latency.reset();
+        self.exposed = ExposedBuckets::default();
     }
 }
 
@@ -133,6 +146,7 @@ pub struct Collector {
     classes: usize,
     sample_len: usize,
     baseline: Option<DriftBaseline>,
+    feature_names: Vec<String>,
     window: Counts,
     window_features: Box<[FeatureDrift]>,
     lifetime: Counts,
@@ -163,6 +177,7 @@ impl Collector {
             classes: facts.classes,
             sample_len: facts.sample_len,
             baseline,
+            feature_names: facts.feature_names,
             window: Counts::new(facts.classes),
             window_features: vec![FeatureDrift::default(); tracked].into_boxed_slice(),
             lifetime: Counts::new(facts.classes),
@@ -291,221 +306,174 @@ impl Collector {
     }
 
     /// Appends the lifetime totals to `out` in Prometheus' text exposition format (version
-    /// 0.0.4), with this machine's [`SystemFigures`] read now. See
-    /// [`Collector::write_prometheus_with`] for the families.
+    /// 0.0.4), with this machine's [`SystemFigures`] read now. See [`Collector::expose`]
+    /// for the families.
     pub fn write_prometheus(&self, out: &mut String) {
         self.write_prometheus_with(out, &SystemFigures::read());
     }
 
-    /// Appends the lifetime totals (the current window included) to `out` in Prometheus'
-    /// text exposition format, `perch_` families:
-    /// `requests_total`, `errors_total`, `latency_seconds` (summary: 0.5 / 0.95 / 0.99
-    /// quantiles, `_sum`, `_count`), `predictions_total{class}`, `feedback_total`,
-    /// `feedback_correct_total`, `feedback_accuracy` (once there is feedback),
-    /// `feature_mean{feature}` and `feature_stddev{feature}` (over the lifetime),
-    /// `feature_psi{feature}` (the last closed window's PSI), `features` and
-    /// `features_tracked`, `windows_total`, `model_info{model}`, and `resident_memory_bytes` /
-    /// `cpu_temperature_celsius` when known.
+    /// [`Collector::write_prometheus`] with the system figures given.
     pub fn write_prometheus_with(&self, out: &mut String, system: &SystemFigures) {
+        let mut e = Exposition::new();
+        self.expose(&mut e, system);
+        out.push_str(&e.render(Format::Prometheus));
+    }
+
+    /// Adds the lifetime totals (the current window included) to `e`, `perch_` families:
+    /// counters `requests`, `errors`, `predictions{class}`, `feedback`, `feedback_correct`,
+    /// `windows`; the histogram `latency_seconds` (buckets at [`EXPOSED_BOUNDS_US`], the
+    /// same on every device); gauges `feedback_accuracy` (once there is feedback),
+    /// `feature_mean{feature}` and `feature_stddev{feature}` (over the lifetime),
+    /// `feature_psi{feature}` (the last closed window's PSI), `features`,
+    /// `features_tracked`, `classes`, and `resident_memory_bytes` /
+    /// `cpu_temperature_celsius` when known. `feature` is the feature's name when the
+    /// model records names, else its index.
+    pub fn expose(&self, e: &mut Exposition, system: &SystemFigures) {
+        use Kind::{Counter, Gauge, Histogram};
         let l = &self.lifetime;
-        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP perch_{name} {help}");
-            let _ = writeln!(out, "# TYPE perch_{name} {kind}");
-        };
-        header(
-            out,
-            "requests_total",
-            "counter",
+        e.family(
+            "perch_requests",
+            Counter,
             "Prediction requests (samples), failed ones included.",
         );
-        let _ = writeln!(out, "perch_requests_total {}", l.requests);
-        header(
-            out,
-            "errors_total",
-            "counter",
-            "Failed prediction requests.",
-        );
-        let _ = writeln!(out, "perch_errors_total {}", l.errors);
+        e.sample("perch_requests", &[], l.requests as f64);
+        e.family("perch_errors", Counter, "Failed prediction requests.");
+        e.sample("perch_errors", &[], l.errors as f64);
 
-        header(
-            out,
-            "latency_seconds",
-            "summary",
-            "Prediction request latency (log-linear histogram, quantiles within 3.2%).",
+        e.family(
+            "perch_latency_seconds",
+            Histogram,
+            "Prediction request latency (each sample of a batch counts with the batch's latency).",
         );
-        for (q, label) in [(0.5, "0.5"), (0.95, "0.95"), (0.99, "0.99")] {
-            if let Some(us) = l.latency.percentile(q) {
-                let _ = writeln!(
-                    out,
-                    "perch_latency_seconds{{quantile=\"{label}\"}} {}",
-                    seconds(us)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "perch_latency_seconds_sum {}",
-            seconds(l.latency.sum_us())
+        let bounds = EXPOSED_BOUNDS_US.map(|us| us as f64 / 1e6);
+        e.histogram(
+            "perch_latency_seconds",
+            &[],
+            &bounds,
+            &l.exposed.cumulative(),
+            l.exposed.sum_us() as f64 / 1e6,
+            l.exposed.count(),
         );
-        let _ = writeln!(out, "perch_latency_seconds_count {}", l.latency.count());
 
         if !l.predictions.is_empty() {
-            header(
-                out,
-                "predictions_total",
-                "counter",
+            e.family(
+                "perch_predictions",
+                Counter,
                 "Served predictions by predicted class index.",
             );
             for (c, n) in l.predictions.iter().enumerate() {
-                let _ = writeln!(out, "perch_predictions_total{{class=\"{c}\"}} {n}");
+                e.sample("perch_predictions", &[("class", &c.to_string())], *n as f64);
             }
         }
 
-        header(
-            out,
-            "feedback_total",
-            "counter",
-            "Labelled feedback received.",
-        );
-        let _ = writeln!(out, "perch_feedback_total {}", l.feedback);
-        header(
-            out,
-            "feedback_correct_total",
-            "counter",
+        e.family("perch_feedback", Counter, "Labelled feedback received.");
+        e.sample("perch_feedback", &[], l.feedback as f64);
+        e.family(
+            "perch_feedback_correct",
+            Counter,
             "Labelled feedback that matched the prediction.",
         );
-        let _ = writeln!(out, "perch_feedback_correct_total {}", l.feedback_correct);
-        header(
-            out,
-            "feedback_accuracy",
-            "gauge",
+        e.sample("perch_feedback_correct", &[], l.feedback_correct as f64);
+        e.family(
+            "perch_feedback_accuracy",
+            Gauge,
             "Share of labelled feedback that matched the prediction.",
         );
         if l.feedback > 0 {
-            let _ = writeln!(
-                out,
-                "perch_feedback_accuracy {}",
-                number(l.feedback_correct as f64 / l.feedback as f64)
+            e.sample(
+                "perch_feedback_accuracy",
+                &[],
+                l.feedback_correct as f64 / l.feedback as f64,
             );
         }
 
-        let features = self.window_features.len();
-        header(
-            out,
-            "feature_mean",
-            "gauge",
+        e.family(
+            "perch_feature_mean",
+            Gauge,
             "Mean of each tracked input feature over the collector's lifetime.",
         );
         for (j, m) in self.lifetime_moments.iter().enumerate() {
             if let Some(mean) = m.mean() {
-                let _ = writeln!(
-                    out,
-                    "perch_feature_mean{{feature=\"{j}\"}} {}",
-                    number(mean)
-                );
+                e.sample("perch_feature_mean", &[("feature", &self.feature(j))], mean);
             }
         }
-        header(
-            out,
-            "feature_stddev",
-            "gauge",
+        e.family(
+            "perch_feature_stddev",
+            Gauge,
             "Standard deviation of each tracked input feature over the collector's lifetime.",
         );
         for (j, m) in self.lifetime_moments.iter().enumerate() {
             if let Some(v) = m.variance() {
-                let _ = writeln!(
-                    out,
-                    "perch_feature_stddev{{feature=\"{j}\"}} {}",
-                    number(v.sqrt())
-                );
+                let f = self.feature(j);
+                e.sample("perch_feature_stddev", &[("feature", &f)], v.sqrt());
             }
         }
-        header(
-            out,
-            "feature_psi",
-            "gauge",
+        e.family(
+            "perch_feature_psi",
+            Gauge,
             "Population stability index of each tracked feature against the training baseline, last closed window.",
         );
         for (j, &p) in self.last_psi_milli.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "perch_feature_psi{{feature=\"{j}\"}} {}",
-                number(f64::from(p) / 1000.0)
+            let f = self.feature(j);
+            e.sample(
+                "perch_feature_psi",
+                &[("feature", &f)],
+                f64::from(p) / 1000.0,
             );
         }
-        header(
-            out,
-            "features",
-            "gauge",
+        e.family(
+            "perch_features",
+            Gauge,
             "Values per input sample of the model.",
         );
-        let _ = writeln!(out, "perch_features {}", self.sample_len);
-        header(
-            out,
-            "features_tracked",
-            "gauge",
+        e.sample("perch_features", &[], self.sample_len as f64);
+        e.family(
+            "perch_features_tracked",
+            Gauge,
             "Input features tracked for drift (the first ones, at most 256).",
         );
-        let _ = writeln!(out, "perch_features_tracked {features}");
-        header(
-            out,
-            "classes",
-            "gauge",
+        e.sample(
+            "perch_features_tracked",
+            &[],
+            self.window_features.len() as f64,
+        );
+        e.family(
+            "perch_classes",
+            Gauge,
             "Classes of the model (0 for a regressor).",
         );
-        let _ = writeln!(out, "perch_classes {}", self.classes);
-        header(out, "windows_total", "counter", "Report windows closed.");
-        let _ = writeln!(out, "perch_windows_total {}", self.windows);
-        header(
-            out,
-            "model_info",
-            "gauge",
-            "The model served: first 8 bytes of its artifact's SHA-256.",
-        );
-        let model = crate::util::to_hex(&self.model);
-        let _ = writeln!(out, "perch_model_info{{model=\"{model}\"}} 1");
+        e.sample("perch_classes", &[], self.classes as f64);
+        e.family("perch_windows", Counter, "Report windows closed.");
+        e.sample("perch_windows", &[], self.windows as f64);
         if let Some(kib) = system.rss_kib {
-            header(
-                out,
-                "resident_memory_bytes",
-                "gauge",
+            e.family(
+                "perch_resident_memory_bytes",
+                Gauge,
                 "Resident memory of the process.",
             );
-            let _ = writeln!(out, "perch_resident_memory_bytes {}", u64::from(kib) * 1024);
+            e.sample("perch_resident_memory_bytes", &[], f64::from(kib) * 1024.0);
         }
         if let Some(t) = system.cpu_temp_milli_c {
-            header(out, "cpu_temperature_celsius", "gauge", "CPU temperature.");
-            let _ = writeln!(
-                out,
-                "perch_cpu_temperature_celsius {}",
-                number(f64::from(t) / 1000.0)
-            );
+            e.family("perch_cpu_temperature_celsius", Gauge, "CPU temperature.");
+            e.sample("perch_cpu_temperature_celsius", &[], f64::from(t) / 1000.0);
         }
     }
-}
 
-fn seconds(us: u64) -> String {
-    number(us as f64 / 1e6)
-}
-
-/// A sample value as the exposition format spells it.
-fn number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
+    /// The `feature` label of tracked feature `j`: its name, or its index when the model
+    /// records no names.
+    fn feature(&self, j: usize) -> String {
+        self.feature_names
+            .get(j)
+            .cloned()
+            .unwrap_or_else(|| j.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::exposition::tests::check_exposition;
     use crate::sync::{Message, frame};
-    use std::collections::{HashMap, HashSet};
 
     fn no_system() -> SystemFigures {
         SystemFigures::default()
@@ -525,6 +493,7 @@ mod tests {
             classes,
             sample_len,
             baseline,
+            feature_names: Vec::new(),
         }
     }
 
@@ -670,146 +639,12 @@ mod tests {
         assert!(Collector::new(facts(2, 1, Some(bad))).is_err());
     }
 
-    /// A sample: metric name, labels, value.
-    type Sample = (String, Vec<(String, String)>, f64);
-
-    /// Checks `text` line by line against the text exposition format (0.0.4): HELP and TYPE
-    /// at most once per family and before its samples, each family's samples together,
-    /// metric and label names well formed, label values quoted with valid escapes, values
-    /// numbers; counters end in `_total`, summaries have `_sum` / `_count` and quantiles.
-    /// Returns the samples.
-    fn parse_exposition(text: &str) -> Vec<Sample> {
-        fn metric_name(s: &str) -> bool {
-            let mut c = s.chars();
-            c.next()
-                .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
-                && c.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-        }
-        fn label_name(s: &str) -> bool {
-            let mut c = s.chars();
-            c.next()
-                .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
-                && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        }
-        fn value(s: &str) -> f64 {
-            match s {
-                "+Inf" => f64::INFINITY,
-                "-Inf" => f64::NEG_INFINITY,
-                "NaN" => f64::NAN,
-                _ => s.parse().unwrap_or_else(|_| panic!("value {s:?}")),
-            }
-        }
-        assert!(text.ends_with('\n'), "the text ends with a newline");
-        let (mut helped, mut typed) = (HashSet::new(), HashMap::new());
-        let mut done: HashSet<String> = HashSet::new();
-        let mut current: Option<String> = None;
-        let mut samples = Vec::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# HELP ") {
-                let (name, doc) = rest.split_once(' ').expect("HELP name doc");
-                assert!(metric_name(name) && !doc.is_empty(), "{line}");
-                assert!(helped.insert(name.to_string()), "second HELP: {line}");
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-                assert!(metric_name(name), "{line}");
-                assert!(
-                    ["counter", "gauge", "summary", "histogram", "untyped"].contains(&kind),
-                    "{line}"
-                );
-                if kind == "counter" {
-                    assert!(name.ends_with("_total"), "counter without _total: {line}");
-                }
-                assert!(
-                    typed.insert(name.to_string(), kind.to_string()).is_none(),
-                    "{line}"
-                );
-                if let Some(prev) = current.replace(name.to_string()) {
-                    done.insert(prev);
-                }
-                continue;
-            }
-            assert!(
-                !line.starts_with('#') && !line.is_empty(),
-                "stray line {line:?}"
-            );
-            let name_end = line.find(['{', ' ']).expect("sample name");
-            let name = &line[..name_end];
-            assert!(metric_name(name), "{line}");
-            let mut rest = &line[name_end..];
-            let mut labels = Vec::new();
-            if let Some(r) = rest.strip_prefix('{') {
-                let mut pos = 0;
-                loop {
-                    let eq = r[pos..].find('=').expect("label =") + pos;
-                    let lname = &r[pos..eq];
-                    assert!(label_name(lname), "label name {lname:?} in {line}");
-                    assert_eq!(r[eq + 1..].chars().next(), Some('"'), "{line}");
-                    let mut v = String::new();
-                    let mut it = r[eq + 2..].char_indices();
-                    let close = loop {
-                        match it.next().expect("unterminated label value") {
-                            (i, '"') => break eq + 2 + i,
-                            (_, '\\') => match it.next().expect("escape").1 {
-                                'n' => v.push('\n'),
-                                c @ ('\\' | '"') => v.push(c),
-                                c => panic!("bad escape \\{c} in {line}"),
-                            },
-                            (_, c) => v.push(c),
-                        }
-                    };
-                    labels.push((lname.to_string(), v));
-                    match r[close + 1..].chars().next() {
-                        Some(',') => pos = close + 2,
-                        Some('}') => {
-                            rest = &r[close + 2..];
-                            break;
-                        }
-                        _ => panic!("labels not closed in {line}"),
-                    }
-                }
-            }
-            let mut fields = rest
-                .strip_prefix(' ')
-                .expect("space before value")
-                .split(' ');
-            let v = value(fields.next().expect("value"));
-            if let Some(ts) = fields.next() {
-                ts.parse::<i64>().expect("timestamp");
-            }
-            assert!(fields.next().is_none(), "{line}");
-            let family = current.clone().expect("sample before any TYPE");
-            assert!(!done.contains(&family), "family {family} is not contiguous");
-            let ok = match typed[&family].as_str() {
-                "summary" => {
-                    name == format!("{family}_sum")
-                        || name == format!("{family}_count")
-                        || (name == family
-                            && labels
-                                .iter()
-                                .any(|(k, v)| k == "quantile" && value(v) <= 1.0))
-                }
-                _ => name == family,
-            };
-            assert!(ok, "sample {name} outside its family {family}");
-            samples.push((name.to_string(), labels, v));
-        }
-        for (name, kind) in &typed {
-            if kind == "summary" {
-                assert!(samples.iter().any(|s| s.0 == format!("{name}_count")));
-                assert!(samples.iter().any(|s| s.0 == format!("{name}_sum")));
-            }
-        }
-        samples
-    }
-
     #[test]
     fn prometheus_text_follows_the_exposition_format() {
         let mut c = Collector::new(facts(3, 2, Some(baseline(2)))).unwrap();
         let mut text = String::new();
         c.write_prometheus_with(&mut text, &no_system());
-        parse_exposition(&text);
+        check_exposition(&text);
         for i in 0..50u64 {
             c.record_prediction(&[(i % 100) as f32, 1.0], 1000 + i, Some((i % 3) as usize));
         }
@@ -825,7 +660,7 @@ mod tests {
             cpu_temp_milli_c: Some(-5_500),
         };
         c.write_prometheus_with(&mut text, &system);
-        let samples = parse_exposition(&text);
+        let samples = check_exposition(&text);
         let get = |name: &str, label: Option<(&str, &str)>| {
             samples
                 .iter()
@@ -839,8 +674,36 @@ mod tests {
         assert_eq!(get("perch_requests_total", None), 52.0);
         assert_eq!(get("perch_errors_total", None), 1.0);
         assert_eq!(get("perch_latency_seconds_count", None), 52.0);
-        let p50 = get("perch_latency_seconds", Some(("quantile", "0.5")));
-        assert!((p50 - 0.001025).abs() < 0.001025 / 32.0, "{p50}");
+        assert_eq!(
+            get("perch_latency_seconds_bucket", Some(("le", "0.000025"))),
+            1.0
+        );
+        assert_eq!(
+            get("perch_latency_seconds_bucket", Some(("le", "0.00005"))),
+            1.0
+        );
+        assert_eq!(
+            get("perch_latency_seconds_bucket", Some(("le", "0.001"))),
+            2.0
+        );
+        assert_eq!(
+            get("perch_latency_seconds_bucket", Some(("le", "0.0025"))),
+            51.0
+        );
+        assert_eq!(
+            get("perch_latency_seconds_bucket", Some(("le", "1.0"))),
+            51.0
+        );
+        assert_eq!(
+            get("perch_latency_seconds_bucket", Some(("le", "2.5"))),
+            52.0
+        );
+        assert_eq!(
+            get("perch_latency_seconds_bucket", Some(("le", "+Inf"))),
+            52.0
+        );
+        let sum = 50.0 * 1000.0 + 49.0 * 25.0 + 2_000_000.0 + 10.0;
+        assert!((get("perch_latency_seconds_sum", None) - sum / 1e6).abs() < 1e-9);
         assert_eq!(get("perch_predictions_total", Some(("class", "1"))), 18.0);
         assert!((get("perch_feedback_accuracy", None) - 2.0 / 3.0).abs() < 1e-12);
         let mean = get("perch_feature_mean", Some(("feature", "1")));
@@ -848,31 +711,32 @@ mod tests {
         assert!(get("perch_feature_psi", Some(("feature", "1"))) > 1.0);
         assert_eq!(get("perch_resident_memory_bytes", None), 10_240.0);
         assert_eq!(get("perch_cpu_temperature_celsius", None), -5.5);
-        assert_eq!(
-            get("perch_model_info", Some(("model", "0102030405060708"))),
-            1.0
-        );
         assert_eq!(get("perch_windows_total", None), 1.0);
-    }
+        assert!(
+            !text.contains("_info"),
+            "model facts are the agent's info metric\n{text}"
+        );
 
-    #[test]
-    fn the_exposition_checker_rejects_malformed_text() {
-        let bad = [
-            "perch_x 1",                                               // no newline, no TYPE
-            "# TYPE perch_x gauge\nperch_x{a=\"1} 1\n",                // unterminated value
-            "# TYPE perch_x gauge\nperch_x{1a=\"1\"} 1\n",             // bad label name
-            "# TYPE perch_x gauge\nperch_x one\n",                     // bad value
-            "# TYPE perch_x counter\nperch_x 1\n",                     // counter without _total
-            "# TYPE perch_x gauge\n# TYPE perch_y gauge\nperch_x 1\n", // not contiguous
-            "# TYPE perch_x gauge\nperch_x 1\n# TYPE perch_x gauge\n", // second TYPE
-            "# TYPE perch_x summary\nperch_x_sum 1\n",                 // no _count
-        ];
-        for text in bad {
-            let caught = std::panic::catch_unwind(|| parse_exposition(text)).is_err();
-            assert!(caught, "accepted {text:?}");
-        }
-        let good = "# HELP perch_x a\n# TYPE perch_x gauge\nperch_x{a=\"q\\\"\\\\\\n\",b=\"2\"} -1.5e3 17\n";
-        assert_eq!(parse_exposition(good)[0].1[0].1, "q\"\\\n");
+        // Features are labelled by name when the model records names.
+        let named = ModelFacts {
+            feature_names: vec!["width_cm".into(), "height \"cm\"".into()],
+            ..facts(3, 2, None)
+        };
+        let mut c = Collector::new(named).unwrap();
+        c.record_prediction(&[1.0, 2.0], 5, Some(0));
+        text.clear();
+        c.write_prometheus_with(&mut text, &no_system());
+        let samples = check_exposition(&text);
+        let mean = |f: &str| {
+            samples
+                .iter()
+                .find(|(n, l, _)| n == "perch_feature_mean" && l[0].1 == f)
+                .map(|s| s.2)
+        };
+        assert_eq!(
+            (mean("width_cm"), mean("height \"cm\"")),
+            (Some(1.0), Some(2.0))
+        );
     }
 
     #[test]

@@ -21,6 +21,53 @@ pub const BUCKETS: usize = SUB_BUCKETS + GROUPS * SUB_BUCKETS;
 /// about 19 hours).
 pub const MAX_TRACKED_US: u64 = ((2 * SUB_BUCKETS - 1) as u64) << (GROUPS - 1);
 
+/// Upper bounds, in microseconds, of the latency histogram the agent exposes on `/metrics`
+/// (`le` 25 µs … 10 s). Every device uses these same bounds, so a scraper can sum the
+/// buckets of a whole fleet before taking a quantile.
+pub const EXPOSED_BOUNDS_US: [u64; 18] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Latencies counted exactly against [`EXPOSED_BOUNDS_US`] (the log-linear buckets do not
+/// end on those bounds): how many were at most each bound, and how many in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExposedBuckets {
+    /// Latencies in `(bound[i-1], bound[i]]`; index `len` holds those above the last bound.
+    counts: [u64; EXPOSED_BOUNDS_US.len() + 1],
+    sum_us: u64,
+}
+
+impl ExposedBuckets {
+    /// Counts one latency.
+    pub fn record(&mut self, latency_us: u64) {
+        let i = EXPOSED_BOUNDS_US.partition_point(|&b| b < latency_us);
+        self.counts[i] = self.counts[i].saturating_add(1);
+        self.sum_us = self.sum_us.saturating_add(latency_us);
+    }
+
+    /// How many latencies were at most each bound of [`EXPOSED_BOUNDS_US`] (cumulative).
+    pub fn cumulative(&self) -> [u64; EXPOSED_BOUNDS_US.len()] {
+        let mut out = [0; EXPOSED_BOUNDS_US.len()];
+        let mut seen = 0u64;
+        for (o, &c) in out.iter_mut().zip(&self.counts) {
+            seen = seen.saturating_add(c);
+            *o = seen;
+        }
+        out
+    }
+
+    /// Latencies counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().fold(0u64, |a, &c| a.saturating_add(c))
+    }
+
+    /// Their sum, µs (saturating).
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us
+    }
+}
+
 /// Counts of latencies in microseconds, in [`BUCKETS`] log-linear buckets (see the module
 /// docs for the error bound). About 4 KiB inline, no heap.
 #[derive(Clone, PartialEq, Eq)]
@@ -190,6 +237,20 @@ mod tests {
         let p = h.percentile(0.5).unwrap();
         assert!(p >= MAX_TRACKED_US);
         assert_eq!(h.sum_us(), u64::MAX);
+    }
+
+    #[test]
+    fn exposed_buckets_count_each_latency_at_its_bound_and_above() {
+        let mut b = ExposedBuckets::default();
+        for us in [0, 25, 26, 1_000, 10_000_000, 10_000_001, u64::MAX] {
+            b.record(us);
+        }
+        let c = b.cumulative();
+        assert_eq!((c[0], c[1], c[5]), (2, 3, 4));
+        assert_eq!(c[EXPOSED_BOUNDS_US.len() - 1], 5);
+        assert_eq!(b.count(), 7);
+        assert_eq!(b.sum_us(), u64::MAX);
+        assert!(EXPOSED_BOUNDS_US.windows(2).all(|w| w[0] < w[1]));
     }
 
     fn latencies() -> impl Strategy<Value = Vec<u64>> {

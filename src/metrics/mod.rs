@@ -3,7 +3,11 @@
 //! - [`Collector`]: what the agent calls for every prediction (latency, errors, predicted
 //!   class, input sample) and for every labelled feedback; closes windows into [`Report`]s
 //!   and renders lifetime totals for Prometheus (`GET /metrics`).
-//! - [`LatencyHistogram`]: log-linear buckets, percentiles within 3.125 %.
+//! - [`LatencyHistogram`]: log-linear buckets, percentiles within 3.125 %;
+//!   [`ExposedBuckets`]: the same latencies counted at the fixed Prometheus bounds
+//!   [`EXPOSED_BOUNDS_US`] every device shares.
+//! - [`exposition`]: the one Prometheus / OpenMetrics text writer, used by the agent's and
+//!   the host's `GET /metrics`.
 //! - [`FeatureDrift`] / [`RunningMoments`] / [`psi`]: per-feature moments and the population
 //!   stability index against the artifact's [`DriftBaseline`](crate::graph::sections::DriftBaseline).
 //! - [`SystemFigures`]: resident memory and CPU temperature, where the OS tells.
@@ -33,6 +37,7 @@
 
 mod collector;
 mod drift;
+pub mod exposition;
 mod histogram;
 mod queue;
 mod recent;
@@ -41,7 +46,10 @@ mod system;
 
 pub use collector::{Collector, MAX_CLASSES, MAX_FEATURES, ModelFacts};
 pub use drift::{FeatureDrift, PSI_EPSILON, RunningMoments, psi, psi_milli};
-pub use histogram::{BUCKETS, LatencyHistogram, MAX_TRACKED_US, SUB_BUCKETS};
+pub use exposition::{Exposition, Format, Kind};
+pub use histogram::{
+    BUCKETS, EXPOSED_BOUNDS_US, ExposedBuckets, LatencyHistogram, MAX_TRACKED_US, SUB_BUCKETS,
+};
 pub use queue::{MAX_QUEUE_CAPACITY, MAX_REPORT_FILE_BYTES, ReportQueue};
 pub use recent::{Feedback, LabelledSample, MAX_RECENT_VALUES, Outcome, RecentPredictions};
 pub use report::{

@@ -46,7 +46,7 @@ pub(crate) fn is_up(last_seen: Option<i64>, now: i64) -> bool {
 /// `name@version` of the artifacts the fleet knows, by the first 8 bytes of their SHA-256
 /// in hex (how reports name the model that served them): registry versions and the signed
 /// artifacts pushed to devices.
-fn model_labels(d: &Dashboard) -> Result<HashMap<String, String>, ApiError> {
+pub(super) fn model_labels(d: &Dashboard) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
     for v in d.registry.list()? {
         if let Some(prefix) = v.artifact_sha256.get(..16) {

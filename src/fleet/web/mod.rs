@@ -5,17 +5,21 @@
 //!   nothing is fetched from elsewhere) that polls the JSON endpoints every few seconds.
 //! - `GET /api/fleet`, `/api/models`, `/api/devices/{name}/series?since=MS&limit=N`,
 //!   `/api/alerts`, `/api/rollouts`, `/api/events?device=NAME&limit=N`: JSON (`api.rs`).
-//! - `GET /metrics`: fleet-level series in the Prometheus text format ([`prometheus`]).
+//! - `GET /metrics`: fleet-level series in the Prometheus text format, or OpenMetrics when
+//!   the `Accept` header asks for it (`prometheus.rs`, over [`crate::metrics::exposition`]).
+//! - `GET /healthz`: `{"status": "ok"}` while the fleet database answers, else 503.
+//! - Other methods than GET and HEAD: 405 with `Allow: GET, HEAD`.
 //!
 //! Requests are answered one at a time on the server's thread; each reads in its own short
 //! transaction, and SQLite's WAL mode lets those reads run beside the sync server's writer
 //! without blocking it. `docs/dashboard.md` documents the endpoints and series.
 
 mod api;
-pub mod prometheus;
+mod prometheus;
 
 use super::{Fleet, FleetError};
 use crate::http::{Limits, Request, Response, Server};
+use crate::metrics::Format;
 use crate::registry::{Registry, RegistryError};
 use crate::sync::server::Shutdown;
 use serde_json::{Value, json};
@@ -68,6 +72,9 @@ pub struct Dashboard {
     fleet: Fleet,
     registry: Registry,
     totals: HashMap<(i64, String), Totals>,
+    /// Feature names by the artifact SHA-256 prefix reports carry (see
+    /// `prometheus::feature_names`).
+    feature_names: HashMap<[u8; 8], Vec<String>>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -100,6 +107,7 @@ impl Dashboard {
             fleet,
             registry,
             totals: HashMap::new(),
+            feature_names: HashMap::new(),
         })
     }
 
@@ -127,11 +135,12 @@ impl Dashboard {
     fn answer(&mut self, request: Request) {
         let reply = if matches!(request.method(), "GET" | "HEAD") {
             let url = request.url().to_string();
+            let format = Format::from_accept(request.header("accept"));
             // A bug in a handler must cost one request, not the dashboard.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route(&url)))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route_as(&url, format)))
                 .unwrap_or_else(|_| Response::error(500, "internal error (see the host's log)"))
         } else {
-            Response::error(405, "only GET is supported")
+            Response::method_not_allowed(request.method(), request.path(), "GET, HEAD")
         };
         if reply.status >= 500 {
             log::warn!(
@@ -144,8 +153,14 @@ impl Dashboard {
         request.respond(reply.with_header("Cache-Control", "no-store"));
     }
 
-    /// The answer to `GET url` (path and query).
+    /// The answer to `GET url` (path and query), `/metrics` in the 0.0.4 text format.
+    #[cfg(test)]
     pub(crate) fn route(&mut self, url: &str) -> Response {
+        self.route_as(url, Format::Prometheus)
+    }
+
+    /// The answer to `GET url` (path and query), `/metrics` in `format`.
+    pub(crate) fn route_as(&mut self, url: &str, format: Format) -> Response {
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
         let query = parse_query(query);
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -154,11 +169,24 @@ impl Dashboard {
                 return Response::new(200, "text/html; charset=utf-8", PAGE);
             }
             ["metrics"] => {
-                return match prometheus::render(self) {
-                    Ok(text) => {
-                        Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text)
-                    }
+                return match prometheus::render(self, format) {
+                    Ok(text) => Response::new(200, format.content_type(), text),
                     Err(e) => Response::error(500, e.to_string()),
+                };
+            }
+            ["healthz"] => {
+                // Healthy when the fleet database answers a read (of a small table: a
+                // probe every few seconds must not count the reports).
+                let read = self
+                    .fleet
+                    .conn
+                    .query_row("SELECT COUNT(*) FROM devices", [], |r| r.get::<_, i64>(0))
+                    .map_err(self.fleet.sql());
+                return match read {
+                    Ok(_) => Response::json(200, &json!({ "status": "ok" })),
+                    Err(e) => {
+                        Response::json(503, &json!({ "status": "error", "error": e.to_string() }))
+                    }
                 };
             }
             ["api", "fleet"] => api::fleet(self),
@@ -169,7 +197,7 @@ impl Dashboard {
             ["api", "devices", name, "series"] => api::series(self, name, &query),
             _ => Err(ApiError::NotFound(json!({
                 "error": format!("no such page: {path}"),
-                "endpoints": ["/", "/metrics", "/api/fleet", "/api/models",
+                "endpoints": ["/", "/healthz", "/metrics", "/api/fleet", "/api/models",
                     "/api/devices/{name}/series", "/api/alerts", "/api/rollouts", "/api/events"],
             }))),
         };
@@ -313,7 +341,7 @@ mod tests {
         let reply = dash.route("/metrics");
         assert_eq!(reply.status, 200);
         let text = String::from_utf8(reply.body).expect("utf-8");
-        let samples = prometheus::tests::check_exposition(&text);
+        let samples = crate::metrics::exposition::tests::check_exposition(&text);
         let get = |name: &str, device: &str, extra: Option<(&str, &str)>| {
             samples
                 .iter()
@@ -352,7 +380,18 @@ mod tests {
             get("perch_device_feedback_accuracy", "pi-1", None),
             Some(0.9)
         );
-        assert!(text.contains("model=\"digits\",version=\"2\""), "{text}");
+        assert!(
+            text.contains("perch_device_model_info{device=\"pi-1\",group=\"lab\",model=\"digits\",version=\"2\"} 1\n"),
+            "{text}"
+        );
+        for (name, labels, _) in &samples {
+            if name != "perch_device_model_info" {
+                assert!(
+                    labels.iter().all(|(k, _)| k != "model" && k != "version"),
+                    "{name} {labels:?}"
+                );
+            }
+        }
         assert!(
             text.contains("perch_alerts_open{rule=\"drift \\\"x\\\"\\\\\"} 1\n"),
             "{text}"
@@ -364,8 +403,11 @@ mod tests {
             .store_reports(&[(a.id, 3, &report(1_120_000, 60))])
             .expect("store");
         let text = String::from_utf8(dash.route("/metrics").body).expect("utf-8");
-        prometheus::tests::check_exposition(&text);
-        assert!(text.contains("perch_device_requests_total{device=\"pi-1\",group=\"lab\",model=\"digits\",version=\"2\"} 1860\n"), "{text}");
+        crate::metrics::exposition::tests::check_exposition(&text);
+        assert!(
+            text.contains("perch_device_requests_total{device=\"pi-1\",group=\"lab\"} 1860\n"),
+            "{text}"
+        );
 
         // A device removed and registered again starts from zero.
         fleet.remove_device("pi-1").expect("remove");
@@ -374,8 +416,138 @@ mod tests {
             .store_reports(&[(b.id, 1, &report(2_000_000, 5))])
             .expect("store");
         let text = String::from_utf8(dash.route("/metrics").body).expect("utf-8");
-        prometheus::tests::check_exposition(&text);
-        assert!(text.contains("perch_device_requests_total{device=\"pi-1\",group=\"lab\",model=\"\",version=\"\"} 5\n"), "{text}");
+        crate::metrics::exposition::tests::check_exposition(&text);
+        assert!(
+            text.contains("perch_device_requests_total{device=\"pi-1\",group=\"lab\"} 5\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn feature_psi_is_labelled_by_the_names_the_registered_model_records() {
+        use crate::graph::{DType, Graph, Layer, Metadata, Node, Output, Tensor, TensorSpec};
+        let (dir, mut fleet, mut dash) = fixture();
+        let mut metadata = Metadata::default();
+        let names: Vec<String> = ["alcohol", "ash \"dry\"", "hue"].map(String::from).into();
+        metadata.set_feature_names(&names, "target");
+        let model = crate::graph::Model {
+            metadata,
+            graph: Graph {
+                inputs: vec![TensorSpec {
+                    name: "x".into(),
+                    dtype: DType::F32,
+                    shape: vec![3],
+                }],
+                nodes: vec![Node {
+                    name: "d".into(),
+                    layer: Layer::Dense {
+                        weight: Tensor::f32(vec![1, 3], vec![1.0, 2.0, 3.0]),
+                        bias: None,
+                    },
+                    inputs: vec![0],
+                }],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 1,
+                }],
+            },
+        };
+        let mut registry = Registry::open(dir.path().join("registry.db")).expect("registry");
+        let v = registry
+            .register(
+                "wine",
+                crate::registry::Payload::Native(Box::new(model)),
+                Default::default(),
+            )
+            .expect("register");
+        let mut r = report(1_200_000, 10);
+        r.model = crate::util::from_hex::<8>(&v.artifact_sha256[..16]).expect("hex");
+        let a = fleet.device("pi-1").expect("db").expect("pi-1");
+        fleet.store_reports(&[(a.id, 3, &r)]).expect("store");
+        let text = String::from_utf8(dash.route("/metrics").body).expect("utf-8");
+        let samples = crate::metrics::exposition::tests::check_exposition(&text);
+        let psi: Vec<(&str, f64)> = samples
+            .iter()
+            .filter(|(n, _, _)| n == "perch_device_feature_psi")
+            .filter_map(|(_, l, v)| Some((l.iter().find(|(k, _)| k == "feature")?.1.as_str(), *v)))
+            .collect();
+        assert_eq!(
+            psi,
+            [("alcohol", 0.012), ("ash \"dry\"", 0.34), ("hue", 0.055)]
+        );
+    }
+
+    #[test]
+    fn healthz_and_openmetrics() {
+        let (_dir, _fleet, mut dash) = fixture();
+        let health = dash.route("/healthz");
+        assert_eq!(health.status, 200);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&health.body).expect("JSON"),
+            json!({"status": "ok"})
+        );
+        let reply = dash.route_as("/metrics", Format::OpenMetrics);
+        assert_eq!(reply.content_type, Format::OpenMetrics.content_type());
+        let text = String::from_utf8(reply.body).expect("utf-8");
+        crate::metrics::exposition::tests::check(&text, Format::OpenMetrics);
+        assert!(
+            text.contains("# TYPE perch_device_requests counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE perch_device_model info\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Every series the Grafana dashboard in docs/ queries is one the host exports, with
+    /// the labels the dashboard groups by.
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_series() {
+        let (_dir, _fleet, mut dash) = fixture();
+        let text = String::from_utf8(dash.route("/metrics").body).expect("utf-8");
+        let samples = crate::metrics::exposition::tests::check_exposition(&text);
+        let board: Value =
+            serde_json::from_str(include_str!("../../../docs/grafana-dashboard.json"))
+                .expect("docs/grafana-dashboard.json is JSON");
+        let mut exprs = Vec::new();
+        for panel in board["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                exprs.push(target["expr"].as_str().expect("expr").to_string());
+            }
+        }
+        assert!(exprs.len() >= 6, "{exprs:?}");
+        let mut queried = 0;
+        for expr in &exprs {
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            let names: Vec<&str> = words.filter(|w| w.starts_with("perch_")).collect();
+            assert!(!names.is_empty(), "{expr} queries no perch series");
+            // A family the fixture has no rows for (rollouts) is still declared.
+            for name in &names {
+                queried += 1;
+                let declared = text.contains(&format!("# TYPE {name} "));
+                assert!(
+                    declared || samples.iter().any(|(n, _, _)| n == name),
+                    "{expr}: no series {name} in\n{text}"
+                );
+            }
+            let queried_samples: Vec<_> = samples
+                .iter()
+                .filter(|(n, _, _)| names.contains(&n.as_str()))
+                .collect();
+            // Labels grouped by (`by (a, b)`) are on the series.
+            for group in expr.split("by (").skip(1) {
+                let labels = group.split(')').next().unwrap_or("");
+                for label in labels.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+                    assert!(
+                        queried_samples.is_empty()
+                            || queried_samples
+                                .iter()
+                                .any(|(_, l, _)| l.iter().any(|(k, _)| k == label)),
+                        "{expr}: no series it queries has the label {label}"
+                    );
+                }
+            }
+        }
+        assert!(queried >= exprs.len(), "{exprs:?}");
     }
 
     #[test]
