@@ -35,6 +35,8 @@ mod host_cli;
 mod inputs_by_name;
 #[cfg(all(feature = "host", feature = "device"))]
 mod lifecycle;
+#[cfg(feature = "host")]
+mod metrics_exposition;
 #[cfg(feature = "onnx")]
 mod onnx_ops;
 #[cfg(feature = "host")]

@@ -4,11 +4,7 @@
 //! latency histogram aggregatable (cumulative, `+Inf` equal to `_count`, the bounds every
 //! device shares), no `model`/`version` labels on counters or `up`, features named by the
 //! model's metadata. Also: `Allow` on a 405 from either server, the host's `/healthz`.
-#![cfg(feature = "host")]
-
-mod harness;
-
-use harness::{Agent, Host, corpus};
+use crate::harness::{Agent, Host, corpus_dir};
 use perch::metrics::exposition::{Parsed, parse};
 use perch::metrics::{EXPOSED_BOUNDS_US, Format};
 use serde_json::json;
@@ -134,7 +130,7 @@ fn value(parsed: &Parsed, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 fn agent_and_host_metrics_follow_the_prometheus_conventions() {
     let dir = tempfile::tempdir().unwrap();
     let mut host = Host::new(dir.path());
-    let data = corpus().join("datasets/iris/iris_train.csv");
+    let data = corpus_dir().join("datasets/iris/iris_train.csv");
     host.cli(&[
         "train",
         data.to_str().unwrap(),
