@@ -530,7 +530,9 @@ impl Converter {
         self.conv_common(node, src, pin, weight, bias, None)
     }
 
-    pub(super) fn qlinear_conv(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
+    /// Input 0 of a QOperator node, which must hold codes, and its quantization (scale and
+    /// zero point at inputs 1 and 2).
+    fn qop_input(&self, node: &NodeProto) -> Result<(Val, QuantParams), ConvertError> {
         let Entry::Value(
             v @ Val {
                 kind: Kind::Codes { signed },
@@ -541,6 +543,23 @@ impl Converter {
             return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
         };
         let (pin, _) = self.qparams(node, 1, 2, signed)?;
+        Ok((v, pin))
+    }
+
+    /// Binds output 0 of `node` to the codes of value `id`.
+    fn bind_codes(&mut self, node: &NodeProto, id: crate::graph::ValueId, signed: bool) {
+        self.bind_val(
+            node,
+            0,
+            Val {
+                id,
+                kind: Kind::Codes { signed },
+            },
+        );
+    }
+
+    pub(super) fn qlinear_conv(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
+        let (v, pin) = self.qop_input(node)?;
         let (pout, out_signed) = self.qparams(node, 6, 7, false)?;
         let q = self.qop_weight(node, 3, 4, 5)?;
         let weight = Self::int8_weight(node, &q, 0, false)?;
@@ -632,16 +651,7 @@ impl Converter {
     }
 
     pub(super) fn qlinear_matmul(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
+        let (v, pin) = self.qop_input(node)?;
         let (pout, out_signed) = self.qparams(node, 6, 7, false)?;
         let q = self.qop_weight(node, 3, 4, 5)?;
         let weight = Self::int8_weight(node, &q, 1, true)?;
@@ -916,16 +926,7 @@ impl Converter {
     /// com.microsoft QLinearGlobalAveragePool / QLinearAveragePool: X, x_scale, x_zp,
     /// y_scale, y_zp; `channels_last` inputs are N×H×W×C.
     pub(super) fn qlinear_pool(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
+        let (v, pin) = self.qop_input(node)?;
         let (pout, out_signed) = self.qparams(node, 3, 4, false)?;
         let channels_last = attr_i(node, "channels_last", 0) != 0;
         let src = self.u8_codes(node, v)?;
@@ -1047,14 +1048,7 @@ impl Converter {
         }
         let axis = Self::sample_axis(node, attr_i(node, "axis", 1), rank)? as u32;
         let id = self.push_n(node, Layer::Concat { axis }, ids)?;
-        self.bind_val(
-            node,
-            0,
-            Val {
-                id,
-                kind: Kind::Codes { signed: out_signed },
-            },
-        );
+        self.bind_codes(node, id, out_signed);
         Ok(())
     }
 
@@ -1113,16 +1107,7 @@ impl Converter {
     /// com.microsoft QLinearSoftmax (X, X_scale, x_zp, y_scale, y_zp): a float softmax
     /// between a dequantize and a quantize.
     pub(super) fn qlinear_softmax(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
+        let (v, pin) = self.qop_input(node)?;
         let (pout, out_signed) = self.qparams(node, 3, 4, false)?;
         let rank = self.shape_of(v.id).len() + 1;
         let axis = attr_i(node, "axis", -1);
@@ -1135,29 +1120,13 @@ impl Converter {
         let x = self.dequantize(node, v, pin)?;
         let p = self.push(node, Layer::Softmax, x)?;
         let id = self.push(node, Layer::Quantize(pout), p)?;
-        self.bind_val(
-            node,
-            0,
-            Val {
-                id,
-                kind: Kind::Codes { signed: out_signed },
-            },
-        );
+        self.bind_codes(node, id, out_signed);
         Ok(())
     }
 
     /// com.microsoft QLinearLeakyRelu / QLinearSigmoid: X, X_scale, X_zp, Y_scale, Y_zp.
     pub(super) fn qlinear_unary(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
+        let (v, pin) = self.qop_input(node)?;
         let (pout, out_signed) = self.qparams(node, 3, 4, false)?;
         let layer = if node.op_type == "QLinearSigmoid" {
             Layer::Sigmoid
@@ -1175,14 +1144,7 @@ impl Converter {
             },
             src,
         )?;
-        self.bind_val(
-            node,
-            0,
-            Val {
-                id,
-                kind: Kind::Codes { signed: out_signed },
-            },
-        );
+        self.bind_codes(node, id, out_signed);
         Ok(())
     }
 }
