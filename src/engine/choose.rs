@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 /// Which kernel runs a dense layer whose weight the artifact stores sparsely, and the
-/// timings that chose it (see [`Engine::kernel_choices`]).
+/// timings that chose it (see [`Engine::kernel_choices`](super::Engine::kernel_choices)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelChoice {
     /// Node name.
