@@ -26,7 +26,9 @@ use tract_onnx::pb::{self, NodeProto};
 mod classic;
 mod cnn;
 mod consts;
+mod elementwise;
 mod quant;
+mod shape;
 mod trees;
 
 use consts::{Const, Dim};
