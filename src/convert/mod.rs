@@ -27,6 +27,7 @@ mod classic;
 mod cnn;
 mod consts;
 mod elementwise;
+mod qop;
 mod quant;
 mod shape;
 mod trees;
