@@ -68,18 +68,6 @@ impl Converter {
         Ok((v, pin))
     }
 
-    /// Binds output 0 of `node` to the codes of value `id`.
-    fn bind_codes(&mut self, node: &NodeProto, id: crate::graph::ValueId, signed: bool) {
-        self.bind_val(
-            node,
-            0,
-            Val {
-                id,
-                kind: Kind::Codes { signed },
-            },
-        );
-    }
-
     pub(super) fn qlinear_conv(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
         let (v, pin) = self.qop_input(node)?;
         let (pout, out_signed) = self.qparams(node, 6, 7, false)?;

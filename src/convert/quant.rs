@@ -86,6 +86,18 @@ pub(super) fn activation_fn(layer: &Layer) -> Option<Box<dyn Fn(f32) -> f32>> {
 }
 
 impl Converter {
+    /// Binds output 0 of `node` to the codes of value `id`.
+    pub(super) fn bind_codes(&mut self, node: &NodeProto, id: crate::graph::ValueId, signed: bool) {
+        self.bind_val(
+            node,
+            0,
+            Val {
+                id,
+                kind: Kind::Codes { signed },
+            },
+        );
+    }
+
     /// Per-tensor parameters from a scale input and an optional zero-point input, as u8
     /// codes; `signed` when the zero point (or, without one, `default_signed`) is int8.
     pub(super) fn qparams(
@@ -528,14 +540,7 @@ impl Converter {
         match out {
             Some((pout, signed)) => {
                 let id = self.push(node, make(QuantOutput::U8(pout), false, None)?, src)?;
-                self.bind_val(
-                    node,
-                    0,
-                    Val {
-                        id,
-                        kind: Kind::Codes { signed },
-                    },
-                );
+                self.bind_codes(node, id, signed);
                 Ok(())
             }
             None => self.q_layer(node, src, pin, make, false),
@@ -596,14 +601,7 @@ impl Converter {
         match out {
             Some((pout, signed)) => {
                 let id = self.push(node, make(QuantOutput::U8(pout), false, None)?, src)?;
-                self.bind_val(
-                    node,
-                    0,
-                    Val {
-                        id,
-                        kind: Kind::Codes { signed },
-                    },
-                );
+                self.bind_codes(node, id, signed);
                 Ok(())
             }
             None => self.q_layer(node, src, pin, make, true),
