@@ -40,9 +40,9 @@ pub enum EngineError {
     /// `run` got the wrong number of inputs.
     #[error("model takes {expected} input(s), got {got}")]
     InputCount {
-        /// Graph inputs.
+        /// Inputs the graph declares.
         expected: usize,
-        /// Given.
+        /// Inputs the caller passed.
         got: usize,
     },
     /// An input slice does not hold `batch` samples.
@@ -60,7 +60,7 @@ pub enum EngineError {
         sample_len: usize,
         /// `batch * sample_len`.
         expected: usize,
-        /// Given.
+        /// Values the caller passed.
         got: usize,
     },
     /// An input holds NaN or infinity.
@@ -99,7 +99,7 @@ pub enum EngineError {
         name: String,
         /// The model's element type.
         expected: DType,
-        /// Given.
+        /// The element type of the values passed.
         got: DType,
     },
     /// A layer this engine cannot plan.
@@ -109,7 +109,7 @@ pub enum EngineError {
         node: String,
         /// Layer kind.
         layer: &'static str,
-        /// Why.
+        /// What about the layer or its neighbours the engine cannot plan.
         reason: String,
     },
 }
