@@ -26,7 +26,10 @@ use tract_onnx::pb::{self, NodeProto};
 mod classic;
 mod cnn;
 mod consts;
+mod elementwise;
+mod qop;
 mod quant;
+mod shape;
 mod trees;
 
 use consts::{Const, Dim};

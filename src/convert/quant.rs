@@ -9,7 +9,8 @@
 //!   activation between a DequantizeLinear and a QuantizeLinear becomes a 256-entry lookup
 //!   table. Where no QuantizeLinear follows, the layer writes float32.
 //! - QOperator (QLinearConv, QLinearMatMul, QGemm, QLinearAdd, QLinear…Pool,
-//!   QLinearConcat, QLinearLeakyRelu, QLinearSigmoid): one layer each.
+//!   QLinearConcat, QLinearLeakyRelu, QLinearSigmoid): one layer each (`qop.rs`, over the
+//!   shared helpers here).
 //!
 //! int8 activations become `U8` codes + 128 with the zero point + 128 (exact); weights must
 //! be int8 with zero point 0 (uint8 weights with zero point 128 shift exactly), one scale
@@ -59,7 +60,7 @@ impl Tail {
 }
 
 /// `f` on real values between two quantizations, as a table over the 256 input codes.
-fn lookup(p_in: QuantParams, p_out: QuantParams, f: impl Fn(f32) -> f32) -> Vec<u8> {
+pub(super) fn lookup(p_in: QuantParams, p_out: QuantParams, f: impl Fn(f32) -> f32) -> Vec<u8> {
     (0..=255u8)
         .map(|c| {
             let x = (c as i32 - p_in.zero_point as i32) as f32 * p_in.scale;
@@ -69,7 +70,7 @@ fn lookup(p_in: QuantParams, p_out: QuantParams, f: impl Fn(f32) -> f32) -> Vec<
 }
 
 /// The real-valued function of a float activation layer.
-fn activation_fn(layer: &Layer) -> Option<Box<dyn Fn(f32) -> f32>> {
+pub(super) fn activation_fn(layer: &Layer) -> Option<Box<dyn Fn(f32) -> f32>> {
     Some(match *layer {
         Layer::Relu => Box::new(|x: f32| x.max(0.0)),
         Layer::Clip { min, max } => Box::new(move |x: f32| x.max(min).min(max)),
@@ -85,9 +86,21 @@ fn activation_fn(layer: &Layer) -> Option<Box<dyn Fn(f32) -> f32>> {
 }
 
 impl Converter {
+    /// Binds output 0 of `node` to the codes of value `id`.
+    pub(super) fn bind_codes(&mut self, node: &NodeProto, id: crate::graph::ValueId, signed: bool) {
+        self.bind_val(
+            node,
+            0,
+            Val {
+                id,
+                kind: Kind::Codes { signed },
+            },
+        );
+    }
+
     /// Per-tensor parameters from a scale input and an optional zero-point input, as u8
     /// codes; `signed` when the zero point (or, without one, `default_signed`) is int8.
-    fn qparams(
+    pub(super) fn qparams(
         &self,
         node: &NodeProto,
         s_ix: usize,
@@ -362,7 +375,7 @@ impl Converter {
     /// An int8 weight `[out, …]` (the output channel first) with one scale per output
     /// channel, from exact codes whose quantization axis is `axis` of `q.shape` after the
     /// weight is arranged so; `transpose2d` turns a `[in, out]` matrix into `[out, in]`.
-    fn int8_weight(
+    pub(super) fn int8_weight(
         node: &NodeProto,
         q: &QWeight,
         out_axis: usize,
@@ -435,50 +448,8 @@ impl Converter {
         })
     }
 
-    /// A QOperator weight: constant codes with their scale and zero-point inputs.
-    fn qop_weight(
-        &self,
-        node: &NodeProto,
-        w: usize,
-        s: usize,
-        zp: usize,
-    ) -> Result<QWeight, ConvertError> {
-        let q = self.konst(node, w)?;
-        if !matches!(q.kind, ElemKind::Int8 | ElemKind::Uint8) {
-            return Err(Self::unsupported(node, "weight is not int8 or uint8"));
-        }
-        let scale = self.konst(node, s)?.data.clone();
-        let z = if Self::has_input(node, zp) {
-            self.konst(node, zp)?.data.clone()
-        } else {
-            vec![0.0]
-        };
-        if scale.is_empty() || z.is_empty() || (z.len() != 1 && z.len() != scale.len()) {
-            return Err(Self::unsupported(node, "weight scale / zero point sizes"));
-        }
-        let per_out = |axis: usize| (scale.len() > 1).then_some(axis);
-        // Conv weights are [oc, …]: axis 0; matmul weights [in, out]: axis 1.
-        let axis = per_out(if q.shape.len() == 4 { 0 } else { 1 });
-        let mut cx = QWeight {
-            shape: q.shape.clone(),
-            values: vec![],
-            scales: scale.iter().map(|&v| v as f32).collect(),
-            axis,
-        };
-        cx.values = q
-            .data
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                let ch = super::consts::channel_of(&q.shape, axis, i);
-                (v - z[ch.min(z.len() - 1)]) as i32
-            })
-            .collect();
-        Ok(cx)
-    }
-
     /// Integer bias `b` on the accumulator's scale `s_in · s_w[c]`, as float32.
-    fn int_bias(b: &Const, s_in: f32, w: &Tensor) -> Vec<f32> {
+    pub(super) fn int_bias(b: &Const, s_in: f32, w: &Tensor) -> Vec<f32> {
         let scales = match &w.data {
             TensorData::I8 { scales, .. } => scales.clone(),
             _ => vec![],
@@ -530,30 +501,7 @@ impl Converter {
         self.conv_common(node, src, pin, weight, bias, None)
     }
 
-    pub(super) fn qlinear_conv(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
-        let (pout, out_signed) = self.qparams(node, 6, 7, false)?;
-        let q = self.qop_weight(node, 3, 4, 5)?;
-        let weight = Self::int8_weight(node, &q, 0, false)?;
-        let bias = if Self::has_input(node, 8) {
-            Some(Self::int_bias(self.konst(node, 8)?, pin.scale, &weight))
-        } else {
-            None
-        };
-        let src = self.u8_codes(node, v)?;
-        self.conv_common(node, src, pin, weight, bias, Some((pout, out_signed)))
-    }
-
-    fn conv_common(
+    pub(super) fn conv_common(
         &mut self,
         node: &NodeProto,
         src: crate::graph::ValueId,
@@ -592,14 +540,7 @@ impl Converter {
         match out {
             Some((pout, signed)) => {
                 let id = self.push(node, make(QuantOutput::U8(pout), false, None)?, src)?;
-                self.bind_val(
-                    node,
-                    0,
-                    Val {
-                        id,
-                        kind: Kind::Codes { signed },
-                    },
-                );
+                self.bind_codes(node, id, signed);
                 Ok(())
             }
             None => self.q_layer(node, src, pin, make, false),
@@ -631,75 +572,7 @@ impl Converter {
         self.dense_common(node, src, pin, weight, bias, None)
     }
 
-    pub(super) fn qlinear_matmul(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
-        let (pout, out_signed) = self.qparams(node, 6, 7, false)?;
-        let q = self.qop_weight(node, 3, 4, 5)?;
-        let weight = Self::int8_weight(node, &q, 1, true)?;
-        let src = self.u8_codes(node, v)?;
-        self.dense_common(node, src, pin, weight, None, Some((pout, out_signed)))
-    }
-
-    /// com.microsoft QGemm: A, a_scale, a_zp, B, b_scale, b_zp, C (int32), y_scale, y_zp.
-    pub(super) fn qgemm(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        if attr_i(node, "transA", 0) != 0 {
-            return Err(Self::unsupported(node, "transA=1"));
-        }
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
-        let trans_b = attr_i(node, "transB", 0) != 0;
-        let mut q = self.qop_weight(node, 3, 4, 5)?;
-        if trans_b && q.axis.is_some() {
-            q.axis = Some(0);
-        }
-        let mut weight = Self::int8_weight(node, &q, if trans_b { 0 } else { 1 }, !trans_b)?;
-        scale_weight(&mut weight, attr_f(node, "alpha", 1.0));
-        let bias = if Self::has_input(node, 6) {
-            Some(Self::int_bias(self.konst(node, 6)?, pin.scale, &weight))
-        } else {
-            None
-        };
-        let out = if Self::has_input(node, 7) {
-            Some(self.qparams(node, 7, 8, false)?)
-        } else {
-            None
-        };
-        let src = self.u8_codes(node, v)?;
-        match out {
-            Some(o) => self.dense_common(node, src, pin, weight, bias, Some(o)),
-            None => {
-                let layer = Layer::QDense {
-                    weight,
-                    bias: bias.map(|b| Tensor::f32(vec![b.len() as u32], b)),
-                    input: QuantInput::Static(pin),
-                    output: QuantOutput::F32,
-                    relu: false,
-                };
-                let id = self.push(node, layer, src)?;
-                self.bind(node, 0, id, false);
-                Ok(())
-            }
-        }
-    }
-
-    fn dense_common(
+    pub(super) fn dense_common(
         &mut self,
         node: &NodeProto,
         src: crate::graph::ValueId,
@@ -728,14 +601,7 @@ impl Converter {
         match out {
             Some((pout, signed)) => {
                 let id = self.push(node, make(QuantOutput::U8(pout), false, None)?, src)?;
-                self.bind_val(
-                    node,
-                    0,
-                    Val {
-                        id,
-                        kind: Kind::Codes { signed },
-                    },
-                );
+                self.bind_codes(node, id, signed);
                 Ok(())
             }
             None => self.q_layer(node, src, pin, make, true),
@@ -772,103 +638,6 @@ impl Converter {
         )?;
         self.finish_tail(node, id, tail, clamp)?;
         Ok(true)
-    }
-
-    /// com.microsoft QLinearAdd / QLinearMul: A, A_scale, A_zp, B, B_scale, B_zp, C_scale,
-    /// C_zp. A constant operand (a MatMul's quantized bias, a batch normalization) folds
-    /// into the int8 dense layer that alone produces the other.
-    pub(super) fn qlinear_add(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let (pc, out_signed) = self.qparams(node, 6, 7, false)?;
-        let codes = |cx: &Self, ix: usize| match cx.entry(node, ix) {
-            Ok(Entry::Value(
-                v @ Val {
-                    kind: Kind::Codes { .. },
-                    ..
-                },
-            )) => Some(*v),
-            _ => None,
-        };
-        let (va, vb) = (codes(self, 0), codes(self, 3));
-        let kind = Kind::Codes { signed: out_signed };
-        match (va, vb) {
-            (Some(a), Some(b)) => {
-                let Kind::Codes { signed: sa } = a.kind else {
-                    unreachable!()
-                };
-                let Kind::Codes { signed: sb } = b.kind else {
-                    unreachable!()
-                };
-                if node.op_type == "QLinearMul" {
-                    return Err(Self::unsupported(
-                        node,
-                        "multiplying two computed values is not native",
-                    ));
-                }
-                let (pa, _) = self.qparams(node, 1, 2, sa)?;
-                let (pb, _) = self.qparams(node, 4, 5, sb)?;
-                let (a, b) = (self.u8_codes(node, a)?, self.u8_codes(node, b)?);
-                let id = self.push_n(
-                    node,
-                    Layer::QAdd {
-                        a: pa,
-                        b: pb,
-                        output: pc,
-                    },
-                    vec![a, b],
-                )?;
-                self.bind_val(node, 0, Val { id, kind });
-                Ok(())
-            }
-            (Some(v), None) | (None, Some(v)) => {
-                let (vi, ci) = if va.is_some() { (0, 3) } else { (3, 0) };
-                let Kind::Codes { signed } = v.kind else {
-                    unreachable!()
-                };
-                let c = self.konst(node, ci)?.clone();
-                let (pk, _) = self.qparams(node, ci + 1, ci + 2, c.kind == ElemKind::Int8)?;
-                let zk = pk.zero_point as f64 - if c.kind == ElemKind::Int8 { 128.0 } else { 0.0 };
-                let real: Vec<f32> = c
-                    .data
-                    .iter()
-                    .map(|&q| ((q - zk) as f32) * pk.scale)
-                    .collect();
-                // Dequantize, the constant in float, quantize: the rounding both
-                // onnxruntime and the spec make (folding the constant into the layer
-                // before would skip it).
-                let (pv, _) = self.qparams(node, vi + 1, vi + 2, signed)?;
-                if c.shape.iter().rev().skip(1).any(|&d| d != 1) {
-                    return Err(Self::unsupported(
-                        node,
-                        "only a constant along the last axis is native",
-                    ));
-                }
-                let x = self.dequantize(node, v, pv)?;
-                let n = self.last_axis(x);
-                let at = |i: usize| {
-                    if real.len() == 1 {
-                        real[0]
-                    } else {
-                        real.get(i).copied().unwrap_or(0.0)
-                    }
-                };
-                let layer = if node.op_type == "QLinearMul" {
-                    Layer::Standardize {
-                        offset: vec![0.0; n],
-                        scale: (0..n).map(at).collect(),
-                    }
-                } else {
-                    Layer::Standardize {
-                        offset: (0..n).map(|i| -at(i)).collect(),
-                        scale: vec![1.0; n],
-                    }
-                };
-                let y = self.push(node, layer, x)?;
-                let id = self.push(node, Layer::Quantize(pc), y)?;
-                self.bind_val(node, 0, Val { id, kind });
-                Ok(())
-            }
-            _ => Err(Self::unsupported(node, "inputs hold no int8/uint8 codes")),
-        }
     }
 
     /// An average pool of a dequantized value followed by a QuantizeLinear.
@@ -913,65 +682,6 @@ impl Converter {
         Ok(true)
     }
 
-    /// com.microsoft QLinearGlobalAveragePool / QLinearAveragePool: X, x_scale, x_zp,
-    /// y_scale, y_zp; `channels_last` inputs are N×H×W×C.
-    pub(super) fn qlinear_pool(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
-        let (pout, out_signed) = self.qparams(node, 3, 4, false)?;
-        let channels_last = attr_i(node, "channels_last", 0) != 0;
-        let src = self.u8_codes(node, v)?;
-        let mut e = Entry::Value(Val {
-            id: src,
-            kind: v.kind,
-        });
-        if channels_last {
-            e = self.transpose_entry(node, e, &[2, 0, 1])?;
-        }
-        let Entry::Value(x) = e else { unreachable!() };
-        let s = self.shape_of(x.id).to_vec();
-        let layer = if node.op_type == "QLinearGlobalAveragePool" {
-            Layer::QGlobalAvgPool {
-                input: pin,
-                output: pout,
-            }
-        } else {
-            let k = super::attr_ints(node, "kernel_shape").unwrap_or_default();
-            if k.len() != 2 || k.iter().any(|&v| v <= 0 || v > u32::MAX as i64) {
-                return Err(Self::unsupported(node, format!("kernel_shape {k:?}")));
-            }
-            if attr_i(node, "ceil_mode", 0) != 0 {
-                return Err(Self::unsupported(node, "ceil_mode=1 average pooling"));
-            }
-            let (stride, padding, _) =
-                self.window_attrs(node, &s, [k[0] as usize, k[1] as usize])?;
-            Layer::QAvgPool2d {
-                kernel: [k[0] as u32, k[1] as u32],
-                stride,
-                padding,
-                count_include_pad: attr_i(node, "count_include_pad", 0) != 0,
-                input: pin,
-                output: pout,
-            }
-        };
-        let id = self.push(node, layer, x.id)?;
-        let kind = Kind::Codes { signed: out_signed };
-        let mut out = Entry::Value(Val { id, kind });
-        if channels_last {
-            out = self.transpose_entry(node, out, &[1, 2, 0])?;
-        }
-        self.bind_entry(node, 0, out);
-        Ok(())
-    }
-
     /// Concat of dequantized values followed by a QuantizeLinear: the codes of each input
     /// requantized to the output's parameters where they differ, then joined.
     pub(super) fn qdq_concat(&mut self, node: &NodeProto, axis: u32) -> Result<bool, ConvertError> {
@@ -1000,7 +710,7 @@ impl Converter {
         Ok(true)
     }
 
-    fn requantize(
+    pub(super) fn requantize(
         &mut self,
         node: &NodeProto,
         src: crate::graph::ValueId,
@@ -1012,50 +722,6 @@ impl Converter {
         }
         let table = lookup(from, to, |x| x);
         self.push(node, Layer::QLookup { table }, src)
-    }
-
-    /// com.microsoft QLinearConcat: Y_scale, Y_zp, then (X, X_scale, X_zp) per input.
-    pub(super) fn qlinear_concat(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let (pout, out_signed) = self.qparams(node, 0, 1, false)?;
-        let n = node.input.len().saturating_sub(2) / 3;
-        if n == 0 || node.input.len() != 2 + 3 * n {
-            return Err(Self::unsupported(
-                node,
-                "inputs are not (X, scale, zero point) triples",
-            ));
-        }
-        let mut ids = Vec::with_capacity(n);
-        let mut rank = 0;
-        for i in 0..n {
-            let ix = 2 + 3 * i;
-            let Entry::Value(
-                v @ Val {
-                    kind: Kind::Codes { signed },
-                    ..
-                },
-            ) = self.entry(node, ix)?.clone()
-            else {
-                return Err(Self::unsupported(
-                    node,
-                    format!("input {ix} holds no codes"),
-                ));
-            };
-            let (p, _) = self.qparams(node, ix + 1, ix + 2, signed)?;
-            let src = self.u8_codes(node, v)?;
-            rank = self.shape_of(src).len() + 1;
-            ids.push(self.requantize(node, src, p, pout)?);
-        }
-        let axis = Self::sample_axis(node, attr_i(node, "axis", 1), rank)? as u32;
-        let id = self.push_n(node, Layer::Concat { axis }, ids)?;
-        self.bind_val(
-            node,
-            0,
-            Val {
-                id,
-                kind: Kind::Codes { signed: out_signed },
-            },
-        );
-        Ok(())
     }
 
     /// An element-wise activation between a DequantizeLinear and a QuantizeLinear: a
@@ -1109,82 +775,6 @@ impl Converter {
         self.finish_tail(node, id, tail, None)?;
         Ok(true)
     }
-
-    /// com.microsoft QLinearSoftmax (X, X_scale, x_zp, y_scale, y_zp): a float softmax
-    /// between a dequantize and a quantize.
-    pub(super) fn qlinear_softmax(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
-        let (pout, out_signed) = self.qparams(node, 3, 4, false)?;
-        let rank = self.shape_of(v.id).len() + 1;
-        let axis = attr_i(node, "axis", -1);
-        if Self::sample_axis(node, axis, rank)? != rank - 2 {
-            return Err(Self::unsupported(
-                node,
-                "softmax over an axis other than the last",
-            ));
-        }
-        let x = self.dequantize(node, v, pin)?;
-        let p = self.push(node, Layer::Softmax, x)?;
-        let id = self.push(node, Layer::Quantize(pout), p)?;
-        self.bind_val(
-            node,
-            0,
-            Val {
-                id,
-                kind: Kind::Codes { signed: out_signed },
-            },
-        );
-        Ok(())
-    }
-
-    /// com.microsoft QLinearLeakyRelu / QLinearSigmoid: X, X_scale, X_zp, Y_scale, Y_zp.
-    pub(super) fn qlinear_unary(&mut self, node: &NodeProto) -> Result<(), ConvertError> {
-        let Entry::Value(
-            v @ Val {
-                kind: Kind::Codes { signed },
-                ..
-            },
-        ) = self.entry(node, 0)?.clone()
-        else {
-            return Err(Self::unsupported(node, "input holds no int8/uint8 codes"));
-        };
-        let (pin, _) = self.qparams(node, 1, 2, signed)?;
-        let (pout, out_signed) = self.qparams(node, 3, 4, false)?;
-        let layer = if node.op_type == "QLinearSigmoid" {
-            Layer::Sigmoid
-        } else {
-            Layer::LeakyRelu {
-                alpha: attr_f(node, "alpha", 0.01),
-            }
-        };
-        let f = activation_fn(&layer).ok_or_else(|| Self::unsupported(node, "activation"))?;
-        let src = self.u8_codes(node, v)?;
-        let id = self.push(
-            node,
-            Layer::QLookup {
-                table: lookup(pin, pout, f),
-            },
-            src,
-        )?;
-        self.bind_val(
-            node,
-            0,
-            Val {
-                id,
-                kind: Kind::Codes { signed: out_signed },
-            },
-        );
-        Ok(())
-    }
 }
 
 /// `y · scale + offset` per output folded into an int8 dense layer: weight scales times
@@ -1234,7 +824,7 @@ fn apply_affine(
     Ok(())
 }
 
-fn scale_weight(w: &mut Tensor, alpha: f32) {
+pub(super) fn scale_weight(w: &mut Tensor, alpha: f32) {
     if alpha != 1.0
         && let TensorData::I8 { scales, .. } = &mut w.data
     {

@@ -6,6 +6,9 @@
 //! `[off · batch, (off + len) · batch)` for a batch, which keeps disjoint tensors disjoint
 //! at every batch size.
 
+use super::lower::{Step, TensorInfo};
+use crate::graph::DType;
+
 /// Elements offsets are rounded up to (64 bytes of f32).
 const ALIGN: usize = 16;
 
@@ -16,6 +19,61 @@ pub(super) struct Interval {
     pub len: usize,
     pub first: usize,
     pub last: usize,
+}
+
+/// The memory plan of a lowered program: per tensor root, its offset in its element
+/// type's arena (per sample), and the three arenas' lengths per sample (f32, bytes, i64).
+/// A root lives from the step that writes it (step 0 for graph inputs) to the last step
+/// that reads it (past the last step for graph outputs); views share their root's memory.
+pub(super) fn place(
+    tensors: &[TensorInfo],
+    steps: &[Step],
+    inputs: &[usize],
+    outputs: &[usize],
+) -> (Vec<usize>, [usize; 3]) {
+    let n = tensors.len();
+    let last_step = steps.len();
+    let mut first = vec![usize::MAX; n];
+    let mut last = vec![0usize; n];
+    for &t in inputs {
+        first[tensors[t].root] = 0;
+    }
+    for (s, step) in steps.iter().enumerate() {
+        let r = tensors[step.output].root;
+        first[r] = first[r].min(s);
+        last[r] = last[r].max(s);
+        for &i in &step.inputs {
+            let r = tensors[i].root;
+            last[r] = last[r].max(s);
+        }
+    }
+    for &t in outputs {
+        let r = tensors[t].root;
+        last[r] = last_step;
+        first[r] = first[r].min(last_step);
+    }
+    let mut offsets = vec![0usize; n];
+    let mut arena_len = [0usize; 3];
+    for (class, arena) in arena_len.iter_mut().enumerate() {
+        let roots: Vec<usize> = (0..n)
+            .filter(|&t| tensors[t].root == t && first[t] != usize::MAX)
+            .filter(|&t| dtype_class(tensors[t].dtype) == class)
+            .collect();
+        let intervals: Vec<Interval> = roots
+            .iter()
+            .map(|&t| Interval {
+                len: tensors[t].len,
+                first: first[t],
+                last: last[t].max(first[t]),
+            })
+            .collect();
+        let (offs, total) = plan(&intervals);
+        for (&t, off) in roots.iter().zip(offs) {
+            offsets[t] = off;
+        }
+        *arena = total;
+    }
+    (offsets, arena_len)
 }
 
 /// Offsets for `tensors` (same order) and the arena length per sample, by first-fit of
@@ -56,6 +114,15 @@ pub(super) fn plan(tensors: &[Interval]) -> (Vec<usize>, usize) {
         placed.push(i);
     }
     (offsets, total)
+}
+
+/// Arena of a dtype: 0 f32, 1 bytes (u8 and int8 codes), 2 i64.
+pub(super) fn dtype_class(d: DType) -> usize {
+    match d {
+        DType::F32 => 0,
+        DType::U8 | DType::I8 => 1,
+        DType::I64 => 2,
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Execution: the prepared steps of a lowered graph run in order over the arenas. Nothing
 //! here allocates; each step reads its inputs' slices and writes its output's.
 
+use super::choose::DenseWeight;
 use super::kernels::{self, Activation};
-use super::lower::{DenseWeight, Program};
+use super::lower::Program;
 use super::{ops, quant};
 use crate::graph::{DType, QuantParams};
 use std::ops::Range;

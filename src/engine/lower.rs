@@ -7,13 +7,15 @@
 //!   NHWC↔NCHW transposes cost nothing; a dense layer reading a flattened feature map gets
 //!   its weight columns permuted instead; where a consumer needs another order than a value
 //!   has, one gather step moves it (an NCHW graph input on entry, a graph output on exit).
-//! - **Fusion**: an activation into the convolution, dense layer or add that alone feeds
-//!   it; a code clamp (Relu6 after an int8 layer) into the int8 layer's output range; a
-//!   standardize into the quantize that alone reads it.
-//! - **Kernel choice**: the compute kernels (`kernels/`) pack their weights here.
+//! - **Fusion** (planned by `fuse.rs`): a folded node runs no step; its producer's kernel
+//!   takes the activation, clamp or quantize.
+//! - **Kernels**: the compute kernels (`kernels/`) pack their weights here; a sparse dense
+//!   weight gets the kernel `choose.rs` times fastest.
 //! - **Memory plan** (`arena.rs`): offsets for every tensor that owns memory.
 
+use super::choose::{self, DenseWeight};
 use super::exec::Op;
+use super::fuse::{Fused, Fusion, act_of};
 use super::kernels::{self, Activation, KernelError, OutputQuant, U8Quant};
 use super::layout::Layout;
 use super::{EngineError, KernelChoice, arena, quant};
@@ -39,21 +41,6 @@ pub(super) struct Step {
     pub op: Op,
     pub inputs: Vec<usize>,
     pub output: usize,
-}
-
-/// A dense layer's weight in the layout its chosen kernel reads.
-pub(super) enum DenseWeight {
-    /// Row-major `[outputs, inputs]`.
-    Dense(Vec<f32>),
-    /// Compressed sparse rows, used for batches below [`kernels::CSR_TILE`] samples when
-    /// `single`, for larger ones when `batched`; `dense` (empty unless one of them is
-    /// false) serves the other batches.
-    Csr {
-        csr: kernels::CsrMatrix,
-        dense: Vec<f32>,
-        single: bool,
-        batched: bool,
-    },
 }
 
 /// A graph lowered for execution.
@@ -84,14 +71,6 @@ enum Need {
     Same(Layout),
 }
 
-/// What an activation node folds into.
-#[derive(Clone, Copy)]
-enum Fused {
-    Act(Activation),
-    Clamp(u8, u8),
-    Quantize(crate::graph::QuantParams),
-}
-
 struct Lowerer<'g> {
     graph: &'g Graph,
     shapes: &'g ValueShapes,
@@ -101,9 +80,7 @@ struct Lowerer<'g> {
     value: Vec<usize>,
     /// Copies of tensors in other layouts.
     copies: HashMap<(usize, Layout), usize>,
-    /// Per IR node: what the next node folded into it; per IR node: fused away.
-    fold: Vec<Option<Fused>>,
-    fused_away: Vec<bool>,
+    fusion: &'g Fusion,
     choices: Vec<KernelChoice>,
     scratch_f32: usize,
     scratch_u8: usize,
@@ -114,18 +91,6 @@ fn kernel_err(node: &str, e: KernelError) -> EngineError {
         node: node.to_string(),
         layer: "kernel",
         reason: e.to_string(),
-    })
-}
-
-fn act_of(layer: &Layer) -> Option<Activation> {
-    Some(match *layer {
-        Layer::Relu => Activation::Relu,
-        Layer::LeakyRelu { alpha } => Activation::LeakyRelu(alpha),
-        Layer::Sigmoid => Activation::Sigmoid,
-        Layer::Tanh => Activation::Tanh,
-        Layer::Clip { min, max } => Activation::Clip { min, max },
-        Layer::HardSwish => Activation::HardSwish,
-        _ => return None,
     })
 }
 
@@ -203,69 +168,6 @@ impl<'g> Lowerer<'g> {
         c
     }
 
-    /// Decides which nodes fold into their producer.
-    fn plan_fusion(&mut self) {
-        let g = self.graph;
-        let n_in = g.inputs.len();
-        let n_values = n_in + g.nodes.len();
-        let mut consumers = vec![0usize; n_values];
-        for node in &g.nodes {
-            for &i in &node.inputs {
-                consumers[i as usize] += 1;
-            }
-        }
-        for o in &g.outputs {
-            consumers[o.value as usize] += 2;
-        }
-        for (k, node) in g.nodes.iter().enumerate() {
-            let Some(&v) = node.inputs.first() else {
-                continue;
-            };
-            let v = v as usize;
-            if v < n_in || consumers[v] != 1 || node.inputs.len() != 1 {
-                continue;
-            }
-            let j = v - n_in;
-            if self.fold[j].is_some() || self.fused_away[j] {
-                continue;
-            }
-            let producer = &g.nodes[j].layer;
-            let fused = match (&node.layer, producer) {
-                (
-                    l,
-                    Layer::Conv2d { .. }
-                    | Layer::Add
-                    | Layer::QConv2d {
-                        input: QuantInput::Static(_),
-                        output: QuantOutput::F32,
-                        relu: false,
-                        ..
-                    },
-                ) => act_of(l).map(Fused::Act),
-                (l, Layer::Dense { weight, .. }) if !weight.is_sparse() => {
-                    act_of(l).map(Fused::Act)
-                }
-                (
-                    Layer::QClamp { min, max },
-                    Layer::QConv2d {
-                        input: QuantInput::Static(_),
-                        output: QuantOutput::U8(_),
-                        ..
-                    }
-                    | Layer::QAdd { .. }
-                    | Layer::QAvgPool2d { .. }
-                    | Layer::QGlobalAvgPool { .. },
-                ) => Some(Fused::Clamp(*min, *max)),
-                (Layer::Quantize(p), Layer::Standardize { .. }) => Some(Fused::Quantize(*p)),
-                _ => None,
-            };
-            if let Some(f) = fused {
-                self.fold[j] = Some(f);
-                self.fused_away[k] = true;
-            }
-        }
-    }
-
     fn lower(&mut self) -> Result<(), EngineError> {
         let g = self.graph;
         for (i, spec) in g.inputs.iter().enumerate() {
@@ -273,11 +175,10 @@ impl<'g> Lowerer<'g> {
             let t = self.new_tensor(spec.dtype, shape.clone(), Layout::plain(&shape));
             self.value.push(t);
         }
-        self.plan_fusion();
         for (k, node) in g.nodes.iter().enumerate() {
             let v_out = g.inputs.len() + k;
             let (dtype, shape) = self.shapes.values[v_out].clone();
-            if self.fused_away[k] {
+            if self.fusion.fused_away[k] {
                 let t = self.value[node.inputs[0] as usize];
                 self.value.push(t);
                 continue;
@@ -299,7 +200,7 @@ impl<'g> Lowerer<'g> {
         let name = node.name.as_str();
         let x_val = node.inputs[0];
         let x_shape = self.shapes.values[x_val as usize].1.clone();
-        let fold = self.fold[k];
+        let fold = self.fusion.fold[k];
         let act = match fold {
             Some(Fused::Act(a)) => a,
             _ => Activation::Identity,
@@ -384,7 +285,7 @@ impl<'g> Lowerer<'g> {
                             },
                         )?;
                     }
-                    let (w, choice) = super::choose_dense_kernel(name, csr, &b);
+                    let (w, choice) = choose::choose_dense_kernel(name, csr, &b);
                     if let DenseWeight::Csr { csr, .. } = &w {
                         self.scratch_f32 = self.scratch_f32.max(csr.cols() * kernels::CSR_TILE);
                     }
@@ -897,8 +798,12 @@ fn old_conv_params(
 /// Largest arena a graph may plan, bytes per sample (with the kernels' scratch).
 const MAX_ARENA_BYTES: usize = 1 << 30;
 
-/// Lowers a validated graph: layouts, fusion, kernels, memory plan.
-pub(super) fn lower(graph: &Graph, shapes: &ValueShapes) -> Result<Program, EngineError> {
+/// Lowers a validated graph with its fusion plan: layouts, kernels, memory plan.
+pub(super) fn lower(
+    graph: &Graph,
+    shapes: &ValueShapes,
+    fusion: &Fusion,
+) -> Result<Program, EngineError> {
     let mut l = Lowerer {
         graph,
         shapes,
@@ -906,8 +811,7 @@ pub(super) fn lower(graph: &Graph, shapes: &ValueShapes) -> Result<Program, Engi
         steps: Vec::new(),
         value: Vec::new(),
         copies: HashMap::new(),
-        fold: vec![None; graph.nodes.len()],
-        fused_away: vec![false; graph.nodes.len()],
+        fusion,
         choices: Vec::new(),
         scratch_f32: 0,
         scratch_u8: 0,
@@ -918,49 +822,7 @@ pub(super) fn lower(graph: &Graph, shapes: &ValueShapes) -> Result<Program, Engi
     for o in &graph.outputs {
         outputs.push(l.want(o.value, Need::Plain));
     }
-    // Lifetimes of the tensors that own memory, in step order.
-    let n = l.tensors.len();
-    let last_step = l.steps.len();
-    let mut first = vec![usize::MAX; n];
-    let mut last = vec![0usize; n];
-    for &t in &inputs {
-        first[l.tensors[t].root] = 0;
-    }
-    for (s, step) in l.steps.iter().enumerate() {
-        let r = l.tensors[step.output].root;
-        first[r] = first[r].min(s);
-        last[r] = last[r].max(s);
-        for &i in &step.inputs {
-            let r = l.tensors[i].root;
-            last[r] = last[r].max(s);
-        }
-    }
-    for &t in &outputs {
-        let r = l.tensors[t].root;
-        last[r] = last_step;
-        first[r] = first[r].min(last_step);
-    }
-    let mut offsets = vec![0usize; n];
-    let mut arena_len = [0usize; 3];
-    for (class, arena) in arena_len.iter_mut().enumerate() {
-        let roots: Vec<usize> = (0..n)
-            .filter(|&t| l.tensors[t].root == t && first[t] != usize::MAX)
-            .filter(|&t| dtype_class(l.tensors[t].dtype) == class)
-            .collect();
-        let intervals: Vec<arena::Interval> = roots
-            .iter()
-            .map(|&t| arena::Interval {
-                len: l.tensors[t].len,
-                first: first[t],
-                last: last[t].max(first[t]),
-            })
-            .collect();
-        let (offs, total) = arena::plan(&intervals);
-        for (&t, off) in roots.iter().zip(offs) {
-            offsets[t] = off;
-        }
-        *arena = total;
-    }
+    let (offsets, arena_len) = arena::place(&l.tensors, &l.steps, &inputs, &outputs);
     let bytes =
         arena_len[0] * 4 + arena_len[1] + arena_len[2] * 8 + l.scratch_f32 * 4 + l.scratch_u8;
     if bytes > MAX_ARENA_BYTES {
@@ -986,13 +848,4 @@ pub(super) fn lower(graph: &Graph, shapes: &ValueShapes) -> Result<Program, Engi
         scratch_u8: l.scratch_u8,
         choices: l.choices,
     })
-}
-
-/// Arena of a dtype: 0 f32, 1 bytes (u8 and int8 codes), 2 i64.
-pub(super) fn dtype_class(d: DType) -> usize {
-    match d {
-        DType::F32 => 0,
-        DType::U8 | DType::I8 => 1,
-        DType::I64 => 2,
-    }
 }

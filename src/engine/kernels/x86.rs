@@ -43,6 +43,8 @@ pub(super) fn dense(x: &[f32], w: &[f32], b: &[f32], inputs: usize, outputs: usi
     unsafe { dense_avx2(x, w, b, inputs, outputs, y, rows) }
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA (registers only; no memory is touched).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum(v: __m256) -> f32 {
     let hi = _mm256_extractf128_ps(v, 1);
@@ -53,6 +55,9 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA; `x` holds `rows · inputs` values, `w` `outputs · inputs`,
+/// `b` `outputs` and `y` `rows · outputs` (the wrapper [`dense`] asserts all four).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dense_avx2(
     x: &[f32],
@@ -230,6 +235,8 @@ fn step_vnni(acc: __m256i, xv: __m256i, w: &[i8]) -> __m256i {
     _mm256_dpbusd_avx_epi32(acc, xv, wv)
 }
 
+/// # Safety
+/// The CPU has AVX2. Every load reads a slice cut (and so bounds-checked) just before it.
 #[target_feature(enable = "avx2")]
 unsafe fn gemv_avx2(x: &[u8], w: &[i8], acc: &mut [i32]) {
     let k = x.len();
@@ -267,6 +274,9 @@ unsafe fn gemv_avx2(x: &[u8], w: &[i8], acc: &mut [i32]) {
     }
 }
 
+/// # Safety
+/// The CPU has AVX2 and AVX-VNNI. Every load reads a slice cut (and so bounds-checked)
+/// just before it.
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn gemv_vnni(x: &[u8], w: &[i8], acc: &mut [i32]) {
     let k = x.len();
@@ -349,6 +359,9 @@ pub(super) fn requant_u8_avx2(
     }
 }
 
+/// # Safety
+/// The CPU has AVX2. Every load reads a four-value slice cut (and so bounds-checked) just
+/// before it; `FixedMultiplier` is `repr(C)` (i32, u32), eight bytes a value.
 #[target_feature(enable = "avx2")]
 unsafe fn requant_avx2(
     multipliers: &[super::int8::FixedMultiplier],
@@ -486,6 +499,10 @@ pub(super) fn gemv_u8i8_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [
     unsafe { gemv_vnni_packed(x, p, rows, acc) }
 }
 
+/// # Safety
+/// The CPU has AVX2 and AVX-VNNI; `p` holds `rows / 8` (rounded up) groups of
+/// `x.len() / 4` (rounded up) 32-byte chunks and `acc` holds `rows` sums (the wrapper
+/// [`gemv_u8i8_vnni_packed`] asserts both).
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn gemv_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
     let groups = rows.div_ceil(PACK_ROWS);
@@ -573,6 +590,10 @@ pub(super) fn gemv_u8i8_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut 
     unsafe { gemv_avx2_packed(x, p, rows, acc) }
 }
 
+/// # Safety
+/// The CPU has AVX2; `p` holds `rows / 8` (rounded up) groups of `x.len() / 2` (rounded
+/// up) pairs of 16 i16 and `acc` holds `rows` sums (the wrapper [`gemv_u8i8_avx2_packed`]
+/// asserts both).
 #[target_feature(enable = "avx2")]
 unsafe fn gemv_avx2_packed(x: &[u8], p: &[i16], rows: usize, acc: &mut [i32]) {
     let groups = rows.div_ceil(PACK_ROWS);
@@ -667,6 +688,9 @@ pub(super) fn requant_u8_narrow_avx2(plan: &super::int8::NarrowRequant, acc: &[i
     unsafe { requant_narrow(plan, &acc[..n], &mut y[..n]) }
 }
 
+/// # Safety
+/// The CPU has AVX2; `acc` holds at least `y.len()` sums and every array of `plan` holds
+/// `y.len()` rounded up to eight values (the wrapper asserts it).
 #[target_feature(enable = "avx2")]
 unsafe fn requant_narrow(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut [u8]) {
     let n = y.len();
@@ -676,6 +700,7 @@ unsafe fn requant_narrow(plan: &super::int8::NarrowRequant, acc: &[i32], y: &mut
     // SAFETY (both loads): every plan array holds n rounded up to eight values (the
     // caller's assert), and `acc` is read this way only when c + 8 <= n.
     let load = |v: &[i32], c: usize| unsafe { _mm256_loadu_si256(v.as_ptr().add(c).cast()) };
+    // SAFETY: as for `load`: `plan.bias` holds n rounded up to eight values.
     let load64 = |v: &[i64], c: usize| unsafe { _mm256_loadu_si256(v.as_ptr().add(c).cast()) };
     let mut c = 0;
     while c < n {
@@ -722,6 +747,8 @@ pub(super) fn exp_in_place_avx2(y: &mut [f32]) {
     unsafe { exp_avx2(y) }
 }
 
+/// # Safety
+/// The CPU has AVX2. Loads and stores touch whole chunks of `y` or the masked remainder.
 #[cfg(test)]
 #[target_feature(enable = "avx2")]
 unsafe fn exp_avx2(y: &mut [f32]) {
@@ -814,6 +841,9 @@ pub(super) fn quantize_avx2(
     }
 }
 
+/// # Safety
+/// The CPU has AVX2; `x` and, when given, both affine slices hold at least `y.len()`
+/// values.
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_row(
     x: &[f32],
@@ -882,6 +912,9 @@ pub(super) fn softmax_avx2(x: &[f32], axis_len: usize, y: &mut [f32]) {
 }
 
 /// One row of [`softmax_avx2`]; false (and nothing written) if the row holds NaN.
+///
+/// # Safety
+/// The CPU has AVX2; `x` and `y` have the same length.
 #[target_feature(enable = "avx2")]
 unsafe fn softmax_row(x: &[f32], y: &mut [f32]) -> bool {
     let n = x.len();

@@ -7,6 +7,9 @@ use super::simd::{Avx2, Avx512, F32Simd};
 use crate::engine::kernels::{Activation, ConvGeometry};
 
 /// The input vector of a tap, the first `n` lanes.
+///
+/// # Safety
+/// S's features are present; `n <= S::LANES` values are readable at `p`.
 #[inline(always)]
 unsafe fn load_n<S: F32Simd>(p: *const f32, n: usize) -> S::V {
     // SAFETY: `n` values readable at `p` (the callers' contract).
@@ -190,6 +193,8 @@ pub(in crate::engine::kernels) fn depthwise_f32_avx512(
     unsafe { dw_avx512(g, x, w, bias, c_pad, act, y) }
 }
 
+/// # Safety
+/// The CPU has AVX-512 F; the inputs pass `check` (the wrapper runs it).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_avx512(
@@ -222,6 +227,8 @@ pub(in crate::engine::kernels) fn depthwise_f32_avx2(
     unsafe { dw_avx2(g, x, w, bias, c_pad, act, y) }
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA; the inputs pass `check` (the wrapper runs it).
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_avx2(

@@ -9,6 +9,9 @@ use crate::engine::kernels::{Activation, F32Path};
 
 /// The activation on one vector (Sigmoid and Tanh pass through: [`finish_row`] applies
 /// them in scalar code after the store).
+///
+/// # Safety
+/// S's features are present (registers only; no memory is touched).
 #[inline(always)]
 pub(super) unsafe fn activate<S: F32Simd>(v: S::V, act: Activation) -> S::V {
     // SAFETY: the caller runs with S's features (the trait's contract).
@@ -206,6 +209,10 @@ pub(in crate::engine::kernels) fn gemm_f32_avx512(
     unsafe { gemm_avx512::<false>(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
 }
 
+/// # Safety
+/// The CPU has AVX-512 F; `w.nr` is one of `AVX512_NR`; the checks of `check` hold
+/// for `a`, `w` and `y` (or, `IN_PLACE`, the asserts of [`conv_row_f32`] for the rows at
+/// `offs`).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx512<const IN_PLACE: bool>(
@@ -247,6 +254,10 @@ pub(in crate::engine::kernels) fn gemm_f32_avx2(
     unsafe { gemm_avx2::<false>(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA; `w.nr` is one of `AVX2_NR`; the checks of `check` hold
+/// for `a`, `w` and `y` (or, `IN_PLACE`, the asserts of [`conv_row_f32`] for the rows at
+/// `offs`).
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx2<const IN_PLACE: bool>(

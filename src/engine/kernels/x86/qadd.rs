@@ -32,6 +32,8 @@ struct Mul {
 }
 
 impl Mul {
+    /// # Safety
+    /// The CPU has AVX2 (registers only).
     #[inline(always)]
     unsafe fn new(m: crate::engine::kernels::int8::FixedMultiplier) -> Mul {
         let shift = m.shift as i64;
@@ -48,6 +50,9 @@ impl Mul {
 
     /// The products of the even and the odd i32 lanes of `v`, rounded and shifted, as
     /// i64 lanes: `|v · m| < 2^61` keeps `p + 2^(shift-1) + 2^62` positive.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (registers only).
     #[inline(always)]
     unsafe fn apply(self, v: __m256i) -> (__m256i, __m256i) {
         // SAFETY: AVX2 present (the caller's target feature).
@@ -68,6 +73,9 @@ impl Mul {
     }
 
     /// [`Mul::apply`] back in i32 lanes, for results known to fit one.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (registers only).
     #[inline(always)]
     unsafe fn apply32(self, v: __m256i) -> __m256i {
         // SAFETY: AVX2 present (the caller's target feature).
@@ -78,6 +86,8 @@ impl Mul {
     }
 }
 
+/// # Safety
+/// The CPU has AVX2; `a`, `b` and `y` have the same length (the wrapper asserts it).
 #[target_feature(enable = "avx2")]
 unsafe fn add_u8_avx2_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
     let n = y.len();
@@ -143,6 +153,9 @@ pub(in crate::engine::kernels) fn add_u8_avx512(add: &AddU8, a: &[u8], b: &[u8],
 }
 
 /// `round(v · m / 2^shift)` of the even and odd i32 lanes of `v`, as i64 lanes.
+///
+/// # Safety
+/// The CPU has AVX-512 F (registers only).
 #[inline(always)]
 unsafe fn mul512(v: __m512i, m: __m512i, round: __m512i, shift: __m512i) -> (__m512i, __m512i) {
     // SAFETY: AVX-512 F (the caller's target feature).
@@ -156,6 +169,9 @@ unsafe fn mul512(v: __m512i, m: __m512i, round: __m512i, shift: __m512i) -> (__m
     }
 }
 
+/// # Safety
+/// The CPU has AVX-512 F, BW and VL; `a`, `b` and `y` have the same length (the wrapper
+/// asserts it).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn add_u8_avx512_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
     let n = y.len();

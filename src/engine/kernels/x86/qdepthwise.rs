@@ -60,6 +60,8 @@ pub(in crate::engine::kernels) fn depthwise_u8_x86(
     }
 }
 
+/// # Safety
+/// The CPU has AVX2, FMA and AVX-512 F, BW, VL and VNNI; the lengths [`dw`] asserts hold.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_avx512(
@@ -75,6 +77,8 @@ unsafe fn dw_avx512(
     unsafe { by_taps::<true>(g, x, zp, w, c_pad, epi, y) }
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA; the lengths [`dw`] asserts hold.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_avx2(
@@ -163,11 +167,13 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
     let zp_row = [zp; 16];
     let mut tails = [[zp; 16]; MAX_TAPS];
     let mut ptrs = [zp_row.as_ptr(); MAX_TAPS];
+    // SAFETY: AVX2 (the contract of this function); registers only.
     let mut wl = [unsafe { _mm256_setzero_si256() }; MAX_TAPS / 2];
     let mut wh = wl;
     let mut c0 = 0;
     while c0 < c {
         let n = 16.min(c - c0);
+        // SAFETY: as for `wl`.
         let (mut zl, mut zh) = unsafe { (_mm256_setzero_si256(), _mm256_setzero_si256()) };
         for k in 0..pairs {
             // SAFETY: AVX2; `w` holds `taps · c_pad` weights.

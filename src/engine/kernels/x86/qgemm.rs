@@ -26,8 +26,9 @@ pub(super) trait I8Dot {
     type V: Copy;
     /// Channels per vector.
     const LANES: usize;
-    /// # Safety (every method)
-    /// The family's features are present; pointers are valid for what they touch.
+    /// # Safety
+    /// (Every method, and so every implementation's.) The family's features are present;
+    /// pointers are valid for what they touch.
     unsafe fn zero() -> Self::Acc;
     /// Four bytes at `p`, broadcast.
     unsafe fn quad(p: *const u8) -> Self::A;
@@ -202,6 +203,10 @@ impl Requant512 {
 /// AVX2 epilogue of eight channels (shared by both 256-bit families): 64-bit products
 /// with `vpmuldq`; the arithmetic shift AVX2 lacks is a logical one of `p + 2^62`
 /// (positive, below 2^64) minus `2^62 >> shift`, the same floor division.
+///
+/// # Safety
+/// The CPU has AVX2; `bias` and the lane arrays of `l` hold eight values from `c`;
+/// `y` is valid for `n <= 8` bytes.
 #[inline(always)]
 pub(super) unsafe fn store_u8_256(
     v: __m256i,
@@ -257,6 +262,9 @@ pub(super) unsafe fn store_u8_256(
 }
 
 /// Eight i32 lanes holding codes `0..=255`, as the eight bytes of a u64 (lane 0 lowest).
+///
+/// # Safety
+/// The CPU has AVX2 (registers only).
 #[inline(always)]
 pub(super) unsafe fn pack8(q: __m256i) -> u64 {
     // SAFETY: AVX2 present (the callers' contract).
@@ -269,6 +277,9 @@ pub(super) unsafe fn pack8(q: __m256i) -> u64 {
 }
 
 /// `min(max(q, lo), hi)` in 64-bit lanes (AVX2 has no 64-bit min and max).
+///
+/// # Safety
+/// The CPU has AVX2 (registers only).
 #[inline(always)]
 pub(super) unsafe fn clamp64(q: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
     // SAFETY: AVX2 present (the callers' contract).
@@ -278,6 +289,9 @@ pub(super) unsafe fn clamp64(q: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
     }
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA; `bias` and the lane arrays of `l` hold eight values from
+/// `c`; `y` is valid for `n <= 8` f32.
 #[inline(always)]
 pub(super) unsafe fn store_f32_256(
     v: __m256i,
@@ -416,6 +430,8 @@ enum Out {
 }
 
 impl Out {
+    /// # Safety
+    /// `n` elements past the pointer stay inside (or one past) the destination.
     #[inline(always)]
     unsafe fn add(self, n: usize) -> Out {
         // SAFETY: the caller stays inside the destination.
@@ -745,7 +761,6 @@ pub(in crate::engine::kernels) fn gemm_vnni512(
 ) {
     let (l, out) = check(a, lda, m, w, epi, c0, &mut y, ldy, 16);
     assert!(VNNI512_NR.contains(&w.nr) && super::has_avx512_vnni());
-    // SAFETY: the features are present (asserted); `check` bounds every access.
     let rows = Rows {
         base: a.as_ptr(),
         lda,
@@ -756,6 +771,9 @@ pub(in crate::engine::kernels) fn gemm_vnni512(
     unsafe { gemm_vnni512_impl::<false>(rows, m, w, l, c0, out, ldy) }
 }
 
+/// # Safety
+/// The CPU has AVX-512 F, BW, VL and VNNI; `w.nr` is one of `VNNI512_NR`; the checks of
+/// [`check`] hold (or, `IN_PLACE`, those of [`conv_row_u8i8`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_vnni512_impl<const IN_PLACE: bool>(
@@ -793,7 +811,6 @@ pub(in crate::engine::kernels) fn gemm_vnni256(
 ) {
     let (l, out) = check(a, lda, m, w, epi, c0, &mut y, ldy, 8);
     assert!(VNNI256_NR.contains(&w.nr) && super::has_avx_vnni());
-    // SAFETY: the features are present (asserted); `check` bounds every access.
     let rows = Rows {
         base: a.as_ptr(),
         lda,
@@ -804,6 +821,9 @@ pub(in crate::engine::kernels) fn gemm_vnni256(
     unsafe { gemm_vnni256_impl::<false>(rows, m, w, l, c0, out, ldy) }
 }
 
+/// # Safety
+/// The CPU has AVX2, FMA and AVX-VNNI; `w.nr` is one of `VNNI256_NR`; the checks of
+/// [`check`] hold (or, `IN_PLACE`, those of [`conv_row_u8i8`]).
 #[target_feature(enable = "avx2,fma,avxvnni")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_vnni256_impl<const IN_PLACE: bool>(
@@ -840,7 +860,6 @@ pub(in crate::engine::kernels) fn gemm_avx2_i8(
 ) {
     let (l, out) = check(a, lda, m, w, epi, c0, &mut y, ldy, 8);
     assert!(AVX2_I8_NR.contains(&w.nr) && super::has_avx2_fma());
-    // SAFETY: the features are present (asserted); `check` bounds every access.
     let rows = Rows {
         base: a.as_ptr(),
         lda,
@@ -851,6 +870,9 @@ pub(in crate::engine::kernels) fn gemm_avx2_i8(
     unsafe { gemm_avx2_i8_impl::<false>(rows, m, w, l, c0, out, ldy) }
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA; `w.nr` is one of `AVX2_I8_NR`; the checks of [`check`] hold
+/// (or, `IN_PLACE`, those of [`conv_row_u8i8`]).
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx2_i8_impl<const IN_PLACE: bool>(

@@ -11,8 +11,9 @@ pub(super) trait F32Simd {
     type V: Copy;
     /// Lanes per vector.
     const LANES: usize;
-    /// # Safety (every method)
-    /// The CPU has the family's features; pointers are valid for the lanes touched.
+    /// # Safety
+    /// (Every method, and so every implementation's.) The CPU has the family's features;
+    /// pointers are valid for the lanes touched.
     unsafe fn zero() -> Self::V;
     unsafe fn splat(v: f32) -> Self::V;
     unsafe fn load(p: *const f32) -> Self::V;
@@ -107,6 +108,9 @@ impl F32Simd for Avx512 {
 }
 
 /// A mask of the first `n` (at most 8) 32-bit lanes.
+///
+/// # Safety
+/// The CPU has AVX2 (registers only).
 #[inline(always)]
 unsafe fn first8(n: usize) -> __m256i {
     // SAFETY: AVX2 present (the trait's contract).
