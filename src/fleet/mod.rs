@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod gates;
 pub mod keys;
 pub mod rollout;
+pub(crate) mod schema;
 pub mod store;
 pub mod web;
 
