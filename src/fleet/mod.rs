@@ -22,7 +22,7 @@ use crate::artifact::Manifest;
 use crate::metrics::Report;
 use crate::registry::Registry;
 use crate::sync::{self, ModelRef, Role};
-use crate::util::{SqliteError, from_hex, sqlite_error, to_hex};
+use crate::util::{SqliteError, from_hex, sqlite_error, to_hex, write_transaction};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 
@@ -136,6 +136,15 @@ pub enum FleetError {
         /// Decoder message.
         reason: String,
     },
+}
+
+/// Moves the counter that sessions poll to learn that what devices should run changed.
+fn bump_generation(tx: &Connection) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE counters SET value = value + 1 WHERE name = 'generation'",
+        [],
+    )
+    .map(drop)
 }
 
 impl SqliteError for FleetError {
@@ -766,14 +775,14 @@ impl Fleet {
         role: Role,
     ) -> Result<(), FleetError> {
         let sql = sqlite_error::<FleetError>(&self.path);
-        let tx = self.conn.transaction().map_err(sql)?;
-        for d in devices {
-            tx.execute(
-                "INSERT OR IGNORE INTO push_targets (push_id, device_id) VALUES (?1, ?2)",
-                params![push as i64, d.id],
-            )
-            .map_err(sql)?;
-            tx.execute(
+        write_transaction(&mut self.conn, &self.path, |tx| {
+            for d in devices {
+                tx.execute(
+                    "INSERT OR IGNORE INTO push_targets (push_id, device_id) VALUES (?1, ?2)",
+                    params![push as i64, d.id],
+                )
+                .map_err(sql)?;
+                tx.execute(
                 "INSERT INTO assignments (device_id, role, push_id, state, reason, updated_unix_s)
                  VALUES (?1, ?2, ?3, 'pending', NULL, ?4)
                  ON CONFLICT(device_id, role) DO UPDATE SET push_id = ?3, state = 'pending',
@@ -781,13 +790,10 @@ impl Fleet {
                 params![d.id, role_name(role), push as i64, now_unix_s()],
             )
             .map_err(sql)?;
-        }
-        tx.execute(
-            "UPDATE counters SET value = value + 1 WHERE name = 'generation'",
-            [],
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)
+            }
+            bump_generation(tx).map_err(sql)?;
+            Ok(())
+        })
     }
 
     /// Ends the shadow runs of `devices` (their agents unload the shadow model).
@@ -796,20 +802,17 @@ impl Fleet {
     /// Database failures.
     pub fn clear_shadow(&mut self, devices: &[Device]) -> Result<(), FleetError> {
         let sql = sqlite_error::<FleetError>(&self.path);
-        let tx = self.conn.transaction().map_err(sql)?;
-        for d in devices {
-            tx.execute(
-                "DELETE FROM assignments WHERE device_id = ?1 AND role = 'shadow'",
-                [d.id],
-            )
-            .map_err(sql)?;
-        }
-        tx.execute(
-            "UPDATE counters SET value = value + 1 WHERE name = 'generation'",
-            [],
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)
+        write_transaction(&mut self.conn, &self.path, |tx| {
+            for d in devices {
+                tx.execute(
+                    "DELETE FROM assignments WHERE device_id = ?1 AND role = 'shadow'",
+                    [d.id],
+                )
+                .map_err(sql)?;
+            }
+            bump_generation(tx).map_err(sql)?;
+            Ok(())
+        })
     }
 
     /// A counter that grows whenever what devices should run changes (the server polls it).
@@ -835,8 +838,8 @@ impl Fleet {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT p.id, p.name, p.version, p.sha256, p.size_bytes, a.role, p.manifest,
-                        p.release
+                "SELECT p.id, p.name, p.version, p.sha256, p.size_bytes, p.manifest, p.release,
+                        a.role
                  FROM assignments a JOIN pushes p ON p.id = a.push_id
                  WHERE a.device_id = ?1 AND p.manifest IS NOT NULL AND (a.state = 'pending'
                    OR (a.role = 'shadow' AND a.state = 'installed'))
@@ -845,42 +848,20 @@ impl Fleet {
             .map_err(self.sql())?;
         let rows = stmt
             .query_map([device], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, Vec<u8>>(6)?,
-                    r.get::<_, Option<i64>>(7)?,
-                ))
+                Ok((self.push_row(r)?, r.get::<_, String>(7)?))
             })
             .map_err(self.sql())?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.sql())?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, name, version, hex, size, role, manifest, release)| {
-                Some((
-                    Push {
-                        id: id as u64,
-                        model: ModelRef {
-                            name,
-                            version,
-                            sha256: from_hex(&hex).ok()?,
-                        },
-                        size: size as u64,
-                        path: self.pushes_dir.join(format!("{hex}.perch")),
-                        manifest,
-                        release: release.unwrap_or(0) as u64,
-                    },
-                    if role == "shadow" {
-                        Role::Shadow
-                    } else {
-                        Role::Active
-                    },
-                ))
+            .filter_map(|(push, role)| {
+                let role = if role == "shadow" {
+                    Role::Shadow
+                } else {
+                    Role::Active
+                };
+                Some((push?, role))
             })
             .collect())
     }
@@ -893,38 +874,35 @@ impl Fleet {
         let row = self
             .conn
             .query_row(
-                "SELECT name, version, sha256, size_bytes, manifest, release FROM pushes
+                "SELECT id, name, version, sha256, size_bytes, manifest, release FROM pushes
                  WHERE id = ?1",
                 [id as i64],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, Option<Vec<u8>>>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                    ))
-                },
+                |r| self.push_row(r),
             )
             .optional()
             .map_err(self.sql())?;
-        Ok(
-            row.and_then(|(name, version, hex, size, manifest, release)| {
-                Some(Push {
-                    id,
-                    model: ModelRef {
-                        name,
-                        version,
-                        sha256: from_hex(&hex).ok()?,
-                    },
-                    size: size as u64,
-                    path: self.pushes_dir.join(format!("{hex}.perch")),
-                    manifest: manifest.unwrap_or_default(),
-                    release: release.unwrap_or(0) as u64,
-                })
-            }),
-        )
+        Ok(row.flatten())
+    }
+
+    /// The push in the first seven columns of `r` (`id, name, version, sha256, size_bytes,
+    /// manifest, release` of `pushes`); `None` when its digest is not hex (a damaged row).
+    fn push_row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Push>> {
+        let hex: String = r.get(3)?;
+        let Ok(sha256) = from_hex(&hex) else {
+            return Ok(None);
+        };
+        Ok(Some(Push {
+            id: r.get::<_, i64>(0)? as u64,
+            model: ModelRef {
+                name: r.get(1)?,
+                version: r.get(2)?,
+                sha256,
+            },
+            size: r.get::<_, i64>(4)? as u64,
+            path: self.pushes_dir.join(format!("{hex}.perch")),
+            manifest: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+            release: r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64,
+        }))
     }
 
     /// Records the device's answer to push `push`: installed, or refused with a reason. A
@@ -1024,23 +1002,19 @@ impl Fleet {
             return Ok(0);
         }
         let sql = sqlite_error::<FleetError>(&self.path);
-        let tx = self.conn.transaction().map_err(sql)?;
-        let n = tx
-            .execute(
-                "UPDATE assignments SET state = 'pending'
+        write_transaction(&mut self.conn, &self.path, |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE assignments SET state = 'pending'
                  WHERE state = 'retrying' AND retry_at_unix_s <= ?1",
-                [now_unix_s],
-            )
-            .map_err(sql)?;
-        if n > 0 {
-            tx.execute(
-                "UPDATE counters SET value = value + 1 WHERE name = 'generation'",
-                [],
-            )
-            .map_err(sql)?;
-        }
-        tx.commit().map_err(sql)?;
-        Ok(n)
+                    [now_unix_s],
+                )
+                .map_err(sql)?;
+            if n > 0 {
+                bump_generation(tx).map_err(sql)?;
+            }
+            Ok(n)
+        })
     }
 
     /// Records that `device` went back from `from` to `to` by itself: its assignment (if it
@@ -1227,109 +1201,110 @@ impl Fleet {
         batch: &[(i64, u64, u64, &Report)],
     ) -> Result<usize, FleetError> {
         let sql = sqlite_error::<FleetError>(&self.path);
-        let tx = self.conn.transaction().map_err(sql)?;
-        let mut new = 0;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO metrics (device_id, run, seq, received_unix_s,
+        write_transaction(&mut self.conn, &self.path, |tx| {
+            let mut new = 0;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO metrics (device_id, run, seq, received_unix_s,
                        window_start_ms, window_ms, model, requests, errors, p50_us, p95_us,
                        p99_us, feedback, feedback_correct, report)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                )
-                .map_err(sql)?;
-            let mut samples = tx
+                    )
+                    .map_err(sql)?;
+                let mut samples = tx
                 .prepare_cached(
                     "INSERT INTO feedback_samples (device_id, model, received_unix_s, input, label)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(sql)?;
-            let now = now_unix_s();
-            for &(device, run, seq, r) in batch {
-                // Labelled samples go to their own table; the stored report keeps the count.
-                let blob = if r.samples.is_empty() {
-                    postcard::to_allocvec(r)
-                } else {
-                    let mut lean = r.clone();
-                    lean.samples.clear();
-                    postcard::to_allocvec(&lean)
-                }
-                .map_err(|e| FleetError::Encode(e.to_string()))?;
-                let inserted = stmt
-                    .execute(params![
-                        device,
-                        run as i64,
-                        seq as i64,
-                        now,
-                        r.window_start_ms as i64,
-                        r.window_ms,
-                        to_hex(&r.model),
-                        r.requests,
-                        r.errors,
-                        r.latency_us.p50,
-                        r.latency_us.p95,
-                        r.latency_us.p99,
-                        r.feedback,
-                        r.feedback_correct,
-                        blob
-                    ])
-                    .map_err(sql)?;
-                if inserted == 1 {
-                    let model = to_hex(&r.model);
-                    for l in &r.samples {
-                        let input: Vec<u8> = l.input.iter().flat_map(|v| v.to_le_bytes()).collect();
-                        samples
-                            .execute(params![device, model, now, input, f64::from(l.label)])
-                            .map_err(sql)?;
+                let now = now_unix_s();
+                for &(device, run, seq, r) in batch {
+                    // Labelled samples go to their own table; the stored report keeps the count.
+                    let blob = if r.samples.is_empty() {
+                        postcard::to_allocvec(r)
+                    } else {
+                        let mut lean = r.clone();
+                        lean.samples.clear();
+                        postcard::to_allocvec(&lean)
                     }
-                } else {
-                    // Sent again after a lost Ack, or another report under a used number.
-                    let stored: Vec<u8> = tx
+                    .map_err(|e| FleetError::Encode(e.to_string()))?;
+                    let inserted = stmt
+                        .execute(params![
+                            device,
+                            run as i64,
+                            seq as i64,
+                            now,
+                            r.window_start_ms as i64,
+                            r.window_ms,
+                            to_hex(&r.model),
+                            r.requests,
+                            r.errors,
+                            r.latency_us.p50,
+                            r.latency_us.p95,
+                            r.latency_us.p99,
+                            r.feedback,
+                            r.feedback_correct,
+                            blob
+                        ])
+                        .map_err(sql)?;
+                    if inserted == 1 {
+                        let model = to_hex(&r.model);
+                        for l in &r.samples {
+                            let input: Vec<u8> =
+                                l.input.iter().flat_map(|v| v.to_le_bytes()).collect();
+                            samples
+                                .execute(params![device, model, now, input, f64::from(l.label)])
+                                .map_err(sql)?;
+                        }
+                    } else {
+                        // Sent again after a lost Ack, or another report under a used number.
+                        let stored: Vec<u8> = tx
                         .query_row(
                             "SELECT report FROM metrics WHERE device_id = ?1 AND run = ?2 AND seq = ?3",
                             params![device, run as i64, seq as i64],
                             |row| row.get(0),
                         )
                         .map_err(sql)?;
-                    if stored != blob {
-                        let detail = format!(
-                            "report {seq} of run {run} arrived again with other content (window at {} ms, {} requests; stored: {}); the first is kept. Two devices with one identity and one state directory (a cloned image)?",
-                            r.window_start_ms,
-                            r.requests,
-                            decode_report(device, seq as i64, &stored).map_or_else(
-                                |e| e.to_string(),
-                                |s| format!(
-                                    "window at {} ms, {} requests",
-                                    s.window_start_ms, s.requests
-                                )
-                            ),
-                        );
-                        tx.execute(
+                        if stored != blob {
+                            let detail = format!(
+                                "report {seq} of run {run} arrived again with other content (window at {} ms, {} requests; stored: {}); the first is kept. Two devices with one identity and one state directory (a cloned image)?",
+                                r.window_start_ms,
+                                r.requests,
+                                decode_report(device, seq as i64, &stored).map_or_else(
+                                    |e| e.to_string(),
+                                    |s| format!(
+                                        "window at {} ms, {} requests",
+                                        s.window_start_ms, s.requests
+                                    )
+                                ),
+                            );
+                            tx.execute(
                             "INSERT INTO events (unix_s, device_id, device_name, kind, detail)
                              VALUES (?1, ?2, (SELECT name FROM devices WHERE id = ?2), 'report-conflict', ?3)",
                             params![now, device, detail],
                         )
                         .map_err(sql)?;
+                        }
                     }
+                    new += inserted;
                 }
-                new += inserted;
-            }
-            // A report is contact: the silence rule and "last seen" count it.
-            let mut seen = tx
-                .prepare_cached(
-                    "UPDATE devices SET last_seen_unix_s = ?1
+                // A report is contact: the silence rule and "last seen" count it.
+                let mut seen = tx
+                    .prepare_cached(
+                        "UPDATE devices SET last_seen_unix_s = ?1
                      WHERE id = ?2 AND (last_seen_unix_s IS NULL OR last_seen_unix_s < ?1)",
-                )
-                .map_err(sql)?;
-            let mut devices: Vec<i64> = batch.iter().map(|&(d, _, _, _)| d).collect();
-            devices.sort_unstable();
-            devices.dedup();
-            for d in devices {
-                seen.execute(params![now, d]).map_err(sql)?;
+                    )
+                    .map_err(sql)?;
+                let mut devices: Vec<i64> = batch.iter().map(|&(d, _, _, _)| d).collect();
+                devices.sort_unstable();
+                devices.dedup();
+                for d in devices {
+                    seen.execute(params![now, d]).map_err(sql)?;
+                }
             }
-        }
-        tx.commit().map_err(sql)?;
-        Ok(new)
+            Ok(new)
+        })
     }
 
     /// Deletes what `retention` no longer keeps: reports, labelled samples and events older

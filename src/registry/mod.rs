@@ -21,7 +21,9 @@
 //! ```
 
 use crate::artifact;
-use crate::util::{SqliteError, now_unix_s, sqlite_error};
+use crate::util::{
+    SqliteError, now_unix_s, sqlite_error, write_transaction, write_transaction_with,
+};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -519,20 +521,20 @@ impl Registry {
             });
         }
         if found < SCHEMA_VERSION {
-            let tx = conn.transaction().map_err(sql)?;
-            if found == 0 {
-                tx.execute_batch(SCHEMA).map_err(sql)?;
-            }
-            // Layout 2 records where the training and test data came from.
-            if found == 1 {
-                tx.execute_batch("ALTER TABLE versions ADD COLUMN data_files TEXT;")
-                    .map_err(sql)?;
-            }
-            // Layouts 3 and 4 are the fleet's: it creates and migrates its own tables.
-            crate::fleet::schema::migrate(&tx, found).map_err(sql)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(sql)?;
-            tx.commit().map_err(sql)?;
+            write_transaction(&mut conn, &path, |tx| {
+                if found == 0 {
+                    tx.execute_batch(SCHEMA).map_err(sql)?;
+                }
+                // Layout 2 records where the training and test data came from.
+                if found == 1 {
+                    tx.execute_batch("ALTER TABLE versions ADD COLUMN data_files TEXT;")
+                        .map_err(sql)?;
+                }
+                // Layouts 3 and 4 are the fleet's: it creates and migrates its own tables.
+                crate::fleet::schema::migrate(tx, found).map_err(sql)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sql)
+            })?;
         }
         Ok(Registry {
             conn,
@@ -587,43 +589,41 @@ impl Registry {
         check_name("model name", name)?;
         let sql = sqlite_error::<RegistryError>(&self.path);
         // Immediate: take the write lock before reading the numbers it writes.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let parent_id = match &info.parent {
-            Some(r) => Some(resolve_id(&tx, r).map_err(|e| with_path(e, &self.path))?.0),
-            None => None,
-        };
-        tx.execute(
+        let immediate = TransactionBehavior::Immediate;
+        let number = write_transaction_with(&mut self.conn, &self.path, immediate, |tx| {
+            let parent_id = match &info.parent {
+                Some(r) => Some(resolve_id(tx, r).map_err(|e| with_path(e, &self.path))?.0),
+                None => None,
+            };
+            tx.execute(
             "INSERT INTO models (name, created_unix_s) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
             params![name, now_unix_s()],
         )
         .map_err(sql)?;
-        let (model_id, last): (i64, u32) = tx
-            .query_row(
-                "SELECT id, last_number FROM models WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(sql)?;
-        let number = last + 1;
-        let (format, bytes) = match payload {
-            Payload::Native(mut model) => {
-                model.metadata.name = name.to_string();
-                model.metadata.version = number.to_string();
-                model
-                    .stamp_requirements()
-                    .map_err(artifact::ArtifactError::from)?;
-                (ArtifactFormat::Perch, artifact::encode(&model)?)
-            }
-            Payload::Onnx(bytes) => (ArtifactFormat::Onnx, bytes),
-        };
-        let sha = crate::util::to_hex(&Sha256::digest(&bytes));
-        store_file(&self.artifacts, &sha, format, &bytes)?;
-        let to_text = |v: &serde_json::Value| v.to_string();
-        let created = now_unix_s();
-        tx.execute(
+            let (model_id, last): (i64, u32) = tx
+                .query_row(
+                    "SELECT id, last_number FROM models WHERE name = ?1",
+                    [name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(sql)?;
+            let number = last + 1;
+            let (format, bytes) = match payload {
+                Payload::Native(mut model) => {
+                    model.metadata.name = name.to_string();
+                    model.metadata.version = number.to_string();
+                    model
+                        .stamp_requirements()
+                        .map_err(artifact::ArtifactError::from)?;
+                    (ArtifactFormat::Perch, artifact::encode(&model)?)
+                }
+                Payload::Onnx(bytes) => (ArtifactFormat::Onnx, bytes),
+            };
+            let sha = crate::util::to_hex(&Sha256::digest(&bytes));
+            store_file(&self.artifacts, &sha, format, &bytes)?;
+            let to_text = |v: &serde_json::Value| v.to_string();
+            let created = now_unix_s();
+            tx.execute(
             "INSERT INTO versions (model_id, number, format, artifact_sha256, size_bytes, params,
                 metrics, fit_seconds, created_unix_s, dataset_sha256, dataset_rows,
                 dataset_columns, feature_stats, data_schema, parent_id, data_files)
@@ -648,12 +648,13 @@ impl Registry {
             ],
         )
         .map_err(sql)?;
-        tx.execute(
-            "UPDATE models SET last_number = ?1 WHERE id = ?2",
-            params![number, model_id],
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)?;
+            tx.execute(
+                "UPDATE models SET last_number = ?1 WHERE id = ?2",
+                params![number, model_id],
+            )
+            .map_err(sql)?;
+            Ok::<_, RegistryError>(number)
+        })?;
         self.get(name, number)
     }
 
@@ -877,23 +878,22 @@ impl Registry {
         }
         let sql = sqlite_error::<RegistryError>(&self.path);
         // Immediate: take the write lock before reading the numbers it writes.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        for v in &victims {
-            tx.execute(
-                "DELETE FROM versions WHERE number = ?2
+        let immediate = TransactionBehavior::Immediate;
+        write_transaction_with(&mut self.conn, &self.path, immediate, |tx| {
+            for v in &victims {
+                tx.execute(
+                    "DELETE FROM versions WHERE number = ?2
                    AND model_id = (SELECT id FROM models WHERE name = ?1)",
-                params![v.name, v.number],
-            )
-            .map_err(sql)?;
-        }
-        if r.selector == Selector::Latest {
-            tx.execute("DELETE FROM models WHERE name = ?1", [&r.name])
+                    params![v.name, v.number],
+                )
                 .map_err(sql)?;
-        }
-        tx.commit().map_err(sql)?;
+            }
+            if r.selector == Selector::Latest {
+                tx.execute("DELETE FROM models WHERE name = ?1", [&r.name])
+                    .map_err(sql)?;
+            }
+            Ok::<_, RegistryError>(())
+        })?;
         for v in &victims {
             let still_used: bool = self
                 .conn

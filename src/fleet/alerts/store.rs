@@ -7,6 +7,7 @@ use super::rules::Rule;
 use super::{AlertChange, Change};
 use crate::fleet::{Fleet, FleetError, decode_report};
 use crate::metrics::Report;
+use crate::util::write_transaction;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -257,115 +258,120 @@ pub(super) fn apply(
     now: i64,
 ) -> Result<Vec<AlertChange>, FleetError> {
     let sql = crate::util::sqlite_error::<FleetError>(&fleet.path);
-    let tx = fleet.conn.transaction().map_err(sql)?;
-    let mut changes = Vec::new();
-    {
-        let mut event = tx
-            .prepare_cached(
-                "INSERT INTO events (unix_s, device_id, device_name, kind, detail)
+    write_transaction(&mut fleet.conn, &fleet.path, |tx| {
+        let mut changes = Vec::new();
+        {
+            let mut event = tx
+                .prepare_cached(
+                    "INSERT INTO events (unix_s, device_id, device_name, kind, detail)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(sql)?;
-        for action in actions {
-            match action {
-                Action::Update { id, value, detail } => {
-                    tx.prepare_cached(
-                        "UPDATE alerts SET value = ?1, detail = ?2, updated_unix_s = ?3
+                )
+                .map_err(sql)?;
+            for action in actions {
+                match action {
+                    Action::Update { id, value, detail } => {
+                        tx.prepare_cached(
+                            "UPDATE alerts SET value = ?1, detail = ?2, updated_unix_s = ?3
                          WHERE id = ?4",
-                    )
-                    .and_then(|mut s| s.execute(params![value, detail, now, id]))
-                    .map_err(sql)?;
-                }
-                Action::Open {
-                    device,
-                    model,
-                    finding,
-                } => {
-                    let d = &devices[device];
-                    tx.prepare_cached(
-                        "INSERT INTO alerts (rule, device_id, subject, model, version, value,
+                        )
+                        .and_then(|mut s| s.execute(params![value, detail, now, id]))
+                        .map_err(sql)?;
+                    }
+                    Action::Open {
+                        device,
+                        model,
+                        finding,
+                    } => {
+                        let d = &devices[device];
+                        tx.prepare_cached(
+                            "INSERT INTO alerts (rule, device_id, subject, model, version, value,
                            threshold, state, opened_unix_s, updated_unix_s, detail)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?8, ?9)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            finding.rule.as_str(),
-                            d.id,
-                            finding.subject,
-                            model.model,
-                            model.version,
-                            finding.value,
-                            finding.threshold,
-                            now,
-                            finding.detail
-                        ])
-                    })
-                    .map_err(sql)?;
-                    let id = tx.last_insert_rowid();
-                    event
-                        .execute(params![
-                            now,
-                            d.id,
-                            d.name,
-                            "alert",
-                            format!("{} on {}: {}", finding.rule, model.shown(), finding.detail)
-                        ])
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                finding.rule.as_str(),
+                                d.id,
+                                finding.subject,
+                                model.model,
+                                model.version,
+                                finding.value,
+                                finding.threshold,
+                                now,
+                                finding.detail
+                            ])
+                        })
                         .map_err(sql)?;
-                    changes.push(AlertChange {
-                        change: Change::Opened,
-                        id,
-                        rule: finding.rule,
-                        device: d.name.clone(),
-                        group: d.group.clone(),
-                        subject: finding.subject,
-                        model: model.model,
-                        version: model.version,
-                        value: finding.value,
-                        threshold: finding.threshold,
-                        detail: finding.detail,
-                    });
-                }
-                Action::Resolve {
-                    device,
-                    rule,
-                    subject,
-                    alert,
-                    value,
-                    detail,
-                } => {
-                    let d = &devices[device];
-                    tx.prepare_cached(
-                        "UPDATE alerts SET state = 'resolved', resolved_unix_s = ?1,
-                           updated_unix_s = ?1 WHERE id = ?2",
-                    )
-                    .and_then(|mut s| s.execute(params![now, alert.id]))
-                    .map_err(sql)?;
-                    event
-                        .execute(params![
-                            now,
-                            d.id,
-                            d.name,
-                            "alert-resolved",
-                            format!("{rule}: {detail}")
-                        ])
-                        .map_err(sql)?;
-                    changes.push(AlertChange {
-                        change: Change::Resolved,
-                        id: alert.id,
+                        let id = tx.last_insert_rowid();
+                        event
+                            .execute(params![
+                                now,
+                                d.id,
+                                d.name,
+                                "alert",
+                                format!(
+                                    "{} on {}: {}",
+                                    finding.rule,
+                                    model.shown(),
+                                    finding.detail
+                                )
+                            ])
+                            .map_err(sql)?;
+                        changes.push(AlertChange {
+                            change: Change::Opened,
+                            id,
+                            rule: finding.rule,
+                            device: d.name.clone(),
+                            group: d.group.clone(),
+                            subject: finding.subject,
+                            model: model.model,
+                            version: model.version,
+                            value: finding.value,
+                            threshold: finding.threshold,
+                            detail: finding.detail,
+                        });
+                    }
+                    Action::Resolve {
+                        device,
                         rule,
-                        device: d.name.clone(),
-                        group: d.group.clone(),
                         subject,
-                        model: alert.model,
-                        version: alert.version,
+                        alert,
                         value,
-                        threshold: alert.threshold,
                         detail,
-                    });
+                    } => {
+                        let d = &devices[device];
+                        tx.prepare_cached(
+                            "UPDATE alerts SET state = 'resolved', resolved_unix_s = ?1,
+                           updated_unix_s = ?1 WHERE id = ?2",
+                        )
+                        .and_then(|mut s| s.execute(params![now, alert.id]))
+                        .map_err(sql)?;
+                        event
+                            .execute(params![
+                                now,
+                                d.id,
+                                d.name,
+                                "alert-resolved",
+                                format!("{rule}: {detail}")
+                            ])
+                            .map_err(sql)?;
+                        changes.push(AlertChange {
+                            change: Change::Resolved,
+                            id: alert.id,
+                            rule,
+                            device: d.name.clone(),
+                            group: d.group.clone(),
+                            subject,
+                            model: alert.model,
+                            version: alert.version,
+                            value,
+                            threshold: alert.threshold,
+                            detail,
+                        });
+                    }
                 }
             }
         }
-    }
-    tx.commit().map_err(sql)?;
-    Ok(changes)
+        Ok(changes)
+    })
 }
