@@ -339,16 +339,6 @@ mod tests {
         }
     }
 
-    fn only(rule: Rule) -> Rules {
-        let mut r = Rules::default();
-        r.drift.enabled = rule == Rule::Drift;
-        r.accuracy.enabled = rule == Rule::Accuracy;
-        r.latency.enabled = rule == Rule::Latency;
-        r.errors.enabled = rule == Rule::Errors;
-        r.silence.enabled = rule == Rule::Silence;
-        r
-    }
-
     fn device(last_seen_unix_s: Option<i64>) -> DeviceRow {
         DeviceRow {
             id: 7,
@@ -399,7 +389,7 @@ mod tests {
 
     #[test]
     fn drift_is_strict_per_feature_on_the_latest_window_with_enough_requests() {
-        let rules = only(Rule::Drift);
+        let rules = Rules::only(Rule::Drift);
         let latest = Report {
             psi_milli: vec![900, 900],
             ..window(99)
@@ -424,7 +414,7 @@ mod tests {
 
     #[test]
     fn accuracy_and_errors_sum_the_windows_and_wait_for_enough_data() {
-        let mut rules = only(Rule::Accuracy);
+        let mut rules = Rules::only(Rule::Accuracy);
         rules.errors.enabled = true;
         let a = Report {
             feedback: 10,
@@ -457,7 +447,7 @@ mod tests {
 
     #[test]
     fn latency_uses_the_p95_of_the_latest_window_with_requests() {
-        let rules = only(Rule::Latency);
+        let rules = Rules::only(Rule::Latency);
         let mut idle = window(0);
         idle.latency_us.p95 = 900_000;
         let mut busy = window(5);
@@ -472,7 +462,7 @@ mod tests {
 
     #[test]
     fn a_holding_finding_opens_once_then_updates_then_resolves() {
-        let rules = only(Rule::Errors);
+        let rules = Rules::only(Rule::Errors);
         let current = named("iris", "2");
         let failing = [Report {
             errors: 20,
@@ -533,7 +523,7 @@ mod tests {
             ((Rule::Drift, "4".to_string()), open_alert(1, &old)),
             ((Rule::Latency, String::new()), open_alert(2, &current)),
         ]);
-        let rules = only(Rule::Drift);
+        let rules = Rules::only(Rule::Drift);
         let mut actions = Vec::new();
         device_actions(
             &rules,
@@ -571,7 +561,7 @@ mod tests {
 
     #[test]
     fn silence_counts_the_latest_contact_and_names_the_devices_model() {
-        let rules = only(Rule::Silence);
+        let rules = Rules::only(Rule::Silence);
         let mut actions = Vec::new();
         let never_seen = device(None);
         device_actions(

@@ -352,6 +352,20 @@ impl std::fmt::Display for Rule {
 }
 
 #[cfg(test)]
+impl Rules {
+    /// The defaults with only `rule` enabled, so a test sees one rule's alerts.
+    pub(super) fn only(rule: Rule) -> Rules {
+        let mut r = Rules::default();
+        r.drift.enabled = rule == Rule::Drift;
+        r.accuracy.enabled = rule == Rule::Accuracy;
+        r.latency.enabled = rule == Rule::Latency;
+        r.errors.enabled = rule == Rule::Errors;
+        r.silence.enabled = rule == Rule::Silence;
+        r
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::fleet::FleetError;

@@ -65,17 +65,6 @@ fn drifting(requests: u32, psi_milli: Vec<u16>) -> Report {
     }
 }
 
-/// Only `rule` enabled, so each test sees one rule's alerts.
-fn only(rule: Rule) -> Rules {
-    let mut r = Rules::default();
-    r.drift.enabled = rule == Rule::Drift;
-    r.accuracy.enabled = rule == Rule::Accuracy;
-    r.latency.enabled = rule == Rule::Latency;
-    r.errors.enabled = rule == Rule::Errors;
-    r.silence.enabled = rule == Rule::Silence;
-    r
-}
-
 fn kinds(changes: &[AlertChange]) -> Vec<(Change, Rule, String)> {
     changes
         .iter()
@@ -87,7 +76,7 @@ fn kinds(changes: &[AlertChange]) -> Vec<(Change, Rule, String)> {
 fn drift_opens_stays_open_once_and_resolves() {
     let mut b = Bench::new();
     let d = b.device("pi-1");
-    let rules = only(Rule::Drift);
+    let rules = Rules::only(Rule::Drift);
     b.store(&d, drifting(230, vec![50, 410, 90]));
     let changes = b.eval(&rules);
     assert_eq!(kinds(&changes), [(Change::Opened, Rule::Drift, "1".into())]);
@@ -144,7 +133,7 @@ fn drift_opens_stays_open_once_and_resolves() {
 fn drift_threshold_is_strict_and_per_feature() {
     let mut b = Bench::new();
     let d = b.device("pi-1");
-    let rules = only(Rule::Drift);
+    let rules = Rules::only(Rule::Drift);
     b.store(&d, drifting(100, vec![200, 200]));
     assert!(b.eval(&rules).is_empty(), "PSI exactly at the threshold");
     b.store(&d, drifting(100, vec![201, 200]));
@@ -166,7 +155,7 @@ fn drift_threshold_is_strict_and_per_feature() {
 fn drift_ignores_windows_with_too_few_requests() {
     let mut b = Bench::new();
     let d = b.device("pi-1");
-    let rules = only(Rule::Drift);
+    let rules = Rules::only(Rule::Drift);
     b.store(&d, drifting(99, vec![900]));
     assert!(b.eval(&rules).is_empty(), "99 requests < min_requests 100");
     b.store(&d, drifting(100, vec![300]));
@@ -190,7 +179,7 @@ fn drift_ignores_windows_with_too_few_requests() {
 fn accuracy_sums_the_latest_windows_of_the_current_model() {
     let mut b = Bench::new();
     let d = b.device("pi-1");
-    let rules = only(Rule::Accuracy);
+    let rules = Rules::only(Rule::Accuracy);
     let fb = |feedback, correct, model| Report {
         feedback,
         feedback_correct: correct,
@@ -226,7 +215,7 @@ fn accuracy_sums_the_latest_windows_of_the_current_model() {
 fn accuracy_boundary_and_a_new_model_starts_afresh() {
     let mut b = Bench::new();
     let d = b.device("pi-1");
-    let rules = only(Rule::Accuracy);
+    let rules = Rules::only(Rule::Accuracy);
     let fb = |feedback, correct, model| Report {
         feedback,
         feedback_correct: correct,
@@ -270,7 +259,7 @@ fn accuracy_boundary_and_a_new_model_starts_afresh() {
 fn latency_uses_the_latest_window_with_requests() {
     let mut b = Bench::new();
     let d = b.device("pi-1");
-    let rules = only(Rule::Latency);
+    let rules = Rules::only(Rule::Latency);
     let slow = |requests, p95| {
         let mut r = window(requests);
         r.latency_us.p95 = p95;
@@ -302,7 +291,7 @@ fn latency_uses_the_latest_window_with_requests() {
 fn error_rate_sums_requests_over_the_latest_windows() {
     let mut b = Bench::new();
     let d = b.device("pi-1");
-    let rules = only(Rule::Errors);
+    let rules = Rules::only(Rule::Errors);
     let failing = |requests, errors| Report {
         errors,
         ..window(requests)
@@ -344,7 +333,7 @@ fn silence_only_for_devices_seen_before() {
     let mut b = Bench::new();
     let never = b.device("never");
     let d = b.device("pi-1");
-    let rules = only(Rule::Silence);
+    let rules = Rules::only(Rule::Silence);
     let t0 = 1_800_000_000;
     let seen_at = |b: &mut Bench, t: i64| {
         b.fleet
@@ -393,7 +382,7 @@ fn a_report_counts_as_contact() {
     let d = b.device("pi-1");
     b.store(&d, window(10));
     let now = crate::fleet::now_unix_s();
-    let rules = only(Rule::Silence);
+    let rules = Rules::only(Rule::Silence);
     assert!(evaluate(&mut b.fleet, &rules, now + 5).unwrap().is_empty());
     assert_eq!(
         kinds(&evaluate(&mut b.fleet, &rules, now + 1000).unwrap()),
@@ -450,7 +439,7 @@ fn alerts_name_the_model_by_device_or_push() {
             ..drifting(100, vec![900])
         },
     );
-    let rules = only(Rule::Drift);
+    let rules = Rules::only(Rule::Drift);
     let changes = b.eval(&rules);
     assert_eq!(changes[0].model.as_deref(), Some("iris"));
     assert_eq!(changes[0].version.as_deref(), Some("3"));
