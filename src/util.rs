@@ -73,6 +73,40 @@ pub(crate) fn sqlite_error<E: SqliteError>(
     move |error| E::sqlite(path.to_path_buf(), error)
 }
 
+/// Runs `body` in one transaction on `conn` (the database file `path`) and commits it when
+/// `body` returns `Ok`; on `Err` the transaction rolls back as it drops. The transaction is
+/// deferred: it takes the write lock at its first write ([`write_transaction_with`] chooses).
+///
+/// # Errors
+/// `body`'s error, or the SQLite error of beginning or committing mapped to `E`.
+#[cfg(feature = "host")]
+pub(crate) fn write_transaction<T, E: SqliteError>(
+    conn: &mut rusqlite::Connection,
+    path: &std::path::Path,
+    body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    write_transaction_with(conn, path, rusqlite::TransactionBehavior::Deferred, body)
+}
+
+/// [`write_transaction`] with the `behavior` that says when the transaction takes the write
+/// lock (`Immediate`: before it reads what it will write).
+///
+/// # Errors
+/// As [`write_transaction`].
+#[cfg(feature = "host")]
+pub(crate) fn write_transaction_with<T, E: SqliteError>(
+    conn: &mut rusqlite::Connection,
+    path: &std::path::Path,
+    behavior: rusqlite::TransactionBehavior,
+    body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let sql = sqlite_error::<E>(path);
+    let tx = conn.transaction_with_behavior(behavior).map_err(sql)?;
+    let out = body(&tx)?;
+    tx.commit().map_err(sql)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,8 +20,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod files;
+#[cfg(test)]
+mod tests;
+
+use files::{make_private, store_file};
+pub(crate) use files::{sync_parent, write_durably};
+
 use crate::artifact;
-use crate::util::{SqliteError, now_unix_s, sqlite_error};
+use crate::util::{
+    SqliteError, now_unix_s, sqlite_error, write_transaction, write_transaction_with,
+};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -32,7 +41,8 @@ pub const DEFAULT_FILE: &str = "perch-registry.db";
 /// Environment variable that overrides [`DEFAULT_FILE`].
 pub const ENV_VAR: &str = "PERCH_REGISTRY";
 
-/// Version of the database layout this build reads and writes (SQLite `user_version`).
+/// Version of the database layout this build reads and writes (SQLite `user_version`): the
+/// registry's tables (layouts 1 and 2) and the fleet's (3 and 4, `crate::fleet::schema`).
 pub const SCHEMA_VERSION: i64 = 4;
 
 /// Why a registry operation failed.
@@ -434,198 +444,6 @@ CREATE TABLE aliases (
 );
 ";
 
-/// The fleet's tables (as layout 3 made them; [`LAYOUT_4`] changes them), read and written
-/// by `crate::fleet`.
-const FLEET_SCHEMA: &str = "
-CREATE TABLE devices (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    grp TEXT NOT NULL,
-    key BLOB NOT NULL,
-    created_unix_s INTEGER NOT NULL,
-    last_seen_unix_s INTEGER,
-    address TEXT,
-    agent TEXT,
-    model_name TEXT,
-    model_version TEXT,
-    model_sha256 TEXT
-);
-CREATE TABLE pushes (
-    id INTEGER PRIMARY KEY,
-    version_id INTEGER REFERENCES versions(id) ON DELETE SET NULL,
-    name TEXT NOT NULL,
-    version TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    created_unix_s INTEGER NOT NULL
-);
-CREATE TABLE assignments (
-    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
-    role TEXT NOT NULL,
-    push_id INTEGER NOT NULL REFERENCES pushes(id) ON DELETE CASCADE,
-    state TEXT NOT NULL,
-    reason TEXT,
-    updated_unix_s INTEGER NOT NULL,
-    PRIMARY KEY (device_id, role)
-);
--- `generation` grows with every change of what devices should run; the server polls it.
-CREATE TABLE counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-INSERT INTO counters VALUES ('generation', 0);
-CREATE TABLE push_targets (
-    push_id INTEGER NOT NULL REFERENCES pushes(id) ON DELETE CASCADE,
-    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
-    PRIMARY KEY (push_id, device_id)
-) WITHOUT ROWID;
-CREATE TABLE metrics (
-    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
-    received_unix_s INTEGER NOT NULL,
-    window_start_ms INTEGER NOT NULL,
-    window_ms INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    requests INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    p50_us INTEGER NOT NULL,
-    p95_us INTEGER NOT NULL,
-    p99_us INTEGER NOT NULL,
-    feedback INTEGER NOT NULL,
-    feedback_correct INTEGER NOT NULL,
-    report BLOB NOT NULL
-);
--- Rows arrive in time order, so they are appended; the unique index keeps each (device,
--- seq) once (a table clustered on it took a random page write per report).
-CREATE UNIQUE INDEX metrics_by_device_seq ON metrics(device_id, seq);
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY,
-    unix_s INTEGER NOT NULL,
-    device_id INTEGER REFERENCES devices(id) ON DELETE CASCADE,
-    device_name TEXT,
-    kind TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX events_by_device ON events(device_id, id);
-CREATE TABLE alerts (
-    id INTEGER PRIMARY KEY,
-    rule TEXT NOT NULL,
-    device_id INTEGER REFERENCES devices(id) ON DELETE CASCADE,
-    subject TEXT NOT NULL DEFAULT '',
-    model TEXT,
-    version TEXT,
-    value REAL,
-    threshold REAL,
-    state TEXT NOT NULL,
-    opened_unix_s INTEGER NOT NULL,
-    updated_unix_s INTEGER NOT NULL,
-    resolved_unix_s INTEGER,
-    detail TEXT NOT NULL
-);
-CREATE INDEX alerts_open ON alerts(state, rule, device_id, subject);
-CREATE TABLE rollouts (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    version TEXT NOT NULL,
-    grp TEXT NOT NULL,
-    canary INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    shadow_push INTEGER REFERENCES pushes(id) ON DELETE SET NULL,
-    active_push INTEGER REFERENCES pushes(id) ON DELETE SET NULL,
-    previous TEXT,
-    gates TEXT NOT NULL,
-    results TEXT,
-    origin TEXT,
-    created_unix_s INTEGER NOT NULL,
-    updated_unix_s INTEGER NOT NULL
-);
-CREATE TABLE feedback_samples (
-    id INTEGER PRIMARY KEY,
-    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
-    model TEXT NOT NULL,
-    received_unix_s INTEGER NOT NULL,
-    input BLOB NOT NULL,
-    label REAL NOT NULL
-);
-CREATE INDEX feedback_by_model ON feedback_samples(model, id);
-";
-
-/// Layout 4: pushes carry the host's signed manifest and its release; an assignment refused
-/// for a passing cause is offered again (`attempts`, `retry_at_unix_s`); reports are kept
-/// per boot epoch of the device's state directory (`epochs` numbers them per device as
-/// runs; `(device, run, seq)` is unique). Reports stored before epochs are run 0, which a
-/// device still on its old queue (epoch 0) continues. Pending pushes without a manifest
-/// cannot be offered any more.
-const LAYOUT_4: &str = "
-ALTER TABLE pushes ADD COLUMN manifest BLOB;
-ALTER TABLE pushes ADD COLUMN release INTEGER;
-ALTER TABLE assignments ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE assignments ADD COLUMN retry_at_unix_s INTEGER;
-ALTER TABLE metrics ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
-DROP INDEX metrics_by_device_seq;
-CREATE UNIQUE INDEX metrics_by_device_run_seq ON metrics(device_id, run, seq);
-CREATE TABLE epochs (
-    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
-    epoch INTEGER NOT NULL,
-    run INTEGER NOT NULL,
-    first_seen_unix_s INTEGER NOT NULL,
-    PRIMARY KEY (device_id, epoch)
-) WITHOUT ROWID;
-INSERT INTO epochs (device_id, epoch, run, first_seen_unix_s)
-    SELECT DISTINCT device_id, 0, 0, CAST(strftime('%s', 'now') AS INTEGER) FROM metrics;
-INSERT INTO counters VALUES ('release', 0);
-UPDATE assignments SET state = 'rejected',
-    reason = 'pushed by an older perch-host, without a signed manifest: push it again'
-    WHERE state = 'pending' AND push_id IN (SELECT id FROM pushes WHERE manifest IS NULL);
-";
-
-/// Makes the database file readable by its owner only (it holds the devices' keys): a new
-/// one is created so, an existing one (and its WAL and shared-memory files, which SQLite
-/// creates with the database's mode) is changed when others could read it (with a warning,
-/// also when it cannot be changed).
-#[cfg(unix)]
-fn make_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        let file = PathBuf::from(name);
-        if let Ok(meta) = std::fs::metadata(&file)
-            && meta.is_file()
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            // Someone else's database is still readable to us: say so, do not refuse it.
-            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
-                Ok(()) => log::warn!(
-                    "{}: made readable by its owner only (it holds device keys)",
-                    file.display()
-                ),
-                Err(e) => log::warn!(
-                    "{}: others can read it, and it holds device keys; make it mode 0600 ({e})",
-                    file.display()
-                ),
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn make_private(_path: &Path) -> std::io::Result<()> {
-    Ok(())
-}
-
 impl Registry {
     /// Opens (creating on first use) the registry database at `path` and its artifact store
     /// `artifacts/` beside it.
@@ -664,25 +482,20 @@ impl Registry {
             });
         }
         if found < SCHEMA_VERSION {
-            let tx = conn.transaction().map_err(sql)?;
-            if found == 0 {
-                tx.execute_batch(SCHEMA).map_err(sql)?;
-            }
-            // Layout 2 records where the training and test data came from.
-            if found == 1 {
-                tx.execute_batch("ALTER TABLE versions ADD COLUMN data_files TEXT;")
-                    .map_err(sql)?;
-            }
-            // Layout 3 adds the fleet: devices, pushes, metrics, events (`crate::fleet`).
-            if found < 3 {
-                tx.execute_batch(FLEET_SCHEMA).map_err(sql)?;
-            }
-            if found < 4 {
-                tx.execute_batch(LAYOUT_4).map_err(sql)?;
-            }
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(sql)?;
-            tx.commit().map_err(sql)?;
+            write_transaction(&mut conn, &path, |tx| {
+                if found == 0 {
+                    tx.execute_batch(SCHEMA).map_err(sql)?;
+                }
+                // Layout 2 records where the training and test data came from.
+                if found == 1 {
+                    tx.execute_batch("ALTER TABLE versions ADD COLUMN data_files TEXT;")
+                        .map_err(sql)?;
+                }
+                // Layouts 3 and 4 are the fleet's: it creates and migrates its own tables.
+                crate::fleet::schema::migrate(tx, found).map_err(sql)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sql)
+            })?;
         }
         Ok(Registry {
             conn,
@@ -737,43 +550,41 @@ impl Registry {
         check_name("model name", name)?;
         let sql = sqlite_error::<RegistryError>(&self.path);
         // Immediate: take the write lock before reading the numbers it writes.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let parent_id = match &info.parent {
-            Some(r) => Some(resolve_id(&tx, r).map_err(|e| with_path(e, &self.path))?.0),
-            None => None,
-        };
-        tx.execute(
+        let immediate = TransactionBehavior::Immediate;
+        let number = write_transaction_with(&mut self.conn, &self.path, immediate, |tx| {
+            let parent_id = match &info.parent {
+                Some(r) => Some(resolve_id(tx, r).map_err(|e| with_path(e, &self.path))?.0),
+                None => None,
+            };
+            tx.execute(
             "INSERT INTO models (name, created_unix_s) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
             params![name, now_unix_s()],
         )
         .map_err(sql)?;
-        let (model_id, last): (i64, u32) = tx
-            .query_row(
-                "SELECT id, last_number FROM models WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(sql)?;
-        let number = last + 1;
-        let (format, bytes) = match payload {
-            Payload::Native(mut model) => {
-                model.metadata.name = name.to_string();
-                model.metadata.version = number.to_string();
-                model
-                    .stamp_requirements()
-                    .map_err(artifact::ArtifactError::from)?;
-                (ArtifactFormat::Perch, artifact::encode(&model)?)
-            }
-            Payload::Onnx(bytes) => (ArtifactFormat::Onnx, bytes),
-        };
-        let sha = crate::util::to_hex(&Sha256::digest(&bytes));
-        store_file(&self.artifacts, &sha, format, &bytes)?;
-        let to_text = |v: &serde_json::Value| v.to_string();
-        let created = now_unix_s();
-        tx.execute(
+            let (model_id, last): (i64, u32) = tx
+                .query_row(
+                    "SELECT id, last_number FROM models WHERE name = ?1",
+                    [name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(sql)?;
+            let number = last + 1;
+            let (format, bytes) = match payload {
+                Payload::Native(mut model) => {
+                    model.metadata.name = name.to_string();
+                    model.metadata.version = number.to_string();
+                    model
+                        .stamp_requirements()
+                        .map_err(artifact::ArtifactError::from)?;
+                    (ArtifactFormat::Perch, artifact::encode(&model)?)
+                }
+                Payload::Onnx(bytes) => (ArtifactFormat::Onnx, bytes),
+            };
+            let sha = crate::util::to_hex(&Sha256::digest(&bytes));
+            store_file(&self.artifacts, &sha, format, &bytes)?;
+            let to_text = |v: &serde_json::Value| v.to_string();
+            let created = now_unix_s();
+            tx.execute(
             "INSERT INTO versions (model_id, number, format, artifact_sha256, size_bytes, params,
                 metrics, fit_seconds, created_unix_s, dataset_sha256, dataset_rows,
                 dataset_columns, feature_stats, data_schema, parent_id, data_files)
@@ -798,12 +609,13 @@ impl Registry {
             ],
         )
         .map_err(sql)?;
-        tx.execute(
-            "UPDATE models SET last_number = ?1 WHERE id = ?2",
-            params![number, model_id],
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)?;
+            tx.execute(
+                "UPDATE models SET last_number = ?1 WHERE id = ?2",
+                params![number, model_id],
+            )
+            .map_err(sql)?;
+            Ok::<_, RegistryError>(number)
+        })?;
         self.get(name, number)
     }
 
@@ -1027,23 +839,22 @@ impl Registry {
         }
         let sql = sqlite_error::<RegistryError>(&self.path);
         // Immediate: take the write lock before reading the numbers it writes.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        for v in &victims {
-            tx.execute(
-                "DELETE FROM versions WHERE number = ?2
+        let immediate = TransactionBehavior::Immediate;
+        write_transaction_with(&mut self.conn, &self.path, immediate, |tx| {
+            for v in &victims {
+                tx.execute(
+                    "DELETE FROM versions WHERE number = ?2
                    AND model_id = (SELECT id FROM models WHERE name = ?1)",
-                params![v.name, v.number],
-            )
-            .map_err(sql)?;
-        }
-        if r.selector == Selector::Latest {
-            tx.execute("DELETE FROM models WHERE name = ?1", [&r.name])
+                    params![v.name, v.number],
+                )
                 .map_err(sql)?;
-        }
-        tx.commit().map_err(sql)?;
+            }
+            if r.selector == Selector::Latest {
+                tx.execute("DELETE FROM models WHERE name = ?1", [&r.name])
+                    .map_err(sql)?;
+            }
+            Ok::<_, RegistryError>(())
+        })?;
         for v in &victims {
             let still_used: bool = self
                 .conn
@@ -1061,63 +872,6 @@ impl Registry {
         }
         Ok(victims)
     }
-}
-
-fn store_file(
-    dir: &Path,
-    sha: &str,
-    format: ArtifactFormat,
-    bytes: &[u8],
-) -> Result<(), RegistryError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |error| RegistryError::Io { path, error }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let target = dir.join(format!("{sha}.{}", format.name()));
-    if target.is_file() {
-        return Ok(());
-    }
-    let tmp = dir.join(format!(".{sha}.{}.tmp", std::process::id()));
-    write_durably(&tmp, &target, bytes).map_err(io(&target))
-}
-
-/// Writes `bytes` to `tmp`, flushes them to disk, renames `tmp` to `target` and flushes the
-/// directory: after a power cut `target` is either absent or whole.
-///
-/// # Errors
-/// Any step failing (`tmp` is removed then).
-pub(crate) fn write_durably(tmp: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let written = (|| {
-        let mut f = std::fs::File::create(tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(tmp, target)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(tmp);
-        return Err(e);
-    }
-    sync_parent(target)
-}
-
-/// Flushes the entries of `path`'s directory (a rename or a new file in it) to disk.
-///
-/// # Errors
-/// The directory cannot be opened or synced.
-pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 /// Resolution errors carry no path; SQLite ones get the database path here.
@@ -1216,254 +970,4 @@ fn resolve_id(conn: &Connection, r: &ModelRef) -> Result<(i64, i64), Lookup> {
         }
     };
     Err(Lookup::Registry(err))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn model(bias: f32) -> Payload {
-        Payload::Native(Box::new(crate::test_fixtures::tiny_dense(Some(bias))))
-    }
-
-    fn info(acc: f64) -> VersionInfo {
-        VersionInfo {
-            params: serde_json::json!({"model": "linear"}),
-            metrics: serde_json::json!({"accuracy": acc}),
-            fit_seconds: Some(0.5),
-            dataset: Some(DatasetInfo {
-                sha256: "ab".repeat(32),
-                rows: 10,
-                columns: 3,
-                feature_stats: serde_json::json!([{"name": "a", "mean": 1.0}]),
-            }),
-            ..VersionInfo::default()
-        }
-    }
-
-    fn reference(s: &str) -> ModelRef {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn references_parse() {
-        assert_eq!(reference("iris").selector, Selector::Latest);
-        assert_eq!(reference("iris@3").selector, Selector::Number(3));
-        assert_eq!(
-            reference("iris@production").selector,
-            Selector::Alias("production".into())
-        );
-        assert_eq!(reference("iris@production").to_string(), "iris@production");
-        for bad in [
-            "",
-            "@3",
-            "iris@",
-            "iris@0",
-            "iris@99999999999",
-            "a b",
-            "iris@a b",
-        ] {
-            let e = bad.parse::<ModelRef>().unwrap_err();
-            assert!(
-                matches!(e, RegistryError::BadReference { .. }),
-                "{bad}: {e}"
-            );
-        }
-    }
-
-    #[test]
-    fn versions_number_per_name_and_keep_metadata() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut reg = Registry::open(dir.path().join("r.db")).unwrap();
-        let v1 = reg.register("iris", model(0.5), info(0.9)).unwrap();
-        let v2 = reg
-            .register(
-                "iris",
-                model(1.5),
-                VersionInfo {
-                    parent: Some(reference("iris@1")),
-                    ..info(0.95)
-                },
-            )
-            .unwrap();
-        let w1 = reg.register("wine", model(0.5), info(0.8)).unwrap();
-        assert_eq!((v1.number, v2.number, w1.number), (1, 2, 1));
-        assert_eq!(v2.parent.as_deref(), Some("iris@1"));
-        assert_eq!(v1.metrics["accuracy"], 0.9);
-        assert_eq!(v1.dataset.as_ref().unwrap().rows, 10);
-        assert_eq!(v1.fit_seconds, Some(0.5));
-        let bytes = reg.artifact_bytes(&v2).unwrap();
-        let decoded = artifact::decode(&bytes).unwrap().model;
-        assert_eq!(decoded.metadata.version, "2");
-        assert_eq!(decoded.metadata.name, "iris");
-        assert!(
-            dir.path()
-                .join("artifacts")
-                .join(format!("{}.perch", v2.artifact_sha256))
-                .is_file()
-        );
-        assert_eq!(reg.resolve(&reference("iris")).unwrap().number, 2);
-        assert_eq!(reg.list().unwrap().len(), 3);
-        drop(reg);
-        let reg = Registry::open(dir.path().join("r.db")).unwrap();
-        assert_eq!(reg.resolve(&reference("iris@1")).unwrap(), v1);
-    }
-
-    #[test]
-    fn aliases_tags_and_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut reg = Registry::open(dir.path().join("r.db")).unwrap();
-        reg.register("iris", model(0.5), info(0.9)).unwrap();
-        reg.register("iris", model(1.5), info(0.95)).unwrap();
-        reg.set_alias(&reference("iris@1"), "production").unwrap();
-        assert_eq!(
-            reg.resolve(&reference("iris@production")).unwrap().number,
-            1
-        );
-        reg.set_alias(&reference("iris@2"), "production").unwrap();
-        let v2 = reg.tag(&reference("iris@production"), "best").unwrap();
-        assert_eq!((v2.number, v2.tags.clone()), (2, vec!["best".to_string()]));
-        assert_eq!(v2.aliases, vec!["production".to_string()]);
-        assert!(matches!(
-            reg.resolve(&reference("nope")),
-            Err(RegistryError::UnknownModel { known, .. }) if known == ["iris"]
-        ));
-        assert!(matches!(
-            reg.resolve(&reference("iris@7")),
-            Err(RegistryError::UnknownVersion { known, .. }) if known == [1, 2]
-        ));
-        assert!(matches!(
-            reg.resolve(&reference("iris@staging")),
-            Err(RegistryError::UnknownAlias { known, .. }) if known == ["production"]
-        ));
-        assert!(reg.set_alias(&reference("iris@1"), "latest").is_err());
-        assert!(reg.register("bad name", model(0.0), info(0.0)).is_err());
-    }
-
-    #[test]
-    fn delete_removes_versions_aliases_and_unused_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut reg = Registry::open(dir.path().join("r.db")).unwrap();
-        let v1 = reg.register("iris", model(0.5), info(0.9)).unwrap();
-        reg.register("iris", model(1.5), info(0.95)).unwrap();
-        reg.set_alias(&reference("iris@1"), "staging").unwrap();
-        let file = reg.artifact_path(&v1.artifact_sha256, v1.format);
-        assert!(file.is_file());
-        reg.delete(&reference("iris@staging")).unwrap();
-        assert!(!file.is_file());
-        assert!(reg.resolve(&reference("iris@staging")).is_err());
-        assert_eq!(reg.resolve(&reference("iris")).unwrap().number, 2);
-        // Numbers are never reused.
-        assert_eq!(reg.next_number("iris").unwrap(), 3);
-        reg.delete(&reference("iris")).unwrap();
-        assert!(matches!(
-            reg.resolve(&reference("iris")),
-            Err(RegistryError::UnknownModel { .. })
-        ));
-        assert!(reg.delete(&reference("iris")).is_err());
-    }
-
-    #[test]
-    fn concurrent_writers_get_distinct_numbers() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("r.db");
-        Registry::open(&db).unwrap();
-        let threads: Vec<_> = (0..4)
-            .map(|i| {
-                let db = db.clone();
-                std::thread::spawn(move || {
-                    let mut reg = Registry::open(&db).unwrap();
-                    (0..3)
-                        .map(|j| {
-                            reg.register("iris", model((i * 3 + j) as f32), info(0.9))
-                                .unwrap()
-                                .number
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut numbers: Vec<u32> = threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        numbers.sort_unstable();
-        assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn the_database_is_readable_by_its_owner_only() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("r.db");
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        let mut reg = Registry::open(&db).unwrap();
-        reg.register("iris", model(0.5), info(0.9)).unwrap();
-        assert_eq!(mode(&db), 0o600);
-        drop(reg);
-        // A database made before (0644, as SQLite leaves it under a usual umask) is fixed.
-        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let wal = dir.path().join("r.db-wal");
-        std::fs::write(&wal, b"").unwrap();
-        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
-        Registry::open(&db).unwrap();
-        assert_eq!(mode(&db), 0o600);
-        assert_eq!(mode(&wal), 0o600);
-    }
-
-    #[test]
-    fn damaged_artifact_and_newer_schema_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("r.db");
-        let mut reg = Registry::open(&db).unwrap();
-        let v = reg.register("iris", model(0.5), info(0.9)).unwrap();
-        std::fs::write(reg.artifact_path(&v.artifact_sha256, v.format), b"junk").unwrap();
-        assert!(matches!(
-            reg.artifact_bytes(&v),
-            Err(RegistryError::ArtifactDamaged { .. })
-        ));
-        reg.conn
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-        drop(reg);
-        assert!(matches!(
-            Registry::open(&db),
-            Err(RegistryError::SchemaTooNew { .. })
-        ));
-    }
-
-    #[test]
-    fn a_layout_1_database_gains_data_files_and_fleet_tables_and_keeps_its_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("reg.db");
-        let mut reg = Registry::open(&db).unwrap();
-        reg.register("iris", model(0.5), info(0.9)).unwrap();
-        // Make it a layout-1 database, as perch 0.1's first registry wrote it.
-        reg.conn
-            .execute_batch(
-                "ALTER TABLE versions DROP COLUMN data_files; DROP TABLE feedback_samples; DROP TABLE rollouts; DROP TABLE alerts; DROP TABLE events; DROP TABLE metrics;
-                 DROP TABLE epochs; DROP TABLE assignments; DROP TABLE counters; DROP TABLE push_targets; DROP TABLE pushes; DROP TABLE devices;
-                 PRAGMA user_version = 1;",
-            )
-            .unwrap();
-        drop(reg);
-        let mut reg = Registry::open(&db).unwrap();
-        let found: i64 = reg
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(found, SCHEMA_VERSION);
-        let old = reg.resolve(&reference("iris@1")).unwrap();
-        assert_eq!(old.data_files, None);
-        let files = serde_json::json!({"train": {"path": "/data/iris.csv", "sha256": "ab"}});
-        let mut with_files = info(0.95);
-        with_files.data_files = Some(files.clone());
-        let v = reg.register("iris", model(0.6), with_files).unwrap();
-        assert_eq!(v.number, 2);
-        assert_eq!(
-            reg.resolve(&reference("iris@2")).unwrap().data_files,
-            Some(files)
-        );
-    }
 }

@@ -420,9 +420,9 @@ mod transcript {
             .join("\n")
     }
 
-    /// The frames of a session with fixed secrets: device key 00 01 … 1f, the device's
-    /// ephemeral secret 22 × 32, the host's 33 × 32, epoch 42.
-    pub(crate) fn frames() -> Vec<(&'static str, Vec<u8>)> {
+    /// The device side of the documented session: key 00 01 … 1f, ephemeral secret 22 × 32,
+    /// epoch 42.
+    fn documented_device() -> ([u8; 32], DeviceHandshake) {
         let key: [u8; 32] = core::array::from_fn(|i| i as u8);
         let device = DeviceHandshake::new(
             (2, 2),
@@ -432,6 +432,13 @@ mod transcript {
             &key,
             Ephemeral::from_secret([0x22; 32]),
         );
+        (key, device)
+    }
+
+    /// The frames of a session with fixed secrets: device key 00 01 … 1f, the device's
+    /// ephemeral secret 22 × 32, the host's 33 × 32, epoch 42.
+    pub(crate) fn frames() -> Vec<(&'static str, Vec<u8>)> {
+        let (key, device) = documented_device();
         let (host, challenge) =
             HostHandshake::challenge(device.hello(), 2, &key, Ephemeral::from_secret([0x33; 32]))
                 .unwrap();
@@ -476,15 +483,7 @@ mod transcript {
 
     /// The transcript hash and the frame keys of that session (never on the wire).
     fn secrets() -> Vec<(&'static str, Vec<u8>)> {
-        let key: [u8; 32] = core::array::from_fn(|i| i as u8);
-        let device = DeviceHandshake::new(
-            (2, 2),
-            "pi-1",
-            "perch 0.1.0",
-            42,
-            &key,
-            Ephemeral::from_secret([0x22; 32]),
-        );
+        let (key, device) = documented_device();
         let host = Ephemeral::from_secret([0x33; 32]);
         let t = transcript(device.hello(), 2, &host.public()).unwrap();
         let s = derive(&key, &host, &device.ephemeral.public(), &t).unwrap();

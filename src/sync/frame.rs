@@ -68,6 +68,22 @@ pub enum FrameError {
 /// # Errors
 /// [`FrameError::Encode`] when postcard fails or the payload exceeds `max_payload`.
 pub fn encode(message: &Message, out: &mut Vec<u8>, max_payload: usize) -> Result<(), FrameError> {
+    let (start, len) = append_payload(message, out, max_payload)?;
+    let len32 = u32::try_from(len).map_err(|_| FrameError::Encode("payload too long".into()))?;
+    out[start..start + 4].copy_from_slice(&len32.to_le_bytes());
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Appends a 4-byte length slot and `message`'s postcard bytes to `out`, for [`encode`] and
+/// [`encode_sealed`] to fill the slot and close the frame. Returns where the frame starts in
+/// `out` and the payload's length.
+fn append_payload(
+    message: &Message,
+    out: &mut Vec<u8>,
+    max_payload: usize,
+) -> Result<(usize, usize), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     let encoded = postcard::to_extend(message, std::mem::take(out));
@@ -79,11 +95,7 @@ pub fn encode(message: &Message, out: &mut Vec<u8>, max_payload: usize) -> Resul
             "payload of {len} bytes exceeds the maximum of {max_payload}"
         )));
     }
-    let len32 = u32::try_from(len).map_err(|_| FrameError::Encode("payload too long".into()))?;
-    out[start..start + 4].copy_from_slice(&len32.to_le_bytes());
-    let crc = crc32fast::hash(&out[start..]);
-    out.extend_from_slice(&crc.to_le_bytes());
-    Ok(())
+    Ok((start, len))
 }
 
 /// Tries to take one frame from the front of `buf`: `Ok(None)` when more bytes are needed,
@@ -132,17 +144,7 @@ pub fn encode_sealed(
     max_payload: usize,
     key: &mut FrameKey,
 ) -> Result<(), FrameError> {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let encoded = postcard::to_extend(message, std::mem::take(out));
-    *out = encoded.map_err(|e| FrameError::Encode(e.to_string()))?;
-    let len = out.len() - start - 4;
-    if len > max_payload {
-        out.truncate(start);
-        return Err(FrameError::Encode(format!(
-            "payload of {len} bytes exceeds the maximum of {max_payload}"
-        )));
-    }
+    let (start, len) = append_payload(message, out, max_payload)?;
     let sealed =
         u32::try_from(len + TAG_LEN).map_err(|_| FrameError::Encode("payload too long".into()))?;
     let (head, body) = out[start..].split_at_mut(4);
