@@ -22,6 +22,7 @@ mod arena;
 mod choose;
 mod exec;
 mod fuse;
+#[doc(hidden)] // public for the kernel benches only
 pub mod kernels;
 mod layout;
 mod lower;
