@@ -1,5 +1,6 @@
 //! Models the unit tests build, written once (test builds only): [`tiny_dense`], the
-//! smallest useful model, and [`chain`], any sequence of layers over one float input.
+//! smallest useful model, [`chain`], any sequence of layers over one float input, and
+//! [`dag`], a graph of explicitly wired nodes.
 
 use crate::graph::{DType, Graph, Layer, Metadata, Model, Node, Output, Tensor, TensorSpec};
 
@@ -48,5 +49,32 @@ pub(crate) fn chain<S: Into<String>>(
                 })
                 .collect(),
         },
+    }
+}
+
+/// A graph of explicitly wired nodes over one input "x" of the given type and shape: node `i`
+/// ("n{i}") is `(layer, inputs)` with value 0 the input and value `i + 1` node `i`'s output;
+/// the last node's value is the one output "y".
+pub(crate) fn dag(input: (DType, Vec<u32>), nodes: Vec<(Layer, Vec<u32>)>) -> Graph {
+    let n = nodes.len() as u32;
+    Graph {
+        inputs: vec![TensorSpec {
+            name: "x".into(),
+            dtype: input.0,
+            shape: input.1,
+        }],
+        nodes: nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (layer, inputs))| Node {
+                name: format!("n{i}"),
+                layer,
+                inputs,
+            })
+            .collect(),
+        outputs: vec![Output {
+            name: "y".into(),
+            value: n,
+        }],
     }
 }

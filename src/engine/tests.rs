@@ -1,5 +1,6 @@
 use super::*;
 use crate::graph::{Layer, Node, Output, QuantParams, Tensor, TensorSpec};
+use crate::test_fixtures::dag;
 
 fn graph(input: Vec<u32>, layers: Vec<Layer>) -> Graph {
     let n = layers.len() as u32;
@@ -459,31 +460,6 @@ fn sparse_weights_give_the_dense_results_at_every_batch_size() {
         for (p, q) in a.iter().zip(b) {
             assert!((p - q).abs() < 1e-5, "batch {batch}: {p} vs {q}");
         }
-    }
-}
-
-/// A graph of explicit nodes: `(layer, inputs)`; the last node is the output.
-fn dag(input: (DType, Vec<u32>), nodes: Vec<(Layer, Vec<u32>)>) -> Graph {
-    let n = nodes.len() as u32;
-    Graph {
-        inputs: vec![TensorSpec {
-            name: "x".into(),
-            dtype: input.0,
-            shape: input.1,
-        }],
-        nodes: nodes
-            .into_iter()
-            .enumerate()
-            .map(|(i, (layer, inputs))| Node {
-                name: format!("n{i}"),
-                layer,
-                inputs,
-            })
-            .collect(),
-        outputs: vec![Output {
-            name: "y".into(),
-            value: n,
-        }],
     }
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::graph::{Output, TensorSpec};
+use crate::test_fixtures::dag;
 
 fn dense_graph(weight: Tensor) -> Graph {
     let cols = weight.shape.get(1).copied().unwrap_or(1);
@@ -125,37 +126,13 @@ fn every_csr_invariant_is_checked() {
     }
 }
 
-fn chain(input: (DType, Vec<u32>), nodes: Vec<(Layer, Vec<u32>)>) -> Graph {
-    let n = nodes.len() as u32;
-    Graph {
-        inputs: vec![TensorSpec {
-            name: "x".into(),
-            dtype: input.0,
-            shape: input.1,
-        }],
-        nodes: nodes
-            .into_iter()
-            .enumerate()
-            .map(|(i, (layer, inputs))| Node {
-                name: format!("n{i}"),
-                layer,
-                inputs,
-            })
-            .collect(),
-        outputs: vec![Output {
-            name: "y".into(),
-            value: n,
-        }],
-    }
-}
-
 #[test]
 fn cnn_layers_infer_their_shapes() {
     let q = QuantParams {
         scale: 0.1,
         zero_point: 3,
     };
-    let g = chain(
+    let g = dag(
         (DType::I8, vec![4, 5, 2]),
         vec![
             (Layer::ToU8, vec![0]),
@@ -205,7 +182,7 @@ fn cnn_layers_infer_their_shapes() {
     assert_eq!(shapes.values[7], (DType::U8, vec![6, 6, 7]));
     assert_eq!(shapes.values[9], (DType::I8, vec![6, 1, 1]));
 
-    let f = chain(
+    let f = dag(
         (DType::F32, vec![3, 2, 2]),
         vec![
             (Layer::Add, vec![0, 0]),
@@ -241,26 +218,23 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
     };
     let f32_in = (DType::F32, vec![3, 2, 2]);
     let cases: Vec<(Graph, &str)> = vec![
+        (dag(f32_in.clone(), vec![(Layer::Add, vec![0])]), "takes 2"),
         (
-            chain(f32_in.clone(), vec![(Layer::Add, vec![0])]),
-            "takes 2",
-        ),
-        (
-            chain(
+            dag(
                 f32_in.clone(),
                 vec![(Layer::Flatten, vec![0]), (Layer::Add, vec![0, 1])],
             ),
             "must be equal",
         ),
         (
-            chain(
+            dag(
                 f32_in.clone(),
                 vec![(Layer::Concat { axis: 3 }, vec![0, 0])],
             ),
             "out of range",
         ),
         (
-            chain(
+            dag(
                 f32_in.clone(),
                 vec![
                     (
@@ -275,11 +249,11 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             "does not join",
         ),
         (
-            chain(f32_in.clone(), vec![(Layer::Concat { axis: 0 }, vec![])]),
+            dag(f32_in.clone(), vec![(Layer::Concat { axis: 0 }, vec![])]),
             "inputs, got 0",
         ),
         (
-            chain(
+            dag(
                 f32_in.clone(),
                 vec![(
                     Layer::Transpose {
@@ -291,7 +265,7 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             "not a permutation",
         ),
         (
-            chain(
+            dag(
                 f32_in.clone(),
                 vec![(
                     Layer::Transpose {
@@ -303,7 +277,7 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             "not a permutation",
         ),
         (
-            chain(
+            dag(
                 f32_in.clone(),
                 vec![(
                     Layer::Pad {
@@ -317,7 +291,7 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             "begin and",
         ),
         (
-            chain(
+            dag(
                 f32_in.clone(),
                 vec![(
                     Layer::Pad {
@@ -331,7 +305,7 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             "too large",
         ),
         (
-            chain(
+            dag(
                 f32_in.clone(),
                 vec![(
                     Layer::Clip {
@@ -344,7 +318,7 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             "not ordered",
         ),
         (
-            chain(
+            dag(
                 f32_in.clone(),
                 vec![(
                     Layer::ChannelAffine {
@@ -356,9 +330,9 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             ),
             "2 scales",
         ),
-        (chain(f32_in.clone(), vec![(Layer::ToU8, vec![0])]), "int8"),
+        (dag(f32_in.clone(), vec![(Layer::ToU8, vec![0])]), "int8"),
         (
-            chain(
+            dag(
                 (DType::U8, vec![4]),
                 vec![(
                     Layer::QLookup {
@@ -370,14 +344,14 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             "255 entries",
         ),
         (
-            chain(
+            dag(
                 (DType::U8, vec![4]),
                 vec![(Layer::QClamp { min: 9, max: 3 }, vec![0])],
             ),
             "empty",
         ),
         (
-            chain(
+            dag(
                 (DType::U8, vec![4]),
                 vec![(
                     Layer::QAdd {
@@ -394,11 +368,11 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             "second input scale",
         ),
         (
-            chain((DType::U8, vec![4]), vec![(Layer::Add, vec![0, 0])]),
+            dag((DType::U8, vec![4]), vec![(Layer::Add, vec![0, 0])]),
             "float32",
         ),
         (
-            chain(
+            dag(
                 (DType::U8, vec![1, 300, 300]),
                 vec![(
                     Layer::QGlobalAvgPool {
@@ -411,7 +385,7 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
             "sums more than",
         ),
         (
-            chain((DType::I64, vec![4]), vec![(Layer::Relu, vec![0])]),
+            dag((DType::I64, vec![4]), vec![(Layer::Relu, vec![0])]),
             "inputs must be",
         ),
     ];
@@ -425,7 +399,7 @@ fn damaged_cnn_layers_are_refused_with_the_reason() {
 fn the_graph_as_a_whole_is_bounded() {
     // Each value is within the per-value limit; together they are not.
     let big = (MAX_VALUE_ELEMENTS / 4) as u32;
-    let g = chain(
+    let g = dag(
         (DType::F32, vec![big]),
         (0..5).map(|i| (Layer::Relu, vec![i])).collect(),
     );
