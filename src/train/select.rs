@@ -133,7 +133,7 @@ impl Grid {
 pub struct GridRow {
     /// The parameter values.
     pub params: Vec<(String, String)>,
-    /// Fold scores.
+    /// The score of each held-out fold (accuracy or R², as [`Evaluation::primary`](super::Evaluation::primary)).
     pub scores: CvScores,
 }
 
