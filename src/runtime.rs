@@ -86,7 +86,7 @@ pub enum RuntimeError {
     },
 }
 
-/// On-disk model formats.
+/// The file format a model was loaded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// perch's native artifact.
@@ -120,7 +120,7 @@ pub enum EngineChoice {
     /// Native when every op converts, else tract.
     #[default]
     Auto,
-    /// Native or fail.
+    /// The native engine, or [`RuntimeError::NotNative`] when some op does not convert.
     Native,
     /// Always tract, even when the graph would convert to the native IR.
     Tract,
@@ -165,12 +165,12 @@ pub struct Output {
     pub values: OutputValues,
 }
 
-/// Output element storage.
+/// An output's values, in the element type the graph declares.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputValues {
     /// float32 values, for every output but class indices.
     F32(Vec<f32>),
-    /// Integer output (labels).
+    /// int64 values: class indices, or an `ArgMax` layer's integer labels.
     I64(Vec<i64>),
 }
 

@@ -68,7 +68,7 @@ pub enum ArtifactError {
     /// Reserved flag bits are set.
     #[error("artifact sets unknown flag bits {flags:#06x} (written by a newer perch?)")]
     UnknownFlags {
-        /// The flags field.
+        /// The header's flags field (bit 0 is [`FLAG_SIGNED`]).
         flags: u16,
     },
     /// The declared payload is beyond the accepted maximum.
@@ -76,7 +76,7 @@ pub enum ArtifactError {
     PayloadTooLarge {
         /// Payload length the header declares.
         len: u64,
-        /// [`MAX_PAYLOAD_BYTES`].
+        /// The accepted maximum, [`MAX_PAYLOAD_BYTES`].
         max: u64,
     },
     /// The file is shorter than its header says.
@@ -143,7 +143,8 @@ impl From<GraphError> for ArtifactError {
     }
 }
 
-/// A decoded artifact.
+/// A decoded and verified artifact ([`decode`]): header fields, payload digest, signature
+/// slot and the model.
 #[derive(Debug, Clone)]
 pub struct Artifact {
     /// Format version from the header.

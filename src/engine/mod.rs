@@ -75,7 +75,7 @@ pub enum EngineError {
         name: String,
         /// 0-based index into the input slice (`sample * sample_len + feature`).
         position: usize,
-        /// Sample (row) index.
+        /// 0-based sample (row) within the batch.
         sample: usize,
         /// Index within the sample.
         feature: usize,

@@ -106,7 +106,7 @@ pub enum TensorData {
         row_ptr: Vec<u32>,
         /// Column of each stored value, below `cols`.
         col_idx: Vec<u32>,
-        /// The stored values.
+        /// The stored (nonzero) values, row by row.
         values: Vec<f32>,
     },
 }
@@ -371,7 +371,7 @@ pub enum Layer {
     Flatten,
     /// Gives each sample a new shape with the same number of elements.
     Reshape {
-        /// New per-sample shape.
+        /// New per-sample shape; it holds as many elements as the input's.
         shape: Vec<u32>,
     },
     /// `max(x, 0)`, element by element.
@@ -706,7 +706,7 @@ pub struct Node {
 /// A named graph output.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Output {
-    /// Name callers see.
+    /// The name callers see (`perch run` output keys, ONNX output names).
     pub name: String,
     /// The value it exposes.
     pub value: ValueId,

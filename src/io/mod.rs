@@ -138,7 +138,7 @@ impl InputArray {
     }
 }
 
-/// Input file formats.
+/// The formats [`read_input`] and [`parse_input`] read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputFormat {
     /// Comma-separated numbers, one sample per row, optional header row.

@@ -169,7 +169,7 @@ impl From<artifact::ArtifactError> for RegistryError {
 /// Which version of a name a reference means.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
-    /// The highest number.
+    /// The highest number the name has.
     Latest,
     /// A version number (`NAME@3`); numbers start at 1 per name.
     Number(u32),
@@ -325,7 +325,7 @@ pub struct VersionInfo {
     pub data_files: Option<serde_json::Value>,
 }
 
-/// One stored version.
+/// One stored version of a model, as [`Registry::resolve`] and [`Registry::list`] give it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Version {
     /// The model's name.
@@ -504,7 +504,7 @@ impl Registry {
         })
     }
 
-    /// The database file.
+    /// The database file's path, as opened.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -144,7 +144,7 @@ pub enum DataError {
 pub enum Task {
     /// Class labels (integers or strings), mapped to `0..k`.
     Classification,
-    /// A real value.
+    /// Real values (any finite number).
     Regression,
 }
 

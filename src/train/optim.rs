@@ -220,9 +220,9 @@ pub enum Schedule {
     Constant,
     /// Multiplied by `gamma` every `every` epochs.
     Step {
-        /// Epochs between drops.
+        /// Epochs between drops, `>= 1`.
         every: usize,
-        /// Factor per drop.
+        /// Factor per drop, in `(0, 1]` (default 0.1).
         gamma: f64,
     },
     /// Cosine annealing from the base rate to `min_lr` over the configured epochs.
@@ -289,7 +289,7 @@ pub struct EarlyStopping {
 pub struct GradientConfig {
     /// The update rule and its hyper-parameters.
     pub optimizer: OptimizerKind,
-    /// Base learning rate.
+    /// Base learning rate, `> 0`, before the schedule scales it.
     pub learning_rate: f64,
     /// Rate schedule over epochs.
     pub schedule: Schedule,
@@ -336,7 +336,7 @@ pub struct EpochReport {
     pub loss: f64,
     /// Validation loss when a validation split is held out.
     pub validation: Option<f64>,
-    /// Learning rate used.
+    /// Learning rate this epoch used, after the schedule.
     pub learning_rate: f64,
 }
 
@@ -348,7 +348,7 @@ pub type Progress<'a> = &'a mut dyn FnMut(&EpochReport);
 pub struct FitSummary {
     /// Epochs (or L-BFGS iterations) run.
     pub epochs: usize,
-    /// Final training loss.
+    /// Training loss of the last epoch (or iteration), penalties included.
     pub loss: f64,
     /// Best validation loss, when monitored.
     pub validation: Option<f64>,
@@ -461,7 +461,7 @@ pub struct LbfgsConfig {
     pub max_iter: usize,
     /// Stop when the largest gradient component falls below this.
     pub gtol: f64,
-    /// History pairs kept.
+    /// Curvature pairs (step, gradient change) kept for the Hessian estimate.
     pub memory: usize,
 }
 

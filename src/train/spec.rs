@@ -56,7 +56,7 @@ pub enum ModelKind {
     },
     /// Softmax (multinomial) regression, also for two classes.
     Softmax {
-        /// Inverse penalty strength.
+        /// Inverse penalty strength C, `> 0` (default 1.0).
         c: f64,
         /// Optimizer (L-BFGS by default).
         solver: Solver,
@@ -64,7 +64,7 @@ pub enum ModelKind {
     /// Multi-layer perceptron: softmax + cross-entropy for classification, squared error
     /// for regression (scikit-learn's `MLPClassifier` / `MLPRegressor` defaults).
     Mlp {
-        /// Hidden layer widths.
+        /// Width of each hidden layer, input side first; each `>= 1`.
         hidden: Vec<usize>,
         /// Activation of every hidden layer (default ReLU); the output layer has none.
         activation: Activation,
@@ -77,7 +77,7 @@ pub enum ModelKind {
     /// `1/(2C)·‖w‖²` on the summed loss. Its `probabilities` output is the softmax of the
     /// margins, a ranking score rather than a calibrated probability.
     LinearSvm {
-        /// Inverse penalty strength.
+        /// Inverse penalty strength C, `> 0` (default 1.0).
         c: f64,
         /// Optimizer, batch size, epochs, early stopping.
         config: GradientConfig,

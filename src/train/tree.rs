@@ -65,7 +65,7 @@ pub enum MaxFeatures {
     All,
     /// `max(1, floor(sqrt(n_features)))`, the usual choice for classification forests.
     Sqrt,
-    /// `max(1, floor(log2(n_features)))`.
+    /// `max(1, floor(log2(n_features)))`: fewer than `Sqrt` once there are more than 16.
     Log2,
     /// A fixed count (at least 1, at most the feature count).
     Count(usize),
@@ -126,7 +126,7 @@ impl Default for TreeParams {
     }
 }
 
-/// Training targets.
+/// Training targets: class indices with the class count, or real values.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Target<'a> {
     Classes { y: &'a [usize], n_classes: usize },
