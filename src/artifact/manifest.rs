@@ -173,7 +173,7 @@ impl Manifest {
 
     /// How the offer `name@version` (`sha256`, `size_bytes`) differs from what the host
     /// signed, if it does: `(field, offered, signed)`.
-    pub fn differs_from(
+    pub(crate) fn differs_from(
         &self,
         name: &str,
         version: &str,

@@ -423,7 +423,7 @@ fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, EngineError> {
 ///
 /// # Errors
 /// [`EngineError::NonFinite`] for the first non-finite value.
-pub fn check_finite(
+pub(crate) fn check_finite(
     index: usize,
     name: &str,
     data: &[f32],

@@ -378,7 +378,7 @@ impl Requirements {
 ///
 /// # Errors
 /// The first thing missing or over the budget.
-pub fn check_stated(
+pub(crate) fn check_stated(
     stated: &crate::artifact::manifest::Requirements,
     max_memory_bytes: u64,
 ) -> Result<(), BudgetError> {
