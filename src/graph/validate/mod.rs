@@ -60,7 +60,7 @@ pub enum GraphError {
         node: String,
         /// Elements one sample of the value would hold.
         elements: u128,
-        /// The per-value limit, [`MAX_VALUE_ELEMENTS`].
+        /// The per-value limit, 2^28 elements.
         limit: usize,
     },
     /// All the values of a graph together are larger than this build plans.
@@ -72,7 +72,7 @@ pub enum GraphError {
         node: String,
         /// Total elements per sample so far.
         elements: u128,
-        /// The per-graph limit, [`MAX_GRAPH_ELEMENTS`].
+        /// The per-graph limit, 2^28 elements.
         limit: usize,
     },
 }
