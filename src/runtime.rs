@@ -137,9 +137,9 @@ pub struct ModelInfo {
     pub inputs: Vec<TensorSpec>,
     /// Outputs (per-sample shapes).
     pub outputs: Vec<TensorSpec>,
-    /// Op / layer counts.
+    /// Nodes per op: native layer kinds (`dense`, …), or ONNX op types on tract.
     pub ops: BTreeMap<String, usize>,
-    /// File size in bytes.
+    /// Size of the encoded model in bytes (file or bytes given); 0 from [`Model::from_native`].
     pub size_bytes: u64,
     /// Native metadata (for `.perch`, or converted ONNX).
     pub metadata: Option<Metadata>,

@@ -88,7 +88,7 @@ pub enum EngineError {
     /// Buffers could not be allocated.
     #[error("out of memory: cannot allocate {bytes} bytes of buffers for this batch")]
     OutOfMemory {
-        /// The allocation that failed.
+        /// Bytes of the allocation that failed.
         bytes: u128,
     },
     /// An input of another element type than the model's.

@@ -708,7 +708,7 @@ pub struct Node {
 pub struct Output {
     /// The name callers see (`perch run` output keys, ONNX output names).
     pub name: String,
-    /// The value it exposes.
+    /// The id of the value it exposes: a graph input or a node's output.
     pub value: ValueId,
 }
 

@@ -168,7 +168,7 @@ impl InputFormat {
 /// Reads `path` in the format its extension implies.
 ///
 /// # Errors
-/// See [`InputError`].
+/// [`InputError::Io`] when the file cannot be read; otherwise as [`parse_input`].
 pub fn read_input(path: &Path) -> Result<InputArray, InputError> {
     let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| InputError::Io {
@@ -181,7 +181,8 @@ pub fn read_input(path: &Path) -> Result<InputArray, InputError> {
 /// Parses `bytes` as `format`; `file` names the source in errors.
 ///
 /// # Errors
-/// See [`InputError`].
+/// [`InputError::Malformed`] for bytes that are not the format, and the variants naming
+/// the row and column at fault (not a number, not finite, ragged rows, no rows).
 pub fn parse_input(
     bytes: &[u8],
     format: InputFormat,

@@ -348,7 +348,7 @@ pub struct Version {
     pub created_unix_s: i64,
     /// The data it was trained on; `None` for imported models.
     pub dataset: Option<DatasetInfo>,
-    /// Data encoding (opaque JSON).
+    /// How to encode data for it, as [`VersionInfo::data_schema`] gave it (opaque JSON).
     pub data_schema: Option<serde_json::Value>,
     /// Parent version as `NAME@N`, if any and still present.
     pub parent: Option<String>,

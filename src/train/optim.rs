@@ -280,7 +280,7 @@ pub struct EarlyStopping {
     pub validation_fraction: f64,
     /// Epochs without improvement tolerated.
     pub patience: usize,
-    /// Minimum improvement that counts.
+    /// Least decrease of the monitored loss that counts as an improvement (absolute).
     pub tol: f64,
 }
 
