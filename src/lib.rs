@@ -11,8 +11,16 @@
 //!   [`artifact::write`], [`artifact::encode`], [`artifact::decode`]), [`engine`] (the
 //!   native executor, [`Engine`], with buffers planned once at load) and [`io`] (inputs from
 //!   CSV, JSON and `.npy`; outputs as JSON).
-//! - On the host (feature `host`): train with [`train::fit`] from a [`train::ModelSpec`],
-//!   and keep numbered versions with their metadata in a [`Registry`] (module [`registry`]).
+//! - On the host (feature `host`): load a CSV with [`train::data::Dataset::load`], train
+//!   with [`train::fit`] from a [`train::ModelSpec`], turn the result into a native model
+//!   with [`train::Fitted::to_model`], and keep numbered versions with their metadata in a
+//!   [`Registry`] ([`Registry::register`], [`Registry::resolve`] with a
+//!   [`registry::ModelRef`] such as `iris@production`).
+//!
+//! Each area reports failures with its own `#[non_exhaustive]` error enum ([`RuntimeError`],
+//! [`artifact::ArtifactError`], [`engine::EngineError`], [`graph::GraphError`],
+//! [`io::InputError`], [`train::TrainError`], [`registry::RegistryError`]), whose variants
+//! carry the file, row, node or value at fault.
 //!
 //! The other modules are public only so perch's own binaries, benches and integration tests
 //! reach them: they are hidden from these docs and make no stability promise.

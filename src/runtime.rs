@@ -35,7 +35,7 @@ pub enum RuntimeError {
     /// The file is neither a `.perch` artifact nor ONNX.
     #[error("{path}: unknown model format (expected a .perch artifact or an .onnx file)")]
     UnknownFormat {
-        /// The path.
+        /// The model file as given.
         path: String,
     },
     /// The input's shape does not fit the model.
@@ -49,7 +49,7 @@ pub enum RuntimeError {
         expected: Vec<u32>,
         /// Values per sample.
         sample_len: usize,
-        /// Shape given.
+        /// The shape given: as read from the input file, or `[len]` for a flat slice of values.
         got: Vec<usize>,
     },
     /// The native engine was requested for a model it cannot run.
@@ -79,19 +79,19 @@ pub enum RuntimeError {
     /// Reading the model file failed.
     #[error("reading model {path}: {reason}")]
     Io {
-        /// The path.
+        /// The model file as given.
         path: String,
         /// The error text.
         reason: String,
     },
 }
 
-/// On-disk model formats.
+/// The file format a model was loaded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// perch's native artifact.
     Perch,
-    /// ONNX protobuf.
+    /// An ONNX protobuf (`ModelProto`), `.onnx`.
     Onnx,
 }
 
@@ -120,16 +120,16 @@ pub enum EngineChoice {
     /// Native when every op converts, else tract.
     #[default]
     Auto,
-    /// Native or fail.
+    /// The native engine, or [`RuntimeError::NotNative`] when some op does not convert.
     Native,
-    /// Always tract.
+    /// Always tract, even when the graph would convert to the native IR.
     Tract,
 }
 
 /// Descriptive facts about a loaded model (`perch info`).
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
-    /// File format.
+    /// The format of the file it was loaded from.
     pub format: Format,
     /// Engine that runs it.
     pub engine: EngineKind,
@@ -137,9 +137,9 @@ pub struct ModelInfo {
     pub inputs: Vec<TensorSpec>,
     /// Outputs (per-sample shapes).
     pub outputs: Vec<TensorSpec>,
-    /// Op / layer counts.
+    /// Nodes per op: native layer kinds (`dense`, …), or ONNX op types on tract.
     pub ops: BTreeMap<String, usize>,
-    /// File size in bytes.
+    /// Size of the encoded model in bytes (file or bytes given); 0 from [`Model::from_native`].
     pub size_bytes: u64,
     /// Native metadata (for `.perch`, or converted ONNX).
     pub metadata: Option<Metadata>,
@@ -157,20 +157,20 @@ pub struct ModelInfo {
 /// One output of a run, `[batch, ...]` row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// Output name.
+    /// The graph output's name.
     pub name: String,
     /// Shape including the batch axis.
     pub shape: Vec<usize>,
-    /// Values.
+    /// The values, in the element type the graph declares for the output.
     pub values: OutputValues,
 }
 
-/// Output element storage.
+/// An output's values, in the element type the graph declares.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputValues {
-    /// Float output.
+    /// float32 values, for every output but class indices.
     F32(Vec<f32>),
-    /// Integer output (labels).
+    /// int64 values: class indices, or an `ArgMax` layer's integer labels.
     I64(Vec<i64>),
 }
 
@@ -180,7 +180,7 @@ pub enum OutputValues {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum InputValues {
-    /// Float input.
+    /// float32 values, for an `F32` input.
     F32(Vec<f32>),
     /// Signed 8-bit input (quantized codes of a full-integer model).
     I8(Vec<i8>),

@@ -42,7 +42,7 @@ pub struct Requirements {
 /// The host's statement about one push of an artifact.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
-    /// [`MANIFEST_FORMAT`].
+    /// Manifest layout version, [`MANIFEST_FORMAT`] when this build writes it.
     pub format: u16,
     /// Registry name of the model.
     pub name: String,
@@ -70,7 +70,7 @@ pub enum ManifestError {
     /// Too short to hold a signature, or longer than [`MAX_MANIFEST_BYTES`].
     #[error("signed manifest of {len} bytes (expected {min}..={max})")]
     Length {
-        /// Bytes given.
+        /// Length of the signed manifest given.
         len: usize,
         /// Fewest bytes possible.
         min: usize,
@@ -94,7 +94,7 @@ pub enum ManifestError {
         /// Format in the manifest.
         found: u16,
     },
-    /// Encoding failed.
+    /// postcard could not serialize the manifest.
     #[error("cannot encode the manifest: {0}")]
     Encode(String),
 }
@@ -173,7 +173,7 @@ impl Manifest {
 
     /// How the offer `name@version` (`sha256`, `size_bytes`) differs from what the host
     /// signed, if it does: `(field, offered, signed)`.
-    pub fn differs_from(
+    pub(crate) fn differs_from(
         &self,
         name: &str,
         version: &str,

@@ -44,9 +44,9 @@ pub enum ArtifactError {
     /// Fewer bytes than the fixed header and trailer need.
     #[error("artifact is {len} bytes, shorter than the {needed}-byte minimum (truncated file?)")]
     TooShort {
-        /// Bytes given.
+        /// Length of the bytes given.
         len: usize,
-        /// Minimum.
+        /// Header, digest and signature slot together: the smallest possible artifact.
         needed: usize,
     },
     /// The file does not start with the perch magic.
@@ -68,15 +68,15 @@ pub enum ArtifactError {
     /// Reserved flag bits are set.
     #[error("artifact sets unknown flag bits {flags:#06x} (written by a newer perch?)")]
     UnknownFlags {
-        /// The flags field.
+        /// The header's flags field (bit 0 is [`FLAG_SIGNED`]).
         flags: u16,
     },
     /// The declared payload is beyond the accepted maximum.
     #[error("payload length {len} exceeds the {max}-byte maximum")]
     PayloadTooLarge {
-        /// Declared length.
+        /// Payload length the header declares.
         len: u64,
-        /// Maximum.
+        /// The accepted maximum, [`MAX_PAYLOAD_BYTES`].
         max: u64,
     },
     /// The file is shorter than its header says.
@@ -84,13 +84,13 @@ pub enum ArtifactError {
     Truncated {
         /// Length implied by the header.
         expected: u64,
-        /// Actual length.
+        /// Length of the bytes given.
         actual: usize,
     },
     /// The file is longer than its header says.
     #[error("artifact has {extra} unexpected bytes after the signature slot")]
     TrailingBytes {
-        /// How many.
+        /// Bytes past the end the header implies.
         extra: usize,
     },
     /// The payload does not match its digest.
@@ -111,7 +111,7 @@ pub enum ArtifactError {
     /// The model decodes but its graph is inconsistent.
     #[error("model graph is invalid: {0}")]
     Graph(GraphError),
-    /// Encoding failed.
+    /// postcard could not serialize the model (in practice: out of memory).
     #[error("encoding model: {0}")]
     Encode(postcard::Error),
     /// A signature was required and the artifact has none.
@@ -128,7 +128,7 @@ pub enum ArtifactError {
     /// Reading or writing the file failed.
     #[error("{path}: {error}")]
     Io {
-        /// File path.
+        /// The file as given.
         path: String,
         /// The I/O error.
         error: std::io::Error,
@@ -143,7 +143,8 @@ impl From<GraphError> for ArtifactError {
     }
 }
 
-/// A decoded artifact.
+/// A decoded and verified artifact ([`decode`]): header fields, payload digest, signature
+/// slot and the model.
 #[derive(Debug, Clone)]
 pub struct Artifact {
     /// Format version from the header.
@@ -154,7 +155,7 @@ pub struct Artifact {
     pub sha256: [u8; 32],
     /// The signature slot, if the signed flag is set (not verified here).
     pub signature: Option<[u8; SIGNATURE_LEN]>,
-    /// The model.
+    /// The model, graph validated.
     pub model: Model,
     /// Total size of the file in bytes.
     pub size_bytes: usize,
@@ -290,7 +291,7 @@ pub fn sign(bytes: &[u8], key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, Ar
 ///
 /// # Errors
 /// [`ArtifactError::Unsigned`], [`ArtifactError::BadSignature`], or any [`decode`] error.
-pub fn verify_signed(
+pub(crate) fn verify_signed(
     bytes: &[u8],
     key: &ed25519_dalek::VerifyingKey,
 ) -> Result<Artifact, ArtifactError> {

@@ -11,22 +11,22 @@ use std::time::{Duration, Instant};
 /// timings that chose it (see [`Engine::kernel_choices`](super::Engine::kernel_choices)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelChoice {
-    /// Node name.
+    /// The dense node's name in the graph.
     pub node: String,
-    /// `[outputs, inputs]`.
+    /// `[outputs, inputs]` of the weight.
     pub shape: [usize; 2],
-    /// Stored nonzeros.
+    /// Nonzero weights the artifact stores (of `outputs × inputs`).
     pub nonzeros: usize,
-    /// Whether the sparse kernel runs batches below [`kernels::CSR_TILE`] samples.
+    /// Whether the sparse kernel runs batches below the sparse tile (16 samples).
     pub sparse: bool,
-    /// Whether the batched sparse kernel runs batches of [`kernels::CSR_TILE`] or more.
+    /// Whether the batched sparse kernel runs batches of the sparse tile (16 samples) or more.
     pub sparse_batched: bool,
     /// Measured time of a batch-1 run of the sparse kernel, nanoseconds.
     pub sparse_ns: f64,
     /// Measured time of a batch-1 run of the dense kernel, nanoseconds (0 when the dense
     /// copy would be too large to measure).
     pub dense_ns: f64,
-    /// Measured time per sample of a [`kernels::CSR_TILE`]-sample batch, batched sparse
+    /// Measured time per sample of a 16-sample batch (the sparse tile), batched sparse
     /// kernel, nanoseconds.
     pub sparse_batched_ns: f64,
     /// The same for the dense kernel.

@@ -17,7 +17,7 @@ pub(super) struct Layout {
 }
 
 impl Layout {
-    /// Row-major.
+    /// Row-major: memory order is the logical axis order.
     pub fn plain(shape: &[usize]) -> Layout {
         Layout {
             base: shape.to_vec(),

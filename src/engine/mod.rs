@@ -51,11 +51,11 @@ pub enum EngineError {
         "input {index} ({name:?}): expected {batch} × {sample_len} = {expected} values, got {got}"
     )]
     InputLength {
-        /// Input position.
+        /// 0-based position of the input in the graph.
         index: usize,
-        /// Input name.
+        /// The input's name in the graph.
         name: String,
-        /// Batch size.
+        /// Samples in the run.
         batch: usize,
         /// Values per sample.
         sample_len: usize,
@@ -69,17 +69,17 @@ pub enum EngineError {
         "input {index} ({name:?}): value {position} (sample {sample}, feature {feature}) is {value}, not a finite number"
     )]
     NonFinite {
-        /// Input position.
+        /// 0-based position of the input in the graph.
         index: usize,
-        /// Input name.
+        /// The input's name in the graph.
         name: String,
-        /// Flat position.
+        /// 0-based index into the input slice (`sample * sample_len + feature`).
         position: usize,
-        /// Sample (row) index.
+        /// 0-based sample (row) within the batch.
         sample: usize,
         /// Index within the sample.
         feature: usize,
-        /// The value.
+        /// The offending value (NaN or ±infinity).
         value: f32,
     },
     /// Batch of zero samples.
@@ -88,15 +88,15 @@ pub enum EngineError {
     /// Buffers could not be allocated.
     #[error("out of memory: cannot allocate {bytes} bytes of buffers for this batch")]
     OutOfMemory {
-        /// The allocation that failed.
+        /// Bytes of the allocation that failed.
         bytes: u128,
     },
     /// An input of another element type than the model's.
     #[error("input {index} ({name:?}): the model takes {} values, got {}", expected.name(), got.name())]
     InputType {
-        /// Input position.
+        /// 0-based position of the input in the graph.
         index: usize,
-        /// Input name.
+        /// The input's name in the graph.
         name: String,
         /// The model's element type.
         expected: DType,
@@ -106,9 +106,9 @@ pub enum EngineError {
     /// A layer this engine cannot plan.
     #[error("{node}: the engine cannot run a {layer} layer here: {reason}")]
     Unsupported {
-        /// Node name.
+        /// The node's name in the graph.
         node: String,
-        /// Layer kind.
+        /// The layer's short name, as [`Layer::kind`](crate::graph::Layer::kind) gives it (`dense`, …).
         layer: &'static str,
         /// What about the layer or its neighbours the engine cannot plan.
         reason: String,
@@ -119,11 +119,11 @@ pub enum EngineError {
 /// int8 / uint8.
 #[derive(Debug, Clone, Copy)]
 pub enum InputData<'a> {
-    /// float32 values.
+    /// float32 values, for an `F32` input.
     F32(&'a [f32]),
-    /// int8 codes.
+    /// int8 codes, for an `I8` input (revision 1.3 graphs).
     I8(&'a [i8]),
-    /// uint8 codes.
+    /// uint8 codes, for a `U8` input (revision 1.3 graphs).
     U8(&'a [u8]),
 }
 
@@ -423,7 +423,7 @@ fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, EngineError> {
 ///
 /// # Errors
 /// [`EngineError::NonFinite`] for the first non-finite value.
-pub fn check_finite(
+pub(crate) fn check_finite(
     index: usize,
     name: &str,
     data: &[f32],

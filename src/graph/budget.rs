@@ -113,19 +113,19 @@ pub enum BudgetError {
         mib(*needed), mib(u128::from(*limit))
     )]
     Memory {
-        /// Planned peak.
+        /// Planned peak in bytes, [`MemoryPlan::peak_bytes`] for `batch`.
         needed: u128,
         /// The batch it was planned for.
         batch: usize,
-        /// The budget.
+        /// The budget in bytes (`--max-memory`, or [`DEFAULT_MAX_MEMORY_BYTES`]).
         limit: u64,
-        /// Decoded weights.
+        /// Bytes of the decoded weights ([`MemoryPlan::weights_bytes`]).
         weights: u64,
-        /// Prepared weights.
+        /// Bytes of the prepared weights ([`MemoryPlan::prepared_bytes`]).
         prepared: u64,
-        /// Buffers per sample.
+        /// Bytes of buffers per sample ([`MemoryPlan::per_sample_bytes`]).
         per_sample: u64,
-        /// Scratch.
+        /// Bytes of fixed scratch ([`MemoryPlan::scratch_bytes`]).
         scratch: u64,
     },
     /// The planned peak memory a manifest states is over the budget.
@@ -136,7 +136,7 @@ pub enum BudgetError {
     StatedMemory {
         /// Planned peak the manifest states.
         needed: u64,
-        /// The budget.
+        /// The budget in bytes.
         limit: u64,
     },
     /// The model needs something this build does not have.
@@ -144,7 +144,7 @@ pub enum BudgetError {
     Unsupported {
         /// "op", "kernel" or "format version".
         what: &'static str,
-        /// Its name.
+        /// The missing op's, kernel's or version's name.
         name: String,
     },
 }
@@ -378,7 +378,7 @@ impl Requirements {
 ///
 /// # Errors
 /// The first thing missing or over the budget.
-pub fn check_stated(
+pub(crate) fn check_stated(
     stated: &crate::artifact::manifest::Requirements,
     max_memory_bytes: u64,
 ) -> Result<(), BudgetError> {

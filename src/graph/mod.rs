@@ -27,7 +27,7 @@ pub use validate::{GraphError, MAX_QUANT_DEPTH, ValueShapes};
 /// Element type of a graph value.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
-    /// 32-bit float.
+    /// 32-bit IEEE float: every float input, output and activation.
     F32,
     /// 64-bit signed integer (class indices and labels).
     I64,
@@ -59,7 +59,7 @@ impl DType {
 pub struct TensorSpec {
     /// Name used by callers (`--format json` output keys, ONNX input names).
     pub name: String,
-    /// Element type.
+    /// Element type: `F32`, or since revision 1.3 `U8` / `I8` codes; `I64` only as an output.
     pub dtype: DType,
     /// Shape of one sample; the batch axis is implicit and comes first.
     pub shape: Vec<u32>,
@@ -106,7 +106,7 @@ pub enum TensorData {
         row_ptr: Vec<u32>,
         /// Column of each stored value, below `cols`.
         col_idx: Vec<u32>,
-        /// The stored values.
+        /// The stored (nonzero) values, row by row.
         values: Vec<f32>,
     },
 }
@@ -318,14 +318,14 @@ pub enum Layer {
     /// `y[..., j] = (x[..., j] - offset[j]) * scale[j]` on the last axis; `offset` and
     /// `scale` have the last axis' length, or length 1 to broadcast.
     Standardize {
-        /// Subtracted first.
+        /// Per-element offset, subtracted first (the training mean).
         offset: Vec<f32>,
-        /// Multiplied second.
+        /// Per-element factor, multiplied second (1 / the training standard deviation).
         scale: Vec<f32>,
     },
     /// `y = x · Wᵀ + b` on the last axis; `weight` is `[out, in]`, `bias` is `[out]`.
     Dense {
-        /// `[out, in]`.
+        /// `[out, in]`, in any [`TensorData`] encoding (float32, int8 per channel, sparse).
         weight: Tensor,
         /// `[out]`, or none.
         bias: Option<Tensor>,
@@ -371,10 +371,10 @@ pub enum Layer {
     Flatten,
     /// Gives each sample a new shape with the same number of elements.
     Reshape {
-        /// New per-sample shape.
+        /// New per-sample shape; it holds as many elements as the input's.
         shape: Vec<u32>,
     },
-    /// `max(x, 0)`.
+    /// `max(x, 0)`, element by element.
     Relu,
     /// `x` if `x >= 0`, else `alpha * x`.
     LeakyRelu {
@@ -383,7 +383,7 @@ pub enum Layer {
     },
     /// `1 / (1 + e^-x)`.
     Sigmoid,
-    /// Hyperbolic tangent.
+    /// `tanh(x)`, element by element.
     Tanh,
     /// Softmax over the last axis.
     Softmax,
@@ -440,7 +440,7 @@ pub enum Layer {
         padding: Padding2d,
         /// Vertical, horizontal dilation.
         dilation: [u32; 2],
-        /// Channel groups.
+        /// Channel groups, `>= 1`, dividing both channel counts.
         groups: u32,
         /// How the input is quantized.
         input: QuantInput,
@@ -454,16 +454,16 @@ pub enum Layer {
     Add,
     /// `min(max(x, min), max)` (Relu6 is `Clip { min: 0, max: 6 }`).
     Clip {
-        /// Lower bound.
+        /// Lower bound, finite.
         min: f32,
         /// Upper bound, `>= min`.
         max: f32,
     },
     /// `max(0, min(1, alpha · x + beta))`.
     HardSigmoid {
-        /// Slope.
+        /// Slope `alpha` applied to `x`.
         alpha: f32,
-        /// Offset.
+        /// Offset `beta` added after the slope.
         beta: f32,
     },
     /// `x · min(max(x + 3, 0), 6) / 6`.
@@ -472,9 +472,9 @@ pub enum Layer {
     /// channels of a C×H×W map; each element of a flat vector). `scale` and `offset` have
     /// that axis' length (a batch normalization with no layer to fold into).
     ChannelAffine {
-        /// Multiplied first.
+        /// Per-channel factor, multiplied first.
         scale: Vec<f32>,
-        /// Added second.
+        /// Per-channel offset, added after the factor.
         offset: Vec<f32>,
     },
     /// Joins its inputs along a sample axis; every other axis must agree. The inputs are
@@ -505,7 +505,7 @@ pub enum Layer {
         a: QuantParams,
         /// Second input's parameters.
         b: QuantParams,
-        /// Output parameters.
+        /// Parameters of the output codes.
         output: QuantParams,
     },
     /// `U8 → U8`: clamps the codes to `[min, max]` (Relu6 or Clip after a quantized layer).
@@ -532,16 +532,17 @@ pub enum Layer {
         padding: Padding2d,
         /// Whether padded cells count in the divisor.
         count_include_pad: bool,
-        /// Input parameters.
+        /// Parameters of the input codes.
         input: QuantParams,
-        /// Output parameters.
+        /// Parameters of the output codes.
         output: QuantParams,
     },
-    /// Int8 [`Layer::GlobalAvgPool`].
+    /// Int8 [`Layer::GlobalAvgPool`]: the mean of each channel's codes, requantized from `input`
+    /// to `output` parameters in fixed point.
     QGlobalAvgPool {
-        /// Input parameters.
+        /// Parameters of the input codes.
         input: QuantParams,
-        /// Output parameters.
+        /// Parameters of the output codes.
         output: QuantParams,
     },
     /// `I8 → U8`: `q + 128` (the same real values, zero point moved by 128).
@@ -696,7 +697,7 @@ pub type ValueId = u32;
 pub struct Node {
     /// Name for error messages (the ONNX node name when converted).
     pub name: String,
-    /// The operation.
+    /// The operation and its parameters (weights included).
     pub layer: Layer,
     /// The values it reads; each must come earlier in the graph.
     pub inputs: Vec<ValueId>,
@@ -705,9 +706,9 @@ pub struct Node {
 /// A named graph output.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Output {
-    /// Name callers see.
+    /// The name callers see (`perch run` output keys, ONNX output names).
     pub name: String,
-    /// The value it exposes.
+    /// The id of the value it exposes: a graph input or a node's output.
     pub value: ValueId,
 }
 
@@ -718,7 +719,7 @@ pub struct Graph {
     pub inputs: Vec<TensorSpec>,
     /// Nodes, each after the values it reads.
     pub nodes: Vec<Node>,
-    /// Named outputs.
+    /// Named outputs, in the order callers see them.
     pub outputs: Vec<Output>,
 }
 
@@ -734,11 +735,12 @@ pub struct Metadata {
     pub created_unix_s: u64,
     /// Tool that made it (`perch-host 0.1.0 convert`).
     pub producer: String,
-    /// Free text.
+    /// Free text for people; no tool reads it.
     pub description: String,
     /// Class names in class-index order, for classifiers.
     pub class_labels: Vec<String>,
-    /// Free key-values.
+    /// Free key-values; `train.*` keys are perch's own ([`FEATURES_PROPERTY`],
+    /// [`TARGET_PROPERTY`]), others pass through untouched.
     pub properties: BTreeMap<String, String>,
     /// Optional tagged sections (training metrics, drift baselines, canary input…). A
     /// reader skips kinds it does not know, so sections can be added without a format break.
@@ -802,15 +804,15 @@ impl Metadata {
 pub struct Section {
     /// What the bytes hold; see `docs/artifact.md` for the registered kinds.
     pub kind: u32,
-    /// Encoded content.
+    /// The encoded content; its layout depends on `kind`.
     pub bytes: Vec<u8>,
 }
 
 /// A complete native model: what a `.perch` artifact's payload holds.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Model {
-    /// Descriptive metadata.
+    /// Descriptive metadata: names, labels, properties, sections.
     pub metadata: Metadata,
-    /// The computation.
+    /// The computation that [`crate::Engine`] runs.
     pub graph: Graph,
 }

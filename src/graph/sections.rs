@@ -28,15 +28,15 @@ pub enum SectionError {
     /// The bytes are not the postcard encoding of the kind's type.
     #[error("metadata section kind {kind} does not decode: {reason}")]
     Decode {
-        /// Section kind.
+        /// The section's kind (`docs/artifact.md` lists the registered ones).
         kind: u32,
-        /// Decoder message.
+        /// postcard's error message.
         reason: String,
     },
     /// The section decodes but contradicts itself or the model.
     #[error("metadata section kind {kind} is invalid: {reason}")]
     Invalid {
-        /// Section kind.
+        /// The section's kind (`docs/artifact.md` lists the registered ones).
         kind: u32,
         /// What is wrong.
         reason: String,
@@ -56,10 +56,10 @@ pub struct DriftBaseline {
     pub features: Vec<FeatureBaseline>,
 }
 
-/// One feature's baseline.
+/// One feature's baseline: its moments and the binned distribution PSI compares against.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct FeatureBaseline {
-    /// Training mean.
+    /// Mean over the training rows.
     pub mean: f32,
     /// Training (population) standard deviation.
     pub std: f32,

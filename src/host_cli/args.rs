@@ -169,7 +169,7 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// The gates: the keys of the rules file's [rollout] table, as flags.
+        /// The gates: the keys of the rules file's `[rollout]` table, as flags.
         #[command(flatten)]
         gates: Gates,
     },

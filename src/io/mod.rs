@@ -33,17 +33,17 @@ pub enum InputError {
     /// The file holds no data rows.
     #[error("{file}: no data rows")]
     Empty {
-        /// File name.
+        /// The source: the path as given, or the name passed to [`parse_input`].
         file: String,
     },
     /// A CSV cell or JSON element is not a number.
     #[error("{file}: row {row}, column {column}: {value:?} is not a number")]
     NotANumber {
-        /// File name.
+        /// The source: the path as given, or the name passed to [`parse_input`].
         file: String,
         /// 1-based line / row number in the file.
         row: usize,
-        /// 1-based column.
+        /// 1-based column (the value's position within its row).
         column: usize,
         /// The offending text.
         value: String,
@@ -51,11 +51,11 @@ pub enum InputError {
     /// A value is NaN or infinite.
     #[error("{file}: row {row}, column {column}: value is {value}; inputs must be finite numbers")]
     NonFinite {
-        /// File name.
+        /// The source: the path as given, or the name passed to [`parse_input`].
         file: String,
-        /// 1-based row.
+        /// 1-based line / row number in the file.
         row: usize,
-        /// 1-based column.
+        /// 1-based column (the value's position within its row).
         column: usize,
         /// The value as read.
         value: String,
@@ -63,9 +63,9 @@ pub enum InputError {
     /// Rows of different lengths.
     #[error("{file}: row {row} has {got} values, earlier rows have {expected}")]
     Ragged {
-        /// File name.
+        /// The source: the path as given, or the name passed to [`parse_input`].
         file: String,
-        /// 1-based row.
+        /// 1-based row of the first row of another width.
         row: usize,
         /// Width of the first row.
         expected: usize,
@@ -75,15 +75,15 @@ pub enum InputError {
     /// The input holds more numbers than allowed.
     #[error("{file}: more than {max_values} values")]
     TooLarge {
-        /// File name.
+        /// The source: the path as given, or the name passed to [`parse_input`].
         file: String,
-        /// The limit.
+        /// The most values the reader accepts (the agent's request limit).
         max_values: usize,
     },
     /// The file is malformed in its own format.
     #[error("{file}: {reason}")]
     Malformed {
-        /// File name.
+        /// The source: the path as given, or the name passed to [`parse_input`].
         file: String,
         /// What is wrong.
         reason: String,
@@ -91,7 +91,7 @@ pub enum InputError {
     /// The file could not be read.
     #[error("{file}: {reason}")]
     Io {
-        /// File name.
+        /// The source: the path as given, or the name passed to [`parse_input`].
         file: String,
         /// The I/O error text.
         reason: String,
@@ -99,7 +99,7 @@ pub enum InputError {
     /// Named columns that do not match the model's features.
     #[error("{file}: {reason}")]
     Columns {
-        /// File name.
+        /// The source: the path as given, or the name passed to [`parse_input`].
         file: String,
         /// Which columns are missing, unknown or repeated, and what to do.
         reason: String,
@@ -111,7 +111,7 @@ pub enum InputError {
 pub struct InputArray {
     /// Shape; the first axis is the sample (row) axis.
     pub shape: Vec<usize>,
-    /// Row-major values.
+    /// Row-major values, `shape`'s product of them.
     pub data: Vec<f32>,
     /// The columns' names, when the file gives them (a CSV header, JSON objects' keys).
     pub columns: Option<Columns>,
@@ -138,7 +138,7 @@ impl InputArray {
     }
 }
 
-/// Input file formats.
+/// The formats [`read_input`] and [`parse_input`] read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputFormat {
     /// Comma-separated numbers, one sample per row, optional header row.
@@ -168,7 +168,7 @@ impl InputFormat {
 /// Reads `path` in the format its extension implies.
 ///
 /// # Errors
-/// See [`InputError`].
+/// [`InputError::Io`] when the file cannot be read; otherwise as [`parse_input`].
 pub fn read_input(path: &Path) -> Result<InputArray, InputError> {
     let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| InputError::Io {
@@ -181,7 +181,8 @@ pub fn read_input(path: &Path) -> Result<InputArray, InputError> {
 /// Parses `bytes` as `format`; `file` names the source in errors.
 ///
 /// # Errors
-/// See [`InputError`].
+/// [`InputError::Malformed`] for bytes that are not the format, and the variants naming
+/// the row and column at fault (not a number, not finite, ragged rows, no rows).
 pub fn parse_input(
     bytes: &[u8],
     format: InputFormat,

@@ -49,20 +49,20 @@ pub const SCHEMA_VERSION: i64 = 4;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
-    /// SQLite failed.
+    /// Opening, migrating, querying or writing the SQLite database failed.
     #[error("registry database {path:?}: {error}")]
     Sqlite {
-        /// Database file.
+        /// The registry database file.
         path: PathBuf,
-        /// The cause.
+        /// SQLite's error (busy, locked, corrupt, constraint …).
         error: rusqlite::Error,
     },
     /// A file beside the database could not be read or written.
     #[error("registry file {path:?}: {error}")]
     Io {
-        /// The file.
+        /// The artifact or temporary file, under `<db dir>/artifacts/`.
         path: PathBuf,
-        /// The cause.
+        /// The operating-system error.
         error: std::io::Error,
     },
     /// The database was written by a newer perch.
@@ -70,7 +70,7 @@ pub enum RegistryError {
         "registry database {path:?} has layout version {found}, this perch reads up to {supported}; upgrade perch-host"
     )]
     SchemaTooNew {
-        /// Database file.
+        /// The registry database file.
         path: PathBuf,
         /// Version in the file.
         found: i64,
@@ -80,7 +80,7 @@ pub enum RegistryError {
     /// No model of that name.
     #[error("unknown model {name:?} (known models: {known:?})")]
     UnknownModel {
-        /// Requested name.
+        /// The name that was asked for.
         name: String,
         /// Names in the registry.
         known: Vec<String>,
@@ -88,27 +88,27 @@ pub enum RegistryError {
     /// The model has no such version.
     #[error("model {name:?} has no version {number} (versions: {known:?})")]
     UnknownVersion {
-        /// Model name.
+        /// The model's name (it exists).
         name: String,
-        /// Requested number.
+        /// The number that was asked for.
         number: u32,
-        /// Existing numbers.
+        /// The numbers the model does have, ascending.
         known: Vec<u32>,
     },
     /// The model has no such alias.
     #[error("model {name:?} has no alias {alias:?} (aliases: {known:?})")]
     UnknownAlias {
-        /// Model name.
+        /// The model's name (it exists).
         name: String,
-        /// Requested alias.
+        /// The alias that was asked for.
         alias: String,
-        /// Existing aliases.
+        /// The aliases the model does have, sorted.
         known: Vec<String>,
     },
     /// A reference that does not parse.
     #[error("bad model reference {text:?}: {reason} (write NAME, NAME@3 or NAME@production)")]
     BadReference {
-        /// The text.
+        /// The reference as given.
         text: String,
         /// What is wrong.
         reason: String,
@@ -118,7 +118,7 @@ pub enum RegistryError {
     BadName {
         /// `model name`, `tag` or `alias`.
         what: &'static str,
-        /// The value.
+        /// The rejected string.
         value: String,
         /// What is accepted.
         reason: &'static str,
@@ -126,11 +126,11 @@ pub enum RegistryError {
     /// A stored artifact is missing or does not match its recorded SHA-256.
     #[error("artifact {path:?} of {name}@{number}: {reason}")]
     ArtifactDamaged {
-        /// Model name.
+        /// The version's model name.
         name: String,
-        /// Version number.
+        /// The version's number.
         number: u32,
-        /// The file.
+        /// The expected path, `<db dir>/artifacts/<sha256>.<format>`.
         path: PathBuf,
         /// What is wrong.
         reason: String,
@@ -141,13 +141,13 @@ pub enum RegistryError {
     /// A JSON column holds something that does not parse.
     #[error("registry column {column} of {name}@{number} is not valid JSON: {error}")]
     Json {
-        /// Model name.
+        /// The version's model name.
         name: String,
-        /// Version number.
+        /// The version's number.
         number: u32,
-        /// Column.
+        /// The column's name (`params`, `metrics`, …).
         column: &'static str,
-        /// The cause.
+        /// serde_json's parse error.
         error: serde_json::Error,
     },
 }
@@ -169,9 +169,9 @@ impl From<artifact::ArtifactError> for RegistryError {
 /// Which version of a name a reference means.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
-    /// The highest number.
+    /// The highest number the name has.
     Latest,
-    /// A number.
+    /// A version number (`NAME@3`); numbers start at 1 per name.
     Number(u32),
     /// An alias such as `production`.
     Alias(String),
@@ -180,9 +180,9 @@ pub enum Selector {
 /// `NAME`, `NAME@3` or `NAME@ALIAS`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelRef {
-    /// Model name.
+    /// The model's name.
     pub name: String,
-    /// Which version.
+    /// Which of the name's versions: latest, a number or an alias.
     pub selector: Selector,
 }
 
@@ -288,7 +288,7 @@ impl ArtifactFormat {
 pub struct DatasetInfo {
     /// SHA-256 of the file, lower-case hex.
     pub sha256: String,
-    /// Data rows.
+    /// Data rows in the file (the header not counted).
     pub rows: u64,
     /// Columns (target included).
     pub columns: u64,
@@ -314,7 +314,7 @@ pub struct VersionInfo {
     pub metrics: serde_json::Value,
     /// Wall time of the fit.
     pub fit_seconds: Option<f64>,
-    /// Training data.
+    /// The data it was trained on (fingerprint and feature statistics), used as the drift baseline.
     pub dataset: Option<DatasetInfo>,
     /// How to encode data for this model (opaque JSON the trainer writes and reads).
     pub data_schema: Option<serde_json::Value>,
@@ -325,36 +325,36 @@ pub struct VersionInfo {
     pub data_files: Option<serde_json::Value>,
 }
 
-/// One stored version.
+/// One stored version of a model, as [`Registry::resolve`] and [`Registry::list`] give it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Version {
-    /// Model name.
+    /// The model's name.
     pub name: String,
     /// Number, from 1 per name.
     pub number: u32,
-    /// Storage format.
+    /// How the artifact is stored: a native `.perch` file or ONNX bytes.
     pub format: ArtifactFormat,
     /// SHA-256 of the artifact file, lower-case hex.
     pub artifact_sha256: String,
-    /// Artifact size.
+    /// Size of the artifact file in bytes.
     pub size_bytes: u64,
-    /// Hyper-parameters.
+    /// Hyper-parameters as given at registration (JSON object, empty if none).
     pub params: serde_json::Value,
-    /// Metrics.
+    /// Metrics as given at registration (JSON object, lower snake case names, empty if none).
     pub metrics: serde_json::Value,
-    /// Training time.
+    /// Wall time of the fit in seconds; `None` for imported models.
     pub fit_seconds: Option<f64>,
     /// Registration time (Unix seconds).
     pub created_unix_s: i64,
-    /// Training data.
+    /// The data it was trained on; `None` for imported models.
     pub dataset: Option<DatasetInfo>,
-    /// Data encoding (opaque JSON).
+    /// How to encode data for it, as [`VersionInfo::data_schema`] gave it (opaque JSON).
     pub data_schema: Option<serde_json::Value>,
     /// Parent version as `NAME@N`, if any and still present.
     pub parent: Option<String>,
     /// Training and test data files (see [`VersionInfo::data_files`]).
     pub data_files: Option<serde_json::Value>,
-    /// Tags, sorted.
+    /// Tags, sorted and unique.
     pub tags: Vec<String>,
     /// Aliases pointing here, sorted.
     pub aliases: Vec<String>,
@@ -504,7 +504,7 @@ impl Registry {
         })
     }
 
-    /// The database file.
+    /// The database file's path, as opened.
     pub fn path(&self) -> &Path {
         &self.path
     }

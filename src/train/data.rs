@@ -22,17 +22,17 @@ pub enum DataError {
     /// The file cannot be read.
     #[error("reading {path:?}: {error}")]
     Io {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
-        /// The cause.
+        /// The operating-system error.
         error: std::io::Error,
     },
     /// The CSV is malformed (bad quoting, invalid UTF-8).
     #[error("{path:?} line {row}: {message}")]
     Csv {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
-        /// Line number.
+        /// 1-based line of the offending record (the header is line 1).
         row: u64,
         /// What the CSV reader said.
         message: String,
@@ -40,17 +40,17 @@ pub enum DataError {
     /// No header, or a header and no data rows.
     #[error("{path:?} is empty: a header line and at least one data row are needed")]
     Empty {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
     },
     /// A row with a different number of cells than the header.
     #[error("{path:?} line {row}: {got} cells, but the header has {expected} columns")]
     Ragged {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
-        /// Line number.
+        /// 1-based line of the row (the header is line 1).
         row: u64,
-        /// Header columns.
+        /// Columns in the header.
         expected: usize,
         /// Cells in the row.
         got: usize,
@@ -60,33 +60,33 @@ pub enum DataError {
         "{path:?} line {row}, column {column:?}: {value:?} is not a number (the column is numeric; leave the cell empty or write NA for a missing value)"
     )]
     NonNumeric {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
-        /// Line number.
+        /// 1-based line of the row (the header is line 1).
         row: u64,
-        /// Column name.
+        /// The column's header name.
         column: String,
-        /// The cell.
+        /// The cell's text as written.
         value: String,
     },
     /// The target column is not in the header.
     #[error("{path:?}: no target column {target:?}; the columns are {columns:?}")]
     TargetMissing {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
-        /// Requested target.
+        /// The target column that was asked for.
         target: String,
-        /// Header columns.
+        /// The columns the header does have, in file order.
         columns: Vec<String>,
     },
     /// A target cell is empty or NA.
     #[error("{path:?} line {row}: the target column {column:?} is empty; every row needs a target")]
     MissingTarget {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
-        /// Line number.
+        /// 1-based line of the row (the header is line 1).
         row: u64,
-        /// Target column.
+        /// The target column's header name.
         column: String,
     },
     /// A classification target with fewer than two classes.
@@ -94,9 +94,9 @@ pub enum DataError {
         "{path:?}: the target column {column:?} has a single class {class:?}; classification needs at least two"
     )]
     SingleClass {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
-        /// Target column.
+        /// The target column's header name.
         column: String,
         /// The only class.
         class: String,
@@ -104,19 +104,19 @@ pub enum DataError {
     /// A class label in test data that the training data did not have.
     #[error("{path:?} line {row}: class {class:?} was not in the training data (known: {known:?})")]
     UnknownClass {
-        /// The file.
+        /// The test CSV file as given.
         path: PathBuf,
-        /// Line number.
+        /// 1-based line of the row (the header is line 1).
         row: u64,
-        /// The label.
+        /// The label as written in the file.
         class: String,
-        /// Training labels.
+        /// The labels the training data had, in class-index order.
         known: Vec<String>,
     },
     /// Test data whose columns differ from the schema's.
     #[error("{path:?}: column {column:?} of the training data is missing from this file")]
     ColumnMissing {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
         /// The missing column.
         column: String,
@@ -124,17 +124,17 @@ pub enum DataError {
     /// A column in which every cell is missing, so nothing can be imputed.
     #[error("{path:?}: column {column:?} has no values at all")]
     AllMissing {
-        /// The file.
+        /// The CSV file as given.
         path: PathBuf,
-        /// Column name.
+        /// The column's header name.
         column: String,
     },
     /// A split or fold request that leaves a part empty.
     #[error("cannot split {rows} rows {what}")]
     BadSplit {
-        /// Rows available.
+        /// Rows in the dataset.
         rows: usize,
-        /// The request.
+        /// What was asked, e.g. `into 5 folds` or `with test fraction 1`.
         what: String,
     },
 }
@@ -144,7 +144,7 @@ pub enum DataError {
 pub enum Task {
     /// Class labels (integers or strings), mapped to `0..k`.
     Classification,
-    /// A real value.
+    /// Real values (any finite number).
     Regression,
 }
 
@@ -167,7 +167,7 @@ pub enum ColumnEncoding {
     Categorical {
         /// Categories in the order of their inputs.
         categories: Vec<String>,
-        /// Imputed category.
+        /// Imputed for a missing cell: the training data's most frequent category.
         fill: String,
     },
 }
@@ -183,7 +183,7 @@ fn fill_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
 /// One feature column of the source file and its encoding.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Column {
-    /// Header name.
+    /// The column's name in the CSV header.
     pub name: String,
     /// Encoding chosen on the training data.
     #[serde(flatten)]
@@ -207,7 +207,7 @@ pub enum TargetEncoding {
         /// The same labels as integers, when they all are.
         numeric: Option<Vec<i64>>,
     },
-    /// Real values.
+    /// A real-valued target, as read.
     Values,
 }
 
@@ -220,7 +220,7 @@ pub struct Schema {
     pub columns: Vec<Column>,
     /// Target column name.
     pub target: String,
-    /// Target encoding.
+    /// How the target is encoded: class labels by index, or real values.
     pub target_encoding: TargetEncoding,
 }
 
@@ -262,9 +262,9 @@ pub struct Fingerprint {
 /// Baseline statistics of one encoded feature, for drift detection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FeatureStats {
-    /// Feature name.
+    /// Encoded feature name, as [`Schema::feature_names`] gives it.
     pub name: String,
-    /// Mean.
+    /// Mean over the training rows.
     pub mean: f64,
     /// Population standard deviation.
     pub std: f64,
@@ -278,7 +278,7 @@ pub struct FeatureStats {
 pub enum Target {
     /// Class indices in `0..k`.
     Classes(Vec<usize>),
-    /// Real values.
+    /// Real values, one per row.
     Values(Vec<f64>),
 }
 

@@ -36,22 +36,22 @@ enum Learned {
 /// Test-set figures of a model.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Evaluation {
-    /// Classifier figures.
+    /// Figures of a classifier, each in `[0, 1]` but the log-loss.
     Classification {
-        /// Accuracy.
+        /// Fraction of rows whose predicted class is the true one.
         accuracy: f64,
-        /// Macro F1.
+        /// Unweighted mean of the per-class F1 scores.
         f1_macro: f64,
-        /// Weighted F1.
+        /// Mean of the per-class F1 scores weighted by each class's row count.
         f1_weighted: f64,
         /// Log-loss of the predicted probabilities.
         log_loss: f64,
         /// ROC-AUC (one-vs-rest macro beyond two classes), when every class occurs.
         roc_auc: Option<f64>,
     },
-    /// Regressor figures.
+    /// Figures of a regressor.
     Regression {
-        /// R².
+        /// Coefficient of determination R² (1 is perfect, 0 predicts the mean; may be negative).
         r2: f64,
         /// Mean squared error.
         mse: f64,

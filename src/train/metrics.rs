@@ -86,12 +86,12 @@ impl ClassScores {
         }
     }
 
-    /// Averaged precision.
+    /// Per-class precision combined as `how` says, in `[0, 1]` (a class never predicted counts 0).
     pub fn precision(&self, how: Average) -> f64 {
         self.average(&self.precision, how)
     }
 
-    /// Averaged recall.
+    /// Per-class recall combined as `how` says, in `[0, 1]`.
     pub fn recall(&self, how: Average) -> f64 {
         self.average(&self.recall, how)
     }

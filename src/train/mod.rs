@@ -65,19 +65,19 @@ pub enum TrainError {
     /// A model used on the wrong kind of target.
     #[error("{model} needs a {needs} target, but the dataset's target {target:?} is not one")]
     TaskMismatch {
-        /// Model name.
+        /// The family's short name, as [`ModelKind::name`] gives it (`logistic`, `mlp`, …).
         model: &'static str,
         /// `classification` or `regression`.
         needs: &'static str,
-        /// Target column.
+        /// The dataset's target column.
         target: String,
     },
     /// Features of a different width than the model was trained on.
     #[error("the model takes {expected} features, the data has {got}")]
     FeatureCount {
-        /// Trained width.
+        /// Features the model was trained on.
         expected: usize,
-        /// Given width.
+        /// Features per row in the data given.
         got: usize,
     },
     /// The loss became NaN or infinite.
@@ -85,19 +85,19 @@ pub enum TrainError {
         "training {model} diverged (loss {loss} after {epochs} epochs); lower the learning rate or scale the features"
     )]
     Diverged {
-        /// Model name.
+        /// The family's short name, as [`ModelKind::name`] gives it.
         model: &'static str,
-        /// Last loss.
+        /// The final loss: NaN or ±infinity, or finite when only the parameters diverged.
         loss: f64,
-        /// Epochs run.
+        /// Epochs completed before it diverged.
         epochs: usize,
     },
     /// A hyper-parameter value that cannot be used.
     #[error("bad hyper-parameter {name}={value:?}: {reason}")]
     BadParam {
-        /// Parameter name.
+        /// The parameter's name as the spec or search grid spells it (`c`, `hidden`, …).
         name: String,
-        /// The value.
+        /// The value as given.
         value: String,
         /// What is wrong and what is accepted.
         reason: String,

@@ -10,13 +10,13 @@ use rand::RngExt;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// Hidden-layer activation.
+/// Activation of an MLP's hidden layers; each becomes the native layer of the same name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Activation {
-    /// `max(x, 0)`.
+    /// `max(x, 0)`, the default.
     #[default]
     Relu,
-    /// `tanh(x)`.
+    /// `tanh(x)`, in `(-1, 1)`.
     Tanh,
     /// `1 / (1 + e^-x)`.
     Sigmoid,

@@ -22,44 +22,44 @@ pub enum OptimizerKind {
     },
     /// Nesterov momentum (the PyTorch form): `v = μv + g; p -= lr * (g + μv)`.
     Nesterov {
-        /// μ.
+        /// μ, the velocity's decay in `[0, 1)` (default 0.9).
         momentum: f64,
     },
     /// RMSprop: `s = ρs + (1-ρ)g²; p -= lr * g / (√s + ε)`.
     RmsProp {
-        /// ρ (0.99).
+        /// ρ, the squared-gradient average's decay in `[0, 1)` (default 0.99).
         rho: f64,
-        /// ε.
+        /// ε, added to the denominator for stability (default 1e-8).
         eps: f64,
     },
     /// Adagrad: `s += g²; p -= lr * g / (√s + ε)`.
     Adagrad {
-        /// ε.
+        /// ε, added to the denominator for stability (default 1e-10).
         eps: f64,
     },
     /// Adadelta (Zeiler 2012); `lr` scales the step (1.0 is the paper's rule).
     Adadelta {
-        /// ρ (0.9).
+        /// ρ, the decay of both running averages in `[0, 1)` (default 0.9).
         rho: f64,
-        /// ε (1e-6).
+        /// ε, added inside both square roots (default 1e-6).
         eps: f64,
     },
     /// Adam with bias correction.
     Adam {
-        /// β₁ (0.9).
+        /// β₁, the gradient average's decay in `[0, 1)` (default 0.9).
         beta1: f64,
-        /// β₂ (0.999).
+        /// β₂, the squared-gradient average's decay in `[0, 1)` (default 0.999).
         beta2: f64,
-        /// ε (1e-8).
+        /// ε, added to the denominator for stability (default 1e-8).
         eps: f64,
     },
     /// AdamW: Adam with weight decay decoupled from the gradient, `p -= lr * λ * p`.
     AdamW {
-        /// β₁.
+        /// β₁, the gradient average's decay in `[0, 1)` (default 0.9).
         beta1: f64,
-        /// β₂.
+        /// β₂, the squared-gradient average's decay in `[0, 1)` (default 0.999).
         beta2: f64,
-        /// ε.
+        /// ε, added to the denominator for stability (default 1e-8).
         eps: f64,
         /// λ, applied to every parameter.
         weight_decay: f64,
@@ -220,14 +220,14 @@ pub enum Schedule {
     Constant,
     /// Multiplied by `gamma` every `every` epochs.
     Step {
-        /// Epochs between drops.
+        /// Epochs between drops, `>= 1`.
         every: usize,
-        /// Factor per drop.
+        /// Factor per drop, in `(0, 1]` (default 0.1).
         gamma: f64,
     },
     /// Cosine annealing from the base rate to `min_lr` over the configured epochs.
     Cosine {
-        /// Final rate.
+        /// The rate reached at the last epoch, `>= 0`.
         min_lr: f64,
     },
 }
@@ -280,22 +280,22 @@ pub struct EarlyStopping {
     pub validation_fraction: f64,
     /// Epochs without improvement tolerated.
     pub patience: usize,
-    /// Minimum improvement that counts.
+    /// Least decrease of the monitored loss that counts as an improvement (absolute).
     pub tol: f64,
 }
 
 /// Mini-batch gradient training settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GradientConfig {
-    /// Update rule.
+    /// The update rule and its hyper-parameters.
     pub optimizer: OptimizerKind,
-    /// Base learning rate.
+    /// Base learning rate, `> 0`, before the schedule scales it.
     pub learning_rate: f64,
     /// Rate schedule over epochs.
     pub schedule: Schedule,
     /// Rows per mini-batch (clamped to the data; `usize::MAX` is full batch).
     pub batch_size: usize,
-    /// Maximum epochs.
+    /// Epochs to run at most (early stopping may end sooner).
     pub epochs: usize,
     /// Seed for shuffling, initialization and the validation split.
     pub seed: u64,
@@ -330,13 +330,13 @@ impl Default for GradientConfig {
 /// What the progress callback receives after each epoch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EpochReport {
-    /// 1-based epoch.
+    /// 1-based number of the epoch just finished.
     pub epoch: usize,
     /// Mean training loss over the epoch's batches.
     pub loss: f64,
     /// Validation loss when a validation split is held out.
     pub validation: Option<f64>,
-    /// Learning rate used.
+    /// Learning rate this epoch used, after the schedule.
     pub learning_rate: f64,
 }
 
@@ -348,7 +348,7 @@ pub type Progress<'a> = &'a mut dyn FnMut(&EpochReport);
 pub struct FitSummary {
     /// Epochs (or L-BFGS iterations) run.
     pub epochs: usize,
-    /// Final training loss.
+    /// Training loss of the last epoch (or iteration), penalties included.
     pub loss: f64,
     /// Best validation loss, when monitored.
     pub validation: Option<f64>,
@@ -457,11 +457,11 @@ pub fn fit(
 /// Settings for [`lbfgs`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LbfgsConfig {
-    /// Maximum iterations.
+    /// Iterations at most (each one a line search and a gradient).
     pub max_iter: usize,
     /// Stop when the largest gradient component falls below this.
     pub gtol: f64,
-    /// History pairs kept.
+    /// Curvature pairs (step, gradient change) kept for the Hessian estimate.
     pub memory: usize,
 }
 

@@ -7,7 +7,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 /// Which scaling to learn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Scaling {
-    /// Raw features.
+    /// No scaling: the model takes the features as they are.
     #[default]
     None,
     /// Zero mean, unit (population) standard deviation; constant features are only centred.
@@ -32,9 +32,9 @@ impl Scaling {
 /// A learned per-feature affine map `(x - offset) * scale`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scaler {
-    /// Subtracted first.
+    /// Per-feature offset, subtracted first (the mean, or the minimum).
     pub offset: Vec<f64>,
-    /// Multiplied second.
+    /// Per-feature factor, multiplied second (1 / std, or 1 / range; 1 for a constant feature).
     pub scale: Vec<f64>,
 }
 

@@ -131,9 +131,9 @@ impl Grid {
 /// One grid setting and its cross-validated score.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GridRow {
-    /// The parameter values.
+    /// This row's setting: (parameter name, value) pairs as the grid spells them.
     pub params: Vec<(String, String)>,
-    /// Fold scores.
+    /// The score of each held-out fold (accuracy or R², as [`Evaluation::primary`](super::Evaluation::primary)).
     pub scores: CvScores,
 }
 

@@ -13,13 +13,13 @@ pub enum Penalty {
     None,
     /// `‖y - Xw‖² + alpha·‖w‖²` (scikit-learn `Ridge`).
     Ridge {
-        /// Strength.
+        /// Penalty strength `alpha`, `>= 0` (0 is ordinary least squares).
         alpha: f64,
     },
     /// `1/(2n)·‖y - Xw‖² + alpha·‖w‖₁` (scikit-learn `Lasso`), always solved by coordinate
     /// descent.
     Lasso {
-        /// Strength.
+        /// Penalty strength `alpha`, `>= 0` (0 is ordinary least squares).
         alpha: f64,
     },
 }
@@ -40,7 +40,7 @@ pub enum Solver {
 pub enum ModelKind {
     /// Least squares with an optional ridge or lasso penalty; output `variable`.
     LinearRegression {
-        /// Penalty.
+        /// None, ridge or lasso (default none).
         penalty: Penalty,
         /// [`Solver::Exact`] (default) or an iterative one; lasso ignores it.
         solver: Solver,
@@ -56,41 +56,41 @@ pub enum ModelKind {
     },
     /// Softmax (multinomial) regression, also for two classes.
     Softmax {
-        /// Inverse penalty strength.
+        /// Inverse penalty strength C, `> 0` (default 1.0).
         c: f64,
-        /// Optimizer.
+        /// Optimizer (L-BFGS by default).
         solver: Solver,
     },
     /// Multi-layer perceptron: softmax + cross-entropy for classification, squared error
     /// for regression (scikit-learn's `MLPClassifier` / `MLPRegressor` defaults).
     Mlp {
-        /// Hidden layer widths.
+        /// Width of each hidden layer, input side first; each `>= 1`.
         hidden: Vec<usize>,
-        /// Hidden activation.
+        /// Activation of every hidden layer (default ReLU); the output layer has none.
         activation: Activation,
         /// L2 strength as scikit-learn's `alpha`: `alpha/(2·batch)·‖W‖²` per batch.
         alpha: f64,
-        /// Training loop.
+        /// Optimizer, batch size, epochs, early stopping.
         config: GradientConfig,
     },
     /// Linear SVM: hinge loss, one-vs-rest for more than two classes, L2 penalty
     /// `1/(2C)·‖w‖²` on the summed loss. Its `probabilities` output is the softmax of the
     /// margins, a ranking score rather than a calibrated probability.
     LinearSvm {
-        /// Inverse penalty strength.
+        /// Inverse penalty strength C, `> 0` (default 1.0).
         c: f64,
-        /// Training loop.
+        /// Optimizer, batch size, epochs, early stopping.
         config: GradientConfig,
     },
     /// CART decision tree (gini / entropy for classes, squared error for values). Trees
     /// split on raw feature values, so scaling is not applied.
     DecisionTree {
-        /// Tree hyper-parameters.
+        /// Depth, split and leaf limits, feature subsampling, seed.
         params: tree::TreeParams,
     },
     /// Random forest of CART trees (bootstrap, feature subsampling, parallel training).
     RandomForest {
-        /// Forest hyper-parameters.
+        /// Tree count, bootstrap and the per-tree parameters.
         params: forest::ForestParams,
     },
 }

@@ -27,17 +27,17 @@ pub enum TreeError {
     /// A feature value is NaN or infinite.
     #[error("training data: feature {column} of row {row} is {value}, not a finite number")]
     NonFinite {
-        /// Row index.
+        /// 0-based row of the feature matrix.
         row: usize,
-        /// Column index.
+        /// 0-based feature (column) of the row.
         column: usize,
-        /// The value.
+        /// The offending value (NaN or ±infinity).
         value: f64,
     },
     /// A hyper-parameter is out of its range.
     #[error("parameter {name}: {reason}")]
     Param {
-        /// Parameter name.
+        /// The parameter's name as `perch-host train` spells it (`max_features`, …).
         name: &'static str,
         /// What is wrong.
         reason: String,
@@ -61,11 +61,11 @@ pub enum Criterion {
 /// How many features each split considers (drawn at random per node).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MaxFeatures {
-    /// Every feature.
+    /// Every feature, as a single decision tree uses by default.
     All,
-    /// `max(1, floor(sqrt(n_features)))`.
+    /// `max(1, floor(sqrt(n_features)))`, the usual choice for classification forests.
     Sqrt,
-    /// `max(1, floor(log2(n_features)))`.
+    /// `max(1, floor(log2(n_features)))`: fewer than `Sqrt` once there are more than 16.
     Log2,
     /// A fixed count (at least 1, at most the feature count).
     Count(usize),
@@ -126,7 +126,7 @@ impl Default for TreeParams {
     }
 }
 
-/// Training targets.
+/// Training targets: class indices with the class count, or real values.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Target<'a> {
     Classes { y: &'a [usize], n_classes: usize },

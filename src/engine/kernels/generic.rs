@@ -3,7 +3,7 @@
 
 use super::{Activation, Conv2dParams, Pool2dParams};
 
-/// Portable [`super::dense`].
+/// Portable version of the dispatching `kernels::dense`.
 pub fn dense(x: &[f32], w: &[f32], b: &[f32], inputs: usize, outputs: usize, y: &mut [f32]) {
     for (xr, yr) in x.chunks_exact(inputs).zip(y.chunks_exact_mut(outputs)) {
         for ((yo, wo), bo) in yr.iter_mut().zip(w.chunks_exact(inputs)).zip(b) {

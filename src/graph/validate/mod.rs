@@ -34,21 +34,21 @@ pub enum GraphError {
     /// A node has the wrong number of inputs.
     #[error("{node}: {layer} takes {expected} input(s), got {got}")]
     Arity {
-        /// Node name.
+        /// The node's name in the graph.
         node: String,
-        /// Layer kind.
+        /// The layer's short name ([`Layer::kind`](crate::graph::Layer::kind)).
         layer: &'static str,
-        /// Required count.
+        /// Inputs the layer takes: 2 for `Add` and `QAdd`, 1 for the others.
         expected: usize,
-        /// Given count.
+        /// Inputs the node lists.
         got: usize,
     },
     /// Input shape or dtype does not fit the layer, or parameters disagree with each other.
     #[error("{node}: {layer}: {reason}")]
     Shape {
-        /// Node name.
+        /// The node's name, or the graph input's name.
         node: String,
-        /// Layer kind.
+        /// The layer's short name ([`Layer::kind`](crate::graph::Layer::kind)), or `input`.
         layer: &'static str,
         /// What is wrong, with the values.
         reason: String,
@@ -56,11 +56,11 @@ pub enum GraphError {
     /// A value is larger than this build is willing to plan.
     #[error("{node}: a sample of this value would hold {elements} elements (limit {limit})")]
     TooLarge {
-        /// Node name.
+        /// The node (or graph input) whose value is too large.
         node: String,
-        /// Requested element count.
+        /// Elements one sample of the value would hold.
         elements: u128,
-        /// The limit.
+        /// The per-value limit, 2^28 elements.
         limit: usize,
     },
     /// All the values of a graph together are larger than this build plans.
@@ -72,7 +72,7 @@ pub enum GraphError {
         node: String,
         /// Total elements per sample so far.
         elements: u128,
-        /// The limit.
+        /// The per-graph limit, 2^28 elements.
         limit: usize,
     },
 }

@@ -54,7 +54,7 @@ pub enum Outcome<'a> {
 /// thread. A method that returns `Ok` has done its work durably (a report acknowledged to a
 /// device is never lost).
 pub trait Store: Send + Sync {
-    /// The registered device called `name` (a name [`super::valid_name`] accepts).
+    /// The registered device called `name` (a name [`crate::sync::valid_name`] accepts).
     ///
     /// # Errors
     /// Storage failures (not "unknown": that is `Ok(None)`).
