@@ -362,11 +362,24 @@ mod tests {
         assert_eq!(get("perch_device_up", "pi-2", None), Some(0.0));
         assert_eq!(
             get(
-                "perch_device_latency_seconds",
+                "perch_device_window_latency_seconds",
                 "pi-1",
                 Some(("quantile", "0.95"))
             ),
             Some(0.0018)
+        );
+        // Its reports carry no buckets: counted apart, no histogram.
+        assert_eq!(
+            get(
+                "perch_device_reports_without_latency_buckets_total",
+                "pi-1",
+                None
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            get("perch_device_latency_seconds_count", "pi-1", None),
+            None
         );
         assert_eq!(
             get("perch_device_feature_psi", "pi-1", Some(("feature", "1"))),
@@ -399,15 +412,40 @@ mod tests {
 
         // Only the rows stored since the last scrape are summed again.
         let a = fleet.device("pi-1").expect("db").expect("pi-1");
+        let mut exposed = crate::metrics::ExposedBuckets::default();
+        [40, 40, 700, 700, 700, 30_000_000].map(|us| exposed.record(us));
+        let bucketed = Report {
+            latency_buckets: Some(crate::metrics::LatencyBuckets::from_exposed(&exposed)),
+            ..report(1_120_000, 60)
+        };
         fleet
-            .store_reports(&[(a.id, 3, &report(1_120_000, 60))])
+            .store_reports(&[(a.id, 3, &bucketed), (a.id, 4, &bucketed)])
             .expect("store");
         let text = String::from_utf8(dash.route("/metrics").body).expect("utf-8");
         crate::metrics::exposition::tests::check_exposition(&text);
         assert!(
-            text.contains("perch_device_requests_total{device=\"pi-1\",group=\"lab\"} 1860\n"),
+            text.contains("perch_device_requests_total{device=\"pi-1\",group=\"lab\"} 1920\n"),
             "{text}"
         );
+        let h = "perch_device_latency_seconds";
+        for (le, want) in [
+            ("0.000025", 0),
+            ("0.00005", 4),
+            ("0.001", 10),
+            ("10.0", 10),
+            ("+Inf", 12),
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "{h}_bucket{{device=\"pi-1\",group=\"lab\",le=\"{le}\"}} {want}\n"
+                )),
+                "le {le}: {text}"
+            );
+        }
+        assert!(text.contains(&format!("{h}_count{{device=\"pi-1\",group=\"lab\"}} 12\n")));
+        assert!(text.contains(&format!(
+            "{h}_sum{{device=\"pi-1\",group=\"lab\"}} 60.00436\n"
+        )));
 
         // A device removed and registered again starts from zero.
         fleet.remove_device("pi-1").expect("remove");
