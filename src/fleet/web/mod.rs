@@ -318,7 +318,14 @@ mod tests {
                 })),
             )
             .expect("seen");
-        let (r1, r2) = (report(1_000_000, 600), report(1_060_000, 1200));
+        let mut exposed = crate::metrics::ExposedBuckets::default();
+        [40, 40, 700].map(|us| exposed.record(us));
+        // The first report is from before latency buckets, the second carries them.
+        let r1 = report(1_000_000, 600);
+        let r2 = Report {
+            latency_buckets: Some(crate::metrics::LatencyBuckets::from_exposed(&exposed)),
+            ..report(1_060_000, 1200)
+        };
         fleet
             .store_reports(&[(a.id, 1, &r1), (a.id, 2, &r2)])
             .expect("store");
@@ -368,17 +375,21 @@ mod tests {
             ),
             Some(0.0018)
         );
-        // Its reports carry no buckets: counted apart, no histogram.
+        // The report without buckets is counted apart, the other is the histogram.
         assert_eq!(
             get(
                 "perch_device_reports_without_latency_buckets_total",
                 "pi-1",
                 None
             ),
-            Some(2.0)
+            Some(1.0)
         );
         assert_eq!(
             get("perch_device_latency_seconds_count", "pi-1", None),
+            Some(3.0)
+        );
+        assert_eq!(
+            get("perch_device_latency_seconds_count", "pi-2", None),
             None
         );
         assert_eq!(
@@ -430,10 +441,10 @@ mod tests {
         let h = "perch_device_latency_seconds";
         for (le, want) in [
             ("0.000025", 0),
-            ("0.00005", 4),
-            ("0.001", 10),
-            ("10.0", 10),
-            ("+Inf", 12),
+            ("0.00005", 6),
+            ("0.001", 13),
+            ("10.0", 13),
+            ("+Inf", 15),
         ] {
             assert!(
                 text.contains(&format!(
@@ -442,9 +453,9 @@ mod tests {
                 "le {le}: {text}"
             );
         }
-        assert!(text.contains(&format!("{h}_count{{device=\"pi-1\",group=\"lab\"}} 12\n")));
+        assert!(text.contains(&format!("{h}_count{{device=\"pi-1\",group=\"lab\"}} 15\n")));
         assert!(text.contains(&format!(
-            "{h}_sum{{device=\"pi-1\",group=\"lab\"}} 60.00436\n"
+            "{h}_sum{{device=\"pi-1\",group=\"lab\"}} 60.00514\n"
         )));
 
         // A device removed and registered again starts from zero.
