@@ -177,14 +177,14 @@ impl Message {
 
     /// The sequence number and report of a `Metrics` or `MetricsV2`; any other message
     /// is handed back.
-    pub fn into_report(self) -> Result<(u64, Report), Message> {
+    pub fn into_report(self) -> Result<(u64, Report), Box<Message>> {
         match self {
             Message::Metrics { seq, report }
             | Message::MetricsV2 {
                 seq,
                 report: ReportV2(report),
             } => Ok((seq, report)),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }
     }
 

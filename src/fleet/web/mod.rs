@@ -319,7 +319,7 @@ mod tests {
             )
             .expect("seen");
         let mut exposed = crate::metrics::ExposedBuckets::default();
-        [40, 40, 700].map(|us| exposed.record(us));
+        [40, 40, 700].iter().for_each(|&us| exposed.record(us));
         // The first report is from before latency buckets, the second carries them.
         let r1 = report(1_000_000, 600);
         let r2 = Report {
@@ -424,7 +424,9 @@ mod tests {
         // Only the rows stored since the last scrape are summed again.
         let a = fleet.device("pi-1").expect("db").expect("pi-1");
         let mut exposed = crate::metrics::ExposedBuckets::default();
-        [40, 40, 700, 700, 700, 30_000_000].map(|us| exposed.record(us));
+        [40, 40, 700, 700, 700, 30_000_000]
+            .iter()
+            .for_each(|&us| exposed.record(us));
         let bucketed = Report {
             latency_buckets: Some(crate::metrics::LatencyBuckets::from_exposed(&exposed)),
             ..report(1_120_000, 60)

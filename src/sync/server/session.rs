@@ -363,7 +363,7 @@ impl Session<'_> {
                         match self.reader.buffered()?.map(Message::into_report) {
                             Some(Ok(r)) => batch.push(r),
                             Some(Err(other)) => {
-                                pending = Some(other);
+                                pending = Some(*other);
                                 break;
                             }
                             None => break,
