@@ -173,6 +173,7 @@ impl Manifest {
 
     /// How the offer `name@version` (`sha256`, `size_bytes`) differs from what the host
     /// signed, if it does: `(field, offered, signed)`.
+    #[cfg_attr(not(feature = "device"), allow(dead_code))] // the agent's
     pub(crate) fn differs_from(
         &self,
         name: &str,

@@ -291,6 +291,7 @@ pub fn sign(bytes: &[u8], key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, Ar
 ///
 /// # Errors
 /// [`ArtifactError::Unsigned`], [`ArtifactError::BadSignature`], or any [`decode`] error.
+#[cfg_attr(not(feature = "device"), allow(dead_code))] // the agent's
 pub(crate) fn verify_signed(
     bytes: &[u8],
     key: &ed25519_dalek::VerifyingKey,

@@ -378,6 +378,7 @@ impl Requirements {
 ///
 /// # Errors
 /// The first thing missing or over the budget.
+#[cfg_attr(not(feature = "device"), allow(dead_code))] // the agent's
 pub(crate) fn check_stated(
     stated: &crate::artifact::manifest::Requirements,
     max_memory_bytes: u64,

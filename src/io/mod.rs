@@ -21,6 +21,7 @@ mod npy;
 mod output;
 
 pub use columns::{Arranged, InputNames, arrange};
+#[cfg(feature = "device")]
 pub(crate) use json::NestedNumbers;
 use json::parse_json;
 use npy::parse_npy;
