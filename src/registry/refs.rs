@@ -143,7 +143,7 @@ pub enum Payload {
     Onnx(Vec<u8>),
 }
 
-/// What [`Registry::register`] records besides the model.
+/// What [`Registry::register`](super::Registry::register) records besides the model.
 #[derive(Clone, Debug, Default)]
 pub struct VersionInfo {
     /// Hyper-parameters (JSON object).
@@ -163,7 +163,7 @@ pub struct VersionInfo {
     pub data_files: Option<serde_json::Value>,
 }
 
-/// One stored version of a model, as [`Registry::resolve`] and [`Registry::list`] give it.
+/// One stored version of a model, as [`Registry::resolve`](super::Registry::resolve) and [`Registry::list`](super::Registry::list) give it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Version {
     /// The model's name.
