@@ -107,10 +107,8 @@ impl Counts {
     }
 
     fn error(&mut self, latency_us: u64) {
-        self.requests = self.requests.saturating_add(1);
+        self.request(latency_us, None);
         self.errors = self.errors.saturating_add(1);
-        self.latency.record(latency_us);
-        self.exposed.record(latency_us);
     }
 
     fn feedback(&mut self, correct: bool) {
