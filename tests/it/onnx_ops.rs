@@ -110,14 +110,13 @@ fn check_model_with(dir: &Path, ref_dir: &Path, refs: &[(&str, Check)]) -> Vec<f
     max_diffs
 }
 
-fn corpus_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/corpus/models")
-        .join(name)
+/// A corpus model's folder (the harness's corpus, `models/NAME`).
+fn corpus_model(name: &str) -> PathBuf {
+    crate::harness::corpus_dir().join("models").join(name)
 }
 
 fn corpus(name: &str, refs: &[(&str, Check)]) {
-    let dir = corpus_dir(name);
+    let dir = corpus_model(name);
     assert!(
         dir.exists(),
         "{name}: {} not found (the repository carries the corpus in tests/data/corpus)",
@@ -264,7 +263,7 @@ const CORPUS_QOP_STEP: f32 = 1.0 / 256.0;
 /// onnxruntime's spec and saves the outputs under `tests/fixtures/onnx/corpus_reference`;
 /// `manifest.json` records the differences with the corpus outputs.
 fn corpus_quantized(name: &str, refs: &[(&str, Check)]) {
-    let dir = corpus_dir(name);
+    let dir = corpus_model(name);
     assert!(
         dir.exists(),
         "{name}: {} not found (the repository carries the corpus in tests/data/corpus)",
