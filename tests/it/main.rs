@@ -47,6 +47,7 @@ mod pi_path;
 mod prune;
 #[cfg(feature = "host")]
 mod quantize;
+mod source_rules;
 #[cfg(all(feature = "host", feature = "device"))]
 mod sync;
 #[cfg(feature = "host")]
