@@ -9,6 +9,7 @@ use crate::fleet::{FleetError, now_unix_s};
 use crate::metrics::{Exposition, Format, Kind};
 use crate::registry::{ArtifactFormat, ModelRef};
 use rusqlite::{OptionalExtension, params};
+use std::collections::HashMap;
 
 /// Brings the lifetime sums of device `id` up to date with the rows stored since the last
 /// call. Sums restart when the device's rows went away (a device removed, its id reused).
@@ -63,13 +64,22 @@ fn update_totals(d: &mut Dashboard, id: i64, name: &str) -> Result<Totals, Fleet
 /// baseline, so its artifact differs), read from that version's metadata. Cached, since an
 /// artifact never changes. Empty when neither the registry nor the pushes know it, it is
 /// ONNX, or it records no names; a registry failure costs the names, not the scrape.
-fn feature_names(d: &mut Dashboard, model: [u8; 8]) -> Vec<String> {
+/// `labels` is the scrape's map of artifact prefixes to `name@version`, read on the first
+/// miss and kept for the rest of the scrape.
+fn feature_names(
+    d: &mut Dashboard,
+    labels: &mut Option<HashMap<String, String>>,
+    model: [u8; 8],
+) -> Vec<String> {
     if let Some(names) = d.feature_names.get(&model) {
         return names.clone();
     }
+    if labels.is_none() {
+        *labels = Some(api::model_labels(d).unwrap_or_default());
+    }
     let prefix = crate::util::to_hex(&model);
-    let Some(version) = api::model_labels(d)
-        .ok()
+    let Some(version) = labels
+        .as_ref()
         .and_then(|labels| labels.get(&prefix)?.parse::<ModelRef>().ok())
         .and_then(|r| d.registry.resolve(&r).ok())
     else {
@@ -169,6 +179,7 @@ pub(super) fn render(d: &mut Dashboard, format: Format) -> Result<String, FleetE
     let now = now_unix_s();
     let statuses = d.fleet.devices()?;
     let mut live = Vec::new();
+    let mut model_labels = None;
     for s in &statuses {
         let Some(dev) = d.fleet.device(&s.name)? else {
             continue;
@@ -226,7 +237,7 @@ pub(super) fn render(d: &mut Dashboard, format: Format) -> Result<String, FleetE
         let names = if r.psi_milli.is_empty() {
             Vec::new()
         } else {
-            feature_names(d, r.model)
+            feature_names(d, &mut model_labels, r.model)
         };
         for (i, &m) in r.psi_milli.iter().enumerate() {
             let feature = names.get(i).cloned().unwrap_or_else(|| i.to_string());
