@@ -214,7 +214,7 @@ impl<'a> Session<'a> {
                 .filter_map(|seq| {
                     queue
                         .get(seq)
-                        .map(|report| Message::Metrics { seq, report })
+                        .map(|report| Message::metrics(self.link.protocol, seq, report))
                 })
                 .collect()
         };
@@ -222,7 +222,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         for m in &batch {
-            if let Message::Metrics { seq, .. } = m {
+            if let Message::Metrics { seq, .. } | Message::MetricsV2 { seq, .. } = m {
                 self.in_flight.insert(*seq);
             }
         }

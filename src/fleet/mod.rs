@@ -29,7 +29,7 @@ mod tests;
 pub use crate::util::now_unix_s;
 pub use devices::{Device, DeviceStatus, Event};
 pub use pushes::{Push, RETRY_ATTEMPTS, RETRY_FIRST_S, RETRY_MAX_S, role_name};
-pub use reports::{Pruned, Retention, StoredReport};
+pub use reports::{LatencyTotals, Pruned, Retention, StoredReport};
 pub use store::FleetStore;
 
 use reports::decode_report;

@@ -2,7 +2,7 @@
 //! feedback samples they carry, reading them back, and the retention that prunes them.
 
 use super::{Device, Fleet, FleetError};
-use crate::metrics::Report;
+use crate::metrics::{LATENCY_BUCKETS, LatencyBuckets, Report, ReportV2};
 use crate::util::{now_unix_s, sqlite_error, to_hex, write_transaction};
 use rusqlite::{OptionalExtension, params};
 
@@ -86,13 +86,97 @@ pub struct StoredReport {
     pub report: Report,
 }
 
-/// Decodes a stored report blob (the one place that knows its encoding).
-pub(super) fn decode_report(device: i64, seq: i64, blob: &[u8]) -> Result<Report, FleetError> {
-    postcard::from_bytes(blob).map_err(|e| FleetError::DamagedReport {
+/// The form new report blobs are stored in (`metrics.report_form`): 2, with the latency
+/// buckets. Rows stored before layout 5 say 1 (see [`crate::metrics::Report`]'s module).
+const REPORT_FORM: i64 = 2;
+
+/// Encodes a report as a blob in [`REPORT_FORM`].
+fn encode_report(r: &Report) -> Result<Vec<u8>, FleetError> {
+    postcard::to_allocvec(&ReportV2(r.clone())).map_err(|e| FleetError::Encode(e.to_string()))
+}
+
+/// Decodes a stored report blob of form `form` (the one place that knows its encoding).
+pub(super) fn decode_report(
+    device: i64,
+    seq: i64,
+    form: i64,
+    blob: &[u8],
+) -> Result<Report, FleetError> {
+    let decoded = match form {
+        1 => postcard::from_bytes(blob).map_err(|e| e.to_string()),
+        2 => ReportV2::decode(blob).map_err(|e| e.to_string()),
+        other => Err(format!("unknown report form {other}")),
+    };
+    decoded.map_err(|reason| FleetError::DamagedReport {
         device,
         seq: seq as u64,
-        reason: e.to_string(),
+        reason,
     })
+}
+
+/// A device's latency over every report it sent with buckets, on
+/// [`EXPOSED_BOUNDS_US`](crate::metrics::EXPOSED_BOUNDS_US) (see [`Fleet::latency_totals`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyTotals {
+    /// Latencies per interval (not cumulative), the last above every bound.
+    pub counts: [u64; LATENCY_BUCKETS],
+    /// Their sum, µs (saturating).
+    pub sum_us: u64,
+    /// Reports that carried buckets.
+    pub bucketed_reports: u64,
+    /// Reports without buckets (from agents older than protocol 3), not in the counts.
+    pub unbucketed_reports: u64,
+}
+
+impl LatencyTotals {
+    /// How many latencies were at most each bound (cumulative), then all of them (`+Inf`).
+    pub fn cumulative(&self) -> [u64; LATENCY_BUCKETS] {
+        let mut out = self.counts;
+        let mut seen = 0u64;
+        for c in &mut out {
+            seen = seen.saturating_add(*c);
+            *c = seen;
+        }
+        out
+    }
+}
+
+/// Adds a newly stored report's latency buckets to its device's running totals (or counts
+/// it as a report without buckets), in the transaction that stores it.
+fn add_latency(
+    tx: &rusqlite::Transaction<'_>,
+    device: i64,
+    buckets: Option<&LatencyBuckets>,
+) -> rusqlite::Result<()> {
+    // SQLite integers are i64: sums stop at i64::MAX rather than wrap.
+    let sum = buckets.map_or(0, |b| i64::try_from(b.sum_us()).unwrap_or(i64::MAX));
+    tx.prepare_cached(
+        "INSERT INTO latency_totals (device_id, sum_us, bucketed_reports, unbucketed_reports)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (device_id) DO UPDATE SET
+           sum_us = MIN(sum_us + excluded.sum_us, 9223372036854775807),
+           bucketed_reports = bucketed_reports + excluded.bucketed_reports,
+           unbucketed_reports = unbucketed_reports + excluded.unbucketed_reports",
+    )?
+    .execute(params![
+        device,
+        sum,
+        i64::from(buckets.is_some()),
+        i64::from(buckets.is_none())
+    ])?;
+    let Some(b) = buckets else {
+        return Ok(());
+    };
+    let mut add = tx.prepare_cached(
+        "INSERT INTO latency_bucket_totals (device_id, bucket, count) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device_id, bucket) DO UPDATE SET count = count + excluded.count",
+    )?;
+    for (i, &c) in b.counts().iter().enumerate() {
+        if c > 0 {
+            add.execute(params![device, i as i64, i64::from(c)])?;
+        }
+    }
+    Ok(())
 }
 
 impl Fleet {
@@ -170,8 +254,9 @@ impl Fleet {
                     .prepare_cached(
                         "INSERT OR IGNORE INTO metrics (device_id, run, seq, received_unix_s,
                        window_start_ms, window_ms, model, requests, errors, p50_us, p95_us,
-                       p99_us, feedback, feedback_correct, report)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                       p99_us, feedback, feedback_correct, report, report_form)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                       ?16)",
                     )
                     .map_err(sql)?;
                 let mut samples = tx
@@ -183,14 +268,9 @@ impl Fleet {
                 let now = now_unix_s();
                 for &(device, run, seq, r) in batch {
                     // Labelled samples go to their own table; the stored report keeps the count.
-                    let blob = if r.samples.is_empty() {
-                        postcard::to_allocvec(r)
-                    } else {
-                        let mut lean = r.clone();
-                        lean.samples.clear();
-                        postcard::to_allocvec(&lean)
-                    }
-                    .map_err(|e| FleetError::Encode(e.to_string()))?;
+                    let mut lean = r.clone();
+                    lean.samples.clear();
+                    let blob = encode_report(&lean)?;
                     let inserted = stmt
                         .execute(params![
                             device,
@@ -207,10 +287,12 @@ impl Fleet {
                             r.latency_us.p99,
                             r.feedback,
                             r.feedback_correct,
-                            blob
+                            blob,
+                            REPORT_FORM
                         ])
                         .map_err(sql)?;
                     if inserted == 1 {
+                        add_latency(tx, device, r.latency_buckets.as_ref()).map_err(sql)?;
                         let model = to_hex(&r.model);
                         for l in &r.samples {
                             let input: Vec<u8> =
@@ -221,19 +303,28 @@ impl Fleet {
                         }
                     } else {
                         // Sent again after a lost Ack, or another report under a used number.
-                        let stored: Vec<u8> = tx
-                        .query_row(
-                            "SELECT report FROM metrics WHERE device_id = ?1 AND run = ?2 AND seq = ?3",
-                            params![device, run as i64, seq as i64],
-                            |row| row.get(0),
-                        )
-                        .map_err(sql)?;
-                        if stored != blob {
+                        let (stored, form): (Vec<u8>, i64) = tx
+                            .query_row(
+                                "SELECT report, report_form FROM metrics
+                             WHERE device_id = ?1 AND run = ?2 AND seq = ?3",
+                                params![device, run as i64, seq as i64],
+                                |row| Ok((row.get(0)?, row.get(1)?)),
+                            )
+                            .map_err(sql)?;
+                        let decoded = decode_report(device, seq as i64, form, &stored);
+                        // A report stored in form 1 and queued again by an upgraded agent
+                        // comes back in form 2: compare what they say, not their bytes.
+                        let same = if form == REPORT_FORM {
+                            stored == blob
+                        } else {
+                            decoded.as_ref().is_ok_and(|s| *s == lean)
+                        };
+                        if !same {
                             let detail = format!(
                                 "report {seq} of run {run} arrived again with other content (window at {} ms, {} requests; stored: {}); the first is kept. Two devices with one identity and one state directory (a cloned image)?",
                                 r.window_start_ms,
                                 r.requests,
-                                decode_report(device, seq as i64, &stored).map_or_else(
+                                decoded.map_or_else(
                                     |e| e.to_string(),
                                     |s| format!(
                                         "window at {} ms, {} requests",
@@ -444,7 +535,7 @@ impl Fleet {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT run, seq, received_unix_s, report FROM metrics
+                "SELECT run, seq, received_unix_s, report, report_form FROM metrics
                  WHERE device_id = ?1 AND (?2 IS NULL OR window_start_ms > ?2)
                  ORDER BY run DESC, seq DESC LIMIT ?3",
             )
@@ -458,6 +549,7 @@ impl Fleet {
                     r.get::<_, i64>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
                 ))
             })
             .map_err(self.sql())?
@@ -465,8 +557,8 @@ impl Fleet {
             .map_err(self.sql())?;
         rows.reverse();
         rows.into_iter()
-            .map(|(run, seq, received, blob)| {
-                let report = decode_report(device.id, seq, &blob)?;
+            .map(|(run, seq, received, blob, form)| {
+                let report = decode_report(device.id, seq, form, &blob)?;
                 Ok(StoredReport {
                     run: run as u64,
                     seq: seq as u64,
@@ -475,6 +567,52 @@ impl Fleet {
                 })
             })
             .collect()
+    }
+
+    /// The latency histogram of every report stored for `device` since it was added,
+    /// reports deleted by retention included: running totals kept beside the reports, so
+    /// they only grow.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn latency_totals(&self, device: &Device) -> Result<LatencyTotals, FleetError> {
+        let mut t = LatencyTotals::default();
+        let row: Option<(i64, i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT sum_us, bucketed_reports, unbucketed_reports FROM latency_totals
+                 WHERE device_id = ?1",
+                [device.id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        let Some((sum_us, bucketed, unbucketed)) = row else {
+            return Ok(t);
+        };
+        let as_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
+        t.sum_us = as_u64(sum_us);
+        t.bucketed_reports = as_u64(bucketed);
+        t.unbucketed_reports = as_u64(unbucketed);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT bucket, count FROM latency_bucket_totals WHERE device_id = ?1")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([device.id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(self.sql())?;
+        for row in rows {
+            let (bucket, count) = row.map_err(self.sql())?;
+            if let Some(c) = usize::try_from(bucket)
+                .ok()
+                .and_then(|b| t.counts.get_mut(b))
+            {
+                *c = as_u64(count);
+            }
+        }
+        Ok(t)
     }
 
     /// How many reports are stored in all.

@@ -1,7 +1,8 @@
 //! The fleet's tables in the registry's database. The registry opens the database and owns
 //! its layout number ([`crate::registry::SCHEMA_VERSION`]); the fleet's part of each layout
 //! (3: devices, pushes, assignments, metrics, events, alerts, rollouts, labelled samples;
-//! 4: signed manifests, retries, reports per boot epoch) is created and migrated here, inside
+//! 4: signed manifests, retries, reports per boot epoch; 5: report forms, latency totals) is
+//! created and migrated here, inside
 //! the registry's migration transaction.
 
 use rusqlite::Transaction;
@@ -151,6 +152,26 @@ UPDATE assignments SET state = 'rejected',
     WHERE state = 'pending' AND push_id IN (SELECT id FROM pushes WHERE manifest IS NULL);
 ";
 
+/// Layout 5: a report blob says its form (`report_form`: 1 for the rows before, form 2
+/// carries the latency buckets), and each device's latency histogram is kept as running
+/// totals, added to in the transaction that stores a report: retention deletes old reports
+/// but never lowers the totals, so the host exports them as counters.
+const LAYOUT_5: &str = "
+ALTER TABLE metrics ADD COLUMN report_form INTEGER NOT NULL DEFAULT 1;
+CREATE TABLE latency_totals (
+    device_id INTEGER PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    sum_us INTEGER NOT NULL,
+    bucketed_reports INTEGER NOT NULL,
+    unbucketed_reports INTEGER NOT NULL
+);
+CREATE TABLE latency_bucket_totals (
+    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (device_id, bucket)
+) WITHOUT ROWID;
+";
+
 /// Brings the fleet's tables from layout `found` (the database's `user_version`, 0 for a new
 /// database) to [`crate::registry::SCHEMA_VERSION`], inside the registry's migration
 /// transaction `tx` (which runs the registry's own steps first and commits).
@@ -163,6 +184,9 @@ pub(crate) fn migrate(tx: &Transaction<'_>, found: i64) -> rusqlite::Result<()> 
     }
     if found < 4 {
         tx.execute_batch(LAYOUT_4)?;
+    }
+    if found < 5 {
+        tx.execute_batch(LAYOUT_5)?;
     }
     Ok(())
 }

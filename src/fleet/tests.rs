@@ -179,3 +179,88 @@ fn retention_deletes_old_rows_and_the_oldest_beyond_the_caps() {
         .is_err()
     );
 }
+
+fn bucketed(requests: u32, latency_us: &[u64]) -> Report {
+    let mut e = crate::metrics::ExposedBuckets::default();
+    latency_us.iter().for_each(|&us| e.record(us));
+    Report {
+        requests,
+        latency_buckets: Some(crate::metrics::LatencyBuckets::from_exposed(&e)),
+        ..Report::default()
+    }
+}
+
+#[test]
+fn latency_totals_add_up_every_report_once_and_survive_retention() {
+    let (_dir, mut f, d) = fleet();
+    assert_eq!(f.latency_totals(&d).unwrap(), LatencyTotals::default());
+    let (a, b, plain) = (
+        bucketed(3, &[20, 30, 3_000]),
+        bucketed(2, &[30, 20_000_000]),
+        Report::default(),
+    );
+    f.store_reports(&[(d.id, 1, &a), (d.id, 2, &b), (d.id, 3, &plain)])
+        .unwrap();
+    // Resent after a lost Ack: stored once, counted once.
+    f.store_reports(&[(d.id, 2, &b)]).unwrap();
+    let t = f.latency_totals(&d).unwrap();
+    let c = t.cumulative();
+    assert_eq!((c[0], c[1], c[7], c[18]), (1, 3, 4, 5));
+    assert_eq!(c[17], 4, "20 s is above the last bound, 10 s");
+    assert_eq!(t.sum_us, 20_003_080);
+    assert_eq!((t.bucketed_reports, t.unbucketed_reports), (2, 1));
+    assert_eq!(
+        f.reports(&d).unwrap()[0].report,
+        a,
+        "stored with its buckets"
+    );
+    f.conn
+        .execute("UPDATE metrics SET received_unix_s = 0", [])
+        .unwrap();
+    let pruned = f
+        .apply_retention(&Retention::default(), now_unix_s())
+        .unwrap();
+    assert_eq!(pruned.metrics, 3);
+    assert_eq!(
+        f.latency_totals(&d).unwrap(),
+        t,
+        "pruning never lowers the totals"
+    );
+    f.store_reports(&[(d.id, 4, &a)]).unwrap();
+    assert_eq!(f.latency_totals(&d).unwrap().cumulative()[18], 8);
+}
+
+#[test]
+fn report_blobs_stored_in_form_1_still_decode() {
+    use crate::metrics::report_compat::{as_current, old_report};
+    let (_dir, mut f, d) = fleet();
+    f.store_reports(&[(d.id, 1, &Report::default())]).unwrap();
+    // A row as layout 4 stored it: the old struct's bytes, form 1 (the column's default).
+    let mut old = old_report();
+    old.samples.clear();
+    f.conn
+        .execute(
+            "UPDATE metrics SET report = ?1, report_form = 1",
+            [postcard::to_allocvec(&old).unwrap()],
+        )
+        .unwrap();
+    let stored = f.reports(&d).unwrap();
+    assert_eq!(stored[0].report, as_current(&old));
+    // The same report resent by an upgraded agent (form 2, no buckets) is no conflict.
+    f.store_reports(&[(d.id, 1, &as_current(&old))]).unwrap();
+    assert!(
+        f.events(None, 100)
+            .unwrap()
+            .iter()
+            .all(|e| e.kind != "report-conflict")
+    );
+    // A blob in form 2 whose buckets are not on the shared bounds is reported as damaged.
+    let mut bad = postcard::to_allocvec(&as_current(&old)).unwrap();
+    bad.push(1);
+    bad.extend(postcard::to_allocvec(&(vec![1u32; 3], 0u64)).unwrap());
+    f.conn
+        .execute("UPDATE metrics SET report = ?1, report_form = 2", [bad])
+        .unwrap();
+    let e = f.reports(&d).unwrap_err().to_string();
+    assert!(e.contains("3 counts, expected 19"), "{e}");
+}

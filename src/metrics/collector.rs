@@ -5,7 +5,7 @@ use super::drift::{FeatureDrift, RunningMoments, psi_milli};
 use super::exposition::{Exposition, Format, Kind};
 use super::histogram::{EXPOSED_BOUNDS_US, ExposedBuckets, LatencyHistogram};
 use super::system::SystemFigures;
-use super::{MetricsError, Percentiles, Report};
+use super::{LatencyBuckets, MetricsError, Percentiles, Report};
 use crate::graph::DType;
 use crate::graph::sections::DriftBaseline;
 
@@ -294,6 +294,7 @@ impl Collector {
             shadow: None,
             samples: Vec::new(),
             samples_dropped: 0,
+            latency_buckets: Some(LatencyBuckets::from_exposed(&w.exposed)),
         };
         self.window.reset();
         self.window_features

@@ -57,6 +57,12 @@ impl ExposedBuckets {
         out
     }
 
+    /// Latencies in each interval (not cumulative): `(bound[i-1], bound[i]]` at index `i`,
+    /// those above the last bound at the end.
+    pub fn counts(&self) -> &[u64; EXPOSED_BOUNDS_US.len() + 1] {
+        &self.counts
+    }
+
     /// Latencies counted.
     pub fn count(&self) -> u64 {
         self.counts.iter().fold(0u64, |a, &c| a.saturating_add(c))

@@ -52,8 +52,11 @@ pub use histogram::{
 };
 pub use queue::{MAX_QUEUE_CAPACITY, MAX_REPORT_FILE_BYTES, ReportQueue};
 pub use recent::{Feedback, LabelledSample, MAX_RECENT_VALUES, Outcome, RecentPredictions};
+#[cfg(test)]
+pub(crate) use report::compat as report_compat;
 pub use report::{
-    LabelledInput, MAX_REPORT_SAMPLE_VALUES, MAX_REPORT_SAMPLES, Percentiles, Report, ShadowReport,
+    BucketCountMismatch, LATENCY_BUCKETS, LabelledInput, LatencyBuckets, MAX_REPORT_SAMPLE_VALUES,
+    MAX_REPORT_SAMPLES, Percentiles, Report, ReportDecodeError, ReportV2, ShadowReport,
 };
 pub use system::{SystemFigures, cpu_temp_milli_c, rss_kib};
 

@@ -5,7 +5,7 @@
 //! One file per report and one state file, all little-endian:
 //!
 //! ```text
-//! {seq:020}.report   magic "PRQR" | seq u64 | postcard(Report) | CRC-32 of all before
+//! {seq:020}.report   magic "PRQ2" | seq u64 | postcard(ReportV2) | CRC-32 of all before
 //! state              magic "PRQE" | next_seq u64 | carried_dropped u32 | epoch u64
 //!                    | CRC-32 of all before
 //! *.tmp              a write in progress (removed on open)
@@ -14,7 +14,9 @@
 //! The epoch is a random number made with the state file: a queue that starts over (a wiped
 //! or new directory, numbers from 1 again) has another one, so the host tells its reports
 //! from the old ones with the same numbers. A state file of the first layout (magic
-//! "PRQS", without the epoch) is read as epoch 0.
+//! "PRQS", without the epoch) is read as epoch 0. A report file of the first layout (magic
+//! "PRQR", the report in form 1, before latency buckets) is read as a report without buckets
+//! (see [`super::report`] for the two forms).
 //!
 //! Every write goes to a `.tmp` file, is fsynced, renamed over its name, and the directory is
 //! fsynced, so after a power cut or `kill -9` each file holds either its old or its new
@@ -27,13 +29,14 @@
 //! disk and counted as dropped (it is then both sent and counted, once); nothing else is
 //! lost or counted twice.
 
-use super::{MetricsError, Report};
+use super::{MetricsError, Report, ReportV2};
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-const REPORT_MAGIC: &[u8; 4] = b"PRQR";
+const REPORT_MAGIC: &[u8; 4] = b"PRQ2";
+const REPORT_MAGIC_V1: &[u8; 4] = b"PRQR";
 const STATE_MAGIC: &[u8; 4] = b"PRQE";
 const STATE_MAGIC_V1: &[u8; 4] = b"PRQS";
 const STATE_FILE: &str = "state";
@@ -130,23 +133,29 @@ fn encode_report(seq: u64, report: &Report) -> Result<Vec<u8>, MetricsError> {
     let mut bytes = Vec::with_capacity(256);
     bytes.extend_from_slice(REPORT_MAGIC);
     bytes.extend_from_slice(&seq.to_le_bytes());
-    let bytes =
-        postcard::to_extend(report, bytes).map_err(|e| MetricsError::Encode(e.to_string()))?;
+    let bytes = postcard::to_extend(&ReportV2(report.clone()), bytes)
+        .map_err(|e| MetricsError::Encode(e.to_string()))?;
     Ok(with_crc(bytes))
 }
 
 fn decode_report(bytes: &[u8], seq: u64) -> Result<Report, String> {
     let body = check_crc(bytes)?;
-    if body.get(..4) != Some(&REPORT_MAGIC[..]) {
-        return Err("not a queued report (bad magic)".into());
-    }
+    let form2 = match body.get(..4) {
+        Some(m) if m == REPORT_MAGIC => true,
+        Some(m) if m == REPORT_MAGIC_V1 => false,
+        _ => return Err("not a queued report (bad magic)".into()),
+    };
     let stored = u64_at(body, 4).ok_or("too short for a sequence number")?;
     if stored != seq {
         return Err(format!(
             "holds sequence number {stored}, its name says {seq}"
         ));
     }
-    postcard::from_bytes(&body[12..]).map_err(|e| format!("report does not decode: {e}"))
+    if form2 {
+        ReportV2::decode(&body[12..]).map_err(|e| e.to_string())
+    } else {
+        postcard::from_bytes(&body[12..]).map_err(|e| format!("report does not decode: {e}"))
+    }
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
@@ -580,6 +589,44 @@ mod tests {
             let seq = q.push(report(9)).unwrap();
             proptest::prop_assert!(seq > pending.iter().map(|p| p.0).max().unwrap_or(0));
         }
+    }
+
+    #[test]
+    fn reports_queued_in_form_1_still_load_and_form_2_keeps_the_buckets() {
+        use crate::metrics::report::compat::{as_current, old_report};
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = ReportQueue::open(dir.path(), 8).unwrap();
+        let mut with_buckets = report(5);
+        with_buckets.latency_buckets = Some(
+            crate::metrics::LatencyBuckets::new(vec![1; crate::metrics::LATENCY_BUCKETS], 9)
+                .unwrap(),
+        );
+        assert_eq!(q.push(with_buckets.clone()).unwrap(), 1);
+        drop(q);
+        // What an agent from before latency buckets left in its queue: "PRQR", form 1.
+        let old = old_report();
+        let mut bytes = REPORT_MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&7u64.to_le_bytes());
+        let bytes = with_crc(postcard::to_extend(&old, bytes).unwrap());
+        fs::write(dir.path().join(report_name(7)), bytes).unwrap();
+        let mut q = ReportQueue::open(dir.path(), 8).unwrap();
+        assert_eq!(q.skipped(), 0);
+        assert_eq!(q.get(1), Some(with_buckets));
+        assert_eq!(q.get(7), Some(as_current(&old)));
+        let file = fs::read(dir.path().join(report_name(1))).unwrap();
+        assert_eq!(&file[..4], b"PRQ2");
+    }
+
+    #[test]
+    fn a_queued_report_with_a_wrong_bucket_count_is_skipped_naming_it() {
+        let r = report(5);
+        let mut bytes = REPORT_MAGIC.to_vec();
+        bytes.extend_from_slice(&3u64.to_le_bytes());
+        let mut bytes = postcard::to_extend(&r, bytes).unwrap();
+        bytes.push(1);
+        let bytes = with_crc(postcard::to_extend(&(vec![0u32; 4], 0u64), bytes).unwrap());
+        let e = decode_report(&bytes, 3).unwrap_err();
+        assert!(e.contains("4 counts, expected 19"), "{e}");
     }
 
     #[test]

@@ -45,8 +45,8 @@ pub const DEFAULT_FILE: &str = "perch-registry.db";
 pub const ENV_VAR: &str = "PERCH_REGISTRY";
 
 /// Version of the database layout this build reads and writes (SQLite `user_version`): the
-/// registry's tables (layouts 1 and 2) and the fleet's (3 and 4, `crate::fleet::schema`).
-pub const SCHEMA_VERSION: i64 = 4;
+/// registry's tables (layouts 1 and 2) and the fleet's (3 to 5, `crate::fleet::schema`).
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +276,7 @@ impl Registry {
                     tx.execute_batch("ALTER TABLE versions ADD COLUMN data_files TEXT;")
                         .map_err(sql)?;
                 }
-                // Layouts 3 and 4 are the fleet's: it creates and migrates its own tables.
+                // Layouts 3 to 5 are the fleet's: it creates and migrates its own tables.
                 crate::fleet::schema::migrate(tx, found).map_err(sql)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(sql)

@@ -222,7 +222,7 @@ fn a_layout_1_database_gains_data_files_and_fleet_tables_and_keeps_its_versions(
     // Make it a layout-1 database, as perch 0.1's first registry wrote it.
     reg.conn
         .execute_batch(
-            "ALTER TABLE versions DROP COLUMN data_files; DROP TABLE feedback_samples; DROP TABLE rollouts; DROP TABLE alerts; DROP TABLE events; DROP TABLE metrics;
+            "ALTER TABLE versions DROP COLUMN data_files; DROP TABLE latency_bucket_totals; DROP TABLE latency_totals; DROP TABLE feedback_samples; DROP TABLE rollouts; DROP TABLE alerts; DROP TABLE events; DROP TABLE metrics;
              DROP TABLE epochs; DROP TABLE assignments; DROP TABLE counters; DROP TABLE push_targets; DROP TABLE pushes; DROP TABLE devices;
              PRAGMA user_version = 1;",
         )

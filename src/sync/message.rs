@@ -2,7 +2,7 @@
 //! during the handshake, and seals each after it.
 
 use super::auth::{EPHEMERAL_LEN, PROOF_LEN};
-use crate::metrics::Report;
+use crate::metrics::{Report, ReportV2};
 use serde::{Deserialize, Serialize};
 
 /// A model as the device and host name it.
@@ -150,9 +150,44 @@ pub enum Message {
         /// The active model, if any.
         model: Option<ModelRef>,
     },
+    /// Device → host, protocol 3 on: one window of metrics with its latency buckets (the
+    /// report in form 2); resent until acknowledged, like `Metrics`, which a session of
+    /// protocol 2 sends instead.
+    MetricsV2 {
+        /// Per-device sequence number, increasing, never reused.
+        seq: u64,
+        /// The figures.
+        report: ReportV2,
+    },
 }
 
 impl Message {
+    /// Report `seq` as a session of protocol `protocol` sends it: `MetricsV2` from
+    /// version 3 on, else `Metrics` (whose report has no latency buckets).
+    pub fn metrics(protocol: u16, seq: u64, report: Report) -> Message {
+        if protocol >= 3 {
+            Message::MetricsV2 {
+                seq,
+                report: ReportV2(report),
+            }
+        } else {
+            Message::Metrics { seq, report }
+        }
+    }
+
+    /// The sequence number and report of a `Metrics` or `MetricsV2`; any other message
+    /// is handed back.
+    pub fn into_report(self) -> Result<(u64, Report), Box<Message>> {
+        match self {
+            Message::Metrics { seq, report }
+            | Message::MetricsV2 {
+                seq,
+                report: ReportV2(report),
+            } => Ok((seq, report)),
+            other => Err(Box::new(other)),
+        }
+    }
+
     /// The variant's name, for logs (never the content, which may be large).
     pub fn name(&self) -> &'static str {
         match self {
@@ -171,6 +206,59 @@ impl Message {
             Message::Rejected { .. } => "Rejected",
             Message::RolledBack { .. } => "RolledBack",
             Message::Heartbeat { .. } => "Heartbeat",
+            Message::MetricsV2 { .. } => "MetricsV2",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::report_compat::{as_current, old_report};
+    use crate::metrics::{LATENCY_BUCKETS, LatencyBuckets};
+
+    #[test]
+    fn an_old_agents_metrics_still_decode_off_the_wire() {
+        // What a protocol-2 agent sends: variant 5, seq, the report in form 1.
+        let old = old_report();
+        let mut bytes = vec![5, 9];
+        bytes.extend(postcard::to_allocvec(&old).unwrap());
+        let m: Message = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(m.clone().into_report().unwrap(), (9, as_current(&old)));
+        assert_eq!(postcard::to_allocvec(&m).unwrap(), bytes);
+        assert_eq!(Message::metrics(2, 9, as_current(&old)), m);
+    }
+
+    #[test]
+    fn protocol_3_sends_the_buckets_as_metrics_v2() {
+        let mut r = as_current(&old_report());
+        r.latency_buckets = Some(LatencyBuckets::new(vec![2; LATENCY_BUCKETS], 77).unwrap());
+        let m = Message::metrics(3, 4, r.clone());
+        assert_eq!(m.name(), "MetricsV2");
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        assert_eq!(bytes[..2], [15, 4]);
+        let back: Message = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.into_report().unwrap(), (4, r.clone()));
+        // Protocol 2 cannot carry them: the report goes without.
+        let (_, sent) = Message::metrics(2, 4, r).into_report().unwrap();
+        let on_wire: Message = postcard::from_bytes(
+            &postcard::to_allocvec(&Message::Metrics {
+                seq: 4,
+                report: sent,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(on_wire.into_report().unwrap().1.latency_buckets, None);
+    }
+
+    #[test]
+    fn a_metrics_v2_with_a_wrong_bucket_count_is_refused() {
+        let r = as_current(&old_report());
+        let mut bytes = vec![15, 1];
+        bytes.extend(postcard::to_allocvec(&r).unwrap());
+        bytes.push(1);
+        bytes.extend(postcard::to_allocvec(&(vec![0u32; 18], 0u64)).unwrap());
+        assert!(postcard::from_bytes::<Message>(&bytes).is_err());
     }
 }

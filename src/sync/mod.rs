@@ -22,9 +22,11 @@ pub mod server;
 pub use connection::{ConnectionError, FrameReader, FrameWriter, Received};
 pub use message::{Message, ModelRef, Role};
 
-/// The protocol version this build speaks. Version 2 authenticates the host to the device
-/// and seals every frame after the handshake; version 1 did neither and is not spoken.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The newest protocol version this build speaks. Version 2 authenticates the host to the
+/// device and seals every frame after the handshake; version 1 did neither and is not
+/// spoken. Version 3 adds `MetricsV2`, a report with its latency buckets; a session of
+/// version 2 sends `Metrics` (the report without them) instead.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Oldest protocol version this build still speaks (a device never speaks an older one: a
 /// peer could otherwise talk it down to a version without host authentication).

@@ -1,9 +1,10 @@
 //! Both `/metrics` endpoints, scraped from running binaries (`perch-host serve --http` and
 //! `perch agent` with an iris model pushed to it) and read with the strict parser
 //! `perch::metrics::exposition::parse`, in both text formats: types right, the agent's
-//! latency histogram aggregatable (cumulative, `+Inf` equal to `_count`, the bounds every
-//! device shares), no `model`/`version` labels on counters or `up`, features named by the
-//! model's metadata. Also: `Allow` on a 405 from either server, the host's `/healthz`.
+//! latency histograms aggregatable (the agent's and the host's per device: cumulative, `+Inf`
+//! equal to `_count`, the bounds every device shares; the host's counts every request the
+//! agent served once its reports arrived), no `model`/`version` labels on counters or `up`,
+//! features named by the model's metadata. Also: `Allow` on a 405 from either server, the host's `/healthz`.
 use crate::harness::{Agent, Host, corpus_dir};
 use perch::metrics::exposition::{Parsed, parse};
 use perch::metrics::{EXPOSED_BOUNDS_US, Format};
@@ -118,6 +119,45 @@ fn no_model_labels_outside_info(parsed: &Parsed, who: &str) {
     }
 }
 
+/// The histogram `family` of the series with `labels`: its `le` bounds and cumulative
+/// counts in order (checked to be the shared bounds, then `+Inf`, and never to fall), and
+/// its `_count`, which must equal the `+Inf` bucket.
+fn histogram(parsed: &Parsed, family: &str, labels: &[(&str, &str)]) -> (Vec<f64>, f64) {
+    let bucket = format!("{family}_bucket");
+    assert_eq!(parsed.type_of(&bucket), Some("histogram"), "{family}");
+    let buckets: Vec<(f64, f64)> = parsed
+        .samples
+        .iter()
+        .filter(|s| s.name == bucket && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+        .map(|s| {
+            (
+                s.label("le").and_then(|l| l.parse().ok()).expect("le"),
+                s.value,
+            )
+        })
+        .collect();
+    let want: Vec<f64> = EXPOSED_BOUNDS_US
+        .iter()
+        .map(|&us| us as f64 / 1e6)
+        .chain([f64::INFINITY])
+        .collect();
+    let les: Vec<f64> = buckets.iter().map(|b| b.0).collect();
+    assert_eq!(les, want, "{family}: the bounds every device shares");
+    let counts: Vec<f64> = buckets.iter().map(|b| b.1).collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "{family}: not cumulative: {counts:?}"
+    );
+    let count = value(parsed, &format!("{family}_count"), labels).expect("_count");
+    assert_eq!(
+        counts.last().copied(),
+        Some(count),
+        "{family}: +Inf is _count"
+    );
+    assert!(value(parsed, &format!("{family}_sum"), labels).is_some_and(|s| s > 0.0));
+    (counts, count)
+}
+
 fn value(parsed: &Parsed, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     parsed
         .samples
@@ -175,18 +215,7 @@ fn agent_and_host_metrics_follow_the_prometheus_conventions() {
     assert_eq!(value(&a, "perch_requests_total", &[]), Some(12.0));
     assert_eq!(value(&a, "perch_latency_seconds_count", &[]), Some(12.0));
     // The bounds are the ones every device uses, so buckets sum across a fleet.
-    let les: Vec<f64> = a
-        .samples
-        .iter()
-        .filter(|s| s.name == "perch_latency_seconds_bucket")
-        .filter_map(|s| s.label("le")?.parse().ok())
-        .collect();
-    let want: Vec<f64> = EXPOSED_BOUNDS_US
-        .iter()
-        .map(|&us| us as f64 / 1e6)
-        .chain([f64::INFINITY])
-        .collect();
-    assert_eq!(les, want);
+    histogram(&a, "perch_latency_seconds", &[]);
     let info: Vec<_> = a
         .samples
         .iter()
@@ -252,6 +281,34 @@ fn agent_and_host_metrics_follow_the_prometheus_conventions() {
         .collect();
     assert_eq!(psi_features.len(), 4, "{psi_features:?}");
     assert!(psi_features.contains(&"petal_width_cm"), "{psi_features:?}");
+
+    // The host's latency is a histogram too, per device, and once the agent's last window
+    // reached the host it has counted every request the agent served, exactly.
+    assert_eq!(
+        h.type_of("perch_device_latency_seconds_bucket"),
+        Some("histogram")
+    );
+    let served = value(&scrape(agent.http), "perch_requests_total", &[]).expect("requests");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (host_buckets, host_count) = loop {
+        let h = scrape(web);
+        let (buckets, count) = histogram(&h, "perch_device_latency_seconds", &[("device", "pi")]);
+        if count >= served {
+            break (buckets, count);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the host counted {count} latencies, the agent served {served}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(host_count, served);
+    let (agent_buckets, agent_count) = histogram(&scrape(agent.http), "perch_latency_seconds", &[]);
+    assert_eq!(
+        (host_buckets, host_count),
+        (agent_buckets, agent_count),
+        "the host's buckets are the agent's"
+    );
 
     // 405 names what is allowed; the host has a health endpoint.
     let refused = request(

@@ -142,7 +142,7 @@ impl Fleet {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, received_unix_s, report FROM metrics WHERE device_id = ?1
+                "SELECT seq, received_unix_s, report, report_form FROM metrics WHERE device_id = ?1
                  ORDER BY run DESC, seq DESC LIMIT ?2",
             )
             .map_err(self.sql())?;
@@ -154,7 +154,8 @@ impl Fleet {
             received = Some(received.map_or(at, |t: i64| t.max(at)));
             let blob = r.get_ref(2).map_err(self.sql())?;
             let blob = blob.as_blob().map_err(|e| self.sql()(e.into()))?;
-            match decode_report(device, seq, blob) {
+            let form: i64 = r.get(3).map_err(self.sql())?;
+            match decode_report(device, seq, form, blob) {
                 Ok(report) => reports.push(report),
                 Err(e) => warn_damaged(&e),
             }

@@ -318,7 +318,14 @@ mod tests {
                 })),
             )
             .expect("seen");
-        let (r1, r2) = (report(1_000_000, 600), report(1_060_000, 1200));
+        let mut exposed = crate::metrics::ExposedBuckets::default();
+        [40, 40, 700].iter().for_each(|&us| exposed.record(us));
+        // The first report is from before latency buckets, the second carries them.
+        let r1 = report(1_000_000, 600);
+        let r2 = Report {
+            latency_buckets: Some(crate::metrics::LatencyBuckets::from_exposed(&exposed)),
+            ..report(1_060_000, 1200)
+        };
         fleet
             .store_reports(&[(a.id, 1, &r1), (a.id, 2, &r2)])
             .expect("store");
@@ -362,11 +369,28 @@ mod tests {
         assert_eq!(get("perch_device_up", "pi-2", None), Some(0.0));
         assert_eq!(
             get(
-                "perch_device_latency_seconds",
+                "perch_device_window_latency_seconds",
                 "pi-1",
                 Some(("quantile", "0.95"))
             ),
             Some(0.0018)
+        );
+        // The report without buckets is counted apart, the other is the histogram.
+        assert_eq!(
+            get(
+                "perch_device_reports_without_latency_buckets_total",
+                "pi-1",
+                None
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            get("perch_device_latency_seconds_count", "pi-1", None),
+            Some(3.0)
+        );
+        assert_eq!(
+            get("perch_device_latency_seconds_count", "pi-2", None),
+            None
         );
         assert_eq!(
             get("perch_device_feature_psi", "pi-1", Some(("feature", "1"))),
@@ -399,15 +423,42 @@ mod tests {
 
         // Only the rows stored since the last scrape are summed again.
         let a = fleet.device("pi-1").expect("db").expect("pi-1");
+        let mut exposed = crate::metrics::ExposedBuckets::default();
+        [40, 40, 700, 700, 700, 30_000_000]
+            .iter()
+            .for_each(|&us| exposed.record(us));
+        let bucketed = Report {
+            latency_buckets: Some(crate::metrics::LatencyBuckets::from_exposed(&exposed)),
+            ..report(1_120_000, 60)
+        };
         fleet
-            .store_reports(&[(a.id, 3, &report(1_120_000, 60))])
+            .store_reports(&[(a.id, 3, &bucketed), (a.id, 4, &bucketed)])
             .expect("store");
         let text = String::from_utf8(dash.route("/metrics").body).expect("utf-8");
         crate::metrics::exposition::tests::check_exposition(&text);
         assert!(
-            text.contains("perch_device_requests_total{device=\"pi-1\",group=\"lab\"} 1860\n"),
+            text.contains("perch_device_requests_total{device=\"pi-1\",group=\"lab\"} 1920\n"),
             "{text}"
         );
+        let h = "perch_device_latency_seconds";
+        for (le, want) in [
+            ("0.000025", 0),
+            ("0.00005", 6),
+            ("0.001", 13),
+            ("10.0", 13),
+            ("+Inf", 15),
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "{h}_bucket{{device=\"pi-1\",group=\"lab\",le=\"{le}\"}} {want}\n"
+                )),
+                "le {le}: {text}"
+            );
+        }
+        assert!(text.contains(&format!("{h}_count{{device=\"pi-1\",group=\"lab\"}} 15\n")));
+        assert!(text.contains(&format!(
+            "{h}_sum{{device=\"pi-1\",group=\"lab\"}} 60.00514\n"
+        )));
 
         // A device removed and registered again starts from zero.
         fleet.remove_device("pi-1").expect("remove");

@@ -1,12 +1,13 @@
 //! `GET /metrics`: the fleet in the Prometheus text format (0.0.4, or OpenMetrics 1.0.0
 //! when asked for), written with the shared [`Exposition`]: per-device series labelled
-//! `device` and `group`, the model each device runs in `perch_device_model_info`, alerts
-//! by rule and rollouts by state. The series are listed in `docs/dashboard.md`.
+//! `device` and `group`, the model each device runs in `perch_device_model_info`, each
+//! device's latency as a histogram on the bounds every device shares (from the fleet's
+//! running totals, so it only grows), alerts by rule and rollouts by state. The series are listed in `docs/dashboard.md`.
 
 use super::api::{self, is_up};
 use super::{Dashboard, Totals};
 use crate::fleet::{FleetError, now_unix_s};
-use crate::metrics::{Exposition, Format, Kind};
+use crate::metrics::{EXPOSED_BOUNDS_US, Exposition, Format, Kind};
 use crate::registry::{ArtifactFormat, ModelRef};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
@@ -101,7 +102,8 @@ fn feature_names(
 
 /// The whole `/metrics` text in `format`.
 pub(super) fn render(d: &mut Dashboard, format: Format) -> Result<String, FleetError> {
-    use Kind::{Counter, Gauge, Info};
+    use Kind::{Counter, Gauge, Histogram, Info};
+    let bounds = EXPOSED_BOUNDS_US.map(|us| us as f64 / 1e6);
     let mut e = Exposition::new();
     e.family(
         "perch_device_up",
@@ -145,8 +147,18 @@ pub(super) fn render(d: &mut Dashboard, format: Format) -> Result<String, FleetE
     );
     e.family(
         "perch_device_latency_seconds",
+        Histogram,
+        "Prediction latency over every report the device sent with buckets, on bounds shared by all devices (sum by le across devices for fleet quantiles).",
+    );
+    e.family(
+        "perch_device_reports_without_latency_buckets",
+        Counter,
+        "Reports from the device without latency buckets (an agent older than sync protocol 3): not in perch_device_latency_seconds.",
+    );
+    e.family(
+        "perch_device_window_latency_seconds",
         Gauge,
-        "Prediction latency percentiles of the device's latest report window (reports carry percentiles, not buckets).",
+        "Prediction latency percentiles of the device's latest report window, as the device computed them (within 3.125 %, finer than the histogram's buckets).",
     );
     e.family(
         "perch_device_feature_psi",
@@ -214,6 +226,24 @@ pub(super) fn render(d: &mut Dashboard, format: Format) -> Result<String, FleetE
             &labels,
             totals.feedback_correct as f64,
         );
+        let latency = d.fleet.latency_totals(&dev)?;
+        if latency.bucketed_reports > 0 {
+            let cumulative = latency.cumulative();
+            let (finite, all) = cumulative.split_at(EXPOSED_BOUNDS_US.len());
+            e.histogram(
+                "perch_device_latency_seconds",
+                &labels,
+                &bounds,
+                finite,
+                latency.sum_us as f64 / 1e6,
+                all[0],
+            );
+        }
+        e.sample(
+            "perch_device_reports_without_latency_buckets",
+            &labels,
+            latency.unbucketed_reports as f64,
+        );
         let Some(latest) = d.fleet.recent_reports(&dev, None, 1)?.pop() else {
             continue;
         };
@@ -231,7 +261,11 @@ pub(super) fn render(d: &mut Dashboard, format: Format) -> Result<String, FleetE
             ] {
                 let mut with_q = labels.to_vec();
                 with_q.push(("quantile", q));
-                e.sample("perch_device_latency_seconds", &with_q, f64::from(us) / 1e6);
+                e.sample(
+                    "perch_device_window_latency_seconds",
+                    &with_q,
+                    f64::from(us) / 1e6,
+                );
             }
         }
         let names = if r.psi_milli.is_empty() {

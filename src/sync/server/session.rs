@@ -3,6 +3,7 @@
 
 use super::{DeviceRecord, Offer, Outcome, StoreError};
 use super::{Shared, Slot, peer_event};
+use crate::metrics::ReportV2;
 use crate::sync::auth::{Ephemeral, HostHandshake};
 use crate::sync::connection::{ConnectionError, FrameReader, FrameWriter, Received};
 use crate::sync::frame::FrameError;
@@ -178,8 +179,8 @@ impl Session<'_> {
                     return Err(End::Refused {
                         kind: "protocol-mismatch",
                         reason: format!(
-                            "the first frame is not a Hello of sync protocol {} (an agent older than this host? upgrade it): {e}",
-                            crate::sync::PROTOCOL_VERSION
+                            "the first frame is not a Hello of sync protocol {} or later (an agent older than this host? upgrade it): {e}",
+                            crate::sync::MIN_PROTOCOL_VERSION
                         ),
                         tell: true,
                     });
@@ -350,15 +351,19 @@ impl Session<'_> {
             };
             last_rx = Instant::now();
             match message {
-                Message::Metrics { seq, report } => {
+                Message::Metrics { seq, report }
+                | Message::MetricsV2 {
+                    seq,
+                    report: ReportV2(report),
+                } => {
                     let mut batch = vec![(seq, report)];
                     // A device back online sends its backlog in a burst: store what has
                     // already arrived together.
                     while batch.len() < 512 {
-                        match self.reader.buffered()? {
-                            Some(Message::Metrics { seq, report }) => batch.push((seq, report)),
-                            Some(other) => {
-                                pending = Some(other);
+                        match self.reader.buffered()?.map(Message::into_report) {
+                            Some(Ok(r)) => batch.push(r),
+                            Some(Err(other)) => {
+                                pending = Some(*other);
                                 break;
                             }
                             None => break,
