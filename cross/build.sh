@@ -9,8 +9,9 @@
 # Defaults: --bin perch, --features device,onnx, --profile compact. --native-only builds
 # the device binary without ONNX (--features device), with --small-std. --small-std
 # rebuilds std for size (-Zbuild-std, std's optimize_for_size, no backtrace symbolizer;
-# panics keep their message but not their file and line: -Zlocation-detail=none), on the
-# stable toolchain in bootstrap mode with rust-src: about 200 KB less. Arguments after --
+# panics keep their message but not their file and line: -Zlocation-detail=none; no unwind
+# tables, which nothing reads with panic=abort and no symbolizer: -Cforce-unwind-tables=no),
+# on the stable toolchain in bootstrap mode with rust-src: about 330 KB less. Arguments after --
 # go to cargo, e.g. --config 'profile.compact.opt-level="z"'.
 # Honours CARGO_TARGET_DIR (default target/); build-std builds (ARMv6) use a subdirectory of
 # it, since sharing one directory with ordinary builds made each rebuild everything.
@@ -69,7 +70,7 @@ if [[ $small_std == yes ]]; then
     kept=()
     for a in "${cargo_args[@]}"; do [[ $a == -Zbuild-std=* ]] || kept+=("$a"); done
     cargo_args=("${kept[@]}" -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
-        --config "target.$target.rustflags=['-Zlocation-detail=none']")
+        --config "target.$target.rustflags=['-Zlocation-detail=none', '-Cforce-unwind-tables=no']")
 fi
 
 echo "build.sh: cargo ${cargo_args[*]} (target dir $base_dir)"
