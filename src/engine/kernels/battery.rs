@@ -779,3 +779,59 @@ fn bad_parameters_are_errors() {
         .is_err()
     );
 }
+
+/// On aarch64 the NEON families are among those every test above runs, and the kernels
+/// keep them rather than falling back to the portable one (which would make those tests
+/// compare the portable kernel with itself).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_families_are_the_ones_tested() {
+    let i8_paths = I8Path::available();
+    eprintln!(
+        "families here: f32 {:?}, int8 {:?}",
+        F32Path::available(),
+        i8_paths
+    );
+    assert!(F32Path::available().contains(&F32Path::Neon));
+    assert!(i8_paths.contains(&I8Path::Neon));
+    assert_eq!(
+        i8_paths.contains(&I8Path::NeonDot),
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    );
+    let input = U8Quant {
+        scale: 0.02,
+        zero_point: 3,
+    };
+    let output = OutputQuant::u8_with(input, Activation::Relu).expect("u8 output");
+    for g in [
+        geom([6, 6, 8], 16, [3, 3], 1, [1; 4], 1, 1),
+        geom([6, 6, 32], 32, [3, 3], 2, [1; 4], 1, 32),
+        geom([6, 6, 8], 24, [1, 1], 1, [0; 4], 1, 1),
+    ] {
+        let w = vec![1i8; g.weight_len()];
+        let scales = vec![0.01; g.out_c];
+        let bias = vec![0; g.out_c];
+        for &path in &i8_paths[1..] {
+            let conv =
+                ConvU8::with_path(g, &w, &scales, &bias, input, output, path).expect("builds");
+            assert_eq!(conv.path(), path, "{g:?}");
+        }
+        let wf = vec![0.5f32; g.weight_len()];
+        let bf = vec![0.0f32; g.out_c];
+        let conv =
+            ConvF32::with_path(g, &wf, &bf, Activation::Relu, F32Path::Neon).expect("builds");
+        assert_eq!(conv.path(), F32Path::Neon, "{g:?}");
+    }
+    let dense = DenseU8::with_path(
+        16,
+        10,
+        &[1; 160],
+        &[0.01; 10],
+        &[0; 10],
+        input,
+        output,
+        I8Path::Neon,
+    )
+    .expect("builds");
+    assert_eq!(dense.path(), I8Path::Neon);
+}

@@ -68,6 +68,9 @@ pub(super) struct PanelsI8 {
     pub(super) n: usize,
     pub(super) nr: usize,
     pub(super) data: Vec<i8>,
+    /// `panels · nr` sums `Σₖ w[kk, j]` (zero beyond `n`): the NEON kernels multiply i8
+    /// activations shifted by −128 and add `128 ·` these back.
+    pub(super) col_sums: Vec<i32>,
 }
 
 impl PanelsI8 {
@@ -76,15 +79,25 @@ impl PanelsI8 {
         let k4 = k.div_ceil(4) * 4;
         let panels = n.div_ceil(nr);
         let mut data = vec![0; panels * k4 * nr];
+        let mut col_sums = vec![0i32; panels * nr];
         for p in 0..panels {
             for kk in 0..k {
                 let q = kk / 4;
                 for j in 0..nr.min(n - p * nr) {
-                    data[((p * k4 / 4 + q) * nr + j) * 4 + kk % 4] = w(kk, p * nr + j);
+                    let v = w(kk, p * nr + j);
+                    data[((p * k4 / 4 + q) * nr + j) * 4 + kk % 4] = v;
+                    col_sums[p * nr + j] += i32::from(v);
                 }
             }
         }
-        PanelsI8 { k, k4, n, nr, data }
+        PanelsI8 {
+            k,
+            k4,
+            n,
+            nr,
+            data,
+            col_sums,
+        }
     }
 
     pub(super) fn panels(&self) -> usize {
@@ -105,7 +118,7 @@ pub(super) const PORTABLE_MR: usize = 4;
 
 /// The smallest of `widths` (ascending) that holds `n` columns, else the largest one that
 /// divides `n`, else the largest.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn pick_width(widths: &[usize], n: usize) -> usize {
     let last = widths[widths.len() - 1];
     if let Some(&w) = widths.iter().find(|&&w| w >= n) {
@@ -133,6 +146,8 @@ pub(super) fn f32_nr(path: F32Path, n: usize, gemv: bool) -> usize {
         F32Path::Avx2 if gemv => pick_width(&super::x86::gemm::AVX2_NR, n),
         #[cfg(target_arch = "x86_64")]
         F32Path::Avx2 => pick_width(&super::x86::gemm::AVX2_NR[..3], n),
+        #[cfg(target_arch = "aarch64")]
+        F32Path::Neon => pick_width(&super::neon::gemm::NEON_F32_NR, n),
     }
 }
 
@@ -142,6 +157,8 @@ pub(super) fn f32_mr(path: F32Path) -> usize {
         F32Path::Portable => PORTABLE_MR,
         #[cfg(target_arch = "x86_64")]
         _ => 24,
+        #[cfg(target_arch = "aarch64")]
+        F32Path::Neon => 8,
     }
 }
 
@@ -165,6 +182,8 @@ pub(super) fn i8_nr(path: I8Path, n: usize, gemv: bool) -> usize {
         I8Path::Avx2 if gemv => pick_width(&AVX2_I8_NR, n),
         #[cfg(target_arch = "x86_64")]
         I8Path::Avx2 => pick_width(&AVX2_I8_NR[..2], n),
+        #[cfg(target_arch = "aarch64")]
+        I8Path::Neon | I8Path::NeonDot => pick_width(&super::neon::qgemm::NEON_I8_NR, n),
     }
 }
 
@@ -174,6 +193,8 @@ pub(super) fn i8_mr(path: I8Path) -> usize {
         I8Path::Portable => PORTABLE_MR,
         #[cfg(target_arch = "x86_64")]
         _ => 24,
+        #[cfg(target_arch = "aarch64")]
+        I8Path::Neon | I8Path::NeonDot => 8,
     }
 }
 
@@ -202,6 +223,8 @@ pub(super) fn gemm_f32(
         F32Path::Avx512 => super::x86::gemm::gemm_f32_avx512(a, lda, m, w, act, y, ldy),
         #[cfg(target_arch = "x86_64")]
         F32Path::Avx2 => super::x86::gemm::gemm_f32_avx2(a, lda, m, w, act, y, ldy),
+        #[cfg(target_arch = "aarch64")]
+        F32Path::Neon => super::neon::gemm::gemm_f32(a, lda, m, w, act, y, ldy),
     }
 }
 
@@ -292,6 +315,10 @@ pub(super) fn gemm_u8i8(
         I8Path::Vnni256 => qgemm::gemm_vnni256(a, lda, m, w, epi, c0, y, ldy),
         #[cfg(target_arch = "x86_64")]
         I8Path::Avx2 => qgemm::gemm_avx2_i8(a, lda, m, w, epi, c0, y, ldy),
+        #[cfg(target_arch = "aarch64")]
+        I8Path::Neon => super::neon::qgemm::gemm_u8i8(false, a, lda, m, w, epi, c0, y, ldy),
+        #[cfg(target_arch = "aarch64")]
+        I8Path::NeonDot => super::neon::qgemm::gemm_u8i8(true, a, lda, m, w, epi, c0, y, ldy),
     }
 }
 

@@ -511,6 +511,8 @@ fn depthwise_f32(
         F32Path::Avx512 => dw::depthwise_f32_avx512(g, x, w, bias, c_pad, act, y),
         #[cfg(target_arch = "x86_64")]
         F32Path::Avx2 => dw::depthwise_f32_avx2(g, x, w, bias, c_pad, act, y),
+        #[cfg(target_arch = "aarch64")]
+        F32Path::Neon => neon::depthwise::depthwise_f32(g, x, w, bias, c_pad, act, y),
     }
 }
 
@@ -529,6 +531,10 @@ fn depthwise_u8(
     #[cfg(target_arch = "x86_64")]
     if path != I8Path::Portable && x86::qdepthwise::supports(g, epi) {
         return x86::qdepthwise::depthwise_u8_x86(g, x, zp, w, c_pad, epi, y);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if path.portable_epilogue() {
+        return neon::depthwise::depthwise_u8(g, x, zp, w, c_pad, epi, y);
     }
     let _ = path;
     qconv::depthwise_u8_portable(g, x, zp, w, c_pad, epi, y)

@@ -1,4 +1,13 @@
 //! aarch64 kernels (NEON is part of the base ISA there).
+//!
+//! - `depthwise`: depthwise convolution, f32 and u8 × i8.
+//! - `gemm`: the f32 GEMM of convolution and dense layers.
+//! - `qgemm`: the u8 × i8 GEMM, with `smull`/`sadalp` or, where the CPU has the dot-product
+//!   extension, `sdot`.
+
+pub(super) mod depthwise;
+pub(super) mod gemm;
+pub(super) mod qgemm;
 
 use std::arch::aarch64::*;
 

@@ -14,6 +14,9 @@ pub enum F32Path {
     /// AVX-512 F, 512-bit.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// NEON, 128-bit (every aarch64 CPU).
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 /// An implementation family of the u8 × i8 kernels. Every family gives the same bits.
@@ -31,6 +34,14 @@ pub enum I8Path {
     /// AVX-512 VNNI: `vpdpbusd zmm`.
     #[cfg(target_arch = "x86_64")]
     Vnni512,
+    /// NEON: activations shifted to i8 (`x - 128`, made up for by the weights' column
+    /// sums), `smull` into i16 and `sadalp` into i32 (exact).
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    /// NEON with the dot-product extension (Cortex-A55/A76 and later, e.g. the Pi 5):
+    /// `sdot`, on the same shifted activations.
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
 }
 
 /// The `PERCH_KERNELS` override (`portable` forces the portable kernels), read once.
@@ -65,6 +76,8 @@ impl F32Path {
                 v.push(F32Path::Avx512);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        v.push(F32Path::Neon);
         v
     }
 
@@ -76,6 +89,8 @@ impl F32Path {
             F32Path::Avx2 => "avx2",
             #[cfg(target_arch = "x86_64")]
             F32Path::Avx512 => "avx512",
+            #[cfg(target_arch = "aarch64")]
+            F32Path::Neon => "neon",
         }
     }
 }
@@ -86,10 +101,22 @@ impl I8Path {
     pub(super) fn epilogue_lanes(self) -> Option<(usize, bool)> {
         match self {
             I8Path::Portable => None,
+            #[cfg(target_arch = "aarch64")]
+            I8Path::Neon | I8Path::NeonDot => None,
             #[cfg(target_arch = "x86_64")]
             I8Path::Vnni512 => Some((16, true)),
             #[cfg(target_arch = "x86_64")]
             I8Path::Vnni256 | I8Path::Avx2 => Some((8, true)),
+        }
+    }
+
+    /// Whether the family's GEMM hands its i32 sums to the portable epilogue, row by row
+    /// (so it needs no lane constants and runs wherever its sums fit in i32).
+    pub(super) fn portable_epilogue(self) -> bool {
+        match self {
+            #[cfg(target_arch = "aarch64")]
+            I8Path::Neon | I8Path::NeonDot => true,
+            _ => false,
         }
     }
 
@@ -121,6 +148,13 @@ impl I8Path {
                 v.push(I8Path::Vnni512);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            v.push(I8Path::Neon);
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                v.push(I8Path::NeonDot);
+            }
+        }
         v
     }
 
@@ -134,6 +168,10 @@ impl I8Path {
             I8Path::Vnni256 => "vnni256",
             #[cfg(target_arch = "x86_64")]
             I8Path::Vnni512 => "vnni512",
+            #[cfg(target_arch = "aarch64")]
+            I8Path::Neon => "neon",
+            #[cfg(target_arch = "aarch64")]
+            I8Path::NeonDot => "neon-dot",
         }
     }
 }

@@ -316,6 +316,7 @@ impl QEpilogue {
                 self.prepare_lanes(width, even_odd, group);
                 path
             }
+            None if path.portable_epilogue() => path,
             _ => I8Path::Portable,
         }
     }
@@ -478,6 +479,7 @@ impl ConvU8 {
                     epi.prepare_lanes(if width == 16 { 16 } else { 8 }, true, geom.out_c);
                     path
                 }
+                None if path.portable_epilogue() => path,
                 _ => I8Path::Portable,
             }
         } else {
