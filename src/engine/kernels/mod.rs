@@ -254,7 +254,7 @@ enum PackedLayout {
     #[cfg(target_arch = "x86_64")]
     Vnni(Vec<i8>),
     #[cfg(target_arch = "x86_64")]
-    Avx2(Vec<i16>),
+    Avx2(Vec<i8>),
 }
 
 impl PackedI8 {
