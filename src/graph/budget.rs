@@ -181,6 +181,25 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
             .and_then(|&v| shapes.values.get(v as usize))
             .and_then(|(_, s)| s.last().copied())
             .unwrap_or(1) as u64;
+        // Values of the input padded by `padding` (`[.., h, w]`): an int8 depthwise layer
+        // with padding copies its input, padded, into scratch.
+        let padded_len = |padding: [u32; 4]| {
+            let s = node
+                .inputs
+                .first()
+                .and_then(|&v| shapes.values.get(v as usize))
+                .map(|(_, s)| s.as_slice())
+                .unwrap_or(&[]);
+            let (h, w) = match s {
+                [.., h, w] => (*h as u64, *w as u64),
+                _ => (1, 1),
+            };
+            let c = input_len / (h * w).max(1);
+            let [t, l, b, r] = padding.map(u64::from);
+            h.saturating_add(t + b)
+                .saturating_mul(w.saturating_add(l + r))
+                .saturating_mul(c)
+        };
         let (prepared, scratch) = match layer {
             Layer::Standardize { .. } => (last_axis.saturating_mul(8), 0),
             Layer::Dense { weight, bias } => {
@@ -207,6 +226,10 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
                 )
             }
             Layer::QDense { weight, bias, .. } | Layer::QConv2d { weight, bias, .. } => {
+                let padded_input = match layer {
+                    Layer::QConv2d { padding, .. } => padded_len(*padding),
+                    _ => 0,
+                };
                 let channels = u64::from(weight.shape.first().copied().unwrap_or(0));
                 let depth = (weight.numel() as u64) / channels.max(1);
                 // Two layouts of the int8 weights, per-channel tables (sums, multipliers,
@@ -217,7 +240,9 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
                     .saturating_add(tables)
                     .saturating_add(bias_bytes(bias.as_ref(), channels));
                 // A quantized row or sample under a dynamic input, and one patch.
-                let scratch = input_len.saturating_add(depth.saturating_mul(4));
+                let scratch = input_len
+                    .max(padded_input)
+                    .saturating_add(depth.saturating_mul(4));
                 (prepared, scratch)
             }
             Layer::TreeEnsemble { .. } => ((layer.param_bytes() as u64).saturating_mul(2), 0),

@@ -400,8 +400,16 @@ enum QPlan {
         tap_len: usize,
         offsets: Option<PatchOffsets>,
     },
-    /// Weights `[tap][c]` (channels padded to `c_pad`).
-    Depthwise { c_pad: usize, w: Vec<i8> },
+    /// Weights `[tap][c]` (channels padded to `c_pad`). With `padded` (SIMD families, a
+    /// layer with padding), the input is first copied into scratch with its border filled
+    /// with the zero point, so that the kernel reads every tap in place and takes no
+    /// border path: on the small maps of keyword spotting and MobileNet most pixels touch
+    /// the border.
+    Depthwise {
+        c_pad: usize,
+        w: Vec<i8>,
+        padded: bool,
+    },
 }
 
 impl ConvU8 {
@@ -494,7 +502,11 @@ impl ConvU8 {
                     w[tap * c_pad + ch] = w_at(ch, tap);
                 }
             }
-            QPlan::Depthwise { c_pad, w }
+            QPlan::Depthwise {
+                c_pad,
+                w,
+                padded: path != I8Path::Portable && geom.pad.iter().any(|&p| p > 0),
+            }
         } else {
             let nr = gemm::i8_nr(path, ocg, false);
             let im2col = !(geom.is_pointwise() && icg.is_multiple_of(4));
@@ -562,7 +574,8 @@ impl ConvU8 {
         self.epi.is_u8()
     }
 
-    /// Scratch bytes a run needs (0 for 1×1 and depthwise convolutions).
+    /// Scratch bytes a run needs: im2col tiles, or the padded input of a depthwise layer
+    /// with padding on a SIMD family; 0 for 1×1 convolutions.
     pub fn scratch_len(&self) -> usize {
         match &self.plan {
             QPlan::Gemm {
@@ -571,6 +584,7 @@ impl ConvU8 {
                 panels,
                 ..
             } => tile * panels[0].k4,
+            QPlan::Depthwise { padded: true, .. } => padded_geometry(&self.geom).input_len(),
             _ => 0,
         }
     }
@@ -606,7 +620,17 @@ impl ConvU8 {
         let pixels = g.out_h * g.out_w;
         let zp = self.input.zero_point;
         match &self.plan {
-            QPlan::Depthwise { c_pad, w } => {
+            QPlan::Depthwise {
+                c_pad,
+                w,
+                padded: true,
+            } => {
+                let gp = padded_geometry(g);
+                let xp = &mut scratch[..gp.input_len()];
+                super::pad_nhwc(x, [g.in_h, g.in_w, g.in_c], g.pad, zp, xp);
+                super::depthwise_u8(self.path, &gp, xp, zp, w, *c_pad, &self.epi, y)
+            }
+            QPlan::Depthwise { c_pad, w, .. } => {
                 super::depthwise_u8(self.path, g, x, zp, w, *c_pad, &self.epi, y)
             }
             QPlan::Gemm {
@@ -692,6 +716,16 @@ impl ConvU8 {
             gemm::gemm_u8i8(self.path, rows, pn.k4, m, pn, &self.epi, c0, dst, g.out_c);
             p0 += m;
         }
+    }
+}
+
+/// `g` over its input padded by `g.pad`: the same outputs from a larger input, no padding.
+pub(super) fn padded_geometry(g: &ConvGeometry) -> ConvGeometry {
+    ConvGeometry {
+        in_h: g.in_h + g.pad[0] + g.pad[2],
+        in_w: g.in_w + g.pad[1] + g.pad[3],
+        pad: [0; 4],
+        ..*g
     }
 }
 
