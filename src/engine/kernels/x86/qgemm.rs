@@ -840,7 +840,7 @@ unsafe fn gemm_vnni256_impl<const IN_PLACE: bool>(
         match w.nr {
             8 => gemm::<Vnni256, 8, 1, IN_PLACE>(a, m, w, l, c0, y, ldy),
             16 => gemm::<Vnni256, 6, 2, IN_PLACE>(a, m, w, l, c0, y, ldy),
-            32 => gemm::<Vnni256, 3, 4, IN_PLACE>(a, m, w, l, c0, y, ldy),
+            32 => gemm::<Vnni256, 2, 4, IN_PLACE>(a, m, w, l, c0, y, ldy),
             _ => gemm::<Vnni256, 1, 8, IN_PLACE>(a, m, w, l, c0, y, ldy),
         }
     }
