@@ -293,8 +293,24 @@ impl InputValues {
                 }
                 InputValues::F32(values.to_vec())
             }
-            DType::I8 => InputValues::I8(ints(spec, values, first_row, (-128, 127))?),
-            DType::U8 => InputValues::U8(ints(spec, values, first_row, (0, 255))?),
+            // The common case (every value fits) checked and converted by the kernels;
+            // `ints` names the first value that does not fit.
+            DType::I8 => {
+                let mut bytes = vec![0u8; values.len()];
+                if crate::engine::kernels::whole_numbers_to_bytes(values, true, &mut bytes) {
+                    InputValues::I8(bytes.into_iter().map(|b| b as i8).collect())
+                } else {
+                    InputValues::I8(ints(spec, values, first_row, (-128, 127))?)
+                }
+            }
+            DType::U8 => {
+                let mut bytes = vec![0u8; values.len()];
+                if crate::engine::kernels::whole_numbers_to_bytes(values, false, &mut bytes) {
+                    InputValues::U8(bytes)
+                } else {
+                    InputValues::U8(ints(spec, values, first_row, (0, 255))?)
+                }
+            }
             DType::I64 => InputValues::I64(ints(spec, values, first_row, (i64::MIN, i64::MAX))?),
         })
     }

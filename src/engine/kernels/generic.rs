@@ -381,6 +381,23 @@ pub fn csr_dense_batched(
     }
 }
 
+/// Portable [`super::whole_numbers_to_bytes`].
+pub(super) fn whole_numbers_to_bytes(x: &[f32], signed: bool, y: &mut [u8]) -> bool {
+    let (lo, hi) = if signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    };
+    let mut ok = true;
+    for (b, &v) in y.iter_mut().zip(x) {
+        // Saturating casts: a value out of range or NaN fails the comparisons.
+        let i = v as i32;
+        ok &= v >= lo && v <= hi && i as f32 == v;
+        *b = i as u8;
+    }
+    ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

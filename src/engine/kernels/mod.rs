@@ -357,6 +357,22 @@ pub fn softmax(x: &[f32], axis_len: usize, y: &mut [f32]) {
     generic::softmax(x, axis_len, y)
 }
 
+/// Whether every value of `x` is a whole number in `-128..=127` (`signed`) or `0..=255`,
+/// writing each, as its byte (two's complement for signed), to `y` (as long as `x`) if so;
+/// `y` holds unspecified bytes when not. The int8 and uint8 inputs of a model, given as
+/// numbers: a check and a conversion per value, which SSE2 does four at a time.
+pub fn whole_numbers_to_bytes(x: &[f32], signed: bool, y: &mut [u8]) -> bool {
+    assert_eq!(x.len(), y.len(), "whole_numbers_to_bytes lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::whole_numbers_to_bytes_sse2(x, signed, y)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        generic::whole_numbers_to_bytes(x, signed, y)
+    }
+}
+
 /// [`int8::quantize`]: `y = clamp(round_half_even(x / scale) + zero_point, 0, 255)`;
 /// every implementation gives identical results.
 pub fn quantize_u8(x: &[f32], scale: f32, zero_point: u8, y: &mut [u8]) {
@@ -561,6 +577,65 @@ fn add_u8_dispatch(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    /// Whole numbers in range convert to their bytes on every path; anything else (a
+    /// fraction, out of range, NaN, infinite) anywhere, in the SIMD part or the tail,
+    /// fails the whole slice.
+    #[test]
+    fn whole_numbers_convert_to_bytes_or_fail() {
+        let signed: Vec<f32> = (-128..=127).map(|v| v as f32).chain([-0.0]).collect();
+        let unsigned: Vec<f32> = (0..=255).map(|v| v as f32).collect();
+        for (values, is_signed) in [(&signed, true), (&unsigned, false)] {
+            for len in [0, 1, 3, 4, 5, 7, 8, values.len()] {
+                let x = &values[..len];
+                let want: Vec<u8> = x.iter().map(|&v| v as i32 as u8).collect();
+                let mut y = vec![0xa5; len];
+                assert!(super::whole_numbers_to_bytes(x, is_signed, &mut y));
+                assert_eq!(y, want);
+                let mut y = vec![0xa5; len];
+                assert!(super::generic::whole_numbers_to_bytes(x, is_signed, &mut y));
+                assert_eq!(y, want);
+            }
+            let bad_values = if is_signed {
+                [
+                    127.5,
+                    128.0,
+                    -129.0,
+                    0.25,
+                    f32::NAN,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    1e10,
+                ]
+            } else {
+                [
+                    255.5,
+                    256.0,
+                    -1.0,
+                    0.25,
+                    f32::NAN,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    -0.5,
+                ]
+            };
+            for bad in bad_values {
+                for at in [0, 2, 5, 9] {
+                    let mut x = values[..10].to_vec();
+                    x[at] = bad;
+                    let mut y = vec![0; 10];
+                    assert!(
+                        !super::whole_numbers_to_bytes(&x, is_signed, &mut y),
+                        "{bad} at {at}"
+                    );
+                    assert!(
+                        !super::generic::whole_numbers_to_bytes(&x, is_signed, &mut y),
+                        "{bad} at {at}"
+                    );
+                }
+            }
+        }
+    }
 
     fn bytes(n: usize, seed: u32) -> Vec<u8> {
         (0..n)

@@ -971,3 +971,44 @@ unsafe fn softmax_row(x: &[f32], y: &mut [f32]) -> bool {
     y.iter_mut().for_each(|v| *v *= inv);
     true
 }
+
+/// SSE2 (part of x86_64) [`super::whole_numbers_to_bytes`]: four values per step, the range
+/// and wholeness checked by comparisons (`cvttps2dq` and back), then packed to bytes with
+/// saturation (in range, so exact).
+pub(super) fn whole_numbers_to_bytes_sse2(x: &[f32], signed: bool, y: &mut [u8]) -> bool {
+    assert_eq!(x.len(), y.len());
+    let main = x.len() / 4 * 4;
+    let (lo, hi) = if signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    };
+    // SAFETY: SSE2 is part of x86_64; loads of four values at i + 4 <= main <= x.len(), and
+    // stores of four bytes at the same offsets into y (as long as x).
+    let ok = unsafe {
+        let (vlo, vhi) = (_mm_set1_ps(lo), _mm_set1_ps(hi));
+        let mut good = _mm_castsi128_ps(_mm_set1_epi32(-1));
+        let mut i = 0;
+        while i < main {
+            let v = _mm_loadu_ps(x.as_ptr().add(i));
+            let q = _mm_cvttps_epi32(v);
+            let whole = _mm_cmpeq_ps(_mm_cvtepi32_ps(q), v);
+            let inside = _mm_and_ps(_mm_cmpge_ps(v, vlo), _mm_cmple_ps(v, vhi));
+            good = _mm_and_ps(good, _mm_and_ps(whole, inside));
+            let w = _mm_packs_epi32(q, q);
+            let b = if signed {
+                _mm_packs_epi16(w, w)
+            } else {
+                _mm_packus_epi16(w, w)
+            };
+            y.as_mut_ptr()
+                .add(i)
+                .cast::<i32>()
+                .write_unaligned(_mm_cvtsi128_si32(b));
+            i += 4;
+        }
+        _mm_movemask_ps(good) == 0xf
+    };
+    let tail_ok = super::generic::whole_numbers_to_bytes(&x[main..], signed, &mut y[main..]);
+    ok && tail_ok
+}
