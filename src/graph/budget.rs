@@ -170,27 +170,17 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
         plan.weights_bytes = plan
             .weights_bytes
             .saturating_add(layer.param_bytes() as u64);
-        let input_len: u64 = node
+        let in_shape = node
             .inputs
             .first()
             .and_then(|&v| shapes.values.get(v as usize))
-            .map_or(0, |(_, s)| s.iter().map(|&d| d as u64).product());
-        let last_axis = node
-            .inputs
-            .first()
-            .and_then(|&v| shapes.values.get(v as usize))
-            .and_then(|(_, s)| s.last().copied())
-            .unwrap_or(1) as u64;
+            .map(|(_, s)| s.as_slice());
+        let input_len: u64 = in_shape.map_or(0, |s| s.iter().map(|&d| d as u64).product());
+        let last_axis = in_shape.and_then(|s| s.last().copied()).unwrap_or(1) as u64;
         // Values of the input padded by `padding` (`[.., h, w]`): an int8 depthwise layer
         // with padding copies its input, padded, into scratch.
         let padded_len = |padding: [u32; 4]| {
-            let s = node
-                .inputs
-                .first()
-                .and_then(|&v| shapes.values.get(v as usize))
-                .map(|(_, s)| s.as_slice())
-                .unwrap_or(&[]);
-            let (h, w) = match s {
+            let (h, w) = match in_shape.unwrap_or(&[]) {
                 [.., h, w] => (*h as u64, *w as u64),
                 _ => (1, 1),
             };

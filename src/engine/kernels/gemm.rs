@@ -111,6 +111,16 @@ pub(super) enum QDst<'a> {
     F32(&'a mut [f32]),
 }
 
+impl QDst<'_> {
+    /// Values the destination holds.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            QDst::U8(y) => y.len(),
+            QDst::F32(y) => y.len(),
+        }
+    }
+}
+
 /// Columns per panel of the portable kernels.
 pub(super) const PORTABLE_NR: usize = 8;
 /// Rows per tile of the portable kernels.
@@ -297,10 +307,7 @@ pub(super) fn gemm_u8i8(
     if m == 0 {
         return;
     }
-    let y_len = match &y {
-        QDst::U8(y) => y.len(),
-        QDst::F32(y) => y.len(),
-    };
+    let y_len = y.len();
     assert!(a.len() >= (m - 1) * lda + w.k4 && y_len >= (m - 1) * ldy + w.n);
     #[cfg(target_arch = "x86_64")]
     use super::x86::qgemm;

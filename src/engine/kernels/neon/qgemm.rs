@@ -53,10 +53,7 @@ pub(in crate::engine::kernels) fn gemm_u8i8(
     assert!(w.k4.is_multiple_of(4) && lda >= w.k4 && a.len() >= (m - 1) * lda + w.k4);
     assert!(w.data.len() >= w.panels() * w.k4 * w.nr);
     assert!(w.col_sums.len() >= w.panels() * w.nr && epi.channels() >= c0 + w.n);
-    let y_len = match &y {
-        QDst::U8(y) => y.len(),
-        QDst::F32(y) => y.len(),
-    };
+    let y_len = y.len();
     assert!(ldy >= w.n && y_len >= (m - 1) * ldy + w.n);
     if dot {
         assert!(std::arch::is_aarch64_feature_detected!("dotprod"));

@@ -45,10 +45,7 @@ pub(in crate::engine::kernels) fn depthwise_u8_x86(
     assert!(c_pad >= c.div_ceil(16) * 16 && w.len() >= g.k_h * g.k_w * c_pad);
     assert_eq!(x.len(), g.in_h * g.in_w * c, "qconv2d input length");
     let out_len = g.out_h * g.out_w * c;
-    match &y {
-        QDst::U8(y) => assert_eq!(y.len(), out_len, "qconv2d output length"),
-        QDst::F32(y) => assert_eq!(y.len(), out_len, "qconv2d output length"),
-    }
+    assert_eq!(y.len(), out_len, "qconv2d output length");
     // SAFETY: AVX2 (and AVX-512 for 16-wide lanes) checked by `supports`; the lengths
     // just checked bound every access (see the kernel).
     unsafe {
