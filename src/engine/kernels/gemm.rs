@@ -68,9 +68,9 @@ pub(super) struct PanelsI8 {
     pub(super) n: usize,
     pub(super) nr: usize,
     pub(super) data: Vec<i8>,
-    /// `panels · nr` sums `Σₖ w[kk, j]` (zero beyond `n`): the NEON kernels multiply i8
-    /// activations shifted by −128 and add `128 ·` these back.
-    pub(super) col_sums: Vec<i32>,
+    /// `panels · nr` values `128 · Σₖ w[kk, j]` (zero beyond `n`): the NEON kernels
+    /// multiply activations shifted by −128 and add these back.
+    pub(super) shift_sums: Vec<i32>,
 }
 
 impl PanelsI8 {
@@ -79,14 +79,14 @@ impl PanelsI8 {
         let k4 = k.div_ceil(4) * 4;
         let panels = n.div_ceil(nr);
         let mut data = vec![0; panels * k4 * nr];
-        let mut col_sums = vec![0i32; panels * nr];
+        let mut shift_sums = vec![0i32; panels * nr];
         for p in 0..panels {
             for kk in 0..k {
                 let q = kk / 4;
                 for j in 0..nr.min(n - p * nr) {
                     let v = w(kk, p * nr + j);
                     data[((p * k4 / 4 + q) * nr + j) * 4 + kk % 4] = v;
-                    col_sums[p * nr + j] += i32::from(v);
+                    shift_sums[p * nr + j] += 128 * i32::from(v);
                 }
             }
         }
@@ -96,7 +96,7 @@ impl PanelsI8 {
             n,
             nr,
             data,
-            col_sums,
+            shift_sums,
         }
     }
 

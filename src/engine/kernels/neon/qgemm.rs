@@ -6,7 +6,7 @@
 //! - without it (Cortex-A53/A72, Pi 3 and 4): `smull` into i16 and `sadalp` into i32.
 //!
 //! Both need i8 × i8: the u8 activations are shifted (`x ^ 0x80 = x − 128` as i8) and
-//! `128 · Σₖ w[kk, j]` (the panels' column sums) is added back, so the i32 sums equal
+//! `128 · Σₖ w[kk, j]` (kept with the packed panels) is added back, so the i32 sums equal
 //! the portable kernel's bit for bit (products of two i8 fit an i16). The sums then go
 //! through the portable epilogue row by row, so the outputs are the portable ones.
 
@@ -52,7 +52,7 @@ pub(in crate::engine::kernels) fn gemm_u8i8(
     );
     assert!(w.k4.is_multiple_of(4) && lda >= w.k4 && a.len() >= (m - 1) * lda + w.k4);
     assert!(w.data.len() >= w.panels() * w.k4 * w.nr);
-    assert!(w.col_sums.len() >= w.panels() * w.nr && epi.channels() >= c0 + w.n);
+    assert!(w.shift_sums.len() >= w.panels() * w.nr && epi.channels() >= c0 + w.n);
     let y_len = y.len();
     assert!(ldy >= w.n && y_len >= (m - 1) * ldy + w.n);
     if dot {
@@ -81,7 +81,7 @@ pub(in crate::engine::kernels) fn gemm_u8i8(
 
 /// Every panel, `MR` rows at a time (the last tile repeats row `m - 1` for its missing
 /// rows and stores only the real ones): `tile` sums a tile of shifted products, this adds
-/// the column sums back and runs the epilogue.
+/// `128 · Σw` back and runs the epilogue.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn drive<const MR: usize>(
@@ -100,7 +100,7 @@ fn drive<const MR: usize>(
         let n0 = p * nr;
         let nn = nr.min(w.n - n0);
         let wp = &w.data[p * k4 * nr..(p + 1) * k4 * nr];
-        let sums = &w.col_sums[n0..n0 + nr];
+        let sums = &w.shift_sums[n0..n0 + nr];
         let mut i = 0;
         while i < m {
             let rows: [&[u8]; MR] = std::array::from_fn(|r| {
@@ -111,7 +111,7 @@ fn drive<const MR: usize>(
             tile(&rows, wp, &mut out);
             for (r, o) in out.iter_mut().enumerate().take(m - i) {
                 for (v, &s) in o.iter_mut().zip(sums) {
-                    *v = v.wrapping_add(s.wrapping_mul(128));
+                    *v = v.wrapping_add(s);
                 }
                 let at = (i + r) * ldy + n0;
                 match y {
@@ -148,6 +148,20 @@ macro_rules! sdot {
             options(pure, nomem, nostack, preserves_flags)
         )
     };
+}
+
+/// The four bytes at `p`, each shifted by −128 (`x ^ 0x80` read as i8), repeated over
+/// the register.
+///
+/// # Safety
+/// Four bytes readable at `p`.
+#[inline(always)]
+unsafe fn shifted_quad(p: *const u8) -> int8x16_t {
+    // SAFETY: the caller's contract; NEON is part of aarch64.
+    unsafe {
+        let quad = vdupq_n_u32(p.cast::<u32>().read_unaligned());
+        vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(quad), vdupq_n_u8(0x80)))
+    }
 }
 
 /// Shifted sums of one tile with `sdot`: `out[r][j] = Σₖ (rows[r][kk] − 128) · w[kk, j]`
@@ -198,9 +212,7 @@ unsafe fn tile_dot<const MR: usize, const NV: usize>(
             let wv: [int8x16_t; NV] =
                 std::array::from_fn(|v| vld1q_s8(w.add((q * nr + 4 * v) * 4)));
             for r in 0..MR {
-                let quad = rows[r].as_ptr().add(4 * q).cast::<u32>().read_unaligned();
-                let a =
-                    vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(vdupq_n_u32(quad)), flip));
+                let a = shifted_quad(rows[r].as_ptr().add(4 * q));
                 for v in 0..NV {
                     sdot!(acc[r][v], wv[v], a);
                 }
@@ -231,7 +243,6 @@ unsafe fn tile_mull<const MR: usize, const NV: usize>(
     // 4q < k4; panel loads of quad q end at (q · nr + 4v + 4) · 4 <= k4 · nr.
     unsafe {
         let w = wp.as_ptr();
-        let flip = vdupq_n_u8(0x80);
         // Per row and 4-column vector, two accumulators: lanes (j, t0+t1), (j, t2+t3),
         // (j+1, …) for columns j, j+1 and the same for j+2, j+3.
         let mut lo: [[int32x4_t; NV]; MR] = [[vdupq_n_s32(0); NV]; MR];
@@ -240,9 +251,7 @@ unsafe fn tile_mull<const MR: usize, const NV: usize>(
             let wv: [int8x16_t; NV] =
                 std::array::from_fn(|v| vld1q_s8(w.add((q * nr + 4 * v) * 4)));
             for r in 0..MR {
-                let quad = rows[r].as_ptr().add(4 * q).cast::<u32>().read_unaligned();
-                let a =
-                    vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(vdupq_n_u32(quad)), flip));
+                let a = shifted_quad(rows[r].as_ptr().add(4 * q));
                 for v in 0..NV {
                     let pl = vmull_s8(vget_low_s8(wv[v]), vget_low_s8(a));
                     let ph = vmull_high_s8(wv[v], a);
