@@ -229,6 +229,13 @@ impl InputValues {
         values: &[f32],
         first_row: usize,
     ) -> Result<InputValues, RuntimeError> {
+        /// `values` as bytes when every one is a whole number in the 8-bit range
+        /// (`signed`: two's complement).
+        fn whole_bytes(values: &[f32], signed: bool) -> Option<Vec<u8>> {
+            let mut bytes = vec![0u8; values.len()];
+            crate::engine::kernels::whole_numbers_to_bytes(values, signed, &mut bytes)
+                .then_some(bytes)
+        }
         fn ints<T: TryFrom<i64>>(
             spec: &TensorSpec,
             values: &[f32],
@@ -295,22 +302,14 @@ impl InputValues {
             }
             // The common case (every value fits) checked and converted by the kernels;
             // `ints` names the first value that does not fit.
-            DType::I8 => {
-                let mut bytes = vec![0u8; values.len()];
-                if crate::engine::kernels::whole_numbers_to_bytes(values, true, &mut bytes) {
-                    InputValues::I8(bytes.into_iter().map(|b| b as i8).collect())
-                } else {
-                    InputValues::I8(ints(spec, values, first_row, (-128, 127))?)
-                }
-            }
-            DType::U8 => {
-                let mut bytes = vec![0u8; values.len()];
-                if crate::engine::kernels::whole_numbers_to_bytes(values, false, &mut bytes) {
-                    InputValues::U8(bytes)
-                } else {
-                    InputValues::U8(ints(spec, values, first_row, (0, 255))?)
-                }
-            }
+            DType::I8 => InputValues::I8(match whole_bytes(values, true) {
+                Some(b) => b.into_iter().map(|b| b as i8).collect(),
+                None => ints(spec, values, first_row, (-128, 127))?,
+            }),
+            DType::U8 => InputValues::U8(match whole_bytes(values, false) {
+                Some(b) => b,
+                None => ints(spec, values, first_row, (0, 255))?,
+            }),
             DType::I64 => InputValues::I64(ints(spec, values, first_row, (i64::MIN, i64::MAX))?),
         })
     }
