@@ -722,6 +722,32 @@ impl ConvF32 {
     }
 }
 
+/// Adds `Σ x · w` over the taps of output pixel `[oy, ox]` inside the input (padding
+/// taps add nothing) to `out`, channels `c0..c0 + out.len()`.
+pub(super) fn depthwise_f32_sums(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    c_pad: usize,
+    [oy, ox]: [usize; 2],
+    c0: usize,
+    out: &mut [f32],
+) {
+    let (c, n) = (g.in_c, out.len());
+    for ky in 0..g.k_h {
+        for kx in 0..g.k_w {
+            let Some(s) = g.source(oy, ox, ky, kx) else {
+                continue;
+            };
+            let xr = &x[s * c + c0..s * c + c0 + n];
+            let wr = &w[(ky * g.k_w + kx) * c_pad + c0..][..n];
+            for ((o, &xv), &wv) in out.iter_mut().zip(xr).zip(wr) {
+                *o += xv * wv;
+            }
+        }
+    }
+}
+
 /// Portable depthwise f32 convolution: for each output pixel, the bias, then every tap's
 /// input row times its weights, channels innermost.
 #[allow(clippy::too_many_arguments)]
@@ -739,18 +765,7 @@ pub(super) fn depthwise_f32_portable(
         for ox in 0..g.out_w {
             let out = &mut y[(oy * g.out_w + ox) * c..][..c];
             out.copy_from_slice(&bias[..c]);
-            for ky in 0..g.k_h {
-                for kx in 0..g.k_w {
-                    let Some(s) = g.source(oy, ox, ky, kx) else {
-                        continue;
-                    };
-                    let xr = &x[s * c..(s + 1) * c];
-                    let wr = &w[(ky * g.k_w + kx) * c_pad..][..c];
-                    for ((o, &xv), &wv) in out.iter_mut().zip(xr).zip(wr) {
-                        *o += xv * wv;
-                    }
-                }
-            }
+            depthwise_f32_sums(g, x, w, c_pad, [oy, ox], 0, out);
             if act != Activation::Identity {
                 out.iter_mut().for_each(|v| *v = act.apply(*v));
             }

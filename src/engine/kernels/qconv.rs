@@ -753,6 +753,35 @@ pub(super) fn sub_dst<'a>(y: &'a mut QDst<'_>, at: usize) -> QDst<'a> {
     }
 }
 
+/// The sums `Σ x · w` over the taps of output pixel `[oy, ox]` for channels
+/// `c0..c0 + acc.len()`, added to `acc`; taps in the padding read `zp_row` (the input's
+/// zero point, at least `acc.len()` long).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn depthwise_u8_sums(
+    g: &ConvGeometry,
+    x: &[u8],
+    zp_row: &[u8],
+    w: &[i8],
+    c_pad: usize,
+    [oy, ox]: [usize; 2],
+    c0: usize,
+    acc: &mut [i32],
+) {
+    let (c, n) = (g.in_c, acc.len());
+    for ky in 0..g.k_h {
+        for kx in 0..g.k_w {
+            let xr = match g.source(oy, ox, ky, kx) {
+                Some(s) => &x[s * c + c0..s * c + c0 + n],
+                None => &zp_row[..n],
+            };
+            let wr = &w[(ky * g.k_w + kx) * c_pad + c0..][..n];
+            for ((a, &xv), &wv) in acc.iter_mut().zip(xr).zip(wr) {
+                *a += xv as i32 * wv as i32;
+            }
+        }
+    }
+}
+
 /// Portable depthwise int8 convolution: per output pixel and block of 64 channels, the
 /// exact i32 sum over every tap (the input zero point in the padding), then the epilogue.
 #[allow(clippy::too_many_arguments)]
@@ -775,18 +804,7 @@ pub(super) fn depthwise_u8_portable(
             while c0 < c {
                 let n = BLOCK.min(c - c0);
                 let mut acc = [0i32; BLOCK];
-                for ky in 0..g.k_h {
-                    for kx in 0..g.k_w {
-                        let xr = match g.source(oy, ox, ky, kx) {
-                            Some(s) => &x[s * c + c0..s * c + c0 + n],
-                            None => &zp_row[..n],
-                        };
-                        let wr = &w[(ky * g.k_w + kx) * c_pad + c0..][..n];
-                        for ((a, &xv), &wv) in acc.iter_mut().zip(xr).zip(wr) {
-                            *a += xv as i32 * wv as i32;
-                        }
-                    }
-                }
+                depthwise_u8_sums(g, x, &zp_row, w, c_pad, [oy, ox], c0, &mut acc[..n]);
                 let at = p * c + c0;
                 match &mut y {
                     QDst::U8(y) => epi.u8_row(c0, &acc[..n], &mut y[at..at + n]),

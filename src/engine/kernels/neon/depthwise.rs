@@ -10,9 +10,9 @@
 use std::arch::aarch64::*;
 
 use super::super::Activation;
-use super::super::conv::ConvGeometry;
+use super::super::conv::{ConvGeometry, depthwise_f32_sums};
 use super::super::gemm::QDst;
-use super::super::qconv::QEpilogue;
+use super::super::qconv::{QEpilogue, depthwise_u8_sums};
 
 /// Channels per register block.
 const BLOCK: usize = 16;
@@ -75,18 +75,7 @@ pub(in crate::engine::kernels) fn depthwise_f32(
             if c0 < c {
                 let out = &mut y[base + c0..base + c];
                 out.copy_from_slice(&bias[c0..c]);
-                for ky in 0..g.k_h {
-                    for kx in 0..g.k_w {
-                        let Some(s) = g.source(oy, ox, ky, kx) else {
-                            continue;
-                        };
-                        let xr = &x[s * c + c0..(s + 1) * c];
-                        let wr = &w[(ky * g.k_w + kx) * c_pad + c0..][..c - c0];
-                        for ((o, &xv), &wv) in out.iter_mut().zip(xr).zip(wr) {
-                            *o = xv.mul_add(wv, *o);
-                        }
-                    }
-                }
+                depthwise_f32_sums(g, x, w, c_pad, [oy, ox], c0, out);
             }
             if act != Activation::Identity {
                 y[base..base + c]
@@ -156,18 +145,7 @@ pub(in crate::engine::kernels) fn depthwise_u8(
                         }
                     }
                 } else {
-                    for ky in 0..g.k_h {
-                        for kx in 0..g.k_w {
-                            let xr = match g.source(oy, ox, ky, kx) {
-                                Some(s) => &x[s * c + c0..s * c + c0 + n],
-                                None => &zp_row[..n],
-                            };
-                            let wr = &w[(ky * g.k_w + kx) * c_pad + c0..][..n];
-                            for ((a, &xv), &wv) in acc.iter_mut().zip(xr).zip(wr) {
-                                *a += xv as i32 * wv as i32;
-                            }
-                        }
-                    }
+                    depthwise_u8_sums(g, x, &zp_row, w, c_pad, [oy, ox], c0, &mut acc[..n]);
                 }
                 let at = base + c0;
                 match &mut y {
