@@ -2,7 +2,7 @@
 //! feedback samples they carry, reading them back, and the retention that prunes them.
 
 use super::{Device, Fleet, FleetError};
-use crate::metrics::{LATENCY_BUCKETS, LatencyBuckets, Report, ReportV2};
+use crate::metrics::{LATENCY_BUCKETS, LatencyBuckets, Report, ReportV2, ReportV2Ref};
 use crate::util::{now_unix_s, sqlite_error, to_hex, write_transaction};
 use rusqlite::{OptionalExtension, params};
 
@@ -92,7 +92,7 @@ const REPORT_FORM: i64 = 2;
 
 /// Encodes a report as a blob in [`REPORT_FORM`].
 fn encode_report(r: &Report) -> Result<Vec<u8>, FleetError> {
-    postcard::to_allocvec(&ReportV2(r.clone())).map_err(|e| FleetError::Encode(e.to_string()))
+    postcard::to_allocvec(&ReportV2Ref(r)).map_err(|e| FleetError::Encode(e.to_string()))
 }
 
 /// Decodes a stored report blob of form `form` (the one place that knows its encoding).
@@ -268,9 +268,17 @@ impl Fleet {
                 let now = now_unix_s();
                 for &(device, run, seq, r) in batch {
                     // Labelled samples go to their own table; the stored report keeps the count.
-                    let mut lean = r.clone();
-                    lean.samples.clear();
-                    let blob = encode_report(&lean)?;
+                    // (Copied without them only when it has samples.)
+                    let lean = |r: &Report| {
+                        let mut lean = r.clone();
+                        lean.samples.clear();
+                        lean
+                    };
+                    let blob = if r.samples.is_empty() {
+                        encode_report(r)?
+                    } else {
+                        encode_report(&lean(r))?
+                    };
                     let inserted = stmt
                         .execute(params![
                             device,
@@ -317,7 +325,7 @@ impl Fleet {
                         let same = if form == REPORT_FORM {
                             stored == blob
                         } else {
-                            decoded.as_ref().is_ok_and(|s| *s == lean)
+                            decoded.as_ref().is_ok_and(|s| *s == lean(r))
                         };
                         if !same {
                             let detail = format!(

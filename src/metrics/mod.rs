@@ -56,7 +56,8 @@ pub use recent::{Feedback, LabelledSample, MAX_RECENT_VALUES, Outcome, RecentPre
 pub(crate) use report::compat as report_compat;
 pub use report::{
     BucketCountMismatch, LATENCY_BUCKETS, LabelledInput, LatencyBuckets, MAX_REPORT_SAMPLE_VALUES,
-    MAX_REPORT_SAMPLES, Percentiles, Report, ReportDecodeError, ReportV2, ShadowReport,
+    MAX_REPORT_SAMPLES, Percentiles, Report, ReportDecodeError, ReportV2, ReportV2Ref,
+    ShadowReport,
 };
 pub use system::{SystemFigures, cpu_temp_milli_c, rss_kib};
 

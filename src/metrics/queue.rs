@@ -29,7 +29,7 @@
 //! disk and counted as dropped (it is then both sent and counted, once); nothing else is
 //! lost or counted twice.
 
-use super::{MetricsError, Report, ReportV2};
+use super::{MetricsError, Report, ReportV2, ReportV2Ref};
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -133,7 +133,7 @@ fn encode_report(seq: u64, report: &Report) -> Result<Vec<u8>, MetricsError> {
     let mut bytes = Vec::with_capacity(256);
     bytes.extend_from_slice(REPORT_MAGIC);
     bytes.extend_from_slice(&seq.to_le_bytes());
-    let bytes = postcard::to_extend(&ReportV2(report.clone()), bytes)
+    let bytes = postcard::to_extend(&ReportV2Ref(report), bytes)
         .map_err(|e| MetricsError::Encode(e.to_string()))?;
     Ok(with_crc(bytes))
 }

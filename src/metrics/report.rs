@@ -203,7 +203,18 @@ pub struct ReportV2(pub Report);
 
 impl Serialize for ReportV2 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (&self.0, &self.0.latency_buckets).serialize(s)
+        ReportV2Ref(&self.0).serialize(s)
+    }
+}
+
+/// A borrowed [`Report`] serialized in form 2, as [`ReportV2`] is: what the device's queue
+/// and the host's blobs write, without copying the report (its samples can be 32 KiB).
+#[derive(Clone, Copy, Debug)]
+pub struct ReportV2Ref<'a>(pub &'a Report);
+
+impl Serialize for ReportV2Ref<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.0, &self.0.latency_buckets).serialize(s)
     }
 }
 
