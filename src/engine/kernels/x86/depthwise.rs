@@ -22,6 +22,26 @@ unsafe fn load_n<S: F32Simd>(p: *const f32, n: usize) -> S::V {
     }
 }
 
+/// A pixel's `n` outputs: the activation on `acc`, stored at `yp`.
+///
+/// # Safety
+/// S's features are present; `n <= S::LANES` values writable at `yp`.
+#[inline(always)]
+unsafe fn store_pixel<S: F32Simd>(yp: *mut f32, acc: S::V, act: Activation, n: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let out = activate::<S>(acc, act);
+        if n == S::LANES {
+            S::store(yp, out);
+        } else {
+            S::store_first(yp, out, n);
+        }
+        if scalar_act(act) {
+            finish_row(yp, n, act);
+        }
+    }
+}
+
 /// One output row for channels `cv..cv + n`, taps `KH × KW` known at compile time.
 ///
 /// # Safety
@@ -81,11 +101,7 @@ unsafe fn row_fixed<S: F32Simd, const KH: usize, const KW: usize>(
                 }
             }
             for (i, acc) in [(0, a0), (1, a1)] {
-                let yp = y.add((oy * g.out_w + ox + i) * c + cv);
-                S::store(yp, activate::<S>(acc, act));
-                if scalar_act(act) {
-                    finish_row(yp, n, act);
-                }
+                store_pixel::<S>(y.add((oy * g.out_w + ox + i) * c + cv), acc, act, n);
             }
             ox += 2;
         }
@@ -102,16 +118,7 @@ unsafe fn row_fixed<S: F32Simd, const KH: usize, const KW: usize>(
                     }
                 }
             }
-            let out = activate::<S>(acc, act);
-            let yp = y.add((oy * g.out_w + ox) * c + cv);
-            if n == S::LANES {
-                S::store(yp, out);
-            } else {
-                S::store_first(yp, out, n);
-            }
-            if scalar_act(act) {
-                finish_row(yp, n, act);
-            }
+            store_pixel::<S>(y.add((oy * g.out_w + ox) * c + cv), acc, act, n);
         }
     }
 }
@@ -154,16 +161,7 @@ unsafe fn row_any<S: F32Simd>(
                     }
                 }
             }
-            let out = activate::<S>(acc, act);
-            let yp = y.add((oy * g.out_w + ox) * c + cv);
-            if n == S::LANES {
-                S::store(yp, out);
-            } else {
-                S::store_first(yp, out, n);
-            }
-            if scalar_act(act) {
-                finish_row(yp, n, act);
-            }
+            store_pixel::<S>(y.add((oy * g.out_w + ox) * c + cv), acc, act, n);
         }
     }
 }
