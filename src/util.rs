@@ -1,6 +1,14 @@
 //! Small pieces every area needs: lower-case hex, the Unix clock and (feature `host`) the
 //! mapping of SQLite errors to an area's error type.
 
+/// The number of elements of a shape, saturating at `u128::MAX`: a hostile file's
+/// dimensions can overflow even a `u128` product (three of 2^64 each), and the callers only
+/// compare the count against a limit.
+pub fn element_count(dims: impl IntoIterator<Item = u64>) -> u128 {
+    dims.into_iter()
+        .fold(1u128, |n, d| n.saturating_mul(d as u128))
+}
+
 /// Lower-case hex of `bytes`, two digits a byte.
 pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -72,7 +72,7 @@ impl Const {
 pub(super) fn load(t: &pb::TensorProto) -> Result<Const, String> {
     let kind =
         ElemKind::from_onnx(t.data_type).ok_or_else(|| format!("element type {}", t.data_type))?;
-    let n: u128 = t.dims.iter().map(|&d| d.max(0) as u128).product();
+    let n = crate::util::element_count(t.dims.iter().map(|&d| d.max(0) as u64));
     if t.dims.iter().any(|&d| d < 0) || n > MAX_CONST_ELEMENTS as u128 {
         return Err(format!(
             "shape {:?} is negative or holds more than {MAX_CONST_ELEMENTS} elements",

@@ -171,9 +171,11 @@ impl Tensor {
         }
     }
 
-    /// Number of elements the shape implies.
+    /// Number of elements the shape implies (`usize::MAX` when that does not fit: the
+    /// shape may come from a hostile file).
     pub fn numel(&self) -> usize {
-        self.shape.iter().map(|&d| d as usize).product()
+        let n = crate::util::element_count(self.shape.iter().map(|&d| u64::from(d)));
+        usize::try_from(n).unwrap_or(usize::MAX)
     }
 
     /// The f32 elements, if the tensor is stored densely as f32.

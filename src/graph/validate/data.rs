@@ -19,7 +19,7 @@ pub(super) fn check_tensor(
         layer,
         reason,
     };
-    let expected: u128 = t.shape.iter().map(|&d| d as u128).product();
+    let expected: u128 = crate::util::element_count(t.shape.iter().map(|&d| d as u64));
     match &t.data {
         TensorData::F32(data) => {
             if expected != data.len() as u128 {
@@ -130,7 +130,7 @@ pub(super) fn tensor_i8(t: &Tensor, node: &str, layer: &'static str) -> Result<(
     let TensorData::I8 { values, scales } = &t.data else {
         return Err(shape_err("weight must be int8".into()));
     };
-    let expected: u128 = t.shape.iter().map(|&d| d as u128).product();
+    let expected: u128 = crate::util::element_count(t.shape.iter().map(|&d| d as u64));
     if expected != values.len() as u128 {
         return Err(shape_err(format!(
             "weight has shape {:?} ({expected} elements) but holds {}",

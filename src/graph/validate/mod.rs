@@ -355,7 +355,9 @@ struct GraphBudget {
 
 impl GraphBudget {
     fn add(&mut self, node: &str, shape: &[usize]) -> Result<(), GraphError> {
-        self.elements += shape.iter().map(|&d| d as u128).product::<u128>();
+        self.elements = self
+            .elements
+            .saturating_add(crate::util::element_count(shape.iter().map(|&d| d as u64)));
         if self.elements > MAX_GRAPH_ELEMENTS as u128 {
             return Err(GraphError::GraphTooLarge {
                 node: node.to_string(),
@@ -368,7 +370,7 @@ impl GraphBudget {
 }
 
 fn check_size(node: &str, shape: &[usize]) -> Result<(), GraphError> {
-    let n: u128 = shape.iter().map(|&d| d as u128).product();
+    let n = crate::util::element_count(shape.iter().map(|&d| d as u64));
     if n > MAX_VALUE_ELEMENTS as u128 {
         return Err(GraphError::TooLarge {
             node: node.to_string(),
@@ -468,7 +470,8 @@ fn infer_layer(
             match layer {
                 Layer::QConv2d { input, output, .. } => {
                     tensor_i8(weight, name, kind)?;
-                    let depth: u128 = weight.shape.iter().skip(1).map(|&d| d as u128).product();
+                    let depth =
+                        crate::util::element_count(weight.shape.iter().skip(1).map(|&d| d as u64));
                     check_quant(input, output, depth.min(usize::MAX as u128) as usize)
                         .map_err(err)?;
                 }
@@ -589,7 +592,7 @@ fn infer_layer(
         Layer::Flatten => Ok((DType::F32, vec![numel(x)])),
         Layer::Reshape { shape } => {
             let to: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            let to_n: u128 = to.iter().map(|&d| d as u128).product();
+            let to_n = crate::util::element_count(to.iter().map(|&d| d as u64));
             if to_n != numel(x) as u128 {
                 return Err(err(format!("cannot reshape {x:?} into {to:?}")));
             }

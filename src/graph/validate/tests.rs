@@ -411,6 +411,30 @@ fn the_graph_as_a_whole_is_bounded() {
 }
 
 #[test]
+fn shapes_whose_element_count_overflows_are_refused() {
+    // Five dimensions of 2^32 - 1 hold about 2^160 elements, more than even a u128 counts
+    // (a fuzzed artifact found that the count overflowed in check_size).
+    let huge = vec![u32::MAX; 5];
+    let err = dag((DType::F32, huge.clone()), vec![(Layer::Relu, vec![0])])
+        .infer_shapes()
+        .expect_err("input too large");
+    assert!(matches!(err, GraphError::TooLarge { .. }), "{err}");
+    let reshape = Layer::Reshape {
+        shape: huge.clone(),
+    };
+    let err = dag((DType::F32, vec![4]), vec![(reshape, vec![0])])
+        .infer_shapes()
+        .expect_err("reshape to an impossible shape");
+    assert!(matches!(err, GraphError::Shape { .. }), "{err}");
+    let weight = Tensor::f32(huge, vec![1.0]);
+    assert_eq!(weight.numel(), usize::MAX);
+    let mut g = dense_graph(weight);
+    g.inputs[0].shape = vec![4];
+    let err = g.infer_shapes().expect_err("weight too large");
+    assert!(matches!(err, GraphError::Shape { .. }), "{err}");
+}
+
+#[test]
 fn csr_is_only_accepted_for_dense_weights() {
     let mut g = dense_graph(Tensor::f32(vec![1, 2], vec![1.0, 2.0]));
     if let Layer::Dense { bias, .. } = &mut g.nodes[0].layer {
