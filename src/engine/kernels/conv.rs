@@ -206,6 +206,18 @@ impl ConvGeometry {
         self.k_h == 1 && self.k_w == 1 && self.stride == [1, 1] && self.pad == [0; 4]
     }
 
+    /// This geometry over its input padded by `pad`: the same outputs from a larger input
+    /// with no padding (the depthwise kernels of the SIMD families copy a padded input into
+    /// scratch, so that every tap is read in place without a bounds test).
+    pub(super) fn over_padded_input(&self) -> ConvGeometry {
+        ConvGeometry {
+            in_h: self.in_h + self.pad[0] + self.pad[2],
+            in_w: self.in_w + self.pad[1] + self.pad[3],
+            pad: [0; 4],
+            ..*self
+        }
+    }
+
     /// Input channels per group.
     pub(super) fn icg(&self) -> usize {
         self.in_c / self.groups
@@ -501,11 +513,14 @@ enum Plan {
         /// only for the rest); empty otherwise.
         offsets: Option<PatchOffsets>,
     },
-    /// Weights `[tap][c]` (channels padded to `c_pad`), bias padded likewise.
+    /// Weights `[tap][c]` (channels padded to `c_pad`), bias padded likewise. With
+    /// `padded` (SIMD families, a geometry with padding) the input is first copied into
+    /// scratch with a border of zeros.
     Depthwise {
         c_pad: usize,
         w: Vec<f32>,
         bias: Vec<f32>,
+        padded: bool,
     },
 }
 
@@ -557,7 +572,12 @@ impl ConvF32 {
             }
             let mut b = vec![0.0; c_pad];
             b[..c].copy_from_slice(bias);
-            Plan::Depthwise { c_pad, w, bias: b }
+            Plan::Depthwise {
+                c_pad,
+                w,
+                bias: b,
+                padded: path != F32Path::Portable && geom.pad.iter().any(|&p| p > 0),
+            }
         } else {
             let (icg, ocg) = (geom.icg(), geom.ocg());
             let k = geom.taps() * icg;
@@ -614,9 +634,11 @@ impl ConvF32 {
         self.path
     }
 
-    /// Scratch values [`ConvF32::run`] needs (0 for 1×1 and depthwise convolutions).
+    /// Scratch values [`ConvF32::run`] needs: im2col tiles, or the padded input of a
+    /// depthwise layer with padding on a SIMD family; 0 for 1×1 convolutions.
     pub fn scratch_len(&self) -> usize {
         match &self.plan {
+            Plan::Depthwise { padded: true, .. } => self.geom.over_padded_input().input_len(),
             Plan::Gemm {
                 im2col: true,
                 tile,
@@ -639,7 +661,18 @@ impl ConvF32 {
         assert!(scratch.len() >= self.scratch_len(), "conv2d scratch length");
         let pixels = g.out_h * g.out_w;
         match &self.plan {
-            Plan::Depthwise { c_pad, w, bias } => {
+            Plan::Depthwise {
+                c_pad,
+                w,
+                bias,
+                padded: true,
+            } => {
+                let gp = g.over_padded_input();
+                let xp = &mut scratch[..gp.input_len()];
+                super::pad_nhwc(x, [g.in_h, g.in_w, g.in_c], g.pad, 0.0, xp);
+                super::depthwise_f32(self.path, &gp, xp, w, bias, *c_pad, self.act, y)
+            }
+            Plan::Depthwise { c_pad, w, bias, .. } => {
                 super::depthwise_f32(self.path, g, x, w, bias, *c_pad, self.act, y)
             }
             Plan::Gemm {

@@ -584,7 +584,7 @@ impl ConvU8 {
                 panels,
                 ..
             } => tile * panels[0].k4,
-            QPlan::Depthwise { padded: true, .. } => padded_geometry(&self.geom).input_len(),
+            QPlan::Depthwise { padded: true, .. } => self.geom.over_padded_input().input_len(),
             _ => 0,
         }
     }
@@ -625,7 +625,7 @@ impl ConvU8 {
                 w,
                 padded: true,
             } => {
-                let gp = padded_geometry(g);
+                let gp = g.over_padded_input();
                 let xp = &mut scratch[..gp.input_len()];
                 super::pad_nhwc(x, [g.in_h, g.in_w, g.in_c], g.pad, zp, xp);
                 super::depthwise_u8(self.path, &gp, xp, zp, w, *c_pad, &self.epi, y)
@@ -716,16 +716,6 @@ impl ConvU8 {
             gemm::gemm_u8i8(self.path, rows, pn.k4, m, pn, &self.epi, c0, dst, g.out_c);
             p0 += m;
         }
-    }
-}
-
-/// `g` over its input padded by `g.pad`: the same outputs from a larger input, no padding.
-pub(super) fn padded_geometry(g: &ConvGeometry) -> ConvGeometry {
-    ConvGeometry {
-        in_h: g.in_h + g.pad[0] + g.pad[2],
-        in_w: g.in_w + g.pad[1] + g.pad[3],
-        pad: [0; 4],
-        ..*g
     }
 }
 

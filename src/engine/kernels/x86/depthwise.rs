@@ -123,6 +123,88 @@ unsafe fn row_fixed<S: F32Simd, const KH: usize, const KW: usize>(
     }
 }
 
+/// One output row for a whole vector of channels at `cv`, 3×3 taps, no padding (the
+/// SIMD families pad the input into scratch first): the nine weights stay in registers and
+/// the row's pixels run two at a time, no tap tested, so that two chains of FMAs (one per
+/// pixel, bound by the FMA's latency) overlap.
+///
+/// # Safety
+/// S's features are present; `g.pad` is zero; `cv + S::LANES <= c_pad`; `x`, `w`, `bias`,
+/// `y` are as checked by [`check`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_3x3_valid<S: F32Simd>(
+    g: &ConvGeometry,
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    c_pad: usize,
+    act: Activation,
+    y: *mut f32,
+    oy: usize,
+    cv: usize,
+) {
+    // SAFETY: with no padding every tap of every output pixel lies inside the input
+    // (`validate` bounds the output by the input); weights and bias inside `c_pad`.
+    unsafe {
+        // Macros, not closures: a closure would not inherit the caller's target features
+        // and each vector operation would become a call.
+        let c = g.in_c;
+        macro_rules! wt {
+            ($t:expr) => {
+                S::load(w.add($t * c_pad + cv))
+            };
+        }
+        let (w0, w1, w2, w3, w4, w5, w6, w7, w8) = (
+            wt!(0),
+            wt!(1),
+            wt!(2),
+            wt!(3),
+            wt!(4),
+            wt!(5),
+            wt!(6),
+            wt!(7),
+            wt!(8),
+        );
+        let b = S::load(bias.add(cv));
+        let row0 = oy * g.stride[0];
+        let (r0, r1, r2) = (
+            x.add((row0 * g.in_w) * c + cv),
+            x.add(((row0 + g.dilation[0]) * g.in_w) * c + cv),
+            x.add(((row0 + 2 * g.dilation[0]) * g.in_w) * c + cv),
+        );
+        let (d1, d2) = (g.dilation[1] * c, 2 * g.dilation[1] * c);
+        let step = g.stride[1] * c;
+        // The nine taps of the pixel whose first tap is at offset `o` of each row.
+        macro_rules! pixel {
+            ($o:expr) => {{
+                let o = $o;
+                let mut a = S::fmadd(S::load(r0.add(o)), w0, b);
+                a = S::fmadd(S::load(r0.add(o + d1)), w1, a);
+                a = S::fmadd(S::load(r0.add(o + d2)), w2, a);
+                a = S::fmadd(S::load(r1.add(o)), w3, a);
+                a = S::fmadd(S::load(r1.add(o + d1)), w4, a);
+                a = S::fmadd(S::load(r1.add(o + d2)), w5, a);
+                a = S::fmadd(S::load(r2.add(o)), w6, a);
+                a = S::fmadd(S::load(r2.add(o + d1)), w7, a);
+                S::fmadd(S::load(r2.add(o + d2)), w8, a)
+            }};
+        }
+        let yr = y.add(oy * g.out_w * c + cv);
+        let mut ox = 0;
+        while ox + 2 <= g.out_w {
+            let o = ox * step;
+            let (a0, a1) = (pixel!(o), pixel!(o + step));
+            store_pixel::<S>(yr.add(ox * c), a0, act, S::LANES);
+            store_pixel::<S>(yr.add((ox + 1) * c), a1, act, S::LANES);
+            ox += 2;
+        }
+        if ox < g.out_w {
+            store_pixel::<S>(yr.add(ox * c), pixel!(ox * step), act, S::LANES);
+        }
+    }
+}
+
 /// One output row for channels `cv..cv + n`, any kernel size.
 ///
 /// # Safety
@@ -186,7 +268,9 @@ unsafe fn depthwise<S: F32Simd>(
             let n = S::LANES.min(g.in_c - cv);
             // SAFETY: forwarded checks.
             unsafe {
-                if g.k_h == 3 && g.k_w == 3 {
+                if g.k_h == 3 && g.k_w == 3 && n == S::LANES && g.pad == [0; 4] {
+                    row_3x3_valid::<S>(g, xp, wp, bp, c_pad, act, yp, oy, cv);
+                } else if g.k_h == 3 && g.k_w == 3 {
                     row_fixed::<S, 3, 3>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n);
                 } else {
                     row_any::<S>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n);
