@@ -177,8 +177,8 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
             .map(|(_, s)| s.as_slice());
         let input_len: u64 = in_shape.map_or(0, |s| s.iter().map(|&d| d as u64).product());
         let last_axis = in_shape.and_then(|s| s.last().copied()).unwrap_or(1) as u64;
-        // Values of the input padded by `padding` (`[.., h, w]`): an int8 depthwise layer
-        // with padding copies its input, padded, into scratch.
+        // Values of the input padded by `padding` (`[.., h, w]`): a depthwise layer with
+        // padding copies its input, padded, into scratch.
         let padded_len = |padding: [u32; 4]| {
             let (h, w) = match in_shape.unwrap_or(&[]) {
                 [.., h, w] => (*h as u64, *w as u64),
@@ -208,11 +208,17 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
                 };
                 (w.saturating_add(bias_bytes(bias.as_ref(), out)), scratch)
             }
-            Layer::Conv2d { weight, bias, .. } => {
+            Layer::Conv2d {
+                weight,
+                bias,
+                padding,
+                ..
+            } => {
                 let oc = u64::from(weight.shape.first().copied().unwrap_or(0));
                 (
                     f32_bytes(weight.numel()).saturating_add(bias_bytes(bias.as_ref(), oc)),
-                    0,
+                    // A depthwise layer with padding copies its input, padded, into scratch.
+                    padded_len(*padding).saturating_mul(4),
                 )
             }
             Layer::QDense { weight, bias, .. } | Layer::QConv2d { weight, bias, .. } => {
