@@ -355,6 +355,12 @@ conv_battery! {
     depthwise_one_channel: geom([6, 5, 1], 1, [3, 3], 1, [1; 4], 1, 1);
     depthwise_multiplier2: geom([5, 5, 4], 8, [3, 3], 1, [1; 4], 1, 4);
     depthwise_no_pad: geom([6, 7, 32], 32, [3, 3], 1, [0; 4], 1, 32);
+    // Maps mostly interior: x86's float kernel reads them in place (the ones above, mostly
+    // border, through a padded copy).
+    depthwise_large_map: geom([20, 21, 16], 16, [3, 3], 1, [1; 4], 1, 16);
+    depthwise_large_stride2: geom([24, 25, 24], 24, [3, 3], 2, [0, 0, 1, 1], 1, 24);
+    depthwise_large_dilated: geom([32, 32, 8], 8, [3, 3], 1, [2; 4], 2, 8);
+    depthwise_large_odd_channels: geom([20, 20, 13], 13, [3, 3], 1, [1; 4], 1, 13);
 }
 
 /// Dense layers: f32 within the depth bound, int8 bit for bit, for every family.

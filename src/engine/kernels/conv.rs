@@ -524,6 +524,25 @@ enum Plan {
     },
 }
 
+/// Whether a float depthwise layer with padding runs faster from a padded copy of its
+/// input. On x86 the kernel reads interior pixels in place and tests the border's taps: the
+/// copy pays off when the border is over a quarter of the map (small maps; keyword
+/// spotting's 25×5 is 45 % border), not on large ones (MobileNet's 48×48, 8 %), where the copy
+/// cost more than it saved. The NEON kernel always reads a padded copy.
+fn pad_depthwise_input(g: &ConvGeometry) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let rows = (0..g.out_h).filter(|&oy| g.row_is_interior(oy)).count();
+        let interior = rows * g.interior_cols().len();
+        interior * 4 < g.out_h * g.out_w * 3
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = g;
+        true
+    }
+}
+
 impl ConvF32 {
     /// Packs `weights` (`[out_c, in_c / groups, k_h, k_w]`) and `bias` (`[out_c]`) for
     /// the fastest kernel this CPU runs.
@@ -576,7 +595,9 @@ impl ConvF32 {
                 c_pad,
                 w,
                 bias: b,
-                padded: path != F32Path::Portable && geom.pad.iter().any(|&p| p > 0),
+                padded: path != F32Path::Portable
+                    && geom.pad.iter().any(|&p| p > 0)
+                    && pad_depthwise_input(&geom),
             }
         } else {
             let (icg, ocg) = (geom.icg(), geom.ocg());

@@ -42,14 +42,16 @@ unsafe fn store_pixel<S: F32Simd>(yp: *mut f32, acc: S::V, act: Activation, n: u
     }
 }
 
-/// One output row for channels `cv..cv + n`, taps `KH × KW` known at compile time.
+/// Output pixels `cols` of row `oy` for channels `cv..cv + n`, taps `KH × KW` known at
+/// compile time, each tap tested against the input's bounds (the border of a layer with
+/// padding).
 ///
 /// # Safety
-/// S's features are present; `x`, `w`, `bias`, `y` are as checked by
-/// [`depthwise_f32_avx512`].
+/// S's features are present; `x`, `w`, `bias`, `y` are as checked by [`check`]; `cols`
+/// are output columns.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn row_fixed<S: F32Simd, const KH: usize, const KW: usize>(
+unsafe fn pixels_checked<S: F32Simd, const KH: usize, const KW: usize>(
     g: &ConvGeometry,
     x: *const f32,
     w: *const f32,
@@ -60,17 +62,12 @@ unsafe fn row_fixed<S: F32Simd, const KH: usize, const KW: usize>(
     oy: usize,
     cv: usize,
     n: usize,
+    cols: impl Iterator<Item = usize>,
 ) {
     // SAFETY: taps are read only inside the input (row and column checked), weights and
     // bias inside their padded arrays, outputs inside row `oy`.
     unsafe {
         let c = g.in_c;
-        let mut wr = [[S::zero(); KW]; KH];
-        for ky in 0..KH {
-            for kx in 0..KW {
-                wr[ky][kx] = S::load(w.add((ky * KW + kx) * c_pad + cv));
-            }
-        }
         let b = S::load(bias.add(cv));
         let mut rows = [None; KH];
         for ky in 0..KH {
@@ -79,34 +76,7 @@ unsafe fn row_fixed<S: F32Simd, const KH: usize, const KW: usize>(
                 rows[ky] = Some(x.add(iy * g.in_w * c + cv));
             }
         }
-        // Columns whose every tap lies inside the input, on a row whose every kernel row
-        // does, with a whole vector of channels: two pixels at a time with no checks, so
-        // that two chains of FMAs (one per pixel, bound by the FMA's latency) overlap.
-        let inner = if n == S::LANES && rows.iter().all(Option::is_some) {
-            g.interior_cols()
-        } else {
-            0..0
-        };
-        let step = g.stride[1] * c;
-        let mut ox = inner.start;
-        while ox + 2 <= inner.end {
-            let ix0 = ox * g.stride[1] - g.pad[1];
-            let (mut a0, mut a1) = (b, b);
-            for ky in 0..KH {
-                let Some(row) = rows[ky] else { continue };
-                for kx in 0..KW {
-                    let p = row.add((ix0 + kx * g.dilation[1]) * c);
-                    a0 = S::fmadd(S::load(p), wr[ky][kx], a0);
-                    a1 = S::fmadd(S::load(p.add(step)), wr[ky][kx], a1);
-                }
-            }
-            for (i, acc) in [(0, a0), (1, a1)] {
-                store_pixel::<S>(y.add((oy * g.out_w + ox + i) * c + cv), acc, act, n);
-            }
-            ox += 2;
-        }
-        let rest = ox;
-        for ox in (0..inner.start).chain(rest..g.out_w) {
+        for ox in cols {
             let mut acc = b;
             let ix0 = (ox * g.stride[1]).wrapping_sub(g.pad[1]);
             for ky in 0..KH {
@@ -114,7 +84,8 @@ unsafe fn row_fixed<S: F32Simd, const KH: usize, const KW: usize>(
                 for kx in 0..KW {
                     let ix = ix0.wrapping_add(kx * g.dilation[1]);
                     if ix < g.in_w {
-                        acc = S::fmadd(load_n::<S>(row.add(ix * c), n), wr[ky][kx], acc);
+                        let wv = S::load(w.add((ky * KW + kx) * c_pad + cv));
+                        acc = S::fmadd(load_n::<S>(row.add(ix * c), n), wv, acc);
                     }
                 }
             }
@@ -123,13 +94,14 @@ unsafe fn row_fixed<S: F32Simd, const KH: usize, const KW: usize>(
     }
 }
 
-/// One output row for a whole vector of channels at `cv`, 3×3 taps, no padding (the
-/// SIMD families pad the input into scratch first): the nine weights stay in registers and
-/// the row's pixels run two at a time, no tap tested, so that two chains of FMAs (one per
-/// pixel, bound by the FMA's latency) overlap.
+/// Output pixels `cols` of row `oy` for a whole vector of channels at `cv`, 3×3 taps
+/// that all lie inside the input: the nine weights stay in registers and the pixels run
+/// two at a time, no tap tested, so that two chains of FMAs (one per pixel, bound by the
+/// FMA's latency) overlap.
 ///
 /// # Safety
-/// S's features are present; `g.pad` is zero; `cv + S::LANES <= c_pad`; `x`, `w`, `bias`,
+/// S's features are present; row `oy` is [`ConvGeometry::row_is_interior`] and `cols`
+/// within [`ConvGeometry::interior_cols`]; `cv + S::LANES <= g.in_c`; `x`, `w`, `bias`,
 /// `y` are as checked by [`check`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -143,9 +115,10 @@ unsafe fn row_3x3_valid<S: F32Simd>(
     y: *mut f32,
     oy: usize,
     cv: usize,
+    cols: std::ops::Range<usize>,
 ) {
-    // SAFETY: with no padding every tap of every output pixel lies inside the input
-    // (`validate` bounds the output by the input); weights and bias inside `c_pad`.
+    // SAFETY: every tap of these pixels lies inside the input (the caller's contract);
+    // weights and bias inside `c_pad`.
     unsafe {
         // Macros, not closures: a closure would not inherit the caller's target features
         // and each vector operation would become a call.
@@ -167,7 +140,7 @@ unsafe fn row_3x3_valid<S: F32Simd>(
             wt!(8),
         );
         let b = S::load(bias.add(cv));
-        let row0 = oy * g.stride[0];
+        let row0 = oy * g.stride[0] - g.pad[0];
         let (r0, r1, r2) = (
             x.add((row0 * g.in_w) * c + cv),
             x.add(((row0 + g.dilation[0]) * g.in_w) * c + cv),
@@ -175,7 +148,8 @@ unsafe fn row_3x3_valid<S: F32Simd>(
         );
         let (d1, d2) = (g.dilation[1] * c, 2 * g.dilation[1] * c);
         let step = g.stride[1] * c;
-        // The nine taps of the pixel whose first tap is at offset `o` of each row.
+        // The nine taps of the pixel whose first tap is at offset `o` of each row (`o`
+        // counts from column 0 of the input).
         macro_rules! pixel {
             ($o:expr) => {{
                 let o = $o;
@@ -191,16 +165,18 @@ unsafe fn row_3x3_valid<S: F32Simd>(
             }};
         }
         let yr = y.add(oy * g.out_w * c + cv);
-        let mut ox = 0;
-        while ox + 2 <= g.out_w {
-            let o = ox * step;
+        // Offset of the first tap of output column `ox`.
+        let first = |ox: usize| (ox * g.stride[1] - g.pad[1]) * c;
+        let mut ox = cols.start;
+        while ox + 2 <= cols.end {
+            let o = first(ox);
             let (a0, a1) = (pixel!(o), pixel!(o + step));
             store_pixel::<S>(yr.add(ox * c), a0, act, S::LANES);
             store_pixel::<S>(yr.add((ox + 1) * c), a1, act, S::LANES);
             ox += 2;
         }
-        if ox < g.out_w {
-            store_pixel::<S>(yr.add(ox * c), pixel!(ox * step), act, S::LANES);
+        if ox < cols.end {
+            store_pixel::<S>(yr.add(ox * c), pixel!(first(ox)), act, S::LANES);
         }
     }
 }
@@ -208,7 +184,7 @@ unsafe fn row_3x3_valid<S: F32Simd>(
 /// One output row for channels `cv..cv + n`, any kernel size.
 ///
 /// # Safety
-/// As [`row_fixed`].
+/// As [`pixels_checked`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn row_any<S: F32Simd>(
@@ -223,7 +199,7 @@ unsafe fn row_any<S: F32Simd>(
     cv: usize,
     n: usize,
 ) {
-    // SAFETY: as in `row_fixed`.
+    // SAFETY: as in `pixels_checked`.
     unsafe {
         let c = g.in_c;
         let b = S::load(bias.add(cv));
@@ -262,16 +238,21 @@ unsafe fn depthwise<S: F32Simd>(
     y: &mut [f32],
 ) {
     let (xp, wp, bp, yp) = (x.as_ptr(), w.as_ptr(), bias.as_ptr(), y.as_mut_ptr());
+    let inner = g.interior_cols();
     for oy in 0..g.out_h {
+        let interior_row = g.row_is_interior(oy);
         let mut cv = 0;
         while cv < g.in_c {
             let n = S::LANES.min(g.in_c - cv);
-            // SAFETY: forwarded checks.
+            // SAFETY: forwarded checks; the fast kernel gets interior rows and columns.
             unsafe {
-                if g.k_h == 3 && g.k_w == 3 && n == S::LANES && g.pad == [0; 4] {
-                    row_3x3_valid::<S>(g, xp, wp, bp, c_pad, act, yp, oy, cv);
+                if g.k_h == 3 && g.k_w == 3 && n == S::LANES && interior_row {
+                    row_3x3_valid::<S>(g, xp, wp, bp, c_pad, act, yp, oy, cv, inner.clone());
+                    let border = (0..inner.start).chain(inner.end..g.out_w);
+                    pixels_checked::<S, 3, 3>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n, border);
                 } else if g.k_h == 3 && g.k_w == 3 {
-                    row_fixed::<S, 3, 3>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n);
+                    let all = 0..g.out_w;
+                    pixels_checked::<S, 3, 3>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n, all);
                 } else {
                     row_any::<S>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n);
                 }
