@@ -370,7 +370,9 @@ impl GraphBudget {
 }
 
 fn check_size(node: &str, shape: &[usize]) -> Result<(), GraphError> {
-    let n = crate::util::element_count(shape.iter().map(|&d| d as u64));
+    // Zero dimensions left out: in [2^32, 2^32, 0] the product is 0, but the engine's
+    // product from the left overflows before it reaches the 0.
+    let n = crate::util::element_count(shape.iter().filter(|&&d| d != 0).map(|&d| d as u64));
     if n > MAX_VALUE_ELEMENTS as u128 {
         return Err(GraphError::TooLarge {
             node: node.to_string(),
