@@ -215,10 +215,15 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
                 ..
             } => {
                 let oc = u64::from(weight.shape.first().copied().unwrap_or(0));
+                let depth = (weight.numel() as u64) / oc.max(1);
+                // A layer with padding may copy its input, padded, into scratch, besides an
+                // im2col tile (32 KiB, or one 24-row tile of patches when those are larger).
+                let im2col = (24 * 4 * depth).max(32 * 1024);
                 (
                     f32_bytes(weight.numel()).saturating_add(bias_bytes(bias.as_ref(), oc)),
-                    // A depthwise layer with padding copies its input, padded, into scratch.
-                    padded_len(*padding).saturating_mul(4),
+                    padded_len(*padding)
+                        .saturating_mul(4)
+                        .saturating_add(im2col),
                 )
             }
             Layer::QDense { weight, bias, .. } | Layer::QConv2d { weight, bias, .. } => {

@@ -345,6 +345,10 @@ conv_battery! {
     conv_dilated_c8: geom([11, 12, 8], 12, [3, 3], 1, [2; 4], 2, 1);
     conv_rgb_same: geom([10, 11, 3], 16, [3, 3], 1, [1; 4], 1, 1);
     conv_rgb_no_pad: geom([6, 7, 3], 8, [3, 3], 1, [0; 4], 1, 1);
+    // A large map, its border a small share: x86's float kernel reads the interior in
+    // place and im2cols the border (the maps above, mostly border, go through a padded copy).
+    conv3x3_large_map: geom([40, 41, 4], 8, [3, 3], 1, [1; 4], 1, 1);
+    conv5x5_large_stride2: geom([48, 50, 4], 8, [5, 5], 2, [1, 2, 2, 2], 1, 1);
     depthwise3x3: geom([7, 9, 16], 16, [3, 3], 1, [1; 4], 1, 16);
     depthwise3x3_stride2: geom([9, 8, 24], 24, [3, 3], 2, [0, 0, 1, 1], 1, 24);
     depthwise3x3_stride2_pad_all: geom([9, 9, 8], 8, [3, 3], 2, [1; 4], 1, 8);
