@@ -240,10 +240,11 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
                     .saturating_mul(2)
                     .saturating_add(tables)
                     .saturating_add(bias_bytes(bias.as_ref(), channels));
-                // A quantized row or sample under a dynamic input, and one patch.
+                // A quantized row or sample under a dynamic input, the input padded, and an
+                // im2col tile (32 KiB, or 24 patches of quads when those are larger).
                 let scratch = input_len
-                    .max(padded_input)
-                    .saturating_add(depth.saturating_mul(4));
+                    .saturating_add(padded_input)
+                    .saturating_add((24 * 4 * depth).max(32 * 1024));
                 (prepared, scratch)
             }
             Layer::TreeEnsemble { .. } => ((layer.param_bytes() as u64).saturating_mul(2), 0),

@@ -555,11 +555,12 @@ fn pad_depthwise_input(g: &ConvGeometry) -> bool {
     }
 }
 
-/// Whether a float convolution read in place (x86) runs faster from a padded copy of its
-/// input, every pixel then in place, than with im2col for its border pixels: when the
-/// border's patches hold more values than the padded input. Keyword spotting's first layer
-/// (10×8 taps over one channel, 36 % border) copies 2,668 values instead of 14,400.
-fn pad_conv_input(g: &ConvGeometry) -> bool {
+/// Whether a convolution read in place (x86) runs faster from a padded copy of its input,
+/// every pixel then in place, than with im2col for its border pixels: when the border's
+/// patches (`tap_len` values a tap) hold more values than the padded input. Keyword
+/// spotting's first layer (10×8 taps over one channel, 36 % border) copies 2,668 values
+/// instead of 14,400.
+pub(super) fn pad_conv_input(g: &ConvGeometry, tap_len: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if g.pad == [0; 4] {
@@ -567,12 +568,12 @@ fn pad_conv_input(g: &ConvGeometry) -> bool {
         }
         let rows = (0..g.out_h).filter(|&oy| g.row_is_interior(oy)).count();
         let border = g.out_h * g.out_w - rows * g.interior_cols().len();
-        let patches = border.saturating_mul(g.taps() * g.icg());
+        let patches = border.saturating_mul(g.taps() * tap_len);
         patches > g.over_padded_input().input_len()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = g;
+        let _ = (g, tap_len);
         false
     }
 }
@@ -658,7 +659,7 @@ impl ConvF32 {
                 && im2col
                 && path != F32Path::Portable
                 && geom.groups == 1;
-            let padded = in_place && pad_conv_input(&geom);
+            let padded = in_place && pad_conv_input(&geom, geom.icg());
             let read = if padded {
                 geom.over_padded_input()
             } else {

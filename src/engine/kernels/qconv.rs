@@ -390,7 +390,8 @@ enum QPlan {
     /// zero point. With `offsets` (x86 SIMD families, one group, channels a multiple of 4
     /// or RGB): the pixels whose kernel lies inside the input are read in place, a row of
     /// them at a time, each patch's quads at these offsets, and only the border goes
-    /// through im2col.
+    /// through im2col; with `padded` too, the input is first copied into scratch with a
+    /// border of the zero point and every pixel read in place.
     Gemm {
         im2col: bool,
         tile: usize,
@@ -399,6 +400,7 @@ enum QPlan {
         /// (a zero weight after the 3 channels).
         tap_len: usize,
         offsets: Option<PatchOffsets>,
+        padded: bool,
     },
     /// Weights `[tap][c]` (channels padded to `c_pad`). With `padded` (SIMD families, a
     /// layer with padding), the input is first copied into scratch with its border filled
@@ -535,7 +537,13 @@ impl ConvU8 {
                 })
                 .collect();
             // Quads: each tap's channels, or for RGB one quad per tap.
-            let offsets = in_place_rows.then(|| PatchOffsets::new(&geom, 4)).flatten();
+            let padded = in_place_rows && super::conv::pad_conv_input(&geom, tap_len);
+            let read = if padded {
+                geom.over_padded_input()
+            } else {
+                geom
+            };
+            let offsets = in_place_rows.then(|| PatchOffsets::new(&read, 4)).flatten();
             let k4 = panels[0].k4;
             let tile = if im2col {
                 im2col_tile(k4, gemm::i8_mr(path), geom.out_h * geom.out_w)
@@ -547,6 +555,7 @@ impl ConvU8 {
                 tile,
                 panels,
                 tap_len,
+                padded: padded && offsets.is_some(),
                 offsets,
             }
         };
@@ -574,16 +583,25 @@ impl ConvU8 {
         self.epi.is_u8()
     }
 
-    /// Scratch bytes a run needs: im2col tiles, or the padded input of a depthwise layer
-    /// with padding on a SIMD family; 0 for 1×1 convolutions.
+    /// Scratch bytes a run needs: im2col tiles (and the padded input of a layer read in
+    /// place from one), or the padded input of a depthwise layer with padding on a SIMD
+    /// family; 0 for 1×1 convolutions.
     pub fn scratch_len(&self) -> usize {
         match &self.plan {
             QPlan::Gemm {
                 im2col: true,
                 tile,
                 panels,
+                padded,
                 ..
-            } => tile * panels[0].k4,
+            } => {
+                let copy = if *padded {
+                    self.geom.over_padded_input().input_len()
+                } else {
+                    0
+                };
+                copy + tile * panels[0].k4
+            }
             QPlan::Depthwise { padded: true, .. } => self.geom.over_padded_input().input_len(),
             _ => 0,
         }
@@ -654,12 +672,22 @@ impl ConvU8 {
                 panels,
                 tap_len,
                 offsets: Some(offsets),
+                padded,
             } => {
                 let pn = &panels[0];
+                let (g, x, scratch) = if *padded {
+                    let gp = g.over_padded_input();
+                    let (xp, rest) = scratch.split_at_mut(gp.input_len());
+                    super::pad_nhwc(x, [g.in_h, g.in_w, g.in_c], g.pad, zp, xp);
+                    (gp, &*xp, rest)
+                } else {
+                    (*g, x, scratch)
+                };
+                let g = &g;
                 // Each offset starts a 4-byte read.
                 g.pixel_runs(offsets.max() + 4, |run| match run {
                     PixelRun::Im2col(pixels) => {
-                        self.run_im2col(x, &mut y, scratch, pn, 0, *tile, *tap_len, pixels)
+                        self.run_im2col(g, x, &mut y, scratch, pn, 0, *tile, *tap_len, pixels)
                     }
                     PixelRun::InPlace { oy, cols } => {
                         let dst = sub_dst(&mut y, (oy * g.out_w + cols.start) * g.out_c);
@@ -686,7 +714,7 @@ impl ConvU8 {
                 ..
             } => {
                 for (gi, pn) in panels.iter().enumerate() {
-                    self.run_im2col(x, &mut y, scratch, pn, gi, *tile, *tap_len, 0..pixels);
+                    self.run_im2col(g, x, &mut y, scratch, pn, gi, *tile, *tap_len, 0..pixels);
                 }
             }
         }
@@ -696,6 +724,7 @@ impl ConvU8 {
     #[allow(clippy::too_many_arguments)]
     fn run_im2col(
         &self,
+        g: &ConvGeometry,
         x: &[u8],
         y: &mut QDst<'_>,
         scratch: &mut [u8],
@@ -705,7 +734,6 @@ impl ConvU8 {
         tap_len: usize,
         pixels: std::ops::Range<usize>,
     ) {
-        let g = &self.geom;
         let c0 = self.epi.group_base(gi, pn.n);
         let mut p0 = pixels.start;
         while p0 < pixels.end {
