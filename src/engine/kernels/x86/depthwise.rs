@@ -148,35 +148,43 @@ unsafe fn row_3x3_valid<S: F32Simd>(
         );
         let (d1, d2) = (g.dilation[1] * c, 2 * g.dilation[1] * c);
         let step = g.stride[1] * c;
-        // The nine taps of the pixel whose first tap is at offset `o` of each row (`o`
-        // counts from column 0 of the input).
+        // The nine taps of the pixel whose kernel rows start at `p0`, `p1`, `p2`. The
+        // loop below steps three such pointers along the row, so that every load is a base
+        // register plus `d1` or `d2` (earlier, 18 addresses computed from one offset were
+        // kept on the stack and reloaded before each load).
         macro_rules! pixel {
-            ($o:expr) => {{
-                let o = $o;
-                let mut a = S::fmadd(S::load(r0.add(o)), w0, b);
-                a = S::fmadd(S::load(r0.add(o + d1)), w1, a);
-                a = S::fmadd(S::load(r0.add(o + d2)), w2, a);
-                a = S::fmadd(S::load(r1.add(o)), w3, a);
-                a = S::fmadd(S::load(r1.add(o + d1)), w4, a);
-                a = S::fmadd(S::load(r1.add(o + d2)), w5, a);
-                a = S::fmadd(S::load(r2.add(o)), w6, a);
-                a = S::fmadd(S::load(r2.add(o + d1)), w7, a);
-                S::fmadd(S::load(r2.add(o + d2)), w8, a)
+            ($p0:expr, $p1:expr, $p2:expr) => {{
+                let (p0, p1, p2) = ($p0, $p1, $p2);
+                let mut a = S::fmadd(S::load(p0), w0, b);
+                a = S::fmadd(S::load(p0.add(d1)), w1, a);
+                a = S::fmadd(S::load(p0.add(d2)), w2, a);
+                a = S::fmadd(S::load(p1), w3, a);
+                a = S::fmadd(S::load(p1.add(d1)), w4, a);
+                a = S::fmadd(S::load(p1.add(d2)), w5, a);
+                a = S::fmadd(S::load(p2), w6, a);
+                a = S::fmadd(S::load(p2.add(d1)), w7, a);
+                S::fmadd(S::load(p2.add(d2)), w8, a)
             }};
         }
-        let yr = y.add(oy * g.out_w * c + cv);
-        // Offset of the first tap of output column `ox`.
-        let first = |ox: usize| (ox * g.stride[1] - g.pad[1]) * c;
-        let mut ox = cols.start;
-        while ox + 2 <= cols.end {
-            let o = first(ox);
-            let (a0, a1) = (pixel!(o), pixel!(o + step));
-            store_pixel::<S>(yr.add(ox * c), a0, act, S::LANES);
-            store_pixel::<S>(yr.add((ox + 1) * c), a1, act, S::LANES);
-            ox += 2;
+        if cols.is_empty() {
+            return;
         }
-        if ox < cols.end {
-            store_pixel::<S>(yr.add(ox * c), pixel!(first(ox)), act, S::LANES);
+        // The first tap of output column `cols.start` in each kernel row.
+        let first = (cols.start * g.stride[1] - g.pad[1]) * c;
+        let (mut q0, mut q1, mut q2) = (r0.add(first), r1.add(first), r2.add(first));
+        let mut yp = y.add((oy * g.out_w + cols.start) * c + cv);
+        let mut left = cols.len();
+        while left >= 2 {
+            let a0 = pixel!(q0, q1, q2);
+            let a1 = pixel!(q0.add(step), q1.add(step), q2.add(step));
+            store_pixel::<S>(yp, a0, act, S::LANES);
+            store_pixel::<S>(yp.add(c), a1, act, S::LANES);
+            (q0, q1, q2) = (q0.add(2 * step), q1.add(2 * step), q2.add(2 * step));
+            yp = yp.add(2 * c);
+            left -= 2;
+        }
+        if left == 1 {
+            store_pixel::<S>(yp, pixel!(q0, q1, q2), act, S::LANES);
         }
     }
 }
