@@ -537,27 +537,22 @@ enum Plan {
 }
 
 /// Whether a float depthwise layer with padding runs faster from a padded copy of its
-/// input. On x86 the kernel reads interior pixels in place and tests the border's taps: the
-/// copy pays off when the border is over a quarter of the map (small maps; keyword
-/// spotting's 25×5 is 45 % border), not on large ones (MobileNet's 48×48, 8 %), where the copy
-/// cost more than it saved. The NEON kernel always reads a padded copy.
+/// input. On x86 the kernel reads interior pixels in place and tests the border's taps:
+/// the copy pays off by the rule of [`pad_conv_input`] (keyword spotting's 25×5 maps, 45 %
+/// border, are copied; MobileNet's 48×48 maps and its stride-2 layers, whose padded input
+/// is four times their output, are not: there the copy took longer than the layer). The
+/// NEON kernel always reads a padded copy.
 fn pad_depthwise_input(g: &ConvGeometry) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let rows = (0..g.out_h).filter(|&oy| g.row_is_interior(oy)).count();
-        let interior = rows * g.interior_cols().len();
-        interior * 4 < g.out_h * g.out_w * 3
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = g;
+    if cfg!(target_arch = "x86_64") {
+        pad_conv_input(g, g.in_c)
+    } else {
         true
     }
 }
 
 /// Whether a convolution read in place (x86) runs faster from a padded copy of its input,
-/// every pixel then in place, than with im2col for its border pixels: when the border's
-/// patches (`tap_len` values a tap) hold more values than the padded input. Keyword
+/// every pixel then in place, than with im2col (or tested taps) for its border pixels: when
+/// the border's patches (`tap_len` values a tap) hold more values than the padded input. Keyword
 /// spotting's first layer (10×8 taps over one channel, 36 % border) copies 2,668 values
 /// instead of 14,400.
 pub(super) fn pad_conv_input(g: &ConvGeometry, tap_len: usize) -> bool {
