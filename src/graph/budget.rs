@@ -227,12 +227,16 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
                 )
             }
             Layer::QDense { weight, bias, .. } | Layer::QConv2d { weight, bias, .. } => {
-                let padded_input = match layer {
-                    Layer::QConv2d { padding, .. } => padded_len(*padding),
-                    _ => 0,
-                };
                 let channels = u64::from(weight.shape.first().copied().unwrap_or(0));
                 let depth = (weight.numel() as u64) / channels.max(1);
+                // A convolution's input padded and an im2col tile (32 KiB, or 24 patches
+                // of quads when those are larger); a dense layer has neither.
+                let conv_scratch = match layer {
+                    Layer::QConv2d { padding, .. } => {
+                        padded_len(*padding).saturating_add((24 * 4 * depth).max(32 * 1024))
+                    }
+                    _ => 0,
+                };
                 // Two layouts of the int8 weights, per-channel tables (sums, multipliers,
                 // biases, shifts, rounding, padded to 8 lanes) and an accumulator per channel.
                 let tables = channels.div_ceil(8).saturating_mul(8).saturating_mul(48);
@@ -240,11 +244,8 @@ pub fn plan_memory(graph: &Graph, shapes: &ValueShapes) -> MemoryPlan {
                     .saturating_mul(2)
                     .saturating_add(tables)
                     .saturating_add(bias_bytes(bias.as_ref(), channels));
-                // A quantized row or sample under a dynamic input, the input padded, and an
-                // im2col tile (32 KiB, or 24 patches of quads when those are larger).
-                let scratch = input_len
-                    .saturating_add(padded_input)
-                    .saturating_add((24 * 4 * depth).max(32 * 1024));
+                // A quantized row or sample under a dynamic input.
+                let scratch = input_len.saturating_add(conv_scratch);
                 (prepared, scratch)
             }
             Layer::TreeEnsemble { .. } => ((layer.param_bytes() as u64).saturating_mul(2), 0),

@@ -349,6 +349,14 @@ conv_battery! {
     // place and im2cols the border (the maps above, mostly border, go through a padded copy).
     conv3x3_large_map: geom([40, 41, 4], 8, [3, 3], 1, [1; 4], 1, 1);
     conv5x5_large_stride2: geom([48, 50, 4], 8, [5, 5], 2, [1, 2, 2, 2], 1, 1);
+    // Kernel rows of whole quads (x86 int8 reads them in place): tiny_conv's 10x8 kernel
+    // on a one-channel spectrogram, 2 channels by 2 columns, RGB by 4 columns, a large
+    // map (interior in place, border through im2col), and a dilated one (im2col only).
+    conv_mono_tinyconv: geom([49, 40, 1], 8, [10, 8], 2, [4, 3, 5, 4], 1, 1);
+    conv_two_channels_kw2: geom([9, 10, 2], 6, [3, 2], 1, [1, 1, 1, 0], 1, 1);
+    conv_rgb_kw4: geom([11, 12, 3], 8, [4, 4], 2, [1, 1, 2, 2], 1, 1);
+    conv_mono_large_map: geom([40, 41, 1], 8, [5, 4], 1, [2, 1, 2, 2], 1, 1);
+    conv_mono_dilated_kw4: geom([13, 14, 1], 5, [3, 4], 1, [2; 4], 2, 1);
     depthwise3x3: geom([7, 9, 16], 16, [3, 3], 1, [1; 4], 1, 16);
     depthwise3x3_stride2: geom([9, 8, 24], 24, [3, 3], 2, [0, 0, 1, 1], 1, 24);
     depthwise3x3_stride2_pad_all: geom([9, 9, 8], 8, [3, 3], 2, [1; 4], 1, 8);

@@ -366,6 +366,22 @@ impl PatchOffsets {
         Some(PatchOffsets { offs, max })
     }
 
+    /// The quads of `g`'s patches read a kernel row at a time: each kernel row's taps lie
+    /// side by side in the input (no dilation along the row), `k_w · in_c` values, read
+    /// as that many / 4 quads (the caller checks it is a multiple of 4); none when the
+    /// offsets do not fit a u32.
+    pub(super) fn kernel_rows(g: &ConvGeometry) -> Option<PatchOffsets> {
+        u32::try_from(g.input_len()).ok()?;
+        let row_len = g.k_w * g.in_c;
+        let mut offs = Vec::with_capacity(g.k_h * row_len.div_ceil(4));
+        for ky in 0..g.k_h {
+            let row = ky * g.dilation[0] * g.in_w * g.in_c;
+            offs.extend((0..row_len).step_by(4).map(|v| (row + v) as u32));
+        }
+        let max = offs.iter().max().map_or(0, |&o| o as usize);
+        Some(PatchOffsets { offs, max })
+    }
+
     pub(super) fn as_slice(&self) -> &[u32] {
         &self.offs
     }

@@ -512,18 +512,17 @@ impl ConvU8 {
         } else {
             let nr = gemm::i8_nr(path, ocg, false);
             let im2col = !(geom.is_pointwise() && icg.is_multiple_of(4));
+            // x86 SIMD families read the pixels whose kernel lies inside the input in place,
+            // four bytes at a read (`PatchQuads`: a tap's channels or a kernel row's taps;
+            // RGB packs a zero weight after each tap's 3 channels).
             #[cfg(target_arch = "x86_64")]
-            let in_place_rows =
-                im2col && path != I8Path::Portable && super::x86::qgemm::conv_rows_fit(&geom);
+            let quads = (im2col && path != I8Path::Portable)
+                .then(|| super::x86::qgemm::PatchQuads::of(&geom))
+                .flatten();
+            #[cfg(target_arch = "x86_64")]
+            let tap_len = quads.map_or(icg, |q| q.tap_len(&geom));
             #[cfg(not(target_arch = "x86_64"))]
-            let in_place_rows = false;
-            // Rows read in place take whole quads per tap: 3 channels (RGB) are packed with
-            // a zero weight after them, so that each tap is one 4-byte read.
-            let tap_len = if in_place_rows {
-                icg.next_multiple_of(4)
-            } else {
-                icg
-            };
+            let tap_len = icg;
             let panels: Vec<PanelsI8> = (0..geom.groups)
                 .map(|g| {
                     PanelsI8::pack(taps * tap_len, ocg, nr, |kk, j| {
@@ -536,14 +535,18 @@ impl ConvU8 {
                     })
                 })
                 .collect();
-            // Quads: each tap's channels, or for RGB one quad per tap.
-            let padded = in_place_rows && super::conv::pad_conv_input(&geom, tap_len);
-            let read = if padded {
-                geom.over_padded_input()
-            } else {
-                geom
+            #[cfg(target_arch = "x86_64")]
+            let (padded, offsets) = {
+                let padded = quads.is_some() && super::conv::pad_conv_input(&geom, tap_len);
+                let read = if padded {
+                    geom.over_padded_input()
+                } else {
+                    geom
+                };
+                (padded, quads.and_then(|q| q.offsets(&read)))
             };
-            let offsets = in_place_rows.then(|| PatchOffsets::new(&read, 4)).flatten();
+            #[cfg(not(target_arch = "x86_64"))]
+            let (padded, offsets): (bool, Option<PatchOffsets>) = (false, None);
             let k4 = panels[0].k4;
             let tile = if im2col {
                 im2col_tile(k4, gemm::i8_mr(path), geom.out_h * geom.out_w)

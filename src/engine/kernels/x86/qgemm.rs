@@ -611,11 +611,52 @@ unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>
     }
 }
 
-/// Whether [`conv_row_u8i8`] runs `geom`: one group, channels a multiple of 4 (each tap's
-/// channels whole quads) or 3 (RGB: each tap one quad, its fourth byte the next pixel's,
-/// met by a zero weight).
-pub(in crate::engine::kernels) fn conv_rows_fit(geom: &ConvGeometry) -> bool {
-    geom.groups == 1 && (geom.in_c.is_multiple_of(4) || geom.in_c == 3)
+/// How [`conv_row_u8i8`] reads a patch in place, four bytes at a read; the weights are
+/// packed in the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::engine::kernels) enum PatchQuads {
+    /// Each tap's channels as whole quads: channels a multiple of 4, or 3 (RGB: each tap
+    /// one quad, its fourth byte the next pixel's, met by a zero weight).
+    PerTap,
+    /// Each kernel row's taps as whole quads: they lie side by side in the input (no
+    /// dilation along the row) and hold a multiple of 4 values, as the 8-wide kernel of a
+    /// one-channel spectrogram does.
+    PerKernelRow,
+}
+
+impl PatchQuads {
+    /// How `geom`'s patches are read in place, if they can be: one group, and channels a
+    /// multiple of 4, whole kernel rows of quads, or RGB (in that order of preference:
+    /// RGB's fourth bytes are wasted work).
+    pub(in crate::engine::kernels) fn of(geom: &ConvGeometry) -> Option<PatchQuads> {
+        if geom.groups != 1 {
+            None
+        } else if geom.in_c.is_multiple_of(4) {
+            Some(PatchQuads::PerTap)
+        } else if geom.dilation[1] == 1 && (geom.k_w * geom.in_c).is_multiple_of(4) {
+            Some(PatchQuads::PerKernelRow)
+        } else if geom.in_c == 3 {
+            Some(PatchQuads::PerTap)
+        } else {
+            None
+        }
+    }
+
+    /// Values per tap in a packed patch.
+    pub(in crate::engine::kernels) fn tap_len(self, geom: &ConvGeometry) -> usize {
+        match self {
+            PatchQuads::PerTap => geom.in_c.next_multiple_of(4),
+            PatchQuads::PerKernelRow => geom.in_c,
+        }
+    }
+
+    /// Where each quad of a patch lies from the patch's first tap.
+    pub(in crate::engine::kernels) fn offsets(self, geom: &ConvGeometry) -> Option<PatchOffsets> {
+        match self {
+            PatchQuads::PerTap => PatchOffsets::new(geom, 4),
+            PatchQuads::PerKernelRow => PatchOffsets::kernel_rows(geom),
+        }
+    }
 }
 
 /// The convolution of output pixels `ox0..ox0 + m` of output row `oy`, every tap of which
@@ -624,7 +665,7 @@ pub(in crate::engine::kernels) fn conv_rows_fit(geom: &ConvGeometry) -> bool {
 /// starts at pixel `(oy, ox0)`, rows `out_c` apart.
 ///
 /// # Panics
-/// If [`conv_rows_fit`] does not hold, `offs` is not the geometry's, a pixel's kernel
+/// If [`PatchQuads::of`] is none, `offs` is not the geometry's, a pixel's kernel
 /// leaves the input, a length does not match the geometry, `w` was packed for another
 /// path, or the CPU lacks `path`'s features.
 #[allow(clippy::too_many_arguments)]
@@ -640,10 +681,11 @@ pub(in crate::engine::kernels) fn conv_row_u8i8(
     epi: &QEpilogue,
     mut y: QDst<'_>,
 ) {
-    assert!(conv_rows_fit(g) && m > 0 && x.len() == g.input_len());
+    let quads = PatchQuads::of(g).expect("conv_row_u8i8: the patches are not read in quads");
+    assert!(m > 0 && x.len() == g.input_len());
     assert!(g.row_is_interior(oy) && g.interior_cols().contains(&ox0));
     assert!(g.interior_cols().contains(&(ox0 + m - 1)));
-    assert!(w.k4 == g.taps() * g.in_c.next_multiple_of(4) && w.n == g.out_c);
+    assert!(w.k4 == g.taps() * quads.tap_len(g) && w.n == g.out_c);
     assert!(offs.as_slice().len() * 4 == w.k4);
     // Every quad lies within 4 bytes past the last pixel's first tap plus the largest
     // offset: inside the input (checked), hence every pixel's.
