@@ -113,6 +113,9 @@ pub(super) struct Lanes {
     pub(super) mult: Vec<i32>,
     pub(super) round: Vec<i64>,
     pub(super) shift: Vec<i64>,
+    /// `shift - 32` as i32, in channel order, when no multiplier is 1/2 or more (not
+    /// [`Lanes::wide`]): AVX2 then requantizes in 32-bit lanes.
+    pub(super) shift32: Vec<i32>,
     pub(super) scale: Vec<f32>,
     pub(super) zero_point: i32,
     pub(super) min: i32,
@@ -265,6 +268,7 @@ impl QEpilogue {
             round: vec![0; padded],
             // Padding channels shift by 1 (never stored; any valid shift would do).
             shift: vec![1; padded],
+            shift32: vec![0; padded],
             scale: vec![0.0; padded],
             zero_point: 0,
             min: 0,
@@ -290,6 +294,7 @@ impl QEpilogue {
                     l.mult[s] = m.m;
                     l.round[at] = 1i64 << (m.shift - 1);
                     l.shift[at] = m.shift as i64;
+                    l.shift32[s] = m.shift as i32 - 32;
                     l.wide |= m.shift < 32;
                 }
                 (l.zero_point, l.min, l.max) = (*zero_point as i32, *min as i32, *max as i32);

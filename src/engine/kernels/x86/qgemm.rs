@@ -201,8 +201,10 @@ impl Requant512 {
 }
 
 /// AVX2 epilogue of eight channels (shared by both 256-bit families): 64-bit products
-/// with `vpmuldq`; the arithmetic shift AVX2 lacks is a logical one of `p + 2^62`
-/// (positive, below 2^64) minus `2^62 >> shift`, the same floor division.
+/// with `vpmuldq`. With every multiplier below 1/2 the high halves of the rounded products
+/// are shifted in 32-bit lanes; otherwise the arithmetic 64-bit shift AVX2 lacks is a
+/// logical one of `p + 2^62` (positive, below 2^64) minus `2^62 >> shift`, the same floor
+/// division.
 ///
 /// # Safety
 /// The CPU has AVX2; `bias` and the lane arrays of `l` hold eight values from `c`;
@@ -224,6 +226,22 @@ pub(super) unsafe fn store_u8_256(
         let pe = _mm256_mul_epi32(t, m);
         let po = _mm256_mul_epi32(_mm256_srli_epi64::<32>(t), _mm256_srli_epi64::<32>(m));
         let r = l.round.as_ptr().add(c);
+        if !l.wide {
+            // Every shift is 32 or more (multipliers below 1/2): `(p + 2^(s-1)) >> s` is
+            // the sum's high half (within ±2^30) shifted right by `s - 32`, the same floor
+            // division in two steps, the second in 32-bit lanes.
+            let pe = _mm256_add_epi64(pe, _mm256_loadu_si256(r.cast()));
+            let po = _mm256_add_epi64(po, _mm256_loadu_si256(r.add(4).cast()));
+            let h = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(pe), po);
+            let q = _mm256_srav_epi32(h, _mm256_loadu_si256(l.shift32.as_ptr().add(c).cast()));
+            let q = _mm256_add_epi32(q, _mm256_set1_epi32(l.zero_point));
+            let q = _mm256_min_epi32(
+                _mm256_max_epi32(q, _mm256_set1_epi32(l.min)),
+                _mm256_set1_epi32(l.max),
+            );
+            store_codes(pack8(q), y, n);
+            return;
+        }
         let s = l.shift.as_ptr().add(c);
         let big = _mm256_set1_epi64x(1 << 62);
         let (se, so) = (
@@ -250,7 +268,18 @@ pub(super) unsafe fn store_u8_256(
             _mm256_max_epi32(q, _mm256_set1_epi32(l.min)),
             _mm256_set1_epi32(l.max),
         );
-        let bytes = pack8(q);
+        store_codes(pack8(q), y, n);
+    }
+}
+
+/// The first `n <= 8` bytes of `bytes` (lowest first) stored at `y`.
+///
+/// # Safety
+/// `n` writable bytes at `y`.
+#[inline(always)]
+unsafe fn store_codes(bytes: u64, y: *mut u8, n: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
         if n == 8 {
             y.cast::<u64>().write_unaligned(bytes);
         } else {
