@@ -607,6 +607,8 @@ pub struct BenchReport {
     pub iterations: usize,
     /// Load (parse + plan) time, milliseconds.
     pub load_ms: f64,
+    /// 10th percentile, microseconds: on a shared machine the least disturbed figure.
+    pub latency_us_p10: f64,
     /// Median call latency, microseconds.
     pub latency_us_p50: f64,
     /// 90th percentile, microseconds.
@@ -683,6 +685,7 @@ pub fn bench(
         batch,
         iterations,
         load_ms,
+        latency_us_p10: pct(0.1),
         latency_us_p50: p50,
         latency_us_p90: pct(0.9),
         latency_us_p99: pct(0.99),
@@ -702,6 +705,7 @@ pub fn write_bench(out: &mut dyn Write, r: &BenchReport) -> Result<()> {
         r.model, r.engine, r.batch, r.iterations
     )?;
     writeln!(out, "load        {:>10.2} ms", r.load_ms)?;
+    writeln!(out, "latency p10 {:>10.2} µs", r.latency_us_p10)?;
     writeln!(out, "latency p50 {:>10.2} µs", r.latency_us_p50)?;
     writeln!(out, "latency p90 {:>10.2} µs", r.latency_us_p90)?;
     writeln!(out, "latency p99 {:>10.2} µs", r.latency_us_p99)?;
