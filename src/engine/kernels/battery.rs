@@ -367,6 +367,11 @@ conv_battery! {
     depthwise_one_channel: geom([6, 5, 1], 1, [3, 3], 1, [1; 4], 1, 1);
     depthwise_multiplier2: geom([5, 5, 4], 8, [3, 3], 1, [1; 4], 1, 4);
     depthwise_no_pad: geom([6, 7, 32], 32, [3, 3], 1, [0; 4], 1, 32);
+    // Eight channels: x86 int8 runs two pixels side by side in one block (an odd row
+    // leaves one pixel alone).
+    depthwise_c8: geom([10, 11, 8], 8, [3, 3], 1, [1; 4], 1, 8);
+    depthwise_c8_no_pad_odd: geom([7, 9, 8], 8, [3, 3], 1, [0; 4], 1, 8);
+    depthwise_c8_stride2: geom([12, 13, 8], 8, [3, 3], 2, [0, 0, 1, 1], 1, 8);
     // Maps mostly interior: x86's float kernel reads them in place (the ones above, mostly
     // border, through a padded copy).
     depthwise_large_map: geom([20, 21, 16], 16, [3, 3], 1, [1; 4], 1, 16);

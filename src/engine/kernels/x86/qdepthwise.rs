@@ -185,6 +185,25 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                 zh = _mm256_add_epi32(zh, _mm256_madd_epi16(zp16, wh[k]));
             }
         }
+        // Eight channels on AVX2: the weights of each tap pair for two pixels side by side.
+        let pair_w = (!WIDE && c == 8).then(|| {
+            let mut pw = PairWeights {
+                lo: [wl[0]; MAX_TAPS / 2],
+                hi: [wl[0]; MAX_TAPS / 2],
+            };
+            for k in 0..pairs {
+                // SAFETY: AVX2; `w` holds `taps · c_pad` weights, c_pad >= 16.
+                unsafe {
+                    let (a, b) = (
+                        tap_w_twice(w, taps, c_pad, 2 * k),
+                        tap_w_twice(w, taps, c_pad, 2 * k + 1),
+                    );
+                    pw.lo[k] = _mm256_unpacklo_epi16(a, b);
+                    pw.hi[k] = _mm256_unpackhi_epi16(a, b);
+                }
+            }
+            pw
+        });
         // SAFETY (the constants): AVX-512 under WIDE; the lane arrays hold whole blocks of
         // 16 from c0 (a multiple of 16; 128 slots past the last channel).
         let requant = WIDE.then(|| unsafe { Requant512::load(l, bias, c0) });
@@ -228,6 +247,43 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                 // Inside the input for every tap: where the top-left tap reads.
                 let iy0 = (oy * g.stride[0]).checked_sub(g.pad[0]);
                 let ix0 = (ox * g.stride[1]).checked_sub(g.pad[1]);
+                // Eight channels: this pixel and the next fill one block of 16 lanes, when
+                // every tap of both lies inside the input (MobileNet's first depthwise
+                // layer would leave half of each block idle).
+                if let (Some(pair_w), Some(iy), Some(ix)) = (&pair_w, iy0, ix0) {
+                    let step = g.stride[1] * c;
+                    let at0 = (iy * g.in_w + ix) * c;
+                    if ox + 1 < g.out_w
+                        && iy + span_h < g.in_h
+                        && ix + g.stride[1] + span_w < g.in_w
+                        && at0 + step + offs[taps - 1] + 8 <= x.len()
+                    {
+                        // SAFETY: AVX2; both pixels' taps lie inside `x`, 8 bytes
+                        // readable at the second one's last (checked just above).
+                        let (first, second) = unsafe {
+                            let (lo, hi) =
+                                sum_inside_pair(x[at0..].as_ptr(), step, &offs, taps, pair_w);
+                            in_order(lo, hi)
+                        };
+                        let at = (oy * g.out_w + ox) * c;
+                        for (v, at) in [(first, at), (second, at + c)] {
+                            // SAFETY: the lane arrays hold channels 0..8 (one block); 8
+                            // outputs are written from `at`, inside y (pixel ox + 1 exists).
+                            unsafe {
+                                match &mut y {
+                                    QDst::U8(y) => {
+                                        store_u8_256(v, l, bias, 0, y[at..][..8].as_mut_ptr(), 8)
+                                    }
+                                    QDst::F32(y) => {
+                                        store_f32_256(v, l, bias, 0, y[at..][..8].as_mut_ptr(), 8)
+                                    }
+                                }
+                            }
+                        }
+                        ox += 2;
+                        continue;
+                    }
+                }
                 let (mut lo, mut hi) = (zl, zh);
                 match (iy0, ix0) {
                     (Some(iy), Some(ix))
@@ -333,6 +389,72 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
             }
         }
         c0 += n;
+    }
+}
+
+/// The weights of each tap pair for eight channels, twice (for two pixels), interleaved
+/// as [`pair_sum`] takes them.
+struct PairWeights {
+    lo: [__m256i; MAX_TAPS / 2],
+    hi: [__m256i; MAX_TAPS / 2],
+}
+
+/// A tap's eight weights (channels 0..8), widened to i16, in both halves; zero past the
+/// last tap.
+///
+/// # Safety
+/// AVX2 present.
+#[inline(always)]
+unsafe fn tap_w_twice(w: &[i8], taps: usize, c_pad: usize, tap: usize) -> __m256i {
+    if tap >= taps {
+        // SAFETY: AVX2 by the caller's contract.
+        return unsafe { _mm256_setzero_si256() };
+    }
+    let wp = w[tap * c_pad..][..8].as_ptr();
+    // SAFETY: 8 readable bytes (the slice above); AVX2 by the caller's contract.
+    unsafe { _mm256_cvtepi8_epi16(_mm_set1_epi64x(wp.cast::<i64>().read_unaligned())) }
+}
+
+/// The sums of two pixels of eight channels whose taps all lie inside the input, the
+/// second `step` bytes after the first: pixel one's in lanes 0-7, pixel two's in 8-15 (in
+/// [`pair_sum`]'s order).
+///
+/// # Safety
+/// AVX2 present; 8 bytes readable at every tap of both pixels (and, when `step` is 8, the
+/// 16 bytes from each tap of the first, the same bytes).
+#[inline(always)]
+unsafe fn sum_inside_pair(
+    base: *const u8,
+    step: usize,
+    offs: &[usize; MAX_TAPS],
+    taps: usize,
+    w: &PairWeights,
+) -> (__m256i, __m256i) {
+    // SAFETY: the caller's contract; the odd tap past the last reads nothing.
+    unsafe {
+        let codes = |t: usize| {
+            let p = base.add(offs[t]);
+            let v = if step == 8 {
+                _mm_loadu_si128(p.cast())
+            } else {
+                _mm_unpacklo_epi64(
+                    _mm_loadl_epi64(p.cast()),
+                    _mm_loadl_epi64(p.add(step).cast()),
+                )
+            };
+            _mm256_cvtepu8_epi16(v)
+        };
+        let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for k in 0..taps.div_ceil(2) {
+            let a = codes(2 * k);
+            let b = if 2 * k + 1 < taps {
+                codes(2 * k + 1)
+            } else {
+                _mm256_setzero_si256()
+            };
+            (lo, hi) = pair_sum(lo, hi, a, b, w.lo[k], w.hi[k]);
+        }
+        (lo, hi)
     }
 }
 
