@@ -124,10 +124,7 @@ unsafe fn add_u8_avx2_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
             let qo = clamp64(qo, lo, hi);
             let q = _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo));
             let q = _mm256_add_epi32(q, zp32);
-            y.as_mut_ptr()
-                .add(i)
-                .cast::<u64>()
-                .write_unaligned(pack8(q));
+            _mm_storel_epi64(y.as_mut_ptr().add(i).cast(), pack8(q));
         }
         i += 8;
     }

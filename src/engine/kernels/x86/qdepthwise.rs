@@ -3,7 +3,7 @@
 //! `vpmaddwd` (exact), then the GEMM kernels' epilogues (two 256-bit ones, or one 512-bit
 //! one on VNNI-512). Same bits as [`crate::engine::kernels::qconv::depthwise_u8_portable`].
 
-use super::qgemm::{I8Dot, Requant512, Vnni512, store_f32_256, store_u8_256};
+use super::qgemm::{I8Dot, Requant512, Vnni512, store_f32_256, store_u8_256, store_u8_256_x2};
 use crate::engine::kernels::conv::ConvGeometry;
 use crate::engine::kernels::gemm::QDst;
 use crate::engine::kernels::qconv::QEpilogue;
@@ -266,6 +266,16 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                             in_order(lo, hi)
                         };
                         let at = (oy * g.out_w + ox) * c;
+                        if let QDst::U8(y) = &mut y {
+                            // SAFETY: the lane arrays hold channels 0..8 (one block); 16
+                            // outputs are written from `at`, inside y (pixel ox + 1 exists).
+                            unsafe {
+                                let yp = y[at..][..16].as_mut_ptr();
+                                store_u8_256_x2(first, 0, second, 0, l, bias, yp, 16);
+                            }
+                            ox += 2;
+                            continue;
+                        }
                         for (v, at) in [(first, at), (second, at + c)] {
                             // SAFETY: the lane arrays hold channels 0..8 (one block); 8
                             // outputs are written from `at`, inside y (pixel ox + 1 exists).
@@ -362,6 +372,17 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                                 n,
                             ),
                         }
+                    }
+                    ox += 1;
+                    continue;
+                }
+                if let QDst::U8(y) = &mut y {
+                    // SAFETY: the lane arrays run 128 slots past the last channel (one
+                    // group of all channels, 8 wide, so channel cc is slot cc); n outputs
+                    // are written from position at + c0, inside y.
+                    unsafe {
+                        let yp = y[at + c0..][..n].as_mut_ptr();
+                        store_u8_256_x2(first, c0, second, c0 + 8, l, bias, yp, n);
                     }
                     ox += 1;
                     continue;

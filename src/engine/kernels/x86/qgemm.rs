@@ -200,11 +200,8 @@ impl Requant512 {
     }
 }
 
-/// AVX2 epilogue of eight channels (shared by both 256-bit families): 64-bit products
-/// with `vpmuldq`. With every multiplier below 1/2 the high halves of the rounded products
-/// are shifted in 32-bit lanes; otherwise the arithmetic 64-bit shift AVX2 lacks is a
-/// logical one of `p + 2^62` (positive, below 2^64) minus `2^62 >> shift`, the same floor
-/// division.
+/// AVX2 epilogue of eight channels (shared by both 256-bit families), stored: `n <= 8`
+/// codes at `y` (see [`requant_256`]).
 ///
 /// # Safety
 /// The CPU has AVX2; `bias` and the lane arrays of `l` hold eight values from `c`;
@@ -218,71 +215,13 @@ pub(super) unsafe fn store_u8_256(
     y: *mut u8,
     n: usize,
 ) {
-    // SAFETY: the lane arrays hold whole blocks of 8 from `c`; at most `n` bytes are
-    // written.
-    unsafe {
-        let t = _mm256_add_epi32(v, _mm256_loadu_si256(bias.add(c).cast()));
-        let m = _mm256_loadu_si256(l.mult.as_ptr().add(c).cast());
-        let pe = _mm256_mul_epi32(t, m);
-        let po = _mm256_mul_epi32(_mm256_srli_epi64::<32>(t), _mm256_srli_epi64::<32>(m));
-        let r = l.round.as_ptr().add(c);
-        if !l.wide {
-            // Every shift is 32 or more (multipliers below 1/2): `(p + 2^(s-1)) >> s` is
-            // the sum's high half (within ±2^30) shifted right by `s - 32`, the same floor
-            // division in two steps, the second in 32-bit lanes.
-            let pe = _mm256_add_epi64(pe, _mm256_loadu_si256(r.cast()));
-            let po = _mm256_add_epi64(po, _mm256_loadu_si256(r.add(4).cast()));
-            let h = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(pe), po);
-            let q = _mm256_srav_epi32(h, _mm256_loadu_si256(l.shift32.as_ptr().add(c).cast()));
-            let q = _mm256_add_epi32(q, _mm256_set1_epi32(l.zero_point));
-            let q = _mm256_min_epi32(
-                _mm256_max_epi32(q, _mm256_set1_epi32(l.min)),
-                _mm256_set1_epi32(l.max),
-            );
-            store_codes(pack8(q), y, n);
-            return;
-        }
-        let s = l.shift.as_ptr().add(c);
-        let big = _mm256_set1_epi64x(1 << 62);
-        let (se, so) = (
-            _mm256_loadu_si256(s.cast()),
-            _mm256_loadu_si256(s.add(4).cast()),
-        );
-        let pe = _mm256_add_epi64(_mm256_add_epi64(pe, _mm256_loadu_si256(r.cast())), big);
-        let po = _mm256_add_epi64(
-            _mm256_add_epi64(po, _mm256_loadu_si256(r.add(4).cast())),
-            big,
-        );
-        let qe = _mm256_sub_epi64(_mm256_srlv_epi64(pe, se), _mm256_srlv_epi64(big, se));
-        let qo = _mm256_sub_epi64(_mm256_srlv_epi64(po, so), _mm256_srlv_epi64(big, so));
-        let (qe, qo) = if l.wide {
-            let lo = _mm256_set1_epi64x((l.min - l.zero_point) as i64);
-            let hi = _mm256_set1_epi64x((l.max - l.zero_point) as i64);
-            (clamp64(qe, lo, hi), clamp64(qo, lo, hi))
-        } else {
-            (qe, qo)
-        };
-        let q = _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo));
-        let q = _mm256_add_epi32(q, _mm256_set1_epi32(l.zero_point));
-        let q = _mm256_min_epi32(
-            _mm256_max_epi32(q, _mm256_set1_epi32(l.min)),
-            _mm256_set1_epi32(l.max),
-        );
-        store_codes(pack8(q), y, n);
-    }
-}
-
-/// The first `n <= 8` bytes of `bytes` (lowest first) stored at `y`.
-///
-/// # Safety
-/// `n` writable bytes at `y`.
-#[inline(always)]
-unsafe fn store_codes(bytes: u64, y: *mut u8, n: usize) {
     // SAFETY: the caller's contract.
     unsafe {
+        let b = pack8(requant_256(v, l, bias, c));
         if n == 8 {
-            y.cast::<u64>().write_unaligned(bytes);
+            _mm_storel_epi64(y.cast(), b);
         } else {
+            let bytes = _mm_cvtsi128_si64(b) as u64;
             for k in 0..n {
                 *y.add(k) = (bytes >> (8 * k)) as u8;
             }
@@ -290,18 +229,111 @@ unsafe fn store_codes(bytes: u64, y: *mut u8, n: usize) {
     }
 }
 
-/// Eight i32 lanes holding codes `0..=255`, as the eight bytes of a u64 (lane 0 lowest).
+/// [`store_u8_256`] of sixteen values side by side: `v0` on channels `c0..c0 + 8`, `v1`
+/// on `c1..c1 + 8`, stored as `n <= 16` bytes at `y` (one 16-byte store when whole).
+///
+/// # Safety
+/// The CPU has AVX2; `bias` and the lane arrays of `l` hold eight values from `c0` and
+/// from `c1`; `y` is valid for `n` bytes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn store_u8_256_x2(
+    v0: __m256i,
+    c0: usize,
+    v1: __m256i,
+    c1: usize,
+    l: &Lanes,
+    bias: *const i32,
+    y: *mut u8,
+    n: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if n <= 8 {
+            return store_u8_256(v0, l, bias, c0, y, n);
+        }
+        let (q0, q1) = (requant_256(v0, l, bias, c0), requant_256(v1, l, bias, c1));
+        // i16 per 128-bit lane: q0 0-3, q1 0-3 | q0 4-7, q1 4-7; then bytes, and the four
+        // dwords q0 0-3, q0 4-7, q1 0-3, q1 4-7 gathered first.
+        let w = _mm256_packs_epi32(q0, q1);
+        let b = _mm256_packus_epi16(w, w);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0));
+        let b = _mm256_castsi256_si128(b);
+        if n == 16 {
+            _mm_storeu_si128(y.cast(), b);
+        } else {
+            let mut tmp = [0u8; 16];
+            _mm_storeu_si128(tmp.as_mut_ptr().cast(), b);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), y, n);
+        }
+    }
+}
+
+/// The u8 codes (as i32 lanes) of eight channels' sums `v` (bias not yet added): 64-bit
+/// products with `vpmuldq`. With every multiplier below 1/2 the high halves of the rounded
+/// products are shifted in 32-bit lanes; otherwise the arithmetic 64-bit shift AVX2 lacks
+/// is a logical one of `p + 2^62` (positive, below 2^64) minus `2^62 >> shift`, the same
+/// floor division. The bits of [`crate::engine::kernels::qconv::requant_one`].
+///
+/// # Safety
+/// The CPU has AVX2; `bias` and the lane arrays of `l` hold eight values from `c`.
+#[inline(always)]
+unsafe fn requant_256(v: __m256i, l: &Lanes, bias: *const i32, c: usize) -> __m256i {
+    // SAFETY: the lane arrays hold whole blocks of 8 from `c`.
+    unsafe {
+        let t = _mm256_add_epi32(v, _mm256_loadu_si256(bias.add(c).cast()));
+        let m = _mm256_loadu_si256(l.mult.as_ptr().add(c).cast());
+        let pe = _mm256_mul_epi32(t, m);
+        let po = _mm256_mul_epi32(_mm256_srli_epi64::<32>(t), _mm256_srli_epi64::<32>(m));
+        let r = l.round.as_ptr().add(c);
+        let q = if !l.wide {
+            // Every shift is 32 or more (multipliers below 1/2): `(p + 2^(s-1)) >> s` is
+            // the sum's high half (within ±2^30) shifted right by `s - 32`, the same floor
+            // division in two steps, the second in 32-bit lanes.
+            let pe = _mm256_add_epi64(pe, _mm256_loadu_si256(r.cast()));
+            let po = _mm256_add_epi64(po, _mm256_loadu_si256(r.add(4).cast()));
+            let h = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(pe), po);
+            _mm256_srav_epi32(h, _mm256_loadu_si256(l.shift32.as_ptr().add(c).cast()))
+        } else {
+            let s = l.shift.as_ptr().add(c);
+            let big = _mm256_set1_epi64x(1 << 62);
+            let (se, so) = (
+                _mm256_loadu_si256(s.cast()),
+                _mm256_loadu_si256(s.add(4).cast()),
+            );
+            let pe = _mm256_add_epi64(_mm256_add_epi64(pe, _mm256_loadu_si256(r.cast())), big);
+            let po = _mm256_add_epi64(
+                _mm256_add_epi64(po, _mm256_loadu_si256(r.add(4).cast())),
+                big,
+            );
+            let qe = _mm256_sub_epi64(_mm256_srlv_epi64(pe, se), _mm256_srlv_epi64(big, se));
+            let qo = _mm256_sub_epi64(_mm256_srlv_epi64(po, so), _mm256_srlv_epi64(big, so));
+            let lo = _mm256_set1_epi64x((l.min - l.zero_point) as i64);
+            let hi = _mm256_set1_epi64x((l.max - l.zero_point) as i64);
+            let (qe, qo) = (clamp64(qe, lo, hi), clamp64(qo, lo, hi));
+            _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo))
+        };
+        let q = _mm256_add_epi32(q, _mm256_set1_epi32(l.zero_point));
+        _mm256_min_epi32(
+            _mm256_max_epi32(q, _mm256_set1_epi32(l.min)),
+            _mm256_set1_epi32(l.max),
+        )
+    }
+}
+
+/// Eight i32 lanes holding codes `0..=255`, as the low eight bytes of a vector (lane 0
+/// lowest).
 ///
 /// # Safety
 /// The CPU has AVX2 (registers only).
 #[inline(always)]
-pub(super) unsafe fn pack8(q: __m256i) -> u64 {
+pub(super) unsafe fn pack8(q: __m256i) -> __m128i {
     // SAFETY: AVX2 present (the callers' contract).
     unsafe {
         let w = _mm256_packs_epi32(q, q);
         let b = _mm256_packus_epi16(w, w);
         let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
-        _mm_cvtsi128_si64(_mm256_castsi256_si128(b)) as u64
+        _mm256_castsi256_si128(b)
     }
 }
 
