@@ -39,6 +39,31 @@ pub(super) trait I8Dot {
     /// Requantizes channels `c..c + n` (`n <= LANES`, `c` a multiple of `LANES`) into
     /// `y`.
     unsafe fn store_u8(v: Self::V, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize);
+    /// [`I8Dot::store_u8`] of two vectors side by side: `v0` on channels `c..c + LANES`,
+    /// `v1` on the next `LANES`, `LANES < n <= 2 · LANES` values in all.
+    #[inline(always)]
+    unsafe fn store_u8_x2(
+        v0: Self::V,
+        v1: Self::V,
+        l: &Lanes,
+        bias: *const i32,
+        c: usize,
+        y: *mut u8,
+        n: usize,
+    ) {
+        // SAFETY: the trait's contract.
+        unsafe {
+            Self::store_u8(v0, l, bias, c, y, Self::LANES);
+            Self::store_u8(
+                v1,
+                l,
+                bias,
+                c + Self::LANES,
+                y.add(Self::LANES),
+                n - Self::LANES,
+            );
+        }
+    }
     /// Dequantizes channels `c..c + n` into `y`.
     unsafe fn store_f32(v: Self::V, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize);
 }
@@ -417,6 +442,19 @@ impl I8Dot for Vnni256 {
         unsafe { store_u8_256(v, l, bias, c, y, n) }
     }
     #[inline(always)]
+    unsafe fn store_u8_x2(
+        v0: __m256i,
+        v1: __m256i,
+        l: &Lanes,
+        bias: *const i32,
+        c: usize,
+        y: *mut u8,
+        n: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { store_u8_256_x2(v0, c, v1, c + 8, l, bias, y, n) }
+    }
+    #[inline(always)]
     unsafe fn store_f32(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
         // SAFETY: forwarded contract.
         unsafe { store_f32_256(v, l, bias, c, y, n) }
@@ -475,6 +513,19 @@ impl I8Dot for Avx2I8 {
     unsafe fn store_u8(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize) {
         // SAFETY: forwarded contract.
         unsafe { store_u8_256(v, l, bias, c, y, n) }
+    }
+    #[inline(always)]
+    unsafe fn store_u8_x2(
+        v0: __m256i,
+        v1: __m256i,
+        l: &Lanes,
+        bias: *const i32,
+        c: usize,
+        y: *mut u8,
+        n: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { store_u8_256_x2(v0, c, v1, c + 8, l, bias, y, n) }
     }
     #[inline(always)]
     unsafe fn store_f32(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
@@ -570,7 +621,8 @@ unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>
                 break;
             }
             let yr = y.add(r * ldy);
-            for v in 0..NV {
+            let mut v = 0;
+            while v < NV {
                 let j = v * D::LANES;
                 if j >= ncols {
                     break;
@@ -578,9 +630,18 @@ unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>
                 let n = (ncols - j).min(D::LANES);
                 let sums = D::finish(acc[r][v]);
                 match yr.add(j) {
+                    // Two vectors' codes at once where both hold channels.
+                    Out::U8(p) if v + 1 < NV && ncols - j > D::LANES => {
+                        let next = D::finish(acc[r][v + 1]);
+                        let n2 = (ncols - j).min(2 * D::LANES);
+                        D::store_u8_x2(sums, next, l, bias, c0 + j, p, n2);
+                        v += 2;
+                        continue;
+                    }
                     Out::U8(p) => D::store_u8(sums, l, bias, c0 + j, p, n),
                     Out::F32(p) => D::store_f32(sums, l, bias, c0 + j, p, n),
                 }
+                v += 1;
             }
         }
     }
