@@ -266,27 +266,19 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                             in_order(lo, hi)
                         };
                         let at = (oy * g.out_w + ox) * c;
-                        if let QDst::U8(y) = &mut y {
-                            // SAFETY: the lane arrays hold channels 0..8 (one block); 16
-                            // outputs are written from `at`, inside y (pixel ox + 1 exists).
-                            unsafe {
-                                let yp = y[at..][..16].as_mut_ptr();
-                                store_u8_256_x2(first, 0, second, 0, l, bias, yp, 16);
-                            }
-                            ox += 2;
-                            continue;
-                        }
-                        for (v, at) in [(first, at), (second, at + c)] {
-                            // SAFETY: the lane arrays hold channels 0..8 (one block); 8
-                            // outputs are written from `at`, inside y (pixel ox + 1 exists).
-                            unsafe {
-                                match &mut y {
-                                    QDst::U8(y) => {
-                                        store_u8_256(v, l, bias, 0, y[at..][..8].as_mut_ptr(), 8)
-                                    }
-                                    QDst::F32(y) => {
-                                        store_f32_256(v, l, bias, 0, y[at..][..8].as_mut_ptr(), 8)
-                                    }
+                        // SAFETY: the lane arrays hold channels 0..8 (one block); the 16
+                        // outputs of both pixels are written from `at`, inside y (pixel
+                        // ox + 1 exists).
+                        unsafe {
+                            match &mut y {
+                                QDst::U8(y) => {
+                                    let yp = y[at..][..16].as_mut_ptr();
+                                    store_u8_256_x2(first, 0, second, 0, l, bias, yp, 16)
+                                }
+                                QDst::F32(y) => {
+                                    let yp = y[at..][..16].as_mut_ptr();
+                                    store_f32_256(first, l, bias, 0, yp, 8);
+                                    store_f32_256(second, l, bias, 0, yp.add(8), 8);
                                 }
                             }
                         }
