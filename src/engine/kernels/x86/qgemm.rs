@@ -803,6 +803,7 @@ pub(in crate::engine::kernels) fn conv_row_u8i8(
     epi: &QEpilogue,
     mut y: QDst<'_>,
 ) {
+    // ok: a documented panic; ConvU8 plans in-place rows only where `of` gives a layout
     let quads = PatchQuads::of(g).expect("conv_row_u8i8: the patches are not read in quads");
     assert!(m > 0 && x.len() == g.input_len());
     assert!(g.row_is_interior(oy) && g.interior_cols().contains(&ox0));
