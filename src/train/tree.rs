@@ -951,7 +951,7 @@ mod tests {
 
     #[test]
     fn sort_keys_order_as_total_cmp_and_round_trip() {
-        let mut values = vec![
+        let mut values = [
             f32::NEG_INFINITY,
             -3.5,
             -1e-30,
