@@ -406,6 +406,49 @@ pub(super) unsafe fn store_f32_256(
     }
 }
 
+/// The store methods of the two 256-bit families, which share the AVX2 epilogues.
+macro_rules! epilogue_256 {
+    () => {
+        #[inline(always)]
+        unsafe fn store_u8(
+            v: __m256i,
+            l: &Lanes,
+            bias: *const i32,
+            c: usize,
+            y: *mut u8,
+            n: usize,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { store_u8_256(v, l, bias, c, y, n) }
+        }
+        #[inline(always)]
+        unsafe fn store_u8_x2(
+            v0: __m256i,
+            v1: __m256i,
+            l: &Lanes,
+            bias: *const i32,
+            c: usize,
+            y: *mut u8,
+            n: usize,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { store_u8_256_x2(v0, c, v1, c + 8, l, bias, y, n) }
+        }
+        #[inline(always)]
+        unsafe fn store_f32(
+            v: __m256i,
+            l: &Lanes,
+            bias: *const i32,
+            c: usize,
+            y: *mut f32,
+            n: usize,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { store_f32_256(v, l, bias, c, y, n) }
+        }
+    };
+}
+
 impl I8Dot for Vnni256 {
     type A = __m256i;
     type W = __m256i;
@@ -436,29 +479,7 @@ impl I8Dot for Vnni256 {
     unsafe fn finish(acc: __m256i) -> __m256i {
         acc
     }
-    #[inline(always)]
-    unsafe fn store_u8(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { store_u8_256(v, l, bias, c, y, n) }
-    }
-    #[inline(always)]
-    unsafe fn store_u8_x2(
-        v0: __m256i,
-        v1: __m256i,
-        l: &Lanes,
-        bias: *const i32,
-        c: usize,
-        y: *mut u8,
-        n: usize,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe { store_u8_256_x2(v0, c, v1, c + 8, l, bias, y, n) }
-    }
-    #[inline(always)]
-    unsafe fn store_f32(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { store_f32_256(v, l, bias, c, y, n) }
-    }
+    epilogue_256!();
 }
 
 impl I8Dot for Avx2I8 {
@@ -509,29 +530,7 @@ impl I8Dot for Avx2I8 {
         // SAFETY: the trait's contract. `vphaddd` gives channels 0 1 4 5 | 2 3 6 7.
         unsafe { _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc.0, acc.1)) }
     }
-    #[inline(always)]
-    unsafe fn store_u8(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut u8, n: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { store_u8_256(v, l, bias, c, y, n) }
-    }
-    #[inline(always)]
-    unsafe fn store_u8_x2(
-        v0: __m256i,
-        v1: __m256i,
-        l: &Lanes,
-        bias: *const i32,
-        c: usize,
-        y: *mut u8,
-        n: usize,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe { store_u8_256_x2(v0, c, v1, c + 8, l, bias, y, n) }
-    }
-    #[inline(always)]
-    unsafe fn store_f32(v: __m256i, l: &Lanes, bias: *const i32, c: usize, y: *mut f32, n: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { store_f32_256(v, l, bias, c, y, n) }
-    }
+    epilogue_256!();
 }
 
 /// Where a tile stores: u8 or f32 rows `ldy` apart.
