@@ -3,7 +3,7 @@
 //! `vpmaddwd` (exact), then the GEMM kernels' epilogues (two 256-bit ones, or one 512-bit
 //! one on VNNI-512). Same bits as [`crate::engine::kernels::qconv::depthwise_u8_portable`].
 
-use super::qgemm::{I8Dot, Requant512, Vnni512, store_f32_256, store_u8_256, store_u8_256_x2};
+use super::qgemm::{I8Dot, Requant512, Vnni512, store_f32_256, store_u8_256_x2};
 use crate::engine::kernels::conv::ConvGeometry;
 use crate::engine::kernels::gemm::QDst;
 use crate::engine::kernels::qconv::QEpilogue;
@@ -261,8 +261,14 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                         // SAFETY: AVX2; both pixels' taps lie inside `x`, 8 bytes
                         // readable at the second one's last (checked just above).
                         let (first, second) = unsafe {
-                            let (lo, hi) =
-                                sum_inside_pair(x[at0..].as_ptr(), step, &offs, taps, pair_w);
+                            let (lo, hi) = sum_inside_pair(
+                                x[at0..].as_ptr(),
+                                step,
+                                &offs,
+                                pairs,
+                                taps,
+                                pair_w,
+                            );
                             in_order(lo, hi)
                         };
                         let at = (oy * g.out_w + ox) * c;
@@ -368,32 +374,23 @@ unsafe fn dw<const P: usize, const WIDE: bool>(
                     ox += 1;
                     continue;
                 }
-                if let QDst::U8(y) = &mut y {
-                    // SAFETY: the lane arrays run 128 slots past the last channel (one
-                    // group of all channels, 8 wide, so channel cc is slot cc); n outputs
-                    // are written from position at + c0, inside y.
-                    unsafe {
-                        let yp = y[at + c0..][..n].as_mut_ptr();
-                        store_u8_256_x2(first, c0, second, c0 + 8, l, bias, yp, n);
-                    }
-                    ox += 1;
-                    continue;
-                }
-                for (half, v) in [(0, first), (8, second)] {
-                    if half >= n {
-                        break;
-                    }
-                    let (cc, nn) = (c0 + half, (n - half).min(8));
-                    // SAFETY: the lane arrays run 128 slots past the last channel (one
-                    // group of all channels, 8 wide, so channel cc is slot cc); at most nn
-                    // outputs are written from position at + cc, inside y.
-                    unsafe {
-                        match &mut y {
-                            QDst::U8(y) => {
-                                store_u8_256(v, l, bias, cc, y[at + cc..][..nn].as_mut_ptr(), nn)
-                            }
-                            QDst::F32(y) => {
-                                store_f32_256(v, l, bias, cc, y[at + cc..][..nn].as_mut_ptr(), nn)
+                // SAFETY: the lane arrays run 128 slots past the last channel (one group of
+                // all channels, 8 wide, so channel cc is slot cc); n outputs are written from
+                // position at + c0, inside y.
+                unsafe {
+                    match &mut y {
+                        QDst::U8(y) => {
+                            let yp = y[at + c0..][..n].as_mut_ptr();
+                            store_u8_256_x2(first, c0, second, c0 + 8, l, bias, yp, n);
+                        }
+                        QDst::F32(y) => {
+                            for (half, v) in [(0, first), (8, second)] {
+                                if half >= n {
+                                    break;
+                                }
+                                let (cc, nn) = (c0 + half, (n - half).min(8));
+                                let yp = y[at + cc..][..nn].as_mut_ptr();
+                                store_f32_256(v, l, bias, cc, yp, nn);
                             }
                         }
                     }
@@ -430,7 +427,7 @@ unsafe fn tap_w_twice(w: &[i8], taps: usize, c_pad: usize, tap: usize) -> __m256
 
 /// The sums of two pixels of eight channels whose taps all lie inside the input, the
 /// second `step` bytes after the first: pixel one's in lanes 0-7, pixel two's in 8-15 (in
-/// [`pair_sum`]'s order).
+/// [`pair_sum`]'s order); `pairs` tap pairs as for [`sum_inside`].
 ///
 /// # Safety
 /// AVX2 present; 8 bytes readable at every tap of both pixels (and, when `step` is 8, the
@@ -440,34 +437,44 @@ unsafe fn sum_inside_pair(
     base: *const u8,
     step: usize,
     offs: &[usize; MAX_TAPS],
+    pairs: usize,
     taps: usize,
     w: &PairWeights,
 ) -> (__m256i, __m256i) {
     // SAFETY: the caller's contract; the odd tap past the last reads nothing.
     unsafe {
-        let codes = |t: usize| {
-            let p = base.add(offs[t]);
-            let v = if step == 8 {
-                _mm_loadu_si128(p.cast())
-            } else {
-                _mm_unpacklo_epi64(
-                    _mm_loadl_epi64(p.cast()),
-                    _mm_loadl_epi64(p.add(step).cast()),
-                )
-            };
-            _mm256_cvtepu8_epi16(v)
-        };
         let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        for k in 0..taps.div_ceil(2) {
-            let a = codes(2 * k);
+        for k in 0..pairs {
+            let a = pair_codes(base.add(offs[2 * k]), step);
             let b = if 2 * k + 1 < taps {
-                codes(2 * k + 1)
+                pair_codes(base.add(offs[2 * k + 1]), step)
             } else {
                 _mm256_setzero_si256()
             };
             (lo, hi) = pair_sum(lo, hi, a, b, w.lo[k], w.hi[k]);
         }
         (lo, hi)
+    }
+}
+
+/// Eight codes at `p` and eight at `p + step`, widened to i16 (one 16-byte load when
+/// `step` is 8).
+///
+/// # Safety
+/// AVX2 present; 8 bytes readable at both places.
+#[inline(always)]
+unsafe fn pair_codes(p: *const u8, step: usize) -> __m256i {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let v = if step == 8 {
+            _mm_loadu_si128(p.cast())
+        } else {
+            _mm_unpacklo_epi64(
+                _mm_loadl_epi64(p.cast()),
+                _mm_loadl_epi64(p.add(step).cast()),
+            )
+        };
+        _mm256_cvtepu8_epi16(v)
     }
 }
 
