@@ -392,6 +392,54 @@ impl PatchOffsets {
     }
 }
 
+/// How the x86 int8 kernels (`conv_row_u8i8`) read a patch in place, four bytes at a read; the weights are
+/// packed in the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PatchQuads {
+    /// Each tap's channels as whole quads: channels a multiple of 4, or 3 (RGB: each tap
+    /// one quad, its fourth byte the next pixel's, met by a zero weight).
+    PerTap,
+    /// Each kernel row's taps as whole quads: they lie side by side in the input (no
+    /// dilation along the row) and hold a multiple of 4 values, as the 8-wide kernel of a
+    /// one-channel spectrogram does.
+    PerKernelRow,
+}
+
+impl PatchQuads {
+    /// How `geom`'s patches are read in place, if they can be: one group, and channels a
+    /// multiple of 4, whole kernel rows of quads, or RGB (in that order of preference:
+    /// RGB's fourth bytes are wasted work).
+    pub(super) fn of(geom: &ConvGeometry) -> Option<PatchQuads> {
+        if geom.groups != 1 {
+            None
+        } else if geom.in_c.is_multiple_of(4) {
+            Some(PatchQuads::PerTap)
+        } else if geom.dilation[1] == 1 && (geom.k_w * geom.in_c).is_multiple_of(4) {
+            Some(PatchQuads::PerKernelRow)
+        } else if geom.in_c == 3 {
+            Some(PatchQuads::PerTap)
+        } else {
+            None
+        }
+    }
+
+    /// Values per tap in a packed patch.
+    pub(super) fn tap_len(self, geom: &ConvGeometry) -> usize {
+        match self {
+            PatchQuads::PerTap => geom.in_c.next_multiple_of(4),
+            PatchQuads::PerKernelRow => geom.in_c,
+        }
+    }
+
+    /// Where each quad of a patch lies from the patch's first tap.
+    pub(super) fn offsets(self, geom: &ConvGeometry) -> Option<PatchOffsets> {
+        match self {
+            PatchQuads::PerTap => PatchOffsets::new(geom, 4),
+            PatchQuads::PerKernelRow => PatchOffsets::kernel_rows(geom),
+        }
+    }
+}
+
 /// A run of output pixels of [`ConvGeometry::pixel_runs`].
 #[cfg(target_arch = "x86_64")]
 pub(super) enum PixelRun {

@@ -4,7 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::conv::PixelRun;
-use super::conv::{ConvGeometry, PatchOffsets, im2col_taps, im2col_tile};
+use super::conv::{ConvGeometry, PatchOffsets, PatchQuads, im2col_taps, im2col_tile};
 use super::gemm::{self, PanelsI8, QDst};
 use super::int8::FixedMultiplier;
 use super::{Activation, I8Path, KernelError};
@@ -520,14 +520,10 @@ impl ConvU8 {
             // x86 SIMD families read the pixels whose kernel lies inside the input in place,
             // four bytes at a read (`PatchQuads`: a tap's channels or a kernel row's taps;
             // RGB packs a zero weight after each tap's 3 channels).
-            #[cfg(target_arch = "x86_64")]
-            let quads = (im2col && path != I8Path::Portable)
-                .then(|| super::x86::qgemm::PatchQuads::of(&geom))
+            let quads = (cfg!(target_arch = "x86_64") && im2col && path != I8Path::Portable)
+                .then(|| PatchQuads::of(&geom))
                 .flatten();
-            #[cfg(target_arch = "x86_64")]
             let tap_len = quads.map_or(icg, |q| q.tap_len(&geom));
-            #[cfg(not(target_arch = "x86_64"))]
-            let tap_len = icg;
             let panels: Vec<PanelsI8> = (0..geom.groups)
                 .map(|g| {
                     PanelsI8::pack(taps * tap_len, ocg, nr, |kk, j| {
@@ -540,18 +536,13 @@ impl ConvU8 {
                     })
                 })
                 .collect();
-            #[cfg(target_arch = "x86_64")]
-            let (padded, offsets) = {
-                let padded = quads.is_some() && super::conv::pad_conv_input(&geom, tap_len);
-                let read = if padded {
-                    geom.over_padded_input()
-                } else {
-                    geom
-                };
-                (padded, quads.and_then(|q| q.offsets(&read)))
+            let padded = quads.is_some() && super::conv::pad_conv_input(&geom, tap_len);
+            let read = if padded {
+                geom.over_padded_input()
+            } else {
+                geom
             };
-            #[cfg(not(target_arch = "x86_64"))]
-            let (padded, offsets): (bool, Option<PatchOffsets>) = (false, None);
+            let offsets = quads.and_then(|q| q.offsets(&read));
             let k4 = panels[0].k4;
             let tile = if im2col {
                 im2col_tile(k4, gemm::i8_mr(path), geom.out_h * geom.out_w)

@@ -9,7 +9,7 @@
 use super::gemm::{activate, finish_row, scalar_act};
 use super::simd::{Avx2 as F256, Avx512 as F512, F32Simd};
 use crate::engine::kernels::I8Path;
-use crate::engine::kernels::conv::{ConvGeometry, PatchOffsets};
+use crate::engine::kernels::conv::{ConvGeometry, PatchOffsets, PatchQuads};
 use crate::engine::kernels::gemm::{PanelsI8, QDst};
 use crate::engine::kernels::qconv::{Lanes, QEpilogue};
 use std::arch::x86_64::*;
@@ -728,54 +728,6 @@ unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>
                 run_tile::<D, MR, NV, IN_PLACE>(mt, rows, wp, l, bp, cp, yi, ldy, ncols);
                 i += mt;
             }
-        }
-    }
-}
-
-/// How [`conv_row_u8i8`] reads a patch in place, four bytes at a read; the weights are
-/// packed in the same order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(in crate::engine::kernels) enum PatchQuads {
-    /// Each tap's channels as whole quads: channels a multiple of 4, or 3 (RGB: each tap
-    /// one quad, its fourth byte the next pixel's, met by a zero weight).
-    PerTap,
-    /// Each kernel row's taps as whole quads: they lie side by side in the input (no
-    /// dilation along the row) and hold a multiple of 4 values, as the 8-wide kernel of a
-    /// one-channel spectrogram does.
-    PerKernelRow,
-}
-
-impl PatchQuads {
-    /// How `geom`'s patches are read in place, if they can be: one group, and channels a
-    /// multiple of 4, whole kernel rows of quads, or RGB (in that order of preference:
-    /// RGB's fourth bytes are wasted work).
-    pub(in crate::engine::kernels) fn of(geom: &ConvGeometry) -> Option<PatchQuads> {
-        if geom.groups != 1 {
-            None
-        } else if geom.in_c.is_multiple_of(4) {
-            Some(PatchQuads::PerTap)
-        } else if geom.dilation[1] == 1 && (geom.k_w * geom.in_c).is_multiple_of(4) {
-            Some(PatchQuads::PerKernelRow)
-        } else if geom.in_c == 3 {
-            Some(PatchQuads::PerTap)
-        } else {
-            None
-        }
-    }
-
-    /// Values per tap in a packed patch.
-    pub(in crate::engine::kernels) fn tap_len(self, geom: &ConvGeometry) -> usize {
-        match self {
-            PatchQuads::PerTap => geom.in_c.next_multiple_of(4),
-            PatchQuads::PerKernelRow => geom.in_c,
-        }
-    }
-
-    /// Where each quad of a patch lies from the patch's first tap.
-    pub(in crate::engine::kernels) fn offsets(self, geom: &ConvGeometry) -> Option<PatchOffsets> {
-        match self {
-            PatchQuads::PerTap => PatchOffsets::new(geom, 4),
-            PatchQuads::PerKernelRow => PatchOffsets::kernel_rows(geom),
         }
     }
 }
