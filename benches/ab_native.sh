@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Times two perch binaries against each other on edge corpus models, alternating them so
-# that the shared machine's load falls on both alike; prints each pair's batch-1 medians and
+# that the shared machine's load falls on both alike; prints each pair's batch-1 figures and
 # the median of the new/old ratios. AB_STAT=p10 compares 10th percentiles instead of medians
 # (less moved by other load on a shared machine).
 #
@@ -16,7 +16,7 @@ shift 2
 pairs=5
 stat=latency_us_${AB_STAT:-p50}
 if [[ ${1:-} =~ ^[0-9]+$ ]]; then pairs=$1; shift; fi
-p50() {
+latency() {
     "$1" bench "$2/model.onnx" --engine native --input "$2/input.npy" --batch 1 \
         --iterations 2000 --json | python3 -c "import json,sys; print(json.load(sys.stdin)['$stat'])"
 }
@@ -24,8 +24,8 @@ for dir in "$@"; do
     ratios=()
     line="$(basename "$dir"):"
     for ((i = 0; i < pairs; i++)); do
-        a=$(p50 "$old" "$dir")
-        b=$(p50 "$new" "$dir")
+        a=$(latency "$old" "$dir")
+        b=$(latency "$new" "$dir")
         line+=$(printf ' %.1f/%.1f' "$a" "$b")
         ratios+=("$(python3 -c "print($b / $a)")")
     done
