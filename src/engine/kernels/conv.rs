@@ -278,25 +278,68 @@ impl ConvGeometry {
     /// Calls `f` with the output pixels in order, as runs: each output row's interior
     /// pixels ([`ConvGeometry::interior_cols`] of a [`ConvGeometry::row_is_interior`] row)
     /// in place, when the row's furthest read, `reach` values past its last pixel's first
-    /// tap, lies inside the input too; every other pixel through im2col.
+    /// tap, lies inside the input too; every other pixel through im2col. Consecutive rows
+    /// read in place whole (every column interior: a padded copy, or no padding) are one
+    /// run, so that the kernels' tiles go on across row ends.
     #[cfg(target_arch = "x86_64")]
     pub(super) fn pixel_runs(&self, reach: usize, mut f: impl FnMut(PixelRun)) {
         let mut pending = 0;
+        let mut whole: Option<std::ops::Range<usize>> = None;
+        let full = 0..self.out_w;
         for oy in 0..self.out_h {
             let Some(cols) = self.in_place_cols(oy, reach) else {
                 continue;
             };
             let start = oy * self.out_w + cols.start;
             if pending < start {
+                if let Some(rows) = whole.take() {
+                    f(PixelRun::InPlace {
+                        rows,
+                        cols: full.clone(),
+                    });
+                }
                 f(PixelRun::Im2col(pending..start));
             }
             pending = oy * self.out_w + cols.end;
-            f(PixelRun::InPlace { oy, cols });
+            if cols == full {
+                whole = Some(whole.map_or(oy..oy + 1, |r| r.start..oy + 1));
+            } else {
+                f(PixelRun::InPlace {
+                    rows: oy..oy + 1,
+                    cols,
+                });
+            }
+        }
+        if let Some(rows) = whole {
+            f(PixelRun::InPlace { rows, cols: full });
         }
         let end = self.out_h * self.out_w;
         if pending < end {
             f(PixelRun::Im2col(pending..end));
         }
+    }
+
+    /// How the first taps of the pixels of output rows `rows`, columns `cols`, lie in the
+    /// input, from the first pixel's (`None` unless those pixels are read in place:
+    /// interior rows and columns).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn row_walk(
+        &self,
+        rows: &std::ops::Range<usize>,
+        cols: &std::ops::Range<usize>,
+    ) -> Option<RowWalk> {
+        let interior = self.interior_cols();
+        let ok = !rows.is_empty()
+            && !cols.is_empty()
+            && self.row_is_interior(rows.start)
+            && self.row_is_interior(rows.end - 1)
+            && interior.contains(&cols.start)
+            && interior.contains(&(cols.end - 1));
+        ok.then(|| RowWalk {
+            lda: self.stride[1] * self.in_c,
+            row_len: cols.len(),
+            row_step: self.stride[0] * self.in_w * self.in_c,
+        })
     }
 
     /// The weight index of `(oc, ic within its group, ky, kx)` in the IR's order.
@@ -445,11 +488,53 @@ impl PatchQuads {
 pub(super) enum PixelRun {
     /// These pixels (row-major indices) through im2col.
     Im2col(std::ops::Range<usize>),
-    /// Pixels `cols` of output row `oy`, read in place.
+    /// Pixels `cols` of output rows `rows`, read in place (several rows only when `cols`
+    /// is the whole width).
     InPlace {
-        oy: usize,
+        rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
     },
+}
+
+/// Where the rows of a GEMM start in its left operand: row `q` at `q / row_len · row_step
+/// + q % row_len · lda` values from the first (pixels of several output rows read in
+/// place; one run of rows `lda` apart when `row_len` is `usize::MAX`).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RowWalk {
+    pub(super) lda: usize,
+    pub(super) row_len: usize,
+    pub(super) row_step: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowWalk {
+    /// Rows `lda` apart.
+    pub(super) fn contiguous(lda: usize) -> RowWalk {
+        RowWalk {
+            lda,
+            row_len: usize::MAX,
+            row_step: 0,
+        }
+    }
+
+    /// The offsets of rows `first..first + MR`, each past `last` taken as `last` (a
+    /// tile's unused rows repeat its last one).
+    #[inline(always)]
+    pub(super) fn offsets<const MR: usize>(&self, first: usize, last: usize) -> [usize; MR] {
+        let mut out = [0; MR];
+        let (mut row, mut col) = (first / self.row_len, first % self.row_len);
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = row * self.row_step + col * self.lda;
+            if first + r < last {
+                col += 1;
+                if col == self.row_len {
+                    (row, col) = (row + 1, 0);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Copies the patches of output pixels `p0..p0 + rows.len() / k_pad` (group `g`) into
@@ -637,6 +722,15 @@ pub(super) fn pad_conv_input(g: &ConvGeometry, tap_len: usize) -> bool {
     }
 }
 
+/// Whether a convolution read in place as a GEMM (x86) reads a padded copy of its input,
+/// every pixel then in place: whenever it has padding. The copy costs one pass over the
+/// input, against `taps · out_c` products per value; without it the border went through
+/// im2col in runs of two pixels (a row's last and the next row's first), tiles that keep
+/// too few sums to hide the FMA latency.
+pub(super) fn pad_gemm_conv_input(g: &ConvGeometry) -> bool {
+    cfg!(target_arch = "x86_64") && g.pad != [0; 4]
+}
+
 impl ConvF32 {
     /// Packs `weights` (`[out_c, in_c / groups, k_h, k_w]`) and `bias` (`[out_c]`) for
     /// the fastest kernel this CPU runs.
@@ -718,7 +812,7 @@ impl ConvF32 {
                 && im2col
                 && path != F32Path::Portable
                 && geom.groups == 1;
-            let padded = in_place && pad_conv_input(&geom, geom.icg());
+            let padded = in_place && pad_gemm_conv_input(&geom);
             let read = if padded {
                 geom.over_padded_input()
             } else {
@@ -840,16 +934,15 @@ impl ConvF32 {
                     PixelRun::Im2col(pixels) => {
                         self.run_im2col(g, x, y, scratch, pn, 0, *tile, pixels)
                     }
-                    PixelRun::InPlace { oy, cols } => {
-                        let start = oy * g.out_w + cols.start;
-                        super::x86::gemm::conv_row_f32(
+                    PixelRun::InPlace { rows, cols } => {
+                        let start = rows.start * g.out_w + cols.start;
+                        super::x86::gemm::conv_rows_f32(
                             self.path,
                             g,
                             x,
                             offsets,
-                            oy,
-                            cols.start,
-                            cols.len(),
+                            rows,
+                            cols,
                             pn,
                             self.act,
                             &mut y[start * g.out_c..],

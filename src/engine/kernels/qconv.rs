@@ -536,7 +536,7 @@ impl ConvU8 {
                     })
                 })
                 .collect();
-            let padded = quads.is_some() && super::conv::pad_conv_input(&geom, tap_len);
+            let padded = quads.is_some() && super::conv::pad_gemm_conv_input(&geom);
             let read = if padded {
                 geom.over_padded_input()
             } else {
@@ -688,19 +688,10 @@ impl ConvU8 {
                     PixelRun::Im2col(pixels) => {
                         self.run_im2col(g, x, &mut y, scratch, pn, 0, *tile, *tap_len, pixels)
                     }
-                    PixelRun::InPlace { oy, cols } => {
-                        let dst = sub_dst(&mut y, (oy * g.out_w + cols.start) * g.out_c);
-                        super::x86::qgemm::conv_row_u8i8(
-                            self.path,
-                            g,
-                            x,
-                            offsets,
-                            oy,
-                            cols.start,
-                            cols.len(),
-                            pn,
-                            &self.epi,
-                            dst,
+                    PixelRun::InPlace { rows, cols } => {
+                        let dst = sub_dst(&mut y, (rows.start * g.out_w + cols.start) * g.out_c);
+                        super::x86::qgemm::conv_rows_u8i8(
+                            self.path, g, x, offsets, rows, cols, pn, &self.epi, dst,
                         );
                     }
                 });

@@ -8,7 +8,7 @@
 //! spotting 162 → 107 µs on an AVX2 EPYC once it stopped).
 
 use super::simd::{Avx2, Avx512, F32Simd};
-use crate::engine::kernels::conv::{ConvGeometry, PatchOffsets};
+use crate::engine::kernels::conv::{ConvGeometry, PatchOffsets, RowWalk};
 use crate::engine::kernels::gemm::PanelsF32;
 use crate::engine::kernels::{Activation, F32Path};
 
@@ -52,20 +52,21 @@ pub(super) unsafe fn finish_row(y: *mut f32, n: usize, act: Activation) {
     }
 }
 
-/// One tile: rows `0..m` (`m <= MR`; rows past `m` repeat row `m - 1` and are not
-/// stored) of `a` times one panel, columns `0..ncols` stored.
+/// One tile: rows `first..first + m` (`m <= MR`; rows past `m` repeat the last and are
+/// not stored) of `a`, each at `walk`'s offset, times one panel, columns `0..ncols`
+/// stored.
 ///
 /// # Safety
-/// S's features are present; `a` holds `m` rows of `k` values `lda` apart (or, with
-/// `offs` not null, row `r`'s value `kk` at `a + r · lda + offs[kk]`), `w` the
-/// panel's `k · NV · LANES` values, `bias` `NV · LANES`, `y` `m` rows of `ncols` values
-/// `ldy` apart.
+/// S's features are present; `a` holds those rows, `k` values each (or, `IN_PLACE`, row
+/// `q`'s value `kk` at `offs[kk]` past its start), `w` the panel's `k · NV · LANES`
+/// values, `bias` `NV · LANES`, `y` `m` rows of `ncols` values `ldy` apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: bool>(
     k: usize,
     a: *const f32,
-    lda: usize,
+    walk: RowWalk,
+    first: usize,
     offs: *const u32,
     m: usize,
     w: *const f32,
@@ -85,8 +86,9 @@ unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
             }
         }
         let mut rows = [a; MR];
+        let at = walk.offsets::<MR>(first, first + m - 1);
         for r in 0..MR {
-            rows[r] = a.add(r.min(m - 1) * lda);
+            rows[r] = a.add(at[r]);
         }
         let mut wp = w;
         for kk in 0..k {
@@ -128,8 +130,8 @@ unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
     }
 }
 
-/// Every panel over every tile of `MR` rows (`offs` as for [`tile`]); shorter tails in tiles of 4, 2, 1 rows (or
-/// one padded `MR` tile when over half full).
+/// Every panel over every tile of `MR` rows (`walk` and `offs` as for [`tile`]); shorter
+/// tails in tiles of 4, 2, 1 rows (or one padded `MR` tile when over half full).
 ///
 /// # Safety
 /// S's features are present; the checks of [`gemm_f32_avx512`] hold.
@@ -137,7 +139,7 @@ unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: bool>(
     a: *const f32,
-    lda: usize,
+    walk: RowWalk,
     offs: *const u32,
     m: usize,
     w: &PanelsF32,
@@ -146,7 +148,7 @@ unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
     ldy: usize,
 ) {
     let (k, n, nr) = (w.k, w.n, NV * S::LANES);
-    let (ap, yp) = (a, y.as_mut_ptr());
+    let yp = y.as_mut_ptr();
     for p in 0..w.panels() {
         let ncols = nr.min(n - p * nr);
         // SAFETY: panel p exists (checked by the caller); rows i.. < m of `a` and `y`
@@ -157,26 +159,33 @@ unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
             let yc = yp.add(p * nr);
             let mut i = 0;
             while m - i >= MR {
-                let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
-                tile::<S, MR, NV, IN_PLACE>(k, ai, lda, offs, MR, wp, bp, yi, ldy, ncols, act);
+                let yi = yc.add(i * ldy);
+                tile::<S, MR, NV, IN_PLACE>(k, a, walk, i, offs, MR, wp, bp, yi, ldy, ncols, act);
                 i += MR;
             }
             while i < m {
                 let rest = m - i;
-                let (ai, yi) = (ap.add(i * lda), yc.add(i * ldy));
+                let yi = yc.add(i * ldy);
+                let t = (k, a, walk, i, offs);
                 if rest * 2 > MR {
                     tile::<S, MR, NV, IN_PLACE>(
-                        k, ai, lda, offs, rest, wp, bp, yi, ldy, ncols, act,
+                        t.0, t.1, t.2, t.3, t.4, rest, wp, bp, yi, ldy, ncols, act,
                     );
                     i = m;
                 } else if rest >= 4 {
-                    tile::<S, 4, NV, IN_PLACE>(k, ai, lda, offs, 4, wp, bp, yi, ldy, ncols, act);
+                    tile::<S, 4, NV, IN_PLACE>(
+                        t.0, t.1, t.2, t.3, t.4, 4, wp, bp, yi, ldy, ncols, act,
+                    );
                     i += 4;
                 } else if rest >= 2 {
-                    tile::<S, 2, NV, IN_PLACE>(k, ai, lda, offs, 2, wp, bp, yi, ldy, ncols, act);
+                    tile::<S, 2, NV, IN_PLACE>(
+                        t.0, t.1, t.2, t.3, t.4, 2, wp, bp, yi, ldy, ncols, act,
+                    );
                     i += 2;
                 } else {
-                    tile::<S, 1, NV, IN_PLACE>(k, ai, lda, offs, 1, wp, bp, yi, ldy, ncols, act);
+                    tile::<S, 1, NV, IN_PLACE>(
+                        t.0, t.1, t.2, t.3, t.4, 1, wp, bp, yi, ldy, ncols, act,
+                    );
                     i += 1;
                 }
             }
@@ -211,18 +220,29 @@ pub(in crate::engine::kernels) fn gemm_f32_avx512(
     assert!(AVX512_NR.contains(&w.nr) && super::has_avx512f());
     // SAFETY: AVX-512 F is present (asserted); `check` bounds every row, panel and bias
     // the kernel touches.
-    unsafe { gemm_avx512::<false>(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
+    unsafe {
+        gemm_avx512::<false>(
+            a.as_ptr(),
+            RowWalk::contiguous(lda),
+            std::ptr::null(),
+            m,
+            w,
+            act,
+            y,
+            ldy,
+        )
+    }
 }
 
 /// # Safety
 /// The CPU has AVX-512 F; `w.nr` is one of `AVX512_NR`; the checks of `check` hold
-/// for `a`, `w` and `y` (or, `IN_PLACE`, the asserts of [`conv_row_f32`] for the rows at
+/// for `a`, `w` and `y` (or, `IN_PLACE`, the asserts of [`conv_rows_f32`] for the rows at
 /// `offs`).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx512<const IN_PLACE: bool>(
     a: *const f32,
-    lda: usize,
+    walk: RowWalk,
     offs: *const u32,
     m: usize,
     w: &PanelsF32,
@@ -233,11 +253,11 @@ unsafe fn gemm_avx512<const IN_PLACE: bool>(
     // SAFETY: the caller's checks; AVX-512 F is enabled here.
     unsafe {
         match w.nr {
-            16 => gemm::<Avx512, 12, 1, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
-            32 => gemm::<Avx512, 12, 2, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
-            48 => gemm::<Avx512, 8, 3, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
-            64 => gemm::<Avx512, 6, 4, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
-            _ => gemm::<Avx512, 3, 8, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
+            16 => gemm::<Avx512, 12, 1, IN_PLACE>(a, walk, offs, m, w, act, y, ldy),
+            32 => gemm::<Avx512, 12, 2, IN_PLACE>(a, walk, offs, m, w, act, y, ldy),
+            48 => gemm::<Avx512, 8, 3, IN_PLACE>(a, walk, offs, m, w, act, y, ldy),
+            64 => gemm::<Avx512, 6, 4, IN_PLACE>(a, walk, offs, m, w, act, y, ldy),
+            _ => gemm::<Avx512, 3, 8, IN_PLACE>(a, walk, offs, m, w, act, y, ldy),
         }
     }
 }
@@ -256,18 +276,29 @@ pub(in crate::engine::kernels) fn gemm_f32_avx2(
     check(a, lda, m, w, y, ldy);
     assert!(AVX2_NR.contains(&w.nr) && super::has_avx2_fma());
     // SAFETY: AVX2 and FMA are present (asserted); `check` bounds every access.
-    unsafe { gemm_avx2::<false>(a.as_ptr(), lda, std::ptr::null(), m, w, act, y, ldy) }
+    unsafe {
+        gemm_avx2::<false>(
+            a.as_ptr(),
+            RowWalk::contiguous(lda),
+            std::ptr::null(),
+            m,
+            w,
+            act,
+            y,
+            ldy,
+        )
+    }
 }
 
 /// # Safety
 /// The CPU has AVX2 and FMA; `w.nr` is one of `AVX2_NR`; the checks of `check` hold
-/// for `a`, `w` and `y` (or, `IN_PLACE`, the asserts of [`conv_row_f32`] for the rows at
+/// for `a`, `w` and `y` (or, `IN_PLACE`, the asserts of [`conv_rows_f32`] for the rows at
 /// `offs`).
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx2<const IN_PLACE: bool>(
     a: *const f32,
-    lda: usize,
+    walk: RowWalk,
     offs: *const u32,
     m: usize,
     w: &PanelsF32,
@@ -278,39 +309,42 @@ unsafe fn gemm_avx2<const IN_PLACE: bool>(
     // SAFETY: the caller's checks; AVX2 and FMA are enabled here.
     unsafe {
         match w.nr {
-            8 => gemm::<Avx2, 8, 1, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
-            16 => gemm::<Avx2, 6, 2, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
-            32 => gemm::<Avx2, 2, 4, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
-            _ => gemm::<Avx2, 1, 8, IN_PLACE>(a, lda, offs, m, w, act, y, ldy),
+            8 => gemm::<Avx2, 8, 1, IN_PLACE>(a, walk, offs, m, w, act, y, ldy),
+            16 => gemm::<Avx2, 6, 2, IN_PLACE>(a, walk, offs, m, w, act, y, ldy),
+            32 => gemm::<Avx2, 2, 4, IN_PLACE>(a, walk, offs, m, w, act, y, ldy),
+            _ => gemm::<Avx2, 1, 8, IN_PLACE>(a, walk, offs, m, w, act, y, ldy),
         }
     }
 }
 
-/// The convolution of output pixels `ox0..ox0 + m` of output row `oy`, every tap of which
-/// lies inside the input, read from `x` in place (no im2col): a GEMM whose rows are the
-/// pixels, each patch's values at `offs` (a step of 1) from its first tap. `y`
-/// starts at pixel `(oy, ox0)`, rows `out_c` apart.
+/// The convolution of output pixels `rows` × `cols`, every tap of which lies inside the
+/// input, read from `x` in place (no im2col): a GEMM whose rows are the pixels, each
+/// patch's values at `offs` (a step of 1) from its first tap. `y` starts at pixel
+/// `(rows.start, cols.start)`, rows `out_c` apart (several output rows only when `cols` is
+/// the whole width, so that their pixels follow each other in `y`).
 ///
 /// # Panics
 /// If the convolution has groups, an offset leaves the patch, a pixel's kernel leaves
 /// the input, a length does not match, `w` was packed for another path, or the CPU lacks
 /// `path`'s features.
 #[allow(clippy::too_many_arguments)]
-pub(in crate::engine::kernels) fn conv_row_f32(
+pub(in crate::engine::kernels) fn conv_rows_f32(
     path: F32Path,
     g: &ConvGeometry,
     x: &[f32],
     offs: &PatchOffsets,
-    oy: usize,
-    ox0: usize,
-    m: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
     w: &PanelsF32,
     act: Activation,
     y: &mut [f32],
 ) {
-    assert!(g.groups == 1 && m > 0 && x.len() == g.input_len());
-    assert!(g.row_is_interior(oy) && g.interior_cols().contains(&ox0));
-    assert!(g.interior_cols().contains(&(ox0 + m - 1)));
+    assert!(g.groups == 1 && x.len() == g.input_len());
+    let walk = g.row_walk(&rows, &cols);
+    // ok: a documented panic; ConvF32 plans in-place runs of interior pixels only
+    let walk = walk.expect("conv_rows_f32: pixels not interior");
+    assert!(rows.len() == 1 || cols.len() == g.out_w);
+    let m = rows.len() * cols.len();
     assert!(w.k == g.taps() * g.in_c && w.n == g.out_c && offs.as_slice().len() == w.k);
     // Every value lies within the patch's span from its first tap; the last pixel's patch
     // is inside the input (interior), hence every pixel's.
@@ -319,21 +353,20 @@ pub(in crate::engine::kernels) fn conv_row_f32(
     let ldy = g.out_c;
     assert!(y.len() >= (m - 1) * ldy + w.n);
     assert!(w.data.len() >= w.panels() * w.k * w.nr && w.bias.len() >= w.panels() * w.nr);
-    let first = g.source(oy, ox0, 0, 0).expect("interior"); // ok: asserted interior
+    let first = g.source(rows.start, cols.start, 0, 0).expect("interior"); // ok: checked by row_walk
     let a = x[first * g.in_c..].as_ptr();
-    let lda = g.stride[1] * g.in_c;
     match path {
         F32Path::Avx512 => {
             assert!(AVX512_NR.contains(&w.nr) && super::has_avx512f());
             // SAFETY: AVX-512 F is present (asserted); every pixel's patch lies in `x`
             // (interior, offsets within the span) and the rest is bounded above.
-            unsafe { gemm_avx512::<true>(a, lda, offs.as_slice().as_ptr(), m, w, act, y, ldy) }
+            unsafe { gemm_avx512::<true>(a, walk, offs.as_slice().as_ptr(), m, w, act, y, ldy) }
         }
         F32Path::Avx2 => {
             assert!(AVX2_NR.contains(&w.nr) && super::has_avx2_fma());
             // SAFETY: as above, with AVX2 and FMA.
-            unsafe { gemm_avx2::<true>(a, lda, offs.as_slice().as_ptr(), m, w, act, y, ldy) }
+            unsafe { gemm_avx2::<true>(a, walk, offs.as_slice().as_ptr(), m, w, act, y, ldy) }
         }
-        F32Path::Portable => panic!("conv_row_f32 has no portable kernel"),
+        F32Path::Portable => panic!("conv_rows_f32 has no portable kernel"),
     }
 }

@@ -9,7 +9,7 @@
 use super::gemm::{activate, finish_row, scalar_act};
 use super::simd::{Avx2 as F256, Avx512 as F512, F32Simd};
 use crate::engine::kernels::I8Path;
-use crate::engine::kernels::conv::{ConvGeometry, PatchOffsets, PatchQuads};
+use crate::engine::kernels::conv::{ConvGeometry, PatchOffsets, PatchQuads, RowWalk};
 use crate::engine::kernels::gemm::{PanelsI8, QDst};
 use crate::engine::kernels::qconv::{Lanes, QEpilogue};
 use std::arch::x86_64::*;
@@ -561,21 +561,20 @@ impl Out {
     }
 }
 
-/// Rows of the left operand a tile reads: row `r` starts at `base + r · lda` and holds
-/// `len` bytes (a multiple of 4) — contiguous for a GEMM, or, for a convolution over
-/// interior pixels of one output row, quad `q` at `offs[q]` (each tap's channels where the
-/// input holds them, `lda` the horizontal stride's bytes).
+/// Rows of the left operand a tile reads: row `r` starts where `walk` puts it from `base` and
+/// holds `len` bytes (a multiple of 4) — contiguous for a GEMM, or, for a convolution over
+/// interior pixels, quad `q` at `offs[q]` (each tap's channels where the input holds them).
 #[derive(Clone, Copy)]
 struct Rows {
     base: *const u8,
-    lda: usize,
+    walk: RowWalk,
     len: usize,
     /// Read only by in-place tiles (null for a GEMM's contiguous rows).
     offs: *const u32,
 }
 
-/// One tile: rows `0..m` (`m <= MR`) times one panel (`len / 4` quads), channels
-/// `c0..c0 + ncols` of the epilogue stored.
+/// One tile: rows `first..first + m` (`m <= MR`) times one panel (`len / 4` quads),
+/// channels `c0..c0 + ncols` of the epilogue stored.
 ///
 /// # Safety
 /// D's features are present; `a` names `m` rows whose quads are readable (at `offs` when
@@ -585,6 +584,7 @@ struct Rows {
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>(
     a: Rows,
+    first: usize,
     m: usize,
     w: *const i8,
     l: &Lanes,
@@ -599,8 +599,9 @@ unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>
         let mut acc = [[D::zero(); NV]; MR];
         let mut wp = w;
         let mut rows = [a.base; MR];
+        let at = a.walk.offsets::<MR>(first, first + m - 1);
         for r in 0..MR {
-            rows[r] = a.base.add(r.min(m - 1) * a.lda);
+            rows[r] = a.base.add(at[r]);
         }
         for q in 0..a.len / 4 {
             // In place, a convolution's interior pixels: quad `q` at `offs[q]`.
@@ -676,6 +677,7 @@ fn tile_rows(rest: usize, mr: usize) -> usize {
 unsafe fn run_tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>(
     mt: usize,
     rows: Rows,
+    first: usize,
     wp: *const i8,
     l: &Lanes,
     bp: *const i32,
@@ -687,13 +689,13 @@ unsafe fn run_tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: b
     // SAFETY: the caller's contract.
     unsafe {
         if mt * 2 > MR {
-            tile::<D, MR, NV, IN_PLACE>(rows, mt, wp, l, bp, cp, yi, ldy, ncols)
+            tile::<D, MR, NV, IN_PLACE>(rows, first, mt, wp, l, bp, cp, yi, ldy, ncols)
         } else if mt == 4 {
-            tile::<D, 4, NV, IN_PLACE>(rows, 4, wp, l, bp, cp, yi, ldy, ncols)
+            tile::<D, 4, NV, IN_PLACE>(rows, first, 4, wp, l, bp, cp, yi, ldy, ncols)
         } else if mt == 2 {
-            tile::<D, 2, NV, IN_PLACE>(rows, 2, wp, l, bp, cp, yi, ldy, ncols)
+            tile::<D, 2, NV, IN_PLACE>(rows, first, 2, wp, l, bp, cp, yi, ldy, ncols)
         } else {
-            tile::<D, 1, NV, IN_PLACE>(rows, 1, wp, l, bp, cp, yi, ldy, ncols)
+            tile::<D, 1, NV, IN_PLACE>(rows, first, 1, wp, l, bp, cp, yi, ldy, ncols)
         }
     }
 }
@@ -701,7 +703,7 @@ unsafe fn run_tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: b
 /// Every panel over every tile of rows (tails as in the f32 kernel).
 ///
 /// # Safety
-/// D's features are present; the checks of [`check`] (or [`conv_row_u8i8`]'s) hold.
+/// D's features are present; the checks of [`check`] (or [`conv_rows_u8i8`]'s) hold.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>(
@@ -726,58 +728,59 @@ unsafe fn gemm<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>
             let mut i = 0;
             while i < m {
                 let mt = tile_rows(m - i, MR);
-                let rows = Rows {
-                    base: a.base.add(i * a.lda),
-                    ..a
-                };
                 let yi = yc.add(i * ldy);
-                run_tile::<D, MR, NV, IN_PLACE>(mt, rows, wp, l, bp, cp, yi, ldy, ncols);
+                run_tile::<D, MR, NV, IN_PLACE>(mt, a, i, wp, l, bp, cp, yi, ldy, ncols);
                 i += mt;
             }
         }
     }
 }
 
-/// The convolution of output pixels `ox0..ox0 + m` of output row `oy`, every tap of which
-/// lies inside the input (no padding), read from `x` in place: a GEMM whose rows are the
-/// pixels, each patch's quads at `offs` (a step of 4) from its first tap. `y`
-/// starts at pixel `(oy, ox0)`, rows `out_c` apart.
+/// The convolution of output pixels `rows` × `cols`, every tap of which lies inside the
+/// input (no padding), read from `x` in place: a GEMM whose rows are the pixels, each
+/// patch's quads at `offs` (a step of 4) from its first tap. `y` starts at pixel
+/// `(rows.start, cols.start)`, rows `out_c` apart (several output rows only when `cols` is
+/// the whole width).
 ///
 /// # Panics
 /// If [`PatchQuads::of`] is none, `offs` is not the geometry's, a pixel's kernel
 /// leaves the input, a length does not match the geometry, `w` was packed for another
 /// path, or the CPU lacks `path`'s features.
 #[allow(clippy::too_many_arguments)]
-pub(in crate::engine::kernels) fn conv_row_u8i8(
+pub(in crate::engine::kernels) fn conv_rows_u8i8(
     path: I8Path,
     g: &ConvGeometry,
     x: &[u8],
     offs: &PatchOffsets,
-    oy: usize,
-    ox0: usize,
-    m: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
     w: &PanelsI8,
     epi: &QEpilogue,
     mut y: QDst<'_>,
 ) {
     // ok: a documented panic; ConvU8 plans in-place rows only where `of` gives a layout
-    let quads = PatchQuads::of(g).expect("conv_row_u8i8: the patches are not read in quads");
-    assert!(m > 0 && x.len() == g.input_len());
-    assert!(g.row_is_interior(oy) && g.interior_cols().contains(&ox0));
-    assert!(g.interior_cols().contains(&(ox0 + m - 1)));
+    let quads = PatchQuads::of(g).expect("conv_rows_u8i8: the patches are not read in quads");
+    assert!(x.len() == g.input_len());
+    let walk = g.row_walk(&rows, &cols);
+    // ok: a documented panic; ConvU8 plans in-place runs of interior pixels only
+    let walk = walk.expect("conv_rows_u8i8: pixels not interior");
+    assert!(rows.len() == 1 || cols.len() == g.out_w);
+    let m = rows.len() * cols.len();
     assert!(w.k4 == g.taps() * quads.tap_len(g) && w.n == g.out_c);
     assert!(offs.as_slice().len() * 4 == w.k4);
     // Every quad lies within 4 bytes past the last pixel's first tap plus the largest
     // offset: inside the input (checked), hence every pixel's.
-    let first = g.source(oy, ox0, 0, 0).expect("interior"); // ok: asserted interior
-    let last = g.source(oy, ox0 + m - 1, 0, 0).expect("interior"); // ok: asserted interior
+    let first = g.source(rows.start, cols.start, 0, 0).expect("interior"); // ok: row_walk checked
+    let last = g
+        .source(rows.end - 1, cols.end - 1, 0, 0)
+        .expect("interior"); // ok: as above
     assert!(
         last * g.in_c + offs.max() + 4 <= x.len(),
-        "the row's reads leave the input"
+        "the run's reads leave the input"
     );
     let rows = Rows {
         base: x[first * g.in_c..].as_ptr(),
-        lda: g.stride[1] * g.in_c,
+        walk,
         len: w.k4,
         offs: offs.as_slice().as_ptr(),
     };
@@ -803,7 +806,7 @@ pub(in crate::engine::kernels) fn conv_row_u8i8(
             // SAFETY: as above.
             unsafe { gemm_avx2_i8_impl::<true>(rows, m, w, l, 0, out, ldy) }
         }
-        I8Path::Portable => panic!("conv_row_u8i8 has no portable kernel"),
+        I8Path::Portable => panic!("conv_rows_u8i8 has no portable kernel"),
     }
 }
 
@@ -885,7 +888,7 @@ pub(in crate::engine::kernels) fn gemm_vnni512(
     assert!(VNNI512_NR.contains(&w.nr) && super::has_avx512_vnni());
     let rows = Rows {
         base: a.as_ptr(),
-        lda,
+        walk: RowWalk::contiguous(lda),
         len: w.k4,
         offs: std::ptr::null(),
     };
@@ -895,7 +898,7 @@ pub(in crate::engine::kernels) fn gemm_vnni512(
 
 /// # Safety
 /// The CPU has AVX-512 F, BW, VL and VNNI; `w.nr` is one of `VNNI512_NR`; the checks of
-/// [`check`] hold (or, `IN_PLACE`, those of [`conv_row_u8i8`]).
+/// [`check`] hold (or, `IN_PLACE`, those of [`conv_rows_u8i8`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_vnni512_impl<const IN_PLACE: bool>(
@@ -935,7 +938,7 @@ pub(in crate::engine::kernels) fn gemm_vnni256(
     assert!(VNNI256_NR.contains(&w.nr) && super::has_avx_vnni());
     let rows = Rows {
         base: a.as_ptr(),
-        lda,
+        walk: RowWalk::contiguous(lda),
         len: w.k4,
         offs: std::ptr::null(),
     };
@@ -945,7 +948,7 @@ pub(in crate::engine::kernels) fn gemm_vnni256(
 
 /// # Safety
 /// The CPU has AVX2, FMA and AVX-VNNI; `w.nr` is one of `VNNI256_NR`; the checks of
-/// [`check`] hold (or, `IN_PLACE`, those of [`conv_row_u8i8`]).
+/// [`check`] hold (or, `IN_PLACE`, those of [`conv_rows_u8i8`]).
 #[target_feature(enable = "avx2,fma,avxvnni")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_vnni256_impl<const IN_PLACE: bool>(
@@ -984,7 +987,7 @@ pub(in crate::engine::kernels) fn gemm_avx2_i8(
     assert!(AVX2_I8_NR.contains(&w.nr) && super::has_avx2_fma());
     let rows = Rows {
         base: a.as_ptr(),
-        lda,
+        walk: RowWalk::contiguous(lda),
         len: w.k4,
         offs: std::ptr::null(),
     };
@@ -994,7 +997,7 @@ pub(in crate::engine::kernels) fn gemm_avx2_i8(
 
 /// # Safety
 /// The CPU has AVX2 and FMA; `w.nr` is one of `AVX2_I8_NR`; the checks of [`check`] hold
-/// (or, `IN_PLACE`, those of [`conv_row_u8i8`]).
+/// (or, `IN_PLACE`, those of [`conv_rows_u8i8`]).
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx2_i8_impl<const IN_PLACE: bool>(
