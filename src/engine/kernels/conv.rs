@@ -790,7 +790,18 @@ impl ConvF32 {
         } else {
             let (icg, ocg) = (geom.icg(), geom.ocg());
             let k = geom.taps() * icg;
-            let nr = gemm::f32_nr(path, ocg, false);
+            let im2col = !geom.is_pointwise();
+            // x86 SIMD families, one group: interior pixels read in place, or every pixel
+            // from a padded copy.
+            let in_place = cfg!(target_arch = "x86_64")
+                && im2col
+                && path != F32Path::Portable
+                && geom.groups == 1;
+            let nr = if in_place {
+                gemm::f32_in_place_nr(path, ocg)
+            } else {
+                gemm::f32_nr(path, ocg, false)
+            };
             let panels = (0..geom.groups)
                 .map(|g| {
                     PanelsF32::pack(k, ocg, nr, &bias[g * ocg..(g + 1) * ocg], |kk, j| {
@@ -799,19 +810,12 @@ impl ConvF32 {
                     })
                 })
                 .collect();
-            let im2col = !geom.is_pointwise();
             let pixels = geom.out_h * geom.out_w;
             let tile = if im2col {
                 im2col_tile(k * 4, gemm::f32_mr(path), pixels)
             } else {
                 0
             };
-            // x86 SIMD families, one group: interior pixels read in place, or every pixel
-            // from a padded copy.
-            let in_place = cfg!(target_arch = "x86_64")
-                && im2col
-                && path != F32Path::Portable
-                && geom.groups == 1;
             let padded = in_place && pad_gemm_conv_input(&geom);
             let read = if padded {
                 geom.over_padded_input()
