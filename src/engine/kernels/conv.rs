@@ -523,7 +523,12 @@ impl RowWalk {
     #[inline(always)]
     pub(super) fn offsets<const MR: usize>(&self, first: usize, last: usize) -> [usize; MR] {
         let mut out = [0; MR];
-        let (mut row, mut col) = (first / self.row_len, first % self.row_len);
+        // No division for rows of one run (every contiguous GEMM's).
+        let (mut row, mut col) = if first < self.row_len {
+            (0, first)
+        } else {
+            (first / self.row_len, first % self.row_len)
+        };
         for (r, o) in out.iter_mut().enumerate() {
             *o = row * self.row_step + col * self.lda;
             if first + r < last {
