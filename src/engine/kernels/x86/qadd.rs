@@ -1,7 +1,10 @@
 //! The u8 residual add with AVX2, eight elements a step: the three fixed-point
-//! multipliers (each input's rescale, then the output's) are 64-bit `vpmuldq` products
-//! shifted as [`super::qgemm`]'s epilogues shift (a logical shift of `p + 2^62`, minus
-//! `2^62 >> shift`), the output clamped in 64 bits: the same bits as [`AddU8::one`].
+//! multipliers (each input's rescale, then the output's) are 64-bit `vpmuldq` products.
+//! Those that land in i32 (the inputs' always, the output's when its multiplier is below
+//! 1, as it is for every add of the corpus) come back to 32-bit lanes and are clamped
+//! there ([`Mul32`]); an output multiplier of 1 or more is shifted as [`super::qgemm`]'s
+//! epilogues shift (a logical shift of `p + 2^62`, minus `2^62 >> shift`) and clamped in
+//! 64 bits. The same bits as [`AddU8::one`].
 //! (Table gathers were slower: `vpgatherdd` is microcoded on CPUs with the GDS
 //! mitigation.)
 
@@ -71,29 +74,114 @@ impl Mul {
             )
         }
     }
-
-    /// [`Mul::apply`] back in i32 lanes, for results known to fit one.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 (registers only).
-    #[inline(always)]
-    unsafe fn apply32(self, v: __m256i) -> __m256i {
-        // SAFETY: AVX2 present (the caller's target feature).
-        unsafe {
-            let (qe, qo) = self.apply(v);
-            _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo))
-        }
-    }
 }
 
 /// # Safety
 /// The CPU has AVX2; `a`, `b` and `y` have the same length (the wrapper asserts it).
+/// A multiplier whose products land in i32 (the inputs' rescales, within ±2^27; the
+/// output's when the multiplier is below 1, shift 31 or more), with no bias against the
+/// sign and no 64-bit clamp: the rounded 64-bit product is shifted right logically by
+/// `min(shift, 32)`, whose low half holds the arithmetic shift's bits, then in 32-bit lanes
+/// arithmetically by the rest.
+#[derive(Clone, Copy)]
+struct Mul32 {
+    m: __m256i,
+    round: __m256i,
+    wide: __m128i,
+    narrow: __m128i,
+}
+
+impl Mul32 {
+    /// # Safety
+    /// The CPU has AVX2 (registers only).
+    #[inline(always)]
+    unsafe fn new(m: crate::engine::kernels::int8::FixedMultiplier) -> Mul32 {
+        // SAFETY: AVX2 present (the caller's contract).
+        unsafe {
+            Mul32 {
+                m: _mm256_set1_epi32(m.m),
+                round: _mm256_set1_epi64x(1i64 << (m.shift - 1)),
+                wide: _mm_set_epi64x(0, i64::from(m.shift.min(32))),
+                narrow: _mm_set_epi64x(0, i64::from(m.shift.saturating_sub(32))),
+            }
+        }
+    }
+
+    /// `(v · m + round) >> shift` for eight i32 lanes whose results fit an i32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (registers only).
+    #[inline(always)]
+    unsafe fn apply(self, v: __m256i) -> __m256i {
+        // SAFETY: AVX2 present.
+        unsafe {
+            let pe = _mm256_add_epi64(_mm256_mul_epi32(v, self.m), self.round);
+            let po = _mm256_add_epi64(
+                _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), self.m),
+                self.round,
+            );
+            let (qe, qo) = (
+                _mm256_srl_epi64(pe, self.wide),
+                _mm256_srl_epi64(po, self.wide),
+            );
+            let q = _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo));
+            _mm256_sra_epi32(q, self.narrow)
+        }
+    }
+}
+
 #[target_feature(enable = "avx2")]
 unsafe fn add_u8_avx2_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
     let n = y.len();
     let full = n / 8 * 8;
+    // An output multiplier below 1 keeps the sum's rescale in i32 too.
+    if add.m_y.shift >= 31 {
+        // SAFETY: AVX2 enabled here.
+        let (ma, mb, my) = unsafe {
+            (
+                Mul32::new(add.m_a),
+                Mul32::new(add.m_b),
+                Mul32::new(add.m_y),
+            )
+        };
+        let (zp_a, zp_b) = (
+            _mm256_set1_epi32(add.zp_a as i32),
+            _mm256_set1_epi32(add.zp_b as i32),
+        );
+        let zp = _mm256_set1_epi32(add.zp_y as i32);
+        let (lo, hi) = (
+            _mm256_set1_epi32(add.min as i32),
+            _mm256_set1_epi32(add.max as i32),
+        );
+        let mut i = 0;
+        while i < full {
+            // SAFETY: `i + 8 <= n` bytes of each slice (lengths asserted by the caller).
+            unsafe {
+                let va = _mm_loadl_epi64(a.as_ptr().add(i).cast());
+                let vb = _mm_loadl_epi64(b.as_ptr().add(i).cast());
+                let xa = _mm256_slli_epi32::<{ ADD_LEFT_SHIFT as i32 }>(_mm256_sub_epi32(
+                    _mm256_cvtepu8_epi32(va),
+                    zp_a,
+                ));
+                let xb = _mm256_slli_epi32::<{ ADD_LEFT_SHIFT as i32 }>(_mm256_sub_epi32(
+                    _mm256_cvtepu8_epi32(vb),
+                    zp_b,
+                ));
+                let s = _mm256_add_epi32(ma.apply(xa), mb.apply(xb));
+                let q = _mm256_add_epi32(my.apply(s), zp);
+                let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
+                _mm_storel_epi64(y.as_mut_ptr().add(i).cast(), pack8(q));
+            }
+            i += 8;
+        }
+        for k in full..n {
+            y[k] = add.one(a[k], b[k]);
+        }
+        return;
+    }
     // SAFETY (the `Mul` methods): AVX2 is this function's target feature.
-    let (ma, mb, my) = unsafe { (Mul::new(add.m_a), Mul::new(add.m_b), Mul::new(add.m_y)) };
+    // An output multiplier of 1 or more: its products are clamped in 64 bits.
+    let (ma, mb, my) = unsafe { (Mul32::new(add.m_a), Mul32::new(add.m_b), Mul::new(add.m_y)) };
     let (zp_a, zp_b) = (
         _mm256_set1_epi32(add.zp_a as i32),
         _mm256_set1_epi32(add.zp_b as i32),
@@ -118,7 +206,7 @@ unsafe fn add_u8_avx2_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
                 _mm256_cvtepu8_epi32(vb),
                 zp_b,
             ));
-            let s = _mm256_add_epi32(ma.apply32(xa), mb.apply32(xb));
+            let s = _mm256_add_epi32(ma.apply(xa), mb.apply(xb));
             let (qe, qo) = my.apply(s);
             let qe = clamp64(qe, lo, hi);
             let qo = clamp64(qo, lo, hi);
