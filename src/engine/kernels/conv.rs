@@ -435,7 +435,7 @@ impl PatchOffsets {
     }
 }
 
-/// How the x86 int8 kernels (`conv_row_u8i8`) read a patch in place, four bytes at a read; the weights are
+/// How the x86 int8 kernels (`conv_rows_u8i8`) read a patch in place, four bytes at a read; the weights are
 /// packed in the same order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PatchQuads {
@@ -692,24 +692,23 @@ enum Plan {
 
 /// Whether a float depthwise layer with padding runs faster from a padded copy of its
 /// input. On x86 the kernel reads interior pixels in place and tests the border's taps:
-/// the copy pays off by the rule of [`pad_conv_input`] (keyword spotting's 25×5 maps, 45 %
+/// the copy pays off by the rule of [`border_outweighs_padding`] (keyword spotting's 25×5 maps, 45 %
 /// border, are copied; MobileNet's 48×48 maps and its stride-2 layers, whose padded input
 /// is four times their output, are not: there the copy took longer than the layer). The
 /// NEON kernel always reads a padded copy.
 fn pad_depthwise_input(g: &ConvGeometry) -> bool {
     if cfg!(target_arch = "x86_64") {
-        pad_conv_input(g, g.in_c)
+        border_outweighs_padding(g, g.in_c)
     } else {
         true
     }
 }
 
-/// Whether a convolution read in place (x86) runs faster from a padded copy of its input,
-/// every pixel then in place, than with im2col (or tested taps) for its border pixels: when
-/// the border's patches (`tap_len` values a tap) hold more values than the padded input. Keyword
-/// spotting's first layer (10×8 taps over one channel, 36 % border) copies 2,668 values
-/// instead of 14,400.
-pub(super) fn pad_conv_input(g: &ConvGeometry, tap_len: usize) -> bool {
+/// Whether the border pixels' patches (`tap_len` values a tap) hold more values than the
+/// padded input (x86; false without padding): the rule by which a depthwise layer reads a
+/// padded copy rather than testing its border's taps. Keyword spotting's 25×5 maps (45 %
+/// border) pass it; MobileNet's 48×48 maps do not.
+pub(super) fn border_outweighs_padding(g: &ConvGeometry, tap_len: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if g.pad == [0; 4] {
