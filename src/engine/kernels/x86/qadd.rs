@@ -76,8 +76,6 @@ impl Mul {
     }
 }
 
-/// # Safety
-/// The CPU has AVX2; `a`, `b` and `y` have the same length (the wrapper asserts it).
 /// A multiplier whose products land in i32 (the inputs' rescales, within ±2^27; the
 /// output's when the multiplier is below 1, shift 31 or more), with no bias against the
 /// sign and no 64-bit clamp: the rounded 64-bit product is shifted right logically by
@@ -130,6 +128,8 @@ impl Mul32 {
     }
 }
 
+/// # Safety
+/// The CPU has AVX2; `a`, `b` and `y` have the same length (the wrapper asserts it).
 #[target_feature(enable = "avx2")]
 unsafe fn add_u8_avx2_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
     let n = y.len();
