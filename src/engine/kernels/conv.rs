@@ -319,27 +319,31 @@ impl ConvGeometry {
         }
     }
 
-    /// How the first taps of the pixels of output rows `rows`, columns `cols`, lie in the
-    /// input, from the first pixel's (`None` unless those pixels are read in place:
-    /// interior rows and columns).
+    /// Where the pixels of output rows `rows`, columns `cols`, read in place start: the
+    /// first pixel's first tap (a value index into the input) and how the others lie from
+    /// it. `None` unless those pixels are interior (every tap inside the input) and follow
+    /// each other in the output (one row, or whole rows).
     #[cfg(target_arch = "x86_64")]
     pub(super) fn row_walk(
         &self,
         rows: &std::ops::Range<usize>,
         cols: &std::ops::Range<usize>,
-    ) -> Option<RowWalk> {
+    ) -> Option<(usize, RowWalk)> {
         let interior = self.interior_cols();
         let ok = !rows.is_empty()
             && !cols.is_empty()
+            && (rows.len() == 1 || cols.len() == self.out_w)
             && self.row_is_interior(rows.start)
             && self.row_is_interior(rows.end - 1)
             && interior.contains(&cols.start)
             && interior.contains(&(cols.end - 1));
-        ok.then(|| RowWalk {
+        let first = self.source(rows.start, cols.start, 0, 0).filter(|_| ok)?;
+        let walk = RowWalk {
             lda: self.stride[1] * self.in_c,
             row_len: cols.len(),
             row_step: self.stride[0] * self.in_w * self.in_c,
-        })
+        };
+        Some((first * self.in_c, walk))
     }
 
     /// The weight index of `(oc, ic within its group, ky, kx)` in the IR's order.
@@ -516,6 +520,11 @@ impl RowWalk {
             row_len: usize::MAX,
             row_step: 0,
         }
+    }
+
+    /// The offset of row `q`.
+    pub(super) fn offset(&self, q: usize) -> usize {
+        (q / self.row_len) * self.row_step + (q % self.row_len) * self.lda
     }
 
     /// The offsets of rows `first..first + MR`, each past `last` taken as `last` (a

@@ -340,10 +340,9 @@ pub(in crate::engine::kernels) fn conv_rows_f32(
     y: &mut [f32],
 ) {
     assert!(g.groups == 1 && x.len() == g.input_len());
-    let walk = g.row_walk(&rows, &cols);
+    let run = g.row_walk(&rows, &cols);
     // ok: a documented panic; ConvF32 plans in-place runs of interior pixels only
-    let walk = walk.expect("conv_rows_f32: pixels not interior");
-    assert!(rows.len() == 1 || cols.len() == g.out_w);
+    let (first, walk) = run.expect("conv_rows_f32: pixels not interior or not in a run");
     let m = rows.len() * cols.len();
     assert!(w.k == g.taps() * g.in_c && w.n == g.out_c && offs.as_slice().len() == w.k);
     // Every value lies within the patch's span from its first tap; the last pixel's patch
@@ -353,8 +352,7 @@ pub(in crate::engine::kernels) fn conv_rows_f32(
     let ldy = g.out_c;
     assert!(y.len() >= (m - 1) * ldy + w.n);
     assert!(w.data.len() >= w.panels() * w.k * w.nr && w.bias.len() >= w.panels() * w.nr);
-    let first = g.source(rows.start, cols.start, 0, 0).expect("interior"); // ok: checked by row_walk
-    let a = x[first * g.in_c..].as_ptr();
+    let a = x[first..].as_ptr();
     match path {
         F32Path::Avx512 => {
             assert!(AVX512_NR.contains(&w.nr) && super::has_avx512f());

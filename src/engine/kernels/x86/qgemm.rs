@@ -761,25 +761,20 @@ pub(in crate::engine::kernels) fn conv_rows_u8i8(
     // ok: a documented panic; ConvU8 plans in-place rows only where `of` gives a layout
     let quads = PatchQuads::of(g).expect("conv_rows_u8i8: the patches are not read in quads");
     assert!(x.len() == g.input_len());
-    let walk = g.row_walk(&rows, &cols);
+    let run = g.row_walk(&rows, &cols);
     // ok: a documented panic; ConvU8 plans in-place runs of interior pixels only
-    let walk = walk.expect("conv_rows_u8i8: pixels not interior");
-    assert!(rows.len() == 1 || cols.len() == g.out_w);
+    let (first, walk) = run.expect("conv_rows_u8i8: pixels not interior or not in a run");
     let m = rows.len() * cols.len();
     assert!(w.k4 == g.taps() * quads.tap_len(g) && w.n == g.out_c);
     assert!(offs.as_slice().len() * 4 == w.k4);
     // Every quad lies within 4 bytes past the last pixel's first tap plus the largest
     // offset: inside the input (checked), hence every pixel's.
-    let first = g.source(rows.start, cols.start, 0, 0).expect("interior"); // ok: row_walk checked
-    let last = g
-        .source(rows.end - 1, cols.end - 1, 0, 0)
-        .expect("interior"); // ok: as above
     assert!(
-        last * g.in_c + offs.max() + 4 <= x.len(),
+        first + walk.offset(m - 1) + offs.max() + 4 <= x.len(),
         "the run's reads leave the input"
     );
     let rows = Rows {
-        base: x[first * g.in_c..].as_ptr(),
+        base: x[first..].as_ptr(),
         walk,
         len: w.k4,
         offs: offs.as_slice().as_ptr(),
