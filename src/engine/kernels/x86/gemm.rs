@@ -52,6 +52,21 @@ pub(super) unsafe fn finish_row(y: *mut f32, n: usize, act: Activation) {
     }
 }
 
+/// Rows per tile of `MR`-row kernels: whole tiles, then a tail as one tile when it fills
+/// more than half of one, else tiles of 4, 2, 1 rows (the f32 and int8 kernels alike).
+#[inline(always)]
+pub(super) fn tile_rows(rest: usize, mr: usize) -> usize {
+    if rest >= mr || rest * 2 > mr {
+        rest.min(mr)
+    } else if rest >= 4 {
+        4
+    } else if rest >= 2 {
+        2
+    } else {
+        1
+    }
+}
+
 /// One tile: rows `first..first + m` (`m <= MR`; rows past `m` repeat the last and are
 /// not stored) of `a`, each at `walk`'s offset, times one panel, columns `0..ncols`
 /// stored.
@@ -130,8 +145,8 @@ unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
     }
 }
 
-/// Every panel over every tile of `MR` rows (`walk` and `offs` as for [`tile`]); shorter
-/// tails in tiles of 4, 2, 1 rows (or one padded `MR` tile when over half full).
+/// Every panel over every tile of `MR` rows (`walk` and `offs` as for [`tile`]), in the
+/// heights [`tile_rows`] gives.
 ///
 /// # Safety
 /// S's features are present; the checks of [`gemm_f32_avx512`] hold.
@@ -158,36 +173,25 @@ unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
             let bp = w.bias.as_ptr().add(p * nr);
             let yc = yp.add(p * nr);
             let mut i = 0;
-            while m - i >= MR {
-                let yi = yc.add(i * ldy);
-                tile::<S, MR, NV, IN_PLACE>(k, a, walk, i, offs, MR, wp, bp, yi, ldy, ncols, act);
-                i += MR;
-            }
             while i < m {
-                let rest = m - i;
+                let mt = tile_rows(m - i, MR);
                 let yi = yc.add(i * ldy);
-                let t = (k, a, walk, i, offs);
-                if rest * 2 > MR {
-                    tile::<S, MR, NV, IN_PLACE>(
-                        t.0, t.1, t.2, t.3, t.4, rest, wp, bp, yi, ldy, ncols, act,
-                    );
-                    i = m;
-                } else if rest >= 4 {
-                    tile::<S, 4, NV, IN_PLACE>(
-                        t.0, t.1, t.2, t.3, t.4, 4, wp, bp, yi, ldy, ncols, act,
-                    );
-                    i += 4;
-                } else if rest >= 2 {
-                    tile::<S, 2, NV, IN_PLACE>(
-                        t.0, t.1, t.2, t.3, t.4, 2, wp, bp, yi, ldy, ncols, act,
-                    );
-                    i += 2;
-                } else {
-                    tile::<S, 1, NV, IN_PLACE>(
-                        t.0, t.1, t.2, t.3, t.4, 1, wp, bp, yi, ldy, ncols, act,
-                    );
-                    i += 1;
+                // The kernel height for `mt` rows: `MR` (padded when over half full) or a
+                // tail of 4, 2, 1.
+                macro_rules! run {
+                    ($mr:expr) => {
+                        tile::<S, { $mr }, NV, IN_PLACE>(
+                            k, a, walk, i, offs, mt, wp, bp, yi, ldy, ncols, act,
+                        )
+                    };
                 }
+                match mt {
+                    _ if mt * 2 > MR => run!(MR),
+                    4 => run!(4),
+                    2 => run!(2),
+                    _ => run!(1),
+                }
+                i += mt;
             }
         }
     }

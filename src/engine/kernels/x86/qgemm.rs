@@ -6,7 +6,7 @@
 //! The epilogues requantize exactly as [`crate::engine::kernels::qconv::requant_one`]
 //! (64-bit products, arithmetic shifts), or dequantize to f32, then store.
 
-use super::gemm::{activate, finish_row, scalar_act};
+use super::gemm::{activate, finish_row, scalar_act, tile_rows};
 use super::simd::{Avx2 as F256, Avx512 as F512, F32Simd};
 use crate::engine::kernels::I8Path;
 use crate::engine::kernels::conv::{ConvGeometry, PatchOffsets, PatchQuads, RowWalk};
@@ -650,21 +650,6 @@ unsafe fn tile<D: I8Dot, const MR: usize, const NV: usize, const IN_PLACE: bool>
                 v += 1;
             }
         }
-    }
-}
-
-/// Rows per tile of `MR`-row kernels: whole tiles, then a tail as one tile when it fills
-/// more than half of one, else tiles of 4, 2, 1 rows.
-#[inline(always)]
-fn tile_rows(rest: usize, mr: usize) -> usize {
-    if rest >= mr || rest * 2 > mr {
-        rest.min(mr)
-    } else if rest >= 4 {
-        4
-    } else if rest >= 2 {
-        2
-    } else {
-        1
     }
 }
 
