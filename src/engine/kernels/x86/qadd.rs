@@ -132,68 +132,45 @@ impl Mul32 {
 /// The CPU has AVX2; `a`, `b` and `y` have the same length (the wrapper asserts it).
 #[target_feature(enable = "avx2")]
 unsafe fn add_u8_avx2_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
-    let n = y.len();
-    let full = n / 8 * 8;
-    // An output multiplier below 1 keeps the sum's rescale in i32 too.
-    if add.m_y.shift >= 31 {
-        // SAFETY: AVX2 enabled here.
-        let (ma, mb, my) = unsafe {
-            (
-                Mul32::new(add.m_a),
-                Mul32::new(add.m_b),
-                Mul32::new(add.m_y),
-            )
-        };
+    // An output multiplier below 1 keeps the sum's rescale in i32 too; one of 1 or more
+    // has its products clamped in 64 bits. One loop each, the choice made once.
+    // SAFETY: the caller's contract; AVX2 enabled here.
+    unsafe {
+        if add.m_y.shift >= 31 {
+            add_loop::<true>(add, a, b, y)
+        } else {
+            add_loop::<false>(add, a, b, y)
+        }
+    }
+}
+
+/// [`add_u8_avx2_impl`] with the output's rescale in 32-bit lanes (`NARROW`) or 64.
+///
+/// # Safety
+/// As [`add_u8_avx2_impl`], inlined into it.
+#[inline(always)]
+unsafe fn add_loop<const NARROW: bool>(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
+    // SAFETY: AVX2 is the caller's target feature; every load and store below stays
+    // within `i + 8 <= n` values of the three slices (equal lengths), the tail in safe code.
+    unsafe {
+        let n = y.len();
+        let full = n / 8 * 8;
+        let (ma, mb) = (Mul32::new(add.m_a), Mul32::new(add.m_b));
+        let (my32, my64) = (Mul32::new(add.m_y), Mul::new(add.m_y));
         let (zp_a, zp_b) = (
             _mm256_set1_epi32(add.zp_a as i32),
             _mm256_set1_epi32(add.zp_b as i32),
         );
-        let zp = _mm256_set1_epi32(add.zp_y as i32);
-        let (lo, hi) = (
+        let zp = add.zp_y as i64;
+        let (lo32, hi32) = (
             _mm256_set1_epi32(add.min as i32),
             _mm256_set1_epi32(add.max as i32),
         );
+        let lo = _mm256_set1_epi64x(add.min as i64 - zp);
+        let hi = _mm256_set1_epi64x(add.max as i64 - zp);
+        let zp32 = _mm256_set1_epi32(zp as i32);
         let mut i = 0;
         while i < full {
-            // SAFETY: `i + 8 <= n` bytes of each slice (lengths asserted by the caller).
-            unsafe {
-                let va = _mm_loadl_epi64(a.as_ptr().add(i).cast());
-                let vb = _mm_loadl_epi64(b.as_ptr().add(i).cast());
-                let xa = _mm256_slli_epi32::<{ ADD_LEFT_SHIFT as i32 }>(_mm256_sub_epi32(
-                    _mm256_cvtepu8_epi32(va),
-                    zp_a,
-                ));
-                let xb = _mm256_slli_epi32::<{ ADD_LEFT_SHIFT as i32 }>(_mm256_sub_epi32(
-                    _mm256_cvtepu8_epi32(vb),
-                    zp_b,
-                ));
-                let s = _mm256_add_epi32(ma.apply(xa), mb.apply(xb));
-                let q = _mm256_add_epi32(my.apply(s), zp);
-                let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
-                _mm_storel_epi64(y.as_mut_ptr().add(i).cast(), pack8(q));
-            }
-            i += 8;
-        }
-        for k in full..n {
-            y[k] = add.one(a[k], b[k]);
-        }
-        return;
-    }
-    // SAFETY (the `Mul` methods): AVX2 is this function's target feature.
-    // An output multiplier of 1 or more: its products are clamped in 64 bits.
-    let (ma, mb, my) = unsafe { (Mul32::new(add.m_a), Mul32::new(add.m_b), Mul::new(add.m_y)) };
-    let (zp_a, zp_b) = (
-        _mm256_set1_epi32(add.zp_a as i32),
-        _mm256_set1_epi32(add.zp_b as i32),
-    );
-    let zp = add.zp_y as i64;
-    let lo = _mm256_set1_epi64x(add.min as i64 - zp);
-    let hi = _mm256_set1_epi64x(add.max as i64 - zp);
-    let zp32 = _mm256_set1_epi32(zp as i32);
-    let mut i = 0;
-    while i < full {
-        // SAFETY: `i + 8 <= n` for all three slices.
-        unsafe {
             let va = _mm_loadl_epi64(a.as_ptr().add(i).cast());
             let vb = _mm_loadl_epi64(b.as_ptr().add(i).cast());
             // (code - zp) << 20 is within ±2^28; each rescale (a multiplier below 1) within
@@ -207,17 +184,21 @@ unsafe fn add_u8_avx2_impl(add: &AddU8, a: &[u8], b: &[u8], y: &mut [u8]) {
                 zp_b,
             ));
             let s = _mm256_add_epi32(ma.apply(xa), mb.apply(xb));
-            let (qe, qo) = my.apply(s);
-            let qe = clamp64(qe, lo, hi);
-            let qo = clamp64(qo, lo, hi);
-            let q = _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo));
-            let q = _mm256_add_epi32(q, zp32);
+            let q = if NARROW {
+                let q = _mm256_add_epi32(my32.apply(s), zp32);
+                _mm256_min_epi32(_mm256_max_epi32(q, lo32), hi32)
+            } else {
+                let (qe, qo) = my64.apply(s);
+                let (qe, qo) = (clamp64(qe, lo, hi), clamp64(qo, lo, hi));
+                let q = _mm256_blend_epi32::<0b1010_1010>(qe, _mm256_slli_epi64::<32>(qo));
+                _mm256_add_epi32(q, zp32)
+            };
             _mm_storel_epi64(y.as_mut_ptr().add(i).cast(), pack8(q));
+            i += 8;
         }
-        i += 8;
-    }
-    for k in full..n {
-        y[k] = add.one(a[k], b[k]);
+        for k in full..n {
+            y[k] = add.one(a[k], b[k]);
+        }
     }
 }
 
