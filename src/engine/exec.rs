@@ -1,6 +1,7 @@
 //! Execution: the prepared steps of a lowered graph run in order over the arenas. Nothing
 //! here allocates; each step reads its inputs' slices and writes its output's.
 
+use super::buffer::Aligned;
 use super::choose::DenseWeight;
 use super::kernels::{self, Activation};
 use super::lower::Program;
@@ -91,16 +92,16 @@ pub(super) enum Op {
 /// Tensor storage: one arena per element type (int8 codes share the byte arena).
 #[derive(Default)]
 pub(super) struct Arenas {
-    pub f32: Vec<f32>,
-    pub u8: Vec<u8>,
-    pub i64: Vec<i64>,
+    pub f32: Aligned<f32>,
+    pub u8: Aligned<u8>,
+    pub i64: Aligned<i64>,
 }
 
 /// Kernel scratch, sized at load for one sample of the hungriest step.
 #[derive(Default)]
 pub(super) struct Scratch {
-    pub f32: Vec<f32>,
-    pub u8: Vec<u8>,
+    pub f32: Aligned<f32>,
+    pub u8: Aligned<u8>,
 }
 
 /// `(input, output)` of disjoint ranges of one buffer.

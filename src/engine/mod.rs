@@ -19,6 +19,7 @@
 use crate::graph::{DType, Graph, GraphError, ValueShapes};
 
 mod arena;
+mod buffer;
 mod choose;
 mod exec;
 mod fuse;
@@ -408,15 +409,9 @@ impl Engine {
     }
 }
 
-/// `n` zeroed values, or [`EngineError::OutOfMemory`] instead of an abort.
-fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, EngineError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| EngineError::OutOfMemory {
-            bytes: n as u128 * std::mem::size_of::<T>() as u128,
-        })?;
-    v.resize(n, T::default());
-    Ok(v)
+/// `n` zeroed values on a cache line, or [`EngineError::OutOfMemory`] instead of an abort.
+fn zeroed<T: Clone + Default>(n: usize) -> Result<buffer::Aligned<T>, EngineError> {
+    buffer::Aligned::zeroed(n)
 }
 
 /// Rejects NaN and infinity in input `index`, naming the sample and feature.
