@@ -372,8 +372,11 @@ conv_battery! {
     depthwise_c8: geom([10, 11, 8], 8, [3, 3], 1, [1; 4], 1, 8);
     depthwise_c8_no_pad_odd: geom([7, 9, 8], 8, [3, 3], 1, [0; 4], 1, 8);
     depthwise_c8_stride2: geom([12, 13, 8], 8, [3, 3], 2, [0, 0, 1, 1], 1, 8);
-    // Maps mostly interior: x86's float kernel reads them in place (the ones above, mostly
-    // border, through a padded copy).
+    // Padding past the kernel (kernel rows wholly in the padding, columns with no
+    // interior pixel) and a map two pixels wide (every pixel a border one).
+    depthwise_pad_beyond_kernel: geom([4, 4, 8], 8, [3, 3], 1, [3, 2, 3, 4], 1, 8);
+    depthwise_two_columns: geom([5, 2, 16], 16, [3, 3], 1, [1; 4], 1, 16);
+    // Maps mostly interior (the ones above are mostly border).
     depthwise_large_map: geom([20, 21, 16], 16, [3, 3], 1, [1; 4], 1, 16);
     depthwise_large_stride2: geom([24, 25, 24], 24, [3, 3], 2, [0, 0, 1, 1], 1, 24);
     depthwise_large_dilated: geom([32, 32, 8], 8, [3, 3], 1, [2; 4], 2, 8);

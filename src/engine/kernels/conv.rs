@@ -700,14 +700,15 @@ enum Plan {
 }
 
 /// Whether a float depthwise layer with padding runs faster from a padded copy of its
-/// input. On x86 the kernel reads interior pixels in place and tests the border's taps:
-/// the copy pays off by the rule of [`border_outweighs_padding`] (keyword spotting's 25×5 maps, 45 %
-/// border, are copied; MobileNet's 48×48 maps and its stride-2 layers, whose padded input
-/// is four times their output, are not: there the copy took longer than the layer). The
-/// NEON kernel always reads a padded copy.
+/// input. On x86 a 3×3 kernel never does: it reads padding rows from a zero row and tests
+/// the border columns' taps with its weights in registers (float keyword spotting's 25×5
+/// maps, copied before, and MobileNet's; see `x86/depthwise.rs`). Other kernels read
+/// interior pixels in place and test the border's taps, each weight loaded: the copy pays
+/// off by the rule of [`border_outweighs_padding`]. The NEON kernel always reads a padded
+/// copy.
 fn pad_depthwise_input(g: &ConvGeometry) -> bool {
     if cfg!(target_arch = "x86_64") {
-        border_outweighs_padding(g, g.in_c)
+        !(g.k_h == 3 && g.k_w == 3) && border_outweighs_padding(g, g.in_c)
     } else {
         true
     }
@@ -871,7 +872,10 @@ impl ConvF32 {
     /// depthwise layer with padding on a SIMD family; 0 for 1×1 convolutions.
     pub fn scratch_len(&self) -> usize {
         match &self.plan {
-            Plan::Depthwise { padded: true, .. } => self.geom.over_padded_input().input_len(),
+            Plan::Depthwise { padded: true, .. } => {
+                self.geom.over_padded_input().input_len() + self.dw_zero_row_len()
+            }
+            Plan::Depthwise { .. } => self.dw_zero_row_len(),
             Plan::Gemm {
                 im2col: true,
                 tile,
@@ -909,12 +913,14 @@ impl ConvF32 {
                 padded: true,
             } => {
                 let gp = g.over_padded_input();
-                let xp = &mut scratch[..gp.input_len()];
+                let (xp, rest) = scratch.split_at_mut(gp.input_len());
                 super::pad_nhwc(x, [g.in_h, g.in_w, g.in_c], g.pad, 0.0, xp);
-                super::depthwise_f32(self.path, &gp, xp, w, bias, *c_pad, self.act, y)
+                let zeros = self.dw_zero_row(rest);
+                super::depthwise_f32(self.path, &gp, xp, zeros, w, bias, *c_pad, self.act, y)
             }
             Plan::Depthwise { c_pad, w, bias, .. } => {
-                super::depthwise_f32(self.path, g, x, w, bias, *c_pad, self.act, y)
+                let zeros = self.dw_zero_row(scratch);
+                super::depthwise_f32(self.path, g, x, zeros, w, bias, *c_pad, self.act, y)
             }
             Plan::Gemm {
                 im2col: false,
@@ -978,6 +984,24 @@ impl ConvF32 {
                 }
             }
         }
+    }
+
+    /// Values of the zero input row the x86 depthwise kernels read for padding rows (as
+    /// wide as the padded input, which covers a padded copy's rows too); none elsewhere.
+    fn dw_zero_row_len(&self) -> usize {
+        if cfg!(target_arch = "x86_64") && self.path != F32Path::Portable {
+            self.geom.over_padded_input().in_w * self.geom.in_c
+        } else {
+            0
+        }
+    }
+
+    /// The zero row of [`ConvF32::dw_zero_row_len`] values at the start of `scratch`,
+    /// zeroed (scratch is shared by every layer).
+    fn dw_zero_row<'s>(&self, scratch: &'s mut [f32]) -> &'s [f32] {
+        let zeros = &mut scratch[..self.dw_zero_row_len()];
+        zeros.fill(0.0);
+        zeros
     }
 
     /// Output pixels `pixels` of group `gi` through im2col tiles of `tile` pixels.

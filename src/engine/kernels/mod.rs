@@ -507,12 +507,14 @@ pub(crate) fn dw_channels_padded(c: usize) -> usize {
     c.div_ceil(64) * 64
 }
 
-/// Depthwise f32 convolution (weights `[tap][c_pad]`, bias `[c_pad]`).
+/// Depthwise f32 convolution (weights `[tap][c_pad]`, bias `[c_pad]`; `zeros`, at least
+/// `in_w · in_c` zeros, is the x86 kernels' zero input row).
 #[allow(clippy::too_many_arguments)]
 fn depthwise_f32(
     path: F32Path,
     g: &ConvGeometry,
     x: &[f32],
+    zeros: &[f32],
     w: &[f32],
     bias: &[f32],
     c_pad: usize,
@@ -521,12 +523,14 @@ fn depthwise_f32(
 ) {
     #[cfg(target_arch = "x86_64")]
     use x86::depthwise as dw;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = zeros;
     match path {
         F32Path::Portable => conv::depthwise_f32_portable(g, x, w, bias, c_pad, act, y),
         #[cfg(target_arch = "x86_64")]
-        F32Path::Avx512 => dw::depthwise_f32_avx512(g, x, w, bias, c_pad, act, y),
+        F32Path::Avx512 => dw::depthwise_f32_avx512(g, x, zeros, w, bias, c_pad, act, y),
         #[cfg(target_arch = "x86_64")]
-        F32Path::Avx2 => dw::depthwise_f32_avx2(g, x, w, bias, c_pad, act, y),
+        F32Path::Avx2 => dw::depthwise_f32_avx2(g, x, zeros, w, bias, c_pad, act, y),
         #[cfg(target_arch = "aarch64")]
         F32Path::Neon => neon::depthwise::depthwise_f32(g, x, w, bias, c_pad, act, y),
     }
