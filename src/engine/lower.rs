@@ -18,7 +18,7 @@ use super::exec::Op;
 use super::fuse::{Fused, Fusion, act_of};
 use super::kernels::{self, Activation, KernelError, OutputQuant, U8Quant};
 use super::layout::Layout;
-use super::{EngineError, KernelChoice, arena, quant};
+use super::{EngineError, KernelChoice, arena, ops, quant};
 use crate::graph::{
     DType, Graph, GraphError, Layer, QuantInput, QuantOutput, Tensor as IrTensor, TensorData,
     ValueShapes,
@@ -159,8 +159,14 @@ impl<'g> Lowerer<'g> {
         let map = target.gather_from(&self.tensors[t].layout);
         let dtype = self.tensors[t].dtype;
         let c = self.new_tensor(dtype, shape, target.clone());
+        let op = match ops::as_transpose(&map) {
+            Some((rows, cols)) if ops::FAST_TRANSPOSE_ROWS.contains(&rows) => {
+                Op::Transpose { rows, cols }
+            }
+            _ => Op::Gather(map),
+        };
         self.steps.push(Step {
-            op: Op::Gather(map),
+            op,
             inputs: vec![t],
             output: c,
         });
