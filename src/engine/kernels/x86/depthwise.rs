@@ -1,9 +1,9 @@
-//! Depthwise f32 convolution over NHWC for AVX-512 and AVX2. A 3×3 layer runs per vector
-//! of channels over the whole map, its nine weights in registers, padding rows read from
-//! a zero row (no padded copy of the input); other kernels run per output row and vector
-//! of channels, each pixel summing its valid taps' input vectors (padding taps skipped).
+//! Depthwise f32 convolution over NHWC for AVX-512 and AVX2, per output row and vector of
+//! channels. A 3×3 layer keeps its nine weights in registers and reads padding rows from a
+//! zero row (no padded copy of the input); other kernels, and a last partial vector of
+//! channels, sum each pixel's valid taps' input vectors (padding taps skipped).
 
-use super::gemm::{activate, finish_row, scalar_act};
+use super::gemm::{activate, finish_row, per_activation, scalar_act};
 use super::simd::{Avx2, Avx512, F32Simd};
 use crate::engine::kernels::{Activation, ConvGeometry};
 
@@ -41,58 +41,6 @@ unsafe fn store_pixel<S: F32Simd>(yp: *mut f32, acc: S::V, act: Activation, n: u
     }
 }
 
-/// Output pixels `cols` of row `oy` for channels `cv..cv + n`, taps `KH × KW` known at
-/// compile time, each tap tested against the input's bounds (the border of a layer with
-/// padding).
-///
-/// # Safety
-/// S's features are present; `x`, `w`, `bias`, `y` are as checked by [`check`]; `cols`
-/// are output columns.
-#[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn pixels_checked<S: F32Simd, const KH: usize, const KW: usize>(
-    g: &ConvGeometry,
-    x: *const f32,
-    w: *const f32,
-    bias: *const f32,
-    c_pad: usize,
-    act: Activation,
-    y: *mut f32,
-    oy: usize,
-    cv: usize,
-    n: usize,
-    cols: impl Iterator<Item = usize>,
-) {
-    // SAFETY: taps are read only inside the input (row and column checked), weights and
-    // bias inside their padded arrays, outputs inside row `oy`.
-    unsafe {
-        let c = g.in_c;
-        let b = S::load(bias.add(cv));
-        let mut rows = [None; KH];
-        for ky in 0..KH {
-            let iy = (oy * g.stride[0] + ky * g.dilation[0]).wrapping_sub(g.pad[0]);
-            if iy < g.in_h {
-                rows[ky] = Some(x.add(iy * g.in_w * c + cv));
-            }
-        }
-        for ox in cols {
-            let mut acc = b;
-            let ix0 = (ox * g.stride[1]).wrapping_sub(g.pad[1]);
-            for ky in 0..KH {
-                let Some(row) = rows[ky] else { continue };
-                for kx in 0..KW {
-                    let ix = ix0.wrapping_add(kx * g.dilation[1]);
-                    if ix < g.in_w {
-                        let wv = S::load(w.add((ky * KW + kx) * c_pad + cv));
-                        acc = S::fmadd(load_n::<S>(row.add(ix * c), n), wv, acc);
-                    }
-                }
-            }
-            store_pixel::<S>(y.add((oy * g.out_w + ox) * c + cv), acc, act, n);
-        }
-    }
-}
-
 /// Output row `oy` of a 3×3 layer for the whole vector of channels at `cv`, the nine
 /// weights in registers. A kernel row above or below the input reads `zeros` (a zero
 /// input row) instead, so that the rows of the border need no test; the pixels whose
@@ -100,7 +48,7 @@ unsafe fn pixels_checked<S: F32Simd, const KH: usize, const KW: usize>(
 /// time, no tap tested, so that two chains of FMAs (one per pixel, bound by the FMA's
 /// latency) overlap. Before, the border pixels tested every tap and loaded its weight, or,
 /// where the border was large, the layer first copied its input with a border of zeros:
-/// 20-30 % slower on every 3×3 layer of keyword spotting and MobileNet (Zen 3). Rows run
+/// 3-17 % slower on every 3×3 layer of keyword spotting and MobileNet (Zen 3). Rows run
 /// outermost (the caller's loop): taking each vector of channels over the whole map
 /// instead, the weights loaded once, was slower still, every cache line of the input read
 /// once per vector it holds.
@@ -167,79 +115,79 @@ unsafe fn row_3x3<S: F32Simd>(
                 S::fmadd(S::load(p2.add(d2)), w8, a)
             }};
         }
-        {
-            // Kernel row `ky`'s input row, or the zero row where it lies in the padding.
-            let row = |ky: usize| {
-                let iy = (oy * g.stride[0] + ky * g.dilation[0]).wrapping_sub(g.pad[0]);
-                if iy < g.in_h {
-                    x.add(iy * g.in_w * c + cv)
-                } else {
-                    zeros.add(cv)
-                }
-            };
-            let (r0, r1, r2) = (row(0), row(1), row(2));
-            let yrow = y.add(oy * g.out_w * c + cv);
-            // A pixel whose kernel leaves the input's width: its columns tested (the
-            // taps in the same order as `pixel!`).
-            macro_rules! edge {
-                ($ox:expr) => {{
-                    let ox = $ox;
-                    let ix0 = (ox * g.stride[1]).wrapping_sub(g.pad[1]);
-                    let ix = [
-                        ix0,
-                        ix0.wrapping_add(g.dilation[1]),
-                        ix0.wrapping_add(2 * g.dilation[1]),
-                    ];
-                    let mut a = b;
-                    for (r, [wa, wb, wc]) in
-                        [(r0, [w0, w1, w2]), (r1, [w3, w4, w5]), (r2, [w6, w7, w8])]
-                    {
-                        if ix[0] < g.in_w {
-                            a = S::fmadd(S::load(r.add(ix[0] * c)), wa, a);
-                        }
-                        if ix[1] < g.in_w {
-                            a = S::fmadd(S::load(r.add(ix[1] * c)), wb, a);
-                        }
-                        if ix[2] < g.in_w {
-                            a = S::fmadd(S::load(r.add(ix[2] * c)), wc, a);
-                        }
+        // Kernel row `ky`'s input row, or the zero row where it lies in the padding.
+        let row = |ky: usize| {
+            let iy = (oy * g.stride[0] + ky * g.dilation[0]).wrapping_sub(g.pad[0]);
+            if iy < g.in_h {
+                x.add(iy * g.in_w * c + cv)
+            } else {
+                zeros.add(cv)
+            }
+        };
+        let (r0, r1, r2) = (row(0), row(1), row(2));
+        let yrow = y.add(oy * g.out_w * c + cv);
+        // A pixel whose kernel leaves the input's width: its columns tested (the
+        // taps in the same order as `pixel!`).
+        macro_rules! edge {
+            ($ox:expr) => {{
+                let ox = $ox;
+                let ix0 = (ox * g.stride[1]).wrapping_sub(g.pad[1]);
+                let ix = [
+                    ix0,
+                    ix0.wrapping_add(g.dilation[1]),
+                    ix0.wrapping_add(2 * g.dilation[1]),
+                ];
+                let mut a = b;
+                for (r, [wa, wb, wc]) in
+                    [(r0, [w0, w1, w2]), (r1, [w3, w4, w5]), (r2, [w6, w7, w8])]
+                {
+                    if ix[0] < g.in_w {
+                        a = S::fmadd(S::load(r.add(ix[0] * c)), wa, a);
                     }
-                    store_pixel::<S>(yrow.add(ox * c), a, act, S::LANES);
-                }};
-            }
-            for ox in 0..inner.start {
-                edge!(ox);
-            }
-            if !inner.is_empty() {
-                // The first tap of output column `inner.start` in each kernel row.
-                let first = (inner.start * g.stride[1] - g.pad[1]) * c;
-                let (mut q0, mut q1, mut q2) = (r0.add(first), r1.add(first), r2.add(first));
-                let mut yp = yrow.add(inner.start * c);
-                let mut left = inner.len();
-                while left >= 2 {
-                    let a0 = pixel!(q0, q1, q2);
-                    let a1 = pixel!(q0.add(step), q1.add(step), q2.add(step));
-                    store_pixel::<S>(yp, a0, act, S::LANES);
-                    store_pixel::<S>(yp.add(c), a1, act, S::LANES);
-                    (q0, q1, q2) = (q0.add(2 * step), q1.add(2 * step), q2.add(2 * step));
-                    yp = yp.add(2 * c);
-                    left -= 2;
+                    if ix[1] < g.in_w {
+                        a = S::fmadd(S::load(r.add(ix[1] * c)), wb, a);
+                    }
+                    if ix[2] < g.in_w {
+                        a = S::fmadd(S::load(r.add(ix[2] * c)), wc, a);
+                    }
                 }
-                if left == 1 {
-                    store_pixel::<S>(yp, pixel!(q0, q1, q2), act, S::LANES);
-                }
+                store_pixel::<S>(yrow.add(ox * c), a, act, S::LANES);
+            }};
+        }
+        for ox in 0..inner.start {
+            edge!(ox);
+        }
+        if !inner.is_empty() {
+            // The first tap of output column `inner.start` in each kernel row.
+            let first = (inner.start * g.stride[1] - g.pad[1]) * c;
+            let (mut q0, mut q1, mut q2) = (r0.add(first), r1.add(first), r2.add(first));
+            let mut yp = yrow.add(inner.start * c);
+            let mut left = inner.len();
+            while left >= 2 {
+                let a0 = pixel!(q0, q1, q2);
+                let a1 = pixel!(q0.add(step), q1.add(step), q2.add(step));
+                store_pixel::<S>(yp, a0, act, S::LANES);
+                store_pixel::<S>(yp.add(c), a1, act, S::LANES);
+                (q0, q1, q2) = (q0.add(2 * step), q1.add(2 * step), q2.add(2 * step));
+                yp = yp.add(2 * c);
+                left -= 2;
             }
-            for ox in inner.end.max(inner.start)..g.out_w {
-                edge!(ox);
+            if left == 1 {
+                store_pixel::<S>(yp, pixel!(q0, q1, q2), act, S::LANES);
             }
+        }
+        for ox in inner.end.max(inner.start)..g.out_w {
+            edge!(ox);
         }
     }
 }
 
-/// One output row for channels `cv..cv + n`, any kernel size.
+/// One output row for channels `cv..cv + n`, any kernel size, each tap tested against the
+/// input's bounds.
 ///
 /// # Safety
-/// As [`pixels_checked`].
+/// S's features are present; `x`, `w`, `bias`, `y` are as checked by [`check`]; `oy <
+/// g.out_h`; `cv < g.in_c` and `n <= S::LANES` channels from it.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn row_any<S: F32Simd>(
@@ -254,7 +202,8 @@ unsafe fn row_any<S: F32Simd>(
     cv: usize,
     n: usize,
 ) {
-    // SAFETY: as in `pixels_checked`.
+    // SAFETY: taps are read only inside the input (row and column tested), weights and
+    // bias inside their padded arrays, outputs inside row `oy`.
     unsafe {
         let c = g.in_c;
         let b = S::load(bias.add(cv));
@@ -279,12 +228,10 @@ unsafe fn row_any<S: F32Simd>(
     }
 }
 
-/// The whole layer. The row kernels are built once per vector activation, the variant
-/// known at compile time: with `act` a run-time value, each pixel's store went through a
-/// jump table, and the scalar Sigmoid/Tanh calls reachable from the loop made the
-/// compiler keep the tap weights on the stack, reloaded every pixel (13.5 cycles a pixel
-/// and vector of channels on Zen 3, for nine FMAs). Sigmoid and Tanh run over the stored
-/// output at the end.
+/// The whole layer, its row kernels built once per vector activation
+/// ([`per_activation`]: with the activation a run-time value the tap weights were reloaded
+/// from the stack every pixel, 13.5 cycles a pixel and vector of channels on Zen 3 for nine
+/// FMAs). Sigmoid and Tanh run over the stored output at the end.
 ///
 /// # Safety
 /// S's features are present; the checks of [`check`] hold.
@@ -300,38 +247,21 @@ unsafe fn depthwise<S: F32Simd>(
     act: Activation,
     y: &mut [f32],
 ) {
+    let vector_act = if scalar_act(act) {
+        Activation::Identity
+    } else {
+        act
+    };
     // SAFETY: forwarded checks.
-    unsafe {
-        match act {
-            Activation::Relu => rows::<S>(g, x, zeros, w, bias, c_pad, Activation::Relu, y),
-            Activation::Clip { min, max } => rows::<S>(
-                g,
-                x,
-                zeros,
-                w,
-                bias,
-                c_pad,
-                Activation::Clip { min, max },
-                y,
-            ),
-            Activation::LeakyRelu(a) => {
-                rows::<S>(g, x, zeros, w, bias, c_pad, Activation::LeakyRelu(a), y)
-            }
-            Activation::HardSwish => {
-                rows::<S>(g, x, zeros, w, bias, c_pad, Activation::HardSwish, y)
-            }
-            Activation::Identity | Activation::Sigmoid | Activation::Tanh => {
-                rows::<S>(g, x, zeros, w, bias, c_pad, Activation::Identity, y)
-            }
-        }
-        if scalar_act(act) {
-            finish_row(y.as_mut_ptr(), g.output_len(), act);
-        }
+    per_activation!(vector_act, a => unsafe { rows::<S>(g, x, zeros, w, bias, c_pad, a, y) });
+    if scalar_act(act) {
+        // SAFETY: `y` holds the output (checked).
+        unsafe { finish_row(y.as_mut_ptr(), g.output_len(), act) };
     }
 }
 
 /// Every output row with a vector activation `act` (inlined into each arm of
-/// [`depthwise`]'s match, so that the variant is a constant in its loops).
+/// [`per_activation`] in [`depthwise`], so that the variant is a constant in its loops).
 ///
 /// # Safety
 /// As [`depthwise`].
@@ -357,9 +287,6 @@ unsafe fn rows<S: F32Simd>(
             unsafe {
                 if g.k_h == 3 && g.k_w == 3 && n == S::LANES {
                     row_3x3::<S>(g, xp, zp, wp, bp, c_pad, act, yp, oy, cv);
-                } else if g.k_h == 3 && g.k_w == 3 {
-                    let all = 0..g.out_w;
-                    pixels_checked::<S, 3, 3>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n, all);
                 } else {
                     row_any::<S>(g, xp, wp, bp, c_pad, act, yp, oy, cv, n);
                 }

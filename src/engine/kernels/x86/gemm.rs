@@ -34,6 +34,48 @@ pub(super) unsafe fn activate<S: F32Simd>(v: S::V, act: Activation) -> S::V {
     }
 }
 
+/// `$body` with `$a` bound to `$act` rebuilt as a constant variant, one copy per variant
+/// (a match outside the caller's loops): the kernels inline `$body`, so the activation's
+/// match inside them folds away. With the activation a run-time value, each store went
+/// through the match, and the scalar Sigmoid/Tanh calls reachable from the loops made the
+/// compiler keep registers on the stack (the depthwise kernel's tap weights, reloaded
+/// every pixel).
+macro_rules! per_activation {
+    ($act:expr, $a:ident => $body:expr) => {
+        match $act {
+            Activation::Identity => {
+                let $a = Activation::Identity;
+                $body
+            }
+            Activation::Relu => {
+                let $a = Activation::Relu;
+                $body
+            }
+            Activation::Clip { min, max } => {
+                let $a = Activation::Clip { min, max };
+                $body
+            }
+            Activation::LeakyRelu(alpha) => {
+                let $a = Activation::LeakyRelu(alpha);
+                $body
+            }
+            Activation::HardSwish => {
+                let $a = Activation::HardSwish;
+                $body
+            }
+            Activation::Sigmoid => {
+                let $a = Activation::Sigmoid;
+                $body
+            }
+            Activation::Tanh => {
+                let $a = Activation::Tanh;
+                $body
+            }
+        }
+    };
+}
+pub(super) use per_activation;
+
 /// Whether `act` needs the scalar pass after the vector store.
 #[inline(always)]
 pub(super) fn scalar_act(act: Activation) -> bool {
@@ -146,11 +188,9 @@ unsafe fn tile<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
 }
 
 /// Every panel over every tile of `MR` rows (`walk` and `offs` as for [`tile`]), in the
-/// heights [`tile_rows`] gives. The tiles are built once per activation variant (a match
-/// outside the loops, as in the depthwise kernel): with `act` a run-time value, each
-/// tile's store went through the match, and the scalar Sigmoid/Tanh calls reachable from
-/// the loop weighed on layers of small depth, whose tiles are short (MobileNet's first
-/// 1×1, depth 8 to 16 channels over 48×48 pixels: 17.6 → 9.9 µs).
+/// heights [`tile_rows`] gives, built once per activation variant ([`per_activation`]):
+/// layers of small depth, whose tiles are short, gained most (MobileNet's first 1×1,
+/// depth 8 to 16 channels over 48×48 pixels: 17.6 → 9.9 µs).
 ///
 /// # Safety
 /// S's features are present; the checks of [`gemm_f32_avx512`] hold.
@@ -166,21 +206,10 @@ unsafe fn gemm<S: F32Simd, const MR: usize, const NV: usize, const IN_PLACE: boo
     y: &mut [f32],
     ldy: usize,
 ) {
-    macro_rules! with {
-        ($act:expr) => {
-            // SAFETY: the caller's contract.
-            unsafe { panels::<S, MR, NV, IN_PLACE>(a, walk, offs, m, w, $act, y, ldy) }
-        };
-    }
-    match act {
-        Activation::Identity => with!(Activation::Identity),
-        Activation::Relu => with!(Activation::Relu),
-        Activation::Clip { min, max } => with!(Activation::Clip { min, max }),
-        Activation::LeakyRelu(a) => with!(Activation::LeakyRelu(a)),
-        Activation::HardSwish => with!(Activation::HardSwish),
-        Activation::Sigmoid => with!(Activation::Sigmoid),
-        Activation::Tanh => with!(Activation::Tanh),
-    }
+    // SAFETY: the caller's contract.
+    per_activation!(act, act => unsafe {
+        panels::<S, MR, NV, IN_PLACE>(a, walk, offs, m, w, act, y, ldy)
+    })
 }
 
 /// [`gemm`] for one activation variant.
