@@ -166,6 +166,25 @@ impl Program {
                     }
                 };
             }
+            // A layout move of any element type (its arena chosen by the output's type).
+            macro_rules! any_dtype {
+                (|$xs:ident, $ys:ident| $body:expr) => {
+                    match self.tensors[step.output].dtype {
+                        DType::F32 => {
+                            let (x, y) = one(&mut a.f32, x, y);
+                            per_sample!(x, y, |$xs, $ys| $body);
+                        }
+                        DType::I64 => {
+                            let (x, y) = one(&mut a.i64, x, y);
+                            per_sample!(x, y, |$xs, $ys| $body);
+                        }
+                        _ => {
+                            let (x, y) = one(&mut a.u8, x, y);
+                            per_sample!(x, y, |$xs, $ys| $body);
+                        }
+                    }
+                };
+            }
             match &step.op {
                 Op::Standardize { offset, scale } => {
                     let (x, y) = one(&mut a.f32, x, y);
@@ -353,36 +372,9 @@ impl Program {
                     }
                 }
                 Op::Transpose { rows, cols } => {
-                    let (rows, cols) = (*rows, *cols);
-                    match self.tensors[step.output].dtype {
-                        DType::F32 => {
-                            let (x, y) = one(&mut a.f32, x, y);
-                            per_sample!(x, y, |xs, ys| ops::transpose(xs, rows, cols, ys));
-                        }
-                        DType::I64 => {
-                            let (x, y) = one(&mut a.i64, x, y);
-                            per_sample!(x, y, |xs, ys| ops::transpose(xs, rows, cols, ys));
-                        }
-                        _ => {
-                            let (x, y) = one(&mut a.u8, x, y);
-                            per_sample!(x, y, |xs, ys| ops::transpose(xs, rows, cols, ys));
-                        }
-                    }
+                    any_dtype!(|xs, ys| ops::transpose(xs, *rows, *cols, ys))
                 }
-                Op::Gather(map) => match self.tensors[step.output].dtype {
-                    DType::F32 => {
-                        let (x, y) = one(&mut a.f32, x, y);
-                        per_sample!(x, y, |xs, ys| ops::gather(xs, map, ys));
-                    }
-                    DType::I64 => {
-                        let (x, y) = one(&mut a.i64, x, y);
-                        per_sample!(x, y, |xs, ys| ops::gather(xs, map, ys));
-                    }
-                    _ => {
-                        let (x, y) = one(&mut a.u8, x, y);
-                        per_sample!(x, y, |xs, ys| ops::gather(xs, map, ys));
-                    }
-                },
+                Op::Gather(map) => any_dtype!(|xs, ys| ops::gather(xs, map, ys)),
                 Op::Clamp { min, max } => {
                     let (x, y) = one(&mut a.u8, x, y);
                     ops::clamp_codes(x, *min, *max, y);
