@@ -204,7 +204,7 @@ pub fn dense(x: &[f32], w: &[f32], b: &[f32], inputs: usize, outputs: usize, y: 
 pub fn gemv_u8i8(x: &[u8], w: &[i8], acc: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if x86::has_avx_vnni() {
+        if x86::has_vnni_256() {
             return x86::gemv_u8i8_vnni(x, w, acc);
         }
         if x86::has_avx2() {
@@ -262,7 +262,7 @@ impl PackedI8 {
     pub fn new(w: &[i8], rows: usize, depth: usize) -> Option<PackedI8> {
         #[cfg(target_arch = "x86_64")]
         {
-            if x86::has_avx_vnni() {
+            if x86::has_vnni_256() {
                 return PackedI8::with_layout(w, rows, depth, PackKind::Vnni);
             }
             if x86::has_avx2() {
@@ -279,7 +279,7 @@ impl PackedI8 {
         #[cfg(target_arch = "x86_64")]
         let supported = match kind {
             PackKind::RowMajor => true,
-            PackKind::Vnni => x86::has_avx_vnni(),
+            PackKind::Vnni => x86::has_vnni_256(),
             PackKind::Avx2 => x86::has_avx2(),
         };
         #[cfg(not(target_arch = "x86_64"))]
@@ -666,6 +666,9 @@ mod tests {
             if super::x86::has_avx_vnni() {
                 paths.push(("avx-vnni", super::x86::gemv_u8i8_vnni));
             }
+            if super::x86::has_avx512_vnni() {
+                paths.push(("avx512-vnni", super::x86::gemv_u8i8_vnni_evex));
+            }
         }
         #[cfg(target_arch = "aarch64")]
         paths.push(("neon", super::neon::gemv_u8i8));
@@ -739,8 +742,8 @@ mod tests {
             if super::x86::has_avx2() {
                 kinds.push(("avx2 packed", super::PackKind::Avx2));
             }
-            if super::x86::has_avx_vnni() {
-                kinds.push(("avx-vnni packed", super::PackKind::Vnni));
+            if super::x86::has_vnni_256() {
+                kinds.push(("vnni packed", super::PackKind::Vnni));
             }
         }
         kinds
@@ -762,6 +765,13 @@ mod tests {
             let mut got = vec![0i32; rows];
             super::gemv_u8i8_packed(&x, &p, &mut got);
             assert_eq!(got, want, "{name}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx512_vnni() {
+            let p = super::x86::pack_vnni(&w, rows, k);
+            let mut got = vec![0i32; rows];
+            super::x86::gemv_u8i8_vnni_packed_evex(&x, &p, rows, &mut got);
+            assert_eq!(got, want, "avx512-vnni packed");
         }
         assert_eq!(super::PackedI8::new(&w, rows, k + 1), None);
     }
@@ -917,6 +927,14 @@ mod tests {
                 super::gemv_u8i8_packed(&x, &p, &mut got);
                 prop_assert_eq!(&got[..rows], &want[..], "{}", name);
                 prop_assert_eq!(&got[rows..], &[-1, -1, -1][..], "{} wrote past its rows", name);
+            }
+            // The AVX-512 encoding of the VNNI kernel, also where AVX-VNNI would be picked.
+            #[cfg(target_arch = "x86_64")]
+            if super::x86::has_avx512_vnni() {
+                let p = super::x86::pack_vnni(&w, rows, k);
+                let mut got = vec![-1i32; rows];
+                super::x86::gemv_u8i8_vnni_packed_evex(&x, &p, rows, &mut got);
+                prop_assert_eq!(&got[..], &want[..], "avx512-vnni packed");
             }
         }
 

@@ -165,6 +165,44 @@ pub(super) fn has_avx_vnni() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni"))
 }
 
+/// Whether the CPU runs a 256-bit `vpdpbusd` in either encoding: AVX-VNNI (VEX), or
+/// AVX-512 VNNI with VL (EVEX; Ice Lake, Sapphire Rapids, Zen 4, which may lack AVX-VNNI).
+pub(super) fn has_vnni_256() -> bool {
+    has_avx_vnni() || has_avx512_vnni()
+}
+
+/// A 256-bit `vpdpbusd` (four u8 × i8 products added to each i32 lane, exact: no
+/// saturation) in one of its two encodings. Its one method is `#[inline(always)]` and only
+/// ever runs inlined into a `#[target_feature]` function enabling the encoding.
+trait Dpbusd {
+    /// `acc + Σ₄ x · w` per 32-bit lane.
+    ///
+    /// # Safety
+    /// The CPU has the encoding's features.
+    unsafe fn dp(acc: __m256i, x: __m256i, w: __m256i) -> __m256i;
+}
+
+/// AVX-VNNI (VEX-encoded `vpdpbusd`).
+struct AvxVnni;
+/// AVX-512 VNNI + VL (EVEX-encoded `vpdpbusd` on 256-bit registers).
+struct Avx512Vnni;
+
+impl Dpbusd for AvxVnni {
+    #[inline(always)]
+    unsafe fn dp(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        // SAFETY: the trait's contract (AVX-VNNI present).
+        unsafe { _mm256_dpbusd_avx_epi32(acc, x, w) }
+    }
+}
+
+impl Dpbusd for Avx512Vnni {
+    #[inline(always)]
+    unsafe fn dp(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        // SAFETY: the trait's contract (AVX-512 VNNI and VL present).
+        unsafe { _mm256_dpbusd_epi32(acc, x, w) }
+    }
+}
+
 fn check_gemv(x: &[u8], w: &[i8], acc: &[i32]) {
     assert!(w.len() >= x.len() * acc.len());
 }
@@ -177,12 +215,31 @@ pub(super) fn gemv_u8i8_avx2(x: &[u8], w: &[i8], acc: &mut [i32]) {
     unsafe { gemv_avx2(x, w, acc) }
 }
 
-/// AVX-VNNI [`super::gemv_u8i8`]: `vpdpbusd` adds four u8 × i8 products into each i32 lane
-/// without saturation (exact), 32 inputs per instruction.
+/// VNNI [`super::gemv_u8i8`]: `vpdpbusd` adds four u8 × i8 products into each i32 lane
+/// without saturation (exact), 32 inputs per instruction; AVX-VNNI's encoding where the CPU
+/// has it, else AVX-512 VNNI's.
+///
+/// # Panics
+/// Unless [`has_vnni_256`].
 pub(super) fn gemv_u8i8_vnni(x: &[u8], w: &[i8], acc: &mut [i32]) {
     check_gemv(x, w, acc);
-    // SAFETY: the caller checked `has_avx_vnni()`; `check_gemv` bounds every row read.
-    unsafe { gemv_vnni(x, w, acc) }
+    if has_avx_vnni() {
+        // SAFETY: AVX-VNNI is present; `check_gemv` bounds every row read.
+        unsafe { gemv_vnni_avx(x, w, acc) }
+    } else {
+        gemv_u8i8_vnni_evex(x, w, acc)
+    }
+}
+
+/// [`gemv_u8i8_vnni`] in the AVX-512 encoding, whatever else the CPU has.
+///
+/// # Panics
+/// Unless [`has_avx512_vnni`].
+pub(super) fn gemv_u8i8_vnni_evex(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    check_gemv(x, w, acc);
+    assert!(has_avx512_vnni());
+    // SAFETY: AVX-512 VNNI and VL are present; `check_gemv` bounds every row read.
+    unsafe { gemv_vnni_evex(x, w, acc) }
 }
 
 #[target_feature(enable = "avx2")]
@@ -227,12 +284,15 @@ fn step_avx2(acc: __m256i, xv: __m256i, w: &[i8]) -> __m256i {
 }
 
 /// One 32-input step of the VNNI kernel: `acc += Σ₄ x · w` per lane.
-#[target_feature(enable = "avx2,avxvnni")]
-fn step_vnni(acc: __m256i, xv: __m256i, w: &[i8]) -> __m256i {
+///
+/// # Safety
+/// The CPU has `D`'s encoding (inlined into a function enabling it).
+#[inline(always)]
+unsafe fn step_vnni<D: Dpbusd>(acc: __m256i, xv: __m256i, w: &[i8]) -> __m256i {
     let w = &w[..32];
-    // SAFETY: `w` holds 32 bytes (the slice above checks it).
-    let wv = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
-    _mm256_dpbusd_avx_epi32(acc, xv, wv)
+    // SAFETY: `w` holds 32 bytes (the slice above checks it); `D`'s features per the
+    // contract.
+    unsafe { D::dp(acc, xv, _mm256_loadu_si256(w.as_ptr().cast())) }
 }
 
 /// # Safety
@@ -275,42 +335,61 @@ unsafe fn gemv_avx2(x: &[u8], w: &[i8], acc: &mut [i32]) {
 }
 
 /// # Safety
-/// The CPU has AVX2 and AVX-VNNI. Every load reads a slice cut (and so bounds-checked)
-/// just before it.
+/// The CPU has AVX2 and AVX-VNNI; [`gemv_vnni`]'s.
 #[target_feature(enable = "avx2,avxvnni")]
-unsafe fn gemv_vnni(x: &[u8], w: &[i8], acc: &mut [i32]) {
-    let k = x.len();
-    let main = k / 32 * 32;
-    let load_x = |i: usize| {
-        let xs = &x[i..i + 32];
-        // SAFETY: `xs` holds 32 bytes.
-        unsafe { _mm256_loadu_si256(xs.as_ptr().cast()) }
-    };
-    let mut o = 0;
-    while o + 8 <= acc.len() {
-        let rows = &w[o * k..(o + 8) * k];
-        let mut a = [_mm256_setzero_si256(); 8];
-        let mut i = 0;
-        while i < main {
-            let xv = load_x(i);
-            for (j, aj) in a.iter_mut().enumerate() {
-                *aj = step_vnni(*aj, xv, &rows[j * k + i..]);
+unsafe fn gemv_vnni_avx(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    // SAFETY: the function's contract.
+    unsafe { gemv_vnni::<AvxVnni>(x, w, acc) }
+}
+
+/// # Safety
+/// The CPU has AVX-512 VNNI and VL; [`gemv_vnni`]'s.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+unsafe fn gemv_vnni_evex(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    // SAFETY: the function's contract.
+    unsafe { gemv_vnni::<Avx512Vnni>(x, w, acc) }
+}
+
+/// # Safety
+/// Inlined into a function enabling AVX2 and `D`'s encoding. Every load reads a slice cut
+/// (and so bounds-checked) just before it.
+#[inline(always)]
+unsafe fn gemv_vnni<D: Dpbusd>(x: &[u8], w: &[i8], acc: &mut [i32]) {
+    // SAFETY: the function's contract (AVX2 and `D`'s features; bounds as documented).
+    unsafe {
+        let k = x.len();
+        let main = k / 32 * 32;
+        let load_x = |i: usize| {
+            let xs = &x[i..i + 32];
+            // `xs` holds 32 bytes.
+            _mm256_loadu_si256(xs.as_ptr().cast())
+        };
+        let mut o = 0;
+        while o + 8 <= acc.len() {
+            let rows = &w[o * k..(o + 8) * k];
+            let mut a = [_mm256_setzero_si256(); 8];
+            let mut i = 0;
+            while i < main {
+                let xv = load_x(i);
+                for (j, aj) in a.iter_mut().enumerate() {
+                    *aj = step_vnni::<D>(*aj, xv, &rows[j * k + i..]);
+                }
+                i += 32;
             }
-            i += 32;
+            store8(&a, x, rows, k, main, &mut acc[o..o + 8]);
+            o += 8;
         }
-        store8(&a, x, rows, k, main, &mut acc[o..o + 8]);
-        o += 8;
-    }
-    while o < acc.len() {
-        let row = &w[o * k..(o + 1) * k];
-        let mut a = _mm256_setzero_si256();
-        let mut i = 0;
-        while i < main {
-            a = step_vnni(a, load_x(i), &row[i..]);
-            i += 32;
+        while o < acc.len() {
+            let row = &w[o * k..(o + 1) * k];
+            let mut a = _mm256_setzero_si256();
+            let mut i = 0;
+            while i < main {
+                a = step_vnni::<D>(a, load_x(i), &row[i..]);
+                i += 32;
+            }
+            acc[o] = hsum_epi32(a).wrapping_add(tail(x, row, main));
+            o += 1;
         }
-        acc[o] = hsum_epi32(a).wrapping_add(tail(x, row, main));
-        o += 1;
     }
 }
 
@@ -496,30 +575,62 @@ fn store_group(v: __m256i, acc: &mut [i32], g: usize) {
 pub(super) fn gemv_u8i8_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
     let chunks = x.len().div_ceil(4);
     assert!(p.len() >= rows.div_ceil(PACK_ROWS) * chunks * 32 && acc.len() == rows);
-    // SAFETY: the caller checked `has_avx_vnni()`; the assert bounds every 32-byte load at
-    // `(g · chunks + c) · 32` for g < rows / 8 rounded up and c < chunks.
-    unsafe { gemv_vnni_packed(x, p, rows, acc) }
+    if has_avx_vnni() {
+        // SAFETY: AVX-VNNI is present; the assert bounds every 32-byte load at
+        // `(g · chunks + c) · 32` for g < rows / 8 rounded up and c < chunks.
+        unsafe { gemv_vnni_packed_avx(x, p, rows, acc) }
+    } else {
+        gemv_u8i8_vnni_packed_evex(x, p, rows, acc)
+    }
+}
+
+/// [`gemv_u8i8_vnni_packed`] in the AVX-512 encoding, whatever else the CPU has.
+///
+/// # Panics
+/// Unless [`has_avx512_vnni`], or if `p` or `acc` is too short.
+pub(super) fn gemv_u8i8_vnni_packed_evex(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
+    let chunks = x.len().div_ceil(4);
+    assert!(p.len() >= rows.div_ceil(PACK_ROWS) * chunks * 32 && acc.len() == rows);
+    assert!(has_avx512_vnni());
+    // SAFETY: AVX-512 VNNI and VL are present; the assert bounds every load as above.
+    unsafe { gemv_vnni_packed_evex(x, p, rows, acc) }
 }
 
 /// # Safety
-/// The CPU has AVX2 and AVX-VNNI; `p` holds `rows / 8` (rounded up) groups of
-/// `x.len() / 4` (rounded up) 32-byte chunks and `acc` holds `rows` sums (the wrapper
-/// [`gemv_u8i8_vnni_packed`] asserts both).
+/// The CPU has AVX2 and AVX-VNNI; [`gemv_vnni_packed`]'s bounds.
 #[target_feature(enable = "avx2,avxvnni")]
-unsafe fn gemv_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
+unsafe fn gemv_vnni_packed_avx(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
+    // SAFETY: the function's contract.
+    unsafe { gemv_vnni_packed::<AvxVnni>(x, p, rows, acc) }
+}
+
+/// # Safety
+/// The CPU has AVX-512 VNNI and VL; [`gemv_vnni_packed`]'s bounds.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+unsafe fn gemv_vnni_packed_evex(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
+    // SAFETY: the function's contract.
+    unsafe { gemv_vnni_packed::<Avx512Vnni>(x, p, rows, acc) }
+}
+
+/// # Safety
+/// Inlined into a function enabling AVX2 and `D`'s encoding; `p` holds `rows / 8` (rounded
+/// up) groups of `x.len() / 4` (rounded up) 32-byte chunks and `acc` holds `rows` sums (the
+/// wrappers assert both).
+#[inline(always)]
+unsafe fn gemv_vnni_packed<D: Dpbusd>(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
     let groups = rows.div_ceil(PACK_ROWS);
     let mut g = 0;
     while g + 4 <= groups {
         // SAFETY: groups g..g + 4 exist (the caller's bounds hold for every g < groups).
-        unsafe { vnni_block::<4, 2>(x, p, g, acc) };
+        unsafe { vnni_block::<D, 4, 2>(x, p, g, acc) };
         g += 4;
     }
     // SAFETY: as above, for the remaining groups.
     unsafe {
         match groups - g {
-            3 => vnni_block::<3, 2>(x, p, g, acc),
-            2 => vnni_block::<2, 4>(x, p, g, acc),
-            1 => vnni_block::<1, 4>(x, p, g, acc),
+            3 => vnni_block::<D, 3, 2>(x, p, g, acc),
+            2 => vnni_block::<D, 2, 4>(x, p, g, acc),
+            1 => vnni_block::<D, 1, 4>(x, p, g, acc),
             _ => {}
         }
     }
@@ -530,54 +641,57 @@ unsafe fn gemv_vnni_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
 /// groups.
 ///
 /// # Safety
-/// AVX-VNNI must be available and `p` must hold groups `g0..g0 + G` of the packed layout
-/// for `x.len()` inputs.
-#[target_feature(enable = "avx2,avxvnni")]
-unsafe fn vnni_block<const G: usize, const CH: usize>(
+/// Inlined into a function enabling AVX2 and `D`'s encoding; `p` must hold groups
+/// `g0..g0 + G` of the packed layout for `x.len()` inputs.
+#[inline(always)]
+unsafe fn vnni_block<D: Dpbusd, const G: usize, const CH: usize>(
     x: &[u8],
     p: &[i8],
     g0: usize,
     acc: &mut [i32],
 ) {
-    let chunks = x.len().div_ceil(4);
-    let full = x.len() / 4;
-    let pp = p.as_ptr();
-    let load = |j: usize, c: usize| {
-        // SAFETY: group g0 + j and chunk c exist (the function's contract).
-        unsafe { _mm256_loadu_si256(pp.add(((g0 + j) * chunks + c) * 32).cast()) }
-    };
-    let quad = |c: usize| {
-        if c < full {
-            // SAFETY: 4c + 4 <= x.len().
-            unsafe { x.as_ptr().add(4 * c).cast::<i32>().read_unaligned() }
-        } else {
-            x_quad(x, c)
-        }
-    };
-    let mut a = [[_mm256_setzero_si256(); G]; CH];
-    let mut c = 0;
-    while c + CH <= chunks {
-        for (k, ak) in a.iter_mut().enumerate() {
-            let xv = _mm256_set1_epi32(quad(c + k));
-            for (j, aj) in ak.iter_mut().enumerate() {
-                *aj = _mm256_dpbusd_avx_epi32(*aj, xv, load(j, c + k));
+    // SAFETY: the function's contract (AVX2 and `D`'s features; bounds as documented).
+    unsafe {
+        let chunks = x.len().div_ceil(4);
+        let full = x.len() / 4;
+        let pp = p.as_ptr();
+        let load = |j: usize, c: usize| {
+            // Group g0 + j and chunk c exist (the function's contract).
+            _mm256_loadu_si256(pp.add(((g0 + j) * chunks + c) * 32).cast())
+        };
+        let quad = |c: usize| {
+            if c < full {
+                // 4c + 4 <= x.len().
+                x.as_ptr().add(4 * c).cast::<i32>().read_unaligned()
+            } else {
+                x_quad(x, c)
             }
+        };
+        let mut a = [[_mm256_setzero_si256(); G]; CH];
+        let mut c = 0;
+        while c + CH <= chunks {
+            for (k, ak) in a.iter_mut().enumerate() {
+                let xv = _mm256_set1_epi32(quad(c + k));
+                for (j, aj) in ak.iter_mut().enumerate() {
+                    *aj = D::dp(*aj, xv, load(j, c + k));
+                }
+            }
+            c += CH;
         }
-        c += CH;
-    }
-    while c < chunks {
-        let xv = _mm256_set1_epi32(quad(c));
-        for (j, aj) in a[0].iter_mut().enumerate() {
-            *aj = _mm256_dpbusd_avx_epi32(*aj, xv, load(j, c));
+        while c < chunks {
+            let xv = _mm256_set1_epi32(quad(c));
+            for (j, aj) in a[0].iter_mut().enumerate() {
+                *aj = D::dp(*aj, xv, load(j, c));
+            }
+            c += 1;
         }
-        c += 1;
-    }
-    for j in 0..G {
-        let mut sum = a[0][j];
-        for ak in &a[1..] {
-            sum = _mm256_add_epi32(sum, ak[j]);
+        for j in 0..G {
+            let mut sum = a[0][j];
+            for ak in &a[1..] {
+                sum = _mm256_add_epi32(sum, ak[j]);
+            }
+            store_group(sum, acc, g0 + j);
         }
-        store_group(sum, acc, g0 + j);
     }
 }
 
