@@ -93,6 +93,12 @@ pub(super) enum Op {
         max: u8,
     },
     Lookup(Box<[u8; 256]>),
+    /// A table of 256 codes per position of the last axis (`width` of them), merged from
+    /// code-to-code steps (`codemaps.rs`).
+    LookupLast {
+        width: usize,
+        tables: Vec<u8>,
+    },
     FlipSign,
 }
 
@@ -382,6 +388,10 @@ impl Program {
                 Op::Lookup(table) => {
                     let (x, y) = one(&mut a.u8, x, y);
                     ops::lookup(x, table, y);
+                }
+                Op::LookupLast { width, tables } => {
+                    let (x, y) = one(&mut a.u8, x, y);
+                    super::codemaps::lookup_last(x, *width, tables, y);
                 }
                 Op::FlipSign => {
                     let (x, y) = one(&mut a.u8, x, y);

@@ -828,6 +828,7 @@ pub(super) fn lower(
     for o in &graph.outputs {
         outputs.push(l.want(o.value, Need::Plain));
     }
+    super::codemaps::merge(&l.tensors, &mut l.steps, &outputs);
     let (offsets, arena_len) = arena::place(&l.tensors, &l.steps, &inputs, &outputs);
     let bytes =
         arena_len[0] * 4 + arena_len[1] + arena_len[2] * 8 + l.scratch_f32 * 4 + l.scratch_u8;

@@ -12,6 +12,7 @@
 //! - `lower.rs`: the graph becomes a program of prepared steps.
 //! - `choose.rs`: the sparse-or-dense kernel choice, timed.
 //! - `arena.rs`: the memory plan.
+//! - `codemaps.rs`: chains of u8-to-u8 steps merged into lookup tables after lowering.
 //! - `exec.rs`: the steps and their execution; `ops.rs`: the engine's own small loops.
 //! - `quant.rs`: the int8 dense layer and the dynamically quantized convolution.
 //! - `kernels/`: the compute kernels.
@@ -21,6 +22,7 @@ use crate::graph::{DType, Graph, GraphError, ValueShapes};
 mod arena;
 mod buffer;
 mod choose;
+mod codemaps;
 mod exec;
 mod fuse;
 #[doc(hidden)] // public for the kernel benches only
