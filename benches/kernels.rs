@@ -3,8 +3,8 @@
 //! sample, one thread; throughput in multiply-accumulates. The `whole` group runs every
 //! layer of a class in order, as a model would (kernels only: no engine around them).
 //!
-//! `cargo bench --bench kernels [-- FILTER]`; `PERCH_KERNELS=portable` for the portable
-//! kernels. The layers are listed in benches/kernel_layers.json, which
+//! `cargo bench --bench kernels [-- FILTER]`; `PERCH_KERNELS=portable` (or another
+//! family's name, such as `avx2`) for that family's kernels. The layers are listed in benches/kernel_layers.json, which
 //! benches/kernel_peers.py reads to time the same layers on onnxruntime.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

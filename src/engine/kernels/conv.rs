@@ -747,7 +747,7 @@ pub(super) fn pad_gemm_conv_input(g: &ConvGeometry) -> bool {
 
 impl ConvF32 {
     /// Packs `weights` (`[out_c, in_c / groups, k_h, k_w]`) and `bias` (`[out_c]`) for
-    /// the fastest kernel this CPU runs.
+    /// the fastest kernel this CPU runs ([`F32Path::for_conv`]).
     ///
     /// # Errors
     /// [`KernelError`] if the geometry is inconsistent or a length does not match it.
@@ -757,7 +757,12 @@ impl ConvF32 {
         bias: &[f32],
         act: Activation,
     ) -> Result<ConvF32, KernelError> {
-        ConvF32::with_path(geom, weights, bias, act, F32Path::detect())
+        let path = if geom.is_depthwise() {
+            F32Path::for_conv(true, geom.in_c)
+        } else {
+            F32Path::for_conv(false, geom.out_c)
+        };
+        ConvF32::with_path(geom, weights, bias, act, path)
     }
 
     /// [`ConvF32::new`] for a given implementation family (one of
