@@ -360,11 +360,15 @@ pub fn softmax(x: &[f32], axis_len: usize, y: &mut [f32]) {
 /// Whether every value of `x` is a whole number in `-128..=127` (`signed`) or `0..=255`,
 /// writing each, as its byte (two's complement for signed), to `y` (as long as `x`) if so;
 /// `y` holds unspecified bytes when not. The int8 and uint8 inputs of a model, given as
-/// numbers: a check and a conversion per value, which SSE2 does four at a time.
+/// numbers: a check and a conversion per value, which AVX2 does sixteen at a time (SSE2
+/// four).
 pub fn whole_numbers_to_bytes(x: &[f32], signed: bool, y: &mut [u8]) -> bool {
     assert_eq!(x.len(), y.len(), "whole_numbers_to_bytes lengths");
     #[cfg(target_arch = "x86_64")]
     {
+        if x86::has_avx2() {
+            return x86::whole_numbers_to_bytes_avx2(x, signed, y);
+        }
         x86::whole_numbers_to_bytes_sse2(x, signed, y)
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -590,7 +594,7 @@ mod tests {
         let signed: Vec<f32> = (-128..=127).map(|v| v as f32).chain([-0.0]).collect();
         let unsigned: Vec<f32> = (0..=255).map(|v| v as f32).collect();
         for (values, is_signed) in [(&signed, true), (&unsigned, false)] {
-            for len in [0, 1, 3, 4, 5, 7, 8, values.len()] {
+            for len in [0, 1, 3, 4, 5, 7, 8, 15, 16, 17, 33, values.len()] {
                 let x = &values[..len];
                 let want: Vec<u8> = x.iter().map(|&v| v as i32 as u8).collect();
                 let mut y = vec![0xa5; len];
@@ -624,10 +628,11 @@ mod tests {
                 ]
             };
             for bad in bad_values {
-                for at in [0, 2, 5, 9] {
-                    let mut x = values[..10].to_vec();
+                // In the 16-value steps (0-31), the 4-value steps (32-35) and the tail.
+                for at in [0, 2, 5, 9, 15, 16, 31, 33, 37] {
+                    let mut x = values[..38].to_vec();
                     x[at] = bad;
-                    let mut y = vec![0; 10];
+                    let mut y = vec![0; 38];
                     assert!(
                         !super::whole_numbers_to_bytes(&x, is_signed, &mut y),
                         "{bad} at {at}"

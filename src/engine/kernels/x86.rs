@@ -1086,6 +1086,63 @@ unsafe fn softmax_row(x: &[f32], y: &mut [f32]) -> bool {
     true
 }
 
+/// AVX2 [`super::whole_numbers_to_bytes`]: [`whole_numbers_to_bytes_sse2`]'s checks and
+/// conversion sixteen values per step, the rest by the SSE2 kernel (the same comparisons).
+pub(super) fn whole_numbers_to_bytes_avx2(x: &[f32], signed: bool, y: &mut [u8]) -> bool {
+    assert_eq!(x.len(), y.len());
+    let main = x.len() / 16 * 16;
+    // SAFETY: the caller checked `has_avx2()`; the kernel reads and writes below `main`.
+    let ok = unsafe { whole_bytes_avx2(&x[..main], signed, &mut y[..main]) };
+    let rest_ok = whole_numbers_to_bytes_sse2(&x[main..], signed, &mut y[main..]);
+    ok && rest_ok
+}
+
+/// # Safety
+/// The CPU has AVX2; `x` and `y` hold the same multiple of 16 values.
+#[target_feature(enable = "avx2")]
+unsafe fn whole_bytes_avx2(x: &[f32], signed: bool, y: &mut [u8]) -> bool {
+    let (lo, hi) = if signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    };
+    let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let mut good = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    // Dwords of the packed bytes: q0 0-3, q1 0-3 (low lane), q0 4-7, q1 4-7 (high lane).
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0);
+    let check = |v: __m256, q: __m256i| {
+        // Ordered comparisons: NaN fails them.
+        let whole = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_cvtepi32_ps(q), v);
+        let inside = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GE_OQ>(v, vlo),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi),
+        );
+        _mm256_and_ps(whole, inside)
+    };
+    let mut i = 0;
+    while i < x.len() {
+        // SAFETY: i + 16 <= x.len() == y.len() (the function's contract).
+        unsafe {
+            let (v0, v1) = (
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+            );
+            let (q0, q1) = (_mm256_cvttps_epi32(v0), _mm256_cvttps_epi32(v1));
+            good = _mm256_and_ps(good, _mm256_and_ps(check(v0, q0), check(v1, q1)));
+            let w = _mm256_packs_epi32(q0, q1);
+            let b = if signed {
+                _mm256_packs_epi16(w, w)
+            } else {
+                _mm256_packus_epi16(w, w)
+            };
+            let b = _mm256_permutevar8x32_epi32(b, order);
+            _mm_storeu_si128(y.as_mut_ptr().add(i).cast(), _mm256_castsi256_si128(b));
+        }
+        i += 16;
+    }
+    _mm256_movemask_ps(good) == 0xff
+}
+
 /// SSE2 (part of x86_64) [`super::whole_numbers_to_bytes`]: four values per step, the range
 /// and wholeness checked by comparisons (`cvttps2dq` and back), then packed to bytes with
 /// saturation (in range, so exact).
