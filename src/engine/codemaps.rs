@@ -24,15 +24,15 @@ const MAX_WIDTH: usize = 256;
 pub(super) fn merge(tensors: &[TensorInfo], steps: &mut Vec<Step>, outputs: &[usize]) {
     let mut s = 0;
     while s < steps.len() {
-        if let Some(p) = sole_producer(tensors, steps, outputs, s) {
-            if let Some(op) = merged(&steps[p].op, &steps[s].op) {
-                steps[s].op = op;
-                steps[s].inputs = steps[p].inputs.clone();
-                steps.remove(p);
-                // `s` moved down by one; look at the same step again (a longer chain).
-                s -= 1;
-                continue;
-            }
+        if let Some(p) = sole_producer(tensors, steps, outputs, s)
+            && let Some(op) = merged(&steps[p].op, &steps[s].op)
+        {
+            steps[s].op = op;
+            steps[s].inputs = steps[p].inputs.clone();
+            steps.remove(p);
+            // `s` moved down by one; look at the same step again (a longer chain).
+            s -= 1;
+            continue;
         }
         s += 1;
     }
