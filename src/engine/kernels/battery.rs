@@ -381,6 +381,12 @@ conv_battery! {
     depthwise_large_stride2: geom([24, 25, 24], 24, [3, 3], 2, [0, 0, 1, 1], 1, 24);
     depthwise_large_dilated: geom([32, 32, 8], 8, [3, 3], 1, [2; 4], 2, 8);
     depthwise_large_odd_channels: geom([20, 20, 13], 13, [3, 3], 1, [1; 4], 1, 13);
+    // Whole blocks of 16 channels (x86 int8 with AVX-512 VBMI gathers a kernel row's taps
+    // with one `vpermb`): stride 2 with uneven padding, dilation, several blocks and a
+    // row of 4n + 3 pixels.
+    depthwise_c32_stride2: geom([13, 14, 32], 32, [3, 3], 2, [0, 0, 1, 1], 1, 32);
+    depthwise_c16_dilated: geom([12, 11, 16], 16, [3, 3], 1, [2; 4], 2, 16);
+    depthwise_c48_odd_row: geom([6, 7, 48], 48, [3, 3], 1, [1; 4], 1, 48);
 }
 
 /// Dense layers: f32 within the depth bound, int8 bit for bit, for every family.

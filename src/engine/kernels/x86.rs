@@ -21,6 +21,12 @@ pub(super) fn has_avx512_vnni() -> bool {
     })
 }
 
+/// Whether the CPU has AVX-512 VBMI (`vpermb`) besides [`has_avx512_vnni`] (cached).
+pub(super) fn has_avx512_vbmi() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| has_avx512_vnni() && is_x86_feature_detected!("avx512vbmi"))
+}
+
 /// Whether the CPU has AVX-512 F (cached after the first call).
 pub(super) fn has_avx512f() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();

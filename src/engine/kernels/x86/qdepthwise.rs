@@ -1,7 +1,9 @@
 //! Depthwise int8 convolution with AVX2 (every x86 int8 family has it): per block of 16
 //! channels and output pixel, the taps' codes and weights as i16, pairs of taps through
 //! `vpmaddwd` (exact), then the GEMM kernels' epilogues (two 256-bit ones, or one 512-bit
-//! one on VNNI-512). Same bits as [`crate::engine::kernels::qconv::depthwise_u8_portable`].
+//! one on VNNI-512). With AVX-512 VBMI besides VNNI, 3×3 layers of whole 16-channel blocks
+//! run [`dw3x3_vbmi`] instead: one `vpermb` and one `vpdpbusd` per kernel row. Same bits as
+//! [`crate::engine::kernels::qconv::depthwise_u8_portable`].
 
 use super::qgemm::{I8Dot, Requant512, Vnni512, store_f32_256, store_u8_256_x2};
 use crate::engine::kernels::conv::ConvGeometry;
@@ -35,7 +37,7 @@ pub(in crate::engine::kernels) fn depthwise_u8_x86(
     w: &[i8],
     c_pad: usize,
     epi: &QEpilogue,
-    y: QDst<'_>,
+    mut y: QDst<'_>,
 ) {
     assert!(
         supports(g, epi),
@@ -46,6 +48,14 @@ pub(in crate::engine::kernels) fn depthwise_u8_x86(
     assert_eq!(x.len(), g.in_h * g.in_w * c, "qconv2d input length");
     let out_len = g.out_h * g.out_w * c;
     assert_eq!(y.len(), out_len, "qconv2d output length");
+    if let (QDst::U8(yv), Some(l)) = (&mut y, epi.lanes.as_ref())
+        && vbmi_runs(g, l)
+    {
+        // SAFETY: `vbmi_runs` checked the features, the lane layout, the kernel shape and
+        // that no tap reads padding; the lengths just checked bound the rest.
+        unsafe { dw3x3_vbmi(g, x, w, c_pad, l, yv) };
+        return;
+    }
     // SAFETY: AVX2 (and AVX-512 for 16-wide lanes) checked by `supports`; the lengths
     // just checked bound every access (see the kernel).
     unsafe {
@@ -53,6 +63,113 @@ pub(in crate::engine::kernels) fn depthwise_u8_x86(
             dw_avx512(g, x, zp, w, c_pad, epi, y)
         } else {
             dw_avx2(g, x, zp, w, c_pad, epi, y)
+        }
+    }
+}
+
+/// Whether [`dw3x3_vbmi`] runs a layer with these lanes: AVX-512 VNNI and VBMI, a 3×3
+/// kernel with no padding (the caller pads a copy of the input first), whole blocks of 16
+/// channels, and the VNNI-512 epilogue's 16-wide lanes over all channels.
+fn vbmi_runs(g: &ConvGeometry, l: &crate::engine::kernels::qconv::Lanes) -> bool {
+    super::has_avx512_vbmi()
+        && (g.k_h, g.k_w) == (3, 3)
+        && g.pad == [0; 4]
+        && g.in_c.is_multiple_of(16)
+        && g.out_c == g.in_c
+        && l.width == 16
+        && l.group >= g.out_c
+}
+
+/// 3×3 depthwise with `vpdpbusd`: for each output pixel and block of 16 channels, a kernel
+/// row's three taps (three 16-byte loads, `vinserti32x4`) are interleaved by one `vpermb`
+/// into each channel's quad of codes (tap 0, 1, 2, and tap 0 again against a zero weight),
+/// so one `vpdpbusd` adds a kernel row's three products per channel, exact: three per
+/// pixel where the AVX2 kernel widens every code to i16 and runs five `vpmaddwd` per 16
+/// channels over two 8-channel halves. Four pixels of a row in flight hide the latency.
+/// The sums are the raw `Σ x · w` over the taps (the padding, already in the copy, reads
+/// the zero point), as the AVX2 kernel's; the VNNI-512 epilogue stores them.
+///
+/// # Safety
+/// [`vbmi_runs`] holds; `x` is the layer's input and `y` its output (lengths checked by
+/// the caller); `w` holds `9 · c_pad` weights, `c_pad >= in_c`.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+unsafe fn dw3x3_vbmi(
+    g: &ConvGeometry,
+    x: &[u8],
+    w: &[i8],
+    c_pad: usize,
+    l: &crate::engine::kernels::qconv::Lanes,
+    y: &mut [u8],
+) {
+    let c = g.in_c;
+    // Byte 4j + k of the product: channel j's tap k, from the 16 bytes of tap k (lane k of
+    // the gathered vector); the fourth tap repeats tap 0 (its weight is 0).
+    let mut index = [0u8; 64];
+    for (b, v) in index.iter_mut().enumerate() {
+        let (j, k) = (b / 4, b % 4);
+        *v = (16 * (k % 3) + j) as u8;
+    }
+    // SAFETY (every intrinsic): the features of this function; every pointer read below
+    // lies inside `x` (no padding: each tap of each output pixel is an input pixel, and
+    // the block's 16 channels lie inside it, `c` a multiple of 16), and every store inside
+    // `y` (one block of 16 channels of an output pixel).
+    unsafe {
+        let index = _mm512_loadu_si512(index.as_ptr().cast());
+        let (dx, step) = (g.dilation[1] * c, g.stride[1] * c);
+        let bias = l.bias.as_ptr();
+        let mut c0 = 0;
+        while c0 < c {
+            // Each kernel row's weights, interleaved as the codes will be.
+            let mut rows = [_mm512_setzero_si512(); 3];
+            for (ky, row) in rows.iter_mut().enumerate() {
+                let mut b = [0i8; 64];
+                for j in 0..16 {
+                    for kx in 0..3 {
+                        b[4 * j + kx] = w[(ky * 3 + kx) * c_pad + c0 + j];
+                    }
+                }
+                *row = _mm512_loadu_si512(b.as_ptr().cast());
+            }
+            let rq = Requant512::load(l, bias, c0);
+            let gather = |p: *const u8| {
+                let a = _mm512_zextsi128_si512(_mm_loadu_si128(p.cast()));
+                let a = _mm512_inserti32x4::<1>(a, _mm_loadu_si128(p.add(dx).cast()));
+                let a = _mm512_inserti32x4::<2>(a, _mm_loadu_si128(p.add(2 * dx).cast()));
+                _mm512_permutexvar_epi8(index, a)
+            };
+            for oy in 0..g.out_h {
+                // Row ky's first tap of the row's first pixel, block c0.
+                let row_at = |ky: usize| {
+                    x.as_ptr()
+                        .add(((oy * g.stride[0] + ky * g.dilation[0]) * g.in_w) * c + c0)
+                };
+                let (r0, r1, r2) = (row_at(0), row_at(1), row_at(2));
+                let yrow = y.as_mut_ptr().add(oy * g.out_w * c + c0);
+                let mut ox = 0;
+                while ox + 4 <= g.out_w {
+                    let mut acc = [_mm512_setzero_si512(); 4];
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let o = (ox + k) * step;
+                        *a = _mm512_dpbusd_epi32(*a, gather(r0.add(o)), rows[0]);
+                        *a = _mm512_dpbusd_epi32(*a, gather(r1.add(o)), rows[1]);
+                        *a = _mm512_dpbusd_epi32(*a, gather(r2.add(o)), rows[2]);
+                    }
+                    for (k, a) in acc.into_iter().enumerate() {
+                        rq.store(a, yrow.add((ox + k) * c), 16);
+                    }
+                    ox += 4;
+                }
+                while ox < g.out_w {
+                    let o = ox * step;
+                    let mut a = _mm512_setzero_si512();
+                    a = _mm512_dpbusd_epi32(a, gather(r0.add(o)), rows[0]);
+                    a = _mm512_dpbusd_epi32(a, gather(r1.add(o)), rows[1]);
+                    a = _mm512_dpbusd_epi32(a, gather(r2.add(o)), rows[2]);
+                    rq.store(a, yrow.add(ox * c), 16);
+                    ox += 1;
+                }
+            }
+            c0 += 16;
         }
     }
 }
