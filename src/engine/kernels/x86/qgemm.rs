@@ -135,8 +135,9 @@ impl I8Dot for Vnni512 {
 
 /// The u8 requantization of one block of 16 channels with AVX-512, its constants loaded
 /// once (a depthwise kernel keeps them across a row of pixels): 64-bit products of the
-/// even and odd channels (`vpmuldq`), arithmetic shifts (`vpsravq`), the clamp in 64 bits
-/// when a multiplier may leave the i32 range. The bits of
+/// even and odd channels (`vpmuldq`), then, when every multiplier is below 1/2, their high
+/// halves shifted in 32-bit lanes (`vpsravd`), else arithmetic 64-bit shifts (`vpsravq`) and
+/// the clamp in 64 bits (a multiplier may leave the i32 range). The bits of
 /// [`crate::engine::kernels::qconv::requant_one`].
 #[derive(Clone, Copy)]
 pub(super) struct Requant512 {
@@ -147,6 +148,8 @@ pub(super) struct Requant512 {
     round_odd: __m512i,
     shift_even: __m512i,
     shift_odd: __m512i,
+    /// `shift - 32` per channel (in order), for the 32-bit path when not `wide`.
+    shift32: __m512i,
     zero_point: __m512i,
     lo: __m512i,
     hi: __m512i,
@@ -181,6 +184,7 @@ impl Requant512 {
                 round_odd: _mm512_loadu_si512(r.add(8).cast()),
                 shift_even: _mm512_loadu_si512(s.cast()),
                 shift_odd: _mm512_loadu_si512(s.add(8).cast()),
+                shift32: _mm512_loadu_si512(l.shift32.as_ptr().add(c).cast()),
                 zero_point: _mm512_set1_epi32(l.zero_point),
                 lo,
                 hi,
@@ -199,11 +203,14 @@ impl Requant512 {
         // SAFETY: the caller's contract.
         unsafe {
             let t = _mm512_add_epi32(v, self.bias);
-            let pe = _mm512_mul_epi32(t, self.mult);
-            let po = _mm512_mul_epi32(_mm512_srli_epi64::<32>(t), self.mult_odd);
-            let qe = _mm512_srav_epi64(_mm512_add_epi64(pe, self.round_even), self.shift_even);
-            let qo = _mm512_srav_epi64(_mm512_add_epi64(po, self.round_odd), self.shift_odd);
+            let pe = _mm512_add_epi64(_mm512_mul_epi32(t, self.mult), self.round_even);
+            let po = _mm512_add_epi64(
+                _mm512_mul_epi32(_mm512_srli_epi64::<32>(t), self.mult_odd),
+                self.round_odd,
+            );
             let q = if self.wide {
+                let qe = _mm512_srav_epi64(pe, self.shift_even);
+                let qo = _mm512_srav_epi64(po, self.shift_odd);
                 let qe = _mm512_min_epi64(_mm512_max_epi64(qe, self.lo), self.hi);
                 let qo = _mm512_min_epi64(_mm512_max_epi64(qo, self.lo), self.hi);
                 _mm512_add_epi32(
@@ -211,8 +218,11 @@ impl Requant512 {
                     self.zero_point,
                 )
             } else {
-                let q = _mm512_mask_blend_epi32(0xaaaa, qe, _mm512_slli_epi64::<32>(qo));
-                let q = _mm512_add_epi32(q, self.zero_point);
+                // Every shift is 32 or more: the high halves of the rounded products
+                // (within ±2^30), shifted in 32-bit lanes by `shift - 32`, are the same
+                // floor division in two steps (as the AVX2 epilogue's `vpsravd`).
+                let h = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64::<32>(pe), po);
+                let q = _mm512_add_epi32(_mm512_srav_epi32(h, self.shift32), self.zero_point);
                 _mm512_min_epi32(_mm512_max_epi32(q, self.lo), self.hi)
             };
             let b = _mm512_cvtepi32_epi8(q);
