@@ -53,7 +53,13 @@ pub(in crate::engine::kernels) fn depthwise_u8_x86(
     {
         // SAFETY: `vbmi_runs` checked the features, the lane layout, the kernel shape and
         // that no tap reads padding; the lengths just checked bound the rest.
-        unsafe { dw3x3_vbmi(g, x, w, c_pad, l, yv) };
+        unsafe {
+            if g.in_c == 8 {
+                dw3x3_vbmi_c8(g, x, w, c_pad, l, yv)
+            } else {
+                dw3x3_vbmi(g, x, w, c_pad, l, yv)
+            }
+        };
         return;
     }
     // SAFETY: AVX2 (and AVX-512 for 16-wide lanes) checked by `supports`; the lengths
@@ -67,17 +73,111 @@ pub(in crate::engine::kernels) fn depthwise_u8_x86(
     }
 }
 
-/// Whether [`dw3x3_vbmi`] runs a layer with these lanes: AVX-512 VNNI and VBMI, a 3×3
-/// kernel with no padding (the caller pads a copy of the input first), whole blocks of 16
-/// channels, and the VNNI-512 epilogue's 16-wide lanes over all channels.
+/// Whether [`dw3x3_vbmi`] (or, for 8 channels, [`dw3x3_vbmi_c8`]) runs a layer with these
+/// lanes: AVX-512 VNNI and VBMI, a 3×3 kernel with no padding (the caller pads a copy of the
+/// input first), and whole blocks of 16 channels under the VNNI-512 epilogue's 16-wide lanes
+/// (or 8 channels under 8-wide ones).
 fn vbmi_runs(g: &ConvGeometry, l: &crate::engine::kernels::qconv::Lanes) -> bool {
+    let blocks = (g.in_c.is_multiple_of(16) && l.width == 16) || (g.in_c == 8 && l.width == 8);
     super::has_avx512_vbmi()
         && (g.k_h, g.k_w) == (3, 3)
         && g.pad == [0; 4]
-        && g.in_c.is_multiple_of(16)
+        && blocks
         && g.out_c == g.in_c
-        && l.width == 16
         && l.group >= g.out_c
+}
+
+/// [`dw3x3_vbmi`] for 8 channels: two neighbouring pixels of a row fill the 16 lanes (each
+/// tap's two 8-byte runs gathered into one 16-byte one), their constants the 8-wide ones
+/// twice ([`Requant512::load_twice8`]); a row's odd last pixel runs alone and stores 8
+/// codes.
+///
+/// # Safety
+/// As for [`dw3x3_vbmi`] with `in_c == 8` and lanes 8 wide.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+unsafe fn dw3x3_vbmi_c8(
+    g: &ConvGeometry,
+    x: &[u8],
+    w: &[i8],
+    c_pad: usize,
+    l: &crate::engine::kernels::qconv::Lanes,
+    y: &mut [u8],
+) {
+    const C: usize = 8;
+    let index = tap_quads_index();
+    // SAFETY (every intrinsic): the features of this function; every 8-byte read lies inside
+    // `x` (no padding: each tap of each output pixel is an input pixel of 8 channels) and
+    // every store inside `y` (16 codes: two output pixels, or 8 for the last one alone).
+    unsafe {
+        let index = _mm512_loadu_si512(index.as_ptr().cast());
+        let (dx, step) = (g.dilation[1] * C, g.stride[1] * C);
+        let mut rows = [_mm512_setzero_si512(); 3];
+        for (ky, row) in rows.iter_mut().enumerate() {
+            let mut b = [0i8; 64];
+            for j in 0..16 {
+                for kx in 0..3 {
+                    b[4 * j + kx] = w[(ky * 3 + kx) * c_pad + j % C];
+                }
+            }
+            *row = _mm512_loadu_si512(b.as_ptr().cast());
+        }
+        let rq = Requant512::load_twice8(l, l.bias.as_ptr());
+        let run = |p: *const u8| p.cast::<i64>().read_unaligned();
+        // Tap kx of the pixels at `p` and `p + next`, 8 codes each, side by side.
+        let gather = |p: *const u8, next: usize| {
+            let tap = |k: usize| {
+                let q = p.add(k * dx);
+                _mm_insert_epi64::<1>(_mm_cvtsi64_si128(run(q)), run(q.add(next)))
+            };
+            let a = _mm512_zextsi128_si512(tap(0));
+            let a = _mm512_inserti32x4::<1>(a, tap(1));
+            let a = _mm512_inserti32x4::<2>(a, tap(2));
+            _mm512_permutexvar_epi8(index, a)
+        };
+        let sum = |at: usize, next: usize, r: [*const u8; 3]| {
+            let mut a = _mm512_setzero_si512();
+            for (ky, &rp) in r.iter().enumerate() {
+                a = _mm512_dpbusd_epi32(a, gather(rp.add(at), next), rows[ky]);
+            }
+            a
+        };
+        for oy in 0..g.out_h {
+            let row_at = |ky: usize| {
+                x.as_ptr()
+                    .add(((oy * g.stride[0] + ky * g.dilation[0]) * g.in_w) * C)
+            };
+            let r = [row_at(0), row_at(1), row_at(2)];
+            let yrow = y.as_mut_ptr().add(oy * g.out_w * C);
+            let mut ox = 0;
+            while ox + 4 <= g.out_w {
+                let a0 = sum(ox * step, step, r);
+                let a1 = sum((ox + 2) * step, step, r);
+                rq.store(a0, yrow.add(ox * C), 16);
+                rq.store(a1, yrow.add((ox + 2) * C), 16);
+                ox += 4;
+            }
+            while ox + 2 <= g.out_w {
+                rq.store(sum(ox * step, step, r), yrow.add(ox * C), 16);
+                ox += 2;
+            }
+            if ox < g.out_w {
+                // The last pixel alone: its own codes in both halves, 8 stored.
+                rq.store(sum(ox * step, 0, r), yrow.add(ox * C), 8);
+            }
+        }
+    }
+}
+
+/// The `vpermb` index that turns three taps' 16 bytes (lanes 0-2 of a vector) into 16
+/// quads: byte `4j + k` is tap `k`'s byte `j`; the fourth byte repeats tap 0 (its weight is
+/// 0).
+fn tap_quads_index() -> [u8; 64] {
+    let mut index = [0u8; 64];
+    for (b, v) in index.iter_mut().enumerate() {
+        let (j, k) = (b / 4, b % 4);
+        *v = (16 * (k % 3) + j) as u8;
+    }
+    index
 }
 
 /// 3×3 depthwise with `vpdpbusd`: for each output pixel and block of 16 channels, a kernel
@@ -102,13 +202,7 @@ unsafe fn dw3x3_vbmi(
     y: &mut [u8],
 ) {
     let c = g.in_c;
-    // Byte 4j + k of the product: channel j's tap k, from the 16 bytes of tap k (lane k of
-    // the gathered vector); the fourth tap repeats tap 0 (its weight is 0).
-    let mut index = [0u8; 64];
-    for (b, v) in index.iter_mut().enumerate() {
-        let (j, k) = (b / 4, b % 4);
-        *v = (16 * (k % 3) + j) as u8;
-    }
+    let index = tap_quads_index();
     // SAFETY (every intrinsic): the features of this function; every pointer read below
     // lies inside `x` (no padding: each tap of each output pixel is an input pixel, and
     // the block's 16 channels lie inside it, `c` a multiple of 16), and every store inside

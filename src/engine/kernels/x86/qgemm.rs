@@ -193,6 +193,47 @@ impl Requant512 {
         }
     }
 
+    /// The constants of channels 0-7 twice (lanes 0-7 and 8-15: two pixels of an
+    /// 8-channel layer side by side), from lanes laid out 8 wide.
+    ///
+    /// # Safety
+    /// AVX-512 F present; `l` is laid out 8 wide (even/odd) and, with `bias`, holds
+    /// channels 0-7.
+    #[inline(always)]
+    pub(super) unsafe fn load_twice8(l: &Lanes, bias: *const i32) -> Requant512 {
+        // SAFETY: the caller's contract: eight i32 (or four i64 twice) at each pointer.
+        unsafe {
+            let i32x8 = |p: *const i32| _mm512_broadcast_i32x8(_mm256_loadu_si256(p.cast()));
+            let i64x4 = |p: *const i64| _mm512_broadcast_i64x4(_mm256_loadu_si256(p.cast()));
+            let mult = i32x8(l.mult.as_ptr());
+            let (r, s) = (l.round.as_ptr(), l.shift.as_ptr());
+            let (lo, hi) = if l.wide {
+                (
+                    _mm512_set1_epi64((l.min - l.zero_point) as i64),
+                    _mm512_set1_epi64((l.max - l.zero_point) as i64),
+                )
+            } else {
+                (_mm512_set1_epi32(l.min), _mm512_set1_epi32(l.max))
+            };
+            Requant512 {
+                bias: i32x8(bias),
+                mult,
+                mult_odd: _mm512_srli_epi64::<32>(mult),
+                // 8 wide, the even channels' constants come first (0, 2, 4, 6), then the
+                // odd ones: each half of a 16-wide block's even (odd) lanes.
+                round_even: i64x4(r),
+                round_odd: i64x4(r.add(4)),
+                shift_even: i64x4(s),
+                shift_odd: i64x4(s.add(4)),
+                shift32: i32x8(l.shift32.as_ptr()),
+                zero_point: _mm512_set1_epi32(l.zero_point),
+                lo,
+                hi,
+                wide: l.wide,
+            }
+        }
+    }
+
     /// The 16 codes of the i32 sums `v` (bias not yet added), stored: `n <= 16` bytes at
     /// `y`.
     ///
