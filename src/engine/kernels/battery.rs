@@ -387,6 +387,8 @@ conv_battery! {
     depthwise_c32_stride2: geom([13, 14, 32], 32, [3, 3], 2, [0, 0, 1, 1], 1, 32);
     depthwise_c16_dilated: geom([12, 11, 16], 16, [3, 3], 1, [2; 4], 2, 16);
     depthwise_c48_odd_row: geom([6, 7, 48], 48, [3, 3], 1, [1; 4], 1, 48);
+    depthwise_c64_tiny_map_stride2: geom([3, 3, 64], 64, [3, 3], 2, [1; 4], 1, 64);
+    depthwise_c8_one_column: geom([5, 1, 8], 8, [3, 3], 1, [1; 4], 1, 8);
 }
 
 /// Dense layers: f32 within the depth bound, int8 bit for bit, for every family.
