@@ -104,35 +104,23 @@ unsafe fn dw3x3_vbmi_c8(
     y: &mut [u8],
 ) {
     const C: usize = 8;
-    let index = tap_quads_index();
     // SAFETY (every intrinsic): the features of this function; every 8-byte read lies inside
-    // `x` (no padding: each tap of each output pixel is an input pixel of 8 channels) and
-    // every store inside `y` (16 codes: two output pixels, or 8 for the last one alone).
+    // `x` (no padding: each tap of each output pixel is an input pixel of 8 channels) or
+    // `w` (9 taps of `c_pad >= 16` weights), and every store inside `y` (16 codes: two
+    // output pixels, or 8 for the last one alone).
     unsafe {
-        let index = _mm512_loadu_si512(index.as_ptr().cast());
+        let index = _mm512_loadu_si512(TAP_QUADS.as_ptr().cast());
         let (dx, step) = (g.dilation[1] * C, g.stride[1] * C);
-        let mut rows = [_mm512_setzero_si512(); 3];
-        for (ky, row) in rows.iter_mut().enumerate() {
-            let mut b = [0i8; 64];
-            for j in 0..16 {
-                for kx in 0..3 {
-                    b[4 * j + kx] = w[(ky * 3 + kx) * c_pad + j % C];
-                }
-            }
-            *row = _mm512_loadu_si512(b.as_ptr().cast());
-        }
+        // Each kernel row's weights, interleaved as the codes will be (both pixels' lanes
+        // hold the same 8 channels' weights).
+        let rows: [__m512i; 3] = std::array::from_fn(|ky| {
+            let taps = three_run_pairs(w[ky * 3 * c_pad..].as_ptr().cast(), c_pad, 0);
+            _mm512_maskz_permutexvar_epi8(THREE_OF_FOUR, index, taps)
+        });
         let rq = Requant512::load_twice8(l, l.bias.as_ptr());
-        let run = |p: *const u8| p.cast::<i64>().read_unaligned();
-        // Tap kx of the pixels at `p` and `p + next`, 8 codes each, side by side.
+        // The quads of the pixels at `p` and `p + next`, 8 channels each, side by side.
         let gather = |p: *const u8, next: usize| {
-            let tap = |k: usize| {
-                let q = p.add(k * dx);
-                _mm_insert_epi64::<1>(_mm_cvtsi64_si128(run(q)), run(q.add(next)))
-            };
-            let a = _mm512_zextsi128_si512(tap(0));
-            let a = _mm512_inserti32x4::<1>(a, tap(1));
-            let a = _mm512_inserti32x4::<2>(a, tap(2));
-            _mm512_permutexvar_epi8(index, a)
+            _mm512_permutexvar_epi8(index, three_run_pairs(p, dx, next))
         };
         let sum = |at: usize, next: usize, r: [*const u8; 3]| {
             let mut a = _mm512_setzero_si512();
@@ -171,13 +159,53 @@ unsafe fn dw3x3_vbmi_c8(
 /// The `vpermb` index that turns three taps' 16 bytes (lanes 0-2 of a vector) into 16
 /// quads: byte `4j + k` is tap `k`'s byte `j`; the fourth byte repeats tap 0 (its weight is
 /// 0).
-fn tap_quads_index() -> [u8; 64] {
+const TAP_QUADS: [u8; 64] = {
     let mut index = [0u8; 64];
-    for (b, v) in index.iter_mut().enumerate() {
+    let mut b = 0;
+    while b < 64 {
         let (j, k) = (b / 4, b % 4);
-        *v = (16 * (k % 3) + j) as u8;
+        index[b] = (16 * (k % 3) + j) as u8;
+        b += 1;
     }
     index
+};
+
+/// Every byte of the quads but the fourth: the weights' mask (the fourth tap's weight is 0).
+const THREE_OF_FOUR: u64 = 0x7777_7777_7777_7777;
+
+/// The 16 bytes at `p`, `p + step` and `p + 2 · step` as lanes 0-2 of a vector (lane 3
+/// zero): a kernel row's three taps of one block of 16 channels, codes or weights.
+///
+/// # Safety
+/// Inlined into a function enabling AVX-512 F; the 48 bytes are readable.
+#[inline(always)]
+unsafe fn three_runs(p: *const u8, step: usize) -> __m512i {
+    // SAFETY: the function's contract.
+    unsafe {
+        let a = _mm512_zextsi128_si512(_mm_loadu_si128(p.cast()));
+        let a = _mm512_inserti32x4::<1>(a, _mm_loadu_si128(p.add(step).cast()));
+        _mm512_inserti32x4::<2>(a, _mm_loadu_si128(p.add(2 * step).cast()))
+    }
+}
+
+/// [`three_runs`] of 8 bytes for two pixels `next` apart: lane `k` holds tap `k`'s 8 bytes
+/// at `p + k · step`, then those at `p + k · step + next`.
+///
+/// # Safety
+/// Inlined into a function enabling AVX-512 F; the six runs of 8 bytes are readable.
+#[inline(always)]
+unsafe fn three_run_pairs(p: *const u8, step: usize, next: usize) -> __m512i {
+    // SAFETY: the function's contract.
+    unsafe {
+        let run = |q: *const u8| q.cast::<i64>().read_unaligned();
+        let tap = |k: usize| {
+            let q = p.add(k * step);
+            _mm_insert_epi64::<1>(_mm_cvtsi64_si128(run(q)), run(q.add(next)))
+        };
+        let a = _mm512_zextsi128_si512(tap(0));
+        let a = _mm512_inserti32x4::<1>(a, tap(1));
+        _mm512_inserti32x4::<2>(a, tap(2))
+    }
 }
 
 /// 3×3 depthwise with `vpdpbusd`: for each output pixel and block of 16 channels, a kernel
@@ -202,35 +230,24 @@ unsafe fn dw3x3_vbmi(
     y: &mut [u8],
 ) {
     let c = g.in_c;
-    let index = tap_quads_index();
     // SAFETY (every intrinsic): the features of this function; every pointer read below
     // lies inside `x` (no padding: each tap of each output pixel is an input pixel, and
-    // the block's 16 channels lie inside it, `c` a multiple of 16), and every store inside
-    // `y` (one block of 16 channels of an output pixel).
+    // the block's 16 channels lie inside it, `c` a multiple of 16) or `w` (9 taps of
+    // `c_pad >= c` weights), and every store inside `y` (one block of 16 channels of an
+    // output pixel).
     unsafe {
-        let index = _mm512_loadu_si512(index.as_ptr().cast());
+        let index = _mm512_loadu_si512(TAP_QUADS.as_ptr().cast());
         let (dx, step) = (g.dilation[1] * c, g.stride[1] * c);
         let bias = l.bias.as_ptr();
         let mut c0 = 0;
         while c0 < c {
             // Each kernel row's weights, interleaved as the codes will be.
-            let mut rows = [_mm512_setzero_si512(); 3];
-            for (ky, row) in rows.iter_mut().enumerate() {
-                let mut b = [0i8; 64];
-                for j in 0..16 {
-                    for kx in 0..3 {
-                        b[4 * j + kx] = w[(ky * 3 + kx) * c_pad + c0 + j];
-                    }
-                }
-                *row = _mm512_loadu_si512(b.as_ptr().cast());
-            }
+            let rows: [__m512i; 3] = std::array::from_fn(|ky| {
+                let taps = three_runs(w[ky * 3 * c_pad + c0..].as_ptr().cast(), c_pad);
+                _mm512_maskz_permutexvar_epi8(THREE_OF_FOUR, index, taps)
+            });
             let rq = Requant512::load(l, bias, c0);
-            let gather = |p: *const u8| {
-                let a = _mm512_zextsi128_si512(_mm_loadu_si128(p.cast()));
-                let a = _mm512_inserti32x4::<1>(a, _mm_loadu_si128(p.add(dx).cast()));
-                let a = _mm512_inserti32x4::<2>(a, _mm_loadu_si128(p.add(2 * dx).cast()));
-                _mm512_permutexvar_epi8(index, a)
-            };
+            let gather = |p: *const u8| _mm512_permutexvar_epi8(index, three_runs(p, dx));
             for oy in 0..g.out_h {
                 // Row ky's first tap of the row's first pixel, block c0.
                 let row_at = |ky: usize| {
