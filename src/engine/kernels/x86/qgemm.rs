@@ -157,6 +157,26 @@ pub(super) struct Requant512 {
 }
 
 impl Requant512 {
+    /// The clamp's bounds: of the shifted products before the zero point (64-bit lanes)
+    /// when some multiplier may leave the i32 range, else of the codes (32-bit lanes).
+    ///
+    /// # Safety
+    /// AVX-512 F present (registers only).
+    #[inline(always)]
+    unsafe fn bounds(l: &Lanes) -> (__m512i, __m512i) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if l.wide {
+                (
+                    _mm512_set1_epi64((l.min - l.zero_point) as i64),
+                    _mm512_set1_epi64((l.max - l.zero_point) as i64),
+                )
+            } else {
+                (_mm512_set1_epi32(l.min), _mm512_set1_epi32(l.max))
+            }
+        }
+    }
+
     /// The constants of channels `c..c + 16`.
     ///
     /// # Safety
@@ -168,14 +188,7 @@ impl Requant512 {
         unsafe {
             let mult = _mm512_loadu_si512(l.mult.as_ptr().add(c).cast());
             let (r, s) = (l.round.as_ptr().add(c), l.shift.as_ptr().add(c));
-            let (lo, hi) = if l.wide {
-                (
-                    _mm512_set1_epi64((l.min - l.zero_point) as i64),
-                    _mm512_set1_epi64((l.max - l.zero_point) as i64),
-                )
-            } else {
-                (_mm512_set1_epi32(l.min), _mm512_set1_epi32(l.max))
-            };
+            let (lo, hi) = Requant512::bounds(l);
             Requant512 {
                 bias: _mm512_loadu_si512(bias.add(c).cast()),
                 mult,
@@ -207,14 +220,7 @@ impl Requant512 {
             let i64x4 = |p: *const i64| _mm512_broadcast_i64x4(_mm256_loadu_si256(p.cast()));
             let mult = i32x8(l.mult.as_ptr());
             let (r, s) = (l.round.as_ptr(), l.shift.as_ptr());
-            let (lo, hi) = if l.wide {
-                (
-                    _mm512_set1_epi64((l.min - l.zero_point) as i64),
-                    _mm512_set1_epi64((l.max - l.zero_point) as i64),
-                )
-            } else {
-                (_mm512_set1_epi32(l.min), _mm512_set1_epi32(l.max))
-            };
+            let (lo, hi) = Requant512::bounds(l);
             Requant512 {
                 bias: i32x8(bias),
                 mult,
