@@ -603,91 +603,156 @@ pub(super) fn gemv_u8i8_vnni_packed_evex(x: &[u8], p: &[i8], rows: usize, acc: &
 }
 
 /// # Safety
-/// The CPU has AVX2 and AVX-VNNI; [`gemv_vnni_packed`]'s bounds.
+/// The CPU has AVX2 and AVX-VNNI; [`gemv_packed`]'s bounds for [`Quads`].
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn gemv_vnni_packed_avx(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
     // SAFETY: the function's contract.
-    unsafe { gemv_vnni_packed::<AvxVnni>(x, p, rows, acc) }
+    unsafe { gemv_packed::<Quads<AvxVnni>>(x, p, rows, acc) }
 }
 
 /// # Safety
-/// The CPU has AVX-512 VNNI and VL; [`gemv_vnni_packed`]'s bounds.
+/// The CPU has AVX-512 VNNI and VL; [`gemv_packed`]'s bounds for [`Quads`].
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 unsafe fn gemv_vnni_packed_evex(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
     // SAFETY: the function's contract.
-    unsafe { gemv_vnni_packed::<Avx512Vnni>(x, p, rows, acc) }
+    unsafe { gemv_packed::<Quads<Avx512Vnni>>(x, p, rows, acc) }
+}
+
+/// One step of a packed GEMV kernel: a chunk of inputs broadcast to every lane, times the
+/// matching weights of eight rows (one row per 32-bit lane), added to the rows' sums.
+trait PackedStep {
+    /// Inputs per chunk.
+    const INPUTS: usize;
+    /// Bytes of weights per chunk of a group of eight rows.
+    const BYTES: usize;
+    /// Chunk `c` of `x`, zero-padded past its end, broadcast.
+    ///
+    /// # Safety
+    /// (Every method.) Inlined into a function enabling the step's features; pointers are
+    /// valid for what the method reads.
+    unsafe fn chunk(x: &[u8], c: usize) -> __m256i;
+    /// The weights of one chunk of a row group at `p`.
+    unsafe fn weights(p: *const i8) -> __m256i;
+    /// `acc` plus the chunk's products, per row.
+    unsafe fn dot(acc: __m256i, x: __m256i, w: __m256i) -> __m256i;
+}
+
+/// VNNI chunks: four inputs, `vpdpbusd` in `D`'s encoding.
+struct Quads<D>(std::marker::PhantomData<D>);
+/// AVX2 chunks: two inputs widened to i16, `vpmaddwd` (exact: |2 · 255 · 128| < 2³¹).
+struct Pairs;
+
+impl<D: Dpbusd> PackedStep for Quads<D> {
+    const INPUTS: usize = 4;
+    const BYTES: usize = 32;
+    #[inline(always)]
+    unsafe fn chunk(x: &[u8], c: usize) -> __m256i {
+        let word = if 4 * c + 4 <= x.len() {
+            // SAFETY: 4c + 4 <= x.len().
+            unsafe { x.as_ptr().add(4 * c).cast::<i32>().read_unaligned() }
+        } else {
+            x_quad(x, c)
+        };
+        // SAFETY: the trait's contract (AVX2).
+        unsafe { _mm256_set1_epi32(word) }
+    }
+    #[inline(always)]
+    unsafe fn weights(p: *const i8) -> __m256i {
+        // SAFETY: the trait's contract: 32 readable bytes.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        // SAFETY: the trait's contract (`D`'s encoding).
+        unsafe { D::dp(acc, x, w) }
+    }
+}
+
+impl PackedStep for Pairs {
+    const INPUTS: usize = 2;
+    const BYTES: usize = 16;
+    #[inline(always)]
+    unsafe fn chunk(x: &[u8], c: usize) -> __m256i {
+        let word = if 2 * c + 2 <= x.len() {
+            // SAFETY: 2c + 2 <= x.len().
+            let v = unsafe { x.as_ptr().add(2 * c).cast::<u16>().read_unaligned() } as i32;
+            (v & 0xff) | ((v >> 8) << 16)
+        } else {
+            x_pair(x, c)
+        };
+        // SAFETY: the trait's contract (AVX2).
+        unsafe { _mm256_set1_epi32(word) }
+    }
+    #[inline(always)]
+    unsafe fn weights(p: *const i8) -> __m256i {
+        // SAFETY: the trait's contract: 16 readable bytes, widened as loaded (`vpmovsxbw`).
+        unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        // SAFETY: the trait's contract (AVX2).
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(x, w)) }
+    }
 }
 
 /// # Safety
-/// Inlined into a function enabling AVX2 and `D`'s encoding; `p` holds `rows / 8` (rounded
-/// up) groups of `x.len() / 4` (rounded up) 32-byte chunks and `acc` holds `rows` sums (the
-/// wrappers assert both).
+/// Inlined into a function enabling AVX2 and `S`'s features; `p` holds `rows / 8` (rounded
+/// up) groups of `x.len() / S::INPUTS` (rounded up) chunks of `S::BYTES` and `acc` holds
+/// `rows` sums (the wrappers assert both).
 #[inline(always)]
-unsafe fn gemv_vnni_packed<D: Dpbusd>(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
+unsafe fn gemv_packed<S: PackedStep>(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
     let groups = rows.div_ceil(PACK_ROWS);
     let mut g = 0;
     while g + 4 <= groups {
         // SAFETY: groups g..g + 4 exist (the caller's bounds hold for every g < groups).
-        unsafe { vnni_block::<D, 4, 2>(x, p, g, acc) };
+        unsafe { packed_block::<S, 4, 2>(x, p, g, acc) };
         g += 4;
     }
     // SAFETY: as above, for the remaining groups.
     unsafe {
         match groups - g {
-            3 => vnni_block::<D, 3, 2>(x, p, g, acc),
-            2 => vnni_block::<D, 2, 4>(x, p, g, acc),
-            1 => vnni_block::<D, 1, 4>(x, p, g, acc),
+            3 => packed_block::<S, 3, 2>(x, p, g, acc),
+            2 => packed_block::<S, 2, 4>(x, p, g, acc),
+            1 => packed_block::<S, 1, 4>(x, p, g, acc),
             _ => {}
         }
     }
 }
 
-/// Row groups `g0..g0 + G` of [`gemv_vnni_packed`], each in `CH` chains (chunk `c` goes to
-/// chain `c mod CH`) that hide the instruction's latency; every broadcast of `x` serves all
-/// groups.
+/// Row groups `g0..g0 + G` of [`gemv_packed`], each in `CH` chains (chunk `c` goes to chain
+/// `c mod CH`) that hide the step's latency; every broadcast of `x` serves all groups.
 ///
 /// # Safety
-/// Inlined into a function enabling AVX2 and `D`'s encoding; `p` must hold groups
+/// Inlined into a function enabling AVX2 and `S`'s features; `p` must hold groups
 /// `g0..g0 + G` of the packed layout for `x.len()` inputs.
 #[inline(always)]
-unsafe fn vnni_block<D: Dpbusd, const G: usize, const CH: usize>(
+unsafe fn packed_block<S: PackedStep, const G: usize, const CH: usize>(
     x: &[u8],
     p: &[i8],
     g0: usize,
     acc: &mut [i32],
 ) {
-    // SAFETY: the function's contract (AVX2 and `D`'s features; bounds as documented).
+    // SAFETY: the function's contract (AVX2 and `S`'s features; bounds as documented).
     unsafe {
-        let chunks = x.len().div_ceil(4);
-        let full = x.len() / 4;
+        let chunks = x.len().div_ceil(S::INPUTS);
         let pp = p.as_ptr();
-        let load = |j: usize, c: usize| {
-            // Group g0 + j and chunk c exist (the function's contract).
-            _mm256_loadu_si256(pp.add(((g0 + j) * chunks + c) * 32).cast())
-        };
-        let quad = |c: usize| {
-            if c < full {
-                // 4c + 4 <= x.len().
-                x.as_ptr().add(4 * c).cast::<i32>().read_unaligned()
-            } else {
-                x_quad(x, c)
-            }
-        };
+        // Group g0 + j and chunk c exist (the function's contract).
+        let load = |j: usize, c: usize| S::weights(pp.add(((g0 + j) * chunks + c) * S::BYTES));
         let mut a = [[_mm256_setzero_si256(); G]; CH];
         let mut c = 0;
         while c + CH <= chunks {
             for (k, ak) in a.iter_mut().enumerate() {
-                let xv = _mm256_set1_epi32(quad(c + k));
+                let xv = S::chunk(x, c + k);
                 for (j, aj) in ak.iter_mut().enumerate() {
-                    *aj = D::dp(*aj, xv, load(j, c + k));
+                    *aj = S::dot(*aj, xv, load(j, c + k));
                 }
             }
             c += CH;
         }
         while c < chunks {
-            let xv = _mm256_set1_epi32(quad(c));
+            let xv = S::chunk(x, c);
             for (j, aj) in a[0].iter_mut().enumerate() {
-                *aj = D::dp(*aj, xv, load(j, c));
+                *aj = S::dot(*aj, xv, load(j, c));
             }
             c += 1;
         }
@@ -713,83 +778,11 @@ pub(super) fn gemv_u8i8_avx2_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [
 }
 
 /// # Safety
-/// The CPU has AVX2; `p` holds `rows / 8` (rounded up) groups of `x.len() / 2` (rounded
-/// up) pairs of 16 i8 and `acc` holds `rows` sums (the wrapper [`gemv_u8i8_avx2_packed`]
-/// asserts both).
+/// The CPU has AVX2; [`gemv_packed`]'s bounds for [`Pairs`].
 #[target_feature(enable = "avx2")]
 unsafe fn gemv_avx2_packed(x: &[u8], p: &[i8], rows: usize, acc: &mut [i32]) {
-    let groups = rows.div_ceil(PACK_ROWS);
-    let mut g = 0;
-    while g + 4 <= groups {
-        // SAFETY: groups g..g + 4 exist (the caller's bounds hold for every g < groups).
-        unsafe { avx2_block::<4, 2>(x, p, g, acc) };
-        g += 4;
-    }
-    // SAFETY: as above, for the remaining groups.
-    unsafe {
-        match groups - g {
-            3 => avx2_block::<3, 2>(x, p, g, acc),
-            2 => avx2_block::<2, 4>(x, p, g, acc),
-            1 => avx2_block::<1, 4>(x, p, g, acc),
-            _ => {}
-        }
-    }
-}
-
-/// Row groups `g0..g0 + G` of [`gemv_avx2_packed`], each in `CH` chains (pair `c` goes to
-/// chain `c mod CH`).
-///
-/// # Safety
-/// AVX2 must be available and `p` must hold groups `g0..g0 + G` of the packed layout for
-/// `x.len()` inputs.
-#[target_feature(enable = "avx2")]
-unsafe fn avx2_block<const G: usize, const CH: usize>(
-    x: &[u8],
-    p: &[i8],
-    g0: usize,
-    acc: &mut [i32],
-) {
-    let pairs = x.len().div_ceil(2);
-    let full = x.len() / 2;
-    let pp = p.as_ptr();
-    let load = |j: usize, c: usize| {
-        // SAFETY: group g0 + j and pair c exist (the function's contract).
-        unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(pp.add(((g0 + j) * pairs + c) * 16).cast())) }
-    };
-    let pair = |c: usize| {
-        if c < full {
-            // SAFETY: 2c + 2 <= x.len().
-            let v = unsafe { x.as_ptr().add(2 * c).cast::<u16>().read_unaligned() } as i32;
-            (v & 0xff) | ((v >> 8) << 16)
-        } else {
-            x_pair(x, c)
-        }
-    };
-    let mut a = [[_mm256_setzero_si256(); G]; CH];
-    let mut c = 0;
-    while c + CH <= pairs {
-        for (k, ak) in a.iter_mut().enumerate() {
-            let xv = _mm256_set1_epi32(pair(c + k));
-            for (j, aj) in ak.iter_mut().enumerate() {
-                *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, load(j, c + k)));
-            }
-        }
-        c += CH;
-    }
-    while c < pairs {
-        let xv = _mm256_set1_epi32(pair(c));
-        for (j, aj) in a[0].iter_mut().enumerate() {
-            *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(xv, load(j, c)));
-        }
-        c += 1;
-    }
-    for j in 0..G {
-        let mut sum = a[0][j];
-        for ak in &a[1..] {
-            sum = _mm256_add_epi32(sum, ak[j]);
-        }
-        store_group(sum, acc, g0 + j);
-    }
+    // SAFETY: the function's contract.
+    unsafe { gemv_packed::<Pairs>(x, p, rows, acc) }
 }
 
 /// AVX2 [`super::requant_u8_narrow`], eight channels per step in 32-bit lanes: `vpmuldq`
